@@ -1,0 +1,154 @@
+-- meshhook_keys bootstrap: roles, tables, audit chain. Runs before the generated functions.
+
+-- Roles are cluster-wide and survive DROP EXTENSION, so create them only if missing.
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_user') THEN
+        CREATE ROLE meshhook_keys_user NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_admin') THEN
+        CREATE ROLE meshhook_keys_admin NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION;
+    END IF;
+END
+$roles$;
+-- An admin can do everything a user can.
+GRANT meshhook_keys_user TO meshhook_keys_admin;
+
+-- Keyrings: a named sequence of key versions.
+CREATE TABLE meshhook_keys.keyring (
+    name        text        PRIMARY KEY
+                CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    rotated_at  timestamptz
+);
+
+-- Data keys, stored only wrapped by the root key. Never readable by client roles.
+CREATE TABLE meshhook_keys.data_key (
+    key_id            bigint      PRIMARY KEY CHECK (key_id > 0),
+    keyring           text        NOT NULL REFERENCES meshhook_keys.keyring (name),
+    version           integer     NOT NULL CHECK (version > 0),
+    state             text        NOT NULL DEFAULT 'active'
+                      CHECK (state IN ('active', 'decrypt_only', 'retired', 'destroyed')),
+    wrapped_key       bytea       CHECK (pg_catalog.length(wrapped_key) = 60),
+    root_fingerprint  bytea       NOT NULL CHECK (pg_catalog.length(root_fingerprint) = 8),
+    created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    activated_at      timestamptz,
+    retired_at        timestamptz,
+    destroyed_at      timestamptz,
+    UNIQUE (keyring, version),
+    -- key material is present exactly until the version is destroyed
+    CHECK ((state = 'destroyed') = (wrapped_key IS NULL))
+);
+-- Exactly one active key per keyring, enforced by the schema.
+CREATE UNIQUE INDEX data_key_one_active_per_keyring
+    ON meshhook_keys.data_key (keyring) WHERE state = 'active';
+
+-- The audit log: append-only and hash-chained.
+CREATE TABLE meshhook_keys.audit_log (
+    id         bigint      PRIMARY KEY,   -- assigned by the chain trigger
+    at         timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    actor      text        NOT NULL DEFAULT session_user,
+    role_name  text,
+    action     text        NOT NULL,
+    outcome    text        NOT NULL DEFAULT 'ok' CHECK (outcome IN ('ok', 'refused', 'failed')),
+    keyring    text,
+    version    integer,
+    key_id     bigint,
+    reason     text,
+    detail     jsonb       NOT NULL DEFAULT '{}',
+    prev_hash  bytea       NOT NULL,      -- hash of row id - 1 (empty for the first row)
+    hash       bytea       NOT NULL       -- sha256(prev_hash || this row serialised)
+);
+
+-- Hash of one audit row chained to its predecessor. The row is serialised as a JSON array, with the
+-- time in UTC, so the result does not depend on the session's TimeZone or DateStyle.
+CREATE FUNCTION meshhook_keys._audit_row_hash(prev bytea, r meshhook_keys.audit_log)
+RETURNS bytea LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT pg_catalog.sha256(prev || pg_catalog.convert_to(pg_catalog.jsonb_build_array(
+        r.id, r.at AT TIME ZONE 'UTC', r.actor, r.role_name, r.action, r.outcome,
+        r.keyring, r.version, r.key_id, r.reason, r.detail)::text, 'UTF8'))
+$$;
+
+CREATE FUNCTION meshhook_keys._audit_chain() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    last meshhook_keys.audit_log;
+BEGIN
+    IF NEW.hash IS NOT NULL THEN
+        -- A row that already carries its hash: pg_dump/restore copying the log back. Accept it only
+        -- if it is consistent with its own predecessor hash; audit_verify() checks the whole chain.
+        IF NEW.id IS NULL OR NEW.prev_hash IS NULL
+           OR NEW.hash <> meshhook_keys._audit_row_hash(NEW.prev_hash, NEW) THEN
+            RAISE EXCEPTION 'meshhook_keys.audit_log: row % does not match its hash', NEW.id
+                USING ERRCODE = 'data_corrupted';
+        END IF;
+        RETURN NEW;
+    END IF;
+    -- One writer at a time until commit, so ids and the chain follow commit order.
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.audit_log'));
+    SELECT * INTO last FROM meshhook_keys.audit_log ORDER BY id DESC LIMIT 1;
+    NEW.id := coalesce(last.id, 0) + 1;
+    NEW.at := pg_catalog.clock_timestamp();
+    NEW.prev_hash := coalesce(last.hash, '\x'::bytea);
+    NEW.hash := meshhook_keys._audit_row_hash(NEW.prev_hash, NEW);
+    -- Mirror to the server log for log shipping. Never contains secrets: only metadata.
+    RAISE LOG 'meshhook_keys audit: id=% action=% outcome=% actor=% role=% keyring=% version=% key_id=% reason=%',
+        NEW.id, NEW.action, NEW.outcome, NEW.actor, NEW.role_name, NEW.keyring, NEW.version,
+        NEW.key_id, NEW.reason;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER audit_log_chain BEFORE INSERT ON meshhook_keys.audit_log
+    FOR EACH ROW EXECUTE FUNCTION meshhook_keys._audit_chain();
+
+CREATE FUNCTION meshhook_keys._audit_append_only() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION 'meshhook_keys.audit_log is append-only: % is not allowed', TG_OP
+        USING ERRCODE = 'insufficient_privilege';
+END
+$$;
+
+CREATE TRIGGER audit_log_no_update_delete BEFORE UPDATE OR DELETE ON meshhook_keys.audit_log
+    FOR EACH ROW EXECUTE FUNCTION meshhook_keys._audit_append_only();
+CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON meshhook_keys.audit_log
+    FOR EACH STATEMENT EXECUTE FUNCTION meshhook_keys._audit_append_only();
+
+-- Re-check the whole chain. Detects any altered, inserted or removed row before the last one.
+CREATE FUNCTION meshhook_keys.audit_verify(
+    OUT ok boolean, OUT rows_checked bigint, OUT first_bad_id bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r meshhook_keys.audit_log;
+    prev bytea := '\x'::bytea;
+    expected_id bigint := 1;
+BEGIN
+    ok := true; rows_checked := 0; first_bad_id := NULL;
+    FOR r IN SELECT * FROM meshhook_keys.audit_log ORDER BY id LOOP
+        IF r.id <> expected_id OR r.prev_hash <> prev
+           OR r.hash <> meshhook_keys._audit_row_hash(prev, r) THEN
+            ok := false; first_bad_id := r.id;
+            RETURN;
+        END IF;
+        prev := r.hash;
+        expected_id := expected_id + 1;
+        rows_checked := rows_checked + 1;
+    END LOOP;
+END
+$$;
+
+-- What admins may see of the keys: metadata only, never key material.
+CREATE VIEW meshhook_keys.keys AS
+    SELECT keyring, version, key_id, state, created_at, activated_at, retired_at
+      FROM meshhook_keys.data_key;
+
+-- pg_dump must carry the rows of these extension tables (they are the keys and the evidence).
+SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.keyring', '');
+SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.data_key', '');
+SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.audit_log', '');

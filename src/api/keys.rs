@@ -1,0 +1,143 @@
+//! Key management: rotation and the cache-invalidation trigger.
+
+use crate::audit;
+use crate::crypto::{self, SecretKey};
+use crate::error::{KeysError, OrRaise, Result as KResult};
+use crate::rootkey;
+use crate::store;
+use pgrx::datum::TimestampWithTimeZone;
+use pgrx::prelude::*;
+
+pub const DEFAULT_KEYRING: &str = "default";
+
+/// Keyring names: 1–63 characters from `A-Z a-z 0-9 _ . : -`, starting with a letter or digit.
+pub fn validate_keyring(name: Option<&str>) -> KResult<&str> {
+    let name = name.ok_or(KeysError::NullArgument("keyring"))?;
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
+    if ok {
+        Ok(name)
+    } else {
+        Err(KeysError::InvalidKeyringName(
+            "use 1 to 63 characters from A-Z, a-z, 0-9, '_', '.', ':' and '-', starting with a letter or digit".into(),
+        ))
+    }
+}
+
+pub struct NewKey {
+    pub keyring: String,
+    pub version: i32,
+    pub key_id: i64,
+    pub activated_at: TimestampWithTimeZone,
+}
+
+/// Generate a data key, wrap it under the root key, make it the keyring's active version (the
+/// previous one becomes `decrypt_only`) and audit it. O(1): touches no user data.
+/// The caller must hold the audit chain lock and then the keyring lock, in that order.
+fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
+    let root = rootkey::current()?;
+    let previous = store::demote_active(keyring)?;
+    let version = store::next_version(keyring)?;
+    let key_id = crypto::random_key_id();
+    let dek = SecretKey::generate();
+    let wrapped = crypto::wrap_key(&root.key, key_id, &dek);
+    drop(dek);
+    let activated_at =
+        store::insert_active_key(keyring, version, key_id, &wrapped, &root.fingerprint)?;
+    audit::record(
+        action,
+        Some(keyring),
+        Some(version),
+        Some(key_id),
+        reason,
+        serde_json::json!({
+            "previous_version": previous,
+            "root_key_fingerprint": rootkey::fingerprint_hex(&root.fingerprint),
+        }),
+    )?;
+    Ok(NewKey {
+        keyring: keyring.to_string(),
+        version,
+        key_id,
+        activated_at,
+    })
+}
+
+pub fn rotate(keyring: &str, reason: Option<&str>) -> KResult<NewKey> {
+    // Load the root key before taking any lock: a misconfigured server changes nothing.
+    rootkey::current()?;
+    store::lock_audit_chain()?;
+    store::lock_keyring(keyring)?;
+    create_version(keyring, reason, "rotate")
+}
+
+/// First use of the `default` keyring: create version 1 unless a concurrent session just did.
+pub fn ensure_default_keyring() -> KResult<()> {
+    rootkey::current()?;
+    store::lock_audit_chain()?;
+    store::lock_keyring(DEFAULT_KEYRING)?;
+    if store::active_key(DEFAULT_KEYRING)?.is_none() {
+        create_version(
+            DEFAULT_KEYRING,
+            Some("created on first use by secret_encrypt"),
+            "create",
+        )?;
+    }
+    Ok(())
+}
+
+/// Make a new key version the active one for `keyring` (creating the keyring and its version 1 if it
+/// has no key yet). Older versions stay usable for decryption. Requires meshhook_keys_admin.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keys_rotate(
+    keyring: default!(Option<&str>, "'default'"),
+    reason: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(keyring, String),
+        name!(version, i32),
+        name!(key_id, i64),
+        name!(activated_at, TimestampWithTimeZone),
+    ),
+> {
+    let r = (|| {
+        audit::require_admin("keys_rotate", keyring)?;
+        let keyring = validate_keyring(keyring)?;
+        rotate(keyring, reason)
+    })()
+    .or_raise();
+    TableIterator::once((r.keyring, r.version, r.key_id, r.activated_at))
+}
+
+/// Statement trigger on meshhook_keys.data_key: tell every backend to drop its cached keys.
+#[pg_trigger]
+fn _key_cache_invalidate<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> std::result::Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    let relid = trigger.relid()?;
+    // SAFETY: queues a relcache invalidation for the table; sent to all backends at commit and
+    // applied locally at once (and again on abort).
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(relid) };
+    Ok(None)
+}
+
+/// This backend's key cache counters; internal, for tests and troubleshooting (no key material).
+#[pg_extern(volatile, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _key_cache_stats() -> TableIterator<
+    'static,
+    (
+        name!(cached_keys, i64),
+        name!(hits, i64),
+        name!(misses, i64),
+    ),
+> {
+    let (n, h, m) = crate::keycache::stats();
+    TableIterator::once((n as i64, h as i64, m as i64))
+}

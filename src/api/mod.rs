@@ -1,0 +1,4 @@
+//! The SQL-callable surface. Thin: argument checks, then the modules that do the work.
+
+pub mod keys;
+pub mod secrets;

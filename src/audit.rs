@@ -1,0 +1,170 @@
+//! Audit events and the administrative privilege check.
+//!
+//! Successful actions are written in the caller's transaction (they commit or roll back with the
+//! action). A *refused* call raises an error, which would roll its own audit row back; so a refusal is
+//! written by a short-lived dynamic background worker in a transaction of its own, and is also logged
+//! at LOG level immediately.
+
+use crate::error::{KeysError, Result};
+use crate::store::{self, AuditEvent};
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+pub const ADMIN_ROLE: &str = "meshhook_keys_admin";
+
+/// The role the caller acts as: the session user or the role chosen with SET ROLE (PostgREST's
+/// `SET LOCAL ROLE authenticated`), as it was before entering our SECURITY DEFINER function.
+pub fn caller_role_oid() -> pg_sys::Oid {
+    // SAFETY: plain accessor of backend state.
+    unsafe { pg_sys::GetOuterUserId() }
+}
+
+fn role_name(oid: pg_sys::Oid) -> String {
+    // SAFETY: noerr=true returns NULL for a dropped role instead of raising.
+    unsafe {
+        let p = pg_sys::GetUserNameFromId(oid, true);
+        if p.is_null() {
+            format!("role {}", oid.to_u32())
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
+pub fn caller_role_name() -> String {
+    role_name(caller_role_oid())
+}
+
+fn is_admin(role: pg_sys::Oid) -> bool {
+    // SAFETY: missing_ok = true; has_privs_of_role only reads the catalogs.
+    unsafe {
+        let admin = pg_sys::get_role_oid(c"meshhook_keys_admin".as_ptr(), true);
+        admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, admin)
+    }
+}
+
+/// Refuse (and durably audit the refusal) unless the caller has the admin role's privileges.
+pub fn require_admin(function: &'static str, keyring: Option<&str>) -> Result<()> {
+    let role = caller_role_oid();
+    if is_admin(role) {
+        return Ok(());
+    }
+    record_refusal(function, keyring, role);
+    Err(KeysError::PermissionDenied {
+        function,
+        role: ADMIN_ROLE,
+    })
+}
+
+/// Record a successful administrative action in the caller's transaction.
+pub fn record(
+    action: &str,
+    keyring: Option<&str>,
+    version: Option<i32>,
+    key_id: Option<i64>,
+    reason: Option<&str>,
+    detail: serde_json::Value,
+) -> Result<()> {
+    let role = caller_role_name();
+    store::insert_audit(&AuditEvent {
+        actor: None,
+        role_name: &role,
+        action,
+        outcome: "ok",
+        keyring,
+        version,
+        key_id,
+        reason,
+        detail,
+    })
+}
+
+/// Keep at most `max` bytes of `s`, cut on a character boundary.
+fn clip(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+fn record_refusal(function: &'static str, keyring: Option<&str>, role: pg_sys::Oid) {
+    // SAFETY: plain accessors of backend state.
+    let (session, db) = unsafe { (pg_sys::GetSessionUserId(), pg_sys::MyDatabaseId) };
+    let keyring = keyring.map(|k| clip(k, 63).replace(['\t', '\n'], " "));
+    log!(
+        "meshhook_keys audit: refused {function} for role {} (session user {}){}",
+        role_name(role),
+        role_name(session),
+        keyring
+            .as_deref()
+            .map(|k| format!(" on keyring \"{k}\""))
+            .unwrap_or_default()
+    );
+    // bgw_extra holds 128 bytes: "<session oid>\t<role oid>\t<function>\t<keyring>".
+    let extra = format!(
+        "{}\t{}\t{}\t{}",
+        session.to_u32(),
+        role.to_u32(),
+        function,
+        keyring.as_deref().unwrap_or("")
+    );
+    let started = BackgroundWorkerBuilder::new("meshhook_keys audit writer")
+        .set_type("meshhook_keys audit writer")
+        .set_library("meshhook_keys")
+        .set_function("meshhook_keys_audit_refusal_main")
+        .set_argument(Some(pg_sys::Datum::from(db.to_u32() as usize)))
+        .set_extra(clip(&extra, 127))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .load_dynamic();
+    if started.is_err() {
+        log!(
+            "meshhook_keys audit: could not start the audit writer for a refused call (max_worker_processes reached?); the refusal is only in this log"
+        );
+    }
+}
+
+/// Entry point of the dynamic worker that writes one refusal row in its own transaction.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
+    let db = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    let extra = BackgroundWorker::get_extra().to_string();
+    let mut parts = extra.splitn(4, '\t');
+    let session = parts
+        .next()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(0);
+    let role = parts
+        .next()
+        .and_then(|s| s.parse::<u32>().ok())
+        .unwrap_or(0);
+    let function = parts.next().unwrap_or("").to_string();
+    let keyring = parts.next().filter(|k| !k.is_empty()).map(str::to_string);
+    BackgroundWorker::transaction(|| {
+        let session = role_name(pg_sys::Oid::from(session));
+        let role = role_name(pg_sys::Oid::from(role));
+        let detail = serde_json::json!({ "function": function, "required_role": ADMIN_ROLE });
+        let res = store::insert_audit(&AuditEvent {
+            actor: Some(&session),
+            role_name: &role,
+            action: "refused",
+            outcome: "refused",
+            keyring: keyring.as_deref(),
+            version: None,
+            key_id: None,
+            reason: None,
+            detail,
+        });
+        if let Err(e) = res {
+            log!("meshhook_keys audit writer: could not record a refused call: {e}");
+        }
+    });
+}

@@ -1,0 +1,161 @@
+//! One error type for the whole extension, each variant with its own SQLSTATE.
+//!
+//! Messages name keyrings, versions, key ids, file paths and lengths — never plaintext,
+//! ciphertext bytes, key bytes or a root key command's output.
+
+use pgrx::pg_sys::errcodes::PgSqlErrorCode;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum KeysError {
+    /// A required argument was NULL.
+    #[error("{0} must not be NULL")]
+    NullArgument(&'static str),
+
+    /// The ciphertext is shorter than the smallest possible envelope.
+    #[error("ciphertext is truncated: {len} bytes, a meshhook_keys envelope has at least {min}")]
+    Truncated { len: usize, min: usize },
+
+    /// The first byte is not a format version this build understands.
+    #[error("ciphertext has unknown envelope format version {0}")]
+    UnknownFormat(u8),
+
+    /// No data key with that id exists in this database.
+    #[error("no data key with key id {0} exists in this database")]
+    UnknownKeyId(i64),
+
+    /// AES-GCM authentication failed: the context differs from the one used to encrypt, or a
+    /// byte of the envelope was altered. Cryptographically the two cannot be told apart.
+    #[error(
+        "ciphertext authentication failed: the context does not match the one used at encryption, or the ciphertext was altered"
+    )]
+    AuthenticationFailed,
+
+    /// The key exists but its state no longer allows this use.
+    #[error("key version {version} of keyring \"{keyring}\" is {state} and can no longer {op}")]
+    KeyNotUsable {
+        keyring: String,
+        version: i32,
+        state: String,
+        op: &'static str,
+    },
+
+    /// A keyring other than `default` has no active key yet.
+    #[error("keyring \"{0}\" has no active key")]
+    NoActiveKey(String),
+
+    /// A keyring name that does not follow the naming rule.
+    #[error("invalid keyring name: {0}")]
+    InvalidKeyringName(String),
+
+    /// The root key provider is not configured, or is misconfigured.
+    #[error("root key unavailable: {0}")]
+    RootKeyUnavailable(String),
+
+    /// A data key was wrapped by a different root key than the one loaded.
+    #[error(
+        "root key does not match: key version {version} of keyring \"{keyring}\" was wrapped by root key {stored}, the loaded root key is {loaded}"
+    )]
+    RootKeyMismatch {
+        keyring: String,
+        version: i32,
+        stored: String,
+        loaded: String,
+    },
+
+    /// A wrapped data key failed to unwrap although the fingerprint matched: the row was altered.
+    #[error("wrapped data key of key version {version} of keyring \"{keyring}\" is corrupted")]
+    WrappedKeyCorrupted { keyring: String, version: i32 },
+
+    /// The caller lacks the role an administrative function requires.
+    #[error("permission denied for {function}: requires membership in role {role}")]
+    PermissionDenied {
+        function: &'static str,
+        role: &'static str,
+    },
+
+    /// secret_decrypt was asked for text but the plaintext is not valid UTF-8 text.
+    #[error("decrypted value is not valid text (it is not UTF-8 or contains a NUL byte)")]
+    NotText,
+
+    /// An SPI query failed in a way that is not one of the above.
+    #[error("internal error in meshhook_keys: {0}")]
+    Internal(String),
+}
+
+impl From<pgrx::spi::SpiError> for KeysError {
+    fn from(e: pgrx::spi::SpiError) -> Self {
+        KeysError::Internal(format!("SPI: {e}"))
+    }
+}
+
+impl KeysError {
+    pub fn sqlstate(&self) -> PgSqlErrorCode {
+        use PgSqlErrorCode::*;
+        match self {
+            KeysError::NullArgument(_) => ERRCODE_NULL_VALUE_NOT_ALLOWED, // 22004
+            KeysError::Truncated { .. } => ERRCODE_INVALID_BINARY_REPRESENTATION, // 22P03
+            KeysError::UnknownFormat(_) => ERRCODE_INVALID_BINARY_REPRESENTATION, // 22P03
+            KeysError::UnknownKeyId(_) => ERRCODE_UNDEFINED_OBJECT,       // 42704
+            KeysError::AuthenticationFailed => ERRCODE_DATA_CORRUPTED,    // XX001
+            KeysError::KeyNotUsable { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+            KeysError::NoActiveKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+            KeysError::InvalidKeyringName(_) => ERRCODE_INVALID_NAME,     // 42602
+            KeysError::RootKeyUnavailable(_) => ERRCODE_CONFIG_FILE_ERROR, // F0000
+            KeysError::RootKeyMismatch { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, // 28000
+            KeysError::WrappedKeyCorrupted { .. } => ERRCODE_DATA_CORRUPTED, // XX001
+            KeysError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            KeysError::NotText => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,       // 22021
+            KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,                // XX000
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        match self {
+            KeysError::NullArgument("context") => {
+                Some("Pass '' for no context.".into())
+            }
+            KeysError::NoActiveKey(k) => Some(format!(
+                "An administrator creates the first key with SELECT meshhook_keys.keys_rotate('{k}');"
+            )),
+            KeysError::RootKeyUnavailable(_) => Some(
+                "Set meshhook_keys.root_key_file or meshhook_keys.root_key_command in postgresql.conf (see the README, \"Root key\")."
+                    .into(),
+            ),
+            KeysError::RootKeyMismatch { .. } => Some(
+                "The server was started with a different root key than the one that wrapped this data key. Restore the original root key, or rewrap the data keys under the new one."
+                    .into(),
+            ),
+            KeysError::AuthenticationFailed => Some(
+                "Decrypt with exactly the context string that was passed to secret_encrypt.".into(),
+            ),
+            KeysError::NotText => Some("Use secret_decrypt_bytea for binary secrets.".into()),
+            _ => None,
+        }
+    }
+
+    /// Raise this error as a Postgres ERROR with its SQLSTATE. Never returns.
+    pub fn raise(self) -> ! {
+        let mut report = ErrorReport::new(self.sqlstate(), self.to_string(), "meshhook_keys");
+        if let Some(h) = self.hint() {
+            report = report.set_hint(h);
+        }
+        report.report(PgLogLevel::ERROR);
+        unreachable!("ERROR does not return")
+    }
+}
+
+pub type Result<T> = std::result::Result<T, KeysError>;
+
+/// Unwrap a result inside a `#[pg_extern]`, raising the error with its SQLSTATE.
+pub trait OrRaise<T> {
+    fn or_raise(self) -> T;
+}
+
+impl<T> OrRaise<T> for Result<T> {
+    fn or_raise(self) -> T {
+        self.unwrap_or_else(|e| e.raise())
+    }
+}

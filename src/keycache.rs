@@ -1,0 +1,220 @@
+//! Per-backend cache of unwrapped data keys.
+//!
+//! A warm decrypt or encrypt does no SPI and no unwrap: it looks the key id (or the keyring's active
+//! key id) up in a hash map. Any change to `meshhook_keys.data_key` (a statement trigger calls
+//! `CacheInvalidateRelcacheByRelid`) reaches every backend as a relcache invalidation and empties the
+//! cache; each call first accepts pending invalidations, so a rotation committed by another session is
+//! seen by this session's very next call, even inside a long transaction. Evicted and flushed keys are
+//! zeroized (the AES key schedule is wiped on drop by the `zeroize` feature of `aes`).
+
+use crate::crypto::{self, SecretKey};
+use crate::error::{KeysError, Result};
+use crate::gucs;
+use crate::rootkey;
+use crate::store::{self, KeyRow};
+use aes_gcm::Aes256Gcm;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KeyState {
+    Active,
+    DecryptOnly,
+    Retired,
+    Destroyed,
+}
+
+impl KeyState {
+    fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "active" => KeyState::Active,
+            "decrypt_only" => KeyState::DecryptOnly,
+            "retired" => KeyState::Retired,
+            "destroyed" => KeyState::Destroyed,
+            other => return Err(KeysError::Internal(format!("unknown key state {other}"))),
+        })
+    }
+    fn name(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::DecryptOnly => "decrypt_only",
+            KeyState::Retired => "retired",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+}
+
+/// An unwrapped data key, ready to use.
+pub struct CachedKey {
+    pub key_id: i64,
+    pub keyring: String,
+    pub state: KeyState,
+    pub cipher: Aes256Gcm,
+    loaded_at: u64,
+}
+
+#[derive(Default)]
+struct Cache {
+    by_id: HashMap<i64, Rc<CachedKey>>,
+    active: HashMap<String, i64>,
+    clock: u64,
+    hits: u64,
+    misses: u64,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = RefCell::new(Cache::default());
+    /// OID of meshhook_keys.data_key, learnt from the rows we load; 0 until then.
+    static DATA_KEY_RELID: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Relcache invalidation callback, registered in `_PG_init`. Must not touch the catalogs.
+#[pg_guard]
+pub extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = DATA_KEY_RELID.get();
+    if relid == pg_sys::InvalidOid || (ours != 0 && relid.to_u32() == ours) {
+        flush();
+    }
+}
+
+/// Drop every cached key (each is zeroized as it is dropped).
+pub fn flush() {
+    CACHE.with_borrow_mut(|c| {
+        c.by_id.clear();
+        c.active.clear();
+    });
+}
+
+pub fn register_invalidation_callback() {
+    // SAFETY: called once per backend from _PG_init; the callback is a plain function.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize))
+    };
+}
+
+fn accept_invalidations() {
+    // SAFETY: called inside a transaction from SQL-callable code; cheap when nothing is pending.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+}
+
+/// (keys cached, lookups served from the cache, lookups that loaded and unwrapped a key) in this
+/// backend since it started.
+pub fn stats() -> (usize, u64, u64) {
+    CACHE.with_borrow(|c| (c.by_id.len(), c.hits, c.misses))
+}
+
+fn count(hit: bool) {
+    CACHE.with_borrow_mut(|c| if hit { c.hits += 1 } else { c.misses += 1 });
+}
+
+fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
+    DATA_KEY_RELID.set(row.table_oid.to_u32());
+    let state = KeyState::parse(&row.state)?;
+    let Some(wrapped) = row.wrapped_key.as_deref() else {
+        return Err(KeysError::KeyNotUsable {
+            keyring: row.keyring.clone(),
+            version: row.version,
+            state: state.name().into(),
+            op: "decrypt (its key material was destroyed)",
+        });
+    };
+    let root = rootkey::current()?;
+    if row.root_fingerprint.as_slice() != root.fingerprint.as_slice() {
+        return Err(KeysError::RootKeyMismatch {
+            keyring: row.keyring.clone(),
+            version: row.version,
+            stored: rootkey::fingerprint_hex(&row.root_fingerprint),
+            loaded: rootkey::fingerprint_hex(&root.fingerprint),
+        });
+    }
+    let dek: SecretKey = crypto::unwrap_key(&root.key, row.key_id, wrapped).map_err(|_| {
+        KeysError::WrappedKeyCorrupted {
+            keyring: row.keyring.clone(),
+            version: row.version,
+        }
+    })?;
+    Ok(CachedKey {
+        key_id: row.key_id,
+        keyring: row.keyring.clone(),
+        state,
+        cipher: dek.cipher(),
+        loaded_at: 0,
+    })
+}
+
+fn insert(mut key: CachedKey) -> Rc<CachedKey> {
+    CACHE.with_borrow_mut(|c| {
+        let cap = gucs::key_cache_size();
+        while c.by_id.len() >= cap {
+            let oldest = c
+                .by_id
+                .values()
+                .min_by_key(|k| k.loaded_at)
+                .map(|k| k.key_id);
+            match oldest {
+                Some(id) => {
+                    c.by_id.remove(&id);
+                    c.active.retain(|_, v| *v != id);
+                }
+                None => break,
+            }
+        }
+        c.clock += 1;
+        key.loaded_at = c.clock;
+        let key = Rc::new(key);
+        if key.state == KeyState::Active {
+            c.active.insert(key.keyring.clone(), key.key_id);
+        }
+        c.by_id.insert(key.key_id, key.clone());
+        key
+    })
+}
+
+/// The key a ciphertext names, for decryption. Retired and destroyed keys are refused.
+pub fn key_for_decrypt(key_id: i64) -> Result<Rc<CachedKey>> {
+    accept_invalidations();
+    let cached = CACHE.with_borrow(|c| c.by_id.get(&key_id).cloned());
+    count(cached.is_some());
+    let key = match cached {
+        Some(k) => k,
+        None => {
+            let row = store::key_by_id(key_id)?.ok_or(KeysError::UnknownKeyId(key_id))?;
+            let state = KeyState::parse(&row.state)?;
+            if matches!(state, KeyState::Retired | KeyState::Destroyed) {
+                return Err(not_usable(&row.keyring, row.version, state, "decrypt"));
+            }
+            insert(unwrap_row(&row)?)
+        }
+    };
+    Ok(key)
+}
+
+fn not_usable(keyring: &str, version: i32, state: KeyState, op: &'static str) -> KeysError {
+    KeysError::KeyNotUsable {
+        keyring: keyring.into(),
+        version,
+        state: state.name().into(),
+        op,
+    }
+}
+
+/// The active key of a keyring, for encryption. `None` when the keyring has no active key.
+pub fn active_key(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
+    accept_invalidations();
+    let hit = CACHE.with_borrow(|c| {
+        c.active
+            .get(keyring)
+            .and_then(|id| c.by_id.get(id))
+            .cloned()
+    });
+    count(hit.is_some());
+    if let Some(k) = hit {
+        return Ok(Some(k));
+    }
+    match store::active_key(keyring)? {
+        None => Ok(None),
+        Some(row) => Ok(Some(insert(unwrap_row(&row)?))),
+    }
+}

@@ -1,0 +1,49 @@
+//! meshhook_keys: envelope encryption for secrets stored in PostgreSQL, with versioned data keys
+//! wrapped by a root key that never lives in the database, online key rotation and an append-only,
+//! hash-chained audit log.
+
+use pgrx::prelude::*;
+
+mod api;
+mod audit;
+mod crypto;
+mod error;
+mod gucs;
+mod keycache;
+mod rootkey;
+mod store;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[allow(non_snake_case)]
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    keycache::register_invalidation_callback();
+    // SAFETY: reading a postmaster global flag.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        rootkey::startup_check();
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+mod tests;
+
+/// Required by `cargo pgrx test`: settings for the throwaway test cluster.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![
+            "shared_preload_libraries = 'meshhook_keys'",
+            // A fixed test root key from the command provider (the file provider is exercised by the
+            // pg_regress and client-level suites, which can create a 0600 file owned by postgres).
+            "meshhook_keys.root_key_command = 'echo 6d657368686f6f6b5f6b6579735f746573745f726f6f745f6b65795f5f5f5f21'",
+        ]
+    }
+}

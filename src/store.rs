@@ -1,0 +1,202 @@
+//! Every SQL statement the Rust code runs, parameterised, in one place.
+
+use crate::error::{KeysError, Result};
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+
+/// One data key row as stored (wrapped material only).
+pub struct KeyRow {
+    pub table_oid: pg_sys::Oid,
+    pub key_id: i64,
+    pub keyring: String,
+    pub version: i32,
+    pub state: String,
+    pub wrapped_key: Option<Vec<u8>>,
+    pub root_fingerprint: Vec<u8>,
+}
+
+const KEY_COLUMNS: &str =
+    "tableoid::oid, key_id, keyring, version, state, wrapped_key, root_fingerprint";
+
+fn key_row(t: &pgrx::spi::SpiTupleTable<'_>) -> Result<KeyRow> {
+    let missing = |c: &str| KeysError::Internal(format!("data_key.{c} is NULL"));
+    Ok(KeyRow {
+        table_oid: t
+            .get::<pg_sys::Oid>(1)?
+            .ok_or_else(|| missing("tableoid"))?,
+        key_id: t.get::<i64>(2)?.ok_or_else(|| missing("key_id"))?,
+        keyring: t.get::<String>(3)?.ok_or_else(|| missing("keyring"))?,
+        version: t.get::<i32>(4)?.ok_or_else(|| missing("version"))?,
+        state: t.get::<String>(5)?.ok_or_else(|| missing("state"))?,
+        wrapped_key: t.get::<Vec<u8>>(6)?,
+        root_fingerprint: t
+            .get::<Vec<u8>>(7)?
+            .ok_or_else(|| missing("root_fingerprint"))?,
+    })
+}
+
+fn first_key_row(
+    client: &SpiClient<'_>,
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Result<Option<KeyRow>> {
+    let t = client.select(sql, Some(1), args)?;
+    if t.is_empty() {
+        return Ok(None);
+    }
+    key_row(&t.first()).map(Some)
+}
+
+/// The key a ciphertext names, whatever its state.
+pub fn key_by_id(key_id: i64) -> Result<Option<KeyRow>> {
+    Spi::connect(|c| {
+        first_key_row(
+            c,
+            &format!("SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE key_id = $1"),
+            &[key_id.into()],
+        )
+    })
+}
+
+/// The active key of a keyring, if it has one.
+pub fn active_key(keyring: &str) -> Result<Option<KeyRow>> {
+    Spi::connect(|c| {
+        first_key_row(
+            c,
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE keyring = $1 AND state = 'active'"
+            ),
+            &[keyring.into()],
+        )
+    })
+}
+
+/// Take the audit chain lock (the same one the audit_log trigger takes) until the transaction ends.
+/// Every action that writes an audit row takes it *before* any keyring lock, so that two audited
+/// transactions always lock in the same order and cannot deadlock on each other.
+pub fn lock_audit_chain() -> Result<()> {
+    Spi::connect_mut(|c| {
+        c.update(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.audit_log'))",
+            None,
+            &[],
+        )?;
+        Ok(())
+    })
+}
+
+/// Create the keyring if needed and lock its row until the transaction ends, so that rotations of
+/// one keyring serialize. The UPDATE (not just FOR UPDATE) makes a concurrent REPEATABLE READ
+/// rotation fail with a serialization error instead of computing a stale version number.
+pub fn lock_keyring(keyring: &str) -> Result<()> {
+    Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO meshhook_keys.keyring (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            None,
+            &[keyring.into()],
+        )?;
+        c.update(
+            "UPDATE meshhook_keys.keyring SET rotated_at = pg_catalog.now() WHERE name = $1",
+            None,
+            &[keyring.into()],
+        )?;
+        Ok(())
+    })
+}
+
+/// Move the active key (if any) to `decrypt_only`; returns its version.
+pub fn demote_active(keyring: &str) -> Result<Option<i32>> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            "UPDATE meshhook_keys.data_key SET state = 'decrypt_only'
+              WHERE keyring = $1 AND state = 'active' RETURNING version",
+            None,
+            &[keyring.into()],
+        )?;
+        if t.is_empty() {
+            Ok(None)
+        } else {
+            Ok(t.first().get::<i32>(1)?)
+        }
+    })
+}
+
+pub fn next_version(keyring: &str) -> Result<i32> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT coalesce(pg_catalog.max(version), 0) + 1
+               FROM meshhook_keys.data_key WHERE keyring = $1",
+            None,
+            &[keyring.into()],
+        )?;
+        t.first()
+            .get::<i32>(1)?
+            .ok_or_else(|| KeysError::Internal("next version is NULL".into()))
+    })
+}
+
+/// Insert a new active key; returns its activation time.
+pub fn insert_active_key(
+    keyring: &str,
+    version: i32,
+    key_id: i64,
+    wrapped: &[u8],
+    fingerprint: &[u8],
+) -> Result<pgrx::datum::TimestampWithTimeZone> {
+    Spi::connect_mut(|c| {
+        let t = c.update(
+            "INSERT INTO meshhook_keys.data_key
+                    (key_id, keyring, version, state, wrapped_key, root_fingerprint, activated_at)
+             VALUES ($1, $2, $3, 'active', $4, $5, pg_catalog.now())
+             RETURNING activated_at",
+            None,
+            &[
+                key_id.into(),
+                keyring.into(),
+                version.into(),
+                wrapped.into(),
+                fingerprint.into(),
+            ],
+        )?;
+        t.first()
+            .get::<pgrx::datum::TimestampWithTimeZone>(1)?
+            .ok_or_else(|| KeysError::Internal("activated_at is NULL".into()))
+    })
+}
+
+/// One audit row. The chain hash, id and timestamp are filled in by the table's trigger, which
+/// also mirrors the row to the server log. `actor` defaults to session_user.
+pub struct AuditEvent<'a> {
+    pub actor: Option<&'a str>,
+    pub role_name: &'a str,
+    pub action: &'a str,
+    pub outcome: &'a str,
+    pub keyring: Option<&'a str>,
+    pub version: Option<i32>,
+    pub key_id: Option<i64>,
+    pub reason: Option<&'a str>,
+    pub detail: serde_json::Value,
+}
+
+pub fn insert_audit(e: &AuditEvent<'_>) -> Result<()> {
+    Spi::connect_mut(|c| {
+        c.update(
+            "INSERT INTO meshhook_keys.audit_log
+                    (actor, role_name, action, outcome, keyring, version, key_id, reason, detail)
+             VALUES (coalesce($1, session_user::text), $2, $3, $4, $5, $6, $7, $8, $9)",
+            None,
+            &[
+                e.actor.into(),
+                e.role_name.into(),
+                e.action.into(),
+                e.outcome.into(),
+                e.keyring.into(),
+                e.version.into(),
+                e.key_id.into(),
+                e.reason.into(),
+                pgrx::JsonB(e.detail.clone()).into(),
+            ],
+        )?;
+        Ok(())
+    })
+}
