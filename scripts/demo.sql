@@ -1,0 +1,70 @@
+-- The meshhook_keys demo, run by scripts/demo.sh against a fresh database.
+\pset footer off
+\set VERBOSITY default
+\set ON_ERROR_STOP 0
+
+\echo '\n## 1. Install the extension (roles meshhook_keys_user / meshhook_keys_admin are created if missing)'
+CREATE EXTENSION meshhook_keys;
+\dx meshhook_keys
+
+\echo '\n## 2. An app role and an ops role'
+CREATE ROLE demo_app LOGIN IN ROLE meshhook_keys_user;
+CREATE ROLE demo_ops LOGIN IN ROLE meshhook_keys_admin;
+
+\echo '\n## 3. Two tenants store third-party credentials; the context binds each ciphertext to its row'
+CREATE TABLE tenant_secret (
+    tenant  text  NOT NULL,
+    name    text  NOT NULL,
+    secret  bytea NOT NULL,
+    PRIMARY KEY (tenant, name)
+);
+GRANT SELECT, INSERT ON tenant_secret TO demo_app;
+
+SET ROLE demo_app;
+INSERT INTO tenant_secret (tenant, name, secret) VALUES
+    ('acme',   'stripe_api_key', meshhook_keys.secret_encrypt('sk_live_acme_0001',   'acme/stripe_api_key')),
+    ('acme',   'github_webhook', meshhook_keys.secret_encrypt('whsec_acme_0002',     'acme/github_webhook')),
+    ('globex', 'slack_token',    meshhook_keys.secret_encrypt('xoxb-globex-0003',    'globex/slack_token'));
+RESET ROLE;
+\echo 'What is stored (first bytes of each envelope: format 01, then the 8-byte key id):'
+SELECT tenant, name, length(secret) AS bytes,
+       encode(substring(secret from 1 for 9), 'hex') AS header,
+       meshhook_keys.ciphertext_key_id(secret) AS key_id
+  FROM tenant_secret ORDER BY tenant, name;
+
+\echo '\n## 4. Ops rotates the default keyring (O(1): no user row is touched)'
+SET ROLE demo_ops;
+SELECT keyring, version, key_id FROM meshhook_keys.keys_rotate('default', 'demo: quarterly rotation');
+RESET ROLE;
+
+\echo '\n## 5. New writes use version 2 at once; rows written before stay on version 1'
+SET ROLE demo_app;
+INSERT INTO tenant_secret (tenant, name, secret) VALUES
+    ('globex', 'openai_key', meshhook_keys.secret_encrypt('sk-globex-0004', 'globex/openai_key'));
+RESET ROLE;
+SELECT t.tenant, t.name, k.version AS key_version,
+       meshhook_keys.secret_decrypt(t.secret, t.tenant || '/' || t.name) AS decrypted
+  FROM tenant_secret t
+  JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.secret)
+ ORDER BY t.tenant, t.name;
+
+\echo '\n## 6. A ciphertext copied into another tenant''s row does not decrypt there'
+SELECT meshhook_keys.secret_decrypt(secret, 'globex/stripe_api_key')
+  FROM tenant_secret WHERE tenant = 'acme' AND name = 'stripe_api_key';
+
+\echo '\n## 7. The app role cannot rotate (refused with 42501, and the refusal is audited)'
+SET ROLE demo_app;
+SELECT meshhook_keys.keys_rotate('default', 'not allowed');
+RESET ROLE;
+-- the refusal is written by a short-lived background worker in its own transaction
+SELECT pg_sleep(0.2) FROM generate_series(1, 25)
+ WHERE NOT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE outcome = 'refused') LIMIT 1 \g /dev/null
+
+\echo '\n## 8. Key versions (metadata only: key material never leaves the extension)'
+SELECT keyring, version, state, activated_at IS NOT NULL AS activated FROM meshhook_keys.keys ORDER BY keyring, version;
+
+\echo '\n## 9. The audit log (append-only, hash-chained, also written to the server log)'
+SELECT id, actor, role_name, action, outcome, keyring, version, reason FROM meshhook_keys.audit_log ORDER BY id;
+SELECT * FROM meshhook_keys.audit_verify();
+\echo 'Trying to rewrite history:'
+DELETE FROM meshhook_keys.audit_log;
