@@ -1,0 +1,21 @@
+-- Every object the extension owns. A change here is a change to the SQL surface:
+-- it needs an upgrade script and a CHANGELOG entry.
+SELECT pg_describe_object(classid, objid, objsubid) AS object
+  FROM pg_depend
+ WHERE refclassid = 'pg_extension'::regclass
+   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'meshhook_keys')
+   AND deptype = 'e'
+ ORDER BY 1;
+-- Extension tables whose rows pg_dump carries.
+SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
+ WHERE e.extname = 'meshhook_keys' ORDER BY 1;
+-- SECURITY DEFINER functions and their pinned settings; volatility of every function.
+SELECT p.proname, p.prosecdef AS definer, p.provolatile AS vol, p.proconfig
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'meshhook_keys'
+ ORDER BY 1;
+-- Every public function and table carries a comment.
+SELECT p.proname AS undocumented_function FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'meshhook_keys' AND p.proname NOT LIKE '\_%' AND obj_description(p.oid, 'pg_proc') IS NULL;
+SELECT c.relname AS undocumented_relation FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'meshhook_keys' AND c.relkind IN ('r', 'v') AND obj_description(c.oid, 'pg_class') IS NULL;

@@ -1,0 +1,67 @@
+BEGIN;
+CREATE ROLE mk_nobody;
+CREATE ROLE mk_app IN ROLE meshhook_keys_user;
+CREATE ROLE mk_ops IN ROLE meshhook_keys_admin;
+
+-- The role x function matrix (EXECUTE privilege).
+SELECT p.proname,
+       has_function_privilege('mk_nobody', p.oid, 'EXECUTE') AS nobody,
+       has_function_privilege('mk_app', p.oid, 'EXECUTE')    AS app,
+       has_function_privilege('mk_ops', p.oid, 'EXECUTE')    AS ops
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'meshhook_keys'
+ ORDER BY p.proname, p.oid::regprocedure::text;
+
+-- The role x relation matrix (SELECT / INSERT privilege).
+SELECT c.relname,
+       has_table_privilege('mk_nobody', c.oid, 'SELECT') AS nobody_sel,
+       has_table_privilege('mk_app', c.oid, 'SELECT')    AS app_sel,
+       has_table_privilege('mk_ops', c.oid, 'SELECT')    AS ops_sel,
+       has_table_privilege('mk_ops', c.oid, 'INSERT,UPDATE,DELETE,TRUNCATE') AS ops_write
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'meshhook_keys' AND c.relkind IN ('r', 'v')
+ ORDER BY 1;
+SELECT has_schema_privilege('mk_nobody', 'meshhook_keys', 'USAGE') AS nobody_usage,
+       has_schema_privilege('mk_app', 'meshhook_keys', 'CREATE') AS app_create;
+
+-- A role with neither grant is refused by PostgreSQL for every function and table.
+SET LOCAL ROLE mk_nobody;
+SELECT sqlstate_of('SELECT meshhook_keys.secret_encrypt(''x'')');
+SELECT sqlstate_of('SELECT meshhook_keys.secret_decrypt(''\x00''::bytea)');
+SELECT sqlstate_of('SELECT meshhook_keys.keys_rotate()');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.keys');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.data_key');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.audit_log');
+SELECT sqlstate_of('SELECT meshhook_keys.audit_verify()');
+RESET ROLE;
+-- Even with USAGE on the schema, the function and table ACLs refuse it.
+GRANT USAGE ON SCHEMA meshhook_keys TO mk_nobody;
+SET LOCAL ROLE mk_nobody;
+SELECT sqlstate_of('SELECT meshhook_keys.secret_encrypt(''x'')');
+SELECT sqlstate_of('SELECT meshhook_keys.secret_decrypt(''\x00''::bytea)');
+SELECT sqlstate_of('SELECT meshhook_keys.keys_rotate()');
+SELECT sqlstate_of('SELECT meshhook_keys.ciphertext_key_id(''\x00''::bytea)');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.data_key');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.keys');
+RESET ROLE;
+
+-- A user-role member encrypts and decrypts, but cannot rotate, read keys or the audit log.
+SET LOCAL ROLE mk_app;
+SELECT meshhook_keys.secret_decrypt(meshhook_keys.secret_encrypt('app secret', 'ctx'), 'ctx');
+SELECT sqlstate_of('SELECT meshhook_keys.keys_rotate(''default'')');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.keys');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.data_key');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.audit_log');
+SELECT sqlstate_of('SELECT meshhook_keys.audit_verify()');
+SELECT sqlstate_of('SELECT meshhook_keys._key_cache_stats()');
+RESET ROLE;
+
+-- An admin-role member rotates and reads metadata and the audit log, but never data_key.
+SET LOCAL ROLE mk_ops;
+SELECT keyring, version FROM meshhook_keys.keys_rotate('ops-ring', 'privileges test');
+SELECT keyring, version, state FROM meshhook_keys.keys WHERE keyring = 'ops-ring';
+SELECT action, keyring, version, role_name FROM meshhook_keys.audit_log WHERE keyring = 'ops-ring';
+SELECT sqlstate_of('SELECT wrapped_key FROM meshhook_keys.data_key');
+SELECT sqlstate_of('INSERT INTO meshhook_keys.audit_log (action) VALUES (''forged'')');
+RESET ROLE;
+ROLLBACK;
