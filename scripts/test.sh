@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Every test suite, from a fresh Debian 12 machine (run as root). .ci/run calls exactly this.
+#   1. cargo fmt --check and cargo clippy -D warnings
+#   2. cargo pgrx test: plain #[test]s (crypto, envelope) and #[pg_test]s (library preloaded)
+#   3. pg_regress + pg_isolation_regress suites on a throwaway cluster (scripts/installcheck.sh)
+#   4. client-level tests through psql: restarts, wrong root keys, dump/restore (tests/client/run.sh)
+source "$(dirname "$0")/lib.sh"
+cd "$REPO_ROOT"
+start=$(date +%s)
+
+"$REPO_ROOT/scripts/setup.sh"
+
+say "cargo fmt --check"
+cargo fmt --check
+say "cargo clippy -D warnings"
+cargo clippy --all-targets --features pg15 -- -D warnings
+
+say "cargo pgrx test (unit tests and in-process pg_tests)"
+PGRX_DATA=$(mktemp -d /tmp/mk_pgrx.XXXXXX)
+chown postgres:postgres "$PGRX_DATA"
+trap 'rm -rf "$PGRX_DATA"' EXIT
+cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA"
+
+install_extension
+say "SQL suites (pg_regress, isolation)"
+"$REPO_ROOT/scripts/installcheck.sh"
+say "client-level suite"
+"$REPO_ROOT/tests/client/run.sh"
+
+say "all test suites passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# Client-level tests: a real server, real client connections (psql), restarts with good and bad
+# root keys, pg_dump/restore. Expects the extension installed (scripts/test.sh does that).
+source "$(dirname "$0")/../../scripts/lib.sh"
+
+PORT=${MESHHOOK_KEYS_CLIENT_PORT:-54333}
+TMP=$(mktemp -d /tmp/mk_client.XXXXXX)
+chmod 755 "$TMP"
+KEY=$TMP/keys/root.key
+make_root_key "$KEY"
+init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$KEY'" "log_statement = 'none'" \
+    "log_min_error_statement = 'panic'"
+trap 'stop_cluster "$TMP" immediate; rm -rf "$TMP"' EXIT
+start_cluster "$TMP"
+
+FAILS=0; PASSES=0
+ok()   { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
+fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; [ -n "${2:-}" ] && printf '       %s\n' "$2"; return 0; }
+# check NAME EXPECTED ACTUAL
+check() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "expected [$2], got [$3]"; fi; }
+# check_match NAME REGEX ACTUAL
+check_match() { if printf '%s' "$3" | grep -Eq -- "$2"; then ok "$1"; else fail "$1" "expected /$2/, got [$3]"; fi; }
+
+# q DB SQL [psql args]: run as a client, print tuples only. qe: print "SQLSTATE: message" on error.
+q()  { local db=$1 sql=$2; shift 2; as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@" -c "$sql"; }
+qe() { local db=$1 sql=$2; shift 2
+       { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d "$db" -v VERBOSITY=verbose "$@" -c "$sql" 2>&1 || true; } \
+         | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\): \(.*\)$/\1: \2/p' | head -1; }
+restart() { stop_cluster "$TMP"; start_cluster "$TMP"; }
+# wait_for DB SQL: poll until SQL returns 't', at most 20 s (no fixed sleeps).
+wait_for() { local i; for i in $(seq 1 200); do [ "$(q "$1" "$2")" = t ] && return 0; sleep 0.1; done; return 1; }
+
+say "client tests (cluster in $TMP, port $PORT)"
+q postgres "CREATE DATABASE app"
+q app "CREATE EXTENSION meshhook_keys"
+q app "CREATE ROLE app_user LOGIN IN ROLE meshhook_keys_user; CREATE ROLE ops LOGIN IN ROLE meshhook_keys_admin;
+       CREATE TABLE creds (id int PRIMARY KEY, tenant text NOT NULL, token bytea NOT NULL);
+       GRANT SELECT, INSERT, UPDATE ON creds TO app_user;"
+
+echo "# an application session"
+q app "INSERT INTO creds SELECT i, 't' || (i % 2), meshhook_keys.secret_encrypt('CLIENT-SECRET-' || i, 't' || (i % 2) || ':' || i) FROM generate_series(1, 50) i" -U app_user
+check "app role decrypts its rows" 50 \
+    "$(q app "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id" -U app_user)"
+
+echo "# a rotation by another connection is used by this session's next encrypt, without reconnecting"
+out=$(as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U app_user -d app -v ON_ERROR_STOP=1 <<SQL
+SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('a')) AS before \gset
+\! psql -X -q -A -t -h $TMP -p $PORT -U ops -d app -c "SELECT 1 FROM meshhook_keys.keys_rotate('default', 'client test')" >/dev/null
+SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('b')) <> :before AS changed;
+BEGIN;
+SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('c')) AS in_tx \gset
+\! psql -X -q -A -t -h $TMP -p $PORT -U ops -d app -c "SELECT 1 FROM meshhook_keys.keys_rotate('default', 'client test 2')" >/dev/null
+SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('d')) <> :in_tx AS changed_in_tx;
+COMMIT;
+SQL
+) || true
+check "next encrypt uses the new version" "t" "$(echo "$out" | sed -n 1p)"
+check "also inside an open transaction" "t" "$(echo "$out" | sed -n 2p)"
+check "old rows still decrypt after two rotations" 50 \
+    "$(q app "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id" -U app_user)"
+
+echo "# refusals are audited durably (the refused transaction itself rolls back)"
+check_match "app role cannot rotate" '^42501: permission denied for keys_rotate' "$(qe app "SELECT meshhook_keys.keys_rotate('default', 'nope')" -U app_user)"
+if wait_for app "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE action = 'refused' AND role_name = 'app_user' AND actor = 'app_user' AND keyring = 'default')"; then
+    ok "refusal row written by the audit writer"
+else
+    fail "refusal row written by the audit writer" "$(q app "SELECT * FROM meshhook_keys.audit_log")"
+fi
+check "audit chain verifies" "t|2|" "$(q app "SELECT ok, rows_checked >= 2, first_bad_id FROM meshhook_keys.audit_verify()" | sed 's/|t|/|2|/')"
+check_match "audit rows are mirrored to the server log" 'meshhook_keys audit: id=[0-9]+ action=rotate outcome=ok actor=ops role=ops keyring=default version=2' "$(grep 'meshhook_keys audit' "$TMP/server.log")"
+
+echo "# pg_dump / restore keeps every secret decryptable under the same root key"
+as_pg pg_dump -h "$TMP" -p "$PORT" -U postgres -d app -Fc -f "$TMP/app.dump"
+q postgres "CREATE DATABASE restored"
+as_pg pg_restore -h "$TMP" -p "$PORT" -U postgres -d restored --exit-on-error "$TMP/app.dump"
+check "restored rows decrypt" 50 \
+    "$(q restored "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id")"
+check "restored keys" "$(q app "SELECT string_agg(key_id::text || state, ',' ORDER BY key_id) FROM meshhook_keys.keys")" \
+    "$(q restored "SELECT string_agg(key_id::text || state, ',' ORDER BY key_id) FROM meshhook_keys.keys")"
+check "restored audit log verifies" "t" "$(q restored "SELECT ok FROM meshhook_keys.audit_verify()")"
+check "restored audit log is identical" "$(q app "SELECT md5(string_agg(hash::text, ',' ORDER BY id)) FROM meshhook_keys.audit_log")" \
+    "$(q restored "SELECT md5(string_agg(hash::text, ',' ORDER BY id)) FROM meshhook_keys.audit_log")"
+check "restored database keeps rotating" "t" "$(q restored "SELECT version > 1 FROM meshhook_keys.keys_rotate('default', 'after restore')")"
+
+echo "# a different root key is a clear error, never garbage"
+cp "$KEY" "$TMP/keys/good.key"
+make_root_key "$KEY"   # overwrite with a new random key
+restart
+check_match "startup logs the new fingerprint" 'meshhook_keys: root key loaded, fingerprint [0-9a-f]{16}' "$(grep 'root key loaded' "$TMP/server.log" | tail -1)"
+check_match "decrypt says the root key does not match" '^28000: root key does not match: key version [0-9]+ of keyring "default" was wrapped by root key [0-9a-f]{16}, the loaded root key is [0-9a-f]{16}' \
+    "$(qe app "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"
+check_match "encrypt says so too" '^28000: root key does not match' "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+install -o postgres -g postgres -m 600 "$TMP/keys/good.key" "$KEY"
+restart
+check "the original root key works again" "CLIENT-SECRET-1" "$(q app "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"
+
+echo "# a root key file readable by others is refused, with a LOG line at startup"
+chmod 644 "$KEY"
+restart
+check_match "startup LOG line names the problem" 'root key not loaded at startup: root key unavailable: root key file .* permissions 0644' "$(grep 'root key not loaded' "$TMP/server.log" | tail -1)"
+check_match "use is refused with F0000" '^F0000: root key unavailable: root key file ".*": permissions 0644 allow access by group or others' \
+    "$(qe app "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"
+chmod 600 "$KEY"
+
+echo "# a missing root key file"
+mv "$KEY" "$KEY.moved"
+restart
+check_match "missing file is F0000" '^F0000: root key unavailable: root key file ".*": entity not found' "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+mv "$KEY.moved" "$KEY"
+
+echo "# the command provider"
+q postgres "ALTER SYSTEM SET meshhook_keys.root_key_file = ''"
+q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'cat $KEY'"
+restart
+check "command provider: same key, rows decrypt" 50 \
+    "$(q app "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id")"
+q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'echo TOKEN=hunter2 >/dev/null; exit 3'"
+restart
+err=$(qe app "SELECT meshhook_keys.secret_encrypt('x')")
+check_match "failing command is F0000 with its exit status" '^F0000: root key unavailable: meshhook_keys.root_key_command: exited with exit status: 3' "$err"
+check "the command text is not repeated" "" "$(printf '%s' "$err" | grep -o hunter2 || true)"
+q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'echo not-a-key'"
+restart
+check_match "garbage output is F0000" '^F0000: root key unavailable: .*its output is not a root key' "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+q postgres "ALTER SYSTEM SET meshhook_keys.root_key_file = '$KEY'"
+restart
+check_match "both providers set is refused" '^F0000: root key unavailable: both meshhook_keys.root_key_file and meshhook_keys.root_key_command are set' \
+    "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+check_match "non-superusers cannot see the settings" '^42501: (must be superuser|permission denied)' \
+    "$(qe app "SHOW meshhook_keys.root_key_command" -U app_user)"
+q postgres "ALTER SYSTEM RESET meshhook_keys.root_key_command"
+q postgres "ALTER SYSTEM RESET meshhook_keys.root_key_file"
+restart
+
+echo "# no crash, no plaintext or key material in the server log"
+check "server never crashed" "" "$(grep -E 'terminated by signal|PANIC|server process .* was terminated' "$TMP/server.log" || true)"
+check "no plaintext in the server log" "" "$(grep -o 'CLIENT-SECRET-[0-9]*' "$TMP/server.log" | head -1 || true)"
+check "no root key bytes in the server log" "" "$(grep -of "$KEY" "$TMP/server.log" | head -1 || true)"
+
+echo
+echo "client tests: $PASSES passed, $FAILS failed"
+[ "$FAILS" = 0 ]
