@@ -59,6 +59,25 @@ check "also inside an open transaction" "t" "$(echo "$out" | sed -n 2p)"
 check "old rows still decrypt after two rotations" 50 \
     "$(q app "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id" -U app_user)"
 
+echo "# a rotation rolled back in this session (or to a savepoint) is never used afterwards"
+out=$(as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U ops -d app -v ON_ERROR_STOP=1 <<'SQL'
+SELECT key_id AS active FROM meshhook_keys.keys WHERE keyring = 'default' AND state = 'active' \gset
+BEGIN;
+SELECT 1 FROM meshhook_keys.keys_rotate('default', 'to be rolled back') \g /dev/null
+SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('x')) <> :active AS used_new_in_tx;
+ROLLBACK;
+SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('y')) = :active AS back_to_old;
+BEGIN;
+SAVEPOINT s;
+SELECT 1 FROM meshhook_keys.keys_rotate('default', 'to be rolled back to a savepoint') \g /dev/null
+SELECT meshhook_keys.secret_encrypt('z') IS NOT NULL AS encrypted_in_savepoint;
+ROLLBACK TO SAVEPOINT s;
+SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('w')) = :active AS back_to_old_after_savepoint;
+COMMIT;
+SQL
+) || true
+check "rolled-back rotation: new key used inside, old key after" "t t t t" "$(echo $out)"
+
 echo "# refusals are audited durably (the refused transaction itself rolls back)"
 check_match "app role cannot rotate" '^42501: permission denied for keys_rotate' "$(qe app "SELECT meshhook_keys.keys_rotate('default', 'nope')" -U app_user)"
 if wait_for app "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE action = 'refused' AND role_name = 'app_user' AND actor = 'app_user' AND keyring = 'default')"; then
