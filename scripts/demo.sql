@@ -48,11 +48,11 @@ SELECT t.tenant, t.name, k.version AS key_version,
   JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.secret)
  ORDER BY t.tenant, t.name;
 
-\echo '\n## 6. A ciphertext copied into another tenant''s row does not decrypt there'
+\echo '\n## 6. A ciphertext copied into another tenant''s row does not decrypt there (the ERROR below is expected)'
 SELECT meshhook_keys.secret_decrypt(secret, 'globex/stripe_api_key')
   FROM tenant_secret WHERE tenant = 'acme' AND name = 'stripe_api_key';
 
-\echo '\n## 7. The app role cannot rotate (refused with 42501, and the refusal is audited)'
+\echo '\n## 7. The app role cannot rotate: refused with 42501 (the ERROR below is expected) and audited'
 SET ROLE demo_app;
 SELECT meshhook_keys.keys_rotate('default', 'not allowed');
 RESET ROLE;
@@ -66,5 +66,5 @@ SELECT keyring, version, state, activated_at IS NOT NULL AS activated FROM meshh
 \echo '\n## 9. The audit log (append-only, hash-chained, also written to the server log)'
 SELECT id, actor, role_name, action, outcome, keyring, version, reason FROM meshhook_keys.audit_log ORDER BY id;
 SELECT * FROM meshhook_keys.audit_verify();
-\echo 'Trying to rewrite history:'
+\echo 'Trying to rewrite history (the ERROR below is expected):'
 DELETE FROM meshhook_keys.audit_log;
