@@ -33,6 +33,9 @@ as_pg "$ISOLATION" --bindir="$PGBIN" --host="$TMP" --port="$PORT" --user=postgre
     --inputdir=tests/isolation --outputdir="$TMP/iso" --dbname=isolation_regression \
     $SPECS || { cat "$TMP/iso/regression.diffs"; status=1; }
 
+say "upgrade test"
+PGHOST="$TMP" PGPORT="$PORT" "$REPO_ROOT/tests/upgrade/run.sh" || status=1
+
 if [ "${MESHHOOK_KEYS_ACCEPT:-0}" = 1 ]; then
     cp "$TMP"/out/results/*.out tests/pg_regress/expected/ 2>/dev/null || true
     cp "$TMP"/iso/results/*.out tests/isolation/expected/ 2>/dev/null || true

@@ -6,6 +6,22 @@ CREATE TRIGGER data_key_invalidate_cache
     AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON meshhook_keys.data_key
     FOR EACH STATEMENT EXECUTE FUNCTION meshhook_keys._key_cache_invalidate();
 
+-- regclass-typed entry points over the Rust functions (which take an oid).
+CREATE FUNCTION meshhook_keys.register_column(
+    tbl regclass, col name, context text DEFAULT NULL, keyring text DEFAULT 'default')
+RETURNS integer LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT meshhook_keys._register_column(tbl::oid, col::text, context, keyring) $$;
+
+CREATE FUNCTION meshhook_keys.unregister_column(tbl regclass, col name)
+RETURNS boolean LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT meshhook_keys._unregister_column(tbl::oid, col::text) $$;
+
+CREATE FUNCTION meshhook_keys.key_usage(keyring text DEFAULT 'default')
+RETURNS TABLE (table_name regclass, column_name name, version integer, state text, rows bigint)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT u.table_oid::regclass, u.column_name::name, u.version, u.state, u.rows
+        FROM meshhook_keys._key_usage(keyring) u $$;
+
 ------------------------------------------------------------------------------------------------
 -- Privileges: start from nothing, then grant one thing at a time, each with its reason.
 ------------------------------------------------------------------------------------------------
@@ -28,6 +44,24 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) TO meshhook_key
 -- lacks meshhook_keys_admin, and records the refusal in the audit log. A role with neither grant is
 -- refused by PostgreSQL before the function runs.
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_rotate(text, text) TO meshhook_keys_user;
+
+-- Administrative functions are executable by the user role on purpose, like keys_rotate: each
+-- checks for meshhook_keys_admin itself and audits the refusal.
+GRANT EXECUTE ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys._register_column(oid, text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.unregister_column(regclass, name) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys._unregister_column(oid, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshhook_keys_user;
+GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user;
+
+-- Admins see what is registered and how re-encryption progresses (row references, never values).
+GRANT SELECT ON meshhook_keys.encrypted_columns TO meshhook_keys_admin;
+GRANT SELECT ON meshhook_keys.reencrypt_progress TO meshhook_keys_admin;
+GRANT SELECT ON meshhook_keys.reencrypt_failure TO meshhook_keys_admin;
 
 -- Admins inspect key metadata and the audit trail, and verify the chain.
 GRANT SELECT ON meshhook_keys.keys TO meshhook_keys_admin;
@@ -64,3 +98,29 @@ COMMENT ON FUNCTION meshhook_keys.keys_rotate(text, text) IS
     'Make a new key version active for a keyring (creating the keyring if needed); earlier versions keep decrypting. O(1), touches no user data, audited. Requires meshhook_keys_admin.';
 COMMENT ON FUNCTION meshhook_keys.audit_verify() IS
     'Recompute the audit log hash chain. ok is false, with the first bad id, if any row was altered, inserted or removed before the newest one.';
+COMMENT ON TABLE meshhook_keys.encrypted_column IS
+    'Registered ciphertext columns: table, bytea column, context expression (SQL over the row, evaluated as the table owner) and keyring. Manage with register_column / unregister_column.';
+COMMENT ON TABLE meshhook_keys.reencrypt_job IS
+    'Re-encryption jobs, one per keyring and target key; a newer rotation supersedes a running job.';
+COMMENT ON TABLE meshhook_keys.reencrypt_progress_column IS
+    'Per-column progress and resumable cursor (next heap block) of each re-encryption job.';
+COMMENT ON TABLE meshhook_keys.reencrypt_failure IS
+    'Rows that could not be re-encrypted, by primary key (or ctid) with the SQLSTATE and error; never values.';
+COMMENT ON VIEW meshhook_keys.encrypted_columns IS
+    'Registered ciphertext columns, and whether their table still exists.';
+COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
+    'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA.';
+COMMENT ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) IS
+    'Register a bytea column holding envelopes of a keyring, with the SQL expression over the row that gives its encryption context (NULL means the empty context). Requires meshhook_keys_admin and the privileges of the table owner.';
+COMMENT ON FUNCTION meshhook_keys.unregister_column(regclass, name) IS
+    'Forget a registered column (its data is untouched). Admin only.';
+COMMENT ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) IS
+    'Re-encrypt one bounded batch of a keyring''s registered rows to its active key inside the caller''s transaction; returns rows moved, or NULL when nothing is left. Admin only.';
+COMMENT ON PROCEDURE meshhook_keys.reencrypt(text, integer) IS
+    'Re-encrypt every registered row of a keyring to its active key, committing after each batch (CALL it outside a transaction block). Resumable: call it again after any interruption. Admin only.';
+COMMENT ON FUNCTION meshhook_keys.key_usage(text) IS
+    'Rows per key version in each registered column of a keyring (full scan of each table). Admin only.';
+COMMENT ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) IS
+    'Retire a decrypt-only key version (decryption refused afterwards). Refused while registered rows reference it unless force => true. Admin only; audited.';
+COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
+    'Destroy a retired key version: wipe its wrapped key material (crypto-erasure). Same gate as keys_retire. Admin only; audited.';

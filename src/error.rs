@@ -76,6 +76,36 @@ pub enum KeysError {
         role: &'static str,
     },
 
+    /// No key with that version in the keyring.
+    #[error("keyring \"{keyring}\" has no key version {version}")]
+    UnknownKeyVersion { keyring: String, version: i32 },
+
+    /// Retire/destroy refused.
+    #[error("key version {version} of keyring \"{keyring}\" cannot be changed: {why}")]
+    KeyInUse {
+        keyring: String,
+        version: i32,
+        why: String,
+    },
+
+    #[error("relation with OID {0} does not exist")]
+    UndefinedTable(u32),
+
+    #[error("column \"{0}\" does not exist")]
+    UndefinedColumn(String),
+
+    #[error("{0}")]
+    DatatypeMismatch(String),
+
+    #[error("{0}")]
+    WrongObjectType(String),
+
+    #[error("must have the privileges of the table's owner to register its columns")]
+    NotTableOwner,
+
+    #[error("{0}")]
+    InvalidArgument(String),
+
     /// secret_decrypt was asked for text but the plaintext is not valid UTF-8 text.
     #[error("decrypted value is not valid text (it is not UTF-8 or contains a NUL byte)")]
     NotText,
@@ -92,6 +122,14 @@ impl From<pgrx::spi::SpiError> for KeysError {
 }
 
 impl KeysError {
+    /// The five-character SQLSTATE, e.g. "XX001".
+    pub fn sqlstate_code(&self) -> String {
+        // SAFETY: unpack_sql_state returns a pointer to a static buffer holding 5 chars + NUL.
+        unsafe { std::ffi::CStr::from_ptr(pgrx::pg_sys::unpack_sql_state(self.sqlstate() as i32)) }
+            .to_string_lossy()
+            .into_owned()
+    }
+
     pub fn sqlstate(&self) -> PgSqlErrorCode {
         use PgSqlErrorCode::*;
         match self {
@@ -108,6 +146,14 @@ impl KeysError {
             KeysError::WrappedKeyCorrupted { .. } => ERRCODE_DATA_CORRUPTED, // XX001
             KeysError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::NotText => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,       // 22021
+            KeysError::UnknownKeyVersion { .. } => ERRCODE_UNDEFINED_OBJECT, // 42704
+            KeysError::KeyInUse { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+            KeysError::UndefinedTable(_) => ERRCODE_UNDEFINED_TABLE,         // 42P01
+            KeysError::UndefinedColumn(_) => ERRCODE_UNDEFINED_COLUMN,       // 42703
+            KeysError::DatatypeMismatch(_) => ERRCODE_DATATYPE_MISMATCH,     // 42804
+            KeysError::WrongObjectType(_) => ERRCODE_WRONG_OBJECT_TYPE,      // 42809
+            KeysError::NotTableOwner => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
+            KeysError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,                // XX000
         }
     }

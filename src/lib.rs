@@ -10,12 +10,18 @@ mod crypto;
 mod error;
 mod gucs;
 mod keycache;
+mod reencrypt;
 mod rootkey;
 mod store;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+extension_sql_file!(
+    "../sql/reencrypt.sql",
+    name = "reencrypt_schema",
+    requires = ["bootstrap"]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]

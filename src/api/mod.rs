@@ -1,4 +1,5 @@
 //! The SQL-callable surface. Thin: argument checks, then the modules that do the work.
 
 pub mod keys;
+pub mod reencrypt;
 pub mod secrets;

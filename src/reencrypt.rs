@@ -1,0 +1,659 @@
+//! Online re-encryption: move every registered ciphertext of a keyring to its active key.
+//!
+//! One call of [`batch`] is a bounded piece of work inside the caller's transaction:
+//! * rows are found by a TID range over a window of heap blocks (`ctid >= (b,o) AND ctid < (b+k,0)`),
+//!   so each batch reads only its window and a pass reads the table once, whatever its size;
+//! * only rows whose header names an old version of the keyring are claimed, with
+//!   `FOR UPDATE SKIP LOCKED`, so a row an application is updating is skipped (and retried on a later
+//!   pass) instead of waited for;
+//! * each row is written back with a compare-and-set (`WHERE ctid = $1 AND col = $old`), so a newer
+//!   application value is never overwritten;
+//! * the cursor and counters move forward in the same transaction as the rows, so a crash at any point
+//!   loses at most the batch in flight, which is redone.
+//!
+//! The user's context expression is evaluated as the table's owner in a security-restricted
+//! operation (as PostgreSQL does for index expressions during maintenance), never as the extension
+//! owner, so registering an expression cannot escalate privileges.
+
+use crate::audit;
+use crate::crypto::{self, FORMAT_V1, HEADER_LEN};
+use crate::error::{KeysError, Result};
+use crate::keycache;
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+
+/// A registered column, as the job needs it.
+pub struct Column {
+    pub id: i32,
+    pub rel: pg_sys::Oid,
+    pub column: String,
+    pub context_expr: Option<String>,
+}
+
+/// The 9-byte envelope header for a key id: what `substring(col from 1 for 9)` is compared with.
+fn header(key_id: i64) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.push(FORMAT_V1);
+    h.extend_from_slice(&key_id.to_be_bytes());
+    h
+}
+
+/// Run `f` as `role` inside a security-restricted operation, then switch back. If `f` raises, the
+/// transaction (or subtransaction) abort restores the previous user, as for any SECURITY DEFINER call.
+pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_ctx: i32 = 0;
+    // SAFETY: plain save/restore of the backend's current user, as fmgr_security_definer does.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_ctx
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+    }
+    let out = f();
+    // SAFETY: restores exactly what was saved above.
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
+    out
+}
+
+pub fn table_owner(rel: pg_sys::Oid) -> Result<pg_sys::Oid> {
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1)",
+        &[rel.into()],
+    )?
+    .ok_or_else(|| KeysError::Internal(format!("relation {} does not exist", rel.to_u32())))
+}
+
+fn relation_exists(rel: pg_sys::Oid) -> Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1)",
+        &[rel.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// `schema.table` quoted, for building statements over a registered table.
+fn qualified_name(rel: pg_sys::Oid) -> Result<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.oid = $1",
+        &[rel.into()],
+    )?
+    .ok_or_else(|| KeysError::Internal("registered table vanished".into()))
+}
+
+/// How a failed row is named: its primary key as a row literal, or its ctid without one.
+fn row_ref_expr(rel: pg_sys::Oid) -> Result<String> {
+    let cols = Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.ord)
+           FROM pg_catalog.pg_index i
+           CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE i.indrelid = $1 AND i.indisprimary",
+        &[rel.into()],
+    )?;
+    Ok(match cols {
+        Some(c) => format!("ROW({c})::text"),
+        None => "'ctid ' || t.ctid::text".to_string(),
+    })
+}
+
+/// The context expression as a select-list item. It sits on lines of its own so that a trailing
+/// `--` comment in it cannot swallow the rest of the statement.
+fn context_item(expr: &Option<String>) -> String {
+    match expr {
+        Some(e) => format!("(\n{e}\n)::text"),
+        None => "''::text".to_string(),
+    }
+}
+
+/// Check a context expression the way the job will run it: as the table owner, restricted, planned
+/// (not executed) against the table. Raises PostgreSQL's own error if it does not parse or plan.
+pub fn validate_context_expr(col: &Column) -> Result<()> {
+    let table = qualified_name(col.rel)?;
+    let sql = format!(
+        "SELECT {} FROM ONLY {table} AS t LIMIT 0",
+        context_item(&col.context_expr)
+    );
+    let owner = table_owner(col.rel)?;
+    as_role(owner, || -> Result<()> {
+        Spi::connect(|c| {
+            let t = c.select(sql.as_str(), None, &[])?;
+            if t.columns()? != 1 {
+                return Err(KeysError::Internal(
+                    "context expression must be a single value".into(),
+                ));
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Rows of `col` whose header names one of `keys`, counted as the table owner.
+fn count_on_keys(col: &Column, keys: &[i64]) -> Result<i64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let table = qualified_name(col.rel)?;
+    let c = quote_identifier(&col.column);
+    let sql = format!(
+        "SELECT pg_catalog.count(*) FROM ONLY {table} AS t
+          WHERE pg_catalog.substr(t.{c}, 1, 9) = ANY ($1::bytea[])"
+    );
+    let headers: Vec<Vec<u8>> = keys.iter().map(|k| header(*k)).collect();
+    let owner = table_owner(col.rel)?;
+    as_role(owner, || {
+        Ok(Spi::get_one_with_args::<i64>(&sql, &[headers.into()])?.unwrap_or(0))
+    })
+}
+
+/// Rows per key id in one registered column (for key_usage), counted as the table owner.
+pub fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
+    let table = qualified_name(col.rel)?;
+    let c = quote_identifier(&col.column);
+    let sql = format!(
+        "SELECT CASE WHEN pg_catalog.length(t.{c}) >= 37 AND pg_catalog.get_byte(t.{c}, 0) = 1
+                     THEN ('x' || pg_catalog.encode(pg_catalog.substr(t.{c}, 2, 8), 'hex'))::bit(64)::bigint
+                END AS key_id,
+                pg_catalog.count(*)
+           FROM ONLY {table} AS t WHERE t.{c} IS NOT NULL GROUP BY 1"
+    );
+    let owner = table_owner(col.rel)?;
+    as_role(owner, || {
+        Spi::connect(|cl| {
+            let mut out = Vec::new();
+            for row in cl.select(sql.as_str(), None, &[])? {
+                out.push((row.get::<i64>(1)?, row.get::<i64>(2)?.unwrap_or(0)));
+            }
+            Ok(out)
+        })
+    })
+}
+
+pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for row in c.select(
+            "SELECT id, rel::oid, column_name::text, context_expr FROM meshhook_keys.encrypted_column
+              WHERE keyring = $1 ORDER BY id",
+            None,
+            &[keyring.into()],
+        )? {
+            out.push(Column {
+                id: row.get::<i32>(1)?.unwrap_or_default(),
+                rel: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                column: row.get::<String>(3)?.unwrap_or_default(),
+                context_expr: row.get::<String>(4)?,
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// Key ids of the keyring's versions that still decrypt but are not `except`.
+fn old_key_ids(keyring: &str, except: i64) -> Result<Vec<i64>> {
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for row in c.select(
+            "SELECT key_id FROM meshhook_keys.data_key
+              WHERE keyring = $1 AND state = 'decrypt_only' AND key_id <> $2 ORDER BY version",
+            None,
+            &[keyring.into(), except.into()],
+        )? {
+            if let Some(k) = row.get::<i64>(1)? {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Rows still on `key_id` across the keyring's registered columns (existing tables only).
+pub fn rows_on_key(keyring: &str, key_id: i64) -> Result<i64> {
+    let mut n = 0;
+    for col in columns_of_keyring(keyring)? {
+        if relation_exists(col.rel)? {
+            n += count_on_keys(&col, &[key_id])?;
+        }
+    }
+    Ok(n)
+}
+
+struct Job {
+    id: i64,
+    target_key_id: i64,
+}
+
+fn running_job(keyring: &str) -> Result<Option<Job>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT id, target_key_id FROM meshhook_keys.reencrypt_job WHERE keyring = $1 AND state = 'running'",
+            None,
+            &[keyring.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let t = t.first();
+        Ok(Some(Job {
+            id: t.get::<i64>(1)?.unwrap_or(0),
+            target_key_id: t.get::<i64>(2)?.unwrap_or(0),
+        }))
+    })
+}
+
+/// The newest job for exactly this target, whatever its state.
+fn job_for_target(keyring: &str, target: i64) -> Result<Option<i64>> {
+    Ok(Spi::get_one_with_args::<i64>(
+        "SELECT (SELECT id FROM meshhook_keys.reencrypt_job WHERE keyring = $1 AND target_key_id = $2
+                  ORDER BY id DESC LIMIT 1)",
+        &[keyring.into(), target.into()],
+    )?)
+}
+
+fn run(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<()> {
+    Spi::run_with_args(sql, args)?;
+    Ok(())
+}
+
+/// Make sure a running job exists for the keyring's active key, covering every registered column.
+/// Returns `None` when there is nothing (left) to do for the active key.
+fn ensure_job(keyring: &str, target: i64, target_version: i32) -> Result<Option<i64>> {
+    if let Some(job) = running_job(keyring)? {
+        if job.target_key_id == target {
+            add_missing_columns(job.id, keyring, target)?;
+            return Ok(Some(job.id));
+        }
+        // The keyring was rotated again while the job ran: its rows now go to the newer key.
+        run(
+            "UPDATE meshhook_keys.reencrypt_job SET state = 'superseded', finished_at = pg_catalog.now(),
+                    updated_at = pg_catalog.now() WHERE id = $1",
+            &[job.id.into()],
+        )?;
+        audit::record(
+            "reencrypt_superseded",
+            Some(keyring),
+            None,
+            None,
+            None,
+            serde_json::json!({ "job_id": job.id }),
+        )?;
+    }
+    if old_key_ids(keyring, target)?.is_empty() {
+        // No version of this keyring other than the active one can still decrypt: nothing to move.
+        return Ok(None);
+    }
+    let job_id = match job_for_target(keyring, target)? {
+        // A finished job for this key is reopened only if a column was registered since.
+        Some(id) => {
+            if add_missing_columns(id, keyring, target)? == 0 {
+                return Ok(None);
+            }
+            run(
+                "UPDATE meshhook_keys.reencrypt_job SET state = 'running', finished_at = NULL,
+                        updated_at = pg_catalog.now() WHERE id = $1",
+                &[id.into()],
+            )?;
+            id
+        }
+        None => {
+            let id = Spi::get_one_with_args::<i64>(
+                "INSERT INTO meshhook_keys.reencrypt_job (keyring, target_key_id, target_version)
+                 VALUES ($1, $2, $3) RETURNING id",
+                &[keyring.into(), target.into(), target_version.into()],
+            )?
+            .ok_or_else(|| KeysError::Internal("job id is NULL".into()))?;
+            add_missing_columns(id, keyring, target)?;
+            id
+        }
+    };
+    let (cols, total) = Spi::get_two_with_args::<i64, i64>(
+        "SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(rows_total), 0)::bigint
+           FROM meshhook_keys.reencrypt_progress_column WHERE job_id = $1",
+        &[job_id.into()],
+    )?;
+    audit::record(
+        "reencrypt_start",
+        Some(keyring),
+        Some(target_version),
+        Some(target),
+        None,
+        serde_json::json!({ "job_id": job_id, "columns": cols, "rows_total": total }),
+    )?;
+    Ok(Some(job_id))
+}
+
+/// Add a progress row for each registered column the job does not cover yet; returns how many.
+fn add_missing_columns(job_id: i64, keyring: &str, target: i64) -> Result<usize> {
+    let old = old_key_ids(keyring, target)?;
+    let mut added = 0;
+    for col in columns_of_keyring(keyring)? {
+        let covered = Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM meshhook_keys.reencrypt_progress_column WHERE job_id = $1 AND column_id = $2)",
+            &[job_id.into(), col.id.into()],
+        )?
+        .unwrap_or(false);
+        if covered {
+            continue;
+        }
+        let total = if relation_exists(col.rel)? {
+            count_on_keys(&col, &old)?
+        } else {
+            0
+        };
+        run(
+            "INSERT INTO meshhook_keys.reencrypt_progress_column (job_id, column_id, rows_total) VALUES ($1, $2, $3)",
+            &[job_id.into(), col.id.into(), total.into()],
+        )?;
+        added += 1;
+    }
+    Ok(added)
+}
+
+struct Progress {
+    column_id: i32,
+    next_block: i64,
+    next_offset: i32,
+}
+
+fn next_running_column(job_id: i64) -> Result<Option<Progress>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT column_id, next_block, next_offset FROM meshhook_keys.reencrypt_progress_column
+              WHERE job_id = $1 AND state = 'running' ORDER BY column_id LIMIT 1",
+            None,
+            &[job_id.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let t = t.first();
+        Ok(Some(Progress {
+            column_id: t.get::<i32>(1)?.unwrap_or(0),
+            next_block: t.get::<i64>(2)?.unwrap_or(0),
+            next_offset: t.get::<i32>(3)?.unwrap_or(0),
+        }))
+    })
+}
+
+/// (blocks in the table now, estimated rows per block)
+fn table_shape(rel: pg_sys::Oid) -> Result<(i64, f64)> {
+    let (blocks, per_block) = Spi::get_two_with_args::<i64, f64>(
+        "SELECT pg_catalog.pg_relation_size($1) / pg_catalog.current_setting('block_size')::bigint,
+                CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 50 END
+           FROM pg_catalog.pg_class c WHERE c.oid = $1",
+        &[rel.into()],
+    )?;
+    Ok((blocks.unwrap_or(0), per_block.unwrap_or(50.0).max(1.0)))
+}
+
+fn parse_tid(s: &str) -> Option<(i64, i32)> {
+    let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
+    let (b, o) = inner.split_once(',')?;
+    Some((b.parse().ok()?, o.parse().ok()?))
+}
+
+struct Claimed {
+    ctid: String,
+    old: Vec<u8>,
+    context: Option<String>,
+    row_ref: String,
+}
+
+/// One bounded batch for `keyring`, in the caller's transaction. Returns the rows moved, or `None`
+/// when every registered row is on the active key (the job is finished).
+pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
+    let batch_size = batch_size.clamp(1, 1_000_000) as i64;
+    // Audited actions take the audit lock first (see store::lock_audit_chain); then one batch per
+    // keyring at a time.
+    crate::store::lock_audit_chain()?;
+    run(
+        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.reencrypt:' || $1))",
+        &[keyring.into()],
+    )?;
+    let active =
+        keycache::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))?;
+    let target = active.key_id;
+    let target_version = Spi::get_one_with_args::<i32>(
+        "SELECT version FROM meshhook_keys.data_key WHERE key_id = $1",
+        &[target.into()],
+    )?
+    .unwrap_or(0);
+    let Some(job_id) = ensure_job(keyring, target, target_version)? else {
+        return Ok(None);
+    };
+    let old = old_key_ids(keyring, target)?;
+    let headers: Vec<Vec<u8>> = old.iter().map(|k| header(*k)).collect();
+    let columns = columns_of_keyring(keyring)?;
+
+    let mut moved: i64 = 0;
+    let mut budget_blocks: i64 = 0;
+    while moved < batch_size {
+        let Some(p) = next_running_column(job_id)? else {
+            finish_job(job_id, keyring, target_version)?;
+            return Ok(if moved > 0 { Some(moved) } else { None });
+        };
+        let col = columns
+            .iter()
+            .find(|c| c.id == p.column_id)
+            .ok_or_else(|| KeysError::Internal("progress row for an unregistered column".into()))?;
+        if !relation_exists(col.rel)? {
+            set_column_state(job_id, col.id, "done")?;
+            continue;
+        }
+        let (blocks, per_block) = table_shape(col.rel)?;
+        if p.next_block >= blocks {
+            end_of_pass(job_id, col, &old)?;
+            continue;
+        }
+        // A window of blocks expected to hold about one batch of rows; the whole batch reads at most
+        // eight windows of rows that need no work before returning.
+        let window = ((batch_size as f64 / per_block).ceil() as i64).clamp(1, 100_000);
+        if budget_blocks == 0 {
+            budget_blocks = window * 8;
+        }
+        let hi = (p.next_block + window).min(blocks.max(p.next_block + 1));
+        let limit = batch_size - moved;
+        let claimed = claim(col, &headers, (p.next_block, p.next_offset), hi, limit)?;
+        let (next_block, next_offset) = if claimed.len() as i64 == limit {
+            let (b, o) = parse_tid(&claimed.last().expect("non-empty").ctid)
+                .ok_or_else(|| KeysError::Internal("unparsable ctid".into()))?;
+            (b, o + 1)
+        } else {
+            (hi, 0)
+        };
+        let (ok, failed) = rewrite(job_id, col, &claimed, &active)?;
+        moved += ok;
+        run(
+            "UPDATE meshhook_keys.reencrypt_progress_column
+                SET next_block = $3, next_offset = $4, rows_done = rows_done + $5,
+                    rows_failed = (SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure f
+                                    WHERE f.job_id = $1 AND f.column_id = $2),
+                    updated_at = pg_catalog.clock_timestamp()
+              WHERE job_id = $1 AND column_id = $2",
+            &[
+                job_id.into(),
+                col.id.into(),
+                next_block.into(),
+                next_offset.into(),
+                ok.into(),
+            ],
+        )?;
+        let _ = failed;
+        budget_blocks -= hi - p.next_block;
+        if budget_blocks <= 0 {
+            break;
+        }
+    }
+    run(
+        "UPDATE meshhook_keys.reencrypt_job SET updated_at = pg_catalog.now() WHERE id = $1",
+        &[job_id.into()],
+    )?;
+    Ok(Some(moved))
+}
+
+/// Claim the rows of one window that are on an old key (as the table owner; locked rows skipped).
+fn claim(
+    col: &Column,
+    headers: &[Vec<u8>],
+    from: (i64, i32),
+    to_block: i64,
+    limit: i64,
+) -> Result<Vec<Claimed>> {
+    if headers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let table = qualified_name(col.rel)?;
+    let c = quote_identifier(&col.column);
+    let sql = format!(
+        "SELECT t.ctid::text, t.{c}, {ctx}, {rowref}
+           FROM ONLY {table} AS t
+          WHERE t.ctid >= $1::text::tid AND t.ctid < $2::text::tid
+            AND pg_catalog.substr(t.{c}, 1, 9) = ANY ($3::bytea[])
+          ORDER BY t.ctid
+          LIMIT $4
+          FOR UPDATE OF t SKIP LOCKED",
+        ctx = context_item(&col.context_expr),
+        rowref = row_ref_expr(col.rel)?,
+    );
+    let lo = format!("({},{})", from.0, from.1);
+    let hi = format!("({to_block},0)");
+    let owner = table_owner(col.rel)?;
+    let headers = headers.to_vec();
+    as_role(owner, || {
+        Spi::connect_mut(|cl| {
+            let mut out = Vec::new();
+            for row in cl.update(
+                sql.as_str(),
+                None,
+                &[lo.into(), hi.into(), headers.into(), limit.into()],
+            )? {
+                out.push(Claimed {
+                    ctid: row.get::<String>(1)?.unwrap_or_default(),
+                    old: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
+                    context: row.get::<String>(3)?,
+                    row_ref: row.get::<String>(4)?.unwrap_or_default(),
+                });
+            }
+            Ok(out)
+        })
+    })
+}
+
+/// Decrypt each claimed row with its old key and write it back under `target`, compare-and-set.
+/// Rows that do not decrypt are recorded (by reference, never by value) and left as they are.
+fn rewrite(
+    job_id: i64,
+    col: &Column,
+    rows: &[Claimed],
+    target: &keycache::CachedKey,
+) -> Result<(i64, i64)> {
+    if rows.is_empty() {
+        return Ok((0, 0));
+    }
+    let table = qualified_name(col.rel)?;
+    let c = quote_identifier(&col.column);
+    let update = format!(
+        "UPDATE ONLY {table} AS t SET {c} = $1 WHERE t.ctid = $2::text::tid AND t.{c} = $3"
+    );
+    let (mut ok, mut failed) = (0i64, 0i64);
+    for r in rows {
+        let result = match &r.context {
+            None => Err(KeysError::Internal(
+                "the context expression returned NULL for this row".into(),
+            )),
+            Some(ctx) => crate::api::secrets::decrypt(Some(&r.old), Some(ctx))
+                .map(|plain| crypto::seal(&target.cipher, target.key_id, &plain, ctx.as_bytes())),
+        };
+        match result {
+            Ok(new) => {
+                let n = Spi::connect_mut(|cl| {
+                    Ok::<_, KeysError>(
+                        cl.update(
+                            update.as_str(),
+                            None,
+                            &[new.into(), r.ctid.as_str().into(), r.old.as_slice().into()],
+                        )?
+                        .len(),
+                    )
+                })?;
+                ok += n as i64;
+            }
+            Err(e) => {
+                failed += 1;
+                let sqlstate = e.sqlstate_code();
+                run(
+                    "INSERT INTO meshhook_keys.reencrypt_failure (job_id, column_id, row_ref, sqlstate, error)
+                     VALUES ($1, $2, $3, $4, $5)
+                     ON CONFLICT (job_id, column_id, row_ref) DO UPDATE SET at = pg_catalog.now()",
+                    &[job_id.into(), col.id.into(), r.row_ref.as_str().into(), sqlstate.as_str().into(), e.to_string().into()],
+                )?;
+            }
+        }
+    }
+    Ok((ok, failed))
+}
+
+fn set_column_state(job_id: i64, column_id: i32, state: &str) -> Result<()> {
+    run(
+        "UPDATE meshhook_keys.reencrypt_progress_column SET state = $3, updated_at = pg_catalog.clock_timestamp()
+          WHERE job_id = $1 AND column_id = $2",
+        &[job_id.into(), column_id.into(), state.into()],
+    )
+}
+
+/// The cursor reached the end of the table: count what is still on old keys. Nothing left: done.
+/// Only rows that failed left: done with errors. Otherwise (rows skipped because they were locked,
+/// or moved behind the cursor by an update) start another pass.
+fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<()> {
+    let remaining = count_on_keys(col, old)?;
+    let failed = Spi::get_one_with_args::<i64>(
+        "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure WHERE job_id = $1 AND column_id = $2",
+        &[job_id.into(), col.id.into()],
+    )?
+    .unwrap_or(0);
+    if remaining == 0 {
+        set_column_state(job_id, col.id, "done")
+    } else if remaining <= failed {
+        set_column_state(job_id, col.id, "done_with_errors")
+    } else {
+        run(
+            "UPDATE meshhook_keys.reencrypt_progress_column
+                SET pass = pass + 1, next_block = 0, next_offset = 0, updated_at = pg_catalog.clock_timestamp()
+              WHERE job_id = $1 AND column_id = $2",
+            &[job_id.into(), col.id.into()],
+        )
+    }
+}
+
+fn finish_job(job_id: i64, keyring: &str, target_version: i32) -> Result<()> {
+    let (done, failed) = Spi::get_two_with_args::<i64, i64>(
+        "SELECT coalesce(pg_catalog.sum(rows_done), 0)::bigint, coalesce(pg_catalog.sum(rows_failed), 0)::bigint
+           FROM meshhook_keys.reencrypt_progress_column WHERE job_id = $1",
+        &[job_id.into()],
+    )?;
+    let failed = failed.unwrap_or(0);
+    let state = if failed > 0 {
+        "finished_with_errors"
+    } else {
+        "finished"
+    };
+    let seconds = Spi::get_one_with_args::<f64>(
+        "UPDATE meshhook_keys.reencrypt_job SET state = $2, finished_at = pg_catalog.now(), updated_at = pg_catalog.now()
+          WHERE id = $1 RETURNING EXTRACT(epoch FROM finished_at - started_at)::float8",
+        &[job_id.into(), state.into()],
+    )?;
+    audit::record(
+        "reencrypt_finish",
+        Some(keyring),
+        Some(target_version),
+        None,
+        None,
+        serde_json::json!({ "job_id": job_id, "rows_done": done, "rows_failed": failed,
+                            "state": state, "seconds": seconds }),
+    )
+}

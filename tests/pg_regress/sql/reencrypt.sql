@@ -1,0 +1,99 @@
+-- Registration, re-encryption, usage, failures, retire and destroy, at the SQL level.
+BEGIN;
+CREATE ROLE mk_owner;
+CREATE ROLE mk_ops2 IN ROLE meshhook_keys_admin;
+CREATE TABLE creds (id int PRIMARY KEY, tenant text NOT NULL, token bytea, note text);
+ALTER TABLE creds OWNER TO mk_owner;
+CREATE VIEW creds_v AS SELECT * FROM creds;
+INSERT INTO creds SELECT i, 't' || (i % 3), meshhook_keys.secret_encrypt('tok-' || i, 't' || (i % 3) || '/' || i), NULL
+  FROM generate_series(1, 500) i;
+
+-- registration is validated
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds', 'note', NULL)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds', 'nope', NULL)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds_v', 'token', NULL)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds', 'token', 'no_such_column')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds', 'token', 'tenant || ''/'' ||')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds', 'token', '1; DROP TABLE creds')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds', 'token', 'tenant) FROM pg_authid --')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds', 'token', 'tenant', 'bad keyring')$$);
+-- an admin who does not own the table may not register its columns
+SET LOCAL ROLE mk_ops2;
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds', 'token', 'tenant')$$);
+RESET ROLE;
+-- the expression runs as the table owner: it cannot read what the owner cannot
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('creds', 'token', '(SELECT rolpassword FROM pg_authid LIMIT 1)')$$);
+SELECT meshhook_keys.register_column('creds', 'token', $$tenant || '/' || id$$) > 0 AS registered;
+SELECT table_name, column_name, context_expr, keyring, table_exists FROM meshhook_keys.encrypted_columns;
+
+-- nothing to do while every row is on the active key
+SELECT meshhook_keys.reencrypt_batch() IS NULL AS nothing_to_do;
+SELECT version FROM meshhook_keys.keys_rotate('default', 'reencrypt test');
+-- one row that cannot be decrypted (tampered)
+UPDATE creds SET token = set_byte(token, 30, get_byte(token, 30) # 1) WHERE id = 7;
+SELECT table_name, column_name, version, state, rows FROM meshhook_keys.key_usage() ORDER BY version;
+
+-- batches of 100 until done
+CREATE TEMP TABLE batches AS SELECT 0 AS n, 0::bigint AS moved WITH NO DATA;
+DO $$
+DECLARE m bigint; k int := 0;
+BEGIN
+  LOOP
+    m := meshhook_keys.reencrypt_batch('default', 100);
+    EXIT WHEN m IS NULL;
+    k := k + 1;
+    INSERT INTO batches VALUES (k, m);
+    IF k > 100 THEN RAISE EXCEPTION 'no progress'; END IF;
+  END LOOP;
+END $$;
+SELECT max(moved) <= 100 AS bounded_batches, sum(moved) AS moved FROM batches;
+SELECT state, pass, rows_total, rows_done, rows_failed, rows_remaining, job_state FROM meshhook_keys.reencrypt_progress;
+SELECT row_ref, sqlstate, error FROM meshhook_keys.reencrypt_failure ORDER BY row_ref;
+SELECT table_name, column_name, version, state, rows FROM meshhook_keys.key_usage() ORDER BY version;
+SELECT count(*) AS decrypt_ok FROM creds
+ WHERE id <> 7 AND meshhook_keys.secret_decrypt(token, tenant || '/' || id) = 'tok-' || id;
+-- the other rows did not move, their bytes were not touched
+SELECT meshhook_keys.ciphertext_key_id(token) = (SELECT key_id FROM meshhook_keys.keys WHERE version = 1) AS still_old
+  FROM creds WHERE id = 7;
+
+-- retire and destroy are gated on the rows that still reference the version
+SELECT sqlstate_of($$SELECT meshhook_keys.keys_retire('default', 2)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.keys_retire('default', 1)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.keys_destroy('default', 1)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.keys_retire('default', 9)$$);
+SELECT meshhook_keys.keys_retire('default', 1, force => true);
+SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(token, tenant || '/' || id) FROM creds WHERE id = 7$$);
+SELECT meshhook_keys.keys_destroy('default', 1, force => true);
+SELECT version, state, retired_at IS NOT NULL AS retired FROM meshhook_keys.keys ORDER BY version;
+SELECT wrapped_key IS NULL AS wiped FROM meshhook_keys.data_key WHERE version = 1;
+SELECT action, outcome, version, detail->>'forced' AS forced, detail->>'rows_referencing' AS rows
+  FROM meshhook_keys.audit_log WHERE action IN ('retire', 'destroy') ORDER BY id;
+SELECT action, detail->>'rows_done' AS done, detail->>'rows_failed' AS failed, detail->>'state' AS state
+  FROM meshhook_keys.audit_log WHERE action LIKE 'reencrypt%' ORDER BY id;
+ROLLBACK;
+
+BEGIN;
+-- a rotation during a job supersedes it; rows of another keyring in the same column stay put
+CREATE TABLE mixed (id int PRIMARY KEY, c bytea);
+SELECT version FROM meshhook_keys.keys_rotate('ring-a');
+SELECT version FROM meshhook_keys.keys_rotate('ring-b');
+INSERT INTO mixed SELECT i, meshhook_keys.secret_encrypt('v' || i, '', CASE WHEN i % 2 = 0 THEN 'ring-a' ELSE 'ring-b' END)
+  FROM generate_series(1, 200) i;
+SELECT meshhook_keys.register_column('mixed', 'c', NULL, 'ring-a') > 0 AS registered;
+CREATE TABLE later (id int PRIMARY KEY, c bytea);
+INSERT INTO later SELECT i, meshhook_keys.secret_encrypt('x', '', 'ring-a') FROM generate_series(1, 5) i;
+SELECT version FROM meshhook_keys.keys_rotate('ring-a');
+SELECT meshhook_keys.reencrypt_batch('ring-a', 10);
+SELECT version FROM meshhook_keys.keys_rotate('ring-a');
+SELECT meshhook_keys.reencrypt_batch('ring-a', 1000) AS moved;
+SELECT meshhook_keys.reencrypt_batch('ring-a', 1000) IS NULL AS done;
+SELECT keyring, target_version, state FROM meshhook_keys.reencrypt_job ORDER BY id;
+SELECT k.keyring, k.version, count(*) FROM mixed m JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(m.c)
+ GROUP BY 1, 2 ORDER BY 1, 2;
+-- a column registered after the job finished reopens it
+SELECT meshhook_keys.register_column('later', 'c', NULL, 'ring-a') > 0 AS registered;
+SELECT meshhook_keys.reencrypt_batch('ring-a', 1000) AS moved;
+SELECT meshhook_keys.reencrypt_batch('ring-a', 1000) IS NULL AS done;
+SELECT keyring, target_version, state FROM meshhook_keys.reencrypt_job ORDER BY id;
+SELECT meshhook_keys.unregister_column('later', 'c'), meshhook_keys.unregister_column('later', 'c') AS again;
+ROLLBACK;

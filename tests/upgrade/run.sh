@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Upgrade test: every released version, installed as it shipped (sql/archive), then updated with
+# ALTER EXTENSION, must give exactly the objects, privileges and comments of a fresh install, and
+# keep every secret written before the upgrade decryptable. Run by scripts/installcheck.sh with
+# PGHOST/PGPORT pointing at its cluster.
+source "$(dirname "$0")/../../scripts/lib.sh"
+SHAREDIR=$("$PG_CONFIG" --sharedir)/extension
+for f in "$REPO_ROOT"/sql/archive/meshhook_keys--*.sql; do install -m 644 "$f" "$SHAREDIR/"; done
+
+q() { as_pg psql -X -q -A -t -v ON_ERROR_STOP=1 -U postgres "$@"; }
+inventory() {
+    q -d "$1" <<'SQL'
+SELECT 'object: ' || pg_describe_object(classid, objid, objsubid) FROM pg_depend
+ WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
+   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'meshhook_keys') ORDER BY 1;
+SELECT 'function: ' || p.oid::regprocedure || ' definer=' || p.prosecdef || ' vol=' || p.provolatile
+       || ' config=' || coalesce(array_to_string(p.proconfig, ','), '') || ' acl=' || coalesce(p.proacl::text, 'default')
+       || ' comment=' || coalesce(md5(obj_description(p.oid, 'pg_proc')), '-')
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'meshhook_keys' ORDER BY 1;
+SELECT 'relation: ' || c.relname || ' acl=' || coalesce(c.relacl::text, 'default')
+       || ' comment=' || coalesce(md5(obj_description(c.oid, 'pg_class')), '-')
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'meshhook_keys' ORDER BY 1;
+SELECT 'column: ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' notnull=' || a.attnotnull
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'meshhook_keys' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1;
+SELECT 'config: ' || c.relname FROM pg_extension e, unnest(e.extconfig) t(oid) JOIN pg_class c ON c.oid = t.oid
+ WHERE e.extname = 'meshhook_keys' ORDER BY 1;
+SQL
+}
+
+status=0
+current=$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO_ROOT/Cargo.toml")
+q -d postgres -c "CREATE DATABASE upgrade_fresh" -c "CREATE DATABASE upgrade_old"
+q -d upgrade_fresh -c "CREATE EXTENSION meshhook_keys"
+for archived in "$REPO_ROOT"/sql/archive/meshhook_keys--*.sql; do
+    from=$(basename "$archived" .sql | sed 's/^meshhook_keys--//')
+    say "upgrade test: $from -> $current"
+    q -d postgres -c "DROP DATABASE IF EXISTS upgrade_old" -c "CREATE DATABASE upgrade_old"
+    q -d upgrade_old -c "CREATE EXTENSION meshhook_keys VERSION '$from'" \
+        -c "CREATE TABLE s AS SELECT i, meshhook_keys.secret_encrypt('before-upgrade-' || i, 'row' || i) AS c FROM generate_series(1, 100) i" \
+        -c "SELECT 1 FROM meshhook_keys.keys_rotate('default', 'before upgrade')" >/dev/null
+    q -d upgrade_old -c "ALTER EXTENSION meshhook_keys UPDATE"
+    if diff -u <(inventory upgrade_fresh) <(inventory upgrade_old); then
+        echo "  ok   objects, privileges and comments equal a fresh install"
+    else
+        echo "  FAIL the upgraded extension differs from a fresh install (diff above)"; status=1
+    fi
+    got=$(q -d upgrade_old -c "SELECT count(*) FROM s WHERE meshhook_keys.secret_decrypt(c, 'row' || i) = 'before-upgrade-' || i")
+    if [ "$got" = 100 ]; then echo "  ok   secrets written before the upgrade decrypt"; else echo "  FAIL decrypt after upgrade: $got/100"; status=1; fi
+    got=$(q -d upgrade_old -c "SELECT ok FROM meshhook_keys.audit_verify()")
+    if [ "$got" = t ]; then echo "  ok   audit chain verifies after the upgrade"; else echo "  FAIL audit chain after upgrade"; status=1; fi
+done
+exit $status
