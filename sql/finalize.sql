@@ -12,9 +12,9 @@ CREATE FUNCTION meshhook_keys.register_column(
 RETURNS integer LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT meshhook_keys._register_column(tbl::oid, col::text, context, keyring) $$;
 
-CREATE FUNCTION meshhook_keys.unregister_column(tbl regclass, col name)
+CREATE FUNCTION meshhook_keys.unregister_column(tbl regclass, col name, keyring text DEFAULT NULL)
 RETURNS boolean LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $$ SELECT meshhook_keys._unregister_column(tbl::oid, col::text) $$;
+AS $$ SELECT meshhook_keys._unregister_column(tbl::oid, col::text, keyring) $$;
 
 CREATE FUNCTION meshhook_keys.key_usage(keyring text DEFAULT 'default')
 RETURNS TABLE (table_name regclass, column_name name, version integer, state text, rows bigint)
@@ -26,6 +26,7 @@ AS $$ SELECT u.table_oid::regclass, u.column_name::name, u.version, u.state, u.r
 -- Privileges: start from nothing, then grant one thing at a time, each with its reason.
 ------------------------------------------------------------------------------------------------
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA meshhook_keys FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA meshhook_keys FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA meshhook_keys FROM PUBLIC;
 REVOKE ALL ON SCHEMA meshhook_keys FROM PUBLIC;
 
@@ -49,14 +50,21 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.keys_rotate(text, text) TO meshhook_keys
 -- checks for meshhook_keys_admin itself and audits the refusal.
 GRANT EXECUTE ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys._register_column(oid, text, text, text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.unregister_column(regclass, name) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys._unregister_column(oid, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys._unregister_column(oid, text, text) TO meshhook_keys_user;
+
+-- The built-in store: applications read and write it with their own privileges, under RLS.
+GRANT SELECT, INSERT, UPDATE, DELETE ON meshhook_keys.secrets TO meshhook_keys_user;
+GRANT SELECT ON meshhook_keys.decrypted_secrets TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.secret_update(text, text, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshhook_keys_user;
 GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user;
 
 -- Admins see what is registered and how re-encryption progresses (row references, never values).
 GRANT SELECT ON meshhook_keys.encrypted_columns TO meshhook_keys_admin;
@@ -112,8 +120,16 @@ COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
     'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA.';
 COMMENT ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) IS
     'Register a bytea column holding envelopes of a keyring, with the SQL expression over the row that gives its encryption context (NULL means the empty context). Requires meshhook_keys_admin and the privileges of the table owner.';
-COMMENT ON FUNCTION meshhook_keys.unregister_column(regclass, name) IS
-    'Forget a registered column (its data is untouched). Admin only.';
+COMMENT ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) IS
+    'Forget a registered column for one keyring, or for all keyrings when keyring is NULL (its data is untouched). Admin only.';
+COMMENT ON TABLE meshhook_keys.secrets IS
+    'The built-in secrets store: one envelope per (tenant, name), bound to its row id and tenant. Row-level security is enabled; add policies for your tenancy model. Registered for re-encryption in every keyring.';
+COMMENT ON VIEW meshhook_keys.decrypted_secrets IS
+    'The secrets store with values decrypted, security_invoker: the caller''s privileges and RLS policies apply.';
+COMMENT ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) IS
+    'Store a new secret in meshhook_keys.secrets; the plaintext is encrypted before the row is written. Returns its id.';
+COMMENT ON FUNCTION meshhook_keys.secret_update(text, text, text, text) IS
+    'Replace the value (and optionally the description) of a stored secret, by tenant and name. Returns its id.';
 COMMENT ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) IS
     'Re-encrypt one bounded batch of a keyring''s registered rows to its active key inside the caller''s transaction; returns rows moved, or NULL when nothing is left. Admin only.';
 COMMENT ON PROCEDURE meshhook_keys.reencrypt(text, integer) IS
@@ -124,3 +140,5 @@ COMMENT ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) IS
     'Retire a decrypt-only key version (decryption refused afterwards). Refused while registered rows reference it unless force => true. Admin only; audited.';
 COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
     'Destroy a retired key version: wipe its wrapped key material (crypto-erasure). Same gate as keys_retire. Admin only; audited.';
+COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS
+    'Rewrap every data key wrapped by the previous root key (meshhook_keys.root_key_previous_file / _command) under the current root key, in one transaction, touching no user rows. Admin only; audited.';

@@ -1,4 +1,5 @@
--- meshhook_keys 0.1.0 -> 0.2.0: online re-encryption, key retirement and destruction.
+-- meshhook_keys 0.1.0 -> 0.2.0: online re-encryption, retirement and destruction, root key
+-- rewrap, the built-in secrets store.
 -- complain if script is sourced in psql, rather than via ALTER EXTENSION
 \echo Use "ALTER EXTENSION meshhook_keys UPDATE TO '0.2.0'" to load this file. \quit
 
@@ -15,7 +16,8 @@ CREATE TABLE meshhook_keys.encrypted_column (
                    CHECK (keyring ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
     registered_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     registered_by  text        NOT NULL DEFAULT session_user,
-    UNIQUE (rel, column_name)
+    -- one column may hold envelopes of several keyrings (e.g. one per tenant)
+    UNIQUE (rel, column_name, keyring)
 );
 
 -- One re-encryption job per (keyring, target key). A new rotation while a job runs supersedes it.
@@ -117,8 +119,6 @@ SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.reencrypt_progress_col
 SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.reencrypt_failure', '');
 
 -- Functions implemented in the library
-/* <begin connected objects> */
--- meshhook_keys::api::reencrypt::_key_usage
 CREATE  FUNCTION "_key_usage"(
 	"keyring" TEXT /* Option < & str > */
 ) RETURNS TABLE (
@@ -133,8 +133,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_key_usage_wrapper';
 
-/* <begin connected objects> */
--- meshhook_keys::api::reencrypt::_register_column
 CREATE  FUNCTION "_register_column"(
 	"tbl" oid, /* Option < pg_sys :: Oid > */
 	"col" TEXT, /* Option < & str > */
@@ -146,19 +144,16 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_register_column_wrapper';
 
-/* <begin connected objects> */
--- meshhook_keys::api::reencrypt::_unregister_column
 CREATE  FUNCTION "_unregister_column"(
 	"tbl" oid, /* Option < pg_sys :: Oid > */
-	"col" TEXT /* Option < & str > */
+	"col" TEXT, /* Option < & str > */
+	"keyring" TEXT /* Option < & str > */
 ) RETURNS bool /* bool */
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_unregister_column_wrapper';
 
-/* <begin connected objects> */
--- meshhook_keys::api::reencrypt::keys_destroy
 CREATE  FUNCTION "keys_destroy"(
 	"keyring" TEXT, /* Option < & str > */
 	"version" INT, /* Option < i32 > */
@@ -169,8 +164,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'keys_destroy_wrapper';
 
-/* <begin connected objects> */
--- meshhook_keys::api::reencrypt::keys_retire
 CREATE  FUNCTION "keys_retire"(
 	"keyring" TEXT, /* Option < & str > */
 	"version" INT, /* Option < i32 > */
@@ -181,8 +174,6 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'keys_retire_wrapper';
 
-/* <begin connected objects> */
--- meshhook_keys::api::reencrypt::reencrypt_batch
 CREATE  FUNCTION "reencrypt_batch"(
 	"keyring" TEXT DEFAULT 'default', /* Option < & str > */
 	"batch_size" INT DEFAULT 1000 /* Option < i32 > */
@@ -192,15 +183,95 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'reencrypt_batch_wrapper';
 
+CREATE  FUNCTION "root_key_rewrap"() RETURNS TABLE (
+	"rewrapped" bigint,  /* i64 */
+	"already_current" bigint  /* i64 */
+)
+STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'root_key_rewrap_wrapper';
+
+-- meshhook_keys 0.2.0: the built-in secrets store.
+
+-- A ready-made vault for users who do not want their own table. Each ciphertext is bound to its
+-- row id and tenant (context = id || '/' || tenant): copied to another row or tenant, it does not
+-- decrypt. Every keyring's first version registers this column for re-encryption automatically.
+CREATE TABLE meshhook_keys.secrets (
+    id           uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
+    tenant       text        NOT NULL DEFAULT '',
+    name         text        NOT NULL CHECK (name <> ''),
+    description  text        NOT NULL DEFAULT '',
+    keyring      text        NOT NULL DEFAULT 'default'
+                 CHECK (keyring ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
+    ciphertext   bytea       NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    UNIQUE (tenant, name)
+);
+
+-- Readers decrypt through this view with their own privileges and row-level security policies.
+CREATE VIEW meshhook_keys.decrypted_secrets WITH (security_invoker = true) AS
+    SELECT s.id, s.tenant, s.name, s.description, s.keyring,
+           meshhook_keys.secret_decrypt(s.ciphertext, s.id::text || '/' || s.tenant) AS secret,
+           s.created_at, s.updated_at
+      FROM meshhook_keys.secrets s;
+
+-- Create a secret: the plaintext goes straight into the envelope; the row is written once, never
+-- with the plaintext. SECURITY INVOKER: the caller's table privileges and RLS policies apply.
+CREATE FUNCTION meshhook_keys.secret_create(
+    name text, secret text, description text DEFAULT '', tenant text DEFAULT '', keyring text DEFAULT 'default')
+RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id uuid := pg_catalog.gen_random_uuid();
+BEGIN
+    INSERT INTO meshhook_keys.secrets (id, tenant, name, description, keyring, ciphertext)
+    VALUES (new_id, tenant, name, coalesce(description, ''), keyring,
+            meshhook_keys.secret_encrypt(secret, new_id::text || '/' || tenant, keyring));
+    RETURN new_id;
+END
+$$;
+
+-- Replace a secret's value (and optionally its description), by tenant and name.
+CREATE FUNCTION meshhook_keys.secret_update(
+    name text, secret text, description text DEFAULT NULL, tenant text DEFAULT '')
+RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    row_id uuid;
+BEGIN
+    UPDATE meshhook_keys.secrets s
+       SET ciphertext = meshhook_keys.secret_encrypt(secret, s.id::text || '/' || s.tenant, s.keyring),
+           description = coalesce(secret_update.description, s.description),
+           updated_at = pg_catalog.now()
+     WHERE s.tenant = secret_update.tenant AND s.name = secret_update.name
+    RETURNING s.id INTO row_id;
+    IF row_id IS NULL THEN
+        RAISE EXCEPTION 'secret "%" does not exist for tenant "%"', name, tenant
+            USING ERRCODE = 'no_data_found';
+    END IF;
+    RETURN row_id;
+END
+$$;
+
+SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.secrets', '');
+
+-- Tenancy is enforced with row-level security. Out of the box the user role sees only secrets
+-- without a tenant (tenant = ''); add policies for your tenancy model (see the README).
+ALTER TABLE meshhook_keys.secrets ENABLE ROW LEVEL SECURITY;
+CREATE POLICY untenanted_secrets ON meshhook_keys.secrets
+    TO meshhook_keys_user USING (tenant = '') WITH CHECK (tenant = '');
+
 -- regclass-typed entry points over the Rust functions (which take an oid).
 CREATE FUNCTION meshhook_keys.register_column(
     tbl regclass, col name, context text DEFAULT NULL, keyring text DEFAULT 'default')
 RETURNS integer LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT meshhook_keys._register_column(tbl::oid, col::text, context, keyring) $$;
 
-CREATE FUNCTION meshhook_keys.unregister_column(tbl regclass, col name)
+CREATE FUNCTION meshhook_keys.unregister_column(tbl regclass, col name, keyring text DEFAULT NULL)
 RETURNS boolean LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
-AS $$ SELECT meshhook_keys._unregister_column(tbl::oid, col::text) $$;
+AS $$ SELECT meshhook_keys._unregister_column(tbl::oid, col::text, keyring) $$;
 
 CREATE FUNCTION meshhook_keys.key_usage(keyring text DEFAULT 'default')
 RETURNS TABLE (table_name regclass, column_name name, version integer, state text, rows bigint)
@@ -211,13 +282,16 @@ AS $$ SELECT u.table_oid::regclass, u.column_name::name, u.version, u.state, u.r
 -- New functions start with no privileges (PostgreSQL grants EXECUTE to PUBLIC by default).
 REVOKE ALL ON FUNCTION meshhook_keys._key_usage(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION meshhook_keys._register_column(oid, text, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION meshhook_keys._unregister_column(oid, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys._unregister_column(oid, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) FROM PUBLIC;
 REVOKE ALL ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys.root_key_rewrap() FROM PUBLIC;
 REVOKE ALL ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION meshhook_keys.unregister_column(regclass, name) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION meshhook_keys.key_usage(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys.secret_update(text, text, text, text) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE meshhook_keys.reencrypt(text, integer) FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA meshhook_keys FROM PUBLIC;
 
@@ -225,14 +299,21 @@ REVOKE ALL ON ALL TABLES IN SCHEMA meshhook_keys FROM PUBLIC;
 -- checks for meshhook_keys_admin itself and audits the refusal.
 GRANT EXECUTE ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys._register_column(oid, text, text, text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.unregister_column(regclass, name) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys._unregister_column(oid, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys._unregister_column(oid, text, text) TO meshhook_keys_user;
+
+-- The built-in store: applications read and write it with their own privileges, under RLS.
+GRANT SELECT, INSERT, UPDATE, DELETE ON meshhook_keys.secrets TO meshhook_keys_user;
+GRANT SELECT ON meshhook_keys.decrypted_secrets TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.secret_update(text, text, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshhook_keys_user;
 GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user;
 
 -- Admins see what is registered and how re-encryption progresses (row references, never values).
 GRANT SELECT ON meshhook_keys.encrypted_columns TO meshhook_keys_admin;
@@ -253,8 +334,16 @@ COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
     'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA.';
 COMMENT ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) IS
     'Register a bytea column holding envelopes of a keyring, with the SQL expression over the row that gives its encryption context (NULL means the empty context). Requires meshhook_keys_admin and the privileges of the table owner.';
-COMMENT ON FUNCTION meshhook_keys.unregister_column(regclass, name) IS
-    'Forget a registered column (its data is untouched). Admin only.';
+COMMENT ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) IS
+    'Forget a registered column for one keyring, or for all keyrings when keyring is NULL (its data is untouched). Admin only.';
+COMMENT ON TABLE meshhook_keys.secrets IS
+    'The built-in secrets store: one envelope per (tenant, name), bound to its row id and tenant. Row-level security is enabled; add policies for your tenancy model. Registered for re-encryption in every keyring.';
+COMMENT ON VIEW meshhook_keys.decrypted_secrets IS
+    'The secrets store with values decrypted, security_invoker: the caller''s privileges and RLS policies apply.';
+COMMENT ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) IS
+    'Store a new secret in meshhook_keys.secrets; the plaintext is encrypted before the row is written. Returns its id.';
+COMMENT ON FUNCTION meshhook_keys.secret_update(text, text, text, text) IS
+    'Replace the value (and optionally the description) of a stored secret, by tenant and name. Returns its id.';
 COMMENT ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) IS
     'Re-encrypt one bounded batch of a keyring''s registered rows to its active key inside the caller''s transaction; returns rows moved, or NULL when nothing is left. Admin only.';
 COMMENT ON PROCEDURE meshhook_keys.reencrypt(text, integer) IS
@@ -265,3 +354,5 @@ COMMENT ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) IS
     'Retire a decrypt-only key version (decryption refused afterwards). Refused while registered rows reference it unless force => true. Admin only; audited.';
 COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
     'Destroy a retired key version: wipe its wrapped key material (crypto-erasure). Same gate as keys_retire. Admin only; audited.';
+COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS
+    'Rewrap every data key wrapped by the previous root key (meshhook_keys.root_key_previous_file / _command) under the current root key, in one transaction, touching no user rows. Admin only; audited.';

@@ -11,7 +11,8 @@ CREATE TABLE meshhook_keys.encrypted_column (
                    CHECK (keyring ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
     registered_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     registered_by  text        NOT NULL DEFAULT session_user,
-    UNIQUE (rel, column_name)
+    -- one column may hold envelopes of several keyrings (e.g. one per tenant)
+    UNIQUE (rel, column_name, keyring)
 );
 
 -- One re-encryption job per (keyring, target key). A new rotation while a job runs supersedes it.

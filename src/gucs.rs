@@ -6,6 +6,10 @@ use std::ffi::CString;
 
 static ROOT_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static ROOT_KEY_COMMAND: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static ROOT_KEY_PREVIOUS_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+static ROOT_KEY_PREVIOUS_COMMAND: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
 static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 
 pub fn init() {
@@ -22,6 +26,22 @@ pub fn init() {
         c"Shell command that prints the 256-bit root key as 64 hex characters.",
         c"Lets a KMS or vault CLI supply the root key. Run by the server's OS user. Set in postgresql.conf only.",
         &ROOT_KEY_COMMAND,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"meshhook_keys.root_key_previous_file",
+        c"Root key file of the previous root key, read only by root_key_rewrap().",
+        c"Same format and permission rules as meshhook_keys.root_key_file. Unset it once the rewrap is done.",
+        &ROOT_KEY_PREVIOUS_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"meshhook_keys.root_key_previous_command",
+        c"Command printing the previous root key, read only by root_key_rewrap().",
+        c"Same rules as meshhook_keys.root_key_command. Unset it once the rewrap is done.",
+        &ROOT_KEY_PREVIOUS_COMMAND,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
@@ -51,6 +71,14 @@ pub fn root_key_file() -> Option<String> {
 
 pub fn root_key_command() -> Option<String> {
     non_empty(&ROOT_KEY_COMMAND)
+}
+
+pub fn root_key_previous_file() -> Option<String> {
+    non_empty(&ROOT_KEY_PREVIOUS_FILE)
+}
+
+pub fn root_key_previous_command() -> Option<String> {
+    non_empty(&ROOT_KEY_PREVIOUS_COMMAND)
 }
 
 pub fn key_cache_size() -> usize {

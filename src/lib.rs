@@ -22,6 +22,11 @@ extension_sql_file!(
     name = "reencrypt_schema",
     requires = ["bootstrap"]
 );
+extension_sql_file!(
+    "../sql/secrets_store.sql",
+    name = "secrets_store",
+    requires = ["reencrypt_schema", secret_encrypt, secret_decrypt]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]

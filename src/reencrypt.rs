@@ -555,12 +555,10 @@ fn rewrite(
     if rows.is_empty() {
         return Ok((0, 0));
     }
-    let table = qualified_name(col.rel)?;
-    let c = quote_identifier(&col.column);
-    let update = format!(
-        "UPDATE ONLY {table} AS t SET {c} = $1 WHERE t.ctid = $2::text::tid AND t.{c} = $3"
-    );
-    let (mut ok, mut failed) = (0i64, 0i64);
+    // Compute every new envelope first (pure Rust), then write them back in one set-based statement
+    // that is a compare-and-set per row.
+    let (mut ctids, mut olds, mut news) = (Vec::new(), Vec::new(), Vec::new());
+    let mut failed = 0i64;
     for r in rows {
         let result = match &r.context {
             None => Err(KeysError::Internal(
@@ -571,17 +569,9 @@ fn rewrite(
         };
         match result {
             Ok(new) => {
-                let n = Spi::connect_mut(|cl| {
-                    Ok::<_, KeysError>(
-                        cl.update(
-                            update.as_str(),
-                            None,
-                            &[new.into(), r.ctid.as_str().into(), r.old.as_slice().into()],
-                        )?
-                        .len(),
-                    )
-                })?;
-                ok += n as i64;
+                ctids.push(r.ctid.clone());
+                olds.push(r.old.clone());
+                news.push(new);
             }
             Err(e) => {
                 failed += 1;
@@ -595,6 +585,26 @@ fn rewrite(
             }
         }
     }
+    if ctids.is_empty() {
+        return Ok((0, failed));
+    }
+    let table = qualified_name(col.rel)?;
+    let c = quote_identifier(&col.column);
+    let update = format!(
+        "UPDATE ONLY {table} AS t SET {c} = v.new
+           FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bytea[]), pg_catalog.unnest($3::bytea[])) AS v(tid, old, new)
+          WHERE t.ctid = ANY ($1::text[]::tid[]) AND t.ctid = v.tid::tid AND t.{c} = v.old"
+    );
+    let ok = Spi::connect_mut(|cl| {
+        Ok::<_, KeysError>(
+            cl.update(
+                update.as_str(),
+                None,
+                &[ctids.into(), olds.into(), news.into()],
+            )?
+            .len(),
+        )
+    })? as i64;
     Ok((ok, failed))
 }
 

@@ -27,21 +27,29 @@ pub struct RootKey {
     pub fingerprint: [u8; 8],
 }
 
+type Slot = RefCell<Option<(Provider, std::rc::Rc<RootKey>)>>;
+
 thread_local! {
-    static LOADED: RefCell<Option<(Provider, std::rc::Rc<RootKey>)>> = const { RefCell::new(None) };
+    static LOADED: Slot = const { RefCell::new(None) };
+    static PREVIOUS: Slot = const { RefCell::new(None) };
+}
+
+/// Which provider the settings name. `which` is "root_key" or "root_key_previous".
+fn provider_from(which: &str, file: Option<String>, command: Option<String>) -> Result<Provider> {
+    match (file, command) {
+        (Some(_), Some(_)) => Err(KeysError::RootKeyUnavailable(format!(
+            "both meshhook_keys.{which}_file and meshhook_keys.{which}_command are set; set only one"
+        ))),
+        (Some(f), None) => Ok(Provider::File(f)),
+        (None, Some(c)) => Ok(Provider::Command(c)),
+        (None, None) => Err(KeysError::RootKeyUnavailable(format!(
+            "neither meshhook_keys.{which}_file nor meshhook_keys.{which}_command is set"
+        ))),
+    }
 }
 
 fn provider() -> Result<Provider> {
-    match (gucs::root_key_file(), gucs::root_key_command()) {
-        (Some(_), Some(_)) => Err(KeysError::RootKeyUnavailable(
-            "both meshhook_keys.root_key_file and meshhook_keys.root_key_command are set; set only one".into(),
-        )),
-        (Some(f), None) => Ok(Provider::File(f)),
-        (None, Some(c)) => Ok(Provider::Command(c)),
-        (None, None) => Err(KeysError::RootKeyUnavailable(
-            "neither meshhook_keys.root_key_file nor meshhook_keys.root_key_command is set".into(),
-        )),
-    }
+    provider_from("root_key", gucs::root_key_file(), gucs::root_key_command())
 }
 
 fn read_file(path: &str) -> Result<SecretKey> {
@@ -114,10 +122,8 @@ fn load(p: &Provider) -> Result<RootKey> {
     Ok(RootKey { key, fingerprint })
 }
 
-/// The current root key, loading it if the provider setting changed or nothing is loaded yet.
-pub fn current() -> Result<std::rc::Rc<RootKey>> {
-    let p = provider()?;
-    if let Some(k) = LOADED.with_borrow(|l| {
+fn cached(slot: &'static std::thread::LocalKey<Slot>, p: Provider) -> Result<std::rc::Rc<RootKey>> {
+    if let Some(k) = slot.with_borrow(|l| {
         l.as_ref()
             .filter(|(lp, _)| *lp == p)
             .map(|(_, k)| k.clone())
@@ -125,8 +131,23 @@ pub fn current() -> Result<std::rc::Rc<RootKey>> {
         return Ok(k);
     }
     let key = std::rc::Rc::new(load(&p)?);
-    LOADED.with_borrow_mut(|l| *l = Some((p, key.clone())));
+    slot.with_borrow_mut(|l| *l = Some((p, key.clone())));
     Ok(key)
+}
+
+/// The current root key, loading it if the provider setting changed or nothing is loaded yet.
+pub fn current() -> Result<std::rc::Rc<RootKey>> {
+    cached(&LOADED, provider()?)
+}
+
+/// The previous root key (meshhook_keys.root_key_previous_file / _command), for root_key_rewrap.
+pub fn previous() -> Result<std::rc::Rc<RootKey>> {
+    let p = provider_from(
+        "root_key_previous",
+        gucs::root_key_previous_file(),
+        gucs::root_key_previous_command(),
+    )?;
+    cached(&PREVIOUS, p)
 }
 
 pub fn fingerprint_hex(fp: &[u8]) -> String {

@@ -58,6 +58,33 @@ pub fn key_by_id(key_id: i64) -> Result<Option<KeyRow>> {
     })
 }
 
+/// Every key that still has key material, locked for update (root key rewrap).
+pub fn wrapped_keys_for_update() -> Result<Vec<KeyRow>> {
+    let ids: Vec<i64> = Spi::connect_mut(|c| {
+        let t = c.update(
+            "SELECT key_id FROM meshhook_keys.data_key WHERE wrapped_key IS NOT NULL ORDER BY key_id FOR UPDATE",
+            None,
+            &[],
+        )?;
+        let mut ids = Vec::new();
+        for row in t {
+            ids.extend(row.get::<i64>(1)?);
+        }
+        Ok::<_, KeysError>(ids)
+    })?;
+    ids.into_iter()
+        .map(|id| key_by_id(id)?.ok_or(KeysError::UnknownKeyId(id)))
+        .collect()
+}
+
+pub fn set_wrapped_key(key_id: i64, wrapped: &[u8], fingerprint: &[u8]) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE meshhook_keys.data_key SET wrapped_key = $2, root_fingerprint = $3 WHERE key_id = $1",
+        &[key_id.into(), wrapped.into(), fingerprint.into()],
+    )?;
+    Ok(())
+}
+
 /// The active key of a keyring, if it has one.
 pub fn active_key(keyring: &str) -> Result<Option<KeyRow>> {
     Spi::connect(|c| {
@@ -162,6 +189,25 @@ pub fn insert_active_key(
             .get::<pgrx::datum::TimestampWithTimeZone>(1)?
             .ok_or_else(|| KeysError::Internal("activated_at is NULL".into()))
     })
+}
+
+/// Register the built-in store's ciphertext column for `keyring` (idempotent).
+/// Does nothing on a 0.1.0 schema (the new library runs against it until ALTER EXTENSION UPDATE).
+pub fn register_secrets_store(keyring: &str) -> Result<()> {
+    let schema_has_store = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regclass('meshhook_keys.secrets') IS NOT NULL
+            AND pg_catalog.to_regclass('meshhook_keys.encrypted_column') IS NOT NULL",
+    )?;
+    if schema_has_store != Some(true) {
+        return Ok(());
+    }
+    Spi::run_with_args(
+        "INSERT INTO meshhook_keys.encrypted_column (rel, column_name, context_expr, keyring, registered_by)
+         VALUES ('meshhook_keys.secrets'::regclass, 'ciphertext', $$id::text || '/' || tenant$$, $1, 'meshhook_keys')
+         ON CONFLICT (rel, column_name, keyring) DO NOTHING",
+        &[keyring.into()],
+    )?;
+    Ok(())
 }
 
 /// One audit row. The chain hash, id and timestamp are filled in by the table's trigger, which

@@ -48,6 +48,10 @@ fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<
     drop(dek);
     let activated_at =
         store::insert_active_key(keyring, version, key_id, &wrapped, &root.fingerprint)?;
+    if version == 1 {
+        // Every keyring can be used in the built-in secrets store: cover it for re-encryption.
+        store::register_secrets_store(keyring)?;
+    }
     audit::record(
         action,
         Some(keyring),
@@ -140,4 +144,72 @@ fn _key_cache_stats() -> TableIterator<
 > {
     let (n, h, m) = crate::keycache::stats();
     TableIterator::once((n as i64, h as i64, m as i64))
+}
+
+/// Rewrap every data key wrapped by the previous root key under the current one, in one
+/// transaction, touching no user rows. Keys already under the current root key are left alone; a key
+/// under neither aborts the whole rewrap. Admin only; audited.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn root_key_rewrap() -> TableIterator<'static, (name!(rewrapped, i64), name!(already_current, i64))>
+{
+    let (done, already) = (|| -> KResult<(i64, i64)> {
+        audit::require_admin("root_key_rewrap", None)?;
+        let cur = rootkey::current()?;
+        let prev = rootkey::previous()?;
+        if prev.fingerprint == cur.fingerprint {
+            return Err(KeysError::InvalidArgument(
+                "the previous root key is the current root key: nothing to rewrap".into(),
+            ));
+        }
+        store::lock_audit_chain()?;
+        let rows = store::wrapped_keys_for_update()?;
+        let (mut done, mut already) = (0i64, 0i64);
+        for row in rows {
+            let Some(wrapped) = row.wrapped_key.as_deref() else {
+                continue;
+            };
+            if row.root_fingerprint.as_slice() == cur.fingerprint.as_slice() {
+                already += 1;
+                continue;
+            }
+            if row.root_fingerprint.as_slice() != prev.fingerprint.as_slice() {
+                return Err(KeysError::RootKeyMismatch {
+                    keyring: row.keyring.clone(),
+                    version: row.version,
+                    stored: rootkey::fingerprint_hex(&row.root_fingerprint),
+                    loaded: format!(
+                        "{} (current) / {} (previous)",
+                        rootkey::fingerprint_hex(&cur.fingerprint),
+                        rootkey::fingerprint_hex(&prev.fingerprint)
+                    ),
+                });
+            }
+            let dek = crypto::unwrap_key(&prev.key, row.key_id, wrapped).map_err(|_| {
+                KeysError::WrappedKeyCorrupted {
+                    keyring: row.keyring.clone(),
+                    version: row.version,
+                }
+            })?;
+            let rewrapped = crypto::wrap_key(&cur.key, row.key_id, &dek);
+            drop(dek);
+            store::set_wrapped_key(row.key_id, &rewrapped, &cur.fingerprint)?;
+            done += 1;
+        }
+        audit::record(
+            "root_rewrap",
+            None,
+            None,
+            None,
+            None,
+            serde_json::json!({
+                "rewrapped": done, "already_current": already,
+                "from_fingerprint": rootkey::fingerprint_hex(&prev.fingerprint),
+                "to_fingerprint": rootkey::fingerprint_hex(&cur.fingerprint),
+            }),
+        )?;
+        Ok((done, already))
+    })()
+    .or_raise();
+    TableIterator::once((done, already))
 }

@@ -80,8 +80,8 @@ fn _register_column(
         let id = Spi::get_one_with_args::<i32>(
             "INSERT INTO meshhook_keys.encrypted_column (rel, column_name, context_expr, keyring)
              VALUES ($1::oid::regclass, $2, $3, $4)
-             ON CONFLICT (rel, column_name) DO UPDATE
-                SET context_expr = EXCLUDED.context_expr, keyring = EXCLUDED.keyring,
+             ON CONFLICT (rel, column_name, keyring) DO UPDATE
+                SET context_expr = EXCLUDED.context_expr,
                     registered_at = pg_catalog.now(), registered_by = session_user
              RETURNING id",
             &[rel.into(), col.into(), context.clone().into(), keyring.into()],
@@ -100,32 +100,38 @@ fn _register_column(
     .or_raise()
 }
 
-/// Forget a registered column. Called by the `unregister_column(regclass, name)` wrapper.
+/// Forget a registered column, for one keyring or (keyring NULL) all of them. Called by the
+/// `unregister_column(regclass, name, text)` wrapper. Returns whether anything was registered.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn _unregister_column(tbl: Option<pg_sys::Oid>, col: Option<&str>) -> bool {
+fn _unregister_column(tbl: Option<pg_sys::Oid>, col: Option<&str>, keyring: Option<&str>) -> bool {
     (|| {
-        audit::require_admin("unregister_column", None)?;
+        audit::require_admin("unregister_column", keyring)?;
         let rel = tbl.ok_or(KeysError::NullArgument("tbl"))?;
         let col = col.ok_or(KeysError::NullArgument("col"))?;
-        let keyring = Spi::get_one_with_args::<String>(
-            "SELECT (SELECT keyring FROM meshhook_keys.encrypted_column WHERE rel = $1::oid::regclass AND column_name = $2)",
-            &[rel.into(), col.into()],
-        )?;
-        let Some(keyring) = keyring else { return Ok(false) };
+        let ids: Vec<i32> = Spi::connect(|c| {
+            let mut ids = Vec::new();
+            for row in c.select(
+                "SELECT id FROM meshhook_keys.encrypted_column
+                  WHERE rel = $1::oid::regclass AND column_name = $2 AND keyring = coalesce($3, keyring)",
+                None,
+                &[rel.into(), col.into(), keyring.into()],
+            )? {
+                ids.extend(row.get::<i32>(1)?);
+            }
+            Ok::<_, KeysError>(ids)
+        })?;
+        if ids.is_empty() {
+            return Ok(false);
+        }
         Spi::run_with_args(
-            "DELETE FROM meshhook_keys.reencrypt_progress_column p USING meshhook_keys.encrypted_column c
-              WHERE p.column_id = c.id AND c.rel = $1::oid::regclass AND c.column_name = $2
-                AND p.state = 'running'",
-            &[rel.into(), col.into()],
+            "DELETE FROM meshhook_keys.reencrypt_progress_column WHERE column_id = ANY ($1) AND state = 'running'",
+            &[ids.clone().into()],
         )?;
-        Spi::run_with_args(
-            "DELETE FROM meshhook_keys.encrypted_column WHERE rel = $1::oid::regclass AND column_name = $2",
-            &[rel.into(), col.into()],
-        )?;
+        Spi::run_with_args("DELETE FROM meshhook_keys.encrypted_column WHERE id = ANY ($1)", &[ids.into()])?;
         audit::record(
             "unregister_column",
-            Some(&keyring),
+            keyring,
             None,
             None,
             None,

@@ -158,9 +158,10 @@ q app "CREATE TABLE big (id int PRIMARY KEY, c bytea NOT NULL)"
 q app "INSERT INTO big SELECT i, meshhook_keys.secret_encrypt('CLIENT-SECRET-big-' || i, 'big:' || i, 'crash') FROM generate_series(1, $N) i"
 q app "SELECT meshhook_keys.register_column('big', 'c', \$\$'big:' || id\$\$, 'crash')" >/dev/null
 q app "SELECT 1 FROM meshhook_keys.keys_rotate('crash', 'crash test v2')" >/dev/null
-as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d app -c "CALL meshhook_keys.reencrypt('crash', 200)" >"$TMP/reencrypt.out" 2>&1 &
+# a throttled driver (as the background worker will be): one batch of 500, commit, pause 50 ms
+as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d app -c "DO \$\$ BEGIN LOOP EXIT WHEN meshhook_keys.reencrypt_batch('crash', 500) IS NULL; COMMIT; PERFORM pg_sleep(0.05); END LOOP; END \$\$" >"$TMP/reencrypt.out" 2>&1 &
 reencrypt_pid=$!
-if wait_for app "SELECT coalesce((SELECT rows_done > 5000 FROM meshhook_keys.reencrypt_progress WHERE keyring = 'crash' AND job_state = 'running'), false)"; then
+if wait_for app "SELECT coalesce((SELECT rows_done > 5000 FROM meshhook_keys.reencrypt_progress WHERE keyring = 'crash' AND table_name = 'big'::regclass AND job_state = 'running'), false)"; then
     ok "re-encryption under way before the crash"
 else
     fail "re-encryption under way before the crash" "$(cat "$TMP/reencrypt.out")"
@@ -168,17 +169,42 @@ fi
 stop_cluster "$TMP" immediate
 wait "$reencrypt_pid" 2>/dev/null || true
 start_cluster "$TMP"
-done_at_crash=$(q app "SELECT rows_done FROM meshhook_keys.reencrypt_progress WHERE keyring = 'crash'")
+done_at_crash=$(q app "SELECT rows_done FROM meshhook_keys.reencrypt_progress WHERE keyring = 'crash' AND table_name = 'big'::regclass")
 check_match "the crash interrupted the job midway" '^[0-9]+$' "$done_at_crash"
 [ "${done_at_crash:-0}" -lt "$N" ] && ok "progress at crash is below the total ($done_at_crash < $N)" || fail "progress at crash below total" "$done_at_crash"
 check "after the crash every row is present once and decrypts" "$N $N" \
     "$(q app "SELECT count(*) || ' ' || count(*) FILTER (WHERE meshhook_keys.secret_decrypt(c, 'big:' || id) = 'CLIENT-SECRET-big-' || id) FROM big")"
 q app "CALL meshhook_keys.reencrypt('crash', 1000)" 2>/dev/null
 check "the job resumes and finishes" "done|$N|0|finished" \
-    "$(q app "SELECT state || '|' || rows_done || '|' || rows_failed || '|' || job_state FROM meshhook_keys.reencrypt_progress WHERE keyring = 'crash'")"
-check "every row is on the new version" "2|$N" "$(q app "SELECT string_agg(version || '|' || rows, ',') FROM meshhook_keys.key_usage('crash')")"
+    "$(q app "SELECT state || '|' || rows_done || '|' || rows_failed || '|' || job_state FROM meshhook_keys.reencrypt_progress WHERE keyring = 'crash' AND table_name = 'big'::regclass")"
+check "every row is on the new version" "2|$N" "$(q app "SELECT string_agg(version || '|' || rows, ',') FROM meshhook_keys.key_usage('crash') WHERE table_name = 'big'::regclass")"
 check "and decrypts" "$N" "$(q app "SELECT count(*) FROM big WHERE meshhook_keys.secret_decrypt(c, 'big:' || id) = 'CLIENT-SECRET-big-' || id")"
 check "retiring the old version is now allowed" "t" "$(q app "SELECT meshhook_keys.keys_retire('crash', 1)")"
+
+echo "# root key rotation: rewrap every data key under a new root key, no user row touched"
+cp "$KEY" "$TMP/keys/old.key"; chown postgres:postgres "$TMP/keys/old.key"; chmod 600 "$TMP/keys/old.key"
+before=$(q app "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM big")
+make_root_key "$KEY"   # the new root key, same path
+q postgres "ALTER SYSTEM SET meshhook_keys.root_key_previous_file = '$TMP/keys/old.key'"
+restart
+check_match "with only the new key loaded, old data keys are refused" '^28000: root key does not match' \
+    "$(qe app "SELECT meshhook_keys.secret_decrypt(c, 'big:' || id) FROM big WHERE id = 1")"
+check_match "a non-admin cannot rewrap" '^42501: permission denied for root_key_rewrap' "$(qe app "SELECT * FROM meshhook_keys.root_key_rewrap()" -U app_user)"
+nkeys=$(q app "SELECT count(*) FROM meshhook_keys.data_key WHERE wrapped_key IS NOT NULL")
+check "root_key_rewrap rewraps every live data key" "$nkeys|0" "$(q app "SELECT rewrapped || '|' || already_current FROM meshhook_keys.root_key_rewrap()" -U ops)"
+check "running it again finds nothing to do" "0|$nkeys" "$(q app "SELECT rewrapped || '|' || already_current FROM meshhook_keys.root_key_rewrap()" -U ops)"
+check "user rows are byte-for-byte unchanged" "$before" "$(q app "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM big")"
+check "the rewrap is audited with both fingerprints" "t" \
+    "$(q app "SELECT detail->>'from_fingerprint' <> detail->>'to_fingerprint' AND (detail->>'rewrapped')::int = $nkeys FROM meshhook_keys.audit_log WHERE action = 'root_rewrap' ORDER BY id LIMIT 1")"
+q postgres "ALTER SYSTEM RESET meshhook_keys.root_key_previous_file"
+rm -f "$TMP/keys/old.key"
+restart
+check "restarted with only the new root key, every secret decrypts" "$N" \
+    "$(q app "SELECT count(*) FROM big WHERE meshhook_keys.secret_decrypt(c, 'big:' || id) = 'CLIENT-SECRET-big-' || id")"
+check "older rows of the same database decrypt too" "50" \
+    "$(q app "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id")"
+check_match "the rewrap is per database: another database still needs its own" '^28000: root key does not match' \
+    "$(qe restored "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"
 
 echo "# no crash, no plaintext or key material in the server log"
 check "server never crashed" "" "$(grep -E 'terminated by signal|PANIC|server process .* was terminated' "$TMP/server.log" || true)"

@@ -13,7 +13,7 @@ inventory() {
 SELECT 'object: ' || pg_describe_object(classid, objid, objsubid) FROM pg_depend
  WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
    AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'meshhook_keys') ORDER BY 1;
-SELECT 'function: ' || p.oid::regprocedure || ' definer=' || p.prosecdef || ' vol=' || p.provolatile
+SELECT 'function: ' || p.oid::regprocedure || ' definer=' || p.prosecdef || ' vol=' || p.provolatile::text
        || ' config=' || coalesce(array_to_string(p.proconfig, ','), '') || ' acl=' || coalesce(p.proacl::text, 'default')
        || ' comment=' || coalesce(md5(obj_description(p.oid, 'pg_proc')), '-')
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'meshhook_keys' ORDER BY 1;
@@ -40,7 +40,8 @@ for archived in "$REPO_ROOT"/sql/archive/meshhook_keys--*.sql; do
         -c "CREATE TABLE s AS SELECT i, meshhook_keys.secret_encrypt('before-upgrade-' || i, 'row' || i) AS c FROM generate_series(1, 100) i" \
         -c "SELECT 1 FROM meshhook_keys.keys_rotate('default', 'before upgrade')" >/dev/null
     q -d upgrade_old -c "ALTER EXTENSION meshhook_keys UPDATE"
-    if diff -u <(inventory upgrade_fresh) <(inventory upgrade_old); then
+    inventory upgrade_fresh > "/tmp/mk_inv_fresh.$$" && inventory upgrade_old > "/tmp/mk_inv_old.$$" || status=1
+    if [ -s "/tmp/mk_inv_fresh.$$" ] && diff -u "/tmp/mk_inv_fresh.$$" "/tmp/mk_inv_old.$$"; then
         echo "  ok   objects, privileges and comments equal a fresh install"
     else
         echo "  FAIL the upgraded extension differs from a fresh install (diff above)"; status=1
