@@ -1,0 +1,111 @@
+-- The markdown body of the report (run.sh prints the header). Run with psql -X -q -At.
+-- psql variables: runs, rot_runs, pgp_label, keyrings_label, large_label.
+
+\echo '## 1. Per-call cost'
+\echo
+\echo 'Full scans, `SELECT sum(<expression>) FROM <table>`, one psql session per run, each query warmed up'
+\echo 'in that session first; `jit = off`, `max_parallel_workers_per_gather = 0` (every function runs on'
+\echo 'one core, so µs/row is the per-call cost). Median over' :runs 'runs, min – max in the same unit.'
+\echo 'Floor: the same scan summing the stored ciphertext length, no crypto. "Added" = median − floor'
+\echo 'median; "× floor" = median (min, max) / floor median.'
+\echo
+\echo '| Query | Rows | Median µs/row | Min – max µs/row | Added over floor, µs/row | × floor, median (min – max) |'
+\echo '|---|---:|---:|---:|---:|---:|'
+WITH per_run AS (
+    SELECT q.ord, q.name, q.nrows, q.floor_name, t.ms * 1000.0 / q.nrows AS us
+      FROM bench_timing t JOIN bench_query q ON q.name = t.name
+     WHERE t.section = 'percall' AND t.run > 0
+), stats AS (
+    SELECT ord, name, nrows, floor_name,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY us) AS med, min(us) AS lo, max(us) AS hi
+      FROM per_run GROUP BY ord, name, nrows, floor_name
+)
+SELECT format('| %s | %s | %s | %s – %s | %s | %s× (%s – %s) |',
+              s.name, to_char(s.nrows, 'FM999,999,999'), fmt(s.med), fmt(s.lo), fmt(s.hi),
+              fmt(s.med - f.med), fmt(s.med / f.med), fmt(s.lo / f.med), fmt(s.hi / f.med))
+  FROM stats s JOIN stats f ON f.name = s.floor_name
+ ORDER BY s.ord;
+\echo
+\echo 'Notes: every row of `t` holds the same 100-character random secret encrypted four ways, so all'
+\echo 'scans of `t` read the same heap. `pgp_sym_encrypt` with default options (iterated and salted S2K'
+\echo 'with a random count per message: slow to encrypt and to decrypt) is measured on a subset table'
+\echo '`t_pgp` holding the first' :pgp_label 'secrets of `t`, against the floor of that table.'
+\echo '`meshhook_keys.secret_encrypt` writes nothing: the scan only computes the envelopes (random'
+\echo 'nonce, AES-256-GCM under the cached data key).'
+\echo
+
+\echo '## 2. Re-encryption throughput'
+\echo
+\echo 'Rewriting all' :rows 'stored secrets of 100 bytes, each method timed alone after `VACUUM` and'
+\echo '`CHECKPOINT`, median over' :runs 'runs (min – max). Floor: `UPDATE t SET c = c || ''''::bytea`, the physical'
+\echo 'cost of rewriting every row in the database. meshhook_keys: `keys_rotate`, then `CALL reencrypt`'
+\echo '(one transaction per batch, `FOR UPDATE SKIP LOCKED`, compare-and-set, durable commit per batch).'
+\echo 'pgcrypto: a single `UPDATE` decrypting and re-encrypting every row, locking all rows until it commits.'
+\echo
+\echo '| Method | Median rows/s | Min – max rows/s | × floor rows/s | WAL MiB (median) | × floor WAL |'
+\echo '|---|---:|---:|---:|---:|---:|'
+WITH r AS (
+    SELECT t.name, :rows / (t.ms / 1000.0) AS rps
+      FROM bench_timing t WHERE t.section = 'reencrypt' AND t.run > 0
+), s AS (
+    SELECT name, percentile_cont(0.5) WITHIN GROUP (ORDER BY rps) AS med, min(rps) AS lo, max(rps) AS hi
+      FROM r GROUP BY name
+), w AS (
+    SELECT name, percentile_cont(0.5) WITHIN GROUP (ORDER BY bytes) AS wal FROM bench_wal GROUP BY name
+), f AS (
+    SELECT s.med, w.wal FROM s JOIN w USING (name) WHERE name LIKE 'floor%'
+)
+SELECT format('| %s | %s | %s – %s | %s× | %s | %s× |', s.name, fmt(s.med), fmt(s.lo), fmt(s.hi),
+              fmt(s.med / f.med), fmt((w.wal / 1048576.0)::float8), fmt((w.wal / f.wal)::float8))
+  FROM s JOIN w USING (name), f
+ ORDER BY CASE WHEN s.name LIKE 'floor%' THEN 0 ELSE 1 END, s.name;
+\echo
+
+\echo '## 4. Rotation cost does not grow with data'
+\echo
+\echo '`SELECT meshhook_keys.keys_rotate(''default'', ...)`, each in its own transaction (autocommit,'
+\echo 'durable commit included): after a `CHECKPOINT`, one warm-up rotation then' :rot_runs 'timed ones in one'
+\echo 'session (at least 25 whatever `--runs` is: each takes about a millisecond, so a few samples are'
+\echo 'all noise). Measured first when 1,000 secrets are stored, then again after section 1 loaded'
+\echo :large_label 'secrets.'
+\echo
+\echo '| Stored secrets | Median ms | Min – max ms | × the 1,000-secret median |'
+\echo '|---:|---:|---:|---:|'
+WITH stats AS (
+    SELECT name, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS med, min(ms) AS lo, max(ms) AS hi
+      FROM bench_timing WHERE section = 'rotate' AND run > 0 GROUP BY name
+)
+SELECT format('| %s | %s | %s – %s | %s× |', s.name, fmt(s.med), fmt(s.lo), fmt(s.hi), fmt(s.med / small.med))
+  FROM stats s, stats small
+ WHERE small.name = '1,000'
+ ORDER BY s.name = '1,000' DESC;
+\echo
+\echo 'A rotation inserts one wrapped data key and one audit row; it reads no user rows, so the ratio'
+\echo 'should be 1× within noise (commit fsync dominates the absolute number).'
+\echo
+
+\echo '## 5. Memory'
+\echo
+SELECT current_setting('meshhook_keys.key_cache_size') AS cache_size \gset
+\echo 'One fresh backend decrypts one ciphertext under each of' :keyrings_label 'distinct data keys (one'
+\echo 'keyring each), with `meshhook_keys.key_cache_size` =' :cache_size '(the default is 1000). Snapshots'
+\echo 'of that backend: VmRSS, its peak VmHWM and VmRSS''s anonymous (RssAnon) and shared-memory (RssShmem)'
+\echo 'parts from `/proc/<pid>/status`, and `sum(total_bytes)` of `pg_backend_memory_contexts`. The key'
+\echo 'cache is Rust heap (malloc), outside the memory contexts: only RssAnon sees it. RssShmem grows as'
+\echo 'the backend touches shared buffers, which is not memory of its own.'
+\echo
+\echo '| Step | Keys in cache | Cache misses | VmRSS MiB | VmHWM MiB | RssAnon MiB | RssShmem MiB | Memory contexts MiB |'
+\echo '|---|---:|---:|---:|---:|---:|---:|---:|'
+SELECT format('| %s | %s | %s | %s | %s | %s | %s | %s |', label, to_char(cached_keys, 'FM999,999,999'), to_char(misses, 'FM999,999,999'),
+              fmt(vmrss_kb / 1024.0), fmt(vmhwm_kb / 1024.0), fmt(rssanon_kb / 1024.0),
+              fmt(rssshmem_kb / 1024.0), fmt(context_bytes / 1048576.0))
+  FROM bench_memory ORDER BY step;
+\echo
+SELECT format('RssAnon growth: %s MiB from the fresh backend to %s distinct keys; %s MiB from 1,000 to %s keys'
+              '; %s MiB during the second pass. VmRSS: %s MiB before, %s MiB after.',
+              fmt((a.rssanon_kb - f.rssanon_kb) / 1024.0), :'keyrings_label',
+              fmt((a.rssanon_kb - k.rssanon_kb) / 1024.0), :'keyrings_label',
+              fmt((b.rssanon_kb - a.rssanon_kb) / 1024.0),
+              fmt(f.vmrss_kb / 1024.0), fmt(b.vmrss_kb / 1024.0))
+  FROM bench_memory f, bench_memory k, bench_memory a, bench_memory b
+ WHERE f.step = 0 AND k.step = 2 AND a.step = 3 AND b.step = 4;

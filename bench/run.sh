@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Benchmark meshhook_keys against a floor and pgcrypto on a throwaway cluster; see bench/README.md.
+#
+#   ./bench/run.sh            1,000,000 rows, 5 runs of each measurement
+#   ./bench/run.sh --quick    100,000 rows, 3 runs
+#   ./bench/run.sh --rows N --runs K [--pgp-rows M]
+#   (M: rows for pgp_sym_encrypt with default options, which is slow; default min(N, 100000))
+#
+# Prints one markdown document on stdout (progress goes to stderr) and writes it to
+# bench/results/latest.md and bench/results/<UTC timestamp>.md.
+# Environment: MESHHOOK_KEYS_BENCH_SKIP_INSTALL=1 skips setup.sh and the build/install;
+# MESHHOOK_KEYS_BENCH_PORT (default 54340); MESHHOOK_KEYS_BENCH_KEEP=1 keeps the work directory.
+source "$(dirname "$0")/../scripts/lib.sh"
+
+BENCH_DIR=$REPO_ROOT/bench
+PORT=${MESHHOOK_KEYS_BENCH_PORT:-54340}
+KEYRINGS=10000   # section 5: distinct data keys decrypted in one backend
+
+log() { say "$@" >&2; }
+die() { printf 'bench/run.sh: error: %s\n' "$*" >&2; exit 1; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
+
+rows=1000000 runs=5 quick=0 rows_set=0 runs_set=0 pgp_rows=
+while [ $# -gt 0 ]; do
+    case $1 in
+        --quick) quick=1 ;;
+        --rows) [ $# -ge 2 ] || die "--rows needs a number"; rows=$2; rows_set=1; shift ;;
+        --runs) [ $# -ge 2 ] || die "--runs needs a number"; runs=$2; runs_set=1; shift ;;
+        --pgp-rows) [ $# -ge 2 ] || die "--pgp-rows needs a number"; pgp_rows=$2; shift ;;
+        -h|--help) usage; exit 0 ;;
+        *) usage >&2; die "unknown argument: $1" ;;
+    esac
+    shift
+done
+if [ "$quick" = 1 ]; then
+    [ "$rows_set" = 1 ] || rows=100000
+    [ "$runs_set" = 1 ] || runs=3
+fi
+[[ $rows =~ ^[0-9]+$ ]] && [ "$rows" -ge 1000 ] || die "--rows must be an integer >= 1000 (got '$rows')"
+[[ $runs =~ ^[0-9]+$ ]] && [ "$runs" -ge 1 ] || die "--runs must be an integer >= 1 (got '$runs')"
+# pgp_sym_encrypt with default options costs ~100 µs per row each way: at most 100,000 rows.
+[ -n "$pgp_rows" ] || pgp_rows=$(( rows < 100000 ? rows : 100000 ))
+[[ $pgp_rows =~ ^[0-9]+$ ]] && [ "$pgp_rows" -ge 100 ] && [ "$pgp_rows" -le "$rows" ] ||
+    die "--pgp-rows must be an integer between 100 and --rows (got '$pgp_rows')"
+[ "$(id -u)" = 0 ] || die "run as root (the cluster runs as the postgres OS user)"
+
+if [ "${MESHHOOK_KEYS_BENCH_SKIP_INSTALL:-0}" != 1 ]; then
+    "$REPO_ROOT/scripts/setup.sh" >&2
+    install_extension >&2
+fi
+sharedir=$("$PG_CONFIG" --sharedir)
+[ -f "$sharedir/extension/$EXT.control" ] ||
+    die "$EXT is not installed in $sharedir (run without MESHHOOK_KEYS_BENCH_SKIP_INSTALL=1)"
+[ -f "$sharedir/extension/pgcrypto.control" ] || die "pgcrypto is not installed (Debian package postgresql-15)"
+
+started=$(date +%s)
+
+# --- the throwaway cluster ---------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/meshhook_keys_bench.XXXXXX)
+chmod 755 "$WORK"
+PGDIR=$WORK/pg
+cleanup() {
+    local rc=$?
+    if [ -d "$PGDIR/data" ]; then stop_cluster "$PGDIR" fast; fi
+    if [ "$rc" != 0 ]; then
+        echo "bench/run.sh: failed (exit $rc)" >&2
+        if [ -f "$PGDIR/server.log" ]; then
+            echo "--- last lines of the server log ($PGDIR/server.log) ---" >&2
+            tail -n 20 "$PGDIR/server.log" >&2
+        fi
+    fi
+    if [ "${MESHHOOK_KEYS_BENCH_KEEP:-0}" = 1 ]; then echo "work directory kept: $WORK" >&2; else rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+log "starting a throwaway cluster in $PGDIR (port $PORT) with a fresh root key"
+make_root_key "$WORK/keys/root.key"
+init_cluster "$PGDIR" "$PORT" \
+    "meshhook_keys.root_key_file = '$WORK/keys/root.key'" \
+    "shared_buffers = '512MB'" \
+    "max_wal_size = '4GB'"
+start_cluster "$PGDIR" || die "the cluster did not start"
+
+psql_pg() { as_pg psql -X -q -h "$PGDIR" -p "$PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }
+psql_bench() { psql_pg -d bench "$@"; }
+psql_pg -d postgres -c "CREATE DATABASE bench"
+psql_bench < "$BENCH_DIR/setup.sql"
+
+# Run a psql script (stdin) in one session and store its \timing results in bench_timing, one row
+# per "Time:" line. Each timed statement prints one row whose first column is its name
+# (SELECT 'floor', sum(...)). RUN is a run number, or "seq" to number a name's statements 1, 2, ...
+TIMINGS=$WORK/timings.tsv
+timed_session() {
+    local section=$1 run=$2
+    psql_bench -At | awk -F'|' -v s="$section" -v r="$run" '
+        /^Time: / { split($0, w, " "); print s "\t" name "\t" (r == "seq" ? ++n[name] : r) "\t" w[2]; next }
+        { name = $1 }' > "$TIMINGS"
+    [ -s "$TIMINGS" ] || die "no timings captured for $section run $run"
+    psql_bench -c "COPY bench_timing FROM STDIN" < "$TIMINGS"
+}
+
+# Section 4: a checkpoint, one warm-up rotation of `default`, then ROT_RUNS timed ones, each its own
+# transaction. A rotation takes under a millisecond, mostly the commit's fsync, so a handful of
+# samples is too noisy: take at least 25 (cheap), or --runs if that is more.
+ROT_RUNS=$(( runs > 25 ? runs : 25 ))
+time_rotations() {
+    local label=$1 i
+    psql_bench -c "CHECKPOINT"
+    {
+        echo "SELECT 'warm-up', version FROM meshhook_keys.keys_rotate('default', 'bench warm-up');"
+        echo '\timing on'
+        for i in $(seq "$ROT_RUNS"); do
+            echo "SELECT '$label', version FROM meshhook_keys.keys_rotate('default', 'bench');"
+        done
+    } | timed_session rotate seq
+}
+
+thousands() { echo "$1" | sed ':a;s/\B[0-9]\{3\}\>/,&/;ta'; }
+
+log "section 4: rotating with 1,000 stored secrets"
+time_rotations "1,000"
+
+# --- section 1 ---------------------------------------------------------------------------------
+log "section 1: loading $rows rows (pgp default options on $pgp_rows of them)"
+pass=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+key_hex=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+psql_bench -v rows="$rows" -v pgp_rows="$pgp_rows" -v pass="$pass" -v key_hex="$key_hex" < "$BENCH_DIR/load.sql"
+
+# One script per run: warm every query up on 1,000 rows, then time each over the whole table.
+RUN_SQL=$WORK/percall.sql
+{
+    echo "SET jit = off;"
+    echo "SET max_parallel_workers_per_gather = 0;"
+    psql_bench -At -c "SELECT format('SELECT %L, sum(%s) FROM (SELECT * FROM %I LIMIT 1000) AS warm_up;', name, expr, tbl) FROM bench_query ORDER BY ord"
+    echo '\timing on'
+    psql_bench -At -c "SELECT format('SELECT %L, sum(%s) FROM %I;', name, expr, tbl) FROM bench_query ORDER BY ord"
+} > "$RUN_SQL"
+
+log "section 1: pre-warm pass (run 0, not counted)"
+timed_session percall 0 < "$RUN_SQL"
+for run in $(seq "$runs"); do
+    log "section 1: run $run of $runs"
+    timed_session percall "$run" < "$RUN_SQL"
+done
+
+# --- section 2 ---------------------------------------------------------------------------------
+log "section 2: loading $rows rows for re-encryption"
+k1=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n'); k2=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+iv=$(od -An -tx1 -N16 /dev/urandom | tr -d ' \n')
+psql_bench -v rows="$rows" -v k1="$k1" -v k2="$k2" -v iv="$iv" < "$BENCH_DIR/reencrypt_load.sql"
+# One timed rewrite: vacuum and checkpoint first (so every method starts from the same state), time
+# the statement alone, record the WAL it wrote.
+rewrite_step() {  # NAME RUN SETUP_SQL STATEMENT
+    printf '%s\n' '\timing off' "$3" 'VACUUM r; VACUUM r_floor; VACUUM r_pgc;' 'CHECKPOINT;' \
+        'SELECT pg_current_wal_insert_lsn() AS lsn \gset' "SELECT '$1';" '\timing on' "$4" '\timing off' \
+        "INSERT INTO bench_wal VALUES ('$1', $2, pg_wal_lsn_diff(pg_current_wal_insert_lsn(), :'lsn'));"
+}
+rotate="SELECT 1 FROM meshhook_keys.keys_rotate('reenc', 'bench run') \g /dev/null"
+for run in $(seq "$runs"); do
+    log "section 2: run $run of $runs"
+    if [ $((run % 2)) = 1 ]; then from=$k1 to=$k2; else from=$k2 to=$k1; fi
+    {
+        rewrite_step "floor: plain UPDATE rewriting every row" "$run" "" "UPDATE r_floor SET c = c || ''::bytea;"
+        rewrite_step "meshhook_keys CALL reencrypt, batch 1000 (default)" "$run" "$rotate" "CALL meshhook_keys.reencrypt('reenc', 1000);"
+        rewrite_step "meshhook_keys CALL reencrypt, batch 10000" "$run" "$rotate" "CALL meshhook_keys.reencrypt('reenc', 10000);"
+        rewrite_step "pgcrypto one-statement rewrap (raw AES)" "$run" "" \
+            "UPDATE r_pgc SET c = encrypt_iv(decrypt_iv(c, decode('$from', 'hex'), decode('$iv', 'hex'), 'aes-cbc/pad:pkcs'), decode('$to', 'hex'), decode('$iv', 'hex'), 'aes-cbc/pad:pkcs');"
+    } | timed_session reencrypt "$run"
+done
+check=$(psql_bench -At -c "SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(c, 'r:' || id) IS NOT NULL) = $rows AND (SELECT count(*) FROM meshhook_keys.key_usage('reenc')) = 1 FROM r")
+[ "$check" = t ] || die "section 2: after re-encryption not every row decrypts on the newest key"
+
+large=$(( rows + 1000 ))
+large_label=$(thousands "$large")
+log "section 4: rotating with $large_label stored secrets"
+time_rotations "$large_label"
+
+# --- section 5 ---------------------------------------------------------------------------------
+log "section 5: $KEYRINGS keyrings, one backend decrypting under each"
+psql_bench -v keyrings="$KEYRINGS" < "$BENCH_DIR/memory.sql"
+
+# --- report ------------------------------------------------------------------------------------
+log "writing the report"
+pg_version=$(psql_bench -At -c "SHOW server_version")
+ext_version=$(psql_bench -At -c "SELECT extversion FROM pg_extension WHERE extname = '$EXT'")
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+stamp=$(date -u +%Y%m%dT%H%M%SZ)
+elapsed=$(( $(date +%s) - started ))
+mkdir -p "$BENCH_DIR/results"
+REPORT=$WORK/report.md
+{
+    echo "# meshhook_keys benchmark"
+    echo
+    echo "| | |"
+    echo "|---|---|"
+    echo "| Date | $(date -u '+%Y-%m-%d %H:%M:%S UTC') |"
+    echo "| Machine | $(uname -m), ${cpu:-unknown CPU}, $(nproc) cores |"
+    echo "| PostgreSQL | $pg_version, meshhook_keys $ext_version |"
+    echo "| Rows | $(thousands "$rows") (pgp default options: $(thousands "$pgp_rows")) |"
+    echo "| Runs | $runs per section 1 query, $ROT_RUNS rotations per section 4 line (median, min – max) |"
+    echo "| Cluster | fresh, durable defaults (fsync and synchronous_commit on), shared_buffers 512MB, max_wal_size 4GB |"
+    echo "| Benchmark time | $((elapsed / 60)) min $((elapsed % 60)) s (cluster start to report, build excluded) |"
+    echo
+    echo "Ratios against the floor measured in the same run are the numbers to compare; absolute"
+    echo "times depend on this machine and are noisy (see bench/README.md)."
+    echo
+    psql_bench -At -v runs="$runs" -v rot_runs="$ROT_RUNS" -v pgp_label="$(thousands "$pgp_rows")" \
+        -v keyrings_label="$(thousands "$KEYRINGS")" \
+        -v large_label="$large_label" -v rows="$rows" < "$BENCH_DIR/report.sql"
+} > "$REPORT"
+cp "$REPORT" "$BENCH_DIR/results/$stamp.md"
+cp "$REPORT" "$BENCH_DIR/results/latest.md"
+cat "$REPORT"
+log "done in $((elapsed / 60)) min $((elapsed % 60)) s; written to bench/results/latest.md and bench/results/$stamp.md"
