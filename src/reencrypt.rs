@@ -102,6 +102,17 @@ fn row_ref_expr(rel: pg_sys::Oid) -> Result<String> {
     })
 }
 
+/// The primary key (or ctid) of a row that failed, read only for failures (the row is locked by us).
+fn failed_row_ref(col: &Column, ctid: &str) -> Result<String> {
+    let sql = format!(
+        "SELECT {} FROM ONLY {} AS t WHERE t.ctid = $1::text::tid",
+        row_ref_expr(col.rel)?,
+        qualified_name(col.rel)?
+    );
+    Ok(Spi::get_one_with_args::<String>(&sql, &[ctid.into()])?
+        .unwrap_or_else(|| format!("ctid {ctid}")))
+}
+
 /// The context expression as a select-list item. It sits on lines of its own so that a trailing
 /// `--` comment in it cannot swallow the rest of the statement.
 fn context_item(expr: &Option<String>) -> String {
@@ -401,7 +412,6 @@ struct Claimed {
     ctid: String,
     old: Vec<u8>,
     context: Option<String>,
-    row_ref: String,
 }
 
 /// One bounded batch for `keyring`, in the caller's transaction. Returns the rows moved, or `None`
@@ -510,7 +520,7 @@ fn claim(
     let table = qualified_name(col.rel)?;
     let c = quote_identifier(&col.column);
     let sql = format!(
-        "SELECT t.ctid::text, t.{c}, {ctx}, {rowref}
+        "SELECT t.ctid::text, t.{c}, {ctx}
            FROM ONLY {table} AS t
           WHERE t.ctid >= $1::text::tid AND t.ctid < $2::text::tid
             AND pg_catalog.substr(t.{c}, 1, 9) = ANY ($3::bytea[])
@@ -518,7 +528,6 @@ fn claim(
           LIMIT $4
           FOR UPDATE OF t SKIP LOCKED",
         ctx = context_item(&col.context_expr),
-        rowref = row_ref_expr(col.rel)?,
     );
     let lo = format!("({},{})", from.0, from.1);
     let hi = format!("({to_block},0)");
@@ -536,7 +545,6 @@ fn claim(
                     ctid: row.get::<String>(1)?.unwrap_or_default(),
                     old: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
                     context: row.get::<String>(3)?,
-                    row_ref: row.get::<String>(4)?.unwrap_or_default(),
                 });
             }
             Ok(out)
@@ -580,7 +588,7 @@ fn rewrite(
                     "INSERT INTO meshhook_keys.reencrypt_failure (job_id, column_id, row_ref, sqlstate, error)
                      VALUES ($1, $2, $3, $4, $5)
                      ON CONFLICT (job_id, column_id, row_ref) DO UPDATE SET at = pg_catalog.now()",
-                    &[job_id.into(), col.id.into(), r.row_ref.as_str().into(), sqlstate.as_str().into(), e.to_string().into()],
+                    &[job_id.into(), col.id.into(), failed_row_ref(col, &r.ctid)?.into(), sqlstate.as_str().into(), e.to_string().into()],
                 )?;
             }
         }
@@ -593,7 +601,7 @@ fn rewrite(
     let update = format!(
         "UPDATE ONLY {table} AS t SET {c} = v.new
            FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bytea[]), pg_catalog.unnest($3::bytea[])) AS v(tid, old, new)
-          WHERE t.ctid = ANY ($1::text[]::tid[]) AND t.ctid = v.tid::tid AND t.{c} = v.old"
+          WHERE t.ctid = v.tid::tid AND t.{c} = v.old"
     );
     let ok = Spi::connect_mut(|cl| {
         Ok::<_, KeysError>(
