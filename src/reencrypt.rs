@@ -476,7 +476,7 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         } else {
             (hi, 0)
         };
-        let (ok, failed) = rewrite(job_id, col, &claimed, &active)?;
+        let (ok, _failed) = rewrite(job_id, col, &claimed, &active)?;
         moved += ok;
         run(
             "UPDATE meshhook_keys.reencrypt_progress_column
@@ -493,7 +493,6 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
                 ok.into(),
             ],
         )?;
-        let _ = failed;
         budget_blocks -= hi - p.next_block;
         if budget_blocks <= 0 {
             break;
