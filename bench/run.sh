@@ -170,6 +170,33 @@ done
 check=$(psql_bench -At -c "SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(c, 'r:' || id) IS NOT NULL) = $rows AND (SELECT count(*) FROM meshhook_keys.key_usage('reenc')) = 1 FROM r")
 [ "$check" = t ] || die "section 2: after re-encryption not every row decrypts on the newest key"
 
+# Section 2b: one batch costs the same at the start and at the end of a large table, and in a small
+# table: batches read a window of blocks behind a cursor, they never rescan the table.
+log "section 2b: cost of one re-encryption batch vs table size and position"
+psql_bench -q <<'SQL'
+SELECT 1 FROM meshhook_keys.keys_rotate('small', 'bench') \g /dev/null
+CREATE TABLE r_small (id int PRIMARY KEY, c bytea NOT NULL);
+INSERT INTO r_small SELECT i, meshhook_keys.secret_encrypt(encode(gen_random_bytes(50), 'hex'), 'r:' || i, 'small')
+  FROM generate_series(1, 10000) i;
+SELECT 1 FROM meshhook_keys.register_column('r_small', 'c', $$'r:' || id$$, 'small') \g /dev/null
+SELECT 1 FROM meshhook_keys.keys_rotate('small', 'bench') \g /dev/null
+SELECT 1 FROM meshhook_keys.keys_rotate('reenc', 'bench 2b') \g /dev/null
+VACUUM (ANALYZE) r, r_small;
+CHECKPOINT;
+SQL
+batches=$(( rows / 1000 ))
+{
+    echo "SELECT 'warm-up', meshhook_keys.reencrypt_batch('small', 1000);"
+    echo '\timing on'
+    for i in $(seq 8); do echo "SELECT 'small table (10,000 rows)', meshhook_keys.reencrypt_batch('small', 1000);"; done
+    for i in $(seq 8); do echo "SELECT 'large table, first batches', meshhook_keys.reencrypt_batch('reenc', 1000);"; done
+    echo '\timing off'
+    # skip to the last part of the large table
+    echo "SELECT 'skip', count(meshhook_keys.reencrypt_batch('reenc', 1000)) FROM generate_series(1, $(( batches - 30 )));"
+    echo '\timing on'
+    for i in $(seq 8); do echo "SELECT 'large table, last batches', meshhook_keys.reencrypt_batch('reenc', 1000);"; done
+} | timed_session batchcost seq
+
 large=$(( rows + 1000 ))
 large_label=$(thousands "$large")
 log "section 4: rotating with $large_label stored secrets"
