@@ -99,9 +99,12 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
+/// A random 96-bit nonce from the thread's CSPRNG (ChaCha12 seeded from the OS, reseeded periodically
+/// and after fork(), which matters because every backend is forked from the postmaster). This avoids a
+/// getrandom() system call per encryption; keys and key ids still come from the OS directly.
 fn random_nonce() -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
-    rand::rngs::OsRng.fill_bytes(&mut n);
+    rand::thread_rng().fill_bytes(&mut n);
     n
 }
 
