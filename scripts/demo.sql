@@ -60,11 +60,30 @@ RESET ROLE;
 SELECT pg_sleep(0.2) FROM generate_series(1, 25)
  WHERE NOT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE outcome = 'refused') LIMIT 1 \g /dev/null
 
-\echo '\n## 8. Key versions (metadata only: key material never leaves the extension)'
+\echo '\n## 8. Re-encrypt the stored rows to version 2, online, then retire version 1'
+-- register where ciphertext lives and how each row's context is rebuilt (the table owner does this)
+SELECT meshhook_keys.register_column('tenant_secret', 'secret', $$tenant || '/' || name$$) > 0 AS registered;
+CALL meshhook_keys.reencrypt('default');
+SET ROLE demo_ops;
+SELECT table_name, column_name, state, rows_total, rows_done, rows_failed
+  FROM meshhook_keys.reencrypt_progress WHERE table_name = 'tenant_secret'::regclass;
+SELECT table_name, column_name, version, state, rows FROM meshhook_keys.key_usage('default')
+ WHERE table_name = 'tenant_secret'::regclass;
+SELECT meshhook_keys.keys_retire('default', 1) AS version_1_retired;
+RESET ROLE;
+SELECT t.tenant, t.name, k.version AS key_version,
+       meshhook_keys.secret_decrypt(t.secret, t.tenant || '/' || t.name) AS decrypted
+  FROM tenant_secret t
+  JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.secret)
+ ORDER BY t.tenant, t.name;
+
+\echo '\n## 9. Key versions (metadata only: key material never leaves the extension)'
+
 SELECT keyring, version, state, activated_at IS NOT NULL AS activated FROM meshhook_keys.keys ORDER BY keyring, version;
 
-\echo '\n## 9. The audit log (append-only, hash-chained, also written to the server log)'
-SELECT id, actor, role_name, action, outcome, keyring, version, reason FROM meshhook_keys.audit_log ORDER BY id;
+\echo '\n## 10. The audit log (append-only, hash-chained, also written to the server log)'
+SELECT id, actor, role_name, action, outcome, keyring, version, coalesce(reason, detail::text) AS reason_or_detail
+  FROM meshhook_keys.audit_log ORDER BY id;
 SELECT * FROM meshhook_keys.audit_verify();
 \echo 'Trying to rewrite history (the ERROR below is expected):'
 DELETE FROM meshhook_keys.audit_log;
