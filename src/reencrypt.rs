@@ -22,12 +22,43 @@ use crate::keycache;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 
-/// A registered column, as the job needs it.
+/// A registered column, as the job needs it, with its table resolved once.
 pub struct Column {
     pub id: i32,
     pub rel: pg_sys::Oid,
     pub column: String,
     pub context_expr: Option<String>,
+    /// `schema.table`, quoted; `None` when the table no longer exists.
+    pub table: Option<String>,
+    /// The table's owner, as whom the context expression and the row scans run.
+    pub owner: pg_sys::Oid,
+}
+
+impl Column {
+    /// Resolve a column of an existing table (registration).
+    pub fn resolve(rel: pg_sys::Oid, column: &str, context_expr: Option<String>) -> Result<Self> {
+        Ok(Column {
+            id: 0,
+            rel,
+            column: column.to_string(),
+            context_expr,
+            table: Some(qualified_name(rel)?),
+            owner: table_owner(rel)?,
+        })
+    }
+
+    pub fn exists(&self) -> bool {
+        self.table.is_some()
+    }
+
+    fn table(&self) -> Result<&str> {
+        self.table.as_deref().ok_or_else(|| {
+            KeysError::Internal(format!(
+                "registered table {} no longer exists",
+                self.rel.to_u32()
+            ))
+        })
+    }
 }
 
 /// The 9-byte envelope header for a key id: what `substring(col from 1 for 9)` is compared with.
@@ -59,20 +90,12 @@ pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     out
 }
 
-pub fn table_owner(rel: pg_sys::Oid) -> Result<pg_sys::Oid> {
+fn table_owner(rel: pg_sys::Oid) -> Result<pg_sys::Oid> {
     Spi::get_one_with_args::<pg_sys::Oid>(
         "SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1)",
         &[rel.into()],
     )?
     .ok_or_else(|| KeysError::Internal(format!("relation {} does not exist", rel.to_u32())))
-}
-
-fn relation_exists(rel: pg_sys::Oid) -> Result<bool> {
-    Ok(Spi::get_one_with_args::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1)",
-        &[rel.into()],
-    )?
-    .unwrap_or(false))
 }
 
 /// `schema.table` quoted, for building statements over a registered table.
@@ -107,7 +130,7 @@ fn failed_row_ref(col: &Column, ctid: &str) -> Result<String> {
     let sql = format!(
         "SELECT {} FROM ONLY {} AS t WHERE t.ctid = $1::text::tid",
         row_ref_expr(col.rel)?,
-        qualified_name(col.rel)?
+        col.table()?
     );
     Ok(Spi::get_one_with_args::<String>(&sql, &[ctid.into()])?
         .unwrap_or_else(|| format!("ctid {ctid}")))
@@ -125,12 +148,12 @@ fn context_item(expr: &Option<String>) -> String {
 /// Check a context expression the way the job will run it: as the table owner, restricted, planned
 /// (not executed) against the table. Raises PostgreSQL's own error if it does not parse or plan.
 pub fn validate_context_expr(col: &Column) -> Result<()> {
-    let table = qualified_name(col.rel)?;
+    let table = col.table()?;
     let sql = format!(
         "SELECT {} FROM ONLY {table} AS t LIMIT 0",
         context_item(&col.context_expr)
     );
-    let owner = table_owner(col.rel)?;
+    let owner = col.owner;
     as_role(owner, || -> Result<()> {
         Spi::connect(|c| {
             let t = c.select(sql.as_str(), None, &[])?;
@@ -149,14 +172,14 @@ fn count_on_keys(col: &Column, keys: &[i64]) -> Result<i64> {
     if keys.is_empty() {
         return Ok(0);
     }
-    let table = qualified_name(col.rel)?;
+    let table = col.table()?;
     let c = quote_identifier(&col.column);
     let sql = format!(
         "SELECT pg_catalog.count(*) FROM ONLY {table} AS t
           WHERE pg_catalog.substr(t.{c}, 1, 9) = ANY ($1::bytea[])"
     );
     let headers: Vec<Vec<u8>> = keys.iter().map(|k| header(*k)).collect();
-    let owner = table_owner(col.rel)?;
+    let owner = col.owner;
     as_role(owner, || {
         Ok(Spi::get_one_with_args::<i64>(&sql, &[headers.into()])?.unwrap_or(0))
     })
@@ -164,7 +187,7 @@ fn count_on_keys(col: &Column, keys: &[i64]) -> Result<i64> {
 
 /// Rows per key id in one registered column (for key_usage), counted as the table owner.
 pub fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
-    let table = qualified_name(col.rel)?;
+    let table = col.table()?;
     let c = quote_identifier(&col.column);
     let sql = format!(
         "SELECT CASE WHEN pg_catalog.length(t.{c}) >= 37 AND pg_catalog.get_byte(t.{c}, 0) = 1
@@ -173,7 +196,7 @@ pub fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
                 pg_catalog.count(*)
            FROM ONLY {table} AS t WHERE t.{c} IS NOT NULL GROUP BY 1"
     );
-    let owner = table_owner(col.rel)?;
+    let owner = col.owner;
     as_role(owner, || {
         Spi::connect(|cl| {
             let mut out = Vec::new();
@@ -189,8 +212,13 @@ pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
     Spi::connect(|c| {
         let mut out = Vec::new();
         for row in c.select(
-            "SELECT id, rel::oid, column_name::text, context_expr FROM meshhook_keys.encrypted_column
-              WHERE keyring = $1 ORDER BY id",
+            "SELECT c.id, c.rel::oid, c.column_name::text, c.context_expr,
+                    CASE WHEN r.oid IS NOT NULL THEN pg_catalog.format('%I.%I', n.nspname, r.relname) END,
+                    r.relowner
+               FROM meshhook_keys.encrypted_column c
+               LEFT JOIN pg_catalog.pg_class r ON r.oid = c.rel
+               LEFT JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+              WHERE c.keyring = $1 ORDER BY c.id",
             None,
             &[keyring.into()],
         )? {
@@ -199,6 +227,8 @@ pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
                 rel: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
                 column: row.get::<String>(3)?.unwrap_or_default(),
                 context_expr: row.get::<String>(4)?,
+                table: row.get::<String>(5)?,
+                owner: row.get::<pg_sys::Oid>(6)?.unwrap_or(pg_sys::InvalidOid),
             });
         }
         Ok(out)
@@ -227,7 +257,7 @@ fn old_key_ids(keyring: &str, except: i64) -> Result<Vec<i64>> {
 pub fn rows_on_key(keyring: &str, key_id: i64) -> Result<i64> {
     let mut n = 0;
     for col in columns_of_keyring(keyring)? {
-        if relation_exists(col.rel)? {
+        if col.exists() {
             n += count_on_keys(&col, &[key_id])?;
         }
     }
@@ -351,7 +381,7 @@ fn add_missing_columns(job_id: i64, keyring: &str, target: i64) -> Result<usize>
         if covered {
             continue;
         }
-        let total = if relation_exists(col.rel)? {
+        let total = if col.exists() {
             count_on_keys(&col, &old)?
         } else {
             0
@@ -451,7 +481,7 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
             .iter()
             .find(|c| c.id == p.column_id)
             .ok_or_else(|| KeysError::Internal("progress row for an unregistered column".into()))?;
-        if !relation_exists(col.rel)? {
+        if !col.exists() {
             set_column_state(job_id, col.id, "done")?;
             continue;
         }
@@ -476,7 +506,7 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         } else {
             (hi, 0)
         };
-        let (ok, _failed) = rewrite(job_id, col, &claimed, &active)?;
+        let ok = rewrite(job_id, col, &claimed, &active)?;
         moved += ok;
         run(
             "UPDATE meshhook_keys.reencrypt_progress_column
@@ -516,7 +546,7 @@ fn claim(
     if headers.is_empty() {
         return Ok(Vec::new());
     }
-    let table = qualified_name(col.rel)?;
+    let table = col.table()?;
     let c = quote_identifier(&col.column);
     let sql = format!(
         "SELECT t.ctid::text, t.{c}, {ctx}
@@ -530,7 +560,7 @@ fn claim(
     );
     let lo = format!("({},{})", from.0, from.1);
     let hi = format!("({to_block},0)");
-    let owner = table_owner(col.rel)?;
+    let owner = col.owner;
     let headers = headers.to_vec();
     as_role(owner, || {
         Spi::connect_mut(|cl| {
@@ -558,14 +588,13 @@ fn rewrite(
     col: &Column,
     rows: &[Claimed],
     target: &keycache::CachedKey,
-) -> Result<(i64, i64)> {
+) -> Result<i64> {
     if rows.is_empty() {
-        return Ok((0, 0));
+        return Ok(0);
     }
     // Compute every new envelope first (pure Rust), then write them back in one set-based statement
     // that is a compare-and-set per row.
     let (mut ctids, mut olds, mut news) = (Vec::new(), Vec::new(), Vec::new());
-    let mut failed = 0i64;
     for r in rows {
         let result = match &r.context {
             None => Err(KeysError::Internal(
@@ -581,7 +610,6 @@ fn rewrite(
                 news.push(new);
             }
             Err(e) => {
-                failed += 1;
                 let sqlstate = e.sqlstate_code();
                 run(
                     "INSERT INTO meshhook_keys.reencrypt_failure (job_id, column_id, row_ref, sqlstate, error)
@@ -593,9 +621,9 @@ fn rewrite(
         }
     }
     if ctids.is_empty() {
-        return Ok((0, failed));
+        return Ok(0);
     }
-    let table = qualified_name(col.rel)?;
+    let table = col.table()?;
     let c = quote_identifier(&col.column);
     let update = format!(
         "UPDATE ONLY {table} AS t SET {c} = v.new
@@ -612,7 +640,7 @@ fn rewrite(
             .len(),
         )
     })? as i64;
-    Ok((ok, failed))
+    Ok(ok)
 }
 
 fn set_column_state(job_id: i64, column_id: i32, state: &str) -> Result<()> {

@@ -75,7 +75,7 @@ fn _register_column(
             )));
         }
         let context = context.filter(|c| !c.trim().is_empty()).map(str::to_string);
-        let column = Column { id: 0, rel, column: col.to_string(), context_expr: context.clone() };
+        let column = Column::resolve(rel, col, context.clone())?;
         reencrypt::validate_context_expr(&column)?;
         let id = Spi::get_one_with_args::<i32>(
             "INSERT INTO meshhook_keys.encrypted_column (rel, column_name, context_expr, keyring)
@@ -189,11 +189,7 @@ fn _key_usage(
         let keyring = validate_keyring(keyring)?;
         let mut out = Vec::new();
         for col in reencrypt::columns_of_keyring(keyring)? {
-            if Spi::get_one_with_args::<bool>(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class WHERE oid = $1)",
-                &[col.rel.into()],
-            )? != Some(true)
-            {
+            if !col.exists() {
                 continue;
             }
             for (key_id, n) in reencrypt::usage_by_key(&col)? {
