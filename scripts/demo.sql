@@ -42,11 +42,13 @@ SET ROLE demo_app;
 INSERT INTO tenant_secret (tenant, name, secret) VALUES
     ('globex', 'openai_key', meshhook_keys.secret_encrypt('sk-globex-0004', 'globex/openai_key'));
 RESET ROLE;
+-- each row with the key version that encrypted it, decrypted with its context
+CREATE VIEW demo_status AS
 SELECT t.tenant, t.name, k.version AS key_version,
        meshhook_keys.secret_decrypt(t.secret, t.tenant || '/' || t.name) AS decrypted
   FROM tenant_secret t
-  JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.secret)
- ORDER BY t.tenant, t.name;
+  JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.secret);
+SELECT * FROM demo_status ORDER BY tenant, name;
 
 \echo '\n## 6. A ciphertext copied into another tenant''s row does not decrypt there (the ERROR below is expected)'
 SELECT meshhook_keys.secret_decrypt(secret, 'globex/stripe_api_key')
@@ -71,11 +73,7 @@ SELECT table_name, column_name, version, state, rows FROM meshhook_keys.key_usag
  WHERE table_name = 'tenant_secret'::regclass;
 SELECT meshhook_keys.keys_retire('default', 1) AS version_1_retired;
 RESET ROLE;
-SELECT t.tenant, t.name, k.version AS key_version,
-       meshhook_keys.secret_decrypt(t.secret, t.tenant || '/' || t.name) AS decrypted
-  FROM tenant_secret t
-  JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.secret)
- ORDER BY t.tenant, t.name;
+SELECT * FROM demo_status ORDER BY tenant, name;
 
 \echo '\n## 9. Key versions (metadata only: key material never leaves the extension)'
 
