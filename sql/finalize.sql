@@ -76,8 +76,20 @@ GRANT SELECT ON meshhook_keys.keys TO meshhook_keys_admin;
 GRANT SELECT ON meshhook_keys.audit_log TO meshhook_keys_admin;
 GRANT EXECUTE ON FUNCTION meshhook_keys.audit_verify() TO meshhook_keys_admin;
 
+-- A re-encryption batch writes each table as its owner (so that the owner's triggers and the
+-- context expression never run with more rights than the owner's), and that UPDATE calls two
+-- functions of ours: so any role needs USAGE on the schema and EXECUTE on those two. They refuse
+-- (42501) unless a batch run by meshhook_keys in the same session has armed them for that one
+-- statement, and they only ever re-encrypt rows of that batch's keyring to its active key: no
+-- plaintext or key leaves them. Every other object in the schema stays revoked from PUBLIC.
+-- _reencrypt_try is declared expensive so that the planner checks the TID condition first.
+GRANT USAGE ON SCHEMA meshhook_keys TO PUBLIC;
+ALTER FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) COST 100000;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_take(tid) TO PUBLIC;
+
 -- Nobody but the owner may read data_key or keyring, write the audit log, or call the
--- internal (_-prefixed) functions: no grants.
+-- other internal (_-prefixed) functions: no grants.
 
 ------------------------------------------------------------------------------------------------
 -- Documentation (\dt+, \df+ and \dv+ show these).
@@ -142,3 +154,7 @@ COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
     'Destroy a retired key version: wipe its wrapped key material (crypto-erasure). Same gate as keys_retire. Admin only; audited.';
 COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS
     'Rewrap every data key wrapped by the previous root key (meshhook_keys.root_key_previous_file / _command) under the current root key, in one transaction, touching no user rows. Admin only; audited.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) IS
+    'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key. Refuses outside a batch.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS
+    'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Refuses outside a batch.';

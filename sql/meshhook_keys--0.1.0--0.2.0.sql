@@ -102,11 +102,19 @@ DECLARE
     total bigint := 0;
 BEGIN
     LOOP
+        -- A batch commits without waiting for its WAL to reach disk: a crash can only undo the
+        -- last few batches, whose rows are then still on their old key (which still decrypts
+        -- until it is retired) and are moved again by the next call.
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
         moved := meshhook_keys.reencrypt_batch(keyring, batch_size);
         COMMIT;
         EXIT WHEN moved IS NULL;
         total := total + moved;
     END LOOP;
+    -- This last commit writes WAL (it has a transaction id) under the session's own
+    -- synchronous_commit, so it waits for everything before it, every batch included.
+    PERFORM pg_catalog.pg_current_xact_id();
+    COMMIT;
     RAISE NOTICE 'meshhook_keys: re-encryption of keyring "%" complete: % rows moved', keyring, total;
 END
 $$;
@@ -191,6 +199,22 @@ STRICT VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'root_key_rewrap_wrapper';
+
+CREATE  FUNCTION "_reencrypt_try"(
+	"row" tid, /* pg_sys :: ItemPointerData */
+	"ciphertext" bytea, /* Option < & [u8] > */
+	"context" TEXT /* Option < & str > */
+) RETURNS bool /* bool */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_reencrypt_try_wrapper';
+
+CREATE  FUNCTION "_reencrypt_take"(
+	"row" tid /* pg_sys :: ItemPointerData */
+) RETURNS bytea /* Vec < u8 > */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_reencrypt_take_wrapper';
 
 -- meshhook_keys 0.2.0: the built-in secrets store.
 
@@ -320,6 +344,15 @@ GRANT SELECT ON meshhook_keys.encrypted_columns TO meshhook_keys_admin;
 GRANT SELECT ON meshhook_keys.reencrypt_progress TO meshhook_keys_admin;
 GRANT SELECT ON meshhook_keys.reencrypt_failure TO meshhook_keys_admin;
 
+-- A re-encryption batch writes each table as its owner and calls these two from that UPDATE:
+-- any role needs USAGE on the schema and EXECUTE on them. They refuse (42501) outside a batch.
+GRANT USAGE ON SCHEMA meshhook_keys TO PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys._reencrypt_take(tid) FROM PUBLIC;
+ALTER FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) COST 100000;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_take(tid) TO PUBLIC;
+
 COMMENT ON TABLE meshhook_keys.encrypted_column IS
     'Registered ciphertext columns: table, bytea column, context expression (SQL over the row, evaluated as the table owner) and keyring. Manage with register_column / unregister_column.';
 COMMENT ON TABLE meshhook_keys.reencrypt_job IS
@@ -356,3 +389,7 @@ COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
     'Destroy a retired key version: wipe its wrapped key material (crypto-erasure). Same gate as keys_retire. Admin only; audited.';
 COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS
     'Rewrap every data key wrapped by the previous root key (meshhook_keys.root_key_previous_file / _command) under the current root key, in one transaction, touching no user rows. Admin only; audited.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) IS
+    'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key. Refuses outside a batch.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS
+    'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Refuses outside a batch.';

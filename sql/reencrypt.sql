@@ -97,11 +97,19 @@ DECLARE
     total bigint := 0;
 BEGIN
     LOOP
+        -- A batch commits without waiting for its WAL to reach disk: a crash can only undo the
+        -- last few batches, whose rows are then still on their old key (which still decrypts
+        -- until it is retired) and are moved again by the next call.
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
         moved := meshhook_keys.reencrypt_batch(keyring, batch_size);
         COMMIT;
         EXIT WHEN moved IS NULL;
         total := total + moved;
     END LOOP;
+    -- This last commit writes WAL (it has a transaction id) under the session's own
+    -- synchronous_commit, so it waits for everything before it, every batch included.
+    PERFORM pg_catalog.pg_current_xact_id();
+    COMMIT;
     RAISE NOTICE 'meshhook_keys: re-encryption of keyring "%" complete: % rows moved', keyring, total;
 END
 $$;

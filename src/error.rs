@@ -110,6 +110,12 @@ pub enum KeysError {
     #[error("decrypted value is not valid text (it is not UTF-8 or contains a NUL byte)")]
     NotText,
 
+    /// An internal re-encryption function was called outside a batch run by meshhook_keys.
+    #[error(
+        "{0} is internal to re-encryption: it works only inside a batch run by meshhook_keys in this session"
+    )]
+    NotInBatch(&'static str),
+
     /// An SPI query failed in a way that is not one of the above.
     #[error("internal error in meshhook_keys: {0}")]
     Internal(String),
@@ -154,6 +160,7 @@ impl KeysError {
             KeysError::WrongObjectType(_) => ERRCODE_WRONG_OBJECT_TYPE,      // 42809
             KeysError::NotTableOwner => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
             KeysError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
+            KeysError::NotInBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,                // XX000
         }
     }

@@ -50,6 +50,7 @@ impl KeyState {
 pub struct CachedKey {
     pub key_id: i64,
     pub keyring: String,
+    pub version: i32,
     pub state: KeyState,
     pub cipher: Aes256Gcm,
     loaded_at: u64,
@@ -138,6 +139,7 @@ fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
     Ok(CachedKey {
         key_id: row.key_id,
         keyring: row.keyring.clone(),
+        version: row.version,
         state,
         cipher: dek.cipher(),
         loaded_at: 0,

@@ -10,6 +10,7 @@ mod crypto;
 mod error;
 mod gucs;
 mod keycache;
+mod plans;
 mod reencrypt;
 mod rootkey;
 mod store;

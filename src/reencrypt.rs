@@ -15,10 +15,12 @@
 //! operation (as PostgreSQL does for index expressions during maintenance), never as the extension
 //! owner, so registering an expression cannot escalate privileges.
 
+use crate::api::secrets::crypto_error;
 use crate::audit;
 use crate::crypto::{self, FORMAT_V1, HEADER_LEN};
 use crate::error::{KeysError, Result};
 use crate::keycache;
+use crate::plans;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 
@@ -69,24 +71,44 @@ fn header(key_id: i64) -> Vec<u8> {
     h
 }
 
-/// Run `f` as `role` inside a security-restricted operation, then switch back. If `f` raises, the
-/// transaction (or subtransaction) abort restores the previous user, as for any SECURITY DEFINER call.
+/// Run `f` as `role` inside a security-restricted operation with `row_security = off`, then switch
+/// back. With row security off, a table whose policies would apply to its owner (FORCE ROW LEVEL
+/// SECURITY) raises an error instead of silently hiding rows from a count or a batch: hidden rows
+/// would otherwise look re-encrypted, and retiring their key would lose them. If `f` raises, the
+/// transaction (or subtransaction) abort restores the user and the setting, as for any SECURITY
+/// DEFINER function with a SET clause.
 pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_ctx: i32 = 0;
-    // SAFETY: plain save/restore of the backend's current user, as fmgr_security_definer does.
-    unsafe {
+    // SAFETY: plain save/restore of the backend's current user and a GUC nest level, as
+    // fmgr_security_definer does for a function with SET clauses.
+    let nest = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"row_security".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
         pg_sys::SetUserIdAndSecContext(
             role,
             saved_ctx
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
-    }
+        nest
+    };
     let out = f();
     // SAFETY: restores exactly what was saved above.
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
+    unsafe {
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+        pg_sys::AtEOXact_GUC(true, nest);
+    }
     out
 }
 
@@ -209,19 +231,18 @@ pub fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
 }
 
 pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
-    Spi::connect(|c| {
-        let mut out = Vec::new();
-        for row in c.select(
-            "SELECT c.id, c.rel::oid, c.column_name::text, c.context_expr,
+    plans::run(
+        "SELECT c.id, c.rel::oid, c.column_name::text, c.context_expr,
                     CASE WHEN r.oid IS NOT NULL THEN pg_catalog.format('%I.%I', n.nspname, r.relname) END,
                     r.relowner
                FROM meshhook_keys.encrypted_column c
                LEFT JOIN pg_catalog.pg_class r ON r.oid = c.rel
                LEFT JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
               WHERE c.keyring = $1 ORDER BY c.id",
-            None,
-            &[keyring.into()],
-        )? {
+        &[keyring.into()],
+        |t| {
+        let mut out = Vec::new();
+        for row in t {
             out.push(Column {
                 id: row.get::<i32>(1)?.unwrap_or_default(),
                 rel: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
@@ -237,20 +258,20 @@ pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
 
 /// Key ids of the keyring's versions that still decrypt but are not `except`.
 fn old_key_ids(keyring: &str, except: i64) -> Result<Vec<i64>> {
-    Spi::connect(|c| {
-        let mut out = Vec::new();
-        for row in c.select(
-            "SELECT key_id FROM meshhook_keys.data_key
+    plans::run(
+        "SELECT key_id FROM meshhook_keys.data_key
               WHERE keyring = $1 AND state = 'decrypt_only' AND key_id <> $2 ORDER BY version",
-            None,
-            &[keyring.into(), except.into()],
-        )? {
-            if let Some(k) = row.get::<i64>(1)? {
-                out.push(k);
+        &[keyring.into(), except.into()],
+        |t| {
+            let mut out = Vec::new();
+            for row in t {
+                if let Some(k) = row.get::<i64>(1)? {
+                    out.push(k);
+                }
             }
-        }
-        Ok(out)
-    })
+            Ok(out)
+        },
+    )
 }
 
 /// Rows still on `key_id` across the keyring's registered columns (existing tables only).
@@ -270,21 +291,20 @@ struct Job {
 }
 
 fn running_job(keyring: &str) -> Result<Option<Job>> {
-    Spi::connect(|c| {
-        let t = c.select(
-            "SELECT id, target_key_id FROM meshhook_keys.reencrypt_job WHERE keyring = $1 AND state = 'running'",
-            None,
-            &[keyring.into()],
-        )?;
-        if t.is_empty() {
-            return Ok(None);
-        }
-        let t = t.first();
-        Ok(Some(Job {
-            id: t.get::<i64>(1)?.unwrap_or(0),
-            target_key_id: t.get::<i64>(2)?.unwrap_or(0),
-        }))
-    })
+    plans::run(
+        "SELECT id, target_key_id FROM meshhook_keys.reencrypt_job WHERE keyring = $1 AND state = 'running'",
+        &[keyring.into()],
+        |t| {
+            if t.is_empty() {
+                return Ok(None);
+            }
+            let t = t.first();
+            Ok(Some(Job {
+                id: t.get::<i64>(1)?.unwrap_or(0),
+                target_key_id: t.get::<i64>(2)?.unwrap_or(0),
+            }))
+        },
+    )
 }
 
 /// The newest job for exactly this target, whatever its state.
@@ -296,17 +316,17 @@ fn job_for_target(keyring: &str, target: i64) -> Result<Option<i64>> {
     )?)
 }
 
+/// Run a statement through its kept plan (see crate::plans), ignoring its result.
 fn run(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<()> {
-    Spi::run_with_args(sql, args)?;
-    Ok(())
+    plans::run(sql, args, |_| Ok(()))
 }
 
 /// Make sure a running job exists for the keyring's active key, covering every registered column.
 /// Returns `None` when there is nothing (left) to do for the active key.
-fn ensure_job(keyring: &str, target: i64, target_version: i32) -> Result<Option<i64>> {
+fn ensure_job(keyring: &str, target: i64, target_version: i32, old: &[i64]) -> Result<Option<i64>> {
     if let Some(job) = running_job(keyring)? {
         if job.target_key_id == target {
-            add_missing_columns(job.id, keyring, target)?;
+            add_missing_columns(job.id, keyring, old)?;
             return Ok(Some(job.id));
         }
         // The keyring was rotated again while the job ran: its rows now go to the newer key.
@@ -324,14 +344,14 @@ fn ensure_job(keyring: &str, target: i64, target_version: i32) -> Result<Option<
             serde_json::json!({ "job_id": job.id }),
         )?;
     }
-    if old_key_ids(keyring, target)?.is_empty() {
+    if old.is_empty() {
         // No version of this keyring other than the active one can still decrypt: nothing to move.
         return Ok(None);
     }
     let job_id = match job_for_target(keyring, target)? {
         // A finished job for this key is reopened only if a column was registered since.
         Some(id) => {
-            if add_missing_columns(id, keyring, target)? == 0 {
+            if add_missing_columns(id, keyring, old)? == 0 {
                 return Ok(None);
             }
             run(
@@ -348,7 +368,7 @@ fn ensure_job(keyring: &str, target: i64, target_version: i32) -> Result<Option<
                 &[keyring.into(), target.into(), target_version.into()],
             )?
             .ok_or_else(|| KeysError::Internal("job id is NULL".into()))?;
-            add_missing_columns(id, keyring, target)?;
+            add_missing_columns(id, keyring, old)?;
             id
         }
     };
@@ -369,20 +389,33 @@ fn ensure_job(keyring: &str, target: i64, target_version: i32) -> Result<Option<
 }
 
 /// Add a progress row for each registered column the job does not cover yet; returns how many.
-fn add_missing_columns(job_id: i64, keyring: &str, target: i64) -> Result<usize> {
-    let old = old_key_ids(keyring, target)?;
+fn add_missing_columns(job_id: i64, keyring: &str, old: &[i64]) -> Result<usize> {
+    let missing: Vec<i32> = plans::run(
+        "SELECT c.id FROM meshhook_keys.encrypted_column c
+              WHERE c.keyring = $2
+                AND NOT EXISTS (SELECT 1 FROM meshhook_keys.reencrypt_progress_column p
+                                 WHERE p.job_id = $1 AND p.column_id = c.id)",
+        &[job_id.into(), keyring.into()],
+        |t| {
+            let mut ids = Vec::new();
+            for row in t {
+                if let Some(id) = row.get::<i32>(1)? {
+                    ids.push(id);
+                }
+            }
+            Ok::<_, KeysError>(ids)
+        },
+    )?;
+    if missing.is_empty() {
+        return Ok(0);
+    }
     let mut added = 0;
     for col in columns_of_keyring(keyring)? {
-        let covered = Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM meshhook_keys.reencrypt_progress_column WHERE job_id = $1 AND column_id = $2)",
-            &[job_id.into(), col.id.into()],
-        )?
-        .unwrap_or(false);
-        if covered {
+        if !missing.contains(&col.id) {
             continue;
         }
         let total = if col.exists() {
-            count_on_keys(&col, &old)?
+            count_on_keys(&col, old)?
         } else {
             0
         };
@@ -399,16 +432,25 @@ struct Progress {
     column_id: i32,
     next_block: i64,
     next_offset: i32,
+    /// Blocks in the column's table now (0 if it is gone).
+    blocks: i64,
+    /// Estimated rows per block of the table.
+    per_block: f64,
 }
 
+/// The job's next column still running, with the shape of its table.
 fn next_running_column(job_id: i64) -> Result<Option<Progress>> {
-    Spi::connect(|c| {
-        let t = c.select(
-            "SELECT column_id, next_block, next_offset FROM meshhook_keys.reencrypt_progress_column
-              WHERE job_id = $1 AND state = 'running' ORDER BY column_id LIMIT 1",
-            None,
-            &[job_id.into()],
-        )?;
+    plans::run(
+        "SELECT p.column_id, p.next_block, p.next_offset,
+                    CASE WHEN r.oid IS NULL THEN 0
+                         ELSE pg_catalog.pg_relation_size(r.oid) / pg_catalog.current_setting('block_size')::bigint END,
+                    CASE WHEN r.relpages > 0 AND r.reltuples > 0 THEN r.reltuples / r.relpages ELSE 50 END::float8
+               FROM meshhook_keys.reencrypt_progress_column p
+               JOIN meshhook_keys.encrypted_column e ON e.id = p.column_id
+               LEFT JOIN pg_catalog.pg_class r ON r.oid = e.rel
+              WHERE p.job_id = $1 AND p.state = 'running' ORDER BY p.column_id LIMIT 1",
+        &[job_id.into()],
+        |t| {
         if t.is_empty() {
             return Ok(None);
         }
@@ -417,31 +459,163 @@ fn next_running_column(job_id: i64) -> Result<Option<Progress>> {
             column_id: t.get::<i32>(1)?.unwrap_or(0),
             next_block: t.get::<i64>(2)?.unwrap_or(0),
             next_offset: t.get::<i32>(3)?.unwrap_or(0),
+            blocks: t.get::<i64>(4)?.unwrap_or(0),
+            per_block: t.get::<f64>(5)?.unwrap_or(50.0).max(1.0),
         }))
     })
 }
 
-/// (blocks in the table now, estimated rows per block)
-fn table_shape(rel: pg_sys::Oid) -> Result<(i64, f64)> {
-    let (blocks, per_block) = Spi::get_two_with_args::<i64, f64>(
-        "SELECT pg_catalog.pg_relation_size($1) / pg_catalog.current_setting('block_size')::bigint,
-                CASE WHEN c.relpages > 0 AND c.reltuples > 0 THEN c.reltuples / c.relpages ELSE 50 END
-           FROM pg_catalog.pg_class c WHERE c.oid = $1",
-        &[rel.into()],
-    )?;
-    Ok((blocks.unwrap_or(0), per_block.unwrap_or(50.0).max(1.0)))
+/// A heap tuple id as (block, offset).
+type Tid = (i64, i32);
+
+fn tid_of(t: &pg_sys::ItemPointerData) -> Tid {
+    let block = ((t.ip_blkid.bi_hi as u32) << 16) | t.ip_blkid.bi_lo as u32;
+    (block as i64, t.ip_posid as i32)
 }
 
-fn parse_tid(s: &str) -> Option<(i64, i32)> {
-    let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
-    let (b, o) = inner.split_once(',')?;
-    Some((b.parse().ok()?, o.parse().ok()?))
+fn tid_text((b, o): Tid) -> String {
+    format!("({b},{o})")
 }
 
-struct Claimed {
-    ctid: String,
-    old: Vec<u8>,
-    context: Option<String>,
+/// A row that did not re-encrypt: where it is and why (never its value).
+struct Failure {
+    tid: Tid,
+    sqlstate: String,
+    message: String,
+}
+
+/// What one backend's batch has armed `_reencrypt_try` / `_reencrypt_take` with, for the length of
+/// one statement. Keys are loaded before the statement (as the extension owner), so the functions
+/// run no SQL of their own while the statement runs as the table's owner.
+struct Armed {
+    /// The old versions of the keyring, by key id: the key, or why it cannot decrypt.
+    old: std::collections::HashMap<
+        i64,
+        std::result::Result<std::rc::Rc<keycache::CachedKey>, (String, String)>,
+    >,
+    target: std::rc::Rc<keycache::CachedKey>,
+    /// The new envelope of the row `_reencrypt_try` last accepted, until `_reencrypt_take` writes it.
+    stash: Option<(Tid, Vec<u8>)>,
+    failures: Vec<Failure>,
+    tried: i64,
+    last: Option<Tid>,
+}
+
+thread_local! {
+    static ARMED: std::cell::RefCell<Option<Armed>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Disarms on drop, including when the statement raises (pgrx unwinds through us).
+struct ArmGuard;
+
+impl Drop for ArmGuard {
+    fn drop(&mut self) {
+        ARMED.with_borrow_mut(|a| *a = None);
+    }
+}
+
+fn arm(armed: Armed) -> ArmGuard {
+    ARMED.with_borrow_mut(|a| *a = Some(armed));
+    ArmGuard
+}
+
+/// `_reencrypt_try(ctid, ciphertext, context)`: decrypt one claimed row with its old key and seal it
+/// under the target key, keeping the result for `_reencrypt_take`. False (and recorded) when the row
+/// does not decrypt; false (not recorded) when it is not on an old version of the armed keyring.
+pub fn try_row(
+    tid: &pg_sys::ItemPointerData,
+    ciphertext: Option<&[u8]>,
+    context: Option<&str>,
+) -> Result<bool> {
+    ARMED.with_borrow_mut(|armed| {
+        let armed = armed
+            .as_mut()
+            .ok_or(KeysError::NotInBatch("meshhook_keys._reencrypt_try"))?;
+        let tid = tid_of(tid);
+        armed.stash = None;
+        let Some(old) = ciphertext else {
+            return Ok(false);
+        };
+        armed.tried += 1;
+        armed.last = Some(armed.last.map_or(tid, |l| l.max(tid)));
+        let key = match crypto::parse_key_id(old) {
+            // Only rows whose header names an old version are claimed, so this is always found.
+            Ok(key_id) => match armed.old.get(&key_id) {
+                Some(key) => key.as_ref().map_err(Clone::clone),
+                None => return Ok(false),
+            },
+            Err(e) => {
+                let e = crypto_error(e);
+                Err((e.sqlstate_code(), e.to_string()))
+            }
+        };
+        let result = match (key, context) {
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Err((
+                KeysError::Internal(String::new()).sqlstate_code(),
+                "the context expression returned NULL for this row".to_string(),
+            )),
+            (Ok(key), Some(ctx)) => crypto::open(&key.cipher, old, ctx.as_bytes())
+                .map(|plain| {
+                    crypto::seal(
+                        &armed.target.cipher,
+                        armed.target.key_id,
+                        &plain,
+                        ctx.as_bytes(),
+                    )
+                })
+                .map_err(|e| {
+                    let e = crypto_error(e);
+                    (e.sqlstate_code(), e.to_string())
+                }),
+        };
+        match result {
+            Ok(new) => {
+                armed.stash = Some((tid, new));
+                Ok(true)
+            }
+            Err((sqlstate, message)) => {
+                armed.failures.push(Failure {
+                    tid,
+                    sqlstate,
+                    message,
+                });
+                Ok(false)
+            }
+        }
+    })
+}
+
+/// `_reencrypt_take(ctid)`: the envelope `_reencrypt_try` just made for this same row.
+pub fn take_row(tid: &pg_sys::ItemPointerData) -> Result<Vec<u8>> {
+    ARMED.with_borrow_mut(|armed| {
+        let armed = armed
+            .as_mut()
+            .ok_or(KeysError::NotInBatch("meshhook_keys._reencrypt_take"))?;
+        match armed.stash.take() {
+            Some((t, new)) if t == tid_of(tid) => Ok(new),
+            _ => Err(KeysError::Internal(
+                "re-encryption row order broken: no envelope prepared for this row".into(),
+            )),
+        }
+    })
+}
+
+/// Load the old versions of the keyring for decryption, as the extension owner.
+fn load_old_keys(
+    old: &[i64],
+) -> std::collections::HashMap<
+    i64,
+    std::result::Result<std::rc::Rc<keycache::CachedKey>, (String, String)>,
+> {
+    old.iter()
+        .map(|&k| {
+            (
+                k,
+                keycache::key_for_decrypt(k).map_err(|e| (e.sqlstate_code(), e.to_string())),
+            )
+        })
+        .collect()
 }
 
 /// One bounded batch for `keyring`, in the caller's transaction. Returns the rows moved, or `None`
@@ -450,24 +624,24 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
     let batch_size = batch_size.clamp(1, 1_000_000) as i64;
     // Audited actions take the audit lock first (see store::lock_audit_chain); then one batch per
     // keyring at a time.
-    crate::store::lock_audit_chain()?;
+    // (The two locks in one statement: its target list is evaluated in order.)
     run(
-        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.reencrypt:' || $1))",
+        &format!(
+            "SELECT {}, pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.reencrypt:' || $1))",
+            crate::store::AUDIT_LOCK_EXPR
+        ),
         &[keyring.into()],
     )?;
     let active =
         keycache::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))?;
     let target = active.key_id;
-    let target_version = Spi::get_one_with_args::<i32>(
-        "SELECT version FROM meshhook_keys.data_key WHERE key_id = $1",
-        &[target.into()],
-    )?
-    .unwrap_or(0);
-    let Some(job_id) = ensure_job(keyring, target, target_version)? else {
+    let target_version = active.version;
+    let old = old_key_ids(keyring, target)?;
+    let Some(job_id) = ensure_job(keyring, target, target_version, &old)? else {
         return Ok(None);
     };
-    let old = old_key_ids(keyring, target)?;
     let headers: Vec<Vec<u8>> = old.iter().map(|k| header(*k)).collect();
+    let old_keys = load_old_keys(&old);
     let columns = columns_of_keyring(keyring)?;
 
     let mut moved: i64 = 0;
@@ -485,7 +659,7 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
             set_column_state(job_id, col.id, "done")?;
             continue;
         }
-        let (blocks, per_block) = table_shape(col.rel)?;
+        let (blocks, per_block) = (p.blocks, p.per_block);
         if p.next_block >= blocks {
             end_of_pass(job_id, col, &old)?;
             continue;
@@ -498,21 +672,48 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         }
         let hi = (p.next_block + window).min(blocks.max(p.next_block + 1));
         let limit = batch_size - moved;
-        let claimed = claim(col, &headers, (p.next_block, p.next_offset), hi, limit)?;
-        let (next_block, next_offset) = if claimed.len() as i64 == limit {
-            let (b, o) = parse_tid(&claimed.last().expect("non-empty").ctid)
-                .ok_or_else(|| KeysError::Internal("unparsable ctid".into()))?;
-            (b, o + 1)
-        } else {
-            (hi, 0)
+        let w = move_window(
+            col,
+            &headers,
+            Armed {
+                old: old_keys.clone(),
+                target: active.clone(),
+                stash: None,
+                failures: Vec::new(),
+                tried: 0,
+                last: None,
+            },
+            (p.next_block, p.next_offset),
+            hi,
+            limit,
+        )?;
+        for f in &w.failures {
+            run(
+                "INSERT INTO meshhook_keys.reencrypt_failure (job_id, column_id, row_ref, sqlstate, error)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (job_id, column_id, row_ref) DO UPDATE SET at = pg_catalog.now()",
+                &[
+                    job_id.into(),
+                    col.id.into(),
+                    failed_row_ref(col, &tid_text(f.tid))?.into(),
+                    f.sqlstate.as_str().into(),
+                    f.message.as_str().into(),
+                ],
+            )?;
+        }
+        // A full batch resumes right after the last row it claimed; otherwise the window is done.
+        let (next_block, next_offset) = match w.last {
+            Some((b, o)) if w.tried == limit => (b, o + 1),
+            _ => (hi, 0),
         };
-        let ok = rewrite(job_id, col, &claimed, &active)?;
-        moved += ok;
+        moved += w.moved;
         run(
-            "UPDATE meshhook_keys.reencrypt_progress_column
+            "WITH job AS (UPDATE meshhook_keys.reencrypt_job SET updated_at = pg_catalog.now() WHERE id = $1)
+             UPDATE meshhook_keys.reencrypt_progress_column
                 SET next_block = $3, next_offset = $4, rows_done = rows_done + $5,
-                    rows_failed = (SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure f
-                                    WHERE f.job_id = $1 AND f.column_id = $2),
+                    rows_failed = CASE WHEN $6 THEN (SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure f
+                                                      WHERE f.job_id = $1 AND f.column_id = $2)
+                                       ELSE rows_failed END,
                     updated_at = pg_catalog.clock_timestamp()
               WHERE job_id = $1 AND column_id = $2",
             &[
@@ -520,7 +721,8 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
                 col.id.into(),
                 next_block.into(),
                 next_offset.into(),
-                ok.into(),
+                w.moved.into(),
+                (!w.failures.is_empty()).into(),
             ],
         )?;
         budget_blocks -= hi - p.next_block;
@@ -528,119 +730,73 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
             break;
         }
     }
-    run(
-        "UPDATE meshhook_keys.reencrypt_job SET updated_at = pg_catalog.now() WHERE id = $1",
-        &[job_id.into()],
-    )?;
     Ok(Some(moved))
 }
 
-/// Claim the rows of one window that are on an old key (as the table owner; locked rows skipped).
-fn claim(
-    col: &Column,
-    headers: &[Vec<u8>],
-    from: (i64, i32),
-    to_block: i64,
-    limit: i64,
-) -> Result<Vec<Claimed>> {
-    if headers.is_empty() {
-        return Ok(Vec::new());
-    }
-    let table = col.table()?;
-    let c = quote_identifier(&col.column);
-    let sql = format!(
-        "SELECT t.ctid::text, t.{c}, {ctx}
-           FROM ONLY {table} AS t
-          WHERE t.ctid >= $1::text::tid AND t.ctid < $2::text::tid
-            AND pg_catalog.substr(t.{c}, 1, 9) = ANY ($3::bytea[])
-          ORDER BY t.ctid
-          LIMIT $4
-          FOR UPDATE OF t SKIP LOCKED",
-        ctx = context_item(&col.context_expr),
-    );
-    let lo = format!("({},{})", from.0, from.1);
-    let hi = format!("({to_block},0)");
-    let owner = col.owner;
-    let headers = headers.to_vec();
-    as_role(owner, || {
-        Spi::connect_mut(|cl| {
-            let mut out = Vec::new();
-            for row in cl.update(
-                sql.as_str(),
-                None,
-                &[lo.into(), hi.into(), headers.into(), limit.into()],
-            )? {
-                out.push(Claimed {
-                    ctid: row.get::<String>(1)?.unwrap_or_default(),
-                    old: row.get::<Vec<u8>>(2)?.unwrap_or_default(),
-                    context: row.get::<String>(3)?,
-                });
-            }
-            Ok(out)
-        })
-    })
+struct Window {
+    moved: i64,
+    tried: i64,
+    last: Option<Tid>,
+    failures: Vec<Failure>,
 }
 
-/// Decrypt each claimed row with its old key and write it back under `target`, compare-and-set.
-/// Rows that do not decrypt are recorded (by reference, never by value) and left as they are.
-fn rewrite(
-    job_id: i64,
+/// Move the rows of one window that are on an old key, in one statement run as the table owner:
+/// the rows are claimed `FOR UPDATE SKIP LOCKED` (a row an application holds is skipped, never
+/// waited for), and each claimed row is re-encrypted from its current value and written back.
+/// Rows that do not decrypt are left as they are and returned as failures.
+fn move_window(
     col: &Column,
-    rows: &[Claimed],
-    target: &keycache::CachedKey,
-) -> Result<i64> {
-    if rows.is_empty() {
-        return Ok(0);
-    }
-    // Compute every new envelope first (pure Rust), then write them back in one set-based statement
-    // that is a compare-and-set per row.
-    let (mut ctids, mut olds, mut news) = (Vec::new(), Vec::new(), Vec::new());
-    for r in rows {
-        let result = match &r.context {
-            None => Err(KeysError::Internal(
-                "the context expression returned NULL for this row".into(),
-            )),
-            Some(ctx) => crate::api::secrets::decrypt(Some(&r.old), Some(ctx))
-                .map(|plain| crypto::seal(&target.cipher, target.key_id, &plain, ctx.as_bytes())),
-        };
-        match result {
-            Ok(new) => {
-                ctids.push(r.ctid.clone());
-                olds.push(r.old.clone());
-                news.push(new);
-            }
-            Err(e) => {
-                let sqlstate = e.sqlstate_code();
-                run(
-                    "INSERT INTO meshhook_keys.reencrypt_failure (job_id, column_id, row_ref, sqlstate, error)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (job_id, column_id, row_ref) DO UPDATE SET at = pg_catalog.now()",
-                    &[job_id.into(), col.id.into(), failed_row_ref(col, &r.ctid)?.into(), sqlstate.as_str().into(), e.to_string().into()],
-                )?;
-            }
-        }
-    }
-    if ctids.is_empty() {
-        return Ok(0);
+    headers: &[Vec<u8>],
+    armed: Armed,
+    from: Tid,
+    to_block: i64,
+    limit: i64,
+) -> Result<Window> {
+    if headers.is_empty() {
+        return Ok(Window {
+            moved: 0,
+            tried: 0,
+            last: None,
+            failures: Vec::new(),
+        });
     }
     let table = col.table()?;
     let c = quote_identifier(&col.column);
-    let update = format!(
-        "UPDATE ONLY {table} AS t SET {c} = v.new
-           FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::bytea[]), pg_catalog.unnest($3::bytea[])) AS v(tid, old, new)
-          WHERE t.ctid = v.tid::tid AND t.{c} = v.old"
+    // `_reencrypt_try` is a filter evaluated after the TID condition (it is declared costly), and
+    // `_reencrypt_take` is evaluated for the same row right after it passes; take checks the ctid.
+    let sql = format!(
+        "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(t.ctid)
+          WHERE t.ctid = ANY (ARRAY(
+                  SELECT s.ctid FROM ONLY {table} AS s
+                   WHERE s.ctid >= $1::text::tid AND s.ctid < $2::text::tid
+                     AND pg_catalog.substr(s.{c}, 1, 9) = ANY ($3::bytea[])
+                   ORDER BY s.ctid
+                   LIMIT $4
+                   FOR UPDATE OF s SKIP LOCKED))
+            AND meshhook_keys._reencrypt_try(t.ctid, t.{c}, {ctx})",
+        ctx = context_item(&col.context_expr),
     );
-    let ok = Spi::connect_mut(|cl| {
-        Ok::<_, KeysError>(
-            cl.update(
-                update.as_str(),
-                None,
-                &[ctids.into(), olds.into(), news.into()],
-            )?
-            .len(),
+    let lo = tid_text(from);
+    let hi = tid_text((to_block, 0));
+    let headers = headers.to_vec();
+    let guard = arm(armed);
+    let moved = as_role(col.owner, || {
+        plans::run(
+            &sql,
+            &[lo.into(), hi.into(), headers.into(), limit.into()],
+            |t| Ok(t.len() as i64),
         )
-    })? as i64;
-    Ok(ok)
+    })?;
+    let armed = ARMED
+        .with_borrow_mut(|a| a.take())
+        .ok_or_else(|| KeysError::Internal("re-encryption state lost".into()))?;
+    drop(guard);
+    Ok(Window {
+        moved,
+        tried: armed.tried,
+        last: armed.last,
+        failures: armed.failures,
+    })
 }
 
 fn set_column_state(job_id: i64, column_id: i32, state: &str) -> Result<()> {

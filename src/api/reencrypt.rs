@@ -164,6 +164,25 @@ fn reencrypt_batch(
     .or_raise()
 }
 
+/// Internal to re-encryption: decrypt one claimed row and seal it under the target key, for
+/// `_reencrypt_take`. Called by the batch's own UPDATE, which runs as the table owner; outside such
+/// a batch in this session it refuses (42501). It runs no SQL and holds no search_path, so it is
+/// neither SECURITY DEFINER nor pinned: it only uses keys the batch loaded before the statement.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _reencrypt_try(
+    row: pg_sys::ItemPointerData,
+    ciphertext: Option<&[u8]>,
+    context: Option<&str>,
+) -> bool {
+    reencrypt::try_row(&row, ciphertext, context).or_raise()
+}
+
+/// Internal to re-encryption: the new envelope `_reencrypt_try` prepared for this same row.
+#[pg_extern(volatile, parallel_unsafe, strict)]
+fn _reencrypt_take(row: pg_sys::ItemPointerData) -> Vec<u8> {
+    reencrypt::take_row(&row).or_raise()
+}
+
 /// Rows per key version in every registered column of a keyring (rows on keys of other keyrings or
 /// not envelopes at all are counted with a NULL version).
 /// One row of key_usage: table, column, version (NULL: not this keyring's), state, rows.

@@ -6,7 +6,7 @@ use crate::error::{KeysError, OrRaise, Result};
 use crate::keycache;
 use pgrx::prelude::*;
 
-fn crypto_error(e: CryptoError) -> KeysError {
+pub(crate) fn crypto_error(e: CryptoError) -> KeysError {
     match e {
         CryptoError::Truncated { len } => KeysError::Truncated {
             len,

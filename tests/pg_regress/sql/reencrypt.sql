@@ -97,3 +97,45 @@ SELECT meshhook_keys.reencrypt_batch('ring-a', 1000) IS NULL AS done;
 SELECT keyring, target_version, state FROM meshhook_keys.reencrypt_job ORDER BY id;
 SELECT meshhook_keys.unregister_column('later', 'c'), meshhook_keys.unregister_column('later', 'c') AS again;
 ROLLBACK;
+
+BEGIN;
+-- the batch's UPDATE runs as the table owner: the owner's triggers never run as the superuser
+CREATE ROLE mk_trig_owner;
+CREATE TABLE trig_log (who text, sess_is_super boolean);
+GRANT INSERT ON trig_log TO mk_trig_owner;
+CREATE FUNCTION trig_note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.trig_log VALUES (current_user, (SELECT rolsuper FROM pg_roles WHERE rolname = current_user));
+    RETURN NEW;
+END $$;
+CREATE TABLE trig_t (id int PRIMARY KEY, c bytea);
+CREATE TRIGGER trig_t_note BEFORE UPDATE ON trig_t FOR EACH ROW EXECUTE FUNCTION trig_note();
+ALTER TABLE trig_t OWNER TO mk_trig_owner;
+SELECT version FROM meshhook_keys.keys_rotate('trig-ring');
+INSERT INTO trig_t SELECT i, meshhook_keys.secret_encrypt('s' || i, 'trig:' || i, 'trig-ring') FROM generate_series(1, 20) i;
+SELECT meshhook_keys.register_column('trig_t', 'c', $$'trig:' || id$$, 'trig-ring') > 0 AS registered;
+SELECT version FROM meshhook_keys.keys_rotate('trig-ring');
+SELECT meshhook_keys.reencrypt_batch('trig-ring', 100) AS moved;
+SELECT who, sess_is_super, count(*) FROM trig_log GROUP BY 1, 2;
+SELECT count(*) AS decrypt_ok FROM trig_t WHERE meshhook_keys.secret_decrypt(c, 'trig:' || id) = 's' || id;
+
+-- rows hidden from the owner by FORCE ROW LEVEL SECURITY are never mistaken for done: registering
+-- such a table is refused, and forcing it later makes the batch fail instead of skipping rows
+CREATE TABLE forced (id int PRIMARY KEY, c bytea);
+ALTER TABLE forced OWNER TO mk_trig_owner;
+INSERT INTO forced SELECT i, meshhook_keys.secret_encrypt('f' || i, '', 'trig-ring') FROM generate_series(1, 10) i;
+ALTER TABLE forced ENABLE ROW LEVEL SECURITY;
+CREATE POLICY only_even ON forced USING (id % 2 = 0);
+SELECT meshhook_keys.register_column('forced', 'c', NULL, 'trig-ring') > 0 AS registered;
+ALTER TABLE forced FORCE ROW LEVEL SECURITY;
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('forced', 'c', 'id::text', 'trig-ring')$$);
+SELECT version FROM meshhook_keys.keys_rotate('trig-ring');
+SELECT sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('trig-ring', 100)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.keys_retire('trig-ring', 1)$$);
+ALTER TABLE forced NO FORCE ROW LEVEL SECURITY;
+SELECT meshhook_keys.reencrypt_batch('trig-ring', 100) AS moved;
+
+-- the functions the batch's UPDATE calls refuse outside a batch, for everyone
+SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_try('(0,1)', meshhook_keys.secret_encrypt('x'), '')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_take('(0,1)')$$);
+ROLLBACK;
