@@ -39,7 +39,7 @@ SELECT format('| %s | %s | %s | %s – %s | %s | %s× (%s – %s) |',
 \echo 'Rewriting all' :rows 'stored secrets of 100 bytes, each method timed alone after `VACUUM` and'
 \echo '`CHECKPOINT`, median over' :runs 'runs (min – max). Floor: `UPDATE t SET c = c || ''''::bytea`, the physical'
 \echo 'cost of rewriting every row in the database. meshhook_keys: `keys_rotate`, then `CALL reencrypt`'
-\echo '(one transaction per batch, `FOR UPDATE SKIP LOCKED`, compare-and-set, durable commit per batch).'
+\echo '(one transaction per batch, each a single `UPDATE` claiming its rows `FOR UPDATE SKIP LOCKED`; batches commit with `synchronous_commit = off` and the final commit waits for all of them).'
 \echo 'pgcrypto: a single `UPDATE` decrypting and re-encrypting every row, locking all rows until it commits.'
 \echo
 \echo '| Method | Median rows/s | Min – max rows/s | × floor rows/s | WAL MiB (median) | × floor WAL |'
