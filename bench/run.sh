@@ -78,7 +78,8 @@ make_root_key "$WORK/keys/root.key"
 init_cluster "$PGDIR" "$PORT" \
     "meshhook_keys.root_key_file = '$WORK/keys/root.key'" \
     "shared_buffers = '512MB'" \
-    "max_wal_size = '4GB'"
+    "max_wal_size = '4GB'" \
+    "meshhook_keys.worker_enabled = off"
 start_cluster "$PGDIR" || die "the cluster did not start"
 
 psql_pg() { as_pg psql -X -q -h "$PGDIR" -p "$PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }

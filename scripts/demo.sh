@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: set up this machine, build and install meshhook_keys, start a throwaway local
 # PostgreSQL 15 cluster with the extension preloaded and a freshly generated root key, and run a
-# short demo (encrypt for two tenants -> rotate -> both versions decrypt -> keys and audit log).
+# short demo (encrypt for two tenants -> rotate -> both versions decrypt -> re-encrypt -> the
+# background worker rotates and re-encrypts on a schedule -> keys and audit log).
 # The cluster is left running; the script prints how to connect and how to stop it.
 source "$(dirname "$0")/lib.sh"
 
@@ -21,7 +22,10 @@ say "creating a throwaway cluster in $DEMO_DIR (port $DEMO_PORT) with a new root
 make_root_key "$DEMO_DIR/keys/root.key"
 init_cluster "$DEMO_DIR" "$DEMO_PORT" \
     "meshhook_keys.root_key_file = '$DEMO_DIR/keys/root.key'" \
-    "log_statement = 'none'"
+    "log_statement = 'none'" \
+    "meshhook_keys.database = '$DB'" \
+    "meshhook_keys.worker_naptime = '1s'" \
+    "meshhook_keys.worker_enabled = off"
 start_cluster "$DEMO_DIR"
 grep -h "meshhook_keys: root key" "$DEMO_DIR/server.log" | sed 's/^/    server log: /' || true
 

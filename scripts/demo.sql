@@ -75,11 +75,42 @@ SELECT meshhook_keys.keys_retire('default', 1) AS version_1_retired;
 RESET ROLE;
 SELECT * FROM demo_status ORDER BY tenant, name;
 
-\echo '\n## 9. Key versions (metadata only: key material never leaves the extension)'
+\echo '\n## 9. Scheduled rotation: a keyring that rotates every 5 seconds, driven by the background worker'
+CREATE TABLE webhook_secret (id int PRIMARY KEY, secret bytea NOT NULL);
+SELECT version FROM meshhook_keys.keys_rotate('webhooks', 'demo: first key');
+INSERT INTO webhook_secret SELECT i, meshhook_keys.secret_encrypt('whsec_' || i, 'webhook/' || i, 'webhooks')
+  FROM generate_series(1, 2000) i;
+SELECT meshhook_keys.register_column('webhook_secret', 'secret', $$'webhook/' || id$$, 'webhooks') > 0 AS registered;
+SELECT meshhook_keys.keyring_set_policy('webhooks', interval '5 seconds');
+-- the worker was paused for the steps above (meshhook_keys.worker_enabled = off in postgresql.conf)
+ALTER SYSTEM SET meshhook_keys.worker_enabled = on;
+SELECT pg_reload_conf();
+\echo 'Waiting (at most 60 s) until the worker has rotated "webhooks" and moved every row to the new version...'
+DO $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '60 seconds';
+BEGIN
+    LOOP
+        EXIT WHEN (SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'webhooks') >= 2
+              AND NOT EXISTS (SELECT 1 FROM webhook_secret
+                               WHERE meshhook_keys.ciphertext_key_id(secret) <>
+                                     (SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'webhooks' AND state = 'active'));
+        IF clock_timestamp() > deadline THEN RAISE EXCEPTION 'the scheduler did not rotate and re-encrypt within 60 s'; END IF;
+        PERFORM pg_sleep(0.2);
+    END LOOP;
+END $$;
+-- back to a calm policy, so the demo cluster does not keep rotating every 5 seconds
+SELECT meshhook_keys.keyring_set_policy('webhooks', interval '30 days');
+SELECT keyring, active_version, rotation_interval, next_rotation_at IS NOT NULL AS scheduled, encryptions, max_encryptions
+  FROM meshhook_keys.keyrings WHERE keyring = 'webhooks';
+SELECT count(*) AS webhook_secrets_decrypting FROM webhook_secret
+ WHERE meshhook_keys.secret_decrypt(secret, 'webhook/' || id) = 'whsec_' || id;
+SELECT state, pid IS NOT NULL AS running, ticks > 0 AS has_ticked FROM meshhook_keys.scheduler_status();
+
+\echo '\n## 10. Key versions (metadata only: key material never leaves the extension)'
 
 SELECT keyring, version, state, activated_at IS NOT NULL AS activated FROM meshhook_keys.keys ORDER BY keyring, version;
 
-\echo '\n## 10. The audit log (append-only, hash-chained, also written to the server log)'
+\echo '\n## 11. The audit log (append-only, hash-chained, also written to the server log)'
 SELECT id, actor, role_name, action, outcome, keyring, version, coalesce(reason, detail::text) AS reason_or_detail
   FROM meshhook_keys.audit_log ORDER BY id;
 SELECT * FROM meshhook_keys.audit_verify();

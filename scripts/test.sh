@@ -4,6 +4,7 @@
 #   2. cargo pgrx test: plain #[test]s (crypto, envelope) and #[pg_test]s (library preloaded)
 #   3. pg_regress + pg_isolation_regress suites on a throwaway cluster (scripts/installcheck.sh)
 #   4. client-level tests through psql: restarts, wrong root keys, dump/restore (tests/client/run.sh)
+#   5. the background scheduler: signals, crash, standby, DROP/CREATE EXTENSION (tests/client/scheduler.sh)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 start=$(date +%s)
@@ -26,5 +27,7 @@ say "SQL suites (pg_regress, isolation)"
 "$REPO_ROOT/scripts/installcheck.sh"
 say "client-level suite"
 "$REPO_ROOT/tests/client/run.sh"
+say "scheduler suite (background worker, standby)"
+"$REPO_ROOT/tests/client/scheduler.sh"
 
 say "all test suites passed in $(( $(date +%s) - start )) s"

@@ -19,7 +19,14 @@ CREATE TABLE meshhook_keys.keyring (
     name        text        PRIMARY KEY
                 CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
     created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    rotated_at  timestamptz
+    rotated_at  timestamptz,
+    -- rotation policy (0.3.0): by age of the active key and by encryptions under it
+    rotation_interval interval CHECK (rotation_interval > interval '0'),
+    max_encryptions   bigint   CHECK (max_encryptions BETWEEN 1 AND 4294967296),
+    -- the scheduler's backoff after a failed scheduled action
+    failed_attempts   integer  NOT NULL DEFAULT 0,
+    next_attempt_at   timestamptz,
+    last_error        text
 );
 
 -- Data keys, stored only wrapped by the root key. Never readable by client roles.
@@ -35,6 +42,8 @@ CREATE TABLE meshhook_keys.data_key (
     activated_at      timestamptz,
     retired_at        timestamptz,
     destroyed_at      timestamptz,
+    -- encryptions under this key flushed from shared memory by the scheduler (0.3.0)
+    encryptions       bigint      NOT NULL DEFAULT 0,
     UNIQUE (keyring, version),
     -- key material is present exactly until the version is destroyed
     CHECK ((state = 'destroyed') = (wrapped_key IS NULL))

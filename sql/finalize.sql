@@ -1,9 +1,11 @@
 -- meshhook_keys finalize: runs after the generated functions. Triggers on Rust functions,
 -- privileges, comments.
 
--- Any change to the data keys makes every backend drop its cached (unwrapped) keys.
+-- Any change to the data keys makes every backend drop its cached (unwrapped) keys. Not the
+-- usage counters the scheduler flushes into `encryptions` on every tick: they change no key.
 CREATE TRIGGER data_key_invalidate_cache
-    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON meshhook_keys.data_key
+    AFTER INSERT OR UPDATE OF key_id, keyring, version, state, wrapped_key, root_fingerprint
+       OR DELETE OR TRUNCATE ON meshhook_keys.data_key
     FOR EACH STATEMENT EXECUTE FUNCTION meshhook_keys._key_cache_invalidate();
 
 -- regclass-typed entry points over the Rust functions (which take an oid).
@@ -65,11 +67,18 @@ GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.tick() TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.scheduler_status() TO meshhook_keys_user;
 
 -- Admins see what is registered and how re-encryption progresses (row references, never values).
 GRANT SELECT ON meshhook_keys.encrypted_columns TO meshhook_keys_admin;
 GRANT SELECT ON meshhook_keys.reencrypt_progress TO meshhook_keys_admin;
 GRANT SELECT ON meshhook_keys.reencrypt_failure TO meshhook_keys_admin;
+-- ... and each keyring's rotation policy, active key age and usage.
+GRANT SELECT ON meshhook_keys.keyrings TO meshhook_keys_admin;
+-- (a function in a view runs with the reader's privileges: the view's usage column calls this)
+GRANT EXECUTE ON FUNCTION meshhook_keys._encryptions_pending(bigint) TO meshhook_keys_admin;
 
 -- Admins inspect key metadata and the audit trail, and verify the chain.
 GRANT SELECT ON meshhook_keys.keys TO meshhook_keys_admin;
@@ -154,6 +163,14 @@ COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
     'Destroy a retired key version: wipe its wrapped key material (crypto-erasure). Same gate as keys_retire. Admin only; audited.';
 COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS
     'Rewrap every data key wrapped by the previous root key (meshhook_keys.root_key_previous_file / _command) under the current root key, in one transaction, touching no user rows. Admin only; audited.';
+COMMENT ON VIEW meshhook_keys.keyrings IS
+    'Each keyring with its active version, that key''s age and encryptions (NULL when the library is not preloaded), its rotation policy, when it is due, and the scheduler''s backoff after a failure.';
+COMMENT ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) IS
+    'Set a keyring''s rotation policy: rotate when the active key is older than rotation_interval (NULL: manual only) or has encrypted max_encryptions times (NULL: meshhook_keys.default_max_encryptions; at most 2^32). Admin only; audited.';
+COMMENT ON FUNCTION meshhook_keys.tick() IS
+    'Run one scheduler tick now in the caller''s transaction: rotate due keyrings, then advance pending re-encryption a bounded number of batches. For pg_cron where the background worker cannot run. Admin only; actions audited with actor scheduler.';
+COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS
+    'The background scheduler of this server: pid, database, state, naptime, ticks, last tick, whether encryptions are counted. Admin only.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) IS
     'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key. Refuses outside a batch.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS

@@ -57,6 +57,44 @@ pub fn require_admin(function: &'static str, keyring: Option<&str>) -> Result<()
     })
 }
 
+thread_local! {
+    /// Who audit rows name as the actor while set (the scheduler); the session user otherwise.
+    static ACTOR: std::cell::Cell<Option<&'static str>> = const { std::cell::Cell::new(None) };
+}
+
+/// Run `f` with audit rows naming `actor` (e.g. "scheduler") instead of the session user.
+pub fn as_actor<T>(actor: &'static str, f: impl FnOnce() -> T) -> T {
+    struct Restore(Option<&'static str>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ACTOR.set(self.0);
+        }
+    }
+    let _restore = Restore(ACTOR.replace(Some(actor)));
+    f()
+}
+
+/// Record a failed scheduled action (outcome `failed`) in the current transaction.
+pub fn record_failure(
+    action: &str,
+    keyring: Option<&str>,
+    reason: Option<&str>,
+    detail: serde_json::Value,
+) -> Result<()> {
+    let role = caller_role_name();
+    store::insert_audit(&AuditEvent {
+        actor: ACTOR.get(),
+        role_name: &role,
+        action,
+        outcome: "failed",
+        keyring,
+        version: None,
+        key_id: None,
+        reason,
+        detail,
+    })
+}
+
 /// Record a successful administrative action in the caller's transaction.
 pub fn record(
     action: &str,
@@ -68,7 +106,7 @@ pub fn record(
 ) -> Result<()> {
     let role = caller_role_name();
     store::insert_audit(&AuditEvent {
-        actor: None,
+        actor: ACTOR.get(),
         role_name: &role,
         action,
         outcome: "ok",

@@ -11,6 +11,17 @@ static ROOT_KEY_PREVIOUS_FILE: GucSetting<Option<CString>> =
 static ROOT_KEY_PREVIOUS_COMMAND: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(None);
 static KEY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+static WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+static REENCRYPT_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
+static REENCRYPT_BATCH_DELAY: GucSetting<i32> = GucSetting::<i32>::new(10);
+static REENCRYPT_BATCHES_PER_TICK: GucSetting<i32> = GucSetting::<i32>::new(100);
+static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"90 days"));
+static DEFAULT_MAX_ENCRYPTIONS: GucSetting<i32> = GucSetting::<i32>::new(1 << 30);
+static MAX_TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(4096);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -55,6 +66,90 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"meshhook_keys.database",
+        c"Database in which the meshhook_keys background worker rotates keys and drives re-encryption.",
+        c"Requires shared_preload_libraries = 'meshhook_keys'. If the database does not exist yet, the worker waits for it.",
+        &DATABASE,
+        GucContext::Postmaster,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_bool_guc(
+        c"meshhook_keys.worker_enabled",
+        c"Whether the meshhook_keys background worker does anything on its ticks.",
+        c"Set to off to pause scheduled rotation and re-encryption; meshhook_keys.tick() still works.",
+        &WORKER_ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"meshhook_keys.worker_naptime",
+        c"Time between two ticks of the meshhook_keys background worker.",
+        c"Each tick rotates the keyrings that are due, then advances pending re-encryption.",
+        &WORKER_NAPTIME,
+        100,
+        86_400_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"meshhook_keys.reencrypt_batch_size",
+        c"Rows per re-encryption batch run by the scheduler (worker or tick()).",
+        c"Each batch is one short transaction: application rows are locked at most that long.",
+        &REENCRYPT_BATCH_SIZE,
+        1,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"meshhook_keys.reencrypt_batch_delay",
+        c"Pause between two re-encryption batches run by the scheduler.",
+        c"Leaves room for application transactions between batches.",
+        &REENCRYPT_BATCH_DELAY,
+        0,
+        60_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
+        c"meshhook_keys.reencrypt_batches_per_tick",
+        c"Most re-encryption batches the scheduler runs per keyring in one tick.",
+        c"Bounds the work of one tick; the rest is done by later ticks.",
+        &REENCRYPT_BATCHES_PER_TICK,
+        0,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"meshhook_keys.default_rotation_interval",
+        c"Rotation interval given to new keyrings (an interval; empty means manual rotation only).",
+        c"Change a keyring's policy with meshhook_keys.keyring_set_policy().",
+        &DEFAULT_ROTATION_INTERVAL,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"meshhook_keys.default_max_encryptions",
+        c"Encryptions under one key after which the scheduler rotates, for keyrings without their own limit.",
+        c"AES-GCM with random 96-bit nonces must stay well below 2^32 encryptions per key (NIST SP 800-38D).",
+        &DEFAULT_MAX_ENCRYPTIONS,
+        1,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"meshhook_keys.max_tracked_keys",
+        c"Data keys whose encryptions are counted in shared memory.",
+        c"16 bytes of shared memory each. Requires shared_preload_libraries.",
+        &MAX_TRACKED_KEYS,
+        64,
+        1 << 24,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"meshhook_keys".as_ptr()) };
 }
@@ -83,4 +178,41 @@ pub fn root_key_previous_command() -> Option<String> {
 
 pub fn key_cache_size() -> usize {
     KEY_CACHE_SIZE.get().max(1) as usize
+}
+
+pub fn database() -> String {
+    non_empty(&DATABASE).unwrap_or_else(|| "postgres".into())
+}
+
+pub fn worker_enabled() -> bool {
+    WORKER_ENABLED.get()
+}
+
+pub fn worker_naptime() -> std::time::Duration {
+    std::time::Duration::from_millis(WORKER_NAPTIME.get().max(100) as u64)
+}
+
+pub fn reencrypt_batch_size() -> i32 {
+    REENCRYPT_BATCH_SIZE.get().max(1)
+}
+
+pub fn reencrypt_batch_delay() -> std::time::Duration {
+    std::time::Duration::from_millis(REENCRYPT_BATCH_DELAY.get().max(0) as u64)
+}
+
+pub fn reencrypt_batches_per_tick() -> i32 {
+    REENCRYPT_BATCHES_PER_TICK.get().max(0)
+}
+
+/// The default rotation interval as text for an `::interval` cast; `None` for manual only.
+pub fn default_rotation_interval() -> Option<String> {
+    non_empty(&DEFAULT_ROTATION_INTERVAL)
+}
+
+pub fn default_max_encryptions() -> i64 {
+    DEFAULT_MAX_ENCRYPTIONS.get().max(1) as i64
+}
+
+pub fn max_tracked_keys() -> usize {
+    MAX_TRACKED_KEYS.get().max(64) as usize
 }

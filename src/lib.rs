@@ -13,7 +13,10 @@ mod keycache;
 mod plans;
 mod reencrypt;
 mod rootkey;
+mod scheduler;
 mod store;
+mod usage;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -28,6 +31,11 @@ extension_sql_file!(
     name = "secrets_store",
     requires = ["reencrypt_schema", secret_encrypt, secret_decrypt]
 );
+extension_sql_file!(
+    "../sql/schedule.sql",
+    name = "schedule",
+    requires = ["reencrypt_schema", _encryptions_pending]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]
@@ -38,6 +46,8 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: reading a postmaster global flag.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         rootkey::startup_check();
+        usage::init();
+        worker::register();
     }
 }
 

@@ -791,6 +791,11 @@ fn move_window(
         .with_borrow_mut(|a| a.take())
         .ok_or_else(|| KeysError::Internal("re-encryption state lost".into()))?;
     drop(guard);
+    // Every envelope sealed counts against the target key's encryption limit, written or not.
+    crate::usage::count(
+        armed.target.key_id,
+        (armed.tried - armed.failures.len() as i64).max(0) as u64,
+    );
     Ok(Window {
         moved,
         tried: armed.tried,

@@ -117,11 +117,38 @@ pub fn lock_audit_chain() -> Result<()> {
 /// rotation fail with a serialization error instead of computing a stale version number.
 pub fn lock_keyring(keyring: &str) -> Result<()> {
     Spi::connect_mut(|c| {
-        c.update(
-            "INSERT INTO meshhook_keys.keyring (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-            None,
-            &[keyring.into()],
-        )?;
+        // A new keyring gets meshhook_keys.default_rotation_interval as its rotation policy (a
+        // 0.2.0 schema, before ALTER EXTENSION ... UPDATE, has no policy column yet).
+        let has_policy = c
+            .select(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                                 WHERE attrelid = 'meshhook_keys.keyring'::pg_catalog.regclass
+                                   AND attname = 'rotation_interval' AND NOT attisdropped)",
+                None,
+                &[],
+            )?
+            .first()
+            .get_one::<bool>()?
+            .unwrap_or(false);
+        if has_policy {
+            c.update(
+                "INSERT INTO meshhook_keys.keyring (name, rotation_interval)
+                 VALUES ($1, nullif($2, '')::interval) ON CONFLICT (name) DO NOTHING",
+                None,
+                &[
+                    keyring.into(),
+                    crate::gucs::default_rotation_interval()
+                        .unwrap_or_default()
+                        .into(),
+                ],
+            )?;
+        } else {
+            c.update(
+                "INSERT INTO meshhook_keys.keyring (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+                None,
+                &[keyring.into()],
+            )?;
+        }
         c.update(
             "UPDATE meshhook_keys.keyring SET rotated_at = pg_catalog.now() WHERE name = $1",
             None,

@@ -38,7 +38,7 @@ pub struct NewKey {
 /// Generate a data key, wrap it under the root key, make it the keyring's active version (the
 /// previous one becomes `decrypt_only`) and audit it. O(1): touches no user data.
 /// The caller must hold the audit chain lock and then the keyring lock, in that order.
-fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
+pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
     let root = rootkey::current()?;
     let previous = store::demote_active(keyring)?;
     let version = store::next_version(keyring)?;

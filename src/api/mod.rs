@@ -2,4 +2,5 @@
 
 pub mod keys;
 pub mod reencrypt;
+pub mod schedule;
 pub mod secrets;

@@ -34,6 +34,7 @@ pub fn encrypt(
         }
         None => return Err(KeysError::NoActiveKey(keyring.into())),
     };
+    crate::usage::count(key.key_id, 1);
     Ok(crypto::seal(
         &key.cipher,
         key.key_id,

@@ -23,6 +23,10 @@ SELECT 'relation: ' || c.relname || ' acl=' || coalesce(c.relacl::text, 'default
 SELECT 'column: ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod) || ' notnull=' || a.attnotnull
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'meshhook_keys' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1;
+SELECT 'trigger: ' || pg_get_triggerdef(t.oid) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'meshhook_keys' AND NOT t.tgisinternal ORDER BY 1;
+SELECT 'view: ' || c.relname || ' ' || md5(pg_get_viewdef(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'meshhook_keys' AND c.relkind = 'v' ORDER BY 1;
 SELECT 'schema: ' || n.nspname || ' acl=' || coalesce(n.nspacl::text, 'default') FROM pg_namespace n
  WHERE n.nspname = 'meshhook_keys';
 SELECT 'config: ' || c.relname FROM pg_extension e, unnest(e.extconfig) t(oid) JOIN pg_class c ON c.oid = t.oid

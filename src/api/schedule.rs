@@ -1,0 +1,159 @@
+//! Scheduled rotation: per-keyring policy, one tick as a SQL call, the scheduler's status.
+
+use crate::api::keys::validate_keyring;
+use crate::audit;
+use crate::error::{KeysError, OrRaise};
+use crate::scheduler::{self, Mode};
+use crate::{gucs, store, usage};
+use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::prelude::*;
+
+/// The most encryptions a policy may allow under one key: AES-GCM with random 96-bit nonces must
+/// stay at or below 2^32 (NIST SP 800-38D).
+const MAX_ENCRYPTIONS_LIMIT: i64 = 1 << 32;
+
+/// Set a keyring's rotation policy: rotate when its active key is older than `rotation_interval`
+/// (NULL: never by age) or has encrypted `max_encryptions` times (NULL: the server default).
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keyring_set_policy(
+    keyring: Option<&str>,
+    rotation_interval: Option<Interval>,
+    max_encryptions: default!(Option<i64>, "NULL"),
+) -> bool {
+    (|| {
+        audit::require_admin("keyring_set_policy", keyring)?;
+        let keyring = validate_keyring(keyring)?;
+        if let Some(m) = max_encryptions
+            && !(1..=MAX_ENCRYPTIONS_LIMIT).contains(&m)
+        {
+            return Err(KeysError::InvalidArgument(format!(
+                "max_encryptions must be between 1 and 2^32 ({MAX_ENCRYPTIONS_LIMIT}), got {m}"
+            )));
+        }
+        let positive = match rotation_interval {
+            None => true,
+            Some(i) => Spi::get_one_with_args::<bool>("SELECT $1 > interval '0'", &[i.into()])?
+                .unwrap_or(false),
+        };
+        if !positive {
+            return Err(KeysError::InvalidArgument(
+                "rotation_interval must be positive (or NULL for manual rotation only)".into(),
+            ));
+        }
+        store::lock_audit_chain()?;
+        store::lock_keyring(keyring)?;
+        let shown = Spi::get_one_with_args::<String>(
+            "UPDATE meshhook_keys.keyring
+                SET rotation_interval = $2, max_encryptions = $3,
+                    failed_attempts = 0, next_attempt_at = NULL, last_error = NULL
+              WHERE name = $1
+          RETURNING coalesce(rotation_interval::text, 'manual')",
+            &[
+                keyring.into(),
+                rotation_interval.into(),
+                max_encryptions.into(),
+            ],
+        )?;
+        audit::record(
+            "set_policy",
+            Some(keyring),
+            None,
+            None,
+            None,
+            serde_json::json!({
+                "rotation_interval": shown,
+                "max_encryptions": max_encryptions,
+            }),
+        )
+    })()
+    .or_raise();
+    true
+}
+
+/// Run one scheduler tick now, in the caller's transaction: rotate every keyring that is due, then
+/// advance pending re-encryption (`meshhook_keys.reencrypt_batches_per_tick` batches of
+/// `meshhook_keys.reencrypt_batch_size` rows per keyring). For platforms that cannot preload the
+/// library: schedule it with pg_cron. Admin only.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn tick() -> TableIterator<
+    'static,
+    (
+        name!(keyring, Option<String>),
+        name!(action, String),
+        name!(outcome, String),
+        name!(detail, String),
+    ),
+> {
+    audit::require_admin("tick", None).or_raise();
+    // SAFETY: reads shared recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        KeysError::InvalidArgument("the server is a standby: tick() runs on the primary".into())
+            .raise();
+    }
+    let rows: Vec<_> = scheduler::tick(Mode::Subtransactions, false)
+        .into_iter()
+        .map(|a| {
+            (
+                a.keyring,
+                a.action.to_string(),
+                a.outcome.to_string(),
+                a.detail,
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+/// Encryptions under a key counted in shared memory and not yet flushed to the table; NULL when
+/// the library is not preloaded (nothing is counted).
+#[pg_extern(volatile, parallel_safe)]
+fn _encryptions_pending(key_id: Option<i64>) -> Option<i64> {
+    usage::pending(key_id?).map(|n| n as i64)
+}
+
+/// The background scheduler as the shared memory of this server sees it.
+#[allow(clippy::type_complexity)]
+#[pg_extern(security_definer, volatile, parallel_safe)]
+#[search_path(pg_catalog, pg_temp)]
+fn scheduler_status() -> TableIterator<
+    'static,
+    (
+        name!(pid, Option<i32>),
+        name!(database, String),
+        name!(state, String),
+        name!(naptime_ms, Option<i64>),
+        name!(ticks, Option<i64>),
+        name!(last_tick_at, Option<TimestampWithTimeZone>),
+        name!(counting_encryptions, bool),
+        name!(usage_table_full, bool),
+    ),
+> {
+    audit::require_admin("scheduler_status", None).or_raise();
+    let db = gucs::database();
+    let row = match usage::status() {
+        None => (
+            None,
+            db,
+            "not preloaded".to_string(),
+            None,
+            None,
+            None,
+            false,
+            false,
+        ),
+        Some(s) => (
+            (s.pid != 0).then_some(s.pid),
+            db,
+            s.state.name().to_string(),
+            Some(s.naptime_ms),
+            Some(s.ticks as i64),
+            s.last_tick_at
+                .and_then(|t| TimestampWithTimeZone::try_from(t).ok()),
+            true,
+            usage::overflowed(),
+        ),
+    };
+    TableIterator::once(row)
+}

@@ -1,0 +1,514 @@
+//! The schedule: rotate the keyrings that are due, then advance their re-encryption, a bounded
+//! number of batches per keyring. Shared by the background worker (every step in a transaction of
+//! its own) and `meshhook_keys.tick()` (every step in a subtransaction of the caller's), so that one
+//! failing keyring never stops the others, and every failure is audited (actor `scheduler`) and
+//! retried with exponential backoff on later ticks.
+//!
+//! Exactly once: a tick first takes the advisory lock `hashtext('meshhook_keys.tick')` without
+//! waiting (a session lock in the worker, a transaction lock in `tick()`; they conflict), and skips
+//! if another tick holds it. Independently, a rotation re-checks that the keyring is still due after
+//! taking the keyring's row lock, so it never races a manual `keys_rotate` either.
+
+use crate::api::keys;
+use crate::audit;
+use crate::error::{KeysError, Result};
+use crate::{gucs, reencrypt, rootkey, store, usage};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+
+pub const ACTOR: &str = "scheduler";
+
+/// How a step is isolated from the others.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The background worker: each step is a transaction of its own.
+    OwnTransactions,
+    /// `tick()`: each step is a subtransaction of the caller's transaction.
+    Subtransactions,
+}
+
+/// Why a step failed: its SQLSTATE and message (our messages never carry secrets).
+pub struct Failure {
+    pub sqlstate: String,
+    pub message: String,
+}
+
+impl From<KeysError> for Failure {
+    fn from(e: KeysError) -> Self {
+        Failure {
+            sqlstate: e.sqlstate_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl Failure {
+    fn from_caught(e: CaughtError) -> Self {
+        match e {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+                let code = r.sql_error_code() as i32;
+                // SAFETY: unpack_sql_state returns a pointer to a static 6-byte buffer.
+                let sqlstate = unsafe { std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(code)) }
+                    .to_string_lossy()
+                    .into_owned();
+                Failure {
+                    sqlstate,
+                    message: clip(r.message(), 300),
+                }
+            }
+            CaughtError::RustPanic { .. } => Failure {
+                sqlstate: "XX000".into(),
+                message: "internal error (panic) in meshhook_keys".into(),
+            },
+        }
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// Run `f` isolated as `mode` says: committed if it returns Ok, rolled back if it returns Err or
+/// raises.
+pub fn isolated<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Failure> {
+    let guarded = || {
+        PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failure::from)))
+            .catch_others(|e| Err(Failure::from_caught(e)))
+            .execute()
+    };
+    match mode {
+        // SAFETY: the transaction protocol of a background worker (as BackgroundWorker::transaction,
+        // plus an abort when the body fails).
+        Mode::OwnTransactions => unsafe {
+            pg_sys::SetCurrentStatementStartTimestamp();
+            pg_sys::StartTransactionCommand();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            let r = guarded();
+            match r {
+                Ok(v) => {
+                    pg_sys::PopActiveSnapshot();
+                    pg_sys::CommitTransactionCommand();
+                    Ok(v)
+                }
+                Err(e) => {
+                    pg_sys::AbortCurrentTransaction();
+                    Err(e)
+                }
+            }
+        },
+        // SAFETY: the subtransaction protocol PL/pgSQL uses for an EXCEPTION block.
+        Mode::Subtransactions => unsafe {
+            let cx = pg_sys::CurrentMemoryContext;
+            let owner = pg_sys::CurrentResourceOwner;
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            pg_sys::MemoryContextSwitchTo(cx);
+            let r = guarded();
+            if r.is_ok() {
+                pg_sys::ReleaseCurrentSubTransaction();
+            } else {
+                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            }
+            pg_sys::MemoryContextSwitchTo(cx);
+            pg_sys::CurrentResourceOwner = owner;
+            r
+        },
+    }
+}
+
+/// One line of a tick's report.
+pub struct Action {
+    pub keyring: Option<String>,
+    pub action: &'static str,
+    pub outcome: &'static str,
+    pub detail: String,
+}
+
+/// Try to become the only tick running. The worker holds the lock for the whole tick (session
+/// level, released by [`release_tick_lock`]); `tick()` until its transaction ends.
+fn try_tick_lock(mode: Mode) -> Result<bool> {
+    let f = match mode {
+        Mode::OwnTransactions => "pg_try_advisory_lock",
+        Mode::Subtransactions => "pg_try_advisory_xact_lock",
+    };
+    Ok(Spi::get_one::<bool>(&format!(
+        "SELECT pg_catalog.{f}(pg_catalog.hashtext('meshhook_keys.tick'))"
+    ))?
+    .unwrap_or(false))
+}
+
+pub fn release_tick_lock() -> Result<()> {
+    Spi::run("SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('meshhook_keys.tick'))")?;
+    Ok(())
+}
+
+/// A keyring whose active key is due for rotation, and why.
+struct Due {
+    keyring: String,
+    reason: String,
+}
+
+/// Keyrings (all, or only `only`) whose active key is due: older than the rotation interval, or
+/// used for at least max_encryptions encryptions; not while backing off after a failure.
+fn due_keyrings(only: Option<&str>) -> Result<Vec<Due>> {
+    let rows: Vec<(String, i64, bool, String, i64, Option<i64>)> = Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT k.name, d.key_id,
+                    k.rotation_interval IS NOT NULL AND d.activated_at + k.rotation_interval <= pg_catalog.now(),
+                    coalesce(k.rotation_interval::text, ''),
+                    d.encryptions, k.max_encryptions
+               FROM meshhook_keys.keyring k
+               JOIN meshhook_keys.data_key d ON d.keyring = k.name AND d.state = 'active'
+              WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at <= pg_catalog.now())
+                AND ($1::text IS NULL OR k.name = $1)
+              ORDER BY k.name",
+            None,
+            &[only.into()],
+        )? {
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<i64>(2)?.unwrap_or(0),
+                r.get::<bool>(3)?.unwrap_or(false),
+                r.get::<String>(4)?.unwrap_or_default(),
+                r.get::<i64>(5)?.unwrap_or(0),
+                r.get::<i64>(6)?,
+            ));
+        }
+        Ok::<_, KeysError>(out)
+    })?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(keyring, key_id, age_due, interval, flushed, max)| {
+            let used = flushed.saturating_add(usage::pending(key_id).unwrap_or(0) as i64);
+            let max = max.unwrap_or_else(gucs::default_max_encryptions);
+            if age_due {
+                Some(Due {
+                    keyring,
+                    reason: format!("scheduled: the active key is older than the rotation interval ({interval})"),
+                })
+            } else if used >= max {
+                Some(Due {
+                    keyring,
+                    reason: format!(
+                        "scheduled: {used} encryptions under the active key reached max_encryptions ({max})"
+                    ),
+                })
+            } else {
+                None
+            }
+        })
+        .collect())
+}
+
+/// Rotate `keyring` if it is still due once its row is locked. Returns the new version.
+fn rotate_if_due(keyring: &str) -> Result<Option<i32>> {
+    rootkey::current()?;
+    store::lock_audit_chain()?;
+    store::lock_keyring(keyring)?;
+    // A fresh statement after the lock: a rotation committed meanwhile makes the keyring not due.
+    let Some(due) = due_keyrings(Some(keyring))?.pop() else {
+        return Ok(None);
+    };
+    let new = audit::as_actor(ACTOR, || {
+        keys::create_version(keyring, Some(&due.reason), "rotate")
+    })?;
+    clear_failures(keyring, "rotate")?;
+    Ok(Some(new.version))
+}
+
+/// End the backoff of `keyring` if it was started by a failure of `action` (a re-encryption batch
+/// with nothing to do says nothing about whether rotation works again).
+fn clear_failures(keyring: &str, action: &str) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE meshhook_keys.keyring SET failed_attempts = 0, next_attempt_at = NULL, last_error = NULL
+          WHERE name = $1 AND failed_attempts > 0 AND starts_with(last_error, $2 || ': ')",
+        &[keyring.into(), action.into()],
+    )?;
+    Ok(())
+}
+
+/// Audit a failed scheduled action and back the keyring off: the next attempt waits
+/// naptime × 2^failures, at most one hour.
+fn record_failure(keyring: &str, action: &str, f: &Failure) -> Result<()> {
+    let naptime_ms = gucs::worker_naptime().as_millis() as i64;
+    let (attempts, next) = Spi::get_two_with_args::<i32, String>(
+        "UPDATE meshhook_keys.keyring
+            SET failed_attempts = failed_attempts + 1,
+                next_attempt_at = pg_catalog.now() + least(
+                    pg_catalog.make_interval(secs => $2::float8 / 1000 * pg_catalog.power(2, least(failed_attempts, 20))),
+                    interval '1 hour'),
+                last_error = $3
+          WHERE name = $1
+      RETURNING failed_attempts, next_attempt_at::text",
+        &[
+            keyring.into(),
+            naptime_ms.into(),
+            format!("{action}: {}: {}", f.sqlstate, f.message).into(),
+        ],
+    )?;
+    audit::as_actor(ACTOR, || {
+        audit::record_failure(
+            action,
+            Some(keyring),
+            None,
+            serde_json::json!({
+                "sqlstate": f.sqlstate,
+                "error_class": f.sqlstate.get(..2).unwrap_or(""),
+                "error": f.message,
+                "attempt": attempts,
+                "next_attempt_at": next,
+            }),
+        )
+    })
+}
+
+/// Keyrings with registered columns and an old version that still decrypts: re-encryption may
+/// have work to do (a batch finds out cheaply when it has none).
+fn reencrypt_candidates() -> Result<Vec<String>> {
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT k.name FROM meshhook_keys.keyring k
+              WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at <= pg_catalog.now())
+                AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring = k.name AND d.state = 'active')
+                AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring = k.name AND d.state = 'decrypt_only')
+                AND EXISTS (SELECT 1 FROM meshhook_keys.encrypted_column c WHERE c.keyring = k.name)
+              ORDER BY k.name",
+            None,
+            &[],
+        )? {
+            out.extend(r.get::<String>(1)?);
+        }
+        Ok(out)
+    })
+}
+
+/// Move the pending encryption counts into `data_key.encryptions` (worker only), subtracting them
+/// from shared memory once that committed.
+fn flush_usage() -> std::result::Result<usize, Failure> {
+    let snap = usage::snapshot();
+    if snap.is_empty() {
+        return Ok(0);
+    }
+    let (ids, counts): (Vec<i64>, Vec<i64>) = snap.iter().map(|&(k, c)| (k, c as i64)).unzip();
+    isolated(Mode::OwnTransactions, || {
+        Spi::run_with_args(
+            "UPDATE meshhook_keys.data_key d SET encryptions = d.encryptions + u.n
+               FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[])) AS u(key_id, n)
+              WHERE d.key_id = u.key_id",
+            &[ids.into(), counts.into()],
+        )?;
+        Ok(())
+    })?;
+    usage::subtract(&snap);
+    Ok(snap.len())
+}
+
+/// Whether the worker was asked to stop (SIGTERM); never true in a client backend.
+pub fn shutdown_requested() -> bool {
+    // SAFETY: reading a sig_atomic_t flag set by the SIGTERM handler.
+    unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
+}
+
+/// Sleep between batches, waking early on a latch (SIGTERM, SIGHUP) in the worker.
+fn pause(d: std::time::Duration) {
+    if d.is_zero() {
+        return;
+    }
+    // SAFETY: WaitLatch on our own latch, as any backend may; interrupts are checked after.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            d.as_millis() as std::ffi::c_long,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+    }
+    check_for_interrupts!();
+}
+
+/// One tick. `worker` adds what only the worker does (flushing usage counters).
+pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
+    let mut out = Vec::new();
+    let report = |out: &mut Vec<Action>, keyring: Option<&str>, action, outcome, detail: String| {
+        out.push(Action {
+            keyring: keyring.map(str::to_string),
+            action,
+            outcome,
+            detail,
+        })
+    };
+    match isolated(mode, || try_tick_lock(mode)) {
+        Ok(true) => {}
+        Ok(false) => {
+            report(
+                &mut out,
+                None,
+                "tick",
+                "skipped",
+                "another tick is running".into(),
+            );
+            return out;
+        }
+        Err(f) => {
+            report(
+                &mut out,
+                None,
+                "tick",
+                "failed",
+                format!("{}: {}", f.sqlstate, f.message),
+            );
+            return out;
+        }
+    }
+    if worker && let Err(f) = flush_usage() {
+        report(
+            &mut out,
+            None,
+            "flush_usage",
+            "failed",
+            format!("{}: {}", f.sqlstate, f.message),
+        );
+    }
+
+    match isolated(mode, || due_keyrings(None)) {
+        Err(f) => report(
+            &mut out,
+            None,
+            "rotate",
+            "failed",
+            format!("{}: {}", f.sqlstate, f.message),
+        ),
+        Ok(due) => {
+            for d in due {
+                if worker && shutdown_requested() {
+                    break;
+                }
+                match isolated(mode, || rotate_if_due(&d.keyring)) {
+                    Ok(Some(v)) => report(
+                        &mut out,
+                        Some(&d.keyring),
+                        "rotate",
+                        "ok",
+                        format!("version {v}: {}", d.reason),
+                    ),
+                    Ok(None) => report(
+                        &mut out,
+                        Some(&d.keyring),
+                        "rotate",
+                        "skipped",
+                        "no longer due".into(),
+                    ),
+                    Err(f) => {
+                        let logged = isolated(mode, || record_failure(&d.keyring, "rotate", &f));
+                        if mode == Mode::OwnTransactions {
+                            log!(
+                                "meshhook_keys scheduler: rotating keyring \"{}\" failed: {}: {}",
+                                d.keyring,
+                                f.sqlstate,
+                                f.message
+                            );
+                        }
+                        let extra = logged
+                            .err()
+                            .map(|e| format!(" (and recording it failed: {})", e.message))
+                            .unwrap_or_default();
+                        report(
+                            &mut out,
+                            Some(&d.keyring),
+                            "rotate",
+                            "failed",
+                            format!("{}: {}{extra}", f.sqlstate, f.message),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    let per_tick = gucs::reencrypt_batches_per_tick();
+    if per_tick > 0 {
+        match isolated(mode, reencrypt_candidates) {
+            Err(f) => report(
+                &mut out,
+                None,
+                "reencrypt",
+                "failed",
+                format!("{}: {}", f.sqlstate, f.message),
+            ),
+            Ok(keyrings) => {
+                for k in keyrings {
+                    let (mut moved, mut batches, mut finished) = (0i64, 0, false);
+                    let mut failed = None;
+                    while batches < per_tick && !(worker && shutdown_requested()) {
+                        match isolated(mode, || {
+                            audit::as_actor(ACTOR, || {
+                                reencrypt::batch(&k, gucs::reencrypt_batch_size())
+                            })
+                        }) {
+                            Ok(Some(n)) => {
+                                moved += n;
+                                batches += 1;
+                                pause(gucs::reencrypt_batch_delay());
+                            }
+                            Ok(None) => {
+                                finished = true;
+                                break;
+                            }
+                            Err(f) => {
+                                failed = Some(f);
+                                break;
+                            }
+                        }
+                    }
+                    if failed.is_none() {
+                        // A success ends any backoff a failed attempt started.
+                        if let Err(f) = isolated(mode, || clear_failures(&k, "reencrypt")) {
+                            failed = Some(f);
+                        }
+                    }
+                    match failed {
+                        Some(f) => {
+                            let _ = isolated(mode, || record_failure(&k, "reencrypt", &f));
+                            if mode == Mode::OwnTransactions {
+                                log!(
+                                    "meshhook_keys scheduler: re-encrypting keyring \"{k}\" failed: {}: {}",
+                                    f.sqlstate,
+                                    f.message
+                                );
+                            }
+                            report(
+                                &mut out,
+                                Some(&k),
+                                "reencrypt",
+                                "failed",
+                                format!("{}: {} (after {moved} rows)", f.sqlstate, f.message),
+                            );
+                        }
+                        None if moved > 0 || !finished => report(
+                            &mut out,
+                            Some(&k),
+                            "reencrypt",
+                            "ok",
+                            format!(
+                                "{moved} rows moved in {batches} batches{}",
+                                if finished { ", done" } else { "" }
+                            ),
+                        ),
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+    if mode == Mode::OwnTransactions {
+        let _ = isolated(mode, release_tick_lock);
+    }
+    out
+}

@@ -1,0 +1,267 @@
+//! The background workers (with `shared_preload_libraries = 'meshhook_keys'`).
+//!
+//! * `meshhook_keys launcher` (static, connected to no database) waits until
+//!   `meshhook_keys.database` exists, then starts the scheduler there and restarts it if it stops.
+//!   It never crash-loops on a missing database: it logs once and keeps checking.
+//! * `meshhook_keys scheduler` (dynamic, in that database) ticks every `worker_naptime`: nothing on
+//!   a standby (logged once; resumes after promotion), nothing while `worker_enabled = off` or
+//!   while the extension is not installed (logged once; resumes after CREATE EXTENSION); otherwise
+//!   [`crate::scheduler::tick`]. SIGHUP reloads the settings, SIGTERM stops it after the current
+//!   batch.
+
+use crate::gucs;
+use crate::scheduler::{self, Mode};
+use crate::usage::{self, SchedulerState};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
+    SignalWakeFlags,
+};
+use pgrx::prelude::*;
+use std::time::{Duration, Instant};
+
+const LIBRARY: &str = "meshhook_keys";
+
+/// Register the launcher. Called from `_PG_init` while preloading.
+pub fn register() {
+    BackgroundWorkerBuilder::new("meshhook_keys launcher")
+        .set_type("meshhook_keys launcher")
+        .set_library(LIBRARY)
+        .set_function("meshhook_keys_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+}
+
+fn reload_config_if_asked() {
+    // SAFETY: the standard reload protocol; the flag is set by pgrx's SIGHUP handler.
+    unsafe {
+        if std::ptr::read_volatile(&raw const pg_sys::ConfigReloadPending) != 0 {
+            std::ptr::write_volatile(&raw mut pg_sys::ConfigReloadPending, 0);
+            pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP);
+        }
+    }
+}
+
+/// Whether a database of that name exists. Connected to no database, only shared catalogs can be
+/// read, and only by a heap scan (as the autovacuum launcher lists databases).
+fn database_exists(name: &str) -> bool {
+    let name = name.to_string();
+    BackgroundWorker::transaction(move || {
+        // SAFETY: a catalog heap scan of pg_database inside a transaction, as get_database_list()
+        // does; each tuple's data is a FormData_pg_database.
+        unsafe {
+            let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
+            let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
+            let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
+            let mut found = false;
+            loop {
+                let tup = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
+                if tup.is_null() {
+                    break;
+                }
+                let header = (*tup).t_data;
+                let form = (header as *const u8).add((*header).t_hoff as usize)
+                    as *const pg_sys::FormData_pg_database;
+                let datname = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr());
+                if datname.to_bytes() == name.as_bytes() {
+                    found = true;
+                    break;
+                }
+            }
+            pg_sys::table_endscan(scan);
+            pg_sys::table_close(rel, lock);
+            found
+        }
+    })
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    BackgroundWorker::connect_worker_to_spi(None, None);
+    let db = gucs::database();
+    let mut child: Option<DynamicBackgroundWorker> = None;
+    let mut said_missing = false;
+    let mut last_start: Option<Instant> = None;
+    loop {
+        reload_config_if_asked();
+        let running = child.as_ref().is_some_and(|c| c.pid().is_ok());
+        if !running {
+            child = None;
+            let naptime = gucs::worker_naptime();
+            let may_start =
+                last_start.is_none_or(|t| t.elapsed() >= naptime.min(Duration::from_secs(10)));
+            if !database_exists(&db) {
+                if !said_missing {
+                    log!(
+                        "meshhook_keys launcher: database \"{db}\" (meshhook_keys.database) does not exist yet; checking again every {} ms",
+                        naptime.as_millis()
+                    );
+                    said_missing = true;
+                }
+                usage::set_scheduler(
+                    0,
+                    naptime.as_millis() as i64,
+                    SchedulerState::WaitingForDatabase,
+                );
+            } else if may_start {
+                said_missing = false;
+                // SAFETY: plain read of our own pid.
+                let me = unsafe { pg_sys::MyProcPid };
+                match BackgroundWorkerBuilder::new("meshhook_keys scheduler")
+                    .set_type("meshhook_keys scheduler")
+                    .set_library(LIBRARY)
+                    .set_function("meshhook_keys_scheduler_main")
+                    .enable_spi_access()
+                    .set_start_time(BgWorkerStartTime::ConsistentState)
+                    .set_restart_time(None)
+                    .set_notify_pid(me)
+                    .load_dynamic()
+                {
+                    Ok(w) => {
+                        child = Some(w);
+                        last_start = Some(Instant::now());
+                    }
+                    Err(_) => log!(
+                        "meshhook_keys launcher: could not start the scheduler (max_worker_processes reached?); retrying"
+                    ),
+                }
+            }
+        }
+        // Woken early by the postmaster when the scheduler starts or stops (notify pid).
+        if !BackgroundWorker::wait_latch(Some(gucs::worker_naptime().min(Duration::from_secs(10))))
+        {
+            break;
+        }
+    }
+    if let Some(c) = child {
+        let _ = c.terminate();
+    }
+}
+
+#[derive(Default)]
+struct Said {
+    standby: bool,
+    disabled: bool,
+    missing: bool,
+    version: bool,
+    check_failed: bool,
+}
+
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn meshhook_keys_scheduler_main(_arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = gucs::database();
+    BackgroundWorker::connect_worker_to_spi(Some(&db), None);
+    // SAFETY: plain read of our own pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    log!("meshhook_keys scheduler started in database \"{db}\"");
+    let mut said = Said::default();
+    loop {
+        reload_config_if_asked();
+        let naptime = gucs::worker_naptime();
+        usage::set_scheduler(me, naptime.as_millis() as i64, SchedulerState::Idle);
+        tick_once(&db, &mut said);
+        // SAFETY: reading a backend clock.
+        usage::tick_done(unsafe { pg_sys::GetCurrentTimestamp() });
+        if scheduler::shutdown_requested()
+            || !BackgroundWorker::wait_latch(Some(gucs::worker_naptime()))
+        {
+            break;
+        }
+    }
+    usage::set_scheduler(
+        0,
+        gucs::worker_naptime().as_millis() as i64,
+        SchedulerState::Stopped,
+    );
+    log!("meshhook_keys scheduler stopping");
+}
+
+fn tick_once(db: &str, said: &mut Said) {
+    // SAFETY: reads shared recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        usage::set_state(SchedulerState::Standby);
+        if !said.standby {
+            log!(
+                "meshhook_keys scheduler: the server is a standby (in recovery); no rotation or re-encryption until it is promoted"
+            );
+            said.standby = true;
+        }
+        return;
+    }
+    if said.standby {
+        log!("meshhook_keys scheduler: the server was promoted; resuming");
+        said.standby = false;
+    }
+    if !gucs::worker_enabled() {
+        usage::set_state(SchedulerState::Disabled);
+        if !said.disabled {
+            log!("meshhook_keys scheduler: paused (meshhook_keys.worker_enabled = off)");
+            said.disabled = true;
+        }
+        return;
+    }
+    if said.disabled {
+        log!("meshhook_keys scheduler: resumed (meshhook_keys.worker_enabled = on)");
+        said.disabled = false;
+    }
+    let installed = scheduler::isolated(Mode::OwnTransactions, || {
+        Ok(Spi::get_one::<String>(
+            "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'meshhook_keys')",
+        )?)
+    });
+    match installed {
+        Ok(None) => {
+            usage::set_state(SchedulerState::NoExtension);
+            if !said.missing {
+                log!(
+                    "meshhook_keys scheduler: extension meshhook_keys is not installed in database \"{db}\"; waiting for CREATE EXTENSION"
+                );
+                said.missing = true;
+            }
+            return;
+        }
+        Ok(Some(v)) if v != env!("CARGO_PKG_VERSION") => {
+            usage::set_state(SchedulerState::NoExtension);
+            if !said.version {
+                log!(
+                    "meshhook_keys scheduler: the extension in database \"{db}\" is version {v}, the library is {}; waiting for ALTER EXTENSION meshhook_keys UPDATE",
+                    env!("CARGO_PKG_VERSION")
+                );
+                said.version = true;
+            }
+            return;
+        }
+        Ok(Some(_)) => {
+            said.check_failed = false;
+            if said.missing || said.version {
+                log!("meshhook_keys scheduler: extension found in database \"{db}\"; resuming");
+            }
+            said.missing = false;
+            said.version = false;
+        }
+        Err(f) => {
+            log!(
+                "meshhook_keys scheduler: could not check the extension: {}: {}",
+                f.sqlstate,
+                f.message
+            );
+            return;
+        }
+    }
+    usage::set_state(SchedulerState::Ticking);
+    for a in scheduler::tick(Mode::OwnTransactions, true) {
+        if a.outcome == "ok" && a.action == "rotate" {
+            log!(
+                "meshhook_keys scheduler: rotated keyring \"{}\": {}",
+                a.keyring.as_deref().unwrap_or(""),
+                a.detail
+            );
+        }
+    }
+    usage::set_state(SchedulerState::Idle);
+}
