@@ -9,6 +9,10 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_admin') THEN
         CREATE ROLE meshhook_keys_admin NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION;
     END IF;
+    -- Members bypass the tenant check of tenant-bound keyrings, explicitly (0.4.0).
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_service') THEN
+        CREATE ROLE meshhook_keys_service NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION;
+    END IF;
 END
 $roles$;
 -- An admin can do everything a user can.
@@ -26,7 +30,11 @@ CREATE TABLE meshhook_keys.keyring (
     -- the scheduler's backoff after a failed scheduled action
     failed_attempts   integer  NOT NULL DEFAULT 0,
     next_attempt_at   timestamptz,
-    last_error        text
+    last_error        text,
+    -- the tenant this keyring belongs to (0.4.0): meshhook_keys.tenant_check decides who may use it
+    tenant            text,
+    -- set by keyring_destroy (0.4.0): every version destroyed, the keyring can never be used again
+    destroyed_at      timestamptz
 );
 
 -- Data keys, stored only wrapped by the root key. Never readable by client roles.

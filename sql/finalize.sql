@@ -68,6 +68,8 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO m
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create(text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_destroy(text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.tick() TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.scheduler_status() TO meshhook_keys_user;
 
@@ -164,9 +166,13 @@ COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
 COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS
     'Rewrap every data key wrapped by the previous root key (meshhook_keys.root_key_previous_file / _command) under the current root key, in one transaction, touching no user rows. Admin only; audited.';
 COMMENT ON VIEW meshhook_keys.keyrings IS
-    'Each keyring with its active version, that key''s age and encryptions (NULL when the library is not preloaded), its rotation policy, when it is due, and the scheduler''s backoff after a failure.';
+    'Each keyring with its active version, that key''s age and encryptions (NULL when the library is not preloaded), its rotation policy, when it is due, the scheduler''s backoff after a failure, its tenant and whether it was destroyed.';
 COMMENT ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) IS
     'Set a keyring''s rotation policy: rotate when the active key is older than rotation_interval (NULL: manual only) or has encrypted max_encryptions times (NULL: meshhook_keys.default_max_encryptions; at most 2^32). Admin only; audited.';
+COMMENT ON FUNCTION meshhook_keys.keyring_create(text, text, text) IS
+    'Create a keyring and its version 1, optionally bound to a tenant: then only sessions that meshhook_keys.tenant_check approves (or members of meshhook_keys_service) may encrypt or decrypt with it. Admin only; audited; NOTIFY meshhook_keys_events.';
+COMMENT ON FUNCTION meshhook_keys.keyring_destroy(text, text) IS
+    'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Admin only; audited; NOTIFY meshhook_keys_events.';
 COMMENT ON FUNCTION meshhook_keys.tick() IS
     'Run one scheduler tick now in the caller''s transaction: rotate due keyrings, then advance pending re-encryption a bounded number of batches. For pg_cron where the background worker cannot run. Admin only; actions audited with actor scheduler.';
 COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS

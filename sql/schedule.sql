@@ -16,6 +16,8 @@ SELECT k.name                                            AS keyring,
          WHERE d.keyring = k.name AND d.state = 'decrypt_only') AS decrypt_only_versions,
        k.failed_attempts,
        k.next_attempt_at,
-       k.last_error
+       k.last_error,
+       k.tenant,
+       k.destroyed_at
   FROM meshhook_keys.keyring k
   LEFT JOIN meshhook_keys.data_key a ON a.keyring = k.name AND a.state = 'active';

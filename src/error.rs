@@ -110,6 +110,32 @@ pub enum KeysError {
     #[error("decrypted value is not valid text (it is not UTF-8 or contains a NUL byte)")]
     NotText,
 
+    /// A tenant-bound keyring's check refused the caller.
+    #[error(
+        "the tenant check refused access to keyring \"{keyring}\" (tenant \"{tenant}\") for {op}"
+    )]
+    TenantDenied {
+        keyring: String,
+        tenant: String,
+        op: &'static str,
+    },
+
+    /// A tenant-bound keyring is used but no tenant check is configured: refused, never allowed.
+    #[error("keyring \"{0}\" belongs to a tenant and meshhook_keys.tenant_check is not set")]
+    TenantCheckMissing(String),
+
+    /// keyring_destroy destroyed it: it can never encrypt again.
+    #[error("keyring \"{0}\" was destroyed (crypto-shredded) and can no longer be used")]
+    KeyringDestroyed(String),
+
+    /// No keyring of that name.
+    #[error("keyring \"{0}\" does not exist")]
+    UnknownKeyring(String),
+
+    /// keyring_create of a name that exists.
+    #[error("keyring \"{0}\" already exists")]
+    KeyringExists(String),
+
     /// An internal re-encryption function was called outside a batch run by meshhook_keys.
     #[error(
         "{0} is internal to re-encryption: it works only inside a batch run by meshhook_keys in this session"
@@ -161,6 +187,11 @@ impl KeysError {
             KeysError::NotTableOwner => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
             KeysError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
             KeysError::NotInBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
+            KeysError::TenantDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            KeysError::TenantCheckMissing(_) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            KeysError::KeyringDestroyed(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+            KeysError::KeyringExists(_) => ERRCODE_DUPLICATE_OBJECT,         // 42710
+            KeysError::UnknownKeyring(_) => ERRCODE_UNDEFINED_OBJECT,        // 42704
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,                // XX000
         }
     }
@@ -185,6 +216,9 @@ impl KeysError {
                 "Decrypt with exactly the context string that was passed to secret_encrypt.".into(),
             ),
             KeysError::NotText => Some("Use secret_decrypt_bytea for binary secrets.".into()),
+            KeysError::TenantCheckMissing(_) => Some(
+                "A superuser sets meshhook_keys.tenant_check to a function (tenant text) RETURNS boolean; members of meshhook_keys_service bypass it.".into(),
+            ),
             _ => None,
         }
     }

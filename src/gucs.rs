@@ -22,6 +22,7 @@ static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"90 days"));
 static DEFAULT_MAX_ENCRYPTIONS: GucSetting<i32> = GucSetting::<i32>::new(1 << 30);
 static MAX_TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(4096);
+static TENANT_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -150,6 +151,14 @@ pub fn init() {
         GucContext::Postmaster,
         GucFlags::default(),
     );
+    GucRegistry::define_string_guc(
+        c"meshhook_keys.tenant_check",
+        c"Function deciding whether the current session may use a tenant-bound keyring.",
+        c"A function name (schema-qualified), called as name(tenant text) RETURNS boolean with the caller's privileges. Unset: tenant-bound keyrings are refused to everyone but members of meshhook_keys_service.",
+        &TENANT_CHECK,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"meshhook_keys".as_ptr()) };
 }
@@ -215,4 +224,9 @@ pub fn default_max_encryptions() -> i64 {
 
 pub fn max_tracked_keys() -> usize {
     MAX_TRACKED_KEYS.get().max(64) as usize
+}
+
+/// The configured tenant check function name, if any.
+pub fn tenant_check() -> Option<String> {
+    non_empty(&TENANT_CHECK)
 }

@@ -51,6 +51,8 @@ pub struct CachedKey {
     pub key_id: i64,
     pub keyring: String,
     pub version: i32,
+    /// The keyring's tenant: using the key requires passing meshhook_keys.tenant_check.
+    pub tenant: Option<String>,
     pub state: KeyState,
     pub cipher: Aes256Gcm,
     loaded_at: u64,
@@ -140,6 +142,7 @@ fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
         key_id: row.key_id,
         keyring: row.keyring.clone(),
         version: row.version,
+        tenant: row.tenant.clone(),
         state,
         cipher: dek.cipher(),
         loaded_at: 0,

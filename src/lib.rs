@@ -15,6 +15,7 @@ mod reencrypt;
 mod rootkey;
 mod scheduler;
 mod store;
+mod tenancy;
 mod usage;
 mod worker;
 

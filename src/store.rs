@@ -13,10 +13,14 @@ pub struct KeyRow {
     pub state: String,
     pub wrapped_key: Option<Vec<u8>>,
     pub root_fingerprint: Vec<u8>,
+    /// The keyring's tenant (0.4.0), NULL for an untenanted keyring.
+    pub tenant: Option<String>,
 }
 
-const KEY_COLUMNS: &str =
-    "tableoid::oid, key_id, keyring, version, state, wrapped_key, root_fingerprint";
+/// The keyring's tenant is read through to_jsonb so that this library also works on a schema from
+/// before 0.4.0 (no tenant column yet: NULL), until ALTER EXTENSION ... UPDATE.
+const KEY_COLUMNS: &str = "tableoid::oid, key_id, keyring, version, state, wrapped_key, root_fingerprint,
+     (SELECT pg_catalog.to_jsonb(k) ->> 'tenant' FROM meshhook_keys.keyring k WHERE k.name = data_key.keyring)";
 
 fn key_row(t: &pgrx::spi::SpiTupleTable<'_>) -> Result<KeyRow> {
     let missing = |c: &str| KeysError::Internal(format!("data_key.{c} is NULL"));
@@ -32,6 +36,7 @@ fn key_row(t: &pgrx::spi::SpiTupleTable<'_>) -> Result<KeyRow> {
         root_fingerprint: t
             .get::<Vec<u8>>(7)?
             .ok_or_else(|| missing("root_fingerprint"))?,
+        tenant: t.get::<String>(8)?,
     })
 }
 
@@ -272,4 +277,69 @@ pub fn insert_audit(e: &AuditEvent<'_>) -> Result<()> {
         )?;
         Ok(())
     })
+}
+
+/// Publish a key event to `LISTEN meshhook_keys_events` listeners (delivered at commit). The payload
+/// is metadata only: `{"event", "keyring", "version"}`.
+pub fn notify(event: &str, keyring: &str, version: Option<i32>) -> Result<()> {
+    let payload = serde_json::json!({ "event": event, "keyring": keyring, "version": version });
+    Spi::run_with_args(
+        "SELECT pg_catalog.pg_notify('meshhook_keys_events', $1)",
+        &[payload.to_string().into()],
+    )?;
+    Ok(())
+}
+
+/// When the keyring was destroyed by keyring_destroy (None: not destroyed, or no such keyring).
+pub fn keyring_destroyed_at(keyring: &str) -> Result<Option<String>> {
+    Ok(Spi::get_one_with_args::<String>(
+        "SELECT (SELECT pg_catalog.to_jsonb(k) ->> 'destroyed_at' FROM meshhook_keys.keyring k WHERE k.name = $1)",
+        &[keyring.into()],
+    )?)
+}
+
+/// Insert a new keyring row with its tenant and the default rotation policy; false if it exists.
+pub fn create_keyring(keyring: &str, tenant: Option<&str>) -> Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "WITH ins AS (
+             INSERT INTO meshhook_keys.keyring (name, tenant, rotation_interval)
+             VALUES ($1, $2, nullif($3, '')::interval)
+             ON CONFLICT (name) DO NOTHING RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM ins)",
+        &[
+            keyring.into(),
+            tenant.into(),
+            crate::gucs::default_rotation_interval()
+                .unwrap_or_default()
+                .into(),
+        ],
+    )?
+    .unwrap_or(false))
+}
+
+pub fn keyring_exists(keyring: &str) -> Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring WHERE name = $1)",
+        &[keyring.into()],
+    )?
+    .unwrap_or(false))
+}
+
+/// Destroy every version of a keyring (key material wiped) and mark it destroyed; returns how many
+/// versions still had key material.
+pub fn destroy_keyring(keyring: &str) -> Result<i32> {
+    let n = Spi::get_one_with_args::<i64>(
+        "WITH d AS (
+             UPDATE meshhook_keys.data_key
+                SET state = 'destroyed', wrapped_key = NULL,
+                    retired_at = coalesce(retired_at, pg_catalog.now()), destroyed_at = pg_catalog.now()
+              WHERE keyring = $1 AND state <> 'destroyed' RETURNING 1),
+         k AS (
+             UPDATE meshhook_keys.keyring SET destroyed_at = pg_catalog.now(), rotation_interval = NULL
+              WHERE name = $1 RETURNING 1)
+         SELECT (SELECT pg_catalog.count(*) FROM d) + 0 * (SELECT pg_catalog.count(*) FROM k)",
+        &[keyring.into()],
+    )?
+    .unwrap_or(0);
+    Ok(n as i32)
 }

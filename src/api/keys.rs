@@ -63,6 +63,7 @@ pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) 
             "root_key_fingerprint": rootkey::fingerprint_hex(&root.fingerprint),
         }),
     )?;
+    store::notify(action, keyring, Some(version))?;
     Ok(NewKey {
         keyring: keyring.to_string(),
         version,
@@ -76,7 +77,81 @@ pub fn rotate(keyring: &str, reason: Option<&str>) -> KResult<NewKey> {
     rootkey::current()?;
     store::lock_audit_chain()?;
     store::lock_keyring(keyring)?;
+    refuse_destroyed(keyring)?;
     create_version(keyring, reason, "rotate")
+}
+
+/// A destroyed keyring stays destroyed: no new version can make its name usable again.
+pub fn refuse_destroyed(keyring: &str) -> KResult<()> {
+    if store::keyring_destroyed_at(keyring)?.is_some() {
+        return Err(KeysError::KeyringDestroyed(keyring.into()));
+    }
+    Ok(())
+}
+
+/// Create a keyring, optionally bound to a tenant, with its version 1. Requires meshhook_keys_admin.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keyring_create(
+    name: Option<&str>,
+    tenant: default!(Option<&str>, "NULL"),
+    reason: default!(Option<&str>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(keyring, String),
+        name!(version, i32),
+        name!(key_id, i64),
+        name!(activated_at, TimestampWithTimeZone),
+    ),
+> {
+    let r = (|| {
+        audit::require_admin("keyring_create", name)?;
+        let keyring = validate_keyring(name)?;
+        if tenant.is_some_and(|t| t.is_empty() || t.len() > 200) {
+            return Err(KeysError::InvalidArgument(
+                "tenant must be 1 to 200 characters (or NULL for no tenant)".into(),
+            ));
+        }
+        rootkey::current()?;
+        store::lock_audit_chain()?;
+        if !store::create_keyring(keyring, tenant)? {
+            return Err(KeysError::KeyringExists(keyring.into()));
+        }
+        store::lock_keyring(keyring)?;
+        create_version(keyring, reason, "keyring_create")
+    })()
+    .or_raise();
+    TableIterator::once((r.keyring, r.version, r.key_id, r.activated_at))
+}
+
+/// Crypto-shred a keyring: destroy every version's key material so that nothing it ever encrypted
+/// can be decrypted again, and refuse any further use of the name. Requires meshhook_keys_admin.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keyring_destroy(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> i32 {
+    (|| {
+        audit::require_admin("keyring_destroy", keyring)?;
+        let keyring = validate_keyring(keyring)?;
+        store::lock_audit_chain()?;
+        if !store::keyring_exists(keyring)? {
+            return Err(KeysError::UnknownKeyring(keyring.into()));
+        }
+        store::lock_keyring(keyring)?;
+        refuse_destroyed(keyring)?;
+        let versions = store::destroy_keyring(keyring)?;
+        audit::record(
+            "keyring_destroy",
+            Some(keyring),
+            None,
+            None,
+            reason,
+            serde_json::json!({ "versions_destroyed": versions }),
+        )?;
+        store::notify("keyring_destroy", keyring, None)?;
+        Ok(versions)
+    })()
+    .or_raise()
 }
 
 /// First use of the `default` keyring: create version 1 unless a concurrent session just did.

@@ -307,6 +307,11 @@ fn retire_or_destroy(
         Some(key_id),
         None,
         serde_json::json!({ "forced": force, "rows_referencing": rows, "failed_rows": failures }),
+    )?;
+    crate::store::notify(
+        if destroy { "destroy" } else { "retire" },
+        keyring,
+        Some(version),
     )
 }
 

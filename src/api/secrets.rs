@@ -32,8 +32,14 @@ pub fn encrypt(
             ensure_default_keyring()?;
             keycache::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))?
         }
-        None => return Err(KeysError::NoActiveKey(keyring.into())),
+        None => {
+            if crate::store::keyring_destroyed_at(keyring)?.is_some() {
+                return Err(KeysError::KeyringDestroyed(keyring.into()));
+            }
+            return Err(KeysError::NoActiveKey(keyring.into()));
+        }
     };
+    crate::tenancy::check(&key, "encryption")?;
     crate::usage::count(key.key_id, 1);
     Ok(crypto::seal(
         &key.cipher,
@@ -51,6 +57,7 @@ pub fn decrypt(
     let context = context.ok_or(KeysError::NullArgument("context"))?;
     let key_id = crypto::parse_key_id(ciphertext).map_err(crypto_error)?;
     let key = keycache::key_for_decrypt(key_id)?;
+    crate::tenancy::check(&key, "decryption")?;
     crypto::open(&key.cipher, ciphertext, context.as_bytes()).map_err(crypto_error)
 }
 

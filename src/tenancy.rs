@@ -1,0 +1,154 @@
+//! Tenant-bound keyrings: who may encrypt or decrypt with them.
+//!
+//! A keyring created with a tenant (`keyring_create(name, tenant)`) can be used only by a session
+//! that `meshhook_keys.tenant_check` approves: a function `(tenant text) RETURNS boolean`, called with
+//! the caller's privileges (never the extension owner's) inside a security-restricted operation, so it
+//! can read `request.jwt.claims` and membership tables the way Supabase's `auth.uid()` does. Members
+//! of `meshhook_keys_service` bypass it explicitly (superusers, like everywhere in PostgreSQL, too).
+//! No check configured means refused: a tenant-bound keyring is never open by accident.
+//!
+//! Decisions are cached for the current transaction (a PostgREST request), keyed by role, tenant,
+//! `request.jwt.claims` and the check's name, so a scan decrypting many rows asks once.
+
+use crate::error::{KeysError, Result};
+use crate::gucs;
+use crate::keycache::CachedKey;
+use pgrx::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+#[derive(Default)]
+struct TxCache {
+    lxid: u32,
+    /// check name -> function oid
+    functions: HashMap<String, pg_sys::Oid>,
+    /// (role, tenant, claims, check name) -> allowed
+    decisions: HashMap<(u32, String, String, String), bool>,
+}
+
+thread_local! {
+    static CACHE: RefCell<TxCache> = RefCell::new(TxCache::default());
+}
+
+fn current_lxid() -> u32 {
+    // SAFETY: MyProc is set for every backend that runs SQL; lxid is its local transaction id.
+    unsafe {
+        if pg_sys::MyProc.is_null() {
+            0
+        } else {
+            (*pg_sys::MyProc).lxid
+        }
+    }
+}
+
+fn claims() -> String {
+    // SAFETY: missing_ok = true returns NULL for an unknown setting; the string is copied at once.
+    unsafe {
+        let p = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
+        if p.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
+fn is_service(role: pg_sys::Oid) -> bool {
+    // SAFETY: missing_ok lookup; has_privs_of_role only reads the catalogs.
+    unsafe {
+        let service = pg_sys::get_role_oid(c"meshhook_keys_service".as_ptr(), true);
+        service != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, service)
+    }
+}
+
+/// The oid of `name(text) RETURNS boolean`, or a clear error.
+fn resolve(name: &str) -> Result<pg_sys::Oid> {
+    let oid = Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT p.oid FROM pg_catalog.pg_proc p
+          WHERE p.oid = pg_catalog.to_regprocedure($1 || '(text)') AND p.prorettype = 'pg_catalog.bool'::pg_catalog.regtype",
+        &[name.into()],
+    )
+    .ok()
+    .flatten();
+    oid.ok_or_else(|| {
+        KeysError::InvalidArgument(format!(
+            "meshhook_keys.tenant_check names \"{name}\", which is not a function (tenant text) RETURNS boolean (give its schema)"
+        ))
+    })
+}
+
+/// Call the check as the caller, in a security-restricted operation.
+fn call(func: pg_sys::Oid, role: pg_sys::Oid, tenant: &str) -> bool {
+    let arg = tenant.into_datum().expect("a text datum is never NULL");
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_ctx: i32 = 0;
+    // SAFETY: save/switch/restore the current user as fmgr_security_definer does; if the check
+    // raises, the (sub)transaction abort restores the user. A NULL result raises in fmgr.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_ctx
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        let d = pg_sys::OidFunctionCall1Coll(func, pg_sys::DEFAULT_COLLATION_OID, arg);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+        d.value() != 0
+    }
+}
+
+/// Refuse unless the caller may use `key` (encrypt or decrypt) under its keyring's tenant.
+pub fn check(key: &CachedKey, op: &'static str) -> Result<()> {
+    let Some(tenant) = key.tenant.as_deref() else {
+        return Ok(());
+    };
+    let role = crate::audit::caller_role_oid();
+    if is_service(role) {
+        return Ok(());
+    }
+    let Some(check_name) = gucs::tenant_check() else {
+        return Err(KeysError::TenantCheckMissing(key.keyring.clone()));
+    };
+    let lxid = current_lxid();
+    let cache_key = (
+        role.to_u32(),
+        tenant.to_string(),
+        claims(),
+        check_name.clone(),
+    );
+    let cached = CACHE.with_borrow_mut(|c| {
+        if c.lxid != lxid {
+            *c = TxCache {
+                lxid,
+                ..TxCache::default()
+            };
+        }
+        c.decisions.get(&cache_key).copied()
+    });
+    let allowed = match cached {
+        Some(a) => a,
+        None => {
+            let func = match CACHE.with_borrow(|c| c.functions.get(&check_name).copied()) {
+                Some(f) => f,
+                None => {
+                    let f = resolve(&check_name)?;
+                    CACHE.with_borrow_mut(|c| c.functions.insert(check_name.clone(), f));
+                    f
+                }
+            };
+            let a = call(func, role, tenant);
+            CACHE.with_borrow_mut(|c| c.decisions.insert(cache_key, a));
+            a
+        }
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(KeysError::TenantDenied {
+            keyring: key.keyring.clone(),
+            tenant: tenant.to_string(),
+            op,
+        })
+    }
+}
