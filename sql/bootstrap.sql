@@ -34,7 +34,12 @@ CREATE TABLE meshhook_keys.keyring (
     -- the tenant this keyring belongs to (0.4.0): meshhook_keys.tenant_check decides who may use it
     tenant            text,
     -- set by keyring_destroy (0.4.0): every version destroyed, the keyring can never be used again
-    destroyed_at      timestamptz
+    destroyed_at      timestamptz,
+    -- user-held (0.4.0): keys wrapped by a key derived from the user's secret with the Argon2id
+    -- parameters in kdf (never the secret), not by the root key
+    user_held         boolean  NOT NULL DEFAULT false,
+    kdf               jsonb,
+    CHECK (user_held = (kdf IS NOT NULL))
 );
 
 -- Data keys, stored only wrapped by the root key. Never readable by client roles.

@@ -70,6 +70,13 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create(text, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_destroy(text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.health() TO meshhook_keys_user;
+-- User-held keyrings are the users' own: any application role may create, unlock, lock and change
+-- the secret of one; the secret is the authority (and a wrong one is refused and audited).
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_unlock(text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_lock(text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.tick() TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.scheduler_status() TO meshhook_keys_user;
 
@@ -166,13 +173,23 @@ COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
 COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS
     'Rewrap every data key wrapped by the previous root key (meshhook_keys.root_key_previous_file / _command) under the current root key, in one transaction, touching no user rows. Admin only; audited.';
 COMMENT ON VIEW meshhook_keys.keyrings IS
-    'Each keyring with its active version, that key''s age and encryptions (NULL when the library is not preloaded), its rotation policy, when it is due, the scheduler''s backoff after a failure, its tenant and whether it was destroyed.';
+    'Each keyring with its active version, that key''s age and encryptions (NULL when the library is not preloaded), its rotation policy, when it is due, the scheduler''s backoff after a failure, its tenant, whether it was destroyed and whether it is user-held.';
 COMMENT ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) IS
     'Set a keyring''s rotation policy: rotate when the active key is older than rotation_interval (NULL: manual only) or has encrypted max_encryptions times (NULL: meshhook_keys.default_max_encryptions; at most 2^32). Admin only; audited.';
 COMMENT ON FUNCTION meshhook_keys.keyring_create(text, text, text) IS
     'Create a keyring and its version 1, optionally bound to a tenant: then only sessions that meshhook_keys.tenant_check approves (or members of meshhook_keys_service) may encrypt or decrypt with it. Admin only; audited; NOTIFY meshhook_keys_events.';
 COMMENT ON FUNCTION meshhook_keys.keyring_destroy(text, text) IS
     'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Admin only; audited; NOTIFY meshhook_keys_events.';
+COMMENT ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) IS
+    'Create a user-held keyring: its data keys are wrapped by a key derived from the secret with Argon2id (parameters and salt stored, never the secret), not by the root key. Left unlocked in this session. Pass the secret as a bind parameter.';
+COMMENT ON FUNCTION meshhook_keys.keyring_unlock(text, text) IS
+    'Unlock a user-held keyring for this session (keys held in backend memory until keyring_lock or session end). A wrong secret costs a full Argon2id derivation, is refused with 28P01 and audited.';
+COMMENT ON FUNCTION meshhook_keys.keyring_lock(text) IS
+    'Forget and zeroize a user-held keyring''s keys in this session. True if it was unlocked.';
+COMMENT ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) IS
+    'Change a user-held keyring''s secret: verify the old one, rewrap every version under the new one (O(1), atomic, audited without secrets). With reencrypt => true, also a new data key and every registered row re-encrypted in the same transaction.';
+COMMENT ON FUNCTION meshhook_keys.health() IS
+    'Whether this server keeps secrets secret: root key, scheduler, tenant check, and every logging setting (log_statement, log_min_duration_statement, log_parameter_max_length(_on_error), log_min_error_statement, auto_explain) that would write secret-bearing statements to the log. Admin only.';
 COMMENT ON FUNCTION meshhook_keys.tick() IS
     'Run one scheduler tick now in the caller''s transaction: rotate due keyrings, then advance pending re-encryption a bounded number of batches. For pg_cron where the background worker cannot run. Admin only; actions audited with actor scheduler.';
 COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS

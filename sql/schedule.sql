@@ -18,6 +18,7 @@ SELECT k.name                                            AS keyring,
        k.next_attempt_at,
        k.last_error,
        k.tenant,
-       k.destroyed_at
+       k.destroyed_at,
+       k.user_held
   FROM meshhook_keys.keyring k
   LEFT JOIN meshhook_keys.data_key a ON a.keyring = k.name AND a.state = 'active';

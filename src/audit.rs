@@ -95,6 +95,13 @@ pub fn record_failure(
     })
 }
 
+/// Durably record a failed attempt (e.g. a wrong secret for a user-held keyring) that is about to
+/// raise an error and roll back: written by the audit worker in a transaction of its own, with
+/// outcome `failed`. Never carries the secret.
+pub fn record_failed_attempt(action: &str, keyring: Option<&str>) {
+    record_refusal(&format!("!{action}"), keyring, caller_role_oid());
+}
+
 /// Record a successful administrative action in the caller's transaction.
 pub fn record(
     action: &str,
@@ -130,12 +137,16 @@ fn clip(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-fn record_refusal(function: &'static str, keyring: Option<&str>, role: pg_sys::Oid) {
+fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
     // SAFETY: plain accessors of backend state.
     let (session, db) = unsafe { (pg_sys::GetSessionUserId(), pg_sys::MyDatabaseId) };
     let keyring = keyring.map(|k| clip(k, 63).replace(['\t', '\n'], " "));
+    let what = match function.strip_prefix('!') {
+        Some(action) => format!("failed {action} (wrong secret)"),
+        None => format!("refused {function}"),
+    };
     log!(
-        "meshhook_keys audit: refused {function} for role {} (session user {}){}",
+        "meshhook_keys audit: {what} for role {} (session user {}){}",
         role_name(role),
         role_name(session),
         keyring
@@ -189,12 +200,24 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
     BackgroundWorker::transaction(|| {
         let session = role_name(pg_sys::Oid::from(session));
         let role = role_name(pg_sys::Oid::from(role));
-        let detail = serde_json::json!({ "function": function, "required_role": ADMIN_ROLE });
+        // "!action": a failed attempt (wrong secret); otherwise a refused privileged call.
+        let (action, outcome, detail) = match function.strip_prefix('!') {
+            Some(action) => (
+                action.to_string(),
+                "failed",
+                serde_json::json!({ "error": "wrong secret" }),
+            ),
+            None => (
+                "refused".to_string(),
+                "refused",
+                serde_json::json!({ "function": function, "required_role": ADMIN_ROLE }),
+            ),
+        };
         let res = store::insert_audit(&AuditEvent {
             actor: Some(&session),
             role_name: &role,
-            action: "refused",
-            outcome: "refused",
+            action: &action,
+            outcome,
             keyring: keyring.as_deref(),
             version: None,
             key_id: None,

@@ -226,6 +226,43 @@ pub fn unwrap_key(root: &SecretKey, key_id: i64, wrapped: &[u8]) -> Result<Secre
     key
 }
 
+/// Argon2id parameters of a user-held keyring's key-encryption key (stored with the keyring).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KdfParams {
+    /// Memory in KiB.
+    pub m_cost: u32,
+    pub t_cost: u32,
+    pub p_cost: u32,
+    pub salt: [u8; 16],
+}
+
+impl KdfParams {
+    /// OWASP's Argon2id recommendation (19 MiB, 2 passes, 1 lane) with a fresh random salt.
+    pub fn new_random() -> Self {
+        let mut salt = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        KdfParams {
+            m_cost: 19_456,
+            t_cost: 2,
+            p_cost: 1,
+            salt,
+        }
+    }
+}
+
+/// Derive a user-held keyring's key-encryption key from the user's secret with Argon2id (v1.3).
+/// The full cost is paid on every call, so a wrong secret is only known after it.
+pub fn derive_kek(secret: &[u8], p: &KdfParams) -> Result<SecretKey, CryptoError> {
+    let params = argon2::Params::new(p.m_cost, p.t_cost, p.p_cost, Some(KEY_LEN))
+        .map_err(|_| CryptoError::BadKeyEncoding("invalid Argon2id parameters"))?;
+    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = Zeroizing::new([0u8; KEY_LEN]);
+    argon
+        .hash_password_into(secret, &p.salt, out.as_mut())
+        .map_err(|_| CryptoError::BadKeyEncoding("Argon2id failed"))?;
+    Ok(SecretKey(out))
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -379,5 +416,37 @@ mod unit {
         for _ in 0..1000 {
             assert!(random_key_id() > 0);
         }
+    }
+
+    #[test]
+    fn argon2id_kek_depends_on_secret_and_salt() {
+        let p = KdfParams {
+            m_cost: 64,
+            t_cost: 1,
+            p_cost: 1,
+            salt: [7u8; 16],
+        };
+        let a = derive_kek(b"correct horse", &p).unwrap();
+        let b = derive_kek(b"correct horse", &p).unwrap();
+        let c = derive_kek(b"correct horsE", &p).unwrap();
+        let d = derive_kek(
+            b"correct horse",
+            &KdfParams {
+                salt: [8u8; 16],
+                ..p.clone()
+            },
+        )
+        .unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        assert_ne!(a.fingerprint(), d.fingerprint());
+        // a data key wrapped under one secret does not unwrap under another
+        let dek = SecretKey::generate();
+        let w = wrap_key(&a, 42, &dek);
+        assert!(unwrap_key(&b, 42, &w).is_ok());
+        assert_eq!(
+            unwrap_key(&c, 42, &w).err(),
+            Some(CryptoError::AuthenticationFailed)
+        );
     }
 }

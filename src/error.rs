@@ -128,6 +128,18 @@ pub enum KeysError {
     #[error("keyring \"{0}\" was destroyed (crypto-shredded) and can no longer be used")]
     KeyringDestroyed(String),
 
+    /// A user-held keyring whose keys are not unlocked in this session.
+    #[error("keyring \"{0}\" is user-held and locked in this session")]
+    KeyringLocked(String),
+
+    /// The secret given for a user-held keyring does not unwrap its keys.
+    #[error("wrong secret for user-held keyring \"{0}\"")]
+    WrongSecret(String),
+
+    /// An operation that needs the root key's keyrings got a user-held one, or the reverse.
+    #[error("{0}")]
+    WrongKeyringKind(String),
+
     /// No keyring of that name.
     #[error("keyring \"{0}\" does not exist")]
     UnknownKeyring(String),
@@ -192,6 +204,9 @@ impl KeysError {
             KeysError::KeyringDestroyed(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             KeysError::KeyringExists(_) => ERRCODE_DUPLICATE_OBJECT,         // 42710
             KeysError::UnknownKeyring(_) => ERRCODE_UNDEFINED_OBJECT,        // 42704
+            KeysError::KeyringLocked(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+            KeysError::WrongSecret(_) => ERRCODE_INVALID_PASSWORD,           // 28P01
+            KeysError::WrongKeyringKind(_) => ERRCODE_WRONG_OBJECT_TYPE,     // 42809
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,                // XX000
         }
     }
@@ -216,6 +231,9 @@ impl KeysError {
                 "Decrypt with exactly the context string that was passed to secret_encrypt.".into(),
             ),
             KeysError::NotText => Some("Use secret_decrypt_bytea for binary secrets.".into()),
+            KeysError::KeyringLocked(k) => Some(format!(
+                "Unlock it for this session with SELECT meshhook_keys.keyring_unlock('{k}', <secret>); pass the secret as a bind parameter."
+            )),
             KeysError::TenantCheckMissing(_) => Some(
                 "A superuser sets meshhook_keys.tenant_check to a function (tenant text) RETURNS boolean; members of meshhook_keys_service bypass it.".into(),
             ),

@@ -112,8 +112,25 @@ fn count(hit: bool) {
     CACHE.with_borrow_mut(|c| if hit { c.hits += 1 } else { c.misses += 1 });
 }
 
+/// A key unwrapped by someone else (a user-held keyring's secret), in the shape the cache uses.
+pub fn from_unwrapped(row: &KeyRow, dek: &crate::crypto::SecretKey) -> Result<CachedKey> {
+    Ok(CachedKey {
+        key_id: row.key_id,
+        keyring: row.keyring.clone(),
+        version: row.version,
+        tenant: row.tenant.clone(),
+        state: KeyState::parse(&row.state)?,
+        cipher: dek.cipher(),
+        loaded_at: 0,
+    })
+}
+
 fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
     DATA_KEY_RELID.set(row.table_oid.to_u32());
+    if row.user_held {
+        // Never wrapped by the root key: only keyring_unlock (with the user's secret) opens it.
+        return Err(KeysError::KeyringLocked(row.keyring.clone()));
+    }
     let state = KeyState::parse(&row.state)?;
     let Some(wrapped) = row.wrapped_key.as_deref() else {
         return Err(KeysError::KeyNotUsable {
@@ -179,6 +196,9 @@ fn insert(mut key: CachedKey) -> Rc<CachedKey> {
 
 /// The key a ciphertext names, for decryption. Retired and destroyed keys are refused.
 pub fn key_for_decrypt(key_id: i64) -> Result<Rc<CachedKey>> {
+    if let Some(k) = crate::userheld::key(key_id) {
+        return Ok(k);
+    }
     accept_invalidations();
     let cached = CACHE.with_borrow(|c| c.by_id.get(&key_id).cloned());
     count(cached.is_some());
@@ -207,6 +227,9 @@ fn not_usable(keyring: &str, version: i32, state: KeyState, op: &'static str) ->
 
 /// The active key of a keyring, for encryption. `None` when the keyring has no active key.
 pub fn active_key(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
+    if let Some(k) = crate::userheld::active(keyring) {
+        return Ok(Some(k));
+    }
     accept_invalidations();
     let hit = CACHE.with_borrow(|c| {
         c.active

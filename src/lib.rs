@@ -17,6 +17,7 @@ mod scheduler;
 mod store;
 mod tenancy;
 mod usage;
+mod userheld;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

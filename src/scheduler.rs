@@ -4,6 +4,8 @@
 //! failing keyring never stops the others, and every failure is audited (actor `scheduler`) and
 //! retried with exponential backoff on later ticks.
 //!
+//! User-held keyrings are never touched: their keys need the user's secret.
+//!
 //! Exactly once: a tick first takes the advisory lock `hashtext('meshhook_keys.tick')` without
 //! waiting (a session lock in the worker, a transaction lock in `tick()`; they conflict), and skips
 //! if another tick holds it. Independently, a rotation re-checks that the keyring is still due after
@@ -165,6 +167,7 @@ fn due_keyrings(only: Option<&str>) -> Result<Vec<Due>> {
                FROM meshhook_keys.keyring k
                JOIN meshhook_keys.data_key d ON d.keyring = k.name AND d.state = 'active'
               WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at <= pg_catalog.now())
+                AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)
                 AND ($1::text IS NULL OR k.name = $1)
               ORDER BY k.name",
             None,
@@ -275,6 +278,7 @@ fn reencrypt_candidates() -> Result<Vec<String>> {
         for r in c.select(
             "SELECT k.name FROM meshhook_keys.keyring k
               WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at <= pg_catalog.now())
+                AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)
                 AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring = k.name AND d.state = 'active')
                 AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring = k.name AND d.state = 'decrypt_only')
                 AND EXISTS (SELECT 1 FROM meshhook_keys.encrypted_column c WHERE c.keyring = k.name)

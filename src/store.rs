@@ -15,12 +15,16 @@ pub struct KeyRow {
     pub root_fingerprint: Vec<u8>,
     /// The keyring's tenant (0.4.0), NULL for an untenanted keyring.
     pub tenant: Option<String>,
+    /// Whether the keyring is user-held (0.4.0): its keys are wrapped by the user's secret.
+    pub user_held: bool,
 }
 
 /// The keyring's tenant is read through to_jsonb so that this library also works on a schema from
 /// before 0.4.0 (no tenant column yet: NULL), until ALTER EXTENSION ... UPDATE.
 const KEY_COLUMNS: &str = "tableoid::oid, key_id, keyring, version, state, wrapped_key, root_fingerprint,
-     (SELECT pg_catalog.to_jsonb(k) ->> 'tenant' FROM meshhook_keys.keyring k WHERE k.name = data_key.keyring)";
+     (SELECT pg_catalog.to_jsonb(k) ->> 'tenant' FROM meshhook_keys.keyring k WHERE k.name = data_key.keyring),
+     coalesce((SELECT (pg_catalog.to_jsonb(k) ->> 'user_held')::boolean FROM meshhook_keys.keyring k
+                WHERE k.name = data_key.keyring), false)";
 
 fn key_row(t: &pgrx::spi::SpiTupleTable<'_>) -> Result<KeyRow> {
     let missing = |c: &str| KeysError::Internal(format!("data_key.{c} is NULL"));
@@ -37,6 +41,7 @@ fn key_row(t: &pgrx::spi::SpiTupleTable<'_>) -> Result<KeyRow> {
             .get::<Vec<u8>>(7)?
             .ok_or_else(|| missing("root_fingerprint"))?,
         tenant: t.get::<String>(8)?,
+        user_held: t.get::<bool>(9)?.unwrap_or(false),
     })
 }
 
@@ -67,7 +72,11 @@ pub fn key_by_id(key_id: i64) -> Result<Option<KeyRow>> {
 pub fn wrapped_keys_for_update() -> Result<Vec<KeyRow>> {
     let ids: Vec<i64> = Spi::connect_mut(|c| {
         let t = c.update(
-            "SELECT key_id FROM meshhook_keys.data_key WHERE wrapped_key IS NOT NULL ORDER BY key_id FOR UPDATE",
+            "SELECT d.key_id FROM meshhook_keys.data_key d
+              WHERE d.wrapped_key IS NOT NULL
+                AND NOT coalesce((SELECT (pg_catalog.to_jsonb(k) ->> 'user_held')::boolean
+                                    FROM meshhook_keys.keyring k WHERE k.name = d.keyring), false)
+              ORDER BY d.key_id FOR UPDATE OF d",
             None,
             &[],
         )?;
@@ -342,4 +351,65 @@ pub fn destroy_keyring(keyring: &str) -> Result<i32> {
     )?
     .unwrap_or(0);
     Ok(n as i32)
+}
+
+/// Whether the keyring is user-held, and its Argon2id parameters (JSON); None if no such keyring.
+pub fn user_held_kdf(keyring: &str) -> Result<Option<(bool, Option<String>)>> {
+    Spi::connect(|c| {
+        let t = c.select(
+            "SELECT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false), pg_catalog.to_jsonb(k) ->> 'kdf'
+               FROM meshhook_keys.keyring k WHERE k.name = $1",
+            None,
+            &[keyring.into()],
+        )?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        let t = t.first();
+        Ok(Some((
+            t.get::<bool>(1)?.unwrap_or(false),
+            t.get::<String>(2)?,
+        )))
+    })
+}
+
+/// Insert a user-held keyring (no rotation policy: the scheduler never touches it); false if the
+/// name exists.
+pub fn create_user_held_keyring(keyring: &str, kdf: &str) -> Result<bool> {
+    Ok(Spi::get_one_with_args::<bool>(
+        "WITH ins AS (
+             INSERT INTO meshhook_keys.keyring (name, user_held, kdf) VALUES ($1, true, $2::jsonb)
+             ON CONFLICT (name) DO NOTHING RETURNING 1)
+         SELECT EXISTS (SELECT 1 FROM ins)",
+        &[keyring.into(), kdf.into()],
+    )?
+    .unwrap_or(false))
+}
+
+pub fn set_kdf(keyring: &str, kdf: &str) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE meshhook_keys.keyring SET kdf = $2::jsonb WHERE name = $1",
+        &[keyring.into(), kdf.into()],
+    )?;
+    Ok(())
+}
+
+/// The versions of a keyring that still have key material, locked, oldest first.
+pub fn keyring_keys_for_update(keyring: &str) -> Result<Vec<KeyRow>> {
+    let ids: Vec<i64> = Spi::connect_mut(|c| {
+        let t = c.update(
+            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 AND wrapped_key IS NOT NULL
+              ORDER BY version FOR UPDATE",
+            None,
+            &[keyring.into()],
+        )?;
+        let mut ids = Vec::new();
+        for row in t {
+            ids.extend(row.get::<i64>(1)?);
+        }
+        Ok::<_, KeysError>(ids)
+    })?;
+    ids.into_iter()
+        .map(|id| key_by_id(id)?.ok_or(KeysError::UnknownKeyId(id)))
+        .collect()
 }

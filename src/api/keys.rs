@@ -78,6 +78,11 @@ pub fn rotate(keyring: &str, reason: Option<&str>) -> KResult<NewKey> {
     store::lock_audit_chain()?;
     store::lock_keyring(keyring)?;
     refuse_destroyed(keyring)?;
+    if let Some((true, _)) = store::user_held_kdf(keyring)? {
+        return Err(KeysError::WrongKeyringKind(format!(
+            "keyring \"{keyring}\" is user-held: its keys change only with its secret, through keyring_rotate_secret(name, old_secret, new_secret, reencrypt => true)"
+        )));
+    }
     create_version(keyring, reason, "rotate")
 }
 

@@ -1,6 +1,8 @@
 //! The SQL-callable surface. Thin: argument checks, then the modules that do the work.
 
+pub mod health;
 pub mod keys;
 pub mod reencrypt;
 pub mod schedule;
 pub mod secrets;
+pub mod userheld;

@@ -181,6 +181,26 @@ check "every row is on the new version" "2|$N" "$(q app "SELECT string_agg(versi
 check "and decrypts" "$N" "$(q app "SELECT count(*) FROM big WHERE meshhook_keys.secret_decrypt(c, 'big:' || id) = 'CLIENT-SECRET-big-' || id")"
 check "retiring the old version is now allowed" "t" "$(q app "SELECT meshhook_keys.keys_retire('crash', 1)")"
 
+echo "# user-held keyrings: a wrong secret is refused and audited durably; no secret is logged"
+q app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('vault:client', 'CLIENT-PASSPHRASE-1')" -U app_user >/dev/null
+q app "CREATE TABLE vault (id int PRIMARY KEY, c bytea NOT NULL); GRANT SELECT, INSERT ON vault TO app_user"
+q app "SELECT meshhook_keys.keyring_unlock('vault:client', 'CLIENT-PASSPHRASE-1');
+       INSERT INTO vault SELECT i, meshhook_keys.secret_encrypt('CLIENT-SECRET-vault-' || i, 'vault:' || i, 'vault:client')
+         FROM generate_series(1, 10) i" -U app_user >/dev/null
+check_match "another session must unlock it first" '^55000: keyring "vault:client" is user-held and locked' \
+    "$(qe app "SELECT meshhook_keys.secret_decrypt(c, 'vault:' || id) FROM vault" -U app_user)"
+check_match "a wrong secret is refused (28P01)" '^28P01: wrong secret for user-held keyring "vault:client"' \
+    "$(qe app "SELECT meshhook_keys.keyring_unlock('vault:client', 'CLIENT-PASSPHRASE-X')" -U app_user)"
+if wait_for app "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE action = 'unlock' AND outcome = 'failed'
+                                AND keyring = 'vault:client' AND role_name = 'app_user')"; then
+    ok "the failed attempt is audited although its transaction rolled back"
+else
+    fail "the failed attempt is audited although its transaction rolled back"
+fi
+check "unlocked, the session decrypts" 10 \
+    "$(q app "SELECT meshhook_keys.keyring_unlock('vault:client', 'CLIENT-PASSPHRASE-1') > 0 AND true;
+              SELECT count(*) FROM vault WHERE meshhook_keys.secret_decrypt(c, 'vault:' || id) = 'CLIENT-SECRET-vault-' || id" -U app_user | tail -1)"
+
 echo "# root key rotation: rewrap every data key under a new root key, no user row touched"
 cp "$KEY" "$TMP/keys/old.key"; chown postgres:postgres "$TMP/keys/old.key"; chmod 600 "$TMP/keys/old.key"
 before=$(q app "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM big")
@@ -190,7 +210,8 @@ restart
 check_match "with only the new key loaded, old data keys are refused" '^28000: root key does not match' \
     "$(qe app "SELECT meshhook_keys.secret_decrypt(c, 'big:' || id) FROM big WHERE id = 1")"
 check_match "a non-admin cannot rewrap" '^42501: permission denied for root_key_rewrap' "$(qe app "SELECT * FROM meshhook_keys.root_key_rewrap()" -U app_user)"
-nkeys=$(q app "SELECT count(*) FROM meshhook_keys.data_key WHERE wrapped_key IS NOT NULL")
+nkeys=$(q app "SELECT count(*) FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name = d.keyring
+               WHERE d.wrapped_key IS NOT NULL AND NOT k.user_held")
 check "root_key_rewrap rewraps every live data key" "$nkeys|0" "$(q app "SELECT rewrapped || '|' || already_current FROM meshhook_keys.root_key_rewrap()" -U ops)"
 check "running it again finds nothing to do" "0|$nkeys" "$(q app "SELECT rewrapped || '|' || already_current FROM meshhook_keys.root_key_rewrap()" -U ops)"
 check "user rows are byte-for-byte unchanged" "$before" "$(q app "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM big")"
@@ -203,6 +224,9 @@ check "restarted with only the new root key, every secret decrypts" "$N" \
     "$(q app "SELECT count(*) FROM big WHERE meshhook_keys.secret_decrypt(c, 'big:' || id) = 'CLIENT-SECRET-big-' || id")"
 check "older rows of the same database decrypt too" "50" \
     "$(q app "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id")"
+check "a user-held keyring, never wrapped by the root key, is untouched by the rewrap and still opens" 10 \
+    "$(q app "SELECT meshhook_keys.keyring_unlock('vault:client', 'CLIENT-PASSPHRASE-1') > 0 AND true;
+              SELECT count(*) FROM vault WHERE meshhook_keys.secret_decrypt(c, 'vault:' || id) = 'CLIENT-SECRET-vault-' || id" -U app_user | tail -1)"
 check_match "the rewrap is per database: another database still needs its own" '^28000: root key does not match' \
     "$(qe restored "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"
 
@@ -210,6 +234,7 @@ echo "# no crash, no plaintext or key material in the server log"
 check "server never crashed" "" "$(grep -E 'terminated by signal|PANIC|server process .* was terminated' "$TMP/server.log" || true)"
 check "no plaintext in the server log" "" "$(grep -o 'CLIENT-SECRET-[0-9]*' "$TMP/server.log" | head -1 || true)"
 check "no root key bytes in the server log" "" "$(grep -of "$KEY" "$TMP/server.log" | head -1 || true)"
+check "no user-held secret in the server log" "" "$(grep -o 'CLIENT-PASSPHRASE-[0-9X]*' "$TMP/server.log" | head -1 || true)"
 
 echo
 echo "client tests: $PASSES passed, $FAILS failed"

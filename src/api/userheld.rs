@@ -1,0 +1,76 @@
+//! User-held keyrings: keys wrapped by the user's secret (Argon2id), unlocked per session.
+//! Secrets are arguments: pass them as bind parameters (see the README, "Avoiding secret logging").
+
+use crate::api::keys::validate_keyring;
+use crate::error::OrRaise;
+use crate::userheld;
+use pgrx::prelude::*;
+
+/// Create a user-held keyring: its data keys are wrapped by a key derived from `secret` with
+/// Argon2id, never by the root key. The keyring is left unlocked in this session.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keyring_create_user_held(
+    name: Option<&str>,
+    secret: Option<&str>,
+) -> TableIterator<
+    'static,
+    (
+        name!(keyring, String),
+        name!(version, i32),
+        name!(key_id, i64),
+    ),
+> {
+    let (keyring, version, key_id) = (|| {
+        let keyring = validate_keyring(name)?;
+        let (v, k) = userheld::create(keyring, secret)?;
+        Ok::<_, crate::error::KeysError>((keyring.to_string(), v, k))
+    })()
+    .or_raise();
+    TableIterator::once((keyring, version, key_id))
+}
+
+/// Unlock a user-held keyring for this session with its secret. Returns the versions unlocked.
+/// A wrong secret costs the full Argon2id derivation, is refused (28P01) and audited.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keyring_unlock(name: Option<&str>, secret: Option<&str>) -> i32 {
+    (|| userheld::unlock(validate_keyring(name)?, secret))().or_raise()
+}
+
+/// Forget (and zeroize) a user-held keyring's keys in this session. True if it was unlocked.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keyring_lock(name: Option<&str>) -> bool {
+    (|| Ok::<_, crate::error::KeysError>(userheld::lock(validate_keyring(name)?)))().or_raise()
+}
+
+/// Change a user-held keyring's secret: every version is rewrapped under the new secret (O(1),
+/// atomic). With `reencrypt => true` a new data key is also created and every registered row of the
+/// keyring re-encrypted with it, in the same transaction.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keyring_rotate_secret(
+    name: Option<&str>,
+    old_secret: Option<&str>,
+    new_secret: Option<&str>,
+    reencrypt: default!(Option<bool>, "false"),
+) -> TableIterator<
+    'static,
+    (
+        name!(versions_rewrapped, i32),
+        name!(new_version, Option<i32>),
+        name!(rows_reencrypted, i64),
+    ),
+> {
+    let r = (|| {
+        userheld::rotate_secret(
+            validate_keyring(name)?,
+            old_secret,
+            new_secret,
+            reencrypt.unwrap_or(false),
+        )
+    })()
+    .or_raise();
+    TableIterator::once((r.rewrapped, r.new_version, r.rows_reencrypted))
+}

@@ -1,0 +1,330 @@
+//! User-held keyrings: data keys wrapped by a key derived from the user's secret (Argon2id), not
+//! by the root key. The server stores the Argon2id parameters and salt, and the wrapped keys; never
+//! the secret, nor anything that checks a guess faster than a full Argon2id derivation plus an
+//! AES-GCM unwrap.
+//!
+//! `keyring_unlock` holds the unwrapped keys in this backend's memory for the session; they are
+//! zeroized on `keyring_lock`, on session end (a proc-exit callback) and never written anywhere.
+//! Encrypting or decrypting with a locked user-held keyring is a clear error (55000). The scheduler
+//! never touches user-held keyrings.
+
+use crate::crypto::{self, KdfParams, SecretKey};
+use crate::error::{KeysError, Result};
+use crate::keycache::{self, CachedKey};
+use crate::store::{self, KeyRow};
+use crate::{audit, reencrypt};
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use zeroize::Zeroizing;
+
+/// Shortest secret accepted (bytes). Argon2id slows guessing; it cannot make "1234" strong.
+const MIN_SECRET_LEN: usize = 8;
+
+struct Unlocked {
+    keys: HashMap<i64, Rc<CachedKey>>,
+    active: Option<i64>,
+}
+
+thread_local! {
+    static UNLOCKED: RefCell<HashMap<String, Unlocked>> = RefCell::new(HashMap::new());
+    static EXIT_HOOK: Cell<bool> = const { Cell::new(false) };
+}
+
+/// An unlocked key of this session, by key id.
+pub fn key(key_id: i64) -> Option<Rc<CachedKey>> {
+    UNLOCKED.with_borrow(|m| m.values().find_map(|u| u.keys.get(&key_id).cloned()))
+}
+
+/// The active key of an unlocked user-held keyring of this session.
+pub fn active(keyring: &str) -> Option<Rc<CachedKey>> {
+    UNLOCKED.with_borrow(|m| {
+        let u = m.get(keyring)?;
+        u.keys.get(&u.active?).cloned()
+    })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn forget_all_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    // Dropping the ciphers zeroizes their key schedules (aes-gcm's zeroize feature).
+    UNLOCKED.with_borrow_mut(|m| m.clear());
+}
+
+fn install(keyring: &str, u: Unlocked) {
+    if !EXIT_HOOK.get() {
+        // SAFETY: registers a callback run once at backend exit.
+        unsafe { pg_sys::on_proc_exit(Some(forget_all_at_exit), pg_sys::Datum::from(0usize)) };
+        EXIT_HOOK.set(true);
+    }
+    UNLOCKED.with_borrow_mut(|m| m.insert(keyring.to_string(), u));
+}
+
+/// Forget a keyring's unlocked keys in this session; true if it was unlocked.
+pub fn lock(keyring: &str) -> bool {
+    UNLOCKED.with_borrow_mut(|m| m.remove(keyring).is_some())
+}
+
+fn kdf_json(p: &KdfParams) -> String {
+    serde_json::json!({
+        "alg": "argon2id", "version": 19,
+        "m_cost": p.m_cost, "t_cost": p.t_cost, "p_cost": p.p_cost,
+        "salt": hex::encode(p.salt),
+    })
+    .to_string()
+}
+
+fn kdf_parse(keyring: &str, json: Option<&str>) -> Result<KdfParams> {
+    let bad = || {
+        KeysError::Internal(format!(
+            "keyring \"{keyring}\" has invalid Argon2id parameters"
+        ))
+    };
+    let v: serde_json::Value = serde_json::from_str(json.ok_or_else(bad)?).map_err(|_| bad())?;
+    let num = |k: &str| {
+        v.get(k)
+            .and_then(|x| x.as_u64())
+            .and_then(|x| u32::try_from(x).ok())
+    };
+    let mut salt = [0u8; 16];
+    hex::decode_to_slice(
+        v.get("salt").and_then(|s| s.as_str()).ok_or_else(bad)?,
+        &mut salt,
+    )
+    .map_err(|_| bad())?;
+    Ok(KdfParams {
+        m_cost: num("m_cost").ok_or_else(bad)?,
+        t_cost: num("t_cost").ok_or_else(bad)?,
+        p_cost: num("p_cost").ok_or_else(bad)?,
+        salt,
+    })
+}
+
+fn derive(secret: &str, p: &KdfParams) -> Result<SecretKey> {
+    crypto::derive_kek(secret.as_bytes(), p)
+        .map_err(|_| KeysError::Internal("Argon2id key derivation failed".into()))
+}
+
+fn validate_secret<'a>(what: &'static str, secret: Option<&'a str>) -> Result<&'a str> {
+    let s = secret.ok_or(KeysError::NullArgument(what))?;
+    if s.len() < MIN_SECRET_LEN {
+        return Err(KeysError::InvalidArgument(format!(
+            "{what} must be at least {MIN_SECRET_LEN} bytes"
+        )));
+    }
+    Ok(s)
+}
+
+/// The keyring must exist and be user-held; returns its Argon2id parameters.
+fn user_held_params(keyring: &str) -> Result<KdfParams> {
+    match store::user_held_kdf(keyring)? {
+        None => Err(KeysError::UnknownKeyring(keyring.into())),
+        Some((false, _)) => Err(KeysError::WrongKeyringKind(format!(
+            "keyring \"{keyring}\" is not user-held: its keys are wrapped by the root key"
+        ))),
+        Some((true, kdf)) => kdf_parse(keyring, kdf.as_deref()),
+    }
+}
+
+/// Unwrap every version with `kek`; a wrong secret fails on the first one. Returns the unlocked
+/// set and the unwrapped data keys (for rewrapping), which zeroize on drop.
+fn open_all(keyring: &str, rows: &[KeyRow], kek: &SecretKey) -> Result<(Unlocked, Vec<SecretKey>)> {
+    let mut keys = HashMap::new();
+    let mut deks = Vec::new();
+    let mut active = None;
+    for row in rows {
+        let Some(wrapped) = row.wrapped_key.as_deref() else {
+            continue;
+        };
+        let dek = crypto::unwrap_key(kek, row.key_id, wrapped)
+            .map_err(|_| KeysError::WrongSecret(keyring.into()))?;
+        keys.insert(row.key_id, Rc::new(keycache::from_unwrapped(row, &dek)?));
+        if row.state == "active" {
+            active = Some(row.key_id);
+        }
+        deks.push(dek);
+    }
+    Ok((Unlocked { keys, active }, deks))
+}
+
+fn keyring_rows(keyring: &str, for_update: bool) -> Result<Vec<KeyRow>> {
+    if for_update {
+        return store::keyring_keys_for_update(keyring);
+    }
+    let ids: Vec<i64> = Spi::connect(|c| {
+        let mut ids = Vec::new();
+        for r in c.select(
+            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 AND wrapped_key IS NOT NULL ORDER BY version",
+            None,
+            &[keyring.into()],
+        )? {
+            ids.extend(r.get::<i64>(1)?);
+        }
+        Ok::<_, KeysError>(ids)
+    })?;
+    ids.into_iter()
+        .map(|id| store::key_by_id(id)?.ok_or(KeysError::UnknownKeyId(id)))
+        .collect()
+}
+
+/// A wrong secret: audited durably (the error rolls this transaction back), then raised.
+fn wrong_secret(action: &str, keyring: &str) -> KeysError {
+    audit::record_failed_attempt(action, Some(keyring));
+    KeysError::WrongSecret(keyring.into())
+}
+
+/// Insert a new active version wrapped under `kek`; returns (version, key id, the key).
+fn new_version(keyring: &str, kek: &SecretKey) -> Result<(i32, i64, Rc<CachedKey>)> {
+    store::demote_active(keyring)?;
+    let version = store::next_version(keyring)?;
+    let key_id = crypto::random_key_id();
+    let dek = SecretKey::generate();
+    let wrapped = crypto::wrap_key(kek, key_id, &dek);
+    store::insert_active_key(keyring, version, key_id, &wrapped, &kek.fingerprint())?;
+    let row = store::key_by_id(key_id)?.ok_or(KeysError::UnknownKeyId(key_id))?;
+    Ok((
+        version,
+        key_id,
+        Rc::new(keycache::from_unwrapped(&row, &dek)?),
+    ))
+}
+
+/// keyring_create_user_held: a new keyring whose version 1 is wrapped under the user's secret;
+/// left unlocked in this session.
+pub fn create(keyring: &str, secret: Option<&str>) -> Result<(i32, i64)> {
+    let secret = Zeroizing::new(validate_secret("secret", secret)?.to_string());
+    let params = KdfParams::new_random();
+    let kek = derive(&secret, &params)?;
+    store::lock_audit_chain()?;
+    if !store::create_user_held_keyring(keyring, &kdf_json(&params))? {
+        return Err(KeysError::KeyringExists(keyring.into()));
+    }
+    store::lock_keyring(keyring)?;
+    let (version, key_id, key) = new_version(keyring, &kek)?;
+    store::register_secrets_store(keyring)?;
+    audit::record(
+        "keyring_create",
+        Some(keyring),
+        Some(version),
+        Some(key_id),
+        None,
+        serde_json::json!({ "user_held": true, "kdf": "argon2id",
+                            "m_cost": params.m_cost, "t_cost": params.t_cost, "p_cost": params.p_cost }),
+    )?;
+    store::notify("keyring_create", keyring, Some(version))?;
+    install(
+        keyring,
+        Unlocked {
+            keys: HashMap::from([(key_id, key)]),
+            active: Some(key_id),
+        },
+    );
+    Ok((version, key_id))
+}
+
+/// keyring_unlock: returns how many versions were unlocked.
+pub fn unlock(keyring: &str, secret: Option<&str>) -> Result<i32> {
+    let secret = Zeroizing::new(secret.ok_or(KeysError::NullArgument("secret"))?.to_string());
+    let params = user_held_params(keyring)?;
+    let kek = derive(&secret, &params)?;
+    let rows = keyring_rows(keyring, false)?;
+    let (unlocked, _deks) = match open_all(keyring, &rows, &kek) {
+        Ok(x) => x,
+        Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("unlock", keyring)),
+        Err(e) => return Err(e),
+    };
+    let n = unlocked.keys.len() as i32;
+    install(keyring, unlocked);
+    Ok(n)
+}
+
+pub struct Rotated {
+    pub rewrapped: i32,
+    pub new_version: Option<i32>,
+    pub rows_reencrypted: i64,
+}
+
+/// keyring_rotate_secret: rewrap every version under a key derived from the new secret (O(1) in
+/// the data), and with `reencrypt` also make a new data key and re-encrypt every registered row of
+/// the keyring, all in the caller's transaction. Rows keep their identifiers: only the ciphertext
+/// column changes, so rows that reference each other stay linked.
+pub fn rotate_secret(
+    keyring: &str,
+    old: Option<&str>,
+    new: Option<&str>,
+    reencrypt: bool,
+) -> Result<Rotated> {
+    let old = Zeroizing::new(
+        old.ok_or(KeysError::NullArgument("old_secret"))?
+            .to_string(),
+    );
+    let new = Zeroizing::new(validate_secret("new_secret", new)?.to_string());
+    if old.as_bytes() == new.as_bytes() {
+        return Err(KeysError::InvalidArgument(
+            "new_secret must differ from old_secret".into(),
+        ));
+    }
+    let params = user_held_params(keyring)?;
+    store::lock_audit_chain()?;
+    store::lock_keyring(keyring)?;
+    let rows = keyring_rows(keyring, true)?;
+    let kek_old = derive(&old, &params)?;
+    let (mut unlocked, deks) = match open_all(keyring, &rows, &kek_old) {
+        Ok(x) => x,
+        Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("rotate_secret", keyring)),
+        Err(e) => return Err(e),
+    };
+    drop(kek_old);
+    let new_params = KdfParams::new_random();
+    let kek_new = derive(&new, &new_params)?;
+    let fingerprint = kek_new.fingerprint();
+    let with_material: Vec<&KeyRow> = rows.iter().filter(|r| r.wrapped_key.is_some()).collect();
+    for (row, dek) in with_material.iter().zip(deks.iter()) {
+        store::set_wrapped_key(
+            row.key_id,
+            &crypto::wrap_key(&kek_new, row.key_id, dek),
+            &fingerprint,
+        )?;
+    }
+    store::set_kdf(keyring, &kdf_json(&new_params))?;
+    let rewrapped = deks.len() as i32;
+    drop(deks);
+
+    let mut new_version_no = None;
+    let mut moved = 0i64;
+    if reencrypt {
+        let (version, key_id, key) = new_version(keyring, &kek_new)?;
+        unlocked.keys.insert(key_id, key);
+        unlocked.active = Some(key_id);
+        new_version_no = Some(version);
+        audit::record(
+            "rotate",
+            Some(keyring),
+            Some(version),
+            Some(key_id),
+            Some("keyring_rotate_secret with reencrypt"),
+            serde_json::json!({ "user_held": true }),
+        )?;
+        store::notify("rotate", keyring, Some(version))?;
+    }
+    install(keyring, unlocked);
+    if reencrypt {
+        while let Some(n) = reencrypt::batch(keyring, 10_000)? {
+            moved += n;
+        }
+    }
+    audit::record(
+        "rotate_secret",
+        Some(keyring),
+        new_version_no,
+        None,
+        None,
+        serde_json::json!({ "versions_rewrapped": rewrapped, "reencrypt": reencrypt,
+                            "rows_reencrypted": moved }),
+    )?;
+    Ok(Rotated {
+        rewrapped,
+        new_version: new_version_no,
+        rows_reencrypted: moved,
+    })
+}
