@@ -66,13 +66,13 @@ CREATE TABLE bench_query (
     nrows      bigint
 );
 INSERT INTO bench_query (ord, name, tbl, expr, floor_name) VALUES
- (1, 'floor: sum(length(c))',                        't',     'length(c)', 'floor: sum(length(c))'),
- (2, 'meshhook_keys.secret_decrypt',                 't',     'length(meshhook_keys.secret_decrypt(c))', 'floor: sum(length(c))'),
- (3, 'meshhook_keys.secret_encrypt',                 't',     'length(meshhook_keys.secret_encrypt(p))', 'floor: sum(length(c))'),
- (4, 'pgcrypto pgp_sym_decrypt, s2k-mode=1 data',    't',     format('length(pgp_sym_decrypt(pgp_s2k1, %L))', :'pass'), 'floor: sum(length(c))'),
- (5, 'pgcrypto decrypt_iv, raw AES-256-CBC',         't',     format('length(decrypt_iv(aes_cbc, %L::bytea, iv, %L))', '\x' || :'key_hex', 'aes-cbc/pad:pkcs'), 'floor: sum(length(c))'),
- (6, 'floor on the subset table',                    't_pgp', 'length(pgp_default)', 'floor on the subset table'),
- (7, 'pgcrypto pgp_sym_decrypt, default options',    't_pgp', format('length(pgp_sym_decrypt(pgp_default, %L))', :'pass'), 'floor on the subset table');
+ (1, 'floor: sum(octet_length(c))',                        't',     'octet_length(c)', 'floor: sum(octet_length(c))'),
+ (2, 'meshhook_keys.secret_decrypt',                 't',     'octet_length(meshhook_keys.secret_decrypt(c))', 'floor: sum(octet_length(c))'),
+ (3, 'meshhook_keys.secret_encrypt',                 't',     'octet_length(meshhook_keys.secret_encrypt(p))', 'floor: sum(octet_length(c))'),
+ (4, 'pgcrypto pgp_sym_decrypt, s2k-mode=1 data',    't',     format('octet_length(pgp_sym_decrypt(pgp_s2k1, %L))', :'pass'), 'floor: sum(octet_length(c))'),
+ (5, 'pgcrypto decrypt_iv, raw AES-256-CBC',         't',     format('octet_length(decrypt_iv(aes_cbc, %L::bytea, iv, %L))', '\x' || :'key_hex', 'aes-cbc/pad:pkcs'), 'floor: sum(octet_length(c))'),
+ (6, 'floor on the subset table',                    't_pgp', 'octet_length(pgp_default)', 'floor on the subset table'),
+ (7, 'pgcrypto pgp_sym_decrypt, default options',    't_pgp', format('octet_length(pgp_sym_decrypt(pgp_default, %L))', :'pass'), 'floor on the subset table');
 UPDATE bench_query SET nrows = CASE tbl WHEN 't' THEN (SELECT count(*) FROM t) ELSE (SELECT count(*) FROM t_pgp) END;
 
 -- Flush the load's dirty pages now rather than during the timed runs.

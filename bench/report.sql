@@ -1,5 +1,5 @@
 -- The markdown body of the report (run.sh prints the header). Run with psql -X -q -At.
--- psql variables: runs, rot_runs, pgp_label, keyrings_label, large_label.
+-- psql variables: runs, rot_runs, pgp_label, keyrings_label, large_label, rows, app_secs, app_runs.
 
 \echo '## 1. Per-call cost'
 \echo
@@ -78,6 +78,37 @@ SELECT format('| %s | %s | %s – %s | %s× |', s.name, fmt(s.med), fmt(s.lo), f
  ORDER BY CASE WHEN s.name LIKE 'small%' THEN 0 WHEN s.name LIKE '%first%' THEN 1 ELSE 2 END;
 \echo
 
+\echo '## 3. Application impact'
+\echo
+\echo 'pgbench, 4 clients, 2 threads, prepared statements, ' :app_secs 's per scenario,' :app_runs 'runs (median, min – max).'
+\echo 'Each transaction of `bench/app.pgbench` reads and decrypts one random secret, then encrypts and'
+\echo 'updates another (each statement its own transaction), on the same' :rows 'rows. Scenarios: alone'
+\echo '("quiet"); while re-encryption runs in the background as the scheduler runs it by default (a tick'
+\echo 'of at most 100 batches of 1000 rows, 10 ms apart, every minute: the window starts with a tick);'
+\echo 'while re-encryption runs continuously (the same batches 10 ms apart with no pause between ticks,'
+\echo 'rotating again whenever every row is on the active key: the worst case); while a'
+\echo 'one-statement pgcrypto rewrap runs the whole time (`UPDATE a SET p = encrypt_iv(decrypt_iv(p, …))`'
+\echo 'of every row, back to back, each holding every row lock until it commits). Latencies from'
+\echo 'pgbench''s per-transaction log; lock waits are the waits longer than `deadlock_timeout` (100 ms)'
+\echo 'that the server logged (`log_lock_waits`).'
+\echo
+\echo '| Scenario | TPS median (min – max) | × quiet TPS | p50 ms | p99 ms | × quiet p99 | max ms | lock waits > 100 ms |'
+\echo '|---|---:|---:|---:|---:|---:|---:|---:|'
+WITH s AS (
+    SELECT scenario,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY tps) AS tps, min(tps) AS tps_lo, max(tps) AS tps_hi,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY p50_ms) AS p50,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY p99_ms) AS p99,
+           max(max_ms) AS mx, sum(lock_waits) AS waits
+      FROM bench_app GROUP BY scenario
+)
+SELECT format('| %s | %s (%s – %s) | %s× | %s | %s | %s× | %s | %s |', s.scenario, fmt(s.tps), fmt(s.tps_lo), fmt(s.tps_hi),
+              fmt(s.tps / q.tps), fmt(s.p50), fmt(s.p99), fmt(s.p99 / q.p99), fmt(s.mx), s.waits)
+  FROM s, s q WHERE q.scenario = 'quiet'
+ ORDER BY CASE s.scenario WHEN 'quiet' THEN 0 WHEN 'during re-encryption, scheduler defaults' THEN 1
+                         WHEN 'during continuous re-encryption' THEN 2 ELSE 3 END;
+\echo
+
 \echo '## 4. Rotation cost does not grow with data'
 \echo
 \echo '`SELECT meshhook_keys.keys_rotate(''default'', ...)`, each in its own transaction (autocommit,'
@@ -99,6 +130,20 @@ SELECT format('| %s | %s | %s – %s | %s× |', s.name, fmt(s.med), fmt(s.lo), f
 \echo
 \echo 'A rotation inserts one wrapped data key and one audit row; it reads no user rows, so the ratio'
 \echo 'should be 1× within noise (commit fsync dominates the absolute number).'
+\echo
+
+\echo '### 4b. Root key rotation with' :nkeys 'data keys'
+\echo
+\echo '`root_key_rewrap()` after section 5 created its 10,000 keyrings: every data key unwrapped with the'
+\echo 'previous root key and wrapped with the new one, in one transaction, twice (to a new root key each'
+\echo 'time). It touches no user row.'
+\echo
+\echo '| Data keys | Median ms | Min – max ms | µs per key |'
+\echo '|---:|---:|---:|---:|'
+SELECT format('| %s | %s | %s – %s | %s |', to_char(:nkeys, 'FM999,999,999'),
+              fmt(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)), fmt(min(ms)), fmt(max(ms)),
+              fmt(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) * 1000.0 / :nkeys))
+  FROM bench_timing WHERE section = 'rewrap';
 \echo
 
 \echo '## 5. Memory'

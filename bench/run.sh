@@ -79,7 +79,8 @@ init_cluster "$PGDIR" "$PORT" \
     "meshhook_keys.root_key_file = '$WORK/keys/root.key'" \
     "shared_buffers = '512MB'" \
     "max_wal_size = '4GB'" \
-    "meshhook_keys.worker_enabled = off"
+    "meshhook_keys.worker_enabled = off" \
+    "log_lock_waits = on" "deadlock_timeout = '100ms'"
 start_cluster "$PGDIR" || die "the cluster did not start"
 
 psql_pg() { as_pg psql -X -q -h "$PGDIR" -p "$PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }
@@ -198,6 +199,77 @@ batches=$(( rows / 1000 ))
     for i in $(seq 8); do echo "SELECT 'large table, last batches', meshhook_keys.reencrypt_batch('reenc', 1000);"; done
 } | timed_session batchcost seq
 
+# --- section 3 ---------------------------------------------------------------------------------
+# The application (bench/app.pgbench: read + decrypt one random secret, encrypt + update another) at
+# 4 clients, alone, then while re-encryption runs in the background, then while a one-statement
+# pgcrypto rewrap runs. Per run and scenario: TPS, latency percentiles from pgbench's per-transaction
+# log, and the lock waits longer than deadlock_timeout (100 ms) that the server logged meanwhile.
+APP_SECS=${MESHHOOK_KEYS_BENCH_APP_SECONDS:-$([ "$quick" = 1 ] && echo 8 || echo 20)}
+APP_RUNS=$(( runs < 3 ? runs : 3 ))
+log "section 3: loading $(thousands "$rows") application secrets"
+psql_bench -v rows="$rows" -v k1="$k1" -v iv="$iv" < "$BENCH_DIR/app_load.sql"
+BG_REENCRYPT="DO \$\$ BEGIN LOOP
+    IF meshhook_keys.reencrypt_batch('app', 1000) IS NULL THEN
+        PERFORM meshhook_keys.keys_rotate('app', 'bench: keep re-encrypting');
+    END IF;
+    COMMIT;
+    PERFORM pg_sleep(0.01);
+END LOOP; END \$\$;"
+# The scheduler's actual defaults: a tick of at most 100 batches of 1000 rows, 10 ms apart, every
+# minute (meshhook_keys.worker_naptime = 1min, reencrypt_batches_per_tick = 100).
+BG_SCHEDULER="DO \$\$ DECLARE t0 timestamptz; BEGIN LOOP
+    t0 := clock_timestamp();
+    FOR i IN 1..100 LOOP
+        IF meshhook_keys.reencrypt_batch('app', 1000) IS NULL THEN
+            PERFORM meshhook_keys.keys_rotate('app', 'bench: keep re-encrypting');
+        END IF;
+        COMMIT;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    PERFORM pg_sleep(greatest(0, 60 - extract(epoch FROM clock_timestamp() - t0)));
+END LOOP; END \$\$;"
+BG_PGCRYPTO="DO \$\$ DECLARE n int := 0; BEGIN LOOP
+    UPDATE a SET p = encrypt_iv(decrypt_iv(p, decode(CASE WHEN n % 2 = 0 THEN '$k1' ELSE '$k2' END, 'hex'), decode('$iv', 'hex'), 'aes-cbc/pad:pkcs'),
+                                decode(CASE WHEN n % 2 = 0 THEN '$k2' ELSE '$k1' END, 'hex'), decode('$iv', 'hex'), 'aes-cbc/pad:pkcs');
+    COMMIT;
+    n := n + 1;
+END LOOP; END \$\$;"
+app_run() {  # SCENARIO RUN [BACKGROUND_SQL]
+    local scenario=$1 run=$2 bg=${3:-} dir=$WORK/app.$1.$2 bgpid= waits0 waits1 tps lat
+    psql_bench -c "VACUUM a" -c "CHECKPOINT" >/dev/null
+    install -d -o postgres -g postgres "$dir"
+    waits0=$(grep -c 'still waiting for' "$PGDIR/server.log" || true)
+    if [ -n "$bg" ]; then
+        PGAPPNAME=bench_background psql_bench -c "$bg" >/dev/null 2>&1 &
+        bgpid=$!
+        sleep 1   # let the background job get going before the application starts measuring
+    fi
+    (cd "$dir" && as_pg pgbench -h "$PGDIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$APP_SECS" -M prepared \
+        -D rows="$rows" -f "$BENCH_DIR/app.pgbench" --log --log-prefix="$dir/tx" bench > "$dir/out.txt" 2>&1) ||
+        { cat "$dir/out.txt" >&2; die "section 3: pgbench failed ($scenario, run $run)"; }
+    if [ -n "$bgpid" ]; then
+        psql_pg -d postgres -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_background'" >/dev/null
+        wait "$bgpid" 2>/dev/null || true
+    fi
+    waits1=$(grep -c 'still waiting for' "$PGDIR/server.log" || true)
+    tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$dir/out.txt" | head -n 1)
+    [ -n "$tps" ] || die "section 3: no TPS in pgbench output ($scenario, run $run)"
+    # per-transaction latency in µs is the third field of pgbench's log
+    lat=$(cat "$dir"/tx* | awk '{ print $3 }' | sort -n | awk '{ v[NR] = $1 } END {
+        p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]; p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1];
+        printf "%.3f,%.3f,%.3f", p50 / 1000, p99 / 1000, v[NR] / 1000 }')
+    psql_bench -c "INSERT INTO bench_app VALUES ('$scenario', $run, $tps, $lat, $((waits1 - waits0)), NULL)"
+}
+for run in $(seq "$APP_RUNS"); do
+    log "section 3: run $run of $APP_RUNS (${APP_SECS} s per scenario)"
+    app_run "quiet" "$run"
+    app_run "during re-encryption, scheduler defaults" "$run" "$BG_SCHEDULER"
+    app_run "during continuous re-encryption" "$run" "$BG_REENCRYPT"
+    app_run "during one-statement pgcrypto rewrap" "$run" "$BG_PGCRYPTO"
+done
+check=$(psql_bench -At -c "SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(c, 'a:' || id) IS NOT NULL) = $rows FROM a")
+[ "$check" = t ] || die "section 3: not every application secret decrypts afterwards"
+
 large=$(( rows + 1000 ))
 large_label=$(thousands "$large")
 log "section 4: rotating with $large_label stored secrets"
@@ -206,6 +278,23 @@ time_rotations "$large_label"
 # --- section 5 ---------------------------------------------------------------------------------
 log "section 5: $KEYRINGS keyrings, one backend decrypting under each"
 psql_bench -v keyrings="$KEYRINGS" < "$BENCH_DIR/memory.sql"
+
+# --- section 4b --------------------------------------------------------------------------------
+# root_key_rewrap once the 10,000 keyrings of section 5 exist: twice, each time to a new root key.
+nkeys=$(psql_bench -At -c "SELECT count(*) FROM meshhook_keys.data_key WHERE wrapped_key IS NOT NULL")
+log "section 4b: root_key_rewrap of $(thousands "$nkeys") data keys"
+current=$WORK/keys/root.key
+for i in 1 2; do
+    make_root_key "$WORK/keys/root$i.key"
+    psql_pg -d postgres -c "ALTER SYSTEM SET meshhook_keys.root_key_previous_file = '$current'" >/dev/null
+    psql_pg -d postgres -c "ALTER SYSTEM SET meshhook_keys.root_key_file = '$WORK/keys/root$i.key'" >/dev/null
+    psql_pg -d postgres -c "SELECT pg_reload_conf()" >/dev/null
+    printf '%s\n' '\timing on' "SELECT 'root_key_rewrap', rewrapped FROM meshhook_keys.root_key_rewrap();" |
+        timed_session rewrap seq
+    current=$WORK/keys/root$i.key
+done
+[ "$(psql_bench -At -c "SELECT count(*) FROM meshhook_keys.audit_log WHERE action = 'root_rewrap' AND (detail->>'rewrapped')::int = $nkeys")" = 2 ] ||
+    die "section 4b: root_key_rewrap did not rewrap every data key twice"
 
 # --- report ------------------------------------------------------------------------------------
 log "writing the report"
@@ -234,7 +323,9 @@ REPORT=$WORK/report.md
     echo
     psql_bench -At -v runs="$runs" -v rot_runs="$ROT_RUNS" -v pgp_label="$(thousands "$pgp_rows")" \
         -v keyrings_label="$(thousands "$KEYRINGS")" \
-        -v large_label="$large_label" -v rows="$rows" < "$BENCH_DIR/report.sql"
+        -v large_label="$large_label" -v rows="$rows" -v app_secs="$APP_SECS" -v app_runs="$APP_RUNS" \
+        -v nkeys="$nkeys" \
+        < "$BENCH_DIR/report.sql"
 } > "$REPORT"
 cp "$REPORT" "$BENCH_DIR/results/$stamp.md"
 cp "$REPORT" "$BENCH_DIR/results/latest.md"

@@ -119,6 +119,13 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'health_wrapper';
 
+-- The hot functions lose their SET search_path clause (about 0.9 µs per call): the SQL they run on
+-- a key cache miss pins search_path itself.
+ALTER FUNCTION meshhook_keys.secret_encrypt(text, text, text) RESET search_path;
+ALTER FUNCTION meshhook_keys.secret_encrypt_bytea(bytea, text, text) RESET search_path;
+ALTER FUNCTION meshhook_keys.secret_decrypt(bytea, text) RESET search_path;
+ALTER FUNCTION meshhook_keys.secret_decrypt_bytea(bytea, text) RESET search_path;
+
 REVOKE ALL ON FUNCTION meshhook_keys.keyring_create(text, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION meshhook_keys.health() FROM PUBLIC;
 REVOKE ALL ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) FROM PUBLIC;

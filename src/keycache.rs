@@ -204,14 +204,14 @@ pub fn key_for_decrypt(key_id: i64) -> Result<Rc<CachedKey>> {
     count(cached.is_some());
     let key = match cached {
         Some(k) => k,
-        None => {
+        None => store::with_fixed_search_path(|| {
             let row = store::key_by_id(key_id)?.ok_or(KeysError::UnknownKeyId(key_id))?;
             let state = KeyState::parse(&row.state)?;
             if matches!(state, KeyState::Retired | KeyState::Destroyed) {
                 return Err(not_usable(&row.keyring, row.version, state, "decrypt"));
             }
-            insert(unwrap_row(&row)?)
-        }
+            Ok(insert(unwrap_row(&row)?))
+        })?,
     };
     Ok(key)
 }
@@ -241,8 +241,8 @@ pub fn active_key(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
     if let Some(k) = hit {
         return Ok(Some(k));
     }
-    match store::active_key(keyring)? {
+    store::with_fixed_search_path(|| match store::active_key(keyring)? {
         None => Ok(None),
         Some(row) => Ok(Some(insert(unwrap_row(&row)?))),
-    }
+    })
 }

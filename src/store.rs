@@ -413,3 +413,29 @@ pub fn keyring_keys_for_update(keyring: &str) -> Result<Vec<KeyRow>> {
         .map(|id| key_by_id(id)?.ok_or(KeysError::UnknownKeyId(id)))
         .collect()
 }
+
+/// Run `f` with `search_path = pg_catalog, pg_temp` (restored afterwards, or by the abort if `f`
+/// raises). The hot encrypt/decrypt functions are SECURITY DEFINER without a `SET search_path`
+/// clause, which costs about 0.9 µs per call; instead every SQL statement they can run (on a key
+/// cache miss, or when the `default` keyring is created) runs inside this.
+pub fn with_fixed_search_path<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: the GUC nest-level protocol fmgr_security_definer uses for a SET clause.
+    let nest = unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        nest
+    };
+    let out = f();
+    // SAFETY: pops exactly the nest level pushed above.
+    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
+    out
+}

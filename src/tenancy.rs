@@ -132,7 +132,7 @@ pub fn check(key: &CachedKey, op: &'static str) -> Result<()> {
             let func = match CACHE.with_borrow(|c| c.functions.get(&check_name).copied()) {
                 Some(f) => f,
                 None => {
-                    let f = resolve(&check_name)?;
+                    let f = crate::store::with_fixed_search_path(|| resolve(&check_name))?;
                     CACHE.with_borrow_mut(|c| c.functions.insert(check_name.clone(), f));
                     f
                 }

@@ -68,4 +68,24 @@ SELECT action, keyring, version, role_name FROM meshhook_keys.audit_log WHERE ke
 SELECT sqlstate_of('SELECT wrapped_key FROM meshhook_keys.data_key');
 SELECT sqlstate_of('INSERT INTO meshhook_keys.audit_log (action) VALUES (''forged'')');
 RESET ROLE;
+
+-- The hot functions (secret_encrypt/_decrypt and their bytea forms) carry no SET search_path clause
+-- (it costs about 0.9 µs per call); the SQL they run on a key cache miss pins search_path itself, so
+-- a caller's search_path cannot hijack it: an operator that would shadow bigint = bigint is never used.
+CREATE SCHEMA evil;
+CREATE FUNCTION evil.int8eq_hijack(bigint, bigint) RETURNS boolean LANGUAGE plpgsql
+AS $$ BEGIN RAISE EXCEPTION 'hijacked'; END $$;
+CREATE OPERATOR evil.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = evil.int8eq_hijack);
+CREATE TEMP TABLE hj AS SELECT meshhook_keys.secret_encrypt('not hijacked', 'ctx') AS c;
+SELECT version > 0 AS rotated FROM meshhook_keys.keys_rotate('hijack-ring');
+SELECT version > 0 AS rotated FROM meshhook_keys.keys_rotate('default', 'flush every key cache');
+SELECT misses AS misses_before FROM meshhook_keys._key_cache_stats() \gset
+SET LOCAL search_path = evil, pg_catalog, public;
+SELECT sqlstate_of('SELECT 1::bigint = 1::bigint') AS evil_operator_is_live_here;
+SELECT meshhook_keys.secret_decrypt(c, 'ctx') FROM hj;
+SELECT meshhook_keys.secret_decrypt(meshhook_keys.secret_encrypt('new key, new miss', 'ctx', 'hijack-ring'), 'ctx');
+RESET search_path;
+SELECT misses > :misses_before AS went_through_the_cache_miss_path FROM meshhook_keys._key_cache_stats();
+SELECT p.proname, p.prosecdef AS definer, p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'meshhook_keys' AND p.proname LIKE 'secret\_%crypt%' ORDER BY 1;
 ROLLBACK;
