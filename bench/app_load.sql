@@ -2,8 +2,10 @@
 -- registered for re-encryption, plus the same secrets as raw AES (pgcrypto) in column p, rewritten
 -- by the one-statement pgcrypto rewrap scenario. psql variables: rows, k1 (hex key), iv (hex).
 SELECT 1 FROM meshhook_keys.keys_rotate('app', 'bench: version 1') \g /dev/null
-CREATE TABLE a (id int PRIMARY KEY, c bytea NOT NULL, p bytea NOT NULL);
-INSERT INTO a
+-- pk says which of the two raw AES keys encrypts p (1: k1, 2: k2), so that a rewrap interrupted at
+-- any point can be restarted.
+CREATE TABLE a (id int PRIMARY KEY, c bytea NOT NULL, p bytea NOT NULL, pk smallint NOT NULL DEFAULT 1);
+INSERT INTO a (id, c, p)
 SELECT i, meshhook_keys.secret_encrypt(s, 'a:' || i, 'app'),
        encrypt_iv(convert_to(s, 'UTF8'), decode(:'k1', 'hex'), decode(:'iv', 'hex'), 'aes-cbc/pad:pkcs')
   FROM (SELECT i, encode(gen_random_bytes(50), 'hex') AS s FROM generate_series(1, :rows) i) g;

@@ -204,8 +204,9 @@ batches=$(( rows / 1000 ))
 # 4 clients, alone, then while re-encryption runs in the background, then while a one-statement
 # pgcrypto rewrap runs. Per run and scenario: TPS, latency percentiles from pgbench's per-transaction
 # log, and the lock waits longer than deadlock_timeout (100 ms) that the server logged meanwhile.
-APP_SECS=${MESHHOOK_KEYS_BENCH_APP_SECONDS:-$([ "$quick" = 1 ] && echo 8 || echo 20)}
+APP_SECS=${MESHHOOK_KEYS_BENCH_APP_SECONDS:-$([ "$quick" = 1 ] && echo 6 || echo 20)}
 APP_RUNS=$(( runs < 3 ? runs : 3 ))
+[ "$quick" = 1 ] && APP_RUNS=$(( APP_RUNS < 2 ? APP_RUNS : 2 ))
 log "section 3: loading $(thousands "$rows") application secrets"
 psql_bench -v rows="$rows" -v k1="$k1" -v iv="$iv" < "$BENCH_DIR/app_load.sql"
 BG_REENCRYPT="DO \$\$ BEGIN LOOP
@@ -228,11 +229,11 @@ BG_SCHEDULER="DO \$\$ DECLARE t0 timestamptz; BEGIN LOOP
     END LOOP;
     PERFORM pg_sleep(greatest(0, 60 - extract(epoch FROM clock_timestamp() - t0)));
 END LOOP; END \$\$;"
-BG_PGCRYPTO="DO \$\$ DECLARE n int := 0; BEGIN LOOP
-    UPDATE a SET p = encrypt_iv(decrypt_iv(p, decode(CASE WHEN n % 2 = 0 THEN '$k1' ELSE '$k2' END, 'hex'), decode('$iv', 'hex'), 'aes-cbc/pad:pkcs'),
-                                decode(CASE WHEN n % 2 = 0 THEN '$k2' ELSE '$k1' END, 'hex'), decode('$iv', 'hex'), 'aes-cbc/pad:pkcs');
+BG_PGCRYPTO="DO \$\$ BEGIN LOOP
+    UPDATE a SET p = encrypt_iv(decrypt_iv(p, decode(CASE pk WHEN 1 THEN '$k1' ELSE '$k2' END, 'hex'), decode('$iv', 'hex'), 'aes-cbc/pad:pkcs'),
+                                decode(CASE pk WHEN 1 THEN '$k2' ELSE '$k1' END, 'hex'), decode('$iv', 'hex'), 'aes-cbc/pad:pkcs'),
+                 pk = 3 - pk;
     COMMIT;
-    n := n + 1;
 END LOOP; END \$\$;"
 app_run() {  # SCENARIO RUN [BACKGROUND_SQL]
     local scenario=$1 run=$2 bg=${3:-} dir=$WORK/app.$1.$2 bgpid= waits0 waits1 tps lat
@@ -248,6 +249,9 @@ app_run() {  # SCENARIO RUN [BACKGROUND_SQL]
         -D rows="$rows" -f "$BENCH_DIR/app.pgbench" --log --log-prefix="$dir/tx" bench > "$dir/out.txt" 2>&1) ||
         { cat "$dir/out.txt" >&2; die "section 3: pgbench failed ($scenario, run $run)"; }
     if [ -n "$bgpid" ]; then
+        # the background job must still be running: one that failed early would make the scenario quiet
+        [ "$(psql_pg -d postgres -At -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bench_background'")" = 1 ] ||
+            die "section 3: the background job of '$scenario' was not running at the end of run $run"
         psql_pg -d postgres -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_background'" >/dev/null
         wait "$bgpid" 2>/dev/null || true
     fi
