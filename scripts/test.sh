@@ -5,6 +5,7 @@
 #   3. pg_regress + pg_isolation_regress suites on a throwaway cluster (scripts/installcheck.sh)
 #   4. client-level tests through psql: restarts, wrong root keys, dump/restore (tests/client/run.sh)
 #   5. the background scheduler: signals, crash, standby, DROP/CREATE EXTENSION (tests/client/scheduler.sh)
+#   6. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 start=$(date +%s)
@@ -12,9 +13,10 @@ start=$(date +%s)
 "$REPO_ROOT/scripts/setup.sh"
 
 say "cargo fmt --check"
-cargo fmt --check
+cargo fmt --all --check
 say "cargo clippy -D warnings"
 cargo clippy --all-targets --features pg15 -- -D warnings
+cargo clippy -p meshhook-keys --all-targets -- -D warnings
 
 say "cargo pgrx test (unit tests and in-process pg_tests)"
 PGRX_DATA=$(mktemp -d /tmp/mk_pgrx.XXXXXX)
@@ -29,5 +31,8 @@ say "client-level suite"
 "$REPO_ROOT/tests/client/run.sh"
 say "scheduler suite (background worker, standby)"
 "$REPO_ROOT/tests/client/scheduler.sh"
+say "CLI suite (meshhook-keys as a subprocess)"
+cargo build -p meshhook-keys
+"$REPO_ROOT/tests/cli/run.sh"
 
 say "all test suites passed in $(( $(date +%s) - start )) s"

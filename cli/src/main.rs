@@ -1,0 +1,512 @@
+//! meshhook-keys: a thin command-line client over the meshhook_keys SQL functions.
+//!
+//! SQL stays the single source of truth: every command is one or a few calls of the extension's
+//! functions and views, so a rotation behaves the same however it is started, and the database's
+//! own privileges decide who may do what. Errors are the database's own messages (with hints).
+//! No plaintext, key material or secret is ever printed: `verify` decrypts samples in the
+//! database and reports only whether they decrypt.
+//!
+//! Exit codes: 0 ok, 1 refused or failed (by the database, or a failed check), 2 usage.
+
+use clap::{Parser, Subcommand};
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use indicatif::{ProgressBar, ProgressStyle};
+use postgres::{Client, NoTls};
+use serde_json::Value;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "meshhook-keys",
+    version,
+    about = "Manage meshhook_keys keys: status, rotation, re-encryption, audit"
+)]
+struct Cli {
+    /// Connection string (URL or key=value), like psql's; default: the PG* environment variables.
+    #[arg(long, short = 'd', env = "MESHHOOK_KEYS_URL", global = true)]
+    url: Option<String>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Keyrings: active version, age, policy, next rotation, encryptions, rows per version.
+    Status {
+        /// Skip counting rows per key version (a full scan of every registered table).
+        #[arg(long)]
+        no_usage: bool,
+    },
+    /// Make a new key version active (keys_rotate).
+    Rotate {
+        #[arg(long, short, default_value = "default")]
+        keyring: String,
+        #[arg(long, short)]
+        reason: Option<String>,
+    },
+    /// Re-encrypt every registered row to the active key, batch by batch, with live progress.
+    Reencrypt {
+        #[arg(long, short, default_value = "default")]
+        keyring: String,
+        #[arg(long, default_value_t = 1000)]
+        batch_size: i32,
+        /// Do not run batches: watch the background scheduler's job until it finishes.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Retire a decrypt-only version (decryption with it refused afterwards).
+    Retire {
+        #[arg(long, short)]
+        keyring: String,
+        #[arg(long, short)]
+        version: i32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Destroy a retired version's key material (crypto-erasure).
+    Destroy {
+        #[arg(long, short)]
+        keyring: String,
+        #[arg(long, short)]
+        version: i32,
+        #[arg(long)]
+        force: bool,
+    },
+    /// The audit log, newest last.
+    Audit {
+        /// Only entries at or after this time (any timestamptz input, e.g. '2026-11-01' or 'today').
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, short)]
+        keyring: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Check the audit hash chain, and that a sample of every registered column decrypts.
+    Verify {
+        /// Rows sampled per registered column.
+        #[arg(long, default_value_t = 5)]
+        sample: i64,
+    },
+    /// Rewrap every data key from the previous root key to the current one.
+    RootRewrap,
+    /// Root key, scheduler, tenant check and logging settings that could leak secrets.
+    Health,
+}
+
+/// A failure to report: the database's error (message, hint, SQLSTATE) or a failed check.
+struct Failure(String);
+
+impl From<postgres::Error> for Failure {
+    fn from(e: postgres::Error) -> Self {
+        match e.as_db_error() {
+            Some(db) => {
+                let mut s = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+                if let Some(h) = db.hint() {
+                    s.push_str(&format!("\nhint: {h}"));
+                }
+                Failure(s)
+            }
+            None => Failure(e.to_string()),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, Failure>;
+
+/// The connection string: --url / MESHHOOK_KEYS_URL, else built from the PG* variables.
+fn conninfo(url: Option<String>) -> String {
+    if let Some(u) = url {
+        return u;
+    }
+    let mut parts = Vec::new();
+    for (var, key) in [
+        ("PGHOST", "host"),
+        ("PGPORT", "port"),
+        ("PGUSER", "user"),
+        ("PGDATABASE", "dbname"),
+        ("PGPASSWORD", "password"),
+        ("PGAPPNAME", "application_name"),
+        ("PGCONNECT_TIMEOUT", "connect_timeout"),
+    ] {
+        if let Ok(v) = std::env::var(var) {
+            parts.push(format!(
+                "{key}='{}'",
+                v.replace('\\', "\\\\").replace('\'', "\\'")
+            ));
+        }
+    }
+    if !parts.iter().any(|p| p.starts_with("host=")) {
+        parts.push("host=/var/run/postgresql".into());
+    }
+    if !parts.iter().any(|p| p.starts_with("user="))
+        && let Ok(u) = std::env::var("USER")
+    {
+        parts.push(format!("user='{u}'"));
+    }
+    parts.join(" ")
+}
+
+/// Run a query and return its rows as JSON objects, columns in query order.
+fn rows(
+    client: &mut Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Result<Vec<Value>> {
+    let wrapped = format!("SELECT row_to_json(q)::text FROM ({sql}) AS q");
+    let mut out = Vec::new();
+    for r in client.query(wrapped.as_str(), params)? {
+        let text: String = r.get(0);
+        out.push(serde_json::from_str(&text).map_err(|e| Failure(e.to_string()))?);
+    }
+    Ok(out)
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Print rows as a table (or JSON).
+fn print(json: bool, title: Option<&str>, data: &[Value]) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(data).unwrap_or_default());
+        return;
+    }
+    if let Some(t) = title {
+        println!("{t}");
+    }
+    let Some(Value::Object(first)) = data.first() else {
+        println!("(no rows)");
+        return;
+    };
+    let mut table = Table::new();
+    table
+        .load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(first.keys().cloned().collect::<Vec<_>>());
+    for row in data {
+        if let Value::Object(m) = row {
+            table.add_row(m.values().map(cell).collect::<Vec<_>>());
+        }
+    }
+    println!("{table}");
+}
+
+fn status(c: &mut Client, json: bool, no_usage: bool) -> Result<()> {
+    let keyrings = rows(
+        c,
+        "SELECT keyring, active_version, date_trunc('second', active_age)::text AS active_age,
+                rotation_interval::text, next_rotation_at, encryptions, max_encryptions,
+                user_held, tenant, destroyed_at IS NOT NULL AS destroyed, failed_attempts, last_error
+           FROM meshhook_keys.keyrings ORDER BY keyring",
+        &[],
+    )?;
+    let usage = if no_usage {
+        Vec::new()
+    } else {
+        rows(
+            c,
+            "SELECT k.keyring, u.table_name::text AS table_name, u.column_name::text AS column_name,
+                    u.version, u.state, u.rows
+               FROM meshhook_keys.keyrings k, meshhook_keys.key_usage(k.keyring) u
+              WHERE u.version IS NOT NULL
+              ORDER BY 1, 2, 3, 4",
+            &[],
+        )?
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "keyrings": keyrings, "usage": usage })
+            )
+            .unwrap_or_default()
+        );
+    } else {
+        print(false, Some("Keyrings"), &keyrings);
+        if !no_usage {
+            print(
+                false,
+                Some("Rows per key version (registered columns)"),
+                &usage,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn progress_bar(total: u64) -> ProgressBar {
+    let pb = ProgressBar::new(total.max(1));
+    pb.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:40} {pos}/{len} rows  {per_sec}  ETA {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    pb
+}
+
+/// (rows total, rows done, rows failed, job state) of the keyring's newest job.
+fn job_progress(c: &mut Client, keyring: &str) -> Result<Option<(i64, i64, i64, String)>> {
+    let r = c.query_opt(
+        "SELECT sum(rows_total)::bigint, sum(rows_done)::bigint, sum(rows_failed)::bigint, job_state
+           FROM meshhook_keys.reencrypt_progress
+          WHERE job_id = (SELECT max(job_id) FROM meshhook_keys.reencrypt_progress WHERE keyring = $1)
+          GROUP BY job_state",
+        &[&keyring],
+    )?;
+    Ok(r.map(|r| (r.get(0), r.get(1), r.get(2), r.get(3))))
+}
+
+fn reencrypt(c: &mut Client, json: bool, keyring: &str, batch_size: i32, wait: bool) -> Result<()> {
+    let quiet = json || !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut moved: i64 = 0;
+    let mut batches = 0;
+    let pb = if quiet {
+        ProgressBar::hidden()
+    } else {
+        progress_bar(0)
+    };
+    loop {
+        if wait {
+            std::thread::sleep(Duration::from_millis(500));
+        } else {
+            let n: Option<i64> = c
+                .query_one(
+                    "SELECT meshhook_keys.reencrypt_batch($1, $2)",
+                    &[&keyring, &batch_size],
+                )?
+                .get(0);
+            match n {
+                Some(n) => {
+                    moved += n;
+                    batches += 1;
+                }
+                None => break,
+            }
+        }
+        if let Some((total, done, failed, state)) = job_progress(c, keyring)? {
+            pb.set_length(total.max(1) as u64);
+            pb.set_position(done.max(0) as u64);
+            pb.set_message(if failed > 0 {
+                format!("{failed} failed")
+            } else {
+                String::new()
+            });
+            if wait && state != "running" {
+                break;
+            }
+        } else if wait {
+            break;
+        }
+    }
+    pb.finish_and_clear();
+    let summary = rows(
+        c,
+        "SELECT keyring, target_version, job_state AS state, sum(rows_total)::bigint AS rows_total,
+                sum(rows_done)::bigint AS rows_done, sum(rows_failed)::bigint AS rows_failed
+           FROM meshhook_keys.reencrypt_progress
+          WHERE job_id = (SELECT max(job_id) FROM meshhook_keys.reencrypt_progress WHERE keyring = $1)
+          GROUP BY keyring, target_version, job_state",
+        &[&keyring],
+    )?;
+    if !json && !wait {
+        println!("{moved} rows moved in {batches} batches");
+    }
+    print(json, Some("Re-encryption job"), &summary);
+    let failed = summary
+        .first()
+        .and_then(|r| r.get("rows_failed"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if failed > 0 {
+        return Err(Failure(format!(
+            "{failed} row(s) could not be re-encrypted: see meshhook_keys.reencrypt_failure"
+        )));
+    }
+    Ok(())
+}
+
+fn verify(c: &mut Client, json: bool, sample: i64) -> Result<()> {
+    let chain = rows(
+        c,
+        "SELECT ok, rows_checked, first_bad_id FROM meshhook_keys.audit_verify()",
+        &[],
+    )?;
+    let columns = rows(
+        c,
+        "SELECT e.table_name::text AS table_name, e.column_name::text AS column_name, e.keyring, e.context_expr,
+                format('%I.%I', n.nspname, r.relname) AS qualified
+           FROM meshhook_keys.encrypted_columns e
+           JOIN pg_class r ON r.oid = e.table_name
+           JOIN pg_namespace n ON n.oid = r.relnamespace
+          WHERE e.table_exists ORDER BY 1, 2, 3",
+        &[],
+    )?;
+    let mut results = Vec::new();
+    let mut all_ok = chain
+        .first()
+        .and_then(|r| r.get("ok"))
+        .and_then(Value::as_bool)
+        == Some(true);
+    for col in &columns {
+        let qualified = cell(&col["qualified"]);
+        let column = cell(&col["column_name"]);
+        let ctx = match col.get("context_expr") {
+            Some(Value::String(e)) => format!("(\n{e}\n)::text"),
+            _ => "''".to_string(),
+        };
+        // Decrypted in the database; only whether it worked comes back, never a value.
+        let sql = format!(
+            "SELECT count(*) AS sampled,
+                    count(*) FILTER (WHERE octet_length(meshhook_keys.secret_decrypt_bytea(t.{c}, {ctx})) >= 0) AS decrypted
+               FROM (SELECT * FROM {qualified} WHERE {c} IS NOT NULL LIMIT $1) AS t",
+            c = quote_ident(&column),
+        );
+        let (sampled, decrypted, error) = match c.query_one(sql.as_str(), &[&sample]) {
+            Ok(r) => (r.get::<_, i64>(0), r.get::<_, i64>(1), None),
+            Err(e) => (0, 0, Some(Failure::from(e).0)),
+        };
+        let ok = error.is_none() && sampled == decrypted;
+        all_ok &= ok;
+        results.push(serde_json::json!({
+            "table": cell(&col["table_name"]), "column": column, "keyring": cell(&col["keyring"]),
+            "sampled": sampled, "decrypted": decrypted, "ok": ok, "error": error,
+        }));
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "audit_chain": chain, "columns": results })
+            )
+            .unwrap_or_default()
+        );
+    } else {
+        print(false, Some("Audit chain"), &chain);
+        print(
+            false,
+            Some("Sample decryption per registered column"),
+            &results,
+        );
+    }
+    if all_ok {
+        Ok(())
+    } else {
+        Err(Failure("verification failed (see above)".into()))
+    }
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let mut c = Client::connect(&conninfo(cli.url), NoTls)?;
+    let json = cli.json;
+    match cli.command {
+        Command::Status { no_usage } => status(&mut c, json, no_usage),
+        Command::Rotate { keyring, reason } => {
+            let r = rows(
+                &mut c,
+                "SELECT keyring, version, key_id, activated_at FROM meshhook_keys.keys_rotate($1, $2)",
+                &[&keyring, &reason],
+            )?;
+            print(json, Some("Rotated"), &r);
+            Ok(())
+        }
+        Command::Reencrypt {
+            keyring,
+            batch_size,
+            wait,
+        } => reencrypt(&mut c, json, &keyring, batch_size, wait),
+        Command::Retire {
+            keyring,
+            version,
+            force,
+        } => {
+            let r = rows(
+                &mut c,
+                "SELECT meshhook_keys.keys_retire($1, $2, $3) AS retired",
+                &[&keyring, &version, &force],
+            )?;
+            print(json, None, &r);
+            Ok(())
+        }
+        Command::Destroy {
+            keyring,
+            version,
+            force,
+        } => {
+            let r = rows(
+                &mut c,
+                "SELECT meshhook_keys.keys_destroy($1, $2, $3) AS destroyed",
+                &[&keyring, &version, &force],
+            )?;
+            print(json, None, &r);
+            Ok(())
+        }
+        Command::Audit {
+            since,
+            keyring,
+            limit,
+        } => {
+            let r = rows(
+                &mut c,
+                "SELECT * FROM (
+                     SELECT id, at, actor, role_name, action, outcome, keyring, version, reason, detail
+                       FROM meshhook_keys.audit_log
+                      WHERE ($1::text IS NULL OR at >= $1::text::timestamptz)
+                        AND ($2::text IS NULL OR keyring = $2)
+                      ORDER BY id DESC LIMIT $3) a ORDER BY id",
+                &[&since, &keyring, &limit],
+            )?;
+            print(json, Some("Audit log"), &r);
+            Ok(())
+        }
+        Command::Verify { sample } => verify(&mut c, json, sample),
+        Command::RootRewrap => {
+            let r = rows(
+                &mut c,
+                "SELECT rewrapped, already_current FROM meshhook_keys.root_key_rewrap()",
+                &[],
+            )?;
+            print(json, Some("Root key rewrap"), &r);
+            Ok(())
+        }
+        Command::Health => {
+            let r = rows(
+                &mut c,
+                "SELECT item, status, detail FROM meshhook_keys.health()",
+                &[],
+            )?;
+            print(json, Some("Health"), &r);
+            if r.iter()
+                .any(|x| x.get("status").and_then(Value::as_str) == Some("error"))
+            {
+                return Err(Failure("health: at least one check is in error".into()));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse(); // usage errors exit with 2
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(msg)) => {
+            eprintln!("meshhook-keys: error: {msg}");
+            ExitCode::from(1)
+        }
+    }
+}
