@@ -8,6 +8,8 @@
 //!
 //! Exit codes: 0 ok, 1 refused or failed (by the database, or a failed check), 2 usage.
 
+mod serve;
+
 use clap::{Parser, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -96,6 +98,28 @@ enum Command {
     RootRewrap,
     /// Root key, scheduler, tenant check and logging settings that could leak secrets.
     Health,
+    /// Print an HS256 JWT for a role, signed with the server's secret (for tests and operators).
+    Token {
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        sub: Option<String>,
+        /// Lifetime in seconds (negative: already expired).
+        #[arg(long, default_value_t = 3600, allow_hyphen_values = true)]
+        expires_in: i64,
+        #[arg(long)]
+        jwt_secret_file: Option<std::path::PathBuf>,
+    },
+    /// Serve the HTTP admin API (POST /api/keys/rotate, GET /api/keys, /api/keys/progress,
+    /// /api/keys/audit, /healthz), authenticating HS256 JWTs like PostgREST.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8787")]
+        listen: String,
+        /// File holding the JWT secret (or set MESHHOOK_KEYS_JWT_SECRET).
+        #[arg(long)]
+        jwt_secret_file: Option<std::path::PathBuf>,
+    },
 }
 
 /// A failure to report: the database's error (message, hint, SQLSTATE) or a failed check.
@@ -410,7 +434,63 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// The JWT secret: --jwt-secret-file, else MESHHOOK_KEYS_JWT_SECRET.
+fn jwt_secret(file: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
+    match (file, std::env::var("MESHHOOK_KEYS_JWT_SECRET")) {
+        (Some(path), _) => Ok(std::fs::read_to_string(path)
+            .map_err(|e| {
+                Failure(format!(
+                    "cannot read the JWT secret file {}: {e}",
+                    path.display()
+                ))
+            })?
+            .trim()
+            .as_bytes()
+            .to_vec()),
+        (None, Ok(s)) if !s.is_empty() => Ok(s.into_bytes()),
+        _ => Err(Failure(
+            "a JWT secret is needed: --jwt-secret-file PATH or MESHHOOK_KEYS_JWT_SECRET".into(),
+        )),
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
+    if let Command::Token {
+        role,
+        sub,
+        expires_in,
+        jwt_secret_file,
+    } = &cli.command
+    {
+        let secret = jwt_secret(jwt_secret_file)?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let claims =
+            serde_json::json!({ "role": role, "sub": sub, "iat": now, "exp": now + expires_in });
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(&secret),
+        )
+        .map_err(|e| Failure(e.to_string()))?;
+        println!("{token}");
+        return Ok(());
+    }
+    if let Command::Serve {
+        listen,
+        jwt_secret_file,
+    } = &cli.command
+    {
+        let secret = jwt_secret(jwt_secret_file)?;
+        return serve::serve(serve::Config {
+            listen: listen.clone(),
+            conninfo: conninfo(cli.url.clone()),
+            jwt_secret: secret,
+        })
+        .map_err(Failure);
+    }
     let mut c = Client::connect(&conninfo(cli.url), NoTls)?;
     let json = cli.json;
     match cli.command {
@@ -483,6 +563,7 @@ fn run(cli: Cli) -> Result<()> {
             print(json, Some("Root key rewrap"), &r);
             Ok(())
         }
+        Command::Serve { .. } | Command::Token { .. } => unreachable!("handled above"),
         Command::Health => {
             let r = rows(
                 &mut c,

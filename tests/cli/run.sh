@@ -104,6 +104,64 @@ check "an unreachable server: exit 1" 1 "$RC"
 all_out=$(for u in ops; do cli "$u" --json status; echo "$OUT"; cli "$u" --json audit; echo "$OUT"; cli "$u" --json verify; echo "$OUT"; done)
 check "no plaintext in any output" "" "$(printf '%s' "$all_out" | grep -o 'CLI-SECRET-[0-9]*' | head -1 || true)"
 
+echo "# the HTTP API (meshhook-keys serve), driven by curl on loopback"
+HPORT=$((PORT + 1000))
+SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+q "CREATE ROLE authenticator LOGIN NOINHERIT; GRANT ops, app TO authenticator;" >/dev/null
+# (run directly, not through runuser, so that killing $! stops it; the socket's trust auth applies)
+env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=cli PGUSER=authenticator MESHHOOK_KEYS_JWT_SECRET="$SECRET" \
+    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$HPORT" >"$TMP/serve.out" 2>"$TMP/serve.log" &
+SERVER=$!
+stop_server() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
+trap 'stop_server; stop_cluster "$TMP" immediate; [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"' EXIT
+up=0; for i in $(seq 1 100); do curl -fs "http://127.0.0.1:$HPORT/healthz" >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
+check "GET /healthz answers 200" 1 "$up"
+token() { as_pg env MESHHOOK_KEYS_JWT_SECRET="${2:-$SECRET}" "$TMP/bin/meshhook-keys" token --role "$1" --expires-in "${3:-600}" --sub tester; }
+# http METHOD PATH [TOKEN] [BODY]: sets CODE and BODY_OUT
+http() {
+    local args=(-s -o "$TMP/http.out" -w '%{http_code}' -X "$1" "http://127.0.0.1:$HPORT$2")
+    [ -n "${3:-}" ] && args+=(-H "Authorization: Bearer $3")
+    [ -n "${4:-}" ] && args+=(-H 'Content-Type: application/json' --data "$4")
+    CODE=$(curl "${args[@]}"); BODY_OUT=$(cat "$TMP/http.out")
+}
+ADMIN=$(token ops); USER=$(token app); EXPIRED=$(token ops "$SECRET" -3600); FORGED=$(token ops "not-the-secret")
+before=$(q "SELECT max(version) FROM meshhook_keys.keys WHERE keyring = 'default'")
+http POST /api/keys/rotate "$ADMIN" '{"keyring": "default", "reason": "over HTTP"}'
+check "POST /api/keys/rotate with an admin token: 200" 200 "$CODE"
+check "and returns the new version" "$((before + 1))" "$(jsonq "$BODY_OUT" "(:'j'::jsonb ->> 'version')")"
+cli ops --json status --no-usage
+check "the HTTP rotation is visible in the CLI's status" "$((before + 1))" "$(jsonq "$OUT" "(:'j'::jsonb -> 'keyrings' -> 0 ->> 'active_version')")"
+check "and in the audit log, as the token's role" "rotate|ok|ops|over HTTP" \
+    "$(q "SELECT action, outcome, role_name, reason FROM meshhook_keys.audit_log WHERE keyring = 'default' AND version = $((before + 1)) AND action = 'rotate'")"
+http POST /api/keys/rotate "$USER" '{"keyring": "default"}'
+check "a user token: 403" 403 "$CODE"
+contains "with the database's refusal" '"sqlstate":"42501"' "$BODY_OUT"
+if wait_for "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE outcome = 'refused' AND role_name = 'app' AND actor = 'authenticator')"; then
+    ok "the HTTP refusal is audited by the extension"; else fail "the HTTP refusal is audited by the extension"; fi
+http POST /api/keys/rotate "$EXPIRED" '{"keyring": "default"}'
+check "an expired token: 401" 401 "$CODE"
+http POST /api/keys/rotate "$FORGED" '{"keyring": "default"}'
+check "a token with a bad signature: 401" 401 "$CODE"
+http POST /api/keys/rotate "" '{"keyring": "default"}'
+check "no token: 401" 401 "$CODE"
+http POST /api/keys/rotate "$ADMIN" '{"keyring": '
+check "malformed JSON: 400" 400 "$CODE"
+http POST /api/keys/rotate "$ADMIN" '{"keyring": "bad name!"}'
+check "an invalid keyring name: 400" 400 "$CODE"
+contains "with the database's message" 'invalid keyring name' "$BODY_OUT"
+http GET /api/keys "$ADMIN"
+check "GET /api/keys: 200" 200 "$CODE"
+check "lists the keyrings" "t" "$(jsonq "$BODY_OUT" "(SELECT bool_or(k ->> 'keyring' = 'default') FROM jsonb_array_elements(:'j'::jsonb) k)")"
+http GET /api/keys "$USER"
+check "GET /api/keys with a user token: 403" 403 "$CODE"
+http GET /api/keys/progress "$ADMIN"
+check "GET /api/keys/progress: 200" 200 "$CODE"
+http GET "/api/keys/audit?keyring=default&limit=5" "$ADMIN"
+check "GET /api/keys/audit: 200, at most 5 rows" "t" "$(jsonq "$BODY_OUT" "(jsonb_array_length(:'j'::jsonb) BETWEEN 1 AND 5)")"
+http GET /api/nothing "$ADMIN"
+check "an unknown endpoint: 404" 404 "$CODE"
+check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
+
 echo
 echo "CLI tests: $PASSES passed, $FAILS failed"
 [ "$FAILS" = 0 ]
