@@ -8,12 +8,13 @@
 //!
 //! Exit codes: 0 ok, 1 refused or failed (by the database, or a failed check), 2 usage.
 
+mod connect;
 mod serve;
 
 use clap::{Parser, Subcommand};
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use indicatif::{ProgressBar, ProgressStyle};
-use postgres::{Client, NoTls};
+use postgres::Client;
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -491,7 +492,7 @@ fn run(cli: Cli) -> Result<()> {
         })
         .map_err(Failure);
     }
-    let mut c = Client::connect(&conninfo(cli.url), NoTls)?;
+    let mut c = connect::connect(&conninfo(cli.url)).map_err(Failure)?;
     let json = cli.json;
     match cli.command {
         Command::Status { no_usage } => status(&mut c, json, no_usage),

@@ -7,7 +7,6 @@
 //! the API maps that to 403. The server connects as an "authenticator" role that may switch to the
 //! roles tokens name (`GRANT ops TO authenticator`), like PostgREST.
 
-use postgres::{Client, NoTls};
 use serde_json::{Value, json};
 use std::io::Read;
 
@@ -76,7 +75,8 @@ fn as_token<T>(
     claims: &Value,
     f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, postgres::Error>,
 ) -> Result<T, Reply> {
-    let mut client = Client::connect(conninfo, NoTls).map_err(db_error)?;
+    let mut client = crate::connect::connect(conninfo)
+        .map_err(|e| error(503, &format!("database unavailable: {e}")))?;
     let mut tx = client.transaction().map_err(db_error)?;
     let role = claims["role"].as_str().unwrap_or_default();
     tx.execute(
@@ -110,8 +110,8 @@ fn query_param(url: &str, name: &str) -> Option<String> {
 fn handle(cfg: &Config, method: &str, url: &str, auth: Option<&str>, body: &str) -> Reply {
     let path = url.split('?').next().unwrap_or("");
     if method == "GET" && path == "/healthz" {
-        return match Client::connect(&cfg.conninfo, NoTls)
-            .and_then(|mut c| c.query_one("SELECT 1", &[]))
+        return match crate::connect::connect(&cfg.conninfo)
+            .and_then(|mut c| c.query_one("SELECT 1", &[]).map_err(|e| e.to_string()))
         {
             Ok(_) => reply(200, json!({ "ok": true })),
             Err(e) => error(503, &format!("database unavailable: {e}")),

@@ -8,8 +8,20 @@ PORT=${MESHHOOK_KEYS_CLI_PORT:-54338}
 TMP=$(mktemp -d /tmp/mk_cli.XXXXXX)
 chmod 755 "$TMP"
 make_root_key "$TMP/keys/root.key"
+# TLS on TCP (a self-signed certificate for localhost), and only TLS: plain TCP connections are
+# rejected, so a CLI that connects over TCP proves it used TLS.
+install -d -o postgres -g postgres -m 700 "$TMP/ssl"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
+    -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+    -keyout "$TMP/ssl/server.key" -out "$TMP/ssl/server.crt" >/dev/null 2>&1
+chown postgres:postgres "$TMP/ssl/server.key" "$TMP/ssl/server.crt"; chmod 600 "$TMP/ssl/server.key"
+cp "$TMP/ssl/server.crt" "$TMP/root.crt"; chmod 644 "$TMP/root.crt"
 init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" \
-    "log_min_error_statement = 'panic'"
+    "log_min_error_statement = 'panic'" "listen_addresses = '127.0.0.1'" "ssl = on" \
+    "ssl_cert_file = '$TMP/ssl/server.crt'" "ssl_key_file = '$TMP/ssl/server.key'"
+{ echo "hostssl all all 127.0.0.1/32 trust"; echo "hostnossl all all 127.0.0.1/32 reject"; } > "$TMP/hba.tmp"
+grep -v '^host' "$TMP/data/pg_hba.conf" >> "$TMP/hba.tmp"; cp "$TMP/hba.tmp" "$TMP/data/pg_hba.conf"
+chown postgres:postgres "$TMP/data/pg_hba.conf"
 trap 'stop_cluster "$TMP" immediate; [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"' EXIT
 start_cluster "$TMP"
 install -d -m 755 "$TMP/bin"
@@ -103,6 +115,20 @@ RC=0; OUT=$(as_pg env PGHOST="$TMP" PGPORT=1 PGDATABASE=cli PGUSER=ops "$TMP/bin
 check "an unreachable server: exit 1" 1 "$RC"
 all_out=$(for u in ops; do cli "$u" --json status; echo "$OUT"; cli "$u" --json audit; echo "$OUT"; cli "$u" --json verify; echo "$OUT"; done)
 check "no plaintext in any output" "" "$(printf '%s' "$all_out" | grep -o 'CLI-SECRET-[0-9]*' | head -1 || true)"
+
+echo "# TLS, as libpq's sslmode and sslrootcert say (the server rejects plain TCP)"
+tcp() { RC=0; OUT=$(as_pg env -u PGHOST "$TMP/bin/meshhook-keys" -d "$1" --json status --no-usage 2>"$TMP/err") || RC=$?; ERR=$(cat "$TMP/err"); }
+tcp "host=localhost port=$PORT dbname=cli user=ops sslmode=require"
+check "sslmode=require connects over TLS: exit 0" 0 "$RC"
+tcp "postgresql://ops@localhost:$PORT/cli?sslmode=require"
+check "the same as a URL: exit 0" 0 "$RC"
+tcp "host=localhost port=$PORT dbname=cli user=ops sslmode=verify-full sslrootcert=$TMP/root.crt"
+check "sslmode=verify-full with the server's CA: exit 0" 0 "$RC"
+tcp "host=localhost port=$PORT dbname=cli user=ops sslmode=verify-full"
+check "sslmode=verify-full without trusting the CA: exit 1" 1 "$RC"
+tcp "host=127.0.0.1 port=$PORT dbname=cli user=ops sslmode=disable"
+check "sslmode=disable is rejected by this server: exit 1" 1 "$RC"
+contains "with the server's reason" 'pg_hba.conf rejects|no encryption' "$ERR"
 
 echo "# the HTTP API (meshhook-keys serve), driven by curl on loopback"
 HPORT=$((PORT + 1000))
