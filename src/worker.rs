@@ -13,8 +13,8 @@ use crate::gucs;
 use crate::scheduler::{self, Mode};
 use crate::usage::{self, SchedulerState};
 use pgrx::bgworkers::{
-    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, DynamicBackgroundWorker,
-    SignalWakeFlags,
+    BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
+    DynamicBackgroundWorker, SignalWakeFlags,
 };
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -87,7 +87,11 @@ pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
     let mut last_start: Option<Instant> = None;
     loop {
         reload_config_if_asked();
-        let running = child.as_ref().is_some_and(|c| c.pid().is_ok());
+        // Registered but not started yet counts as running: starting another one then would give
+        // two schedulers (seen on a busy standby, where start-up can take longer than a naptime).
+        let running = child
+            .as_ref()
+            .is_some_and(|c| matches!(c.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)));
         if !running {
             child = None;
             let naptime = gucs::worker_naptime();

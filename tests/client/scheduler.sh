@@ -210,7 +210,9 @@ as_pg "$PGBIN/pg_ctl" -D "$SDIR/data" -w promote >/dev/null
 if wait_log 'server was promoted; resuming' 30 "$SDIR/server.log"; then ok "after promotion the scheduler resumes"; else fail "after promotion the scheduler resumes"; fi
 if wait_for -s sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring') > $versions_on_primary" 30; then
     ok "and rotates on the promoted server"; else fail "and rotates on the promoted server"; fi
-check "the standby's log said 'standby' once" 1 "$(count_log 'server is a standby' "$SDIR/server.log")"
+check "the standby's log said 'standby' once" 1 "$(count_log 'server is a standby' "$SDIR/server.log")" ||
+    true
+[ "$(count_log 'server is a standby' "$SDIR/server.log")" = 1 ] || grep -E 'standby|scheduler' "$SDIR/server.log" | head -20
 
 echo "# no secrets in the logs"
 check "no plaintext in the server logs" 0 "$(cat "$TMP/server.log" "$SDIR/server.log" | grep -Ec 'S-[0-9]+|R-[0-9]+' || true)"
