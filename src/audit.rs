@@ -81,18 +81,7 @@ pub fn record_failure(
     reason: Option<&str>,
     detail: serde_json::Value,
 ) -> Result<()> {
-    let role = caller_role_name();
-    store::insert_audit(&AuditEvent {
-        actor: ACTOR.get(),
-        role_name: &role,
-        action,
-        outcome: "failed",
-        keyring,
-        version: None,
-        key_id: None,
-        reason,
-        detail,
-    })
+    insert(action, "failed", keyring, None, None, reason, detail)
 }
 
 /// Durably record a failed attempt (e.g. a wrong secret for a user-held keyring) that is about to
@@ -111,12 +100,25 @@ pub fn record(
     reason: Option<&str>,
     detail: serde_json::Value,
 ) -> Result<()> {
+    insert(action, "ok", keyring, version, key_id, reason, detail)
+}
+
+/// One audit row in the current transaction, as the caller's role (and the actor set by as_actor).
+fn insert(
+    action: &str,
+    outcome: &str,
+    keyring: Option<&str>,
+    version: Option<i32>,
+    key_id: Option<i64>,
+    reason: Option<&str>,
+    detail: serde_json::Value,
+) -> Result<()> {
     let role = caller_role_name();
     store::insert_audit(&AuditEvent {
         actor: ACTOR.get(),
         role_name: &role,
         action,
-        outcome: "ok",
+        outcome,
         keyring,
         version,
         key_id,

@@ -6,6 +6,7 @@ use pgrx::prelude::*;
 
 mod api;
 mod audit;
+mod context;
 mod crypto;
 mod error;
 mod gucs;

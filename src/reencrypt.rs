@@ -17,6 +17,7 @@
 
 use crate::api::secrets::crypto_error;
 use crate::audit;
+use crate::context;
 use crate::crypto::{self, FORMAT_V1, HEADER_LEN};
 use crate::error::{KeysError, Result};
 use crate::keycache;
@@ -78,38 +79,9 @@ fn header(key_id: i64) -> Vec<u8> {
 /// transaction (or subtransaction) abort restores the user and the setting, as for any SECURITY
 /// DEFINER function with a SET clause.
 pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_ctx: i32 = 0;
-    // SAFETY: plain save/restore of the backend's current user and a GUC nest level, as
-    // fmgr_security_definer does for a function with SET clauses.
-    let nest = unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"row_security".as_ptr(),
-            c"off".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            saved_ctx
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-        nest
-    };
-    let out = f();
-    // SAFETY: restores exactly what was saved above.
-    unsafe {
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
-        pg_sys::AtEOXact_GUC(true, nest);
-    }
-    out
+    context::with_setting(c"row_security", c"off", || {
+        context::as_user_restricted(role, f)
+    })
 }
 
 fn table_owner(rel: pg_sys::Oid) -> Result<pg_sys::Oid> {

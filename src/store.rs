@@ -68,20 +68,12 @@ pub fn key_by_id(key_id: i64) -> Result<Option<KeyRow>> {
     })
 }
 
-/// Every key that still has key material, locked for update (root key rewrap).
-pub fn wrapped_keys_for_update() -> Result<Vec<KeyRow>> {
+/// The full rows of the keys whose ids `ids_sql` selects (one bigint column), in its order; run as
+/// an updating statement so that it may lock them (FOR UPDATE).
+fn key_rows(ids_sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Vec<KeyRow>> {
     let ids: Vec<i64> = Spi::connect_mut(|c| {
-        let t = c.update(
-            "SELECT d.key_id FROM meshhook_keys.data_key d
-              WHERE d.wrapped_key IS NOT NULL
-                AND NOT coalesce((SELECT (pg_catalog.to_jsonb(k) ->> 'user_held')::boolean
-                                    FROM meshhook_keys.keyring k WHERE k.name = d.keyring), false)
-              ORDER BY d.key_id FOR UPDATE OF d",
-            None,
-            &[],
-        )?;
         let mut ids = Vec::new();
-        for row in t {
+        for row in c.update(ids_sql, None, args)? {
             ids.extend(row.get::<i64>(1)?);
         }
         Ok::<_, KeysError>(ids)
@@ -89,6 +81,18 @@ pub fn wrapped_keys_for_update() -> Result<Vec<KeyRow>> {
     ids.into_iter()
         .map(|id| key_by_id(id)?.ok_or(KeysError::UnknownKeyId(id)))
         .collect()
+}
+
+/// Every key wrapped by the root key that still has key material, locked (root key rewrap).
+pub fn wrapped_keys_for_update() -> Result<Vec<KeyRow>> {
+    key_rows(
+        "SELECT d.key_id FROM meshhook_keys.data_key d
+          WHERE d.wrapped_key IS NOT NULL
+            AND NOT coalesce((SELECT (pg_catalog.to_jsonb(k) ->> 'user_held')::boolean
+                                FROM meshhook_keys.keyring k WHERE k.name = d.keyring), false)
+          ORDER BY d.key_id FOR UPDATE OF d",
+        &[],
+    )
 }
 
 pub fn set_wrapped_key(key_id: i64, wrapped: &[u8], fingerprint: &[u8]) -> Result<()> {
@@ -394,24 +398,18 @@ pub fn set_kdf(keyring: &str, kdf: &str) -> Result<()> {
     Ok(())
 }
 
-/// The versions of a keyring that still have key material, locked, oldest first.
-pub fn keyring_keys_for_update(keyring: &str) -> Result<Vec<KeyRow>> {
-    let ids: Vec<i64> = Spi::connect_mut(|c| {
-        let t = c.update(
+/// The versions of a keyring that still have key material, oldest first, locked if `for_update`.
+pub fn keyring_keys(keyring: &str, for_update: bool) -> Result<Vec<KeyRow>> {
+    key_rows(
+        if for_update {
             "SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 AND wrapped_key IS NOT NULL
-              ORDER BY version FOR UPDATE",
-            None,
-            &[keyring.into()],
-        )?;
-        let mut ids = Vec::new();
-        for row in t {
-            ids.extend(row.get::<i64>(1)?);
-        }
-        Ok::<_, KeysError>(ids)
-    })?;
-    ids.into_iter()
-        .map(|id| key_by_id(id)?.ok_or(KeysError::UnknownKeyId(id)))
-        .collect()
+              ORDER BY version FOR UPDATE"
+        } else {
+            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 AND wrapped_key IS NOT NULL
+              ORDER BY version"
+        },
+        &[keyring.into()],
+    )
 }
 
 /// Run `f` with `search_path = pg_catalog, pg_temp` (restored afterwards, or by the abort if `f`
@@ -419,23 +417,5 @@ pub fn keyring_keys_for_update(keyring: &str) -> Result<Vec<KeyRow>> {
 /// clause, which costs about 0.9 µs per call; instead every SQL statement they can run (on a key
 /// cache miss, or when the `default` keyring is created) runs inside this.
 pub fn with_fixed_search_path<T>(f: impl FnOnce() -> T) -> T {
-    // SAFETY: the GUC nest-level protocol fmgr_security_definer uses for a SET clause.
-    let nest = unsafe {
-        let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-        nest
-    };
-    let out = f();
-    // SAFETY: pops exactly the nest level pushed above.
-    unsafe { pg_sys::AtEOXact_GUC(true, nest) };
-    out
+    crate::context::with_setting(c"search_path", c"pg_catalog, pg_temp", f)
 }

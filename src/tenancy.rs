@@ -80,22 +80,14 @@ fn resolve(name: &str) -> Result<pg_sys::Oid> {
 /// Call the check as the caller, in a security-restricted operation.
 fn call(func: pg_sys::Oid, role: pg_sys::Oid, tenant: &str) -> bool {
     let arg = tenant.into_datum().expect("a text datum is never NULL");
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_ctx: i32 = 0;
-    // SAFETY: save/switch/restore the current user as fmgr_security_definer does; if the check
-    // raises, the (sub)transaction abort restores the user. A NULL result raises in fmgr.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            saved_ctx
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-        let d = pg_sys::OidFunctionCall1Coll(func, pg_sys::DEFAULT_COLLATION_OID, arg);
-        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
-        d.value() != 0
-    }
+    // The caller's identity, restricted; if the check raises, the abort restores the user. A NULL
+    // result raises in fmgr.
+    crate::context::as_user_restricted(role, || {
+        // SAFETY: calls a function by oid with one non-NULL text argument.
+        unsafe { pg_sys::OidFunctionCall1Coll(func, pg_sys::DEFAULT_COLLATION_OID, arg) }
+    })
+    .value()
+        != 0
 }
 
 /// Refuse unless the caller may use `key` (encrypt or decrypt) under its keyring's tenant.

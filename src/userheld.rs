@@ -147,26 +147,6 @@ fn open_all(keyring: &str, rows: &[KeyRow], kek: &SecretKey) -> Result<(Unlocked
     Ok((Unlocked { keys, active }, deks))
 }
 
-fn keyring_rows(keyring: &str, for_update: bool) -> Result<Vec<KeyRow>> {
-    if for_update {
-        return store::keyring_keys_for_update(keyring);
-    }
-    let ids: Vec<i64> = Spi::connect(|c| {
-        let mut ids = Vec::new();
-        for r in c.select(
-            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 AND wrapped_key IS NOT NULL ORDER BY version",
-            None,
-            &[keyring.into()],
-        )? {
-            ids.extend(r.get::<i64>(1)?);
-        }
-        Ok::<_, KeysError>(ids)
-    })?;
-    ids.into_iter()
-        .map(|id| store::key_by_id(id)?.ok_or(KeysError::UnknownKeyId(id)))
-        .collect()
-}
-
 /// A wrong secret: audited durably (the error rolls this transaction back), then raised.
 fn wrong_secret(action: &str, keyring: &str) -> KeysError {
     audit::record_failed_attempt(action, Some(keyring));
@@ -227,7 +207,7 @@ pub fn unlock(keyring: &str, secret: Option<&str>) -> Result<i32> {
     let secret = Zeroizing::new(secret.ok_or(KeysError::NullArgument("secret"))?.to_string());
     let params = user_held_params(keyring)?;
     let kek = derive(&secret, &params)?;
-    let rows = keyring_rows(keyring, false)?;
+    let rows = store::keyring_keys(keyring, false)?;
     let (unlocked, _deks) = match open_all(keyring, &rows, &kek) {
         Ok(x) => x,
         Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("unlock", keyring)),
@@ -267,7 +247,7 @@ pub fn rotate_secret(
     let params = user_held_params(keyring)?;
     store::lock_audit_chain()?;
     store::lock_keyring(keyring)?;
-    let rows = keyring_rows(keyring, true)?;
+    let rows = store::keyring_keys(keyring, true)?;
     let kek_old = derive(&old, &params)?;
     let (mut unlocked, deks) = match open_all(keyring, &rows, &kek_old) {
         Ok(x) => x,
