@@ -225,6 +225,19 @@ fn print(json: bool, title: Option<&str>, data: &[Value]) {
     println!("{table}");
 }
 
+/// Run a query and print its rows; returns them for checks.
+fn show(
+    c: &mut Client,
+    json: bool,
+    title: Option<&str>,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> Result<Vec<Value>> {
+    let r = rows(c, sql, params)?;
+    print(json, title, &r);
+    Ok(r)
+}
+
 fn status(c: &mut Client, json: bool, no_usage: bool) -> Result<()> {
     let keyrings = rows(
         c,
@@ -497,13 +510,14 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Status { no_usage } => status(&mut c, json, no_usage),
         Command::Rotate { keyring, reason } => {
-            let r = rows(
+            show(
                 &mut c,
+                json,
+                Some("Rotated"),
                 "SELECT keyring, version, key_id, activated_at FROM meshhook_keys.keys_rotate($1, $2)",
                 &[&keyring, &reason],
-            )?;
-            print(json, Some("Rotated"), &r);
-            Ok(())
+            )
+            .map(drop)
         }
         Command::Reencrypt {
             keyring,
@@ -515,34 +529,38 @@ fn run(cli: Cli) -> Result<()> {
             version,
             force,
         } => {
-            let r = rows(
+            show(
                 &mut c,
+                json,
+                None,
                 "SELECT meshhook_keys.keys_retire($1, $2, $3) AS retired",
                 &[&keyring, &version, &force],
-            )?;
-            print(json, None, &r);
-            Ok(())
+            )
+            .map(drop)
         }
         Command::Destroy {
             keyring,
             version,
             force,
         } => {
-            let r = rows(
+            show(
                 &mut c,
+                json,
+                None,
                 "SELECT meshhook_keys.keys_destroy($1, $2, $3) AS destroyed",
                 &[&keyring, &version, &force],
-            )?;
-            print(json, None, &r);
-            Ok(())
+            )
+            .map(drop)
         }
         Command::Audit {
             since,
             keyring,
             limit,
         } => {
-            let r = rows(
+            show(
                 &mut c,
+                json,
+                Some("Audit log"),
                 "SELECT * FROM (
                      SELECT id, at, actor, role_name, action, outcome, keyring, version, reason, detail
                        FROM meshhook_keys.audit_log
@@ -550,28 +568,24 @@ fn run(cli: Cli) -> Result<()> {
                         AND ($2::text IS NULL OR keyring = $2)
                       ORDER BY id DESC LIMIT $3) a ORDER BY id",
                 &[&since, &keyring, &limit],
-            )?;
-            print(json, Some("Audit log"), &r);
-            Ok(())
+            )
+            .map(drop)
         }
         Command::Verify { sample } => verify(&mut c, json, sample),
         Command::RootRewrap => {
-            let r = rows(
+            show(
                 &mut c,
+                json,
+                Some("Root key rewrap"),
                 "SELECT rewrapped, already_current FROM meshhook_keys.root_key_rewrap()",
                 &[],
-            )?;
-            print(json, Some("Root key rewrap"), &r);
-            Ok(())
+            )
+            .map(drop)
         }
         Command::Serve { .. } | Command::Token { .. } => unreachable!("handled above"),
         Command::Health => {
-            let r = rows(
-                &mut c,
-                "SELECT item, status, detail FROM meshhook_keys.health()",
-                &[],
-            )?;
-            print(json, Some("Health"), &r);
+            let sql = "SELECT item, status, detail FROM meshhook_keys.health()";
+            let r = show(&mut c, json, Some("Health"), sql, &[])?;
             if r.iter()
                 .any(|x| x.get("status").and_then(Value::as_str) == Some("error"))
             {
