@@ -44,7 +44,8 @@ init_cluster() {
     } >> "$dir/data/postgresql.conf"
 }
 
-start_cluster() { as_pg "$PGBIN/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 60 start >/dev/null; }
+# (without RUST_BACKTRACE: pgrx would add a backtrace to the DETAIL of errors that cross Rust code)
+start_cluster() { as_pg env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PGBIN/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 60 start >/dev/null; }
 stop_cluster() { as_pg "$PGBIN/pg_ctl" -D "$1/data" -m "${2:-fast}" -w stop >/dev/null 2>&1 || true; }
 
 # Build and install the extension into Debian's PostgreSQL 15.

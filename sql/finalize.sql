@@ -24,6 +24,14 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT u.table_oid::regclass, u.column_name::name, u.version, u.state, u.rows
         FROM meshhook_keys._key_usage(keyring) u $$;
 
+CREATE FUNCTION meshhook_keys.verify(sample integer DEFAULT 100)
+RETURNS TABLE (table_name regclass, column_name name, keyring text, sampled bigint, decrypted bigint,
+               failed bigint, locked bigint, ok boolean, error text)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT v.table_oid::regclass, v.column_name::name, v.keyring, v.sampled, v.decrypted, v.failed,
+             v.locked, v.ok, v.error
+        FROM meshhook_keys._verify(sample) v $$;
+
 ------------------------------------------------------------------------------------------------
 -- Privileges: start from nothing, then grant one thing at a time, each with its reason.
 ------------------------------------------------------------------------------------------------
@@ -64,6 +72,8 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshho
 GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user;
@@ -74,7 +84,7 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.health() TO meshhook_keys_user;
 -- User-held keyrings are the users' own: any application role may create, unlock, lock and change
 -- the secret of one; the secret is the authority (and a wrong one is refused and audited).
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_unlock(text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_lock(text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.tick() TO meshhook_keys_user;
@@ -166,6 +176,8 @@ COMMENT ON PROCEDURE meshhook_keys.reencrypt(text, integer) IS
     'Re-encrypt every registered row of a keyring to its active key, committing after each batch (CALL it outside a transaction block). Resumable: call it again after any interruption. Admin only.';
 COMMENT ON FUNCTION meshhook_keys.key_usage(text) IS
     'Rows per key version in each registered column of a keyring (full scan of each table). Admin only.';
+COMMENT ON FUNCTION meshhook_keys.verify(integer) IS
+    'Whether stored ciphertexts still decrypt: for each registered column and keyring, up to sample rows on one of the keyring''s versions are read as the table owner (restricted; the context expression is the owner''s code) and decrypted; only counts are returned. locked counts rows of user-held keyrings the caller has not unlocked. A column that cannot be read gets its error in its own row. Admin only.';
 COMMENT ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) IS
     'Retire a decrypt-only key version (decryption refused afterwards). Refused while registered rows reference it unless force => true. Admin only; audited.';
 COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
@@ -182,8 +194,8 @@ COMMENT ON FUNCTION meshhook_keys.keyring_destroy(text, text) IS
     'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Admin only; audited; NOTIFY meshhook_keys_events.';
 COMMENT ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) IS
     'Create a user-held keyring: its data keys are wrapped by a key derived from the secret with Argon2id (parameters and salt stored, never the secret), not by the root key. Left unlocked in this session. Pass the secret as a bind parameter.';
-COMMENT ON FUNCTION meshhook_keys.keyring_unlock(text, text) IS
-    'Unlock a user-held keyring for this session (keys held in backend memory until keyring_lock or session end). A wrong secret costs a full Argon2id derivation, is refused with 28P01 and audited.';
+COMMENT ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) IS
+    'Unlock a user-held keyring for the calling role (and JWT sub, when request.jwt.claims is set) only: scope ''session'' (from commit until keyring_lock, DISCARD ALL, a session authorization change or the end of the session) or ''transaction'' (zeroized at commit or abort; use it behind connection poolers). Nothing is unlocked if the transaction rolls back. A wrong secret costs a full Argon2id derivation, is refused with 28P01 and audited.';
 COMMENT ON FUNCTION meshhook_keys.keyring_lock(text) IS
     'Forget and zeroize a user-held keyring''s keys in this session. True if it was unlocked.';
 COMMENT ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) IS

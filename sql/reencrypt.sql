@@ -104,7 +104,9 @@ BEGIN
         moved := meshhook_keys.reencrypt_batch(keyring, batch_size);
         COMMIT;
         EXIT WHEN moved IS NULL;
-        total := total + moved;
+        -- (operators qualified: a procedure that COMMITs cannot pin search_path with SET, so the
+        -- caller's path is in effect here)
+        total := total OPERATOR(pg_catalog.+) moved;
     END LOOP;
     -- This last commit writes WAL (it has a transaction id) under the session's own
     -- synchronous_commit, so it waits for everything before it, every batch included.

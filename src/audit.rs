@@ -13,11 +13,16 @@ use std::ffi::CStr;
 
 pub const ADMIN_ROLE: &str = "meshhook_keys_admin";
 
-/// The role the caller acts as: the session user or the role chosen with SET ROLE (PostgREST's
-/// `SET LOCAL ROLE authenticated`), as it was before entering our SECURITY DEFINER function.
+/// The role a call is attributed to: the role whose code meshhook_keys is running (a table owner
+/// inside a re-encryption batch), else the session's role (the session user or the role chosen
+/// with SET ROLE, PostgREST's `SET LOCAL ROLE authenticated`) as it was before entering our
+/// SECURITY DEFINER function. For *decisions* use [`crate::context::caller`], which also says when
+/// the caller cannot be known.
 pub fn caller_role_oid() -> pg_sys::Oid {
     // SAFETY: plain accessor of backend state.
-    unsafe { pg_sys::GetOuterUserId() }
+    crate::context::caller()
+        .role()
+        .unwrap_or_else(|| unsafe { pg_sys::GetOuterUserId() })
 }
 
 fn role_name(oid: pg_sys::Oid) -> String {
@@ -45,15 +50,20 @@ fn is_admin(role: pg_sys::Oid) -> bool {
 }
 
 /// Refuse (and durably audit the refusal) unless the caller has the admin role's privileges.
+/// Inside code meshhook_keys runs on a table owner's behalf the caller is that owner, whoever
+/// started the batch; in a security-restricted operation someone else started, nobody is.
 pub fn require_admin(function: &'static str, keyring: Option<&str>) -> Result<()> {
-    let role = caller_role_oid();
-    if is_admin(role) {
+    let caller = crate::context::caller();
+    if caller.role().is_some_and(is_admin) {
         return Ok(());
     }
-    record_refusal(function, keyring, role);
-    Err(KeysError::PermissionDenied {
-        function,
-        role: ADMIN_ROLE,
+    record_refusal(function, keyring, caller_role_oid());
+    Err(match caller {
+        crate::context::Caller::Unknown => KeysError::CallerUnknown(function),
+        _ => KeysError::PermissionDenied {
+            function,
+            role: ADMIN_ROLE,
+        },
     })
 }
 

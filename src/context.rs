@@ -29,8 +29,78 @@ pub fn with_setting<T>(name: &CStr, value: &CStr, f: impl FnOnce() -> T) -> T {
     out
 }
 
+thread_local! {
+    /// The roles whose code meshhook_keys is running right now, innermost last: a table owner
+    /// during re-encryption, verify and key counts; the caller during a tenant check.
+    static ON_BEHALF_OF: std::cell::RefCell<Vec<pg_sys::Oid>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whose authority a call into meshhook_keys carries (see [`caller`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The session's role (the session user, or the role chosen with SET ROLE).
+    Session(pg_sys::Oid),
+    /// Code meshhook_keys runs on this role's behalf (its trigger, context expression, default,
+    /// policy or tenant check): it has this role's authority and no more, whoever started the batch.
+    OnBehalfOf(pg_sys::Oid),
+    /// A security-restricted operation meshhook_keys did not start (an index expression during
+    /// ANALYZE or REINDEX, REFRESH MATERIALIZED VIEW, another extension's maintenance): PostgreSQL
+    /// runs some object owner's code there, and that owner cannot be known from inside a SECURITY
+    /// DEFINER function; decisions that depend on the caller are refused.
+    Unknown,
+}
+
+impl Caller {
+    /// The role to check, or `None` when it cannot be known.
+    pub fn role(self) -> Option<pg_sys::Oid> {
+        match self {
+            Caller::Session(r) | Caller::OnBehalfOf(r) => Some(r),
+            Caller::Unknown => None,
+        }
+    }
+}
+
+/// Who is calling: the role whose code meshhook_keys is running (innermost) if any; otherwise the
+/// session's role, unless this is a security-restricted operation started by someone else.
+pub fn caller() -> Caller {
+    if let Some(r) = ON_BEHALF_OF.with_borrow(|s| s.last().copied()) {
+        return Caller::OnBehalfOf(r);
+    }
+    // SAFETY: plain accessors of backend state.
+    unsafe {
+        if pg_sys::InSecurityRestrictedOperation() {
+            Caller::Unknown
+        } else {
+            Caller::Session(pg_sys::GetOuterUserId())
+        }
+    }
+}
+
+/// True while meshhook_keys runs someone's code (a batch, a count, a verify, a tenant check).
+pub fn running_foreign_code() -> bool {
+    ON_BEHALF_OF.with_borrow(|s| !s.is_empty())
+}
+
+/// Pops the role pushed by [`as_user_restricted`], including when its code raises (pgrx unwinds
+/// through us); the transaction abort callback also clears the stack (see [`reset`]).
+struct OnBehalfGuard;
+
+impl Drop for OnBehalfGuard {
+    fn drop(&mut self) {
+        ON_BEHALF_OF.with_borrow_mut(|s| {
+            s.pop();
+        });
+    }
+}
+
+/// Forget every role pushed (at transaction end: nothing survives an abort).
+pub fn reset() {
+    ON_BEHALF_OF.with_borrow_mut(Vec::clear);
+}
+
 /// Run `f` as `role` inside a security-restricted operation (no SET ROLE, no temporary objects
-/// that outlive it), then switch back.
+/// that outlive it), then switch back. Every identity check meshhook_keys makes inside `f` (admin
+/// membership, tenant check, service bypass, user-held key binding) sees `role`.
 pub fn as_user_restricted<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_ctx: i32 = 0;
@@ -44,7 +114,10 @@ pub fn as_user_restricted<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
     }
+    ON_BEHALF_OF.with_borrow_mut(|s| s.push(role));
+    let guard = OnBehalfGuard;
     let out = f();
+    drop(guard);
     // SAFETY: restores exactly what was saved above.
     unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
     out

@@ -100,6 +100,26 @@ pub enum KeysError {
     #[error("{0}")]
     WrongObjectType(String),
 
+    /// An identity-dependent call inside a security-restricted operation meshhook_keys did not
+    /// start: whose code is running there cannot be known, so nobody's authority is lent to it.
+    #[error(
+        "permission denied for {0}: called inside a security-restricted operation (an index expression, REFRESH MATERIALIZED VIEW, maintenance) whose code's owner meshhook_keys cannot know"
+    )]
+    CallerUnknown(&'static str),
+
+    /// A batch (re-encryption, tick, secret rotation with re-encryption) started from code that a
+    /// batch runs on a table owner's behalf.
+    #[error(
+        "{0} cannot be called from code meshhook_keys runs on a table owner's behalf (a trigger, context expression, default or policy)"
+    )]
+    NestedBatch(&'static str),
+
+    /// The extension's own tables are registered by the extension; nobody may change that.
+    #[error(
+        "{0} belongs to meshhook_keys, which registers it itself; its registration cannot be changed"
+    )]
+    ExtensionTable(String),
+
     #[error("must have the privileges of the table's owner to register its columns")]
     NotTableOwner,
 
@@ -197,6 +217,9 @@ impl KeysError {
             KeysError::DatatypeMismatch(_) => ERRCODE_DATATYPE_MISMATCH,     // 42804
             KeysError::WrongObjectType(_) => ERRCODE_WRONG_OBJECT_TYPE,      // 42809
             KeysError::NotTableOwner => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
+            KeysError::CallerUnknown(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,   // 42501
+            KeysError::NestedBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,     // 42501
+            KeysError::ExtensionTable(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,  // 42501
             KeysError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
             KeysError::NotInBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
             KeysError::TenantDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501

@@ -79,6 +79,7 @@ pub extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::O
     let ours = DATA_KEY_RELID.get();
     if relid == pg_sys::InvalidOid || (ours != 0 && relid.to_u32() == ours) {
         flush();
+        crate::session_keys::invalidate();
     }
 }
 
@@ -114,6 +115,8 @@ fn count(hit: bool) {
 
 /// A key unwrapped by someone else (a user-held keyring's secret), in the shape the cache uses.
 pub fn from_unwrapped(row: &KeyRow, dek: &crate::crypto::SecretKey) -> Result<CachedKey> {
+    // (so that a change to data_key by another backend reaches session_keys too)
+    DATA_KEY_RELID.set(row.table_oid.to_u32());
     Ok(CachedKey {
         key_id: row.key_id,
         keyring: row.keyring.clone(),
@@ -196,7 +199,7 @@ fn insert(mut key: CachedKey) -> Rc<CachedKey> {
 
 /// The key a ciphertext names, for decryption. Retired and destroyed keys are refused.
 pub fn key_for_decrypt(key_id: i64) -> Result<Rc<CachedKey>> {
-    if let Some(k) = crate::userheld::key(key_id) {
+    if let Some(k) = crate::session_keys::key(key_id) {
         return Ok(k);
     }
     accept_invalidations();
@@ -227,7 +230,7 @@ fn not_usable(keyring: &str, version: i32, state: KeyState, op: &'static str) ->
 
 /// The active key of a keyring, for encryption. `None` when the keyring has no active key.
 pub fn active_key(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
-    if let Some(k) = crate::userheld::active(keyring) {
+    if let Some(k) = crate::session_keys::active(keyring) {
         return Ok(Some(k));
     }
     accept_invalidations();

@@ -15,10 +15,12 @@ mod plans;
 mod reencrypt;
 mod rootkey;
 mod scheduler;
+mod session_keys;
 mod store;
 mod tenancy;
 mod usage;
 mod userheld;
+mod verify;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);

@@ -65,7 +65,7 @@ impl Column {
 }
 
 /// The 9-byte envelope header for a key id: what `substring(col from 1 for 9)` is compared with.
-fn header(key_id: i64) -> Vec<u8> {
+pub(crate) fn header(key_id: i64) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.push(FORMAT_V1);
     h.extend_from_slice(&key_id.to_be_bytes());
@@ -132,7 +132,7 @@ fn failed_row_ref(col: &Column, ctid: &str) -> Result<String> {
 
 /// The context expression as a select-list item. It sits on lines of its own so that a trailing
 /// `--` comment in it cannot swallow the rest of the statement.
-fn context_item(expr: &Option<String>) -> String {
+pub(crate) fn context_item(expr: &Option<String>) -> String {
     match expr {
         Some(e) => format!("(\n{e}\n)::text"),
         None => "''::text".to_string(),
@@ -593,6 +593,11 @@ fn load_old_keys(
 /// One bounded batch for `keyring`, in the caller's transaction. Returns the rows moved, or `None`
 /// when every registered row is on the active key (the job is finished).
 pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
+    // A table owner's trigger (or context expression, default, policy) must not start a batch of
+    // its own from inside ours: one batch at a time per backend, and never nested in foreign code.
+    if context::running_foreign_code() {
+        return Err(KeysError::NestedBatch("a re-encryption batch"));
+    }
     let batch_size = batch_size.clamp(1, 1_000_000) as i64;
     // Audited actions take the audit lock first (see store::lock_audit_chain); then one batch per
     // keyring at a time.

@@ -90,7 +90,9 @@ pub fn isolated<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> std::result::Re
             pg_sys::SetCurrentStatementStartTimestamp();
             pg_sys::StartTransactionCommand();
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            let r = guarded();
+            // The worker's search_path comes from the database's and role's settings, which a
+            // database owner can set: every statement of a step runs with a fixed one instead.
+            let r = store::with_fixed_search_path(guarded);
             match r {
                 Ok(v) => {
                     pg_sys::PopActiveSnapshot();

@@ -95,7 +95,15 @@ pub fn check(key: &CachedKey, op: &'static str) -> Result<()> {
     let Some(tenant) = key.tenant.as_deref() else {
         return Ok(());
     };
-    let role = crate::audit::caller_role_oid();
+    // Inside code meshhook_keys runs on a table owner's behalf, the owner; in a security-restricted
+    // operation someone else started, nobody (refused).
+    let Some(role) = crate::context::caller().role() else {
+        return Err(KeysError::TenantDenied {
+            keyring: key.keyring.clone(),
+            tenant: tenant.to_string(),
+            op,
+        });
+    };
     if is_service(role) {
         return Ok(());
     }

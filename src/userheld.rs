@@ -3,67 +3,23 @@
 //! the secret, nor anything that checks a guess faster than a full Argon2id derivation plus an
 //! AES-GCM unwrap.
 //!
-//! `keyring_unlock` holds the unwrapped keys in this backend's memory for the session; they are
-//! zeroized on `keyring_lock`, on session end (a proc-exit callback) and never written anywhere.
-//! Encrypting or decrypting with a locked user-held keyring is a clear error (55000). The scheduler
-//! never touches user-held keyrings.
+//! `keyring_unlock` holds the unwrapped keys in this backend's memory, bound to the identity that
+//! unlocked them and following the transaction (see [`crate::session_keys`]); they are never
+//! written anywhere. Encrypting or decrypting with a locked user-held keyring (or one unlocked by
+//! someone else) is a clear error (55000). The scheduler never touches user-held keyrings.
 
 use crate::crypto::{self, KdfParams, SecretKey};
 use crate::error::{KeysError, Result};
 use crate::keycache::{self, CachedKey};
+use crate::session_keys::{self, Scope};
 use crate::store::{self, KeyRow};
 use crate::{audit, reencrypt};
-use pgrx::prelude::*;
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use zeroize::Zeroizing;
 
 /// Shortest secret accepted (bytes). Argon2id slows guessing; it cannot make "1234" strong.
 const MIN_SECRET_LEN: usize = 8;
-
-struct Unlocked {
-    keys: HashMap<i64, Rc<CachedKey>>,
-    active: Option<i64>,
-}
-
-thread_local! {
-    static UNLOCKED: RefCell<HashMap<String, Unlocked>> = RefCell::new(HashMap::new());
-    static EXIT_HOOK: Cell<bool> = const { Cell::new(false) };
-}
-
-/// An unlocked key of this session, by key id.
-pub fn key(key_id: i64) -> Option<Rc<CachedKey>> {
-    UNLOCKED.with_borrow(|m| m.values().find_map(|u| u.keys.get(&key_id).cloned()))
-}
-
-/// The active key of an unlocked user-held keyring of this session.
-pub fn active(keyring: &str) -> Option<Rc<CachedKey>> {
-    UNLOCKED.with_borrow(|m| {
-        let u = m.get(keyring)?;
-        u.keys.get(&u.active?).cloned()
-    })
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn forget_all_at_exit(_code: i32, _arg: pg_sys::Datum) {
-    // Dropping the ciphers zeroizes their key schedules (aes-gcm's zeroize feature).
-    UNLOCKED.with_borrow_mut(|m| m.clear());
-}
-
-fn install(keyring: &str, u: Unlocked) {
-    if !EXIT_HOOK.get() {
-        // SAFETY: registers a callback run once at backend exit.
-        unsafe { pg_sys::on_proc_exit(Some(forget_all_at_exit), pg_sys::Datum::from(0usize)) };
-        EXIT_HOOK.set(true);
-    }
-    UNLOCKED.with_borrow_mut(|m| m.insert(keyring.to_string(), u));
-}
-
-/// Forget a keyring's unlocked keys in this session; true if it was unlocked.
-pub fn lock(keyring: &str) -> bool {
-    UNLOCKED.with_borrow_mut(|m| m.remove(keyring).is_some())
-}
 
 fn kdf_json(p: &KdfParams) -> String {
     serde_json::json!({
@@ -128,7 +84,9 @@ fn user_held_params(keyring: &str) -> Result<KdfParams> {
 
 /// Unwrap every version with `kek`; a wrong secret fails on the first one. Returns the unlocked
 /// set and the unwrapped data keys (for rewrapping), which zeroize on drop.
-fn open_all(keyring: &str, rows: &[KeyRow], kek: &SecretKey) -> Result<(Unlocked, Vec<SecretKey>)> {
+type Opened = (HashMap<i64, Rc<CachedKey>>, Option<i64>);
+
+fn open_all(keyring: &str, rows: &[KeyRow], kek: &SecretKey) -> Result<(Opened, Vec<SecretKey>)> {
     let mut keys = HashMap::new();
     let mut deks = Vec::new();
     let mut active = None;
@@ -144,7 +102,7 @@ fn open_all(keyring: &str, rows: &[KeyRow], kek: &SecretKey) -> Result<(Unlocked
         }
         deks.push(dek);
     }
-    Ok((Unlocked { keys, active }, deks))
+    Ok(((keys, active), deks))
 }
 
 /// A wrong secret: audited durably (the error rolls this transaction back), then raised.
@@ -192,29 +150,44 @@ pub fn create(keyring: &str, secret: Option<&str>) -> Result<(i32, i64)> {
                             "m_cost": params.m_cost, "t_cost": params.t_cost, "p_cost": params.p_cost }),
     )?;
     store::notify("keyring_create", keyring, Some(version))?;
-    install(
+    hold(
         keyring,
-        Unlocked {
-            keys: HashMap::from([(key_id, key)]),
-            active: Some(key_id),
-        },
-    );
+        HashMap::from([(key_id, key)]),
+        Some(key_id),
+        kek.fingerprint().to_vec(),
+        Scope::Session,
+    )?;
     Ok((version, key_id))
 }
 
+/// Hold unlocked keys for the caller (see crate::session_keys); refused when the caller cannot be
+/// known (a security-restricted operation meshhook_keys did not start).
+fn hold(
+    keyring: &str,
+    keys: HashMap<i64, Rc<CachedKey>>,
+    active: Option<i64>,
+    kek_fingerprint: Vec<u8>,
+    scope: Scope,
+) -> Result<()> {
+    let u = session_keys::new_unlocked(keys, active, kek_fingerprint, scope)
+        .ok_or(KeysError::CallerUnknown("keyring_unlock"))?;
+    session_keys::install(keyring, u);
+    Ok(())
+}
+
 /// keyring_unlock: returns how many versions were unlocked.
-pub fn unlock(keyring: &str, secret: Option<&str>) -> Result<i32> {
+pub fn unlock(keyring: &str, secret: Option<&str>, scope: Scope) -> Result<i32> {
     let secret = Zeroizing::new(secret.ok_or(KeysError::NullArgument("secret"))?.to_string());
     let params = user_held_params(keyring)?;
     let kek = derive(&secret, &params)?;
     let rows = store::keyring_keys(keyring, false)?;
-    let (unlocked, _deks) = match open_all(keyring, &rows, &kek) {
+    let ((keys, active), _deks) = match open_all(keyring, &rows, &kek) {
         Ok(x) => x,
         Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("unlock", keyring)),
         Err(e) => return Err(e),
     };
-    let n = unlocked.keys.len() as i32;
-    install(keyring, unlocked);
+    let n = keys.len() as i32;
+    hold(keyring, keys, active, kek.fingerprint().to_vec(), scope)?;
     Ok(n)
 }
 
@@ -249,7 +222,7 @@ pub fn rotate_secret(
     store::lock_keyring(keyring)?;
     let rows = store::keyring_keys(keyring, true)?;
     let kek_old = derive(&old, &params)?;
-    let (mut unlocked, deks) = match open_all(keyring, &rows, &kek_old) {
+    let ((mut keys, mut active), deks) = match open_all(keyring, &rows, &kek_old) {
         Ok(x) => x,
         Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("rotate_secret", keyring)),
         Err(e) => return Err(e),
@@ -274,8 +247,8 @@ pub fn rotate_secret(
     let mut moved = 0i64;
     if reencrypt {
         let (version, key_id, key) = new_version(keyring, &kek_new)?;
-        unlocked.keys.insert(key_id, key);
-        unlocked.active = Some(key_id);
+        keys.insert(key_id, key);
+        active = Some(key_id);
         new_version_no = Some(version);
         audit::record(
             "rotate",
@@ -287,7 +260,7 @@ pub fn rotate_secret(
         )?;
         store::notify("rotate", keyring, Some(version))?;
     }
-    install(keyring, unlocked);
+    hold(keyring, keys, active, fingerprint.to_vec(), Scope::Session)?;
     if reencrypt {
         while let Some(n) = reencrypt::batch(keyring, 10_000)? {
             moved += n;

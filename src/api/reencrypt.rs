@@ -21,6 +21,21 @@ fn lookup_key(keyring: &str, version: i32) -> Result<(i64, String)> {
     }
 }
 
+/// The extension's own tables (the built-in store) are registered by the extension, with a fixed
+/// context expression, and run as the extension's owner: no one may change that registration into
+/// running their code with the owner's authority.
+fn refuse_extension_table(rel: pg_sys::Oid) -> Result<()> {
+    let name = Spi::get_one_with_args::<String>(
+        "SELECT (SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
+                  WHERE c.oid = $1 AND c.relnamespace = 'meshhook_keys'::pg_catalog.regnamespace)",
+        &[rel.into()],
+    )?;
+    match name {
+        Some(n) => Err(KeysError::ExtensionTable(n)),
+        None => Ok(()),
+    }
+}
+
 /// Register a bytea column that holds envelopes of `keyring`, with the SQL expression (over the row)
 /// that gives the context it was encrypted with. Called by the `register_column(regclass, …)` wrapper.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
@@ -36,6 +51,7 @@ fn _register_column(
         let rel = tbl.ok_or(KeysError::NullArgument("tbl"))?;
         let col = col.ok_or(KeysError::NullArgument("col"))?;
         let keyring = validate_keyring(keyring)?;
+        refuse_extension_table(rel)?;
         let (relkind, owner, attnum, typname) = Spi::connect(|c| {
                 let t = c.select(
                     "SELECT c.relkind::text, c.relowner,
@@ -62,7 +78,8 @@ fn _register_column(
         // expression will be evaluated as that owner.
         let owner = owner.unwrap_or(pg_sys::InvalidOid);
         // SAFETY: catalog lookup of role membership.
-        if !unsafe { pg_sys::has_privs_of_role(audit::caller_role_oid(), owner) } {
+        let may = |role| unsafe { pg_sys::has_privs_of_role(role, owner) };
+        if !crate::context::caller().role().is_some_and(may) {
             return Err(KeysError::NotTableOwner);
         }
         if attnum.is_none() {
@@ -109,6 +126,7 @@ fn _unregister_column(tbl: Option<pg_sys::Oid>, col: Option<&str>, keyring: Opti
         audit::require_admin("unregister_column", keyring)?;
         let rel = tbl.ok_or(KeysError::NullArgument("tbl"))?;
         let col = col.ok_or(KeysError::NullArgument("col"))?;
+        refuse_extension_table(rel)?;
         let ids: Vec<i32> = Spi::connect(|c| {
             let mut ids = Vec::new();
             for row in c.select(
@@ -339,4 +357,69 @@ fn keys_destroy(
 ) -> bool {
     retire_or_destroy(keyring, version, force, true).or_raise();
     true
+}
+
+/// One row of verify: table, column, keyring, sampled, decrypted, failed, locked, ok, error.
+type VerifyRow = (
+    pg_sys::Oid,
+    String,
+    String,
+    i64,
+    i64,
+    i64,
+    i64,
+    bool,
+    Option<String>,
+);
+
+/// Sample each registered column and count the rows that decrypt, as the table owner reads them
+/// (see crate::verify). Admin only. Called by the `verify(integer)` wrapper.
+#[allow(clippy::type_complexity)]
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _verify(
+    sample: Option<i32>,
+) -> TableIterator<
+    'static,
+    (
+        name!(table_oid, pg_sys::Oid),
+        name!(column_name, String),
+        name!(keyring, String),
+        name!(sampled, i64),
+        name!(decrypted, i64),
+        name!(failed, i64),
+        name!(locked, i64),
+        name!(ok, bool),
+        name!(error, Option<String>),
+    ),
+> {
+    let rows = (|| {
+        audit::require_admin("verify", None)?;
+        let sample = sample.ok_or(KeysError::NullArgument("sample"))?;
+        if !(1..=1_000_000).contains(&sample) {
+            return Err(KeysError::InvalidArgument(
+                "sample must be between 1 and 1000000".into(),
+            ));
+        }
+        let checked = crate::verify::verify(sample as i64)?;
+        Ok(checked
+            .into_iter()
+            .map(|c| -> VerifyRow {
+                let ok = c.error.is_none() && c.failed == 0;
+                (
+                    c.rel,
+                    c.column,
+                    c.keyring,
+                    c.sampled,
+                    c.decrypted,
+                    c.failed,
+                    c.locked,
+                    ok,
+                    c.error,
+                )
+            })
+            .collect::<Vec<_>>())
+    })()
+    .or_raise();
+    TableIterator::new(rows)
 }

@@ -2,7 +2,8 @@
 //! Secrets are arguments: pass them as bind parameters (see the README, "Avoiding secret logging").
 
 use crate::api::keys::validate_keyring;
-use crate::error::OrRaise;
+use crate::error::{KeysError, OrRaise};
+use crate::session_keys::Scope;
 use crate::userheld;
 use pgrx::prelude::*;
 
@@ -24,25 +25,38 @@ fn keyring_create_user_held(
     let (keyring, version, key_id) = (|| {
         let keyring = validate_keyring(name)?;
         let (v, k) = userheld::create(keyring, secret)?;
-        Ok::<_, crate::error::KeysError>((keyring.to_string(), v, k))
+        Ok::<_, KeysError>((keyring.to_string(), v, k))
     })()
     .or_raise();
     TableIterator::once((keyring, version, key_id))
 }
 
-/// Unlock a user-held keyring for this session with its secret. Returns the versions unlocked.
-/// A wrong secret costs the full Argon2id derivation, is refused (28P01) and audited.
+/// Unlock a user-held keyring with its secret, for the caller's role (and JWT `sub`) only: for the
+/// session (`scope => 'session'`, from when this transaction commits) or for the current
+/// transaction only (`scope => 'transaction'`, the way behind a connection pooler). Returns the
+/// versions unlocked. A wrong secret costs the full Argon2id derivation, is refused (28P01) and
+/// audited.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn keyring_unlock(name: Option<&str>, secret: Option<&str>) -> i32 {
-    (|| userheld::unlock(validate_keyring(name)?, secret))().or_raise()
+fn keyring_unlock(
+    name: Option<&str>,
+    secret: Option<&str>,
+    scope: default!(Option<&str>, "'session'"),
+) -> i32 {
+    (|| {
+        let scope = Scope::parse(scope).ok_or_else(|| {
+            KeysError::InvalidArgument("scope must be 'session' or 'transaction'".into())
+        })?;
+        userheld::unlock(validate_keyring(name)?, secret, scope)
+    })()
+    .or_raise()
 }
 
 /// Forget (and zeroize) a user-held keyring's keys in this session. True if it was unlocked.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_lock(name: Option<&str>) -> bool {
-    (|| Ok::<_, crate::error::KeysError>(userheld::lock(validate_keyring(name)?)))().or_raise()
+    (|| Ok::<_, KeysError>(crate::session_keys::lock(validate_keyring(name)?)))().or_raise()
 }
 
 /// Change a user-held keyring's secret: every version is rewrapped under the new secret (O(1),

@@ -16,7 +16,9 @@ SELECT kdf ->> 'alg' AS alg, (kdf ->> 'm_cost')::int AS m_cost_kib, (kdf ->> 't_
   FROM meshhook_keys.keyring WHERE name = 'vault:alice';
 
 -- locked: a clear error, for encryption and decryption alike
+SET LOCAL ROLE mk_uh_app;
 SELECT meshhook_keys.keyring_lock('vault:alice') AS was_unlocked, meshhook_keys.keyring_lock('vault:alice') AS again;
+RESET ROLE;
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, 'v:' || id) FROM v$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_encrypt('x', '', 'vault:alice')$$);
 -- a wrong secret is refused after the full Argon2id cost (28P01); NULL and unknown keyrings too

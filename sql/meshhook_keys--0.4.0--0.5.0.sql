@@ -1,0 +1,79 @@
+-- meshhook_keys 0.4.0 -> 0.5.0: privilege boundaries (code run on someone's behalf, user-held keys
+-- bound to their role and transaction, operators pinned).
+\echo Use "ALTER EXTENSION meshhook_keys UPDATE TO '0.5.0'" to load this file. \quit
+
+-- keyring_unlock gains scope => 'session' | 'transaction'.
+DROP FUNCTION meshhook_keys.keyring_unlock(text, text);
+CREATE FUNCTION meshhook_keys."keyring_unlock"(
+	"name" TEXT, /* Option < & str > */
+	"secret" TEXT, /* Option < & str > */
+	"scope" TEXT DEFAULT 'session' /* Option < & str > */
+) RETURNS INT /* i32 */
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'keyring_unlock_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) TO meshhook_keys_user;
+COMMENT ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) IS
+    'Unlock a user-held keyring for the calling role (and JWT sub, when request.jwt.claims is set) only: scope ''session'' (from commit until keyring_lock, DISCARD ALL, a session authorization change or the end of the session) or ''transaction'' (zeroized at commit or abort; use it behind connection poolers). Nothing is unlocked if the transaction rolls back. A wrong secret costs a full Argon2id derivation, is refused with 28P01 and audited.';
+
+-- CALL reencrypt: its one operator qualified (the procedure cannot pin search_path).
+CREATE OR REPLACE PROCEDURE meshhook_keys.reencrypt(keyring text DEFAULT 'default', batch_size integer DEFAULT 1000)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    moved bigint;
+    total bigint := 0;
+BEGIN
+    LOOP
+        -- A batch commits without waiting for its WAL to reach disk: a crash can only undo the
+        -- last few batches, whose rows are then still on their old key (which still decrypts
+        -- until it is retired) and are moved again by the next call.
+        PERFORM pg_catalog.set_config('synchronous_commit', 'off', true);
+        moved := meshhook_keys.reencrypt_batch(keyring, batch_size);
+        COMMIT;
+        EXIT WHEN moved IS NULL;
+        -- (operators qualified: a procedure that COMMITs cannot pin search_path with SET, so the
+        -- caller's path is in effect here)
+        total := total OPERATOR(pg_catalog.+) moved;
+    END LOOP;
+    -- This last commit writes WAL (it has a transaction id) under the session's own
+    -- synchronous_commit, so it waits for everything before it, every batch included.
+    PERFORM pg_catalog.pg_current_xact_id();
+    COMMIT;
+    RAISE NOTICE 'meshhook_keys: re-encryption of keyring "%" complete: % rows moved', keyring, total;
+END
+$$;
+
+-- verify(sample): the CLI's sampling moved into the extension, run as each table's owner.
+CREATE FUNCTION meshhook_keys."_verify"(
+	"sample" INT /* Option < i32 > */
+) RETURNS TABLE (
+	"table_oid" oid,  /* pg_sys :: Oid */
+	"column_name" TEXT,  /* String */
+	"keyring" TEXT,  /* String */
+	"sampled" bigint,  /* i64 */
+	"decrypted" bigint,  /* i64 */
+	"failed" bigint,  /* i64 */
+	"locked" bigint,  /* i64 */
+	"ok" bool,  /* bool */
+	"error" TEXT  /* Option < String > */
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_verify_wrapper';
+CREATE FUNCTION meshhook_keys.verify(sample integer DEFAULT 100)
+RETURNS TABLE (table_name regclass, column_name name, keyring text, sampled bigint, decrypted bigint,
+               failed bigint, locked bigint, ok boolean, error text)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT v.table_oid::regclass, v.column_name::name, v.keyring, v.sampled, v.decrypted, v.failed,
+             v.locked, v.ok, v.error
+        FROM meshhook_keys._verify(sample) v $$;
+REVOKE ALL ON FUNCTION meshhook_keys._verify(integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys.verify(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_user;
+COMMENT ON FUNCTION meshhook_keys.verify(integer) IS
+    'Whether stored ciphertexts still decrypt: for each registered column and keyring, up to sample rows on one of the keyring''s versions are read as the table owner (restricted; the context expression is the owner''s code) and decrypted; only counts are returned. locked counts rows of user-held keyrings the caller has not unlocked. A column that cannot be read gets its error in its own row. Admin only.';

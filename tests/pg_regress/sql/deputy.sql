@@ -1,0 +1,104 @@
+-- Code the extension runs on someone's behalf never borrows their authority (issue 11, finding 1).
+-- dp_mallory owns a registered table and plants code in every place PostgreSQL runs a table
+-- owner's code during our batches (tests/hostile/deputy_fixture.sql). Each runner below drives a
+-- batch, a count or a validation over her table; whatever runs it (an admin, a superuser), her code
+-- has her authority only: every privileged attempt is refused. In its own database, since CALL
+-- reencrypt commits.
+CREATE DATABASE dp_deputy;
+\c dp_deputy
+SET client_min_messages = warning;
+CREATE EXTENSION meshhook_keys;
+CREATE FUNCTION public.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE q;
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE || ': ' || SQLERRM;
+END $$;
+\i tests/hostile/deputy_fixture.sql
+\set ON_ERROR_STOP 0
+SET client_min_messages = warning;
+
+-- a table whose policies apply to its owner cannot be registered (they would hide rows)
+ALTER TABLE dp_m.t FORCE ROW LEVEL SECURITY;
+SELECT public.sqlstate_of($$SELECT meshhook_keys.register_column('dp_m.t', 'tok', NULL, 'dp:other')$$);
+ALTER TABLE dp_m.t NO FORCE ROW LEVEL SECURITY;
+
+-- runner: an admin's CALL reencrypt
+SELECT 1 FROM meshhook_keys.keys_rotate('dp:target', 'deputy test');
+SET dp.runner = 'admin CALL reencrypt';
+SET ROLE dp_ops;
+CALL meshhook_keys.reencrypt('dp:target');
+RESET ROLE;
+
+-- runner: a superuser's tick()
+SELECT 1 FROM meshhook_keys.keys_rotate('dp:target', 'deputy test');
+SET dp.runner = 'superuser tick()';
+SELECT keyring, action, outcome FROM meshhook_keys.tick() WHERE keyring = 'dp:target' ORDER BY action;
+
+-- runner: alice rotating her vault's secret with re-encryption (her keys are unlocked in this
+-- session while mallory's code runs inside the batch)
+SET dp.runner = 'keyring_rotate_secret';
+SET ROLE dp_alice;
+SELECT versions_rewrapped, new_version, rows_reencrypted
+  FROM meshhook_keys.keyring_rotate_secret('dp:vault', 'alice-secret-1', 'alice-secret-2', reencrypt => true);
+RESET ROLE;
+
+-- runners: key_usage and keys_retire's count, as an admin
+SET dp.runner = 'key_usage';
+SET ROLE dp_ops;
+SELECT column_name, version, state, rows FROM meshhook_keys.key_usage('dp:target') ORDER BY version;
+SET dp.runner = 'keys_retire';
+SELECT meshhook_keys.keys_retire('dp:target', 1);
+-- runner: verify, as an admin (it samples each column as its owner; only counts come back)
+SET dp.runner = 'verify';
+SELECT table_name, column_name, keyring, sampled, decrypted, failed, locked, ok, error
+  FROM meshhook_keys.verify() WHERE table_name = 'dp_m.t'::regclass ORDER BY keyring;
+RESET ROLE;
+-- a column its owner can no longer read is an error in its own row, not a failed verify
+CREATE SCHEMA dp_priv;
+GRANT USAGE, CREATE ON SCHEMA dp_priv TO dp_mallory;
+SET ROLE dp_mallory;
+CREATE TABLE dp_priv.t (id int PRIMARY KEY, tok bytea);
+INSERT INTO dp_priv.t VALUES (1, meshhook_keys.secret_encrypt('p', '', 'dp:target'));
+RESET ROLE;
+SELECT meshhook_keys.register_column('dp_priv.t', 'tok', NULL, 'dp:target') > 0 AS registered;
+REVOKE USAGE, CREATE ON SCHEMA dp_priv FROM dp_mallory;
+SET ROLE dp_ops;
+SELECT table_name, column_name, keyring, sampled, decrypted, failed, locked, ok, error
+  FROM meshhook_keys.verify(10) WHERE keyring = 'dp:target' ORDER BY 1::text;
+RESET ROLE;
+RESET dp.runner;
+
+-- What her code tried, where and under whom: nothing succeeded. Per runner and place, how many
+-- attempts and which outcomes; then per attempted action, every outcome it ever got.
+SELECT runner, vector, count(*) AS attempts, count(*) FILTER (WHERE outcome = 'ok') AS succeeded,
+       string_agg(DISTINCT outcome, ',' ORDER BY outcome) AS outcomes
+  FROM dp_m.attempts GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT action, string_agg(DISTINCT outcome, ',' ORDER BY outcome) AS outcomes
+  FROM dp_m.attempts GROUP BY 1 ORDER BY 1;
+SELECT count(*) FILTER (WHERE outcome = 'ok') AS succeeded, count(*) > 0 AS tried FROM dp_m.attempts;
+-- every runner ran her code somewhere (or ran none of it: the counts run no owner code at all)
+SELECT r.runner, count(a.n) > 0 AS her_code_ran
+  FROM (VALUES ('register_column (superuser)'), ('admin CALL reencrypt'), ('superuser tick()'),
+               ('keyring_rotate_secret'), ('key_usage'), ('keys_retire'), ('verify')) r(runner)
+  LEFT JOIN dp_m.attempts a ON a.runner = r.runner GROUP BY 1 ORDER BY 1;
+-- the policy never ran: batches scan as the owner with row_security = off
+SELECT count(*) AS policy_calls FROM dp_m.attempts WHERE vector = 'policy';
+-- the state she wanted to change is intact
+SELECT rolsuper FROM pg_roles WHERE rolname = 'dp_mallory';
+SELECT keyring, active_version, destroyed_at IS NOT NULL AS destroyed FROM meshhook_keys.keyrings
+ WHERE keyring IN ('dp:other', 'dp:target', 'dp:victim', 'dp:vault') ORDER BY 1;
+SELECT table_name, column_name, context_expr, keyring FROM meshhook_keys.encrypted_columns
+ WHERE table_name = 'meshhook_keys.secrets'::regclass ORDER BY keyring;
+-- and the batches did their job: every row is on its keyring's newest key and decrypts
+SELECT t.id, k.keyring, k.version, k.state FROM dp_m.t t
+  JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.tok) ORDER BY 1;
+SELECT meshhook_keys.secret_decrypt(tok, '1') FROM dp_m.t WHERE id = 1;
+SET ROLE dp_alice;
+SELECT meshhook_keys.secret_decrypt(tok, '2') FROM dp_m.t WHERE id = 2;
+RESET ROLE;
+
+\c contrib_regression
+DROP DATABASE dp_deputy;
+DROP ROLE dp_mallory, dp_ops, dp_alice, dp_victims;
