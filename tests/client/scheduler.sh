@@ -109,6 +109,25 @@ check "and still decrypts" 3000 "$(q sched "SELECT count(*) FROM creds WHERE mes
 check "re-encryption audited with actor scheduler" "scheduler" \
     "$(q sched "SELECT string_agg(DISTINCT actor, ',') FROM meshhook_keys.audit_log WHERE keyring = 're-ring' AND action LIKE 'reencrypt%'")"
 
+echo "# a hostile table owner's code inside the scheduler's batch has her authority only (issue 11)"
+# tests/hostile/deputy_fixture.sql: dp_mallory's row and statement triggers, generated column and
+# context expression each try to destroy a keyring, decrypt another tenant's and another user's
+# secrets, re-register the built-in store, start a nested batch and become superuser.
+as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d sched -v ON_ERROR_STOP=1 \
+    -f "$REPO_ROOT/tests/hostile/deputy_fixture.sql" >/dev/null
+q sched "ALTER DATABASE sched SET meshhook_keys.tenant_check = 'dp_app.tenant_ok'" >/dev/null
+q sched "SELECT 1 FROM meshhook_keys.keys_rotate('dp:target', 'scheduler deputy test')" >/dev/null
+if wait_for sched "(SELECT k.version FROM dp_m.t t JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.tok) WHERE t.id = 1) = 2" 30; then
+    ok "the worker re-encrypted the hostile owner's table"; else fail "the worker re-encrypted the hostile owner's table"; fi
+check "her code ran inside the worker's batch" t \
+    "$(q sched "SELECT count(*) > 0 FROM dp_m.attempts WHERE runner = 'scheduler'")"
+check "and every privileged attempt was refused" "0|42501,55000" \
+    "$(q sched "SELECT count(*) FILTER (WHERE outcome = 'ok'), string_agg(DISTINCT outcome, ',' ORDER BY outcome) FROM dp_m.attempts WHERE runner = 'scheduler'")"
+check "she did not become superuser; the other keyring was not destroyed" "f|f" \
+    "$(q sched "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = 'dp_mallory'), (SELECT destroyed_at IS NOT NULL FROM meshhook_keys.keyrings WHERE keyring = 'dp:other')")"
+check "the row still decrypts" target-plaintext "$(q sched "SELECT meshhook_keys.secret_decrypt(tok, '1') FROM dp_m.t WHERE id = 1")"
+q sched "ALTER DATABASE sched RESET meshhook_keys.tenant_check" >/dev/null
+
 echo "# usage-based rotation: encryptions are counted and flushed, the worker rotates at max_encryptions"
 q sched "SELECT 1 FROM meshhook_keys.keys_rotate('use-ring', 'v1');
          SELECT meshhook_keys.keyring_set_policy('use-ring', NULL, 10)" >/dev/null
