@@ -77,3 +77,7 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_user;
 COMMENT ON FUNCTION meshhook_keys.verify(integer) IS
     'Whether stored ciphertexts still decrypt: for each registered column and keyring, up to sample rows on one of the keyring''s versions are read as the table owner (restricted; the context expression is the owner''s code) and decrypted; only counts are returned. locked counts rows of user-held keyrings the caller has not unlocked. A column that cannot be read gets its error in its own row. Admin only.';
+
+-- The built-in store is closed by default: the 0.2.0 policy let every meshhook_keys_user read and
+-- replace the untenanted (tenant = '') secrets. Grant what each role needs with a policy of your own.
+DROP POLICY IF EXISTS untenanted_secrets ON meshhook_keys.secrets;

@@ -63,8 +63,7 @@ $$;
 
 SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.secrets', '');
 
--- Tenancy is enforced with row-level security. Out of the box the user role sees only secrets
--- without a tenant (tenant = ''); add policies for your tenancy model (see the README).
+-- Tenancy is enforced with row-level security, closed by default (0.5.0): no policy, so a
+-- meshhook_keys_user sees and changes nothing until a policy grants it exactly what it may (see the
+-- README). Roles with BYPASSRLS (Supabase's service_role) and the owner are not subject to it.
 ALTER TABLE meshhook_keys.secrets ENABLE ROW LEVEL SECURITY;
-CREATE POLICY untenanted_secrets ON meshhook_keys.secrets
-    TO meshhook_keys_user USING (tenant = '') WITH CHECK (tenant = '');

@@ -2,6 +2,20 @@
 BEGIN;
 CREATE ROLE mk_store_app IN ROLE meshhook_keys_user;
 CREATE ROLE mk_store_ops IN ROLE meshhook_keys_admin;
+-- closed by default: without a policy the user role sees and writes nothing
+SET LOCAL ROLE mk_store_app;
+SELECT sqlstate_of($$SELECT meshhook_keys.secret_create('stripe', 'x', 'no policy yet')$$);
+RESET ROLE;
+SELECT meshhook_keys.secret_create('backend', 'sk_BACKEND_PLAINTEXT', 'the superuser''s') IS NOT NULL AS created;
+SET LOCAL ROLE mk_store_app;
+SELECT count(*) AS visible_without_policy FROM meshhook_keys.decrypted_secrets;
+SELECT sqlstate_of($$SELECT meshhook_keys.secret_update('backend', 'attacker-value')$$);
+RESET ROLE;
+SELECT secret FROM meshhook_keys.decrypted_secrets WHERE name = 'backend';
+DELETE FROM meshhook_keys.secrets WHERE name = 'backend';
+-- an explicit policy grants this role the untenanted rows
+CREATE POLICY mk_store_app_untenanted ON meshhook_keys.secrets TO mk_store_app
+    USING (tenant = '') WITH CHECK (tenant = '');
 SET LOCAL ROLE mk_store_app;
 SELECT meshhook_keys.secret_create('stripe', 'sk_live_STORE_PLAINTEXT', 'Stripe key') IS NOT NULL AS created;
 SELECT meshhook_keys.secret_create('github', 'ghp_other', 'GitHub token') IS NOT NULL AS created;

@@ -11,6 +11,8 @@ SELECT keyring, tenant, active_version FROM meshhook_keys.keyrings WHERE tenant 
 SET LOCAL ROLE service_role;
 SELECT app.put_secret('p1', 'stripe', 'sk_p1_stripe'), app.put_secret('p1', 'github', 'gh_p1'),
        app.put_secret('p2', 'slack', 'xoxb_p2');
+-- ... and keeps one secret of its own in the built-in store
+SELECT meshhook_keys.secret_create('backend-token', 'sk_backend_only') IS NOT NULL AS created;
 RESET ROLE;
 CREATE TEMP TABLE stolen AS SELECT value_encrypted AS c FROM app.secrets WHERE project_id = 'p2' AND key = 'slack';
 GRANT SELECT ON stolen TO authenticated, service_role;
@@ -25,6 +27,9 @@ END $$;
 -- alice (member of p1) reads and decrypts her project's secrets, and only those
 SELECT pg_temp.request('alice', 'authenticated');
 SELECT project_id, key, value FROM app.decrypted_secrets ORDER BY 1, 2;
+-- the built-in store is closed by default: she neither sees nor replaces the backend's own secret
+SELECT count(*) AS backend_rows_alice_sees FROM meshhook_keys.decrypted_secrets;
+SELECT sqlstate_of($$SELECT meshhook_keys.secret_update('backend-token', 'alice-was-here')$$);
 -- she cannot decrypt another project's ciphertext she got hold of: not directly (keyring check) ...
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, 'p2/slack') FROM stolen$$);
 -- ... and not by copying it into her own project's row (keyring check, and the context binds it)
@@ -111,4 +116,9 @@ RESET ROLE;
 SELECT sqlstate_of($$SELECT meshhook_keys.keyring_create('project:p1', 'p1')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.keyring_create('t-empty', '')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.keyring_destroy('no-such-ring')$$);
+-- the backend still reads the value it stored
+RESET ROLE;
+SET LOCAL ROLE service_role;
+SELECT secret FROM meshhook_keys.decrypted_secrets WHERE name = 'backend-token';
+RESET ROLE;
 ROLLBACK;
