@@ -5,7 +5,8 @@
 #   3. pg_regress + pg_isolation_regress suites on a throwaway cluster (scripts/installcheck.sh)
 #   4. client-level tests through psql: restarts, wrong root keys, dump/restore (tests/client/run.sh)
 #   5. the background scheduler: signals, crash, standby, DROP/CREATE EXTENSION (tests/client/scheduler.sh)
-#   6. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
+#   6. user-held keys behind a real PgBouncer, transaction and session modes (tests/client/pooler.sh)
+#   7. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 start=$(date +%s)
@@ -31,6 +32,8 @@ say "client-level suite"
 "$REPO_ROOT/tests/client/run.sh"
 say "scheduler suite (background worker, standby)"
 "$REPO_ROOT/tests/client/scheduler.sh"
+say "pooler suite (user-held keys behind a real PgBouncer)"
+"$REPO_ROOT/tests/client/pooler.sh"
 say "CLI suite (meshhook-keys as a subprocess)"
 cargo build -p meshhook-keys
 "$REPO_ROOT/tests/cli/run.sh"
