@@ -211,6 +211,8 @@ pub fn key_for_decrypt(key_id: i64) -> Result<Rc<CachedKey>> {
             let row = store::key_by_id(key_id)?.ok_or(KeysError::UnknownKeyId(key_id))?;
             let state = KeyState::parse(&row.state)?;
             if matches!(state, KeyState::Retired | KeyState::Destroyed) {
+                // (whether another tenant's key is retired or destroyed is theirs to know)
+                crate::tenancy::check_keyring(&row.keyring, row.tenant.as_deref(), "decryption")?;
                 return Err(not_usable(&row.keyring, row.version, state, "decrypt"));
             }
             Ok(insert(unwrap_row(&row)?))

@@ -305,8 +305,14 @@ pub fn notify(event: &str, keyring: &str, version: Option<i32>) -> Result<()> {
 
 /// When the keyring was destroyed by keyring_destroy (None: not destroyed, or no such keyring).
 pub fn keyring_destroyed_at(keyring: &str) -> Result<Option<String>> {
-    Ok(Spi::get_one_with_args::<String>(
-        "SELECT (SELECT pg_catalog.to_jsonb(k) ->> 'destroyed_at' FROM meshhook_keys.keyring k WHERE k.name = $1)",
+    Ok(keyring_destroyed_and_tenant(keyring)?.0)
+}
+
+/// When the keyring was destroyed (if it was) and its tenant (if it has one).
+pub fn keyring_destroyed_and_tenant(keyring: &str) -> Result<(Option<String>, Option<String>)> {
+    Ok(Spi::get_two_with_args::<String, String>(
+        "SELECT (SELECT pg_catalog.to_jsonb(k) ->> 'destroyed_at' FROM meshhook_keys.keyring k WHERE k.name = $1),
+                (SELECT pg_catalog.to_jsonb(k) ->> 'tenant' FROM meshhook_keys.keyring k WHERE k.name = $1)",
         &[keyring.into()],
     )?)
 }

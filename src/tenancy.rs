@@ -92,14 +92,21 @@ fn call(func: pg_sys::Oid, role: pg_sys::Oid, tenant: &str) -> bool {
 
 /// Refuse unless the caller may use `key` (encrypt or decrypt) under its keyring's tenant.
 pub fn check(key: &CachedKey, op: &'static str) -> Result<()> {
-    let Some(tenant) = key.tenant.as_deref() else {
+    check_keyring(&key.keyring, key.tenant.as_deref(), op)
+}
+
+/// Refuse unless the caller may use keys of `keyring`, bound to `tenant` (if any). Also called
+/// before a key's state is reported, so that an unauthorized caller never learns whether another
+/// tenant's key is retired or destroyed.
+pub fn check_keyring(keyring: &str, tenant: Option<&str>, op: &'static str) -> Result<()> {
+    let Some(tenant) = tenant else {
         return Ok(());
     };
     // Inside code meshhook_keys runs on a table owner's behalf, the owner; in a security-restricted
     // operation someone else started, nobody (refused).
     let Some(role) = crate::context::caller().role() else {
         return Err(KeysError::TenantDenied {
-            keyring: key.keyring.clone(),
+            keyring: keyring.to_string(),
             tenant: tenant.to_string(),
             op,
         });
@@ -108,7 +115,7 @@ pub fn check(key: &CachedKey, op: &'static str) -> Result<()> {
         return Ok(());
     }
     let Some(check_name) = gucs::tenant_check() else {
-        return Err(KeysError::TenantCheckMissing(key.keyring.clone()));
+        return Err(KeysError::TenantCheckMissing(keyring.to_string()));
     };
     let lxid = current_lxid();
     let cache_key = (
@@ -146,7 +153,7 @@ pub fn check(key: &CachedKey, op: &'static str) -> Result<()> {
         Ok(())
     } else {
         Err(KeysError::TenantDenied {
-            keyring: key.keyring.clone(),
+            keyring: keyring.to_string(),
             tenant: tenant.to_string(),
             op,
         })

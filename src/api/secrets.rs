@@ -33,9 +33,11 @@ pub fn encrypt(
             keycache::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))
         })?,
         None => {
-            let destroyed = crate::store::with_fixed_search_path(|| {
-                crate::store::keyring_destroyed_at(keyring)
+            let (destroyed, tenant) = crate::store::with_fixed_search_path(|| {
+                crate::store::keyring_destroyed_and_tenant(keyring)
             })?;
+            // (whether another tenant's keyring was destroyed is theirs to know)
+            crate::tenancy::check_keyring(keyring, tenant.as_deref(), "encryption")?;
             if destroyed.is_some() {
                 return Err(KeysError::KeyringDestroyed(keyring.into()));
             }

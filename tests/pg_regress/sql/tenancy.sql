@@ -93,6 +93,11 @@ SELECT version, state, wrapped_key IS NULL AS wiped FROM meshhook_keys.data_key 
 SELECT pg_temp.request('bob', 'authenticated');
 SELECT sqlstate_of($$SELECT value FROM app.decrypted_secrets$$);
 RESET ROLE;
+-- alice, who is no member of p2, is told she may not use it, not what became of its keys
+SELECT pg_temp.request('alice', 'authenticated');
+SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, 'p2/slack') FROM stolen$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.secret_encrypt('x', 'p2/x', 'project:p2')$$);
+RESET ROLE;
 SET LOCAL ROLE service_role;
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, 'p2/slack') FROM stolen$$);
 SELECT sqlstate_of($$SELECT app.put_secret('p2', 'again', 'x')$$);
