@@ -13,10 +13,16 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_service') THEN
         CREATE ROLE meshhook_keys_service NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION;
     END IF;
+    -- Rotation, re-encryption, retirement, destruction, policies and the audit log, without the
+    -- decrypt functions (0.5.0).
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_operator') THEN
+        CREATE ROLE meshhook_keys_operator NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION;
+    END IF;
 END
 $roles$;
--- An admin can do everything a user can.
+-- An admin is the combined grant for small deployments: everything a user and an operator can do.
 GRANT meshhook_keys_user TO meshhook_keys_admin;
+GRANT meshhook_keys_operator TO meshhook_keys_admin;
 
 -- Keyrings: a named sequence of key versions.
 CREATE TABLE meshhook_keys.keyring (

@@ -41,7 +41,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA meshhook_keys FROM PUBLIC;
 REVOKE ALL ON SCHEMA meshhook_keys FROM PUBLIC;
 
 -- Both roles need to resolve names in the schema.
-GRANT USAGE ON SCHEMA meshhook_keys TO meshhook_keys_user, meshhook_keys_admin;
+GRANT USAGE ON SCHEMA meshhook_keys TO meshhook_keys_user, meshhook_keys_admin, meshhook_keys_operator;
 
 -- Applications encrypt and decrypt.
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_encrypt(text, text, text) TO meshhook_keys_user;
@@ -49,60 +49,61 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.secret_encrypt_bytea(bytea, text, text) 
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_decrypt(bytea, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_decrypt_bytea(bytea, text) TO meshhook_keys_user;
 -- Reading a header touches no key; applications use it to find rows still on an old version.
-GRANT EXECUTE ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) TO meshhook_keys_user, meshhook_keys_operator;
 
 -- keys_rotate is executable by the user role on purpose: the function itself refuses anyone who
 -- lacks meshhook_keys_admin, and records the refusal in the audit log. A role with neither grant is
 -- refused by PostgreSQL before the function runs.
-GRANT EXECUTE ON FUNCTION meshhook_keys.keys_rotate(text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_rotate(text, text) TO meshhook_keys_user, meshhook_keys_operator;
 
 -- Administrative functions are executable by the user role on purpose, like keys_rotate: each
--- checks for meshhook_keys_admin itself and audits the refusal.
-GRANT EXECUTE ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys._register_column(oid, text, text, text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys._unregister_column(oid, text, text) TO meshhook_keys_user;
+-- checks for meshhook_keys_operator itself (meshhook_keys_admin is a member) and audits the
+-- refusal. The operator role gets them without the decrypt functions (rotate != decrypt).
+GRANT EXECUTE ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._register_column(oid, text, text, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._unregister_column(oid, text, text) TO meshhook_keys_user, meshhook_keys_operator;
 
 -- The built-in store: applications read and write it with their own privileges, under RLS.
 GRANT SELECT, INSERT, UPDATE, DELETE ON meshhook_keys.secrets TO meshhook_keys_user;
 GRANT SELECT ON meshhook_keys.decrypted_secrets TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_update(text, text, text, text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshhook_keys_user;
-GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create(text, text, text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_destroy(text, text) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.health() TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create(text, text, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_destroy(text, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.health() TO meshhook_keys_user, meshhook_keys_operator;
 -- User-held keyrings are the users' own: any application role may create, unlock, lock and change
 -- the secret of one; the secret is the authority (and a wrong one is refused and audited).
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_lock(text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.tick() TO meshhook_keys_user;
-GRANT EXECUTE ON FUNCTION meshhook_keys.scheduler_status() TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.tick() TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.scheduler_status() TO meshhook_keys_user, meshhook_keys_operator;
 
--- Admins see what is registered and how re-encryption progresses (row references, never values).
-GRANT SELECT ON meshhook_keys.encrypted_columns TO meshhook_keys_admin;
-GRANT SELECT ON meshhook_keys.reencrypt_progress TO meshhook_keys_admin;
-GRANT SELECT ON meshhook_keys.reencrypt_failure TO meshhook_keys_admin;
+-- Operators (and so admins) see what is registered and how re-encryption progresses (row references, never values).
+GRANT SELECT ON meshhook_keys.encrypted_columns TO meshhook_keys_operator;
+GRANT SELECT ON meshhook_keys.reencrypt_progress TO meshhook_keys_operator;
+GRANT SELECT ON meshhook_keys.reencrypt_failure TO meshhook_keys_operator;
 -- ... and each keyring's rotation policy, active key age and usage.
-GRANT SELECT ON meshhook_keys.keyrings TO meshhook_keys_admin;
+GRANT SELECT ON meshhook_keys.keyrings TO meshhook_keys_operator;
 -- (a function in a view runs with the reader's privileges: the view's usage column calls this)
-GRANT EXECUTE ON FUNCTION meshhook_keys._encryptions_pending(bigint) TO meshhook_keys_admin;
+GRANT EXECUTE ON FUNCTION meshhook_keys._encryptions_pending(bigint) TO meshhook_keys_operator;
 
--- Admins inspect key metadata and the audit trail, and verify the chain.
-GRANT SELECT ON meshhook_keys.keys TO meshhook_keys_admin;
-GRANT SELECT ON meshhook_keys.audit_log TO meshhook_keys_admin;
-GRANT EXECUTE ON FUNCTION meshhook_keys.audit_verify() TO meshhook_keys_admin;
+-- Operators (and so admins) inspect key metadata and the audit trail, and verify the chain.
+GRANT SELECT ON meshhook_keys.keys TO meshhook_keys_operator;
+GRANT SELECT ON meshhook_keys.audit_log TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.audit_verify() TO meshhook_keys_operator;
 
 -- A re-encryption batch writes each table as its owner (so that the owner's triggers and the
 -- context expression never run with more rights than the owner's), and that UPDATE calls two

@@ -81,3 +81,55 @@ COMMENT ON FUNCTION meshhook_keys.verify(integer) IS
 -- The built-in store is closed by default: the 0.2.0 policy let every meshhook_keys_user read and
 -- replace the untenanted (tenant = '') secrets. Grant what each role needs with a policy of your own.
 DROP POLICY IF EXISTS untenanted_secrets ON meshhook_keys.secrets;
+
+-- meshhook_keys_operator: rotation, re-encryption, retirement, destruction, policies and the audit
+-- log without the decrypt functions; meshhook_keys_admin becomes the combined grant (user + operator).
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_operator') THEN
+        CREATE ROLE meshhook_keys_operator NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION;
+    END IF;
+END
+$roles$;
+GRANT meshhook_keys_operator TO meshhook_keys_admin;
+-- (PUBLIC's USAGE re-granted after, so that the schema ACL reads as on a fresh install)
+REVOKE USAGE ON SCHEMA meshhook_keys FROM PUBLIC;
+GRANT USAGE ON SCHEMA meshhook_keys TO meshhook_keys_operator;
+GRANT USAGE ON SCHEMA meshhook_keys TO PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_rotate(text, text) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._register_column(oid, text, text, text) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._unregister_column(oid, text, text) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create(text, text, text) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_destroy(text, text) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.health() TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.tick() TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.scheduler_status() TO meshhook_keys_operator;
+GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) TO meshhook_keys_operator;
+REVOKE SELECT ON meshhook_keys.encrypted_columns FROM meshhook_keys_admin;
+GRANT SELECT ON meshhook_keys.encrypted_columns TO meshhook_keys_operator;
+REVOKE SELECT ON meshhook_keys.reencrypt_progress FROM meshhook_keys_admin;
+GRANT SELECT ON meshhook_keys.reencrypt_progress TO meshhook_keys_operator;
+REVOKE SELECT ON meshhook_keys.reencrypt_failure FROM meshhook_keys_admin;
+GRANT SELECT ON meshhook_keys.reencrypt_failure TO meshhook_keys_operator;
+REVOKE SELECT ON meshhook_keys.keyrings FROM meshhook_keys_admin;
+GRANT SELECT ON meshhook_keys.keyrings TO meshhook_keys_operator;
+REVOKE EXECUTE ON FUNCTION meshhook_keys._encryptions_pending(bigint) FROM meshhook_keys_admin;
+GRANT EXECUTE ON FUNCTION meshhook_keys._encryptions_pending(bigint) TO meshhook_keys_operator;
+REVOKE SELECT ON meshhook_keys.keys FROM meshhook_keys_admin;
+GRANT SELECT ON meshhook_keys.keys TO meshhook_keys_operator;
+REVOKE SELECT ON meshhook_keys.audit_log FROM meshhook_keys_admin;
+GRANT SELECT ON meshhook_keys.audit_log TO meshhook_keys_operator;
+REVOKE EXECUTE ON FUNCTION meshhook_keys.audit_verify() FROM meshhook_keys_admin;
+GRANT EXECUTE ON FUNCTION meshhook_keys.audit_verify() TO meshhook_keys_operator;

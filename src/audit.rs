@@ -11,7 +11,8 @@ use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTi
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
-pub const ADMIN_ROLE: &str = "meshhook_keys_admin";
+/// The role administrative functions require (meshhook_keys_admin is a member of it).
+pub const OPERATOR_ROLE: &str = "meshhook_keys_operator";
 
 /// The role a call is attributed to: the role whose code meshhook_keys is running (a table owner
 /// inside a re-encryption batch), else the session's role (the session user or the role chosen
@@ -41,11 +42,15 @@ pub fn caller_role_name() -> String {
     role_name(caller_role_oid())
 }
 
+/// Whether `role` may run administrative functions: a member of meshhook_keys_operator (which
+/// meshhook_keys_admin is), or of meshhook_keys_admin on a schema from before 0.5.0.
 fn is_admin(role: pg_sys::Oid) -> bool {
     // SAFETY: missing_ok = true; has_privs_of_role only reads the catalogs.
     unsafe {
-        let admin = pg_sys::get_role_oid(c"meshhook_keys_admin".as_ptr(), true);
-        admin != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, admin)
+        [c"meshhook_keys_operator", c"meshhook_keys_admin"]
+            .iter()
+            .map(|r| pg_sys::get_role_oid(r.as_ptr(), true))
+            .any(|r| r != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, r))
     }
 }
 
@@ -62,7 +67,7 @@ pub fn require_admin(function: &'static str, keyring: Option<&str>) -> Result<()
         crate::context::Caller::Unknown => KeysError::CallerUnknown(function),
         _ => KeysError::PermissionDenied {
             function,
-            role: ADMIN_ROLE,
+            role: OPERATOR_ROLE,
         },
     })
 }
@@ -222,7 +227,7 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
             None => (
                 "refused".to_string(),
                 "refused",
-                serde_json::json!({ "function": function, "required_role": ADMIN_ROLE }),
+                serde_json::json!({ "function": function, "required_role": OPERATOR_ROLE }),
             ),
         };
         let res = store::insert_audit(&AuditEvent {

@@ -339,7 +339,7 @@ mod tests {
         run("RESET ROLE");
         assert_eq!(
             got,
-            "42501 permission denied for keys_rotate: requires membership in role meshhook_keys_admin"
+            "42501 permission denied for keys_rotate: requires membership in role meshhook_keys_operator"
         );
         assert_eq!(
             enc, "ok",

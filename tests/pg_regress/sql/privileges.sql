@@ -2,12 +2,14 @@ BEGIN;
 CREATE ROLE mk_nobody;
 CREATE ROLE mk_app IN ROLE meshhook_keys_user;
 CREATE ROLE mk_ops IN ROLE meshhook_keys_admin;
+CREATE ROLE mk_oper IN ROLE meshhook_keys_operator;
 
 -- The role x function matrix (EXECUTE privilege).
 SELECT p.proname,
        has_function_privilege('mk_nobody', p.oid, 'EXECUTE') AS nobody,
        has_function_privilege('mk_app', p.oid, 'EXECUTE')    AS app,
-       has_function_privilege('mk_ops', p.oid, 'EXECUTE')    AS ops
+       has_function_privilege('mk_ops', p.oid, 'EXECUTE')    AS ops,
+       has_function_privilege('mk_oper', p.oid, 'EXECUTE')   AS oper
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'meshhook_keys'
  ORDER BY p.proname, p.oid::regprocedure::text;
@@ -17,7 +19,8 @@ SELECT c.relname,
        has_table_privilege('mk_nobody', c.oid, 'SELECT') AS nobody_sel,
        has_table_privilege('mk_app', c.oid, 'SELECT')    AS app_sel,
        has_table_privilege('mk_ops', c.oid, 'SELECT')    AS ops_sel,
-       has_table_privilege('mk_ops', c.oid, 'INSERT,UPDATE,DELETE,TRUNCATE') AS ops_write
+       has_table_privilege('mk_ops', c.oid, 'INSERT,UPDATE,DELETE,TRUNCATE') AS ops_write,
+       has_table_privilege('mk_oper', c.oid, 'SELECT')   AS oper_sel
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'meshhook_keys' AND c.relkind IN ('r', 'v')
  ORDER BY 1;
@@ -88,4 +91,21 @@ RESET search_path;
 SELECT misses > :misses_before AS went_through_the_cache_miss_path FROM meshhook_keys._key_cache_stats();
 SELECT p.proname, p.prosecdef AS definer, p.proconfig FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = 'meshhook_keys' AND p.proname LIKE 'secret\_%crypt%' ORDER BY 1;
+-- Rotate is not decrypt (issue 11, finding 9): an operator rotates, re-encrypts, retires, reads the
+-- audit log and key metadata, but cannot call the encrypt or decrypt functions nor read the store.
+CREATE TEMP TABLE oper_t AS SELECT meshhook_keys.secret_encrypt('oper-secret', 'o', 'oper-ring') AS c
+  FROM (SELECT meshhook_keys.keys_rotate('oper-ring')) r;
+GRANT SELECT ON oper_t TO mk_oper;
+SET LOCAL ROLE mk_oper;
+SELECT version FROM meshhook_keys.keys_rotate('oper-ring', 'operator rotates');
+SELECT meshhook_keys.keyring_set_policy('oper-ring', interval '30 days') AS policy_set;
+SELECT keyring, version, state FROM meshhook_keys.keys WHERE keyring = 'oper-ring' ORDER BY version;
+SELECT action, outcome, role_name FROM meshhook_keys.audit_log WHERE keyring = 'oper-ring' AND action = 'rotate' ORDER BY id DESC LIMIT 1;
+SELECT ok FROM meshhook_keys.audit_verify();
+SELECT sqlstate_of('SELECT meshhook_keys.secret_decrypt(c, ''o'') FROM oper_t');
+SELECT sqlstate_of('SELECT meshhook_keys.secret_decrypt_bytea(c, ''o'') FROM oper_t');
+SELECT sqlstate_of('SELECT meshhook_keys.secret_encrypt(''x'', '''', ''oper-ring'')');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.decrypted_secrets');
+SELECT sqlstate_of('SELECT meshhook_keys.keyring_unlock(''v'', ''whatever-secret'')');
+RESET ROLE;
 ROLLBACK;
