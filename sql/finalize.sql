@@ -81,6 +81,7 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user,
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create(text, text, text) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_destroy(text, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_reclaim(text, text) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.health() TO meshhook_keys_user, meshhook_keys_operator;
 -- User-held keyrings are the users' own: any application role may create, unlock, lock and change
 -- the secret of one; the secret is the authority (and a wrong one is refused and audited).
@@ -193,8 +194,10 @@ COMMENT ON FUNCTION meshhook_keys.keyring_create(text, text, text) IS
     'Create a keyring and its version 1, optionally bound to a tenant: then only sessions that meshhook_keys.tenant_check approves (or members of meshhook_keys_service) may encrypt or decrypt with it. Admin only; audited; NOTIFY meshhook_keys_events.';
 COMMENT ON FUNCTION meshhook_keys.keyring_destroy(text, text) IS
     'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Admin only; audited; NOTIFY meshhook_keys_events.';
+COMMENT ON FUNCTION meshhook_keys.keyring_reclaim(text, text) IS
+    'Free the name of a destroyed keyring (for example one squatted before user-held keyrings had their own user: namespace): its key tombstones, registrations and re-encryption history are deleted so that the name can be created again. Its ciphertexts were undecryptable already and now report an unknown key id. Requires meshhook_keys_operator; audited.';
 COMMENT ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) IS
-    'Create a user-held keyring: its data keys are wrapped by a key derived from the secret with Argon2id (parameters and salt stored, never the secret), not by the root key. Left unlocked in this session. Pass the secret as a bind parameter.';
+    'Create a user-held keyring (its name must begin with user:, a namespace no other keyring may use): its data keys are wrapped by a key derived from the secret with Argon2id (parameters and salt stored, never the secret), not by the root key. Left unlocked in this session. Pass the secret as a bind parameter.';
 COMMENT ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) IS
     'Unlock a user-held keyring for the calling role (and JWT sub, when request.jwt.claims is set) only: scope ''session'' (from commit until keyring_lock, DISCARD ALL, a session authorization change or the end of the session) or ''transaction'' (zeroized at commit or abort; use it behind connection poolers). Nothing is unlocked if the transaction rolls back. A wrong secret costs a full Argon2id derivation, is refused with 28P01 and audited.';
 COMMENT ON FUNCTION meshhook_keys.keyring_lock(text) IS

@@ -133,3 +133,19 @@ REVOKE SELECT ON meshhook_keys.audit_log FROM meshhook_keys_admin;
 GRANT SELECT ON meshhook_keys.audit_log TO meshhook_keys_operator;
 REVOKE EXECUTE ON FUNCTION meshhook_keys.audit_verify() FROM meshhook_keys_admin;
 GRANT EXECUTE ON FUNCTION meshhook_keys.audit_verify() TO meshhook_keys_operator;
+
+-- keyring_reclaim: free the name of a destroyed keyring. User-held keyrings now live under user:.
+CREATE FUNCTION meshhook_keys."keyring_reclaim"(
+	"keyring" TEXT, /* Option < & str > */
+	"reason" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS INT /* i32 */
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'keyring_reclaim_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keyring_reclaim(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_reclaim(text, text) TO meshhook_keys_user, meshhook_keys_operator;
+COMMENT ON FUNCTION meshhook_keys.keyring_reclaim(text, text) IS
+    'Free the name of a destroyed keyring (for example one squatted before user-held keyrings had their own user: namespace): its key tombstones, registrations and re-encryption history are deleted so that the name can be created again. Its ciphertexts were undecryptable already and now report an unknown key id. Requires meshhook_keys_operator; audited.';
+COMMENT ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) IS
+    'Create a user-held keyring (its name must begin with user:, a namespace no other keyring may use): its data keys are wrapped by a key derived from the secret with Argon2id (parameters and salt stored, never the secret), not by the root key. Left unlocked in this session. Pass the secret as a bind parameter.';

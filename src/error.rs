@@ -120,6 +120,12 @@ pub enum KeysError {
     )]
     ExtensionTable(String),
 
+    /// keyring_reclaim on a keyring that still has key material.
+    #[error(
+        "keyring \"{0}\" is not destroyed: only a destroyed keyring's name can be reclaimed (crypto-shred it first with keyring_destroy)"
+    )]
+    NotDestroyed(String),
+
     #[error("must have the privileges of the table's owner to register its columns")]
     NotTableOwner,
 
@@ -218,6 +224,7 @@ impl KeysError {
             KeysError::WrongObjectType(_) => ERRCODE_WRONG_OBJECT_TYPE,      // 42809
             KeysError::NotTableOwner => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
             KeysError::CallerUnknown(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,   // 42501
+            KeysError::NotDestroyed(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             KeysError::NestedBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,     // 42501
             KeysError::ExtensionTable(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,  // 42501
             KeysError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
@@ -276,6 +283,19 @@ impl KeysError {
 }
 
 pub type Result<T> = std::result::Result<T, KeysError>;
+
+/// The error for a failure of the envelope format or of authentication.
+pub(crate) fn crypto_error(e: crate::crypto::CryptoError) -> KeysError {
+    match e {
+        crate::crypto::CryptoError::Truncated { len } => KeysError::Truncated {
+            len,
+            min: crate::crypto::MIN_ENVELOPE_LEN,
+        },
+        crate::crypto::CryptoError::UnknownFormat(v) => KeysError::UnknownFormat(v),
+        crate::crypto::CryptoError::AuthenticationFailed => KeysError::AuthenticationFailed,
+        crate::crypto::CryptoError::BadKeyEncoding(why) => KeysError::Internal(why.into()),
+    }
+}
 
 /// Unwrap a result inside a `#[pg_extern]`, raising the error with its SQLSTATE.
 pub trait OrRaise<T> {

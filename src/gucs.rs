@@ -23,23 +23,8 @@ static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
 static DEFAULT_MAX_ENCRYPTIONS: GucSetting<i32> = GucSetting::<i32>::new(1 << 30);
 static MAX_TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(4096);
 static TENANT_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
-static SESSION_UNLOCKED: GucSetting<bool> = GucSetting::<bool>::new(false);
 
 pub fn init() {
-    // SAFETY: the assign hook is #[pg_guard] and only forgets this backend's unlocked keys.
-    unsafe {
-        GucRegistry::define_bool_guc_with_hooks(
-            c"meshhook_keys.session_unlocked",
-            c"Whether this session holds session-scoped unlocks of user-held keyrings (internal).",
-            c"Set by keyring_unlock. DISCARD ALL, RESET ALL or RESET of this setting forgets every unlocked key.",
-            &SESSION_UNLOCKED,
-            GucContext::Userset,
-            GucFlags::NO_SHOW_ALL | GucFlags::DISALLOW_IN_FILE,
-            None,
-            Some(crate::session_keys::session_unlocked_assign),
-            None,
-        );
-    }
     GucRegistry::define_string_guc(
         c"meshhook_keys.root_key_file",
         c"Path of the file holding the 256-bit root key as 64 hex characters.",

@@ -12,51 +12,12 @@ use crate::error::{KeysError, Result};
 use crate::gucs;
 use crate::rootkey;
 use crate::store::{self, KeyRow};
-use aes_gcm::Aes256Gcm;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum KeyState {
-    Active,
-    DecryptOnly,
-    Retired,
-    Destroyed,
-}
-
-impl KeyState {
-    fn parse(s: &str) -> Result<Self> {
-        Ok(match s {
-            "active" => KeyState::Active,
-            "decrypt_only" => KeyState::DecryptOnly,
-            "retired" => KeyState::Retired,
-            "destroyed" => KeyState::Destroyed,
-            other => return Err(KeysError::Internal(format!("unknown key state {other}"))),
-        })
-    }
-    fn name(self) -> &'static str {
-        match self {
-            KeyState::Active => "active",
-            KeyState::DecryptOnly => "decrypt_only",
-            KeyState::Retired => "retired",
-            KeyState::Destroyed => "destroyed",
-        }
-    }
-}
-
-/// An unwrapped data key, ready to use.
-pub struct CachedKey {
-    pub key_id: i64,
-    pub keyring: String,
-    pub version: i32,
-    /// The keyring's tenant: using the key requires passing meshhook_keys.tenant_check.
-    pub tenant: Option<String>,
-    pub state: KeyState,
-    pub cipher: Aes256Gcm,
-    loaded_at: u64,
-}
+pub use crate::datakey::{CachedKey, KeyState};
 
 #[derive(Default)]
 struct Cache {

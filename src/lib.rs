@@ -8,6 +8,7 @@ mod api;
 mod audit;
 mod context;
 mod crypto;
+mod datakey;
 mod error;
 mod gucs;
 mod keycache;
@@ -48,6 +49,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     keycache::register_invalidation_callback();
+    session_keys::init();
     // SAFETY: reading a postmaster global flag.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         rootkey::startup_check();

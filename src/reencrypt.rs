@@ -15,11 +15,10 @@
 //! operation (as PostgreSQL does for index expressions during maintenance), never as the extension
 //! owner, so registering an expression cannot escalate privileges.
 
-use crate::api::secrets::crypto_error;
 use crate::audit;
 use crate::context;
 use crate::crypto::{self, FORMAT_V1, HEADER_LEN};
-use crate::error::{KeysError, Result};
+use crate::error::{KeysError, Result, crypto_error};
 use crate::keycache;
 use crate::plans;
 use pgrx::prelude::*;

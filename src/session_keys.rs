@@ -18,8 +18,9 @@
 //! Dropping a key zeroizes it (aes-gcm's zeroize feature), so "forget" means "zeroize".
 
 use crate::context::Caller;
-use crate::keycache::CachedKey;
+use crate::datakey::CachedKey;
 use pgrx::prelude::*;
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -338,7 +339,7 @@ unsafe extern "C-unwind" fn forget_at_exit(_code: i32, _arg: pg_sys::Datum) {
     forget_all();
 }
 
-/// Assign hook of `meshhook_keys.session_unlocked` (see crate::gucs): set on by a session-scoped
+/// Assign hook of `meshhook_keys.session_unlocked` (see [`init`]): set on by a session-scoped
 /// unlock, and reset to off by `DISCARD ALL` and `RESET ALL` (which reset every setting a session
 /// changed), or by `RESET` of the setting itself: then every unlocked key is forgotten.
 #[pg_guard]
@@ -364,6 +365,27 @@ fn mark_session_unlocked() {
             true,
             0,
             false,
+        );
+    }
+}
+
+static SESSION_UNLOCKED: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// Define the internal setting `meshhook_keys.session_unlocked` (from `_PG_init`). It is no user
+/// setting (not in crate::gucs): it exists so that DISCARD ALL and RESET ALL reach us.
+pub fn init() {
+    // SAFETY: the assign hook is #[pg_guard] and only forgets this backend's unlocked keys.
+    unsafe {
+        GucRegistry::define_bool_guc_with_hooks(
+            c"meshhook_keys.session_unlocked",
+            c"Whether this session holds session-scoped unlocks of user-held keyrings (internal).",
+            c"Set by keyring_unlock. DISCARD ALL, RESET ALL or RESET of this setting forgets every unlocked key.",
+            &SESSION_UNLOCKED,
+            GucContext::Userset,
+            GucFlags::NO_SHOW_ALL | GucFlags::DISALLOW_IN_FILE,
+            None,
+            Some(session_unlocked_assign),
+            None,
         );
     }
 }

@@ -317,6 +317,40 @@ pub fn keyring_destroyed_and_tenant(keyring: &str) -> Result<(Option<String>, Op
     )?)
 }
 
+/// Delete a (destroyed) keyring entirely: re-encryption history, registrations, key tombstones
+/// and the keyring row. Returns the key versions deleted.
+pub fn delete_keyring(keyring: &str) -> Result<i32> {
+    Spi::run_with_args(
+        "DELETE FROM meshhook_keys.reencrypt_failure f USING meshhook_keys.reencrypt_job j
+          WHERE f.job_id = j.id AND j.keyring = $1",
+        &[keyring.into()],
+    )?;
+    Spi::run_with_args(
+        "DELETE FROM meshhook_keys.reencrypt_progress_column p USING meshhook_keys.reencrypt_job j
+          WHERE p.job_id = j.id AND j.keyring = $1",
+        &[keyring.into()],
+    )?;
+    Spi::run_with_args(
+        "DELETE FROM meshhook_keys.reencrypt_job WHERE keyring = $1",
+        &[keyring.into()],
+    )?;
+    Spi::run_with_args(
+        "DELETE FROM meshhook_keys.encrypted_column WHERE keyring = $1",
+        &[keyring.into()],
+    )?;
+    let n = Spi::get_one_with_args::<i64>(
+        "WITH d AS (DELETE FROM meshhook_keys.data_key WHERE keyring = $1 RETURNING 1)
+         SELECT pg_catalog.count(*) FROM d",
+        &[keyring.into()],
+    )?
+    .unwrap_or(0);
+    Spi::run_with_args(
+        "DELETE FROM meshhook_keys.keyring WHERE name = $1",
+        &[keyring.into()],
+    )?;
+    Ok(n as i32)
+}
+
 /// Insert a new keyring row with its tenant and the default rotation policy; false if it exists.
 pub fn create_keyring(keyring: &str, tenant: Option<&str>) -> Result<bool> {
     Ok(Spi::get_one_with_args::<bool>(

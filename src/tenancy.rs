@@ -10,9 +10,9 @@
 //! Decisions are cached for the current transaction (a PostgREST request), keyed by role, tenant,
 //! `request.jwt.claims` and the check's name, so a scan decrypting many rows asks once.
 
+use crate::datakey::CachedKey;
 use crate::error::{KeysError, Result};
 use crate::gucs;
-use crate::keycache::CachedKey;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -18,6 +18,23 @@ use std::collections::HashMap;
 use std::rc::Rc;
 use zeroize::Zeroizing;
 
+/// User-held keyrings live under this prefix, and only they may: a user can never take a name an
+/// administrator will need (`default`, a tenant's `project:p3`), nor an administrator a user's.
+pub const USER_HELD_PREFIX: &str = "user:";
+
+/// Refuse a name for a keyring of the wrong kind: `user:` names are user-held, all others not.
+pub fn check_namespace(keyring: &str, user_held: bool) -> Result<()> {
+    match (keyring.starts_with(USER_HELD_PREFIX), user_held) {
+        (true, false) => Err(KeysError::InvalidKeyringName(format!(
+            "keyring names beginning with \"{USER_HELD_PREFIX}\" are reserved for user-held keyrings"
+        ))),
+        (false, true) => Err(KeysError::InvalidKeyringName(format!(
+            "user-held keyring names must begin with \"{USER_HELD_PREFIX}\" (so that they never collide with administrators' keyrings)"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Shortest secret accepted (bytes). Argon2id slows guessing; it cannot make "1234" strong.
 const MIN_SECRET_LEN: usize = 8;
 
@@ -130,6 +147,7 @@ fn new_version(keyring: &str, kek: &SecretKey) -> Result<(i32, i64, Rc<CachedKey
 /// keyring_create_user_held: a new keyring whose version 1 is wrapped under the user's secret;
 /// left unlocked in this session.
 pub fn create(keyring: &str, secret: Option<&str>) -> Result<(i32, i64)> {
+    check_namespace(keyring, true)?;
     let secret = Zeroizing::new(validate_secret("secret", secret)?.to_string());
     let params = KdfParams::new_random();
     let kek = derive(&secret, &params)?;

@@ -75,6 +75,10 @@ pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) 
 pub fn rotate(keyring: &str, reason: Option<&str>) -> KResult<NewKey> {
     // Load the root key before taking any lock: a misconfigured server changes nothing.
     rootkey::current()?;
+    // (a user-held keyring that exists gets its own, clearer refusal below)
+    if store::user_held_kdf(keyring)?.is_none() {
+        crate::userheld::check_namespace(keyring, false)?;
+    }
     store::lock_audit_chain()?;
     store::lock_keyring(keyring)?;
     refuse_destroyed(keyring)?;
@@ -113,6 +117,7 @@ fn keyring_create(
     let r = (|| {
         audit::require_admin("keyring_create", name)?;
         let keyring = validate_keyring(name)?;
+        crate::userheld::check_namespace(keyring, false)?;
         if tenant.is_some_and(|t| t.is_empty() || t.len() > 200) {
             return Err(KeysError::InvalidArgument(
                 "tenant must be 1 to 200 characters (or NULL for no tenant)".into(),
@@ -154,6 +159,38 @@ fn keyring_destroy(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")
             serde_json::json!({ "versions_destroyed": versions }),
         )?;
         store::notify("keyring_destroy", keyring, None)?;
+        Ok(versions)
+    })()
+    .or_raise()
+}
+
+/// Free the name of a destroyed keyring (e.g. one a user squatted before 0.5.0's namespaces):
+/// its tombstone rows, registrations and re-encryption history are deleted, so the name can be
+/// created again. Its ciphertexts were undecryptable already; they now report an unknown key id.
+/// Requires meshhook_keys_operator; audited.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keyring_reclaim(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> i32 {
+    (|| {
+        audit::require_admin("keyring_reclaim", keyring)?;
+        let keyring = validate_keyring(keyring)?;
+        store::lock_audit_chain()?;
+        if !store::keyring_exists(keyring)? {
+            return Err(KeysError::UnknownKeyring(keyring.into()));
+        }
+        store::lock_keyring(keyring)?;
+        if store::keyring_destroyed_at(keyring)?.is_none() {
+            return Err(KeysError::NotDestroyed(keyring.into()));
+        }
+        let versions = store::delete_keyring(keyring)?;
+        audit::record(
+            "keyring_reclaim",
+            Some(keyring),
+            None,
+            None,
+            reason,
+            serde_json::json!({ "versions_deleted": versions }),
+        )?;
         Ok(versions)
     })()
     .or_raise()

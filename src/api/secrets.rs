@@ -1,22 +1,10 @@
 //! secret_encrypt / secret_decrypt and the header parser.
 
 use crate::api::keys::{DEFAULT_KEYRING, ensure_default_keyring, validate_keyring};
-use crate::crypto::{self, CryptoError};
-use crate::error::{KeysError, OrRaise, Result};
+use crate::crypto;
+use crate::error::{KeysError, OrRaise, Result, crypto_error};
 use crate::keycache;
 use pgrx::prelude::*;
-
-pub(crate) fn crypto_error(e: CryptoError) -> KeysError {
-    match e {
-        CryptoError::Truncated { len } => KeysError::Truncated {
-            len,
-            min: crypto::MIN_ENVELOPE_LEN,
-        },
-        CryptoError::UnknownFormat(v) => KeysError::UnknownFormat(v),
-        CryptoError::AuthenticationFailed => KeysError::AuthenticationFailed,
-        CryptoError::BadKeyEncoding(why) => KeysError::Internal(why.into()),
-    }
-}
 
 pub fn encrypt(
     plaintext: Option<&[u8]>,

@@ -60,23 +60,23 @@ direct postgres "CREATE EXTENSION meshhook_keys;
                  CREATE ROLE pool_app LOGIN IN ROLE meshhook_keys_user;
                  CREATE TABLE pool_t (id int PRIMARY KEY, c bytea);
                  GRANT SELECT, INSERT ON pool_t TO pool_app"
-direct pool_app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('pool:vault', 'pool-secret-1');
-                 INSERT INTO pool_t VALUES (1, meshhook_keys.secret_encrypt('pooled-plaintext', 'p/1', 'pool:vault'))" >/dev/null
+direct pool_app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:pool:vault', 'pool-secret-1');
+                 INSERT INTO pool_t VALUES (1, meshhook_keys.secret_encrypt('pooled-plaintext', 'p/1', 'user:pool:vault'))" >/dev/null
 DECRYPT="SELECT meshhook_keys.secret_decrypt(c, 'p/1') FROM pool_t WHERE id = 1"
 LOG_FROM=$(wc -l < "$TMP/server.log")
 
 echo "# transaction mode: the next client on the same backend gets nothing"
 start_bouncer transaction
 pid1=$(pooled "SELECT pg_backend_pid()")
-got=$(pooled "BEGIN; SELECT meshhook_keys.keyring_unlock('pool:vault', 'pool-secret-1', scope => 'transaction') > 0; $DECRYPT; COMMIT;")
+got=$(pooled "BEGIN; SELECT meshhook_keys.keyring_unlock('user:pool:vault', 'pool-secret-1', scope => 'transaction') > 0; $DECRYPT; COMMIT;")
 check "a transaction-scoped unlock decrypts inside its transaction" "t
 pooled-plaintext" "$got"
 check "the next client is served by the same backend" "$pid1" "$(pooled "SELECT pg_backend_pid()")"
 check "and cannot decrypt: the keys were zeroized at commit" "ERROR:  55000" "$(pooled "$DECRYPT")"
-check "nor encrypt into the vault" "ERROR:  55000" "$(pooled "SELECT meshhook_keys.secret_encrypt('x', '', 'pool:vault')")"
+check "nor encrypt into the vault" "ERROR:  55000" "$(pooled "SELECT meshhook_keys.secret_encrypt('x', '', 'user:pool:vault')")"
 CLAIMS_U1="SELECT set_config('request.jwt.claims', '{\"sub\":\"u1\"}', true) IS NULL"
 CLAIMS_U2="SELECT set_config('request.jwt.claims', '{\"sub\":\"u2\"}', true) IS NULL"
-got=$(pooled "BEGIN; $CLAIMS_U1; SELECT meshhook_keys.keyring_unlock('pool:vault', 'pool-secret-1') > 0; COMMIT;")
+got=$(pooled "BEGIN; $CLAIMS_U1; SELECT meshhook_keys.keyring_unlock('user:pool:vault', 'pool-secret-1') > 0; COMMIT;")
 check "user u1 unlocks for the session (PostgREST-style claims)" "f
 t" "$got"
 check "a client without claims on that backend is refused" "ERROR:  55000" "$(pooled "$DECRYPT")"
@@ -92,7 +92,7 @@ echo "# session mode with server_reset_query = DISCARD ALL: the next client inhe
 start_bouncer session
 pid2=$(pooled "SELECT pg_backend_pid()")
 check "a session-scoped unlock decrypts in its session" "1
-pooled-plaintext" "$(pooled "SELECT meshhook_keys.keyring_unlock('pool:vault', 'pool-secret-1'); $DECRYPT")"
+pooled-plaintext" "$(pooled "SELECT meshhook_keys.keyring_unlock('user:pool:vault', 'pool-secret-1'); $DECRYPT")"
 check "the next client is served by the same backend" "$pid2" "$(pooled "SELECT pg_backend_pid()")"
 check "and cannot decrypt: DISCARD ALL forgot the keys" "ERROR:  55000" "$(pooled "$DECRYPT")"
 

@@ -182,23 +182,23 @@ check "and decrypts" "$N" "$(q app "SELECT count(*) FROM big WHERE meshhook_keys
 check "retiring the old version is now allowed" "t" "$(q app "SELECT meshhook_keys.keys_retire('crash', 1)")"
 
 echo "# user-held keyrings: a wrong secret is refused and audited durably; no secret is logged"
-q app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('vault:client', 'CLIENT-PASSPHRASE-1')" -U app_user >/dev/null
+q app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:vault:client', 'CLIENT-PASSPHRASE-1')" -U app_user >/dev/null
 q app "CREATE TABLE vault (id int PRIMARY KEY, c bytea NOT NULL); GRANT SELECT, INSERT ON vault TO app_user"
-q app "SELECT meshhook_keys.keyring_unlock('vault:client', 'CLIENT-PASSPHRASE-1');
-       INSERT INTO vault SELECT i, meshhook_keys.secret_encrypt('CLIENT-SECRET-vault-' || i, 'vault:' || i, 'vault:client')
+q app "SELECT meshhook_keys.keyring_unlock('user:vault:client', 'CLIENT-PASSPHRASE-1');
+       INSERT INTO vault SELECT i, meshhook_keys.secret_encrypt('CLIENT-SECRET-vault-' || i, 'vault:' || i, 'user:vault:client')
          FROM generate_series(1, 10) i" -U app_user >/dev/null
-check_match "another session must unlock it first" '^55000: keyring "vault:client" is user-held and locked' \
+check_match "another session must unlock it first" '^55000: keyring "user:vault:client" is user-held and locked' \
     "$(qe app "SELECT meshhook_keys.secret_decrypt(c, 'vault:' || id) FROM vault" -U app_user)"
-check_match "a wrong secret is refused (28P01)" '^28P01: wrong secret for user-held keyring "vault:client"' \
-    "$(qe app "SELECT meshhook_keys.keyring_unlock('vault:client', 'CLIENT-PASSPHRASE-X')" -U app_user)"
+check_match "a wrong secret is refused (28P01)" '^28P01: wrong secret for user-held keyring "user:vault:client"' \
+    "$(qe app "SELECT meshhook_keys.keyring_unlock('user:vault:client', 'CLIENT-PASSPHRASE-X')" -U app_user)"
 if wait_for app "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE action = 'unlock' AND outcome = 'failed'
-                                AND keyring = 'vault:client' AND role_name = 'app_user')"; then
+                                AND keyring = 'user:vault:client' AND role_name = 'app_user')"; then
     ok "the failed attempt is audited although its transaction rolled back"
 else
     fail "the failed attempt is audited although its transaction rolled back"
 fi
 check "unlocked, the session decrypts" 10 \
-    "$(q app "SELECT meshhook_keys.keyring_unlock('vault:client', 'CLIENT-PASSPHRASE-1') > 0 AND true;
+    "$(q app "SELECT meshhook_keys.keyring_unlock('user:vault:client', 'CLIENT-PASSPHRASE-1') > 0 AND true;
               SELECT count(*) FROM vault WHERE meshhook_keys.secret_decrypt(c, 'vault:' || id) = 'CLIENT-SECRET-vault-' || id" -U app_user | tail -1)"
 
 echo "# root key rotation: rewrap every data key under a new root key, no user row touched"
@@ -225,7 +225,7 @@ check "restarted with only the new root key, every secret decrypts" "$N" \
 check "older rows of the same database decrypt too" "50" \
     "$(q app "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id")"
 check "a user-held keyring, never wrapped by the root key, is untouched by the rewrap and still opens" 10 \
-    "$(q app "SELECT meshhook_keys.keyring_unlock('vault:client', 'CLIENT-PASSPHRASE-1') > 0 AND true;
+    "$(q app "SELECT meshhook_keys.keyring_unlock('user:vault:client', 'CLIENT-PASSPHRASE-1') > 0 AND true;
               SELECT count(*) FROM vault WHERE meshhook_keys.secret_decrypt(c, 'vault:' || id) = 'CLIENT-SECRET-vault-' || id" -U app_user | tail -1)"
 check_match "the rewrap is per database: another database still needs its own" '^28000: root key does not match' \
     "$(qe restored "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"

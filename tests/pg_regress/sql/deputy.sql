@@ -41,7 +41,7 @@ SELECT keyring, action, outcome FROM meshhook_keys.tick() WHERE keyring = 'dp:ta
 SET dp.runner = 'keyring_rotate_secret';
 SET ROLE dp_alice;
 SELECT versions_rewrapped, new_version, rows_reencrypted
-  FROM meshhook_keys.keyring_rotate_secret('dp:vault', 'alice-secret-1', 'alice-secret-2', reencrypt => true);
+  FROM meshhook_keys.keyring_rotate_secret('user:dp:vault', 'alice-secret-1', 'alice-secret-2', reencrypt => true);
 RESET ROLE;
 
 -- runners: key_usage and keys_retire's count, as an admin
@@ -88,7 +88,7 @@ SELECT count(*) AS policy_calls FROM dp_m.attempts WHERE vector = 'policy';
 -- the state she wanted to change is intact
 SELECT rolsuper FROM pg_roles WHERE rolname = 'dp_mallory';
 SELECT keyring, active_version, destroyed_at IS NOT NULL AS destroyed FROM meshhook_keys.keyrings
- WHERE keyring IN ('dp:other', 'dp:target', 'dp:victim', 'dp:vault') ORDER BY 1;
+ WHERE keyring IN ('dp:other', 'dp:target', 'dp:victim', 'user:dp:vault') ORDER BY 1;
 SELECT table_name, column_name, context_expr, keyring FROM meshhook_keys.encrypted_columns
  WHERE table_name = 'meshhook_keys.secrets'::regclass ORDER BY keyring;
 -- and the batches did their job: every row is on its keyring's newest key and decrypts

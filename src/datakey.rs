@@ -1,0 +1,46 @@
+//! An unwrapped data key and its state: what the key cache, the session's unlocked user-held keys
+//! and the tenant check share.
+
+use crate::error::{KeysError, Result};
+use aes_gcm::Aes256Gcm;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum KeyState {
+    Active,
+    DecryptOnly,
+    Retired,
+    Destroyed,
+}
+
+impl KeyState {
+    pub(crate) fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "active" => KeyState::Active,
+            "decrypt_only" => KeyState::DecryptOnly,
+            "retired" => KeyState::Retired,
+            "destroyed" => KeyState::Destroyed,
+            other => return Err(KeysError::Internal(format!("unknown key state {other}"))),
+        })
+    }
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            KeyState::Active => "active",
+            KeyState::DecryptOnly => "decrypt_only",
+            KeyState::Retired => "retired",
+            KeyState::Destroyed => "destroyed",
+        }
+    }
+}
+
+/// An unwrapped data key, ready to use.
+pub struct CachedKey {
+    pub key_id: i64,
+    pub keyring: String,
+    pub version: i32,
+    /// The keyring's tenant: using the key requires passing meshhook_keys.tenant_check.
+    pub tenant: Option<String>,
+    pub state: KeyState,
+    pub cipher: Aes256Gcm,
+    /// The cache clock when this key was loaded (least recently loaded keys are evicted first).
+    pub(crate) loaded_at: u64,
+}
