@@ -180,3 +180,16 @@ CREATE VIEW meshhook_keys.keys AS
 SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.keyring', '');
 SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.data_key', '');
 SELECT pg_catalog.pg_extension_config_dump('meshhook_keys.audit_log', '');
+
+-- Key events (0.5.0) go to a channel whose name is unguessable and readable only by operators:
+-- PostgreSQL puts no privilege on LISTEN, so a fixed channel name would tell every role that can
+-- connect when any tenant's keys change. events_channel() gives operators the name.
+CREATE TABLE meshhook_keys.event_channel (
+    channel  text PRIMARY KEY CHECK (channel ~ '^meshhook_keys_events_[a-z0-9_]{1,42}$'),
+    singleton boolean NOT NULL DEFAULT true UNIQUE CHECK (singleton)
+);
+INSERT INTO meshhook_keys.event_channel (channel)
+    VALUES ('meshhook_keys_events_' || pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''));
+CREATE FUNCTION meshhook_keys.events_channel() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT channel FROM meshhook_keys.event_channel $$;

@@ -105,6 +105,8 @@ GRANT EXECUTE ON FUNCTION meshhook_keys._encryptions_pending(bigint) TO meshhook
 GRANT SELECT ON meshhook_keys.keys TO meshhook_keys_operator;
 GRANT SELECT ON meshhook_keys.audit_log TO meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.audit_verify() TO meshhook_keys_operator;
+-- Operators learn the (unguessable) key events channel; nobody else does.
+GRANT EXECUTE ON FUNCTION meshhook_keys.events_channel() TO meshhook_keys_operator;
 
 -- A re-encryption batch writes each table as its owner (so that the owner's triggers and the
 -- context expression never run with more rights than the owner's), and that UPDATE calls two
@@ -191,9 +193,9 @@ COMMENT ON VIEW meshhook_keys.keyrings IS
 COMMENT ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) IS
     'Set a keyring''s rotation policy: rotate when the active key is older than rotation_interval (NULL: manual only) or has encrypted max_encryptions times (NULL: meshhook_keys.default_max_encryptions; at most 2^32). Admin only; audited.';
 COMMENT ON FUNCTION meshhook_keys.keyring_create(text, text, text) IS
-    'Create a keyring and its version 1, optionally bound to a tenant: then only sessions that meshhook_keys.tenant_check approves (or members of meshhook_keys_service) may encrypt or decrypt with it. Admin only; audited; NOTIFY meshhook_keys_events.';
+    'Create a keyring and its version 1, optionally bound to a tenant: then only sessions that meshhook_keys.tenant_check approves (or members of meshhook_keys_service) may encrypt or decrypt with it. Admin only; audited; key event on events_channel().';
 COMMENT ON FUNCTION meshhook_keys.keyring_destroy(text, text) IS
-    'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Admin only; audited; NOTIFY meshhook_keys_events.';
+    'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Admin only; audited; key event on events_channel().';
 COMMENT ON FUNCTION meshhook_keys.keyring_reclaim(text, text) IS
     'Free the name of a destroyed keyring (for example one squatted before user-held keyrings had their own user: namespace): its key tombstones, registrations and re-encryption history are deleted so that the name can be created again. Its ciphertexts were undecryptable already and now report an unknown key id. Requires meshhook_keys_operator; audited.';
 COMMENT ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) IS
@@ -206,6 +208,10 @@ COMMENT ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolea
     'Change a user-held keyring''s secret: verify the old one, rewrap every version under the new one (O(1), atomic, audited without secrets). With reencrypt => true, also a new data key and every registered row re-encrypted in the same transaction.';
 COMMENT ON FUNCTION meshhook_keys.health() IS
     'Whether this server keeps secrets secret: root key, scheduler, tenant check, and every logging setting (log_statement, log_min_duration_statement, log_parameter_max_length(_on_error), log_min_error_statement, auto_explain) that would write secret-bearing statements to the log. Admin only.';
+COMMENT ON TABLE meshhook_keys.event_channel IS
+    'The name of the channel key events are published on with NOTIFY: random per database, readable only through events_channel() (operators), since LISTEN itself needs no privilege.';
+COMMENT ON FUNCTION meshhook_keys.events_channel() IS
+    'The channel to LISTEN on for key events (rotate, create, retire, destroy, keyring_destroy; JSON metadata at commit). Operators only: the name is random per database so that roles without this grant cannot listen.';
 COMMENT ON FUNCTION meshhook_keys.tick() IS
     'Run one scheduler tick now in the caller''s transaction: rotate due keyrings, then advance pending re-encryption a bounded number of batches. For pg_cron where the background worker cannot run. Admin only; actions audited with actor scheduler.';
 COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS

@@ -149,3 +149,27 @@ COMMENT ON FUNCTION meshhook_keys.keyring_reclaim(text, text) IS
     'Free the name of a destroyed keyring (for example one squatted before user-held keyrings had their own user: namespace): its key tombstones, registrations and re-encryption history are deleted so that the name can be created again. Its ciphertexts were undecryptable already and now report an unknown key id. Requires meshhook_keys_operator; audited.';
 COMMENT ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) IS
     'Create a user-held keyring (its name must begin with user:, a namespace no other keyring may use): its data keys are wrapped by a key derived from the secret with Argon2id (parameters and salt stored, never the secret), not by the root key. Left unlocked in this session. Pass the secret as a bind parameter.';
+
+-- Key events (0.5.0) go to a channel whose name is unguessable and readable only by operators:
+-- PostgreSQL puts no privilege on LISTEN, so a fixed channel name would tell every role that can
+-- connect when any tenant's keys change. events_channel() gives operators the name.
+CREATE TABLE meshhook_keys.event_channel (
+    channel  text PRIMARY KEY CHECK (channel ~ '^meshhook_keys_events_[a-z0-9_]{1,42}$'),
+    singleton boolean NOT NULL DEFAULT true UNIQUE CHECK (singleton)
+);
+INSERT INTO meshhook_keys.event_channel (channel)
+    VALUES ('meshhook_keys_events_' || pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''));
+CREATE FUNCTION meshhook_keys.events_channel() RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$ SELECT channel FROM meshhook_keys.event_channel $$;
+REVOKE ALL ON TABLE meshhook_keys.event_channel FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys.events_channel() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.events_channel() TO meshhook_keys_operator;
+COMMENT ON TABLE meshhook_keys.event_channel IS
+    'The name of the channel key events are published on with NOTIFY: random per database, readable only through events_channel() (operators), since LISTEN itself needs no privilege.';
+COMMENT ON FUNCTION meshhook_keys.events_channel() IS
+    'The channel to LISTEN on for key events (rotate, create, retire, destroy, keyring_destroy; JSON metadata at commit). Operators only: the name is random per database so that roles without this grant cannot listen.';
+COMMENT ON FUNCTION meshhook_keys.keyring_create(text, text, text) IS
+    'Create a keyring and its version 1, optionally bound to a tenant: then only sessions that meshhook_keys.tenant_check approves (or members of meshhook_keys_service) may encrypt or decrypt with it. Admin only; audited; key event on events_channel().';
+COMMENT ON FUNCTION meshhook_keys.keyring_destroy(text, text) IS
+    'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Admin only; audited; key event on events_channel().';

@@ -292,12 +292,20 @@ pub fn insert_audit(e: &AuditEvent<'_>) -> Result<()> {
     })
 }
 
-/// Publish a key event to `LISTEN meshhook_keys_events` listeners (delivered at commit). The payload
+/// Publish a key event on the channel events_channel() names (delivered at commit). The payload
 /// is metadata only: `{"event", "keyring", "version"}`.
 pub fn notify(event: &str, keyring: &str, version: Option<i32>) -> Result<()> {
     let payload = serde_json::json!({ "event": event, "keyring": keyring, "version": version });
+    // (a schema from before 0.5.0, until ALTER EXTENSION ... UPDATE, has the fixed channel only)
+    let has_channel = Spi::get_one::<bool>(
+        "SELECT pg_catalog.to_regclass('meshhook_keys.event_channel') IS NOT NULL",
+    )?;
     Spi::run_with_args(
-        "SELECT pg_catalog.pg_notify('meshhook_keys_events', $1)",
+        if has_channel == Some(true) {
+            "SELECT pg_catalog.pg_notify((SELECT channel FROM meshhook_keys.event_channel), $1)"
+        } else {
+            "SELECT pg_catalog.pg_notify('meshhook_keys_events', $1)"
+        },
         &[payload.to_string().into()],
     )?;
     Ok(())
