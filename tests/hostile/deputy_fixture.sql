@@ -1,6 +1,7 @@
 -- A hostile table owner (dp_mallory, only meshhook_keys_user) whose code runs inside our batches,
 -- in every place PostgreSQL runs a table owner's code during an UPDATE or a scan: a row trigger, a
--- statement trigger, a stored generated column (the "default expression" of an UPDATE), the
+-- statement trigger, a stored generated column (the "default expression" of an UPDATE), a CHECK
+-- constraint (where a domain's check would run, were the column allowed to be a domain), the
 -- context expression (a volatile function, and an IMMUTABLE one that the planner folds at plan
 -- time), and a row-level security policy. Each place calls dp_m.payload(vector), which tries every
 -- privileged thing she must never get and records what happened in dp_m.attempts (runner, vector,
@@ -83,6 +84,8 @@ CREATE FUNCTION dp_m.fold(k text) RETURNS text LANGUAGE plpgsql IMMUTABLE
     AS $$ BEGIN PERFORM dp_m.payload('context expression folded at plan time'); RETURN ''; END $$;
 CREATE FUNCTION dp_m.gen(b bytea) RETURNS text LANGUAGE plpgsql IMMUTABLE
     AS $$ BEGIN PERFORM dp_m.payload('generated column'); RETURN 'g'; END $$;
+CREATE FUNCTION dp_m.chk(id int) RETURNS boolean LANGUAGE plpgsql VOLATILE
+    AS $$ BEGIN PERFORM dp_m.payload('check constraint'); RETURN true; END $$;
 CREATE FUNCTION dp_m.pol(id int) RETURNS boolean LANGUAGE plpgsql VOLATILE
     AS $$ BEGIN PERFORM dp_m.payload('policy'); RETURN true; END $$;
 CREATE FUNCTION dp_m.row_trg() RETURNS trigger LANGUAGE plpgsql
@@ -93,7 +96,8 @@ CREATE FUNCTION dp_m.evil() RETURNS text LANGUAGE sql AS $$ SELECT '' $$;
 CREATE TABLE dp_m.t (
     id  int PRIMARY KEY,
     tok bytea,
-    gen text GENERATED ALWAYS AS (dp_m.gen(tok)) STORED
+    gen text GENERATED ALWAYS AS (dp_m.gen(tok)) STORED,
+    CHECK (dp_m.chk(id))
 );
 CREATE TRIGGER row_trg BEFORE UPDATE ON dp_m.t FOR EACH ROW EXECUTE FUNCTION dp_m.row_trg();
 CREATE TRIGGER stmt_trg AFTER UPDATE ON dp_m.t FOR EACH STATEMENT EXECUTE FUNCTION dp_m.stmt_trg();

@@ -83,6 +83,21 @@ SELECT r.runner, count(a.n) > 0 AS her_code_ran
   FROM (VALUES ('register_column (superuser)'), ('admin CALL reencrypt'), ('superuser tick()'),
                ('keyring_rotate_secret'), ('key_usage'), ('keys_retire'), ('verify')) r(runner)
   LEFT JOIN dp_m.attempts a ON a.runner = r.runner GROUP BY 1 ORDER BY 1;
+-- the refusals are audited as hers, not as whoever ran the batch (written by the audit worker:
+-- wait for them, with a deadline)
+DO $$
+DECLARE deadline timestamptz := pg_catalog.clock_timestamp() + interval '60 seconds';
+BEGIN
+    LOOP
+        EXIT WHEN (SELECT count(*) FROM meshhook_keys.audit_log
+                    WHERE outcome = 'refused' AND detail ->> 'function' = 'keyring_destroy') > 0
+               OR pg_catalog.clock_timestamp() > deadline;
+        PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT role_name, count(*) > 0 AS refusals_audited FROM meshhook_keys.audit_log
+ WHERE outcome = 'refused' AND detail ->> 'function' IN ('keyring_destroy', 'keys_rotate', 'register_column', 'reencrypt_batch')
+ GROUP BY 1 ORDER BY 1;
 -- the policy never ran: batches scan as the owner with row_security = off
 SELECT count(*) AS policy_calls FROM dp_m.attempts WHERE vector = 'policy';
 -- the state she wanted to change is intact
