@@ -135,19 +135,26 @@ fn keyring_create(
     TableIterator::once((r.keyring, r.version, r.key_id, r.activated_at))
 }
 
+/// The checks and locks of an administrative action on an existing keyring: the caller's
+/// privilege (refusal audited), the name, the audit chain lock, then the keyring's row lock.
+fn lock_existing_keyring<'a>(function: &'static str, keyring: Option<&'a str>) -> KResult<&'a str> {
+    audit::require_admin(function, keyring)?;
+    let keyring = validate_keyring(keyring)?;
+    store::lock_audit_chain()?;
+    if !store::keyring_exists(keyring)? {
+        return Err(KeysError::UnknownKeyring(keyring.into()));
+    }
+    store::lock_keyring(keyring)?;
+    Ok(keyring)
+}
+
 /// Crypto-shred a keyring: destroy every version's key material so that nothing it ever encrypted
 /// can be decrypted again, and refuse any further use of the name. Requires meshhook_keys_admin.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_destroy(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> i32 {
     (|| {
-        audit::require_admin("keyring_destroy", keyring)?;
-        let keyring = validate_keyring(keyring)?;
-        store::lock_audit_chain()?;
-        if !store::keyring_exists(keyring)? {
-            return Err(KeysError::UnknownKeyring(keyring.into()));
-        }
-        store::lock_keyring(keyring)?;
+        let keyring = lock_existing_keyring("keyring_destroy", keyring)?;
         refuse_destroyed(keyring)?;
         let versions = store::destroy_keyring(keyring)?;
         audit::record(
@@ -172,13 +179,7 @@ fn keyring_destroy(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_reclaim(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> i32 {
     (|| {
-        audit::require_admin("keyring_reclaim", keyring)?;
-        let keyring = validate_keyring(keyring)?;
-        store::lock_audit_chain()?;
-        if !store::keyring_exists(keyring)? {
-            return Err(KeysError::UnknownKeyring(keyring.into()));
-        }
-        store::lock_keyring(keyring)?;
+        let keyring = lock_existing_keyring("keyring_reclaim", keyring)?;
         if store::keyring_destroyed_at(keyring)?.is_none() {
             return Err(KeysError::NotDestroyed(keyring.into()));
         }

@@ -27,10 +27,6 @@ start_cluster "$TMP"
 install -d -m 755 "$TMP/bin"
 install -m 755 "${MESHHOOK_KEYS_CLI_BIN:-$REPO_ROOT/target/debug/meshhook-keys}" "$TMP/bin/meshhook-keys"
 
-FAILS=0; PASSES=0
-ok()   { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; [ -n "${2:-}" ] && printf '       %s\n' "$2"; return 0; }
-check() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "expected [$2], got [$3]"; fi; }
 contains() { if printf '%s' "$3" | grep -Eq -- "$2"; then ok "$1"; else fail "$1" "expected /$2/ in [$3]"; fi; }
 q() { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d cli -v ON_ERROR_STOP=1 -c "$1"; }
 # jq-free JSON checks: let PostgreSQL parse the CLI's JSON

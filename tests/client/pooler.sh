@@ -22,10 +22,6 @@ cleanup() {
 trap cleanup EXIT
 start_cluster "$TMP"
 
-FAILS=0; PASSES=0
-ok()   { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; [ -n "${2:-}" ] && printf '       %s\n' "$2"; return 0; }
-check() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "expected [$2], got [$3]"; fi; }
 
 direct() { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U "$1" -d pooldb -v ON_ERROR_STOP=1 -c "$2"; }
 # pooled SQL: one client connection through PgBouncer; errors print as "ERROR: <SQLSTATE>"

@@ -13,11 +13,6 @@ init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$KEY'" "log_statemen
 trap 'stop_cluster "$TMP" immediate; rm -rf "$TMP"' EXIT
 start_cluster "$TMP"
 
-FAILS=0; PASSES=0
-ok()   { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; [ -n "${2:-}" ] && printf '       %s\n' "$2"; return 0; }
-# check NAME EXPECTED ACTUAL
-check() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "expected [$2], got [$3]"; fi; }
 # check_match NAME REGEX ACTUAL
 check_match() { if printf '%s' "$3" | grep -Eq -- "$2"; then ok "$1"; else fail "$1" "expected /$2/, got [$3]"; fi; }
 

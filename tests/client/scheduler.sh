@@ -25,10 +25,6 @@ cleanup() {
 trap cleanup EXIT
 start_cluster "$TMP"
 
-FAILS=0; PASSES=0
-ok()   { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; [ -n "${2:-}" ] && printf '       %s\n' "$2"; return 0; }
-check() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "expected [$2], got [$3]"; fi; }
 
 # q [-p port] DB SQL: one client call, tuples only.
 q() {

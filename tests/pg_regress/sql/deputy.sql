@@ -8,13 +8,7 @@ CREATE DATABASE dp_deputy;
 \c dp_deputy
 SET client_min_messages = warning;
 CREATE EXTENSION meshhook_keys;
-CREATE FUNCTION public.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+\i tests/pg_regress/helpers.sql
 \i tests/hostile/deputy_fixture.sql
 \set ON_ERROR_STOP 0
 SET client_min_messages = warning;

@@ -6,13 +6,7 @@ CREATE DATABASE sk_db;
 \c sk_db
 SET client_min_messages = warning;
 CREATE EXTENSION meshhook_keys;
-CREATE FUNCTION public.sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE q;
-    RETURN 'ok';
-EXCEPTION WHEN OTHERS THEN
-    RETURN SQLSTATE || ': ' || SQLERRM;
-END $$;
+\i tests/pg_regress/helpers.sql
 CREATE ROLE sk_a IN ROLE meshhook_keys_user;
 CREATE ROLE sk_b IN ROLE meshhook_keys_user;
 CREATE TABLE sk_t (id int PRIMARY KEY, c bytea);
