@@ -3,13 +3,13 @@
 \set VERBOSITY default
 \set ON_ERROR_STOP 0
 
-\echo '\n## 1. Install the extension (roles meshhook_keys_user / meshhook_keys_admin are created if missing)'
+\echo '\n## 1. Install the extension (roles meshhook_keys_user / _operator / _admin are created if missing)'
 CREATE EXTENSION meshhook_keys;
 \dx meshhook_keys
 
-\echo '\n## 2. An app role and an ops role'
+\echo '\n## 2. An app role (encrypts and decrypts) and an ops role (rotates, never decrypts)'
 CREATE ROLE demo_app LOGIN IN ROLE meshhook_keys_user;
-CREATE ROLE demo_ops LOGIN IN ROLE meshhook_keys_admin;
+CREATE ROLE demo_ops LOGIN IN ROLE meshhook_keys_operator;
 
 \echo '\n## 3. Two tenants store third-party credentials; the context binds each ciphertext to its row'
 CREATE TABLE tenant_secret (
@@ -19,6 +19,7 @@ CREATE TABLE tenant_secret (
     PRIMARY KEY (tenant, name)
 );
 GRANT SELECT, INSERT ON tenant_secret TO demo_app;
+GRANT SELECT ON tenant_secret TO demo_ops;
 
 SET ROLE demo_app;
 INSERT INTO tenant_secret (tenant, name, secret) VALUES
@@ -35,6 +36,8 @@ SELECT tenant, name, length(secret) AS bytes,
 \echo '\n## 4. Ops rotates the default keyring (O(1): no user row is touched)'
 SET ROLE demo_ops;
 SELECT keyring, version, key_id FROM meshhook_keys.keys_rotate('default', 'demo: quarterly rotation');
+\echo 'Rotating is not decrypting: ops can read the envelopes but not open them (the ERROR below is expected)'
+SELECT meshhook_keys.secret_decrypt(secret, tenant || '/' || name) FROM tenant_secret LIMIT 1;
 RESET ROLE;
 
 \echo '\n## 5. New writes use version 2 at once; rows written before stay on version 1'

@@ -13,6 +13,9 @@ CREATE EXTENSION meshhook_keys;
 \set ON_ERROR_STOP 0
 SET client_min_messages = warning;
 
+-- the built-in store's registration is the extension's own: not even a superuser changes it
+SELECT public.sqlstate_of($$SELECT meshhook_keys.register_column('meshhook_keys.secrets', 'ciphertext', 'dp_m.evil()', 'dp:target')$$);
+SELECT public.sqlstate_of($$SELECT meshhook_keys.unregister_column('meshhook_keys.secrets', 'ciphertext', 'dp:target')$$);
 -- a table whose policies apply to its owner cannot be registered (they would hide rows)
 ALTER TABLE dp_m.t FORCE ROW LEVEL SECURITY;
 SELECT public.sqlstate_of($$SELECT meshhook_keys.register_column('dp_m.t', 'tok', NULL, 'dp:other')$$);
