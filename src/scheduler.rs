@@ -274,10 +274,14 @@ fn record_failure(keyring: &str, action: &str, f: &Failure) -> Result<()> {
 
 /// Keyrings with registered columns and an old version that still decrypts: re-encryption may
 /// have work to do (a batch finds out cheaply when it has none).
+///
+/// Run as a read-write statement, so that it takes a new snapshot: in `tick()` it runs in a fresh
+/// subtransaction without a transaction id, where pgrx would run a SELECT read-only against the
+/// snapshot of the calling statement, which cannot see the rotation this same tick just made.
 fn reencrypt_candidates() -> Result<Vec<String>> {
-    Spi::connect(|c| {
+    Spi::connect_mut(|c| {
         let mut out = Vec::new();
-        for r in c.select(
+        for r in c.update(
             "SELECT k.name FROM meshhook_keys.keyring k
               WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at <= pg_catalog.now())
                 AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)

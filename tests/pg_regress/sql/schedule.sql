@@ -93,6 +93,18 @@ UPDATE meshhook_keys.keyring SET next_attempt_at = now() - interval '1 second' W
 SELECT keyring, action, outcome, detail FROM meshhook_keys.tick() WHERE keyring = 'sched-age';
 SELECT keyring, failed_attempts, next_attempt_at, last_error FROM meshhook_keys.keyrings WHERE keyring = 'sched-age';
 
+-- the tick that rotates a keyring also re-encrypts its rows (issue 12, item 6: they used to move only
+-- one tick later, because the candidates were read with the snapshot of the tick() statement)
+SELECT 1 FROM meshhook_keys.keyring_create('sched-same');
+CREATE TABLE sched_same (id int PRIMARY KEY, c bytea);
+INSERT INTO sched_same SELECT i, meshhook_keys.secret_encrypt('s' || i, i::text, 'sched-same') FROM generate_series(1, 30) i;
+SELECT meshhook_keys.register_column('sched_same', 'c', 'id::text', 'sched-same') > 0 AS registered;
+SELECT meshhook_keys.keyring_set_policy('sched-same', interval '1 hour');
+UPDATE meshhook_keys.data_key SET activated_at = activated_at - interval '2 hours' WHERE keyring = 'sched-same';
+SELECT keyring, action, outcome, detail FROM meshhook_keys.tick() WHERE keyring = 'sched-same' ORDER BY action DESC;
+SELECT k.version, count(*) FROM sched_same s
+  JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.c) GROUP BY 1;
+
 -- the scheduler's status (the worker of this cluster runs in database postgres)
 SELECT counting_encryptions, usage_table_full, database FROM meshhook_keys.scheduler_status();
 SET LOCAL ROLE mk_sched_app;
