@@ -122,10 +122,12 @@ BEGIN
     NEW.at := pg_catalog.clock_timestamp();
     NEW.prev_hash := coalesce(last.hash, '\x'::bytea);
     NEW.hash := meshhook_keys._audit_row_hash(NEW.prev_hash, NEW);
-    -- Mirror to the server log for log shipping. Never contains secrets: only metadata.
-    RAISE LOG 'meshhook_keys audit: id=% action=% outcome=% actor=% role=% keyring=% version=% key_id=% reason=%',
-        NEW.id, NEW.action, NEW.outcome, NEW.actor, NEW.role_name, NEW.keyring, NEW.version,
-        NEW.key_id, NEW.reason;
+    -- Mirror to the server log for log shipping. Only metadata; and written without the client's
+    -- statement (which may hold a literal secret), never with RAISE LOG (0.5.0).
+    PERFORM meshhook_keys._log_line(pg_catalog.format(
+        'meshhook_keys audit: id=%s action=%s outcome=%s actor=%s role=%s keyring=%s version=%s key_id=%s reason=%s',
+        NEW.id, NEW.action, NEW.outcome, NEW.actor, NEW.role_name, coalesce(NEW.keyring, '<NULL>'),
+        coalesce(NEW.version::text, '<NULL>'), coalesce(NEW.key_id::text, '<NULL>'), coalesce(NEW.reason, '<NULL>')));
     RETURN NEW;
 END
 $$;

@@ -173,3 +173,48 @@ COMMENT ON FUNCTION meshhook_keys.keyring_create(text, text, text) IS
     'Create a keyring and its version 1, optionally bound to a tenant: then only sessions that meshhook_keys.tenant_check approves (or members of meshhook_keys_service) may encrypt or decrypt with it. Admin only; audited; key event on events_channel().';
 COMMENT ON FUNCTION meshhook_keys.keyring_destroy(text, text) IS
     'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Admin only; audited; key event on events_channel().';
+
+-- The audit mirror line is written by _log_line, without the client's statement: RAISE LOG made
+-- PostgreSQL append the statement (and with it any literal secret) to the line.
+CREATE FUNCTION meshhook_keys."_log_line"(
+	"line" TEXT /* &str */
+) RETURNS void
+VOLATILE PARALLEL SAFE STRICT
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_log_line_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys._log_line(text) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION meshhook_keys._audit_chain() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    last meshhook_keys.audit_log;
+BEGIN
+    IF NEW.hash IS NOT NULL THEN
+        -- A row that already carries its hash: pg_dump/restore copying the log back. Accept it only
+        -- if it is consistent with its own predecessor hash; audit_verify() checks the whole chain.
+        IF NEW.id IS NULL OR NEW.prev_hash IS NULL
+           OR NEW.hash <> meshhook_keys._audit_row_hash(NEW.prev_hash, NEW) THEN
+            RAISE EXCEPTION 'meshhook_keys.audit_log: row % does not match its hash', NEW.id
+                USING ERRCODE = 'data_corrupted';
+        END IF;
+        RETURN NEW;
+    END IF;
+    -- One writer at a time until commit, so ids and the chain follow commit order.
+    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.audit_log'));
+    SELECT * INTO last FROM meshhook_keys.audit_log ORDER BY id DESC LIMIT 1;
+    NEW.id := coalesce(last.id, 0) + 1;
+    NEW.at := pg_catalog.clock_timestamp();
+    NEW.prev_hash := coalesce(last.hash, '\x'::bytea);
+    NEW.hash := meshhook_keys._audit_row_hash(NEW.prev_hash, NEW);
+    -- Mirror to the server log for log shipping. Only metadata; and written without the client's
+    -- statement (which may hold a literal secret), never with RAISE LOG (0.5.0).
+    PERFORM meshhook_keys._log_line(pg_catalog.format(
+        'meshhook_keys audit: id=%s action=%s outcome=%s actor=%s role=%s keyring=%s version=%s key_id=%s reason=%s',
+        NEW.id, NEW.action, NEW.outcome, NEW.actor, NEW.role_name, coalesce(NEW.keyring, '<NULL>'),
+        coalesce(NEW.version::text, '<NULL>'), coalesce(NEW.key_id::text, '<NULL>'), coalesce(NEW.reason, '<NULL>')));
+    RETURN NEW;
+END
+$$;
+COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
+    'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror.';

@@ -162,7 +162,7 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
         Some(action) => format!("failed {action} (wrong secret)"),
         None => format!("refused {function}"),
     };
-    log!(
+    crate::logline::log(&format!(
         "meshhook_keys audit: {what} for role {} (session user {}){}",
         role_name(role),
         role_name(session),
@@ -170,7 +170,7 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
             .as_deref()
             .map(|k| format!(" on keyring \"{k}\""))
             .unwrap_or_default()
-    );
+    ));
     // bgw_extra holds 128 bytes: "<session oid>\t<role oid>\t<function>\t<keyring>".
     let extra = format!(
         "{}\t{}\t{}\t{}",
@@ -190,8 +190,8 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
         .set_restart_time(None)
         .load_dynamic();
     if started.is_err() {
-        log!(
-            "meshhook_keys audit: could not start the audit writer for a refused call (max_worker_processes reached?); the refusal is only in this log"
+        crate::logline::log(
+            "meshhook_keys audit: could not start the audit writer for a refused call (max_worker_processes reached?); the refusal is only in this log",
         );
     }
 }
@@ -242,7 +242,9 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
             detail,
         });
         if let Err(e) = res {
-            log!("meshhook_keys audit writer: could not record a refused call: {e}");
+            crate::logline::log(&format!(
+                "meshhook_keys audit writer: could not record a refused call: {e}"
+            ));
         }
     });
 }

@@ -12,6 +12,7 @@ mod datakey;
 mod error;
 mod gucs;
 mod keycache;
+mod logline;
 mod plans;
 mod reencrypt;
 mod rootkey;
@@ -47,6 +48,12 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[allow(non_snake_case)]
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    // No Rust backtrace in any client-visible error, whatever the server's environment says:
+    // pgrx appends a captured backtrace to an error's DETAIL when RUST_BACKTRACE is set, and
+    // RUST_LIB_BACKTRACE=0 (which takes precedence for captured backtraces) turns capture off. Set
+    // before anything is captured in this process (backtrace settings are read once).
+    // SAFETY: PostgreSQL processes are single-threaded.
+    unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     gucs::init();
     keycache::register_invalidation_callback();
     session_keys::init();

@@ -8,7 +8,7 @@
 use crate::crypto::SecretKey;
 use crate::error::{KeysError, Result};
 use crate::gucs;
-use pgrx::prelude::*;
+
 use std::cell::RefCell;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -157,10 +157,12 @@ pub fn fingerprint_hex(fp: &[u8]) -> String {
 /// Called once in the postmaster when preloaded: load the key and say so in the server log.
 pub fn startup_check() {
     match current() {
-        Ok(k) => log!(
+        Ok(k) => crate::logline::log(&format!(
             "meshhook_keys: root key loaded, fingerprint {}",
             fingerprint_hex(&k.fingerprint)
-        ),
-        Err(e) => log!("meshhook_keys: root key not loaded at startup: {e}"),
+        )),
+        Err(e) => crate::logline::log(&format!(
+            "meshhook_keys: root key not loaded at startup: {e}"
+        )),
     }
 }

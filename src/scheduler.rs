@@ -418,12 +418,10 @@ pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
                     Err(f) => {
                         let logged = isolated(mode, || record_failure(&d.keyring, "rotate", &f));
                         if mode == Mode::OwnTransactions {
-                            log!(
+                            crate::logline::log(&format!(
                                 "meshhook_keys scheduler: rotating keyring \"{}\" failed: {}: {}",
-                                d.keyring,
-                                f.sqlstate,
-                                f.message
-                            );
+                                d.keyring, f.sqlstate, f.message
+                            ));
                         }
                         let extra = logged
                             .err()
@@ -487,11 +485,10 @@ pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
                         Some(f) => {
                             let _ = isolated(mode, || record_failure(&k, "reencrypt", &f));
                             if mode == Mode::OwnTransactions {
-                                log!(
+                                crate::logline::log(&format!(
                                     "meshhook_keys scheduler: re-encrypting keyring \"{k}\" failed: {}: {}",
-                                    f.sqlstate,
-                                    f.message
-                                );
+                                    f.sqlstate, f.message
+                                ));
                             }
                             report(
                                 &mut out,

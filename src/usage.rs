@@ -137,9 +137,9 @@ fn find(key_id: i64, claim: bool) -> Option<&'static Slot> {
         }
     }
     if claim && !h.full.swap(true, Ordering::AcqRel) {
-        log!(
+        crate::logline::log(&format!(
             "meshhook_keys: every one of the {n} usage slots is taken (meshhook_keys.max_tracked_keys): encryptions under new keys are not counted until a restart with a larger setting"
-        );
+        ));
     }
     None
 }

@@ -99,10 +99,10 @@ pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
                 last_start.is_none_or(|t| t.elapsed() >= naptime.min(Duration::from_secs(10)));
             if !database_exists(&db) {
                 if !said_missing {
-                    log!(
+                    crate::logline::log(&format!(
                         "meshhook_keys launcher: database \"{db}\" (meshhook_keys.database) does not exist yet; checking again every {} ms",
                         naptime.as_millis()
-                    );
+                    ));
                     said_missing = true;
                 }
                 usage::set_scheduler(
@@ -128,8 +128,8 @@ pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
                         child = Some(w);
                         last_start = Some(Instant::now());
                     }
-                    Err(_) => log!(
-                        "meshhook_keys launcher: could not start the scheduler (max_worker_processes reached?); retrying"
+                    Err(_) => crate::logline::log(
+                        "meshhook_keys launcher: could not start the scheduler (max_worker_processes reached?); retrying",
                     ),
                 }
             }
@@ -162,7 +162,9 @@ pub extern "C-unwind" fn meshhook_keys_scheduler_main(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(Some(&db), None);
     // SAFETY: plain read of our own pid.
     let me = unsafe { pg_sys::MyProcPid };
-    log!("meshhook_keys scheduler started in database \"{db}\"");
+    crate::logline::log(&format!(
+        "meshhook_keys scheduler started in database \"{db}\""
+    ));
     let mut said = Said::default();
     loop {
         reload_config_if_asked();
@@ -182,7 +184,7 @@ pub extern "C-unwind" fn meshhook_keys_scheduler_main(_arg: pg_sys::Datum) {
         gucs::worker_naptime().as_millis() as i64,
         SchedulerState::Stopped,
     );
-    log!("meshhook_keys scheduler stopping");
+    crate::logline::log("meshhook_keys scheduler stopping");
 }
 
 fn tick_once(db: &str, said: &mut Said) {
@@ -190,27 +192,29 @@ fn tick_once(db: &str, said: &mut Said) {
     if unsafe { pg_sys::RecoveryInProgress() } {
         usage::set_state(SchedulerState::Standby);
         if !said.standby {
-            log!(
-                "meshhook_keys scheduler: the server is a standby (in recovery); no rotation or re-encryption until it is promoted"
+            crate::logline::log(
+                "meshhook_keys scheduler: the server is a standby (in recovery); no rotation or re-encryption until it is promoted",
             );
             said.standby = true;
         }
         return;
     }
     if said.standby {
-        log!("meshhook_keys scheduler: the server was promoted; resuming");
+        crate::logline::log("meshhook_keys scheduler: the server was promoted; resuming");
         said.standby = false;
     }
     if !gucs::worker_enabled() {
         usage::set_state(SchedulerState::Disabled);
         if !said.disabled {
-            log!("meshhook_keys scheduler: paused (meshhook_keys.worker_enabled = off)");
+            crate::logline::log(
+                "meshhook_keys scheduler: paused (meshhook_keys.worker_enabled = off)",
+            );
             said.disabled = true;
         }
         return;
     }
     if said.disabled {
-        log!("meshhook_keys scheduler: resumed (meshhook_keys.worker_enabled = on)");
+        crate::logline::log("meshhook_keys scheduler: resumed (meshhook_keys.worker_enabled = on)");
         said.disabled = false;
     }
     let installed = scheduler::isolated(Mode::OwnTransactions, || {
@@ -222,9 +226,9 @@ fn tick_once(db: &str, said: &mut Said) {
         Ok(None) => {
             usage::set_state(SchedulerState::NoExtension);
             if !said.missing {
-                log!(
+                crate::logline::log(&format!(
                     "meshhook_keys scheduler: extension meshhook_keys is not installed in database \"{db}\"; waiting for CREATE EXTENSION"
-                );
+                ));
                 said.missing = true;
             }
             return;
@@ -232,10 +236,10 @@ fn tick_once(db: &str, said: &mut Said) {
         Ok(Some(v)) if v != env!("CARGO_PKG_VERSION") => {
             usage::set_state(SchedulerState::NoExtension);
             if !said.version {
-                log!(
+                crate::logline::log(&format!(
                     "meshhook_keys scheduler: the extension in database \"{db}\" is version {v}, the library is {}; waiting for ALTER EXTENSION meshhook_keys UPDATE",
                     env!("CARGO_PKG_VERSION")
-                );
+                ));
                 said.version = true;
             }
             return;
@@ -243,28 +247,29 @@ fn tick_once(db: &str, said: &mut Said) {
         Ok(Some(_)) => {
             said.check_failed = false;
             if said.missing || said.version {
-                log!("meshhook_keys scheduler: extension found in database \"{db}\"; resuming");
+                crate::logline::log(&format!(
+                    "meshhook_keys scheduler: extension found in database \"{db}\"; resuming"
+                ));
             }
             said.missing = false;
             said.version = false;
         }
         Err(f) => {
-            log!(
+            crate::logline::log(&format!(
                 "meshhook_keys scheduler: could not check the extension: {}: {}",
-                f.sqlstate,
-                f.message
-            );
+                f.sqlstate, f.message
+            ));
             return;
         }
     }
     usage::set_state(SchedulerState::Ticking);
     for a in scheduler::tick(Mode::OwnTransactions, true) {
         if a.outcome == "ok" && a.action == "rotate" {
-            log!(
+            crate::logline::log(&format!(
                 "meshhook_keys scheduler: rotated keyring \"{}\": {}",
                 a.keyring.as_deref().unwrap_or(""),
                 a.detail
-            );
+            ));
         }
     }
     usage::set_state(SchedulerState::Idle);

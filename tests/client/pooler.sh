@@ -59,7 +59,6 @@ direct postgres "CREATE EXTENSION meshhook_keys;
 direct pool_app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:pool:vault', 'pool-secret-1');
                  INSERT INTO pool_t VALUES (1, meshhook_keys.secret_encrypt('pooled-plaintext', 'p/1', 'user:pool:vault'))" >/dev/null
 DECRYPT="SELECT meshhook_keys.secret_decrypt(c, 'p/1') FROM pool_t WHERE id = 1"
-LOG_FROM=$(wc -l < "$TMP/server.log")
 
 echo "# transaction mode: the next client on the same backend gets nothing"
 start_bouncer transaction
@@ -92,9 +91,8 @@ pooled-plaintext" "$(pooled "SELECT meshhook_keys.keyring_unlock('user:pool:vaul
 check "the next client is served by the same backend" "$pid2" "$(pooled "SELECT pg_backend_pid()")"
 check "and cannot decrypt: DISCARD ALL forgot the keys" "ERROR:  55000" "$(pooled "$DECRYPT")"
 
-echo "# nothing secret in the server or pooler logs (since the set-up above, whose literal secrets"
-echo "# PostgreSQL attaches to the audit line it logs: see the log-hygiene issue)"
-if tail -n +"$((LOG_FROM + 1))" "$TMP/server.log" | cat - "$TMP/pgbouncer.log" | grep -q "pool-secret-1\|pooled-plaintext"; then
+echo "# nothing secret in the server or pooler logs (the set-up's literal secrets included)"
+if cat "$TMP/server.log" "$TMP/pgbouncer.log" | grep -q "pool-secret-1\|pooled-plaintext"; then
     fail "a secret reached a log"; else ok "no secret in the server or PgBouncer log"; fi
 
 echo
