@@ -18,7 +18,8 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) TO mesh
 COMMENT ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) IS
     'Unlock a user-held keyring for the calling role (and JWT sub, when request.jwt.claims is set) only: scope ''session'' (from commit until keyring_lock, DISCARD ALL, a session authorization change or the end of the session) or ''transaction'' (zeroized at commit or abort; use it behind connection poolers). Nothing is unlocked if the transaction rolls back. A wrong secret costs a full Argon2id derivation, is refused with 28P01 and audited.';
 
--- CALL reencrypt: its one operator qualified (the procedure cannot pin search_path).
+-- CALL reencrypt: its one operator qualified (the procedure cannot pin search_path), and its last
+-- commit made durable.
 CREATE OR REPLACE PROCEDURE meshhook_keys.reencrypt(keyring text DEFAULT 'default', batch_size integer DEFAULT 1000)
 LANGUAGE plpgsql
 AS $$
@@ -38,9 +39,11 @@ BEGIN
         -- caller's path is in effect here)
         total := total OPERATOR(pg_catalog.+) moved;
     END LOOP;
-    -- This last commit writes WAL (it has a transaction id) under the session's own
-    -- synchronous_commit, so it waits for everything before it, every batch included.
-    PERFORM pg_catalog.pg_current_xact_id();
+    -- This last transaction writes a WAL record of its own, so its commit is flushed under the
+    -- session's own synchronous_commit, and with it the WAL of every batch before it. (A transaction
+    -- that only has a transaction id writes no WAL before its commit record, and PostgreSQL commits
+    -- such a transaction asynchronously, whatever synchronous_commit says.)
+    PERFORM pg_catalog.pg_logical_emit_message(true, 'meshhook_keys', 'reencrypt complete');
     COMMIT;
     RAISE NOTICE 'meshhook_keys: re-encryption of keyring "%" complete: % rows moved', keyring, total;
 END

@@ -108,9 +108,11 @@ BEGIN
         -- caller's path is in effect here)
         total := total OPERATOR(pg_catalog.+) moved;
     END LOOP;
-    -- This last commit writes WAL (it has a transaction id) under the session's own
-    -- synchronous_commit, so it waits for everything before it, every batch included.
-    PERFORM pg_catalog.pg_current_xact_id();
+    -- This last transaction writes a WAL record of its own, so its commit is flushed under the
+    -- session's own synchronous_commit, and with it the WAL of every batch before it. (A transaction
+    -- that only has a transaction id writes no WAL before its commit record, and PostgreSQL commits
+    -- such a transaction asynchronously, whatever synchronous_commit says.)
+    PERFORM pg_catalog.pg_logical_emit_message(true, 'meshhook_keys', 'reencrypt complete');
     COMMIT;
     RAISE NOTICE 'meshhook_keys: re-encryption of keyring "%" complete: % rows moved', keyring, total;
 END

@@ -120,6 +120,12 @@ pub enum KeysError {
     )]
     ExtensionTable(String),
 
+    /// A new data key would be wrapped by a root key that wraps none of the database's others.
+    #[error(
+        "the loaded root key {loaded} wraps none of the {keys} data keys of this database: a new key would put the database under two root keys"
+    )]
+    RootKeyForeign { loaded: String, keys: i64 },
+
     /// keyring_reclaim on a keyring that still has key material.
     #[error(
         "keyring \"{0}\" is not destroyed: only a destroyed keyring's name can be reclaimed (crypto-shred it first with keyring_destroy)"
@@ -131,6 +137,9 @@ pub enum KeysError {
 
     #[error("{0}")]
     InvalidArgument(String),
+
+    #[error("{0}")]
+    SyntaxError(String),
 
     /// secret_decrypt was asked for text but the plaintext is not valid UTF-8 text.
     #[error("decrypted value is not valid text (it is not UTF-8 or contains a NUL byte)")]
@@ -225,19 +234,21 @@ impl KeysError {
             KeysError::NotTableOwner => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
             KeysError::CallerUnknown(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,   // 42501
             KeysError::NotDestroyed(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
-            KeysError::NestedBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,     // 42501
-            KeysError::ExtensionTable(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,  // 42501
+            KeysError::RootKeyForeign { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, // 28000
+            KeysError::NestedBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            KeysError::ExtensionTable(_) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
-            KeysError::NotInBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,      // 42501
+            KeysError::SyntaxError(_) => ERRCODE_SYNTAX_ERROR,           // 42601
+            KeysError::NotInBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,  // 42501
             KeysError::TenantDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::TenantCheckMissing(_) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::KeyringDestroyed(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
-            KeysError::KeyringExists(_) => ERRCODE_DUPLICATE_OBJECT,         // 42710
-            KeysError::UnknownKeyring(_) => ERRCODE_UNDEFINED_OBJECT,        // 42704
+            KeysError::KeyringExists(_) => ERRCODE_DUPLICATE_OBJECT,     // 42710
+            KeysError::UnknownKeyring(_) => ERRCODE_UNDEFINED_OBJECT,    // 42704
             KeysError::KeyringLocked(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
-            KeysError::WrongSecret(_) => ERRCODE_INVALID_PASSWORD,           // 28P01
-            KeysError::WrongKeyringKind(_) => ERRCODE_WRONG_OBJECT_TYPE,     // 42809
-            KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,                // XX000
+            KeysError::WrongSecret(_) => ERRCODE_INVALID_PASSWORD,       // 28P01
+            KeysError::WrongKeyringKind(_) => ERRCODE_WRONG_OBJECT_TYPE, // 42809
+            KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,            // XX000
         }
     }
 
@@ -256,6 +267,9 @@ impl KeysError {
             KeysError::RootKeyMismatch { .. } => Some(
                 "The server was started with a different root key than the one that wrapped this data key. Restore the original root key, or rewrap the data keys under the new one."
                     .into(),
+            ),
+            KeysError::RootKeyForeign { .. } => Some(
+                "Start the server with the root key that wraps the existing data keys, or rewrap them under the loaded one first with SELECT * FROM meshhook_keys.root_key_rewrap();".into(),
             ),
             KeysError::AuthenticationFailed => Some(
                 "Decrypt with exactly the context string that was passed to secret_encrypt.".into(),

@@ -120,8 +120,9 @@ fn row_ref_expr(rel: pg_sys::Oid) -> Result<String> {
 
 /// The primary key (or ctid) of a row that failed, read only for failures (the row is locked by us).
 fn failed_row_ref(col: &Column, ctid: &str) -> Result<String> {
+    // (a sub-select: a row its own table's trigger deleted meanwhile gives NULL, not an error)
     let sql = format!(
-        "SELECT {} FROM ONLY {} AS t WHERE t.ctid = $1::text::tid",
+        "SELECT (SELECT {} FROM ONLY {} AS t WHERE t.ctid OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.tid)",
         row_ref_expr(col.rel)?,
         col.table()?
     );
@@ -149,15 +150,58 @@ pub fn validate_context_expr(col: &Column) -> Result<()> {
     let owner = col.owner;
     as_role(owner, || -> Result<()> {
         Spi::connect(|c| {
+            // Prepared first (parsed, never run): one statement only, so an expression that closes
+            // the parenthesis and appends a statement of its own is refused before anything runs.
+            if statement_calls_volatile(&sql)? {
+                return Err(KeysError::InvalidArgument(
+                    "the context expression calls a volatile function (random(), clock_timestamp(), nextval(), or a function not marked STABLE or IMMUTABLE): it must give the same context every time the row is read".into(),
+                ));
+            }
             let t = c.select(sql.as_str(), None, &[])?;
             if t.columns()? != 1 {
-                return Err(KeysError::Internal(
-                    "context expression must be a single value".into(),
+                return Err(KeysError::InvalidArgument(
+                    "the context expression must be one expression, not a list".into(),
                 ));
             }
             Ok(())
         })
     })
+}
+
+/// Prepare `sql` and say whether its target list calls a volatile function; refused unless it is
+/// exactly one statement (SPI_prepare accepts several). Must run inside an SPI connection.
+fn statement_calls_volatile(sql: &str) -> Result<bool> {
+    let text = std::ffi::CString::new(sql).map_err(|_| {
+        KeysError::InvalidArgument("the context expression contains a NUL byte".into())
+    })?;
+    // SAFETY: SPI_prepare inside a connection; the plan's sources and queries are read, not changed,
+    // and the plan is freed before returning (an error aborts the transaction, which frees it).
+    unsafe {
+        let plan = pg_sys::SPI_prepare(text.as_ptr(), 0, std::ptr::null_mut());
+        if plan.is_null() {
+            return Err(KeysError::Internal(
+                "the context expression could not be prepared".into(),
+            ));
+        }
+        let mut volatile = false;
+        let sources = pgrx::PgList::<pg_sys::CachedPlanSource>::from_pg(
+            pg_sys::SPI_plan_get_plan_sources(plan),
+        );
+        if sources.len() != 1 {
+            pg_sys::SPI_freeplan(plan);
+            return Err(KeysError::SyntaxError(
+                "the context expression must be one expression: it ends the statement and starts another".into(),
+            ));
+        }
+        for src in sources.iter_ptr() {
+            let queries = pgrx::PgList::<pg_sys::Query>::from_pg((*src).query_list);
+            for q in queries.iter_ptr() {
+                volatile |= pg_sys::contain_volatile_functions((*q).targetList.cast());
+            }
+        }
+        pg_sys::SPI_freeplan(plan);
+        Ok(volatile)
+    }
 }
 
 /// Rows of `col` whose header names one of `keys`, counted as the table owner.

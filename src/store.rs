@@ -325,6 +325,19 @@ pub fn keyring_destroyed_and_tenant(keyring: &str) -> Result<(Option<String>, Op
     )?)
 }
 
+/// Live data keys wrapped by the root key (user-held keyrings aside): how many carry `fingerprint`,
+/// and how many carry another one.
+pub fn root_wrapped_key_counts(fingerprint: &[u8]) -> Result<(i64, i64)> {
+    let (m, o) = Spi::get_two_with_args::<i64, i64>(
+        "SELECT pg_catalog.count(*) FILTER (WHERE d.root_fingerprint OPERATOR(pg_catalog.=) $1),
+                pg_catalog.count(*) FILTER (WHERE d.root_fingerprint OPERATOR(pg_catalog.<>) $1)
+           FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name OPERATOR(pg_catalog.=) d.keyring
+          WHERE d.wrapped_key IS NOT NULL AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)",
+        &[fingerprint.into()],
+    )?;
+    Ok((m.unwrap_or(0), o.unwrap_or(0)))
+}
+
 /// Delete a (destroyed) keyring entirely: re-encryption history, registrations, key tombstones
 /// and the keyring row. Returns the key versions deleted.
 pub fn delete_keyring(keyring: &str) -> Result<i32> {

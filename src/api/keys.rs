@@ -40,6 +40,14 @@ pub struct NewKey {
 /// The caller must hold the audit chain lock and then the keyring lock, in that order.
 pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
     let root = rootkey::current()?;
+    // One database, one root key: never add a key under a root key that wraps none of the others.
+    let (matching, other) = store::root_wrapped_key_counts(&root.fingerprint)?;
+    if matching == 0 && other > 0 {
+        return Err(KeysError::RootKeyForeign {
+            loaded: rootkey::fingerprint_hex(&root.fingerprint),
+            keys: other,
+        });
+    }
     let previous = store::demote_active(keyring)?;
     let version = store::next_version(keyring)?;
     let key_id = crypto::random_key_id();

@@ -23,8 +23,19 @@ fn lookup_key(keyring: &str, version: i32) -> Result<(i64, String)> {
 
 /// The extension's own tables (the built-in store) are registered by the extension, with a fixed
 /// context expression, and run as the extension's owner: no one may change that registration into
-/// running their code with the owner's authority.
+/// running their code with the owner's authority. System catalogs hold no envelopes.
 fn refuse_extension_table(rel: pg_sys::Oid) -> Result<()> {
+    let system = Spi::get_one_with_args::<String>(
+        "SELECT (SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
+                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = $1 AND n.nspname OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog', 'information_schema', 'pg_toast']))",
+        &[rel.into()],
+    )?;
+    if let Some(n) = system {
+        return Err(KeysError::WrongObjectType(format!(
+            "{n} is a system catalog: only ordinary tables of your own can be registered"
+        )));
+    }
     let name = Spi::get_one_with_args::<String>(
         "SELECT (SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
                   WHERE c.oid = $1 AND c.relnamespace = 'meshhook_keys'::pg_catalog.regnamespace)",

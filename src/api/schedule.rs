@@ -31,17 +31,27 @@ fn keyring_set_policy(
                 "max_encryptions must be between 1 and 2^32 ({MAX_ENCRYPTIONS_LIMIT}), got {m}"
             )));
         }
-        let positive = match rotation_interval {
+        // Between one second and 100 years: a shorter one rotates in a hot loop, a longer one
+        // overflows timestamp arithmetic when the next rotation is computed (22008, for every
+        // keyring's scheduled rotation and for the keyrings view).
+        let sane = match rotation_interval {
             None => true,
-            Some(i) => Spi::get_one_with_args::<bool>("SELECT $1 > interval '0'", &[i.into()])?
-                .unwrap_or(false),
+            Some(i) => Spi::get_one_with_args::<bool>(
+                "SELECT $1 >= interval '1 second' AND $1 <= interval '100 years'",
+                &[i.into()],
+            )?
+            .unwrap_or(false),
         };
-        if !positive {
+        if !sane {
             return Err(KeysError::InvalidArgument(
-                "rotation_interval must be positive (or NULL for manual rotation only)".into(),
+                "rotation_interval must be between 1 second and 100 years (or NULL for manual rotation only)".into(),
             ));
         }
         store::lock_audit_chain()?;
+        // A policy is set on a keyring that exists; it never creates one.
+        if !store::keyring_exists(keyring)? {
+            return Err(KeysError::UnknownKeyring(keyring.into()));
+        }
         store::lock_keyring(keyring)?;
         let shown = Spi::get_one_with_args::<String>(
             "UPDATE meshhook_keys.keyring

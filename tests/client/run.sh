@@ -104,6 +104,11 @@ check_match "startup logs the new fingerprint" 'meshhook_keys: root key loaded, 
 check_match "decrypt says the root key does not match" '^28000: root key does not match: key version [0-9]+ of keyring "default" was wrapped by root key [0-9a-f]{16}, the loaded root key is [0-9a-f]{16}' \
     "$(qe app "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"
 check_match "encrypt says so too" '^28000: root key does not match' "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+check_match "health() says the loaded root key wraps none of the data keys (not 'ok')" '^error\|loaded root key [0-9a-f]{16} wraps none of the [0-9]+ data keys' \
+    "$(q app "SELECT status || '|' || detail FROM meshhook_keys.health() WHERE item = 'root_key'")"
+check_match "and no key is added under the wrong root key (one database, one root key)" '^28000: the loaded root key [0-9a-f]{16} wraps none of the [0-9]+ data keys' \
+    "$(qe app "SELECT * FROM meshhook_keys.keys_rotate('default', 'under the wrong root key')")"
+check "no such key was made" 0 "$(q app "SELECT count(*) FROM meshhook_keys.audit_log WHERE reason = 'under the wrong root key' AND outcome = 'ok'")"
 install -o postgres -g postgres -m 600 "$TMP/keys/good.key" "$KEY"
 restart
 check "the original root key works again" "CLIENT-SECRET-1" "$(q app "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"
@@ -175,6 +180,30 @@ check "the job resumes and finishes" "done|$N|0|finished" \
 check "every row is on the new version" "2|$N" "$(q app "SELECT string_agg(version || '|' || rows, ',') FROM meshhook_keys.key_usage('crash') WHERE table_name = 'big'::regclass")"
 check "and decrypts" "$N" "$(q app "SELECT count(*) FROM big WHERE meshhook_keys.secret_decrypt(c, 'big:' || id) = 'CLIENT-SECRET-big-' || id")"
 check "retiring the old version is now allowed" "t" "$(q app "SELECT meshhook_keys.keys_retire('crash', 1)")"
+
+echo "# when CALL reencrypt returns, its work is durable (issue 12, item 7): the WAL writer is stopped,"
+echo "# so only the CALL's own last commit can flush the batches' WAL, then every process is killed"
+for round in 1 2 3; do
+    q app "SELECT 1 FROM meshhook_keys.keyring_create('dur$round');
+           CREATE TABLE dur$round (id int PRIMARY KEY, c bytea NOT NULL);
+           INSERT INTO dur$round SELECT i, meshhook_keys.secret_encrypt('d' || i, i::text, 'dur$round') FROM generate_series(1, 3000) i;
+           SELECT meshhook_keys.register_column('dur$round', 'c', 'id::text', 'dur$round');
+           SELECT 1 FROM meshhook_keys.keys_rotate('dur$round', 'durability');
+           CHECKPOINT" >/dev/null
+    walwriter=$(q app "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")
+    kill -STOP "$walwriter"
+    q app "CALL meshhook_keys.reencrypt('dur$round', 100)" 2>/dev/null
+    postmaster=$(head -1 "$TMP/data/postmaster.pid")
+    # (a power cut: every server process killed at once, the postmaster first so that it logs no
+    # child's death; the children are read from /proc, no procps needed)
+    children=$(grep -l "^PPid:[[:space:]]*$postmaster\$" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3)
+    kill -KILL "$postmaster" 2>/dev/null || true
+    kill -KILL $children 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$postmaster" 2>/dev/null || break; sleep 0.1; done
+    start_cluster "$TMP"
+    check "round $round: after the CALL returned and the crash, every row is on the new version" "2|3000" \
+        "$(q app "SELECT string_agg(version || '|' || rows, ',') FROM meshhook_keys.key_usage('dur$round') WHERE table_name = 'dur$round'::regclass")"
+done
 
 echo "# user-held keyrings: a wrong secret is refused and audited durably; no secret is logged"
 q app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:vault:client', 'CLIENT-PASSPHRASE-1')" -U app_user >/dev/null

@@ -78,7 +78,7 @@ BEGIN
     RETURN '';
 END $$;
 -- the places her code sits
-CREATE FUNCTION dp_m.ctx(id int) RETURNS text LANGUAGE plpgsql VOLATILE
+CREATE FUNCTION dp_m.ctx(id int) RETURNS text LANGUAGE plpgsql STABLE
     AS $$ BEGIN PERFORM dp_m.payload('context expression'); RETURN id::text; END $$;
 CREATE FUNCTION dp_m.fold(k text) RETURNS text LANGUAGE plpgsql IMMUTABLE
     AS $$ BEGIN PERFORM dp_m.payload('context expression folded at plan time'); RETURN ''; END $$;

@@ -106,4 +106,18 @@ SET LOCAL log_parameter_max_length_on_error = -1;
 SET LOCAL log_statement = 'all';
 SET LOCAL log_min_duration_statement = 0;
 SELECT item, status, detail FROM meshhook_keys.health() WHERE item LIKE 'log%' AND status <> 'ok' ORDER BY 1;
+-- ... with units read right, sampling, and per-role settings (issue 12, item 2)
+RESET log_parameter_max_length_on_error;
+RESET log_statement;
+SET LOCAL log_min_duration_statement = '1s';
+SET LOCAL log_transaction_sample_rate = 0.01;
+SET LOCAL log_min_duration_sample = '250ms';
+SET LOCAL log_statement_sample_rate = 0.5;
+CREATE ROLE mk_uh_logged;
+ALTER ROLE mk_uh_logged SET log_statement = 'all';
+SELECT item, status, detail FROM meshhook_keys.health()
+ WHERE item IN ('log_min_duration_statement', 'log_transaction_sample_rate', 'log_min_duration_sample', 'role_and_database_settings')
+ ORDER BY 1;
+SELECT item, status, detail LIKE 'loaded, fingerprint %, wraps all % data keys' AS matches_every_data_key
+  FROM meshhook_keys.health() WHERE item = 'root_key';
 ROLLBACK;
