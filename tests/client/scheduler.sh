@@ -214,8 +214,8 @@ if wait_log 'server is a standby \(in recovery\); no rotation' 20 "$SDIR/server.
     ok "the standby's scheduler says once why it does nothing"; else fail "the standby's scheduler says why it does nothing"; fi
 check "tick() refuses on the standby" "t" \
     "$({ as_pg psql -X -q -A -t -h "$SDIR" -p "$SPORT" -U postgres -d sched -c "SELECT meshhook_keys.tick()" 2>&1 || true; } | grep -q 'standby' && echo t)"
-q sched "SELECT meshhook_keys.keyring_set_policy('after-ring', interval '1 second');
-         SELECT 1 FROM meshhook_keys.keys_rotate('after-ring', 'v1')" >/dev/null
+q sched "SELECT 1 FROM meshhook_keys.keys_rotate('after-ring', 'v1');
+         SELECT meshhook_keys.keyring_set_policy('after-ring', interval '1 second')" >/dev/null
 q postgres "ALTER SYSTEM SET meshhook_keys.worker_enabled = off" && q postgres "SELECT pg_reload_conf()" >/dev/null
 wait_for sched "(SELECT state FROM meshhook_keys.scheduler_status()) = 'disabled'" 10 || true
 versions_on_primary=$(q sched "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring'")
