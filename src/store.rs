@@ -338,6 +338,25 @@ pub fn root_wrapped_key_counts(fingerprint: &[u8]) -> Result<(i64, i64)> {
     Ok((m.unwrap_or(0), o.unwrap_or(0)))
 }
 
+/// Whether a new data key may be wrapped by the root key with `fingerprint`: yes unless live
+/// root-wrapped keys exist and none of them carries it. Cheap in the normal case: the first live
+/// key found carries the loaded fingerprint, and the scan stops there.
+pub fn root_key_wraps_database(fingerprint: &[u8]) -> Result<std::result::Result<(), i64>> {
+    const LIVE: &str = "FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name OPERATOR(pg_catalog.=) d.keyring
+          WHERE d.wrapped_key IS NOT NULL AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)";
+    let matching = Spi::get_one_with_args::<bool>(
+        &format!(
+            "SELECT EXISTS (SELECT 1 {LIVE} AND d.root_fingerprint OPERATOR(pg_catalog.=) $1)"
+        ),
+        &[fingerprint.into()],
+    )?;
+    if matching == Some(true) {
+        return Ok(Ok(()));
+    }
+    let (_, other) = root_wrapped_key_counts(fingerprint)?;
+    Ok(if other > 0 { Err(other) } else { Ok(()) })
+}
+
 /// Delete a (destroyed) keyring entirely: re-encryption history, registrations, key tombstones
 /// and the keyring row. Returns the key versions deleted.
 pub fn delete_keyring(keyring: &str) -> Result<i32> {

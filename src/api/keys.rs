@@ -41,11 +41,10 @@ pub struct NewKey {
 pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
     let root = rootkey::current()?;
     // One database, one root key: never add a key under a root key that wraps none of the others.
-    let (matching, other) = store::root_wrapped_key_counts(&root.fingerprint)?;
-    if matching == 0 && other > 0 {
+    if let Err(keys) = store::root_key_wraps_database(&root.fingerprint)? {
         return Err(KeysError::RootKeyForeign {
             loaded: rootkey::fingerprint_hex(&root.fingerprint),
-            keys: other,
+            keys,
         });
     }
     let previous = store::demote_active(keyring)?;
