@@ -82,7 +82,7 @@ pub fn running_foreign_code() -> bool {
 }
 
 /// Pops the role pushed by [`as_user_restricted`], including when its code raises (pgrx unwinds
-/// through us); the transaction abort callback also clears the stack (see [`reset`]).
+/// through us).
 struct OnBehalfGuard;
 
 impl Drop for OnBehalfGuard {
@@ -91,11 +91,6 @@ impl Drop for OnBehalfGuard {
             s.pop();
         });
     }
-}
-
-/// Forget every role pushed (at transaction end: nothing survives an abort).
-pub fn reset() {
-    ON_BEHALF_OF.with_borrow_mut(Vec::clear);
 }
 
 /// Run `f` as `role` inside a security-restricted operation (no SET ROLE, no temporary objects

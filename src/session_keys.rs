@@ -17,7 +17,6 @@
 //!
 //! Dropping a key zeroizes it (aes-gcm's zeroize feature), so "forget" means "zeroize".
 
-use crate::context::Caller;
 use crate::datakey::CachedKey;
 use pgrx::prelude::*;
 use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
@@ -118,10 +117,7 @@ fn jwt_sub() -> Option<String> {
 /// The identity of the caller right now, or `None` when it cannot be known (then nothing is
 /// usable, and nothing may be unlocked).
 fn current_binding() -> Option<Binding> {
-    let role = match crate::context::caller() {
-        Caller::Session(r) | Caller::OnBehalfOf(r) => r,
-        Caller::Unknown => return None,
-    };
+    let role = crate::context::caller().role()?;
     // SAFETY: plain accessor of backend state.
     let session_user = unsafe { pg_sys::GetSessionUserId() };
     Some(Binding {
@@ -303,11 +299,9 @@ unsafe extern "C-unwind" fn xact_callback(
                 s.committed
                     .retain(|_, u| u.binding.session_user == session_user);
             });
-            crate::context::reset();
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             STATE.with_borrow_mut(|s| s.pending.clear());
-            crate::context::reset();
         }
         _ => {}
     }
