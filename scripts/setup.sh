@@ -10,7 +10,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 2
 fi
 
-PKGS="build-essential pkg-config libssl-dev clang libclang-dev postgresql-15 postgresql-server-dev-15 sudo curl openssl pgbouncer"
+PKGS="build-essential pkg-config libssl-dev clang libclang-dev postgresql-15 postgresql-server-dev-15 sudo curl openssl pgbouncer postgresql-15-cron"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

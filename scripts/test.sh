@@ -7,7 +7,8 @@
 #   5. the background scheduler: signals, crash, standby, DROP/CREATE EXTENSION (tests/client/scheduler.sh)
 #   6. user-held keys behind a real PgBouncer, transaction and session modes (tests/client/pooler.sh)
 #   7. no secret in the server log, no Rust backtrace in errors (tests/client/logs.sh)
-#   8. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
+#   8. the non-preloaded mode driven by real pg_cron (tests/client/cron.sh)
+#   9. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 start=$(date +%s)
@@ -37,6 +38,8 @@ say "pooler suite (user-held keys behind a real PgBouncer)"
 "$REPO_ROOT/tests/client/pooler.sh"
 say "log suite (no secret in the server log at default settings, no backtrace in errors)"
 "$REPO_ROOT/tests/client/logs.sh"
+say "cron suite (not preloaded, driven by pg_cron)"
+"$REPO_ROOT/tests/client/cron.sh"
 say "CLI suite (meshhook-keys as a subprocess)"
 cargo build -p meshhook-keys
 "$REPO_ROOT/tests/cli/run.sh"

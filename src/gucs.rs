@@ -67,14 +67,6 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_string_guc(
-        c"meshhook_keys.database",
-        c"Database in which the meshhook_keys background worker rotates keys and drives re-encryption.",
-        c"Requires shared_preload_libraries = 'meshhook_keys'. If the database does not exist yet, the worker waits for it.",
-        &DATABASE,
-        GucContext::Postmaster,
-        GucFlags::SUPERUSER_ONLY,
-    );
     GucRegistry::define_bool_guc(
         c"meshhook_keys.worker_enabled",
         c"Whether the meshhook_keys background worker does anything on its ticks.",
@@ -141,16 +133,6 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
-    GucRegistry::define_int_guc(
-        c"meshhook_keys.max_tracked_keys",
-        c"Data keys whose encryptions are counted in shared memory.",
-        c"16 bytes of shared memory each. Requires shared_preload_libraries.",
-        &MAX_TRACKED_KEYS,
-        64,
-        1 << 24,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
     GucRegistry::define_string_guc(
         c"meshhook_keys.tenant_check",
         c"Function deciding whether the current session may use a tenant-bound keyring.",
@@ -159,6 +141,31 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    // Settings read at server start only exist when the library is preloaded: PostgreSQL cannot
+    // define a postmaster-level setting later (it is a FATAL error, which ended every backend that
+    // ran CREATE EXTENSION or LOAD without preloading before 0.5.0). Without preloading there is no
+    // worker and no shared memory for them to configure.
+    // SAFETY: reading a postmaster global flag.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_string_guc(
+            c"meshhook_keys.database",
+            c"Database in which the meshhook_keys background worker rotates keys and drives re-encryption.",
+            c"Requires shared_preload_libraries = 'meshhook_keys'. If the database does not exist yet, the worker waits for it.",
+            &DATABASE,
+            GucContext::Postmaster,
+            GucFlags::SUPERUSER_ONLY,
+        );
+        GucRegistry::define_int_guc(
+            c"meshhook_keys.max_tracked_keys",
+            c"Data keys whose encryptions are counted in shared memory.",
+            c"16 bytes of shared memory each. Requires shared_preload_libraries.",
+            &MAX_TRACKED_KEYS,
+            64,
+            1 << 24,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"meshhook_keys".as_ptr()) };
 }
