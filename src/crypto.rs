@@ -450,3 +450,238 @@ mod unit {
         );
     }
 }
+
+/// Property tests of the envelope parser, `open` and key unwrapping: whatever the bytes, they return
+/// an error rather than panic, and nothing but an unaltered envelope (or wrapped key), under its own
+/// key and context, is accepted. Bounded (256 cases each, inputs up to 4 KiB) to stay fast in CI.
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    fn cipher_of(key: &[u8; KEY_LEN]) -> Aes256Gcm {
+        SecretKey::from_bytes(key).unwrap().cipher()
+    }
+
+    fn plaintext() -> impl Strategy<Value = Vec<u8>> {
+        vec(any::<u8>(), 0..4096)
+    }
+
+    fn context() -> impl Strategy<Value = Vec<u8>> {
+        vec(any::<u8>(), 0..64)
+    }
+
+    /// Arbitrary bytes, half of them starting with the format-1 byte so that the header parses.
+    fn header_or_not() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            vec(any::<u8>(), 0..256),
+            vec(any::<u8>(), 0..256).prop_map(|mut v| {
+                if let Some(b) = v.first_mut() {
+                    *b = FORMAT_V1;
+                }
+                v
+            }),
+        ]
+    }
+
+    /// Replace `len` bytes at `at` (clamped to the buffer) with `with`.
+    fn splice(buf: &[u8], at: Index, len: usize, with: &[u8]) -> Vec<u8> {
+        let start = at.index(buf.len() + 1);
+        let end = (start + len).min(buf.len());
+        let mut out = buf[..start].to_vec();
+        out.extend_from_slice(with);
+        out.extend_from_slice(&buf[end..]);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn seal_open_roundtrips(
+            key in any::<[u8; KEY_LEN]>(),
+            key_id in any::<i64>(),
+            pt in plaintext(),
+            ctx in context(),
+        ) {
+            let c = cipher_of(&key);
+            let env = seal(&c, key_id, &pt, &ctx);
+            prop_assert_eq!(env.len(), MIN_ENVELOPE_LEN + pt.len());
+            prop_assert_eq!(env[0], FORMAT_V1);
+            prop_assert_eq!(parse_key_id(&env), Ok(key_id));
+            let back = open(&c, &env, &ctx).unwrap();
+            prop_assert_eq!(back.as_slice(), pt.as_slice());
+        }
+
+        #[test]
+        fn any_bit_flip_fails(
+            key in any::<[u8; KEY_LEN]>(),
+            key_id in any::<i64>(),
+            pt in vec(any::<u8>(), 0..512),
+            ctx in context(),
+            at in any::<Index>(),
+            bit in 0u8..8,
+        ) {
+            let c = cipher_of(&key);
+            let mut env = seal(&c, key_id, &pt, &ctx);
+            let i = at.index(env.len());
+            env[i] ^= 1 << bit;
+            let r = open(&c, &env, &ctx);
+            prop_assert!(r.is_err(), "flipping bit {} of byte {} was not detected", bit, i);
+            if i == 0 {
+                prop_assert_eq!(r.unwrap_err(), CryptoError::UnknownFormat(FORMAT_V1 ^ (1 << bit)));
+            } else {
+                prop_assert_eq!(r.unwrap_err(), CryptoError::AuthenticationFailed);
+            }
+        }
+
+        #[test]
+        fn any_truncation_fails(
+            key in any::<[u8; KEY_LEN]>(),
+            pt in vec(any::<u8>(), 0..512),
+            ctx in context(),
+            at in any::<Index>(),
+        ) {
+            let c = cipher_of(&key);
+            let env = seal(&c, 1, &pt, &ctx);
+            let n = at.index(env.len()); // 0..len: always strictly shorter
+            let r = open(&c, &env[..n], &ctx);
+            if n < MIN_ENVELOPE_LEN {
+                prop_assert_eq!(r.unwrap_err(), CryptoError::Truncated { len: n });
+            } else {
+                prop_assert_eq!(r.unwrap_err(), CryptoError::AuthenticationFailed);
+            }
+        }
+
+        #[test]
+        fn any_appended_bytes_fail(
+            key in any::<[u8; KEY_LEN]>(),
+            pt in vec(any::<u8>(), 0..512),
+            ctx in context(),
+            extra in vec(any::<u8>(), 1..128),
+        ) {
+            let c = cipher_of(&key);
+            let mut env = seal(&c, 1, &pt, &ctx);
+            env.extend_from_slice(&extra);
+            prop_assert_eq!(open(&c, &env, &ctx).unwrap_err(), CryptoError::AuthenticationFailed);
+        }
+
+        #[test]
+        fn any_splice_fails(
+            key in any::<[u8; KEY_LEN]>(),
+            pt in vec(any::<u8>(), 0..512),
+            ctx in context(),
+            at in any::<Index>(),
+            len in 0usize..64,
+            with in vec(any::<u8>(), 0..64),
+        ) {
+            let c = cipher_of(&key);
+            let env = seal(&c, 1, &pt, &ctx);
+            let spliced = splice(&env, at, len, &with);
+            prop_assume!(spliced != env);
+            prop_assert!(open(&c, &spliced, &ctx).is_err());
+        }
+
+        #[test]
+        fn parse_key_id_accepts_exactly_the_format_header(bytes in header_or_not()) {
+            let r = parse_key_id(&bytes);
+            if bytes.len() < MIN_ENVELOPE_LEN {
+                prop_assert_eq!(r, Err(CryptoError::Truncated { len: bytes.len() }));
+            } else if bytes[0] != FORMAT_V1 {
+                prop_assert_eq!(r, Err(CryptoError::UnknownFormat(bytes[0])));
+            } else {
+                let id = i64::from_be_bytes(bytes[1..HEADER_LEN].try_into().unwrap());
+                prop_assert_eq!(r, Ok(id));
+            }
+        }
+
+        #[test]
+        fn open_rejects_arbitrary_bytes(
+            key in any::<[u8; KEY_LEN]>(),
+            bytes in header_or_not(),
+            ctx in context(),
+        ) {
+            prop_assert!(open(&cipher_of(&key), &bytes, &ctx).is_err());
+        }
+
+        #[test]
+        fn wrong_context_or_key_fails(
+            key in any::<[u8; KEY_LEN]>(),
+            other_key in any::<[u8; KEY_LEN]>(),
+            pt in vec(any::<u8>(), 0..512),
+            ctx in context(),
+            other_ctx in context(),
+        ) {
+            let c = cipher_of(&key);
+            let env = seal(&c, 1, &pt, &ctx);
+            if other_ctx != ctx {
+                prop_assert_eq!(open(&c, &env, &other_ctx).unwrap_err(), CryptoError::AuthenticationFailed);
+            }
+            if other_key != key {
+                let o = cipher_of(&other_key);
+                prop_assert_eq!(open(&o, &env, &ctx).unwrap_err(), CryptoError::AuthenticationFailed);
+            }
+        }
+
+        #[test]
+        fn unwrap_key_rejects_mutations(
+            root in any::<[u8; KEY_LEN]>(),
+            other_root in any::<[u8; KEY_LEN]>(),
+            dek in any::<[u8; KEY_LEN]>(),
+            key_id in any::<i64>(),
+            other_id in any::<i64>(),
+            at in any::<Index>(),
+            bit in 0u8..8,
+            cut in any::<Index>(),
+            extra in vec(any::<u8>(), 1..32),
+            splice_at in any::<Index>(),
+            splice_len in 0usize..32,
+            with in vec(any::<u8>(), 0..32),
+        ) {
+            let root_bytes = root;
+            let root = SecretKey::from_bytes(&root_bytes).unwrap();
+            let w = wrap_key(&root, key_id, &SecretKey::from_bytes(&dek).unwrap());
+            let back = unwrap_key(&root, key_id, &w).unwrap();
+            prop_assert_eq!(&back.0[..], &dek[..]);
+
+            let mut flipped = w.clone();
+            flipped[at.index(w.len())] ^= 1 << bit;
+            prop_assert_eq!(unwrap_key(&root, key_id, &flipped).err(), Some(CryptoError::AuthenticationFailed));
+
+            let n = cut.index(w.len());
+            prop_assert_eq!(unwrap_key(&root, key_id, &w[..n]).err(), Some(CryptoError::Truncated { len: n }));
+
+            let mut longer = w.clone();
+            longer.extend_from_slice(&extra);
+            prop_assert_eq!(
+                unwrap_key(&root, key_id, &longer).err(),
+                Some(CryptoError::Truncated { len: longer.len() })
+            );
+
+            let spliced = splice(&w, splice_at, splice_len, &with);
+            if spliced != w {
+                prop_assert!(unwrap_key(&root, key_id, &spliced).is_err());
+            }
+
+            if other_id != key_id {
+                prop_assert_eq!(unwrap_key(&root, other_id, &w).err(), Some(CryptoError::AuthenticationFailed));
+            }
+            if other_root != root_bytes {
+                let other = SecretKey::from_bytes(&other_root).unwrap();
+                prop_assert_eq!(unwrap_key(&other, key_id, &w).err(), Some(CryptoError::AuthenticationFailed));
+            }
+        }
+
+        #[test]
+        fn unwrap_key_rejects_arbitrary_bytes(
+            root in any::<[u8; KEY_LEN]>(),
+            key_id in any::<i64>(),
+            bytes in vec(any::<u8>(), 0..128),
+        ) {
+            let root = SecretKey::from_bytes(&root).unwrap();
+            prop_assert!(unwrap_key(&root, key_id, &bytes).is_err());
+        }
+    }
+}
