@@ -24,6 +24,14 @@ as_pg "$REGRESS" --bindir="$PGBIN" --host="$TMP" --port="$PORT" --user=postgres 
     --inputdir=tests/pg_regress --outputdir="$TMP/out" --dbname=contrib_regression \
     setup $TESTS || { cat "$TMP/out/regression.diffs"; status=1; }
 
+# The same suites again with every parallel-safe query forced into a parallel worker (PostgreSQL 16
+# renamed the setting debug_parallel_query): decryption must give the same results there.
+install -d -o postgres -g postgres "$TMP/out_parallel"
+say "pg_regress with force_parallel_mode = regress"
+as_pg env PGOPTIONS="-c force_parallel_mode=regress" "$REGRESS" --bindir="$PGBIN" --host="$TMP" --port="$PORT" --user=postgres \
+    --inputdir=tests/pg_regress --outputdir="$TMP/out_parallel" --dbname=contrib_regression \
+    setup $TESTS || { cat "$TMP/out_parallel/regression.diffs"; status=1; }
+
 SPECS=$(ls tests/isolation/specs | sed 's/\.spec$//' | sort)
 say "pg_isolation_regress: $SPECS"
 as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE isolation_regression" \

@@ -221,3 +221,8 @@ END
 $$;
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror.';
+
+-- Functions that report this backend's own state are not run in parallel workers (their state is
+-- the worker's, not the session's).
+ALTER FUNCTION meshhook_keys._key_cache_stats() PARALLEL RESTRICTED;
+ALTER FUNCTION meshhook_keys.scheduler_status() PARALLEL RESTRICTED;

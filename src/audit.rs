@@ -7,7 +7,9 @@
 
 use crate::error::{KeysError, Result};
 use crate::store::{self, AuditEvent};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -201,6 +203,9 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
     let db = pg_sys::Oid::from(arg.value() as u32);
+    // Unblock signals first (a dynamic worker starts with them blocked): a worker still connecting
+    // while DROP DATABASE runs must absorb its barrier, or both wait for each other forever.
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     let extra = BackgroundWorker::get_extra().to_string();
     let mut parts = extra.splitn(4, '\t');

@@ -92,7 +92,9 @@ pub fn from_unwrapped(row: &KeyRow, dek: &crate::crypto::SecretKey) -> Result<Ca
 fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
     DATA_KEY_RELID.set(row.table_oid.to_u32());
     if row.user_held {
-        // Never wrapped by the root key: only keyring_unlock (with the user's secret) opens it.
+        // Never wrapped by the root key: only keyring_unlock (with the user's secret) opens it, in
+        // the session that called it. (A parallel worker never has it, and a session that holds
+        // unlocked keys plans without workers: see crate::planner.)
         return Err(KeysError::KeyringLocked(row.keyring.clone()));
     }
     let state = KeyState::parse(&row.state)?;

@@ -13,6 +13,7 @@ mod error;
 mod gucs;
 mod keycache;
 mod logline;
+mod planner;
 mod plans;
 mod reencrypt;
 mod rootkey;
@@ -57,6 +58,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     keycache::register_invalidation_callback();
     session_keys::init();
+    planner::init();
     // SAFETY: reading a postmaster global flag.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         rootkey::startup_check();

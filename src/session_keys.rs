@@ -143,9 +143,18 @@ pub fn new_unlocked(
     })
 }
 
+/// Whether this backend holds any unlocked keys (committed or pending): then it plans without
+/// parallel workers, which could not see them (see [`crate::planner`]).
+pub fn holds_any() -> bool {
+    STATE.with_borrow(|s| !s.committed.is_empty() || !s.pending.is_empty())
+}
+
 /// Hold `u` for `keyring`: pending until the current transaction commits.
 pub fn install(keyring: &str, u: Unlocked) {
     register_hooks();
+    // Cached plans may use parallel workers, which cannot see these keys: plan them again.
+    // SAFETY: marks this backend's cached plans invalid; they are rebuilt on next use.
+    unsafe { pg_sys::ResetPlanCache() };
     if u.scope == Scope::Session {
         mark_session_unlocked();
     }

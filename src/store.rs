@@ -311,6 +311,28 @@ pub fn notify(event: &str, keyring: &str, version: Option<i32>) -> Result<()> {
     Ok(())
 }
 
+/// The first row of a read-only query (None for no row or NULL). Not pgrx's `Spi::get_one*`, which
+/// open a read-write connection and so assign a transaction id: an XX000 error ("cannot assign
+/// XIDs during a parallel operation") in a parallel worker, and a WAL-writing commit for a read.
+pub fn read_one<A: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Result<Option<A>> {
+    Ok(Spi::connect(|c| {
+        c.select(sql, Some(1), args)?.first().get_one()
+    })?)
+}
+
+/// Like [`read_one`], for two columns.
+pub fn read_two<A: FromDatum + IntoDatum, B: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[pgrx::datum::DatumWithOid<'_>],
+) -> Result<(Option<A>, Option<B>)> {
+    Ok(Spi::connect(|c| {
+        c.select(sql, Some(1), args)?.first().get_two()
+    })?)
+}
+
 /// When the keyring was destroyed by keyring_destroy (None: not destroyed, or no such keyring).
 pub fn keyring_destroyed_at(keyring: &str) -> Result<Option<String>> {
     Ok(keyring_destroyed_and_tenant(keyring)?.0)
@@ -318,17 +340,17 @@ pub fn keyring_destroyed_at(keyring: &str) -> Result<Option<String>> {
 
 /// When the keyring was destroyed (if it was) and its tenant (if it has one).
 pub fn keyring_destroyed_and_tenant(keyring: &str) -> Result<(Option<String>, Option<String>)> {
-    Ok(Spi::get_two_with_args::<String, String>(
+    read_two::<String, String>(
         "SELECT (SELECT pg_catalog.to_jsonb(k) ->> 'destroyed_at' FROM meshhook_keys.keyring k WHERE k.name = $1),
                 (SELECT pg_catalog.to_jsonb(k) ->> 'tenant' FROM meshhook_keys.keyring k WHERE k.name = $1)",
         &[keyring.into()],
-    )?)
+    )
 }
 
 /// Live data keys wrapped by the root key (user-held keyrings aside): how many carry `fingerprint`,
 /// and how many carry another one.
 pub fn root_wrapped_key_counts(fingerprint: &[u8]) -> Result<(i64, i64)> {
-    let (m, o) = Spi::get_two_with_args::<i64, i64>(
+    let (m, o) = read_two::<i64, i64>(
         "SELECT pg_catalog.count(*) FILTER (WHERE d.root_fingerprint OPERATOR(pg_catalog.=) $1),
                 pg_catalog.count(*) FILTER (WHERE d.root_fingerprint OPERATOR(pg_catalog.<>) $1)
            FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name OPERATOR(pg_catalog.=) d.keyring
@@ -344,7 +366,7 @@ pub fn root_wrapped_key_counts(fingerprint: &[u8]) -> Result<(i64, i64)> {
 pub fn root_key_wraps_database(fingerprint: &[u8]) -> Result<std::result::Result<(), i64>> {
     const LIVE: &str = "FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name OPERATOR(pg_catalog.=) d.keyring
           WHERE d.wrapped_key IS NOT NULL AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)";
-    let matching = Spi::get_one_with_args::<bool>(
+    let matching = read_one::<bool>(
         &format!(
             "SELECT EXISTS (SELECT 1 {LIVE} AND d.root_fingerprint OPERATOR(pg_catalog.=) $1)"
         ),
@@ -411,7 +433,7 @@ pub fn create_keyring(keyring: &str, tenant: Option<&str>) -> Result<bool> {
 }
 
 pub fn keyring_exists(keyring: &str) -> Result<bool> {
-    Ok(Spi::get_one_with_args::<bool>(
+    Ok(read_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring WHERE name = $1)",
         &[keyring.into()],
     )?

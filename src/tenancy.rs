@@ -63,7 +63,7 @@ fn is_service(role: pg_sys::Oid) -> bool {
 
 /// The oid of `name(text) RETURNS boolean`, or a clear error.
 fn resolve(name: &str) -> Result<pg_sys::Oid> {
-    let oid = Spi::get_one_with_args::<pg_sys::Oid>(
+    let oid = crate::store::read_one::<pg_sys::Oid>(
         "SELECT p.oid FROM pg_catalog.pg_proc p
           WHERE p.oid = pg_catalog.to_regprocedure($1 || '(text)') AND p.prorettype = 'pg_catalog.bool'::pg_catalog.regtype",
         &[name.into()],

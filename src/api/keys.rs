@@ -257,7 +257,7 @@ fn _key_cache_invalidate<'a>(
 }
 
 /// This backend's key cache counters; internal, for tests and troubleshooting (no key material).
-#[pg_extern(volatile, parallel_safe)]
+#[pg_extern(volatile, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
 fn _key_cache_stats() -> TableIterator<
     'static,

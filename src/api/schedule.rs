@@ -125,7 +125,7 @@ fn _encryptions_pending(key_id: Option<i64>) -> Option<i64> {
 
 /// The background scheduler as the shared memory of this server sees it.
 #[allow(clippy::type_complexity)]
-#[pg_extern(security_definer, volatile, parallel_safe)]
+#[pg_extern(security_definer, volatile, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
 fn scheduler_status() -> TableIterator<
     'static,

@@ -13,7 +13,7 @@ inventory() {
 SELECT 'object: ' || pg_describe_object(classid, objid, objsubid) FROM pg_depend
  WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
    AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'meshhook_keys') ORDER BY 1;
-SELECT 'function: ' || p.oid::regprocedure || ' definer=' || p.prosecdef || ' vol=' || p.provolatile::text
+SELECT 'function: ' || p.oid::regprocedure || ' definer=' || p.prosecdef || ' vol=' || p.provolatile::text || ' par=' || p.proparallel::text
        || ' config=' || coalesce(array_to_string(p.proconfig, ','), '') || ' acl=' || coalesce(p.proacl::text, 'default')
        || ' comment=' || coalesce(md5(obj_description(p.oid, 'pg_proc')), '-')
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'meshhook_keys' ORDER BY 1;
