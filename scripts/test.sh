@@ -8,7 +8,9 @@
 #   6. user-held keys behind a real PgBouncer, transaction and session modes (tests/client/pooler.sh)
 #   7. no secret in the server log, no Rust backtrace in errors (tests/client/logs.sh)
 #   8. the non-preloaded mode driven by real pg_cron (tests/client/cron.sh)
-#   9. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
+#   9. audit completeness: no idle transaction holds up an admin, a refusal flood loses nothing
+#      (tests/client/audit.sh)
+#  10. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 start=$(date +%s)
@@ -40,6 +42,8 @@ say "log suite (no secret in the server log at default settings, no backtrace in
 "$REPO_ROOT/tests/client/logs.sh"
 say "cron suite (not preloaded, driven by pg_cron)"
 "$REPO_ROOT/tests/client/cron.sh"
+say "audit suite (open transactions, refusal flood)"
+"$REPO_ROOT/tests/client/audit.sh"
 say "CLI suite (meshhook-keys as a subprocess)"
 cargo build -p meshhook-keys
 "$REPO_ROOT/tests/cli/run.sh"

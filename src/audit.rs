@@ -1,9 +1,18 @@
 //! Audit events and the administrative privilege check.
 //!
 //! Successful actions are written in the caller's transaction (they commit or roll back with the
-//! action). A *refused* call raises an error, which would roll its own audit row back; so a refusal is
+//! action). The chain (ids and hashes follow commit order) has one lock, held until commit. An
+//! operator's action takes it at its start, as before. Anybody else's action (a user-held keyring's
+//! owner, the first use of a keyring) must not be able to hold up an operator by leaving a
+//! transaction open: its rows are kept in this backend and written just before its transaction
+//! commits (the pre-commit callback), so it holds the lock only while committing; a rolled-back
+//! transaction or savepoint drops them.
+//!
+//! A *refused* call raises an error, which would roll its own audit row back; so a refusal is
 //! written by a short-lived dynamic background worker in a transaction of its own, and is also logged
-//! at LOG level immediately.
+//! at LOG level immediately. The refused backend waits for its writer (bounded): so one session
+//! never has more than one writer running, and a flood of refusals queues behind its own writers
+//! instead of exhausting max_worker_processes.
 
 use crate::error::{KeysError, Result};
 use crate::store::{self, AuditEvent};
@@ -91,6 +100,173 @@ pub fn as_actor<T>(actor: &'static str, f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Whether the caller's audit rows wait for its commit (see the module docs): everyone but
+/// operators (and superusers).
+pub fn deferred_for_caller() -> bool {
+    !crate::context::caller().role().is_some_and(is_admin)
+}
+
+thread_local! {
+    /// The local transaction id in which this backend took the audit chain lock (0: none).
+    static HOLDS_CHAIN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Audit rows waiting for this transaction's commit, with the subtransaction that made them and
+    /// the role (the extension owner) that writes them.
+    static DEFERRED: std::cell::RefCell<Vec<(pg_sys::SubTransactionId, pg_sys::Oid, OwnedEvent)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+    static CALLBACKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn current_lxid() -> u32 {
+    // SAFETY: MyProc is set for every backend that runs SQL.
+    unsafe {
+        if pg_sys::MyProc.is_null() {
+            0
+        } else {
+            (*pg_sys::MyProc).lxid
+        }
+    }
+}
+
+/// Whether this transaction holds the audit chain lock: taken by lock_chain, or by the chain
+/// trigger of any row inserted (also by SQL-level code). Asks the lock manager.
+fn holds_chain_lock() -> bool {
+    let lxid = current_lxid();
+    if lxid != 0 && HOLDS_CHAIN.get() == lxid {
+        return true;
+    }
+    // pg_advisory_xact_lock(hashtext('meshhook_keys.audit_log')): an ExclusiveLock on the advisory
+    // tag (database, high and low halves of the bigint key, 1).
+    let Ok(Some(key)) =
+        store::read_one::<i32>("SELECT pg_catalog.hashtext('meshhook_keys.audit_log')", &[])
+    else {
+        return false;
+    };
+    let key = key as i64;
+    // SAFETY: a plain lookup in this backend's local lock table.
+    unsafe {
+        let tag = pg_sys::LOCKTAG {
+            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
+            locktag_field2: (key >> 32) as u32,
+            locktag_field3: key as u32,
+            locktag_field4: 1,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        };
+        pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as i32)
+    }
+}
+
+/// Take the audit chain lock for an action about to write audit rows, before any keyring lock, if
+/// the caller writes them at once (an operator); a no-op for callers whose rows wait for commit.
+pub fn lock_chain() -> Result<()> {
+    if deferred_for_caller() {
+        return Ok(());
+    }
+    store::lock_audit_chain()?;
+    HOLDS_CHAIN.set(current_lxid());
+    Ok(())
+}
+
+struct OwnedEvent {
+    actor: Option<String>,
+    role_name: String,
+    action: String,
+    outcome: String,
+    keyring: Option<String>,
+    version: Option<i32>,
+    key_id: Option<i64>,
+    reason: Option<String>,
+    detail: serde_json::Value,
+}
+
+fn defer(e: OwnedEvent) {
+    if !CALLBACKS.replace(true) {
+        // SAFETY: plain callbacks, registered once per backend.
+        unsafe {
+            pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut());
+            pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
+        }
+    }
+    // SAFETY: plain accessors of transaction state; inside our SECURITY DEFINER function the
+    // current user is the extension's owner, who may write the audit log.
+    let (subxact, writer) = unsafe { (pg_sys::GetCurrentSubTransactionId(), pg_sys::GetUserId()) };
+    DEFERRED.with_borrow_mut(|d| d.push((subxact, writer, e)));
+}
+
+/// Write the deferred rows (pre-commit): as the extension's owner, with a fixed search_path. An
+/// error aborts the commit, so the action and its audit rows still commit or fail together.
+fn write_deferred() {
+    let rows = DEFERRED.take();
+    if rows.is_empty() {
+        return;
+    }
+    // (SPI needs an active snapshot, which a committing transaction no longer has)
+    struct PopSnapshot;
+    impl Drop for PopSnapshot {
+        fn drop(&mut self) {
+            // SAFETY: pops the snapshot pushed below.
+            unsafe { pg_sys::PopActiveSnapshot() };
+        }
+    }
+    // SAFETY: a fresh snapshot of this (still open) transaction, popped by the guard.
+    unsafe { pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot()) };
+    let _pop = PopSnapshot;
+    for (_, writer, e) in rows {
+        let res = crate::context::with_owner(writer, || {
+            crate::store::with_fixed_search_path(|| {
+                store::insert_audit(&AuditEvent {
+                    actor: e.actor.as_deref(),
+                    role_name: &e.role_name,
+                    action: &e.action,
+                    outcome: &e.outcome,
+                    keyring: e.keyring.as_deref(),
+                    version: e.version,
+                    key_id: e.key_id,
+                    reason: e.reason.as_deref(),
+                    detail: e.detail,
+                })
+            })
+        });
+        if let Err(err) = res {
+            pgrx::error!("meshhook_keys: could not write the audit log at commit: {err}");
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn xact_callback(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            write_deferred()
+        }
+        pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            DEFERRED.take();
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    DEFERRED.with_borrow_mut(|d| match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
+            for row in d.iter_mut().filter(|r| r.0 == my_subid) {
+                row.0 = parent_subid;
+            }
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => d.retain(|r| r.0 != my_subid),
+        _ => {}
+    });
+}
+
 /// Record a failed scheduled action (outcome `failed`) in the current transaction.
 pub fn record_failure(
     action: &str,
@@ -131,6 +307,21 @@ fn insert(
     detail: serde_json::Value,
 ) -> Result<()> {
     let role = caller_role_name();
+    if deferred_for_caller() {
+        defer(OwnedEvent {
+            actor: ACTOR.get().map(str::to_string),
+            role_name: role,
+            action: action.to_string(),
+            outcome: outcome.to_string(),
+            keyring: keyring.map(str::to_string),
+            version,
+            key_id,
+            reason: reason.map(str::to_string),
+            detail,
+        });
+        return Ok(());
+    }
+    HOLDS_CHAIN.set(current_lxid());
     store::insert_audit(&AuditEvent {
         actor: ACTOR.get(),
         role_name: &role,
@@ -191,10 +382,40 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
         .load_dynamic();
-    if started.is_err() {
-        crate::logline::log(
+    match started {
+        Ok(worker) => wait_for_writer(worker),
+        Err(_) => crate::logline::log(
             "meshhook_keys audit: could not start the audit writer for a refused call (max_worker_processes reached?); the refusal is only in this log",
-        );
+        ),
+    }
+}
+
+/// Wait (at most 10 s) until the writer has written the row and exited, so that one session never
+/// has more than one writer running. Not while this transaction holds the audit chain lock: the
+/// writer needs it, and gets it when this transaction ends.
+fn wait_for_writer(worker: pgrx::bgworkers::DynamicBackgroundWorker) {
+    if holds_chain_lock() {
+        return;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        match worker.pid() {
+            Err(pgrx::bgworkers::BackgroundWorkerStatus::Stopped)
+            | Err(pgrx::bgworkers::BackgroundWorkerStatus::PostmasterDied) => return,
+            _ => {}
+        }
+        // SAFETY: the standard latch wait; the postmaster sets our latch when the worker starts or
+        // stops (we are its notify pid).
+        unsafe {
+            pg_sys::WaitLatch(
+                pg_sys::MyLatch,
+                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+                10,
+                pg_sys::PG_WAIT_EXTENSION,
+            );
+            pg_sys::ResetLatch(pg_sys::MyLatch);
+        }
+        pgrx::check_for_interrupts!();
     }
 }
 

@@ -96,6 +96,31 @@ impl Drop for OnBehalfGuard {
 /// Run `f` as `role` inside a security-restricted operation (no SET ROLE, no temporary objects
 /// that outlive it), then switch back. Every identity check meshhook_keys makes inside `f` (admin
 /// membership, tenant check, service bypass, user-held key binding) sees `role`.
+/// Run `f` as `role` (the extension's owner), for the extension's own writes outside any of its
+/// SECURITY DEFINER functions (the audit rows written at commit). Not code of anybody else: the
+/// on-behalf-of stack is left alone.
+pub fn with_owner<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    struct Restore(pg_sys::Oid, i32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores exactly what was saved below.
+            unsafe { pg_sys::SetUserIdAndSecContext(self.0, self.1) };
+        }
+    }
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_ctx: i32 = 0;
+    // SAFETY: plain save/switch of the backend's current user, as fmgr_security_definer does.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_ctx | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let _restore = Restore(saved_user, saved_ctx);
+    f()
+}
+
 pub fn as_user_restricted<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_ctx: i32 = 0;

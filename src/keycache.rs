@@ -94,7 +94,7 @@ fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
     if row.user_held {
         // Never wrapped by the root key: only keyring_unlock (with the user's secret) opens it, in
         // the session that called it. (A parallel worker never has it, and a session that holds
-        // unlocked keys plans without workers: see crate::planner.)
+        // unlocked keys plans without workers.)
         return Err(KeysError::KeyringLocked(row.keyring.clone()));
     }
     let state = KeyState::parse(&row.state)?;

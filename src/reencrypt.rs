@@ -642,13 +642,18 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         return Err(KeysError::NestedBatch("a re-encryption batch"));
     }
     let batch_size = batch_size.clamp(1, 1_000_000) as i64;
-    // Audited actions take the audit lock first (see store::lock_audit_chain); then one batch per
+    // Audited actions take the audit lock first (see audit::lock_chain; not a plain role
+    // re-encrypting its user-held keyring, whose rows are written at commit); then one batch per
     // keyring at a time.
     // (The two locks in one statement: its target list is evaluated in order.)
+    let audit_lock = if audit::deferred_for_caller() {
+        "NULL"
+    } else {
+        crate::store::AUDIT_LOCK_EXPR
+    };
     run(
         &format!(
-            "SELECT {}, pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.reencrypt:' || $1))",
-            crate::store::AUDIT_LOCK_EXPR
+            "SELECT {audit_lock}, pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.reencrypt:' || $1))"
         ),
         &[keyring.into()],
     )?;

@@ -213,7 +213,7 @@ fn due_keyrings(only: Option<&str>) -> Result<Vec<Due>> {
 /// Rotate `keyring` if it is still due once its row is locked. Returns the new version.
 fn rotate_if_due(keyring: &str) -> Result<Option<i32>> {
     rootkey::current()?;
-    store::lock_audit_chain()?;
+    audit::lock_chain()?;
     store::lock_keyring(keyring)?;
     // A fresh statement after the lock: a rotation committed meanwhile makes the keyring not due.
     let Some(due) = due_keyrings(Some(keyring))?.pop() else {

@@ -144,7 +144,7 @@ pub fn new_unlocked(
 }
 
 /// Whether this backend holds any unlocked keys (committed or pending): then it plans without
-/// parallel workers, which could not see them (see [`crate::planner`]).
+/// parallel workers, which could not see them (the planner hook asks).
 pub fn holds_any() -> bool {
     STATE.with_borrow(|s| !s.committed.is_empty() || !s.pending.is_empty())
 }

@@ -151,7 +151,7 @@ pub fn create(keyring: &str, secret: Option<&str>) -> Result<(i32, i64)> {
     let secret = Zeroizing::new(validate_secret("secret", secret)?.to_string());
     let params = KdfParams::new_random();
     let kek = derive(&secret, &params)?;
-    store::lock_audit_chain()?;
+    audit::lock_chain()?;
     if !store::create_user_held_keyring(keyring, &kdf_json(&params))? {
         return Err(KeysError::KeyringExists(keyring.into()));
     }
@@ -236,7 +236,7 @@ pub fn rotate_secret(
         ));
     }
     let params = user_held_params(keyring)?;
-    store::lock_audit_chain()?;
+    audit::lock_chain()?;
     store::lock_keyring(keyring)?;
     let rows = store::keyring_keys(keyring, true)?;
     let kek_old = derive(&old, &params)?;

@@ -86,7 +86,7 @@ pub fn rotate(keyring: &str, reason: Option<&str>) -> KResult<NewKey> {
     if store::user_held_kdf(keyring)?.is_none() {
         crate::userheld::check_namespace(keyring, false)?;
     }
-    store::lock_audit_chain()?;
+    audit::lock_chain()?;
     store::lock_keyring(keyring)?;
     refuse_destroyed(keyring)?;
     if let Some((true, _)) = store::user_held_kdf(keyring)? {
@@ -131,7 +131,7 @@ fn keyring_create(
             ));
         }
         rootkey::current()?;
-        store::lock_audit_chain()?;
+        audit::lock_chain()?;
         if !store::create_keyring(keyring, tenant)? {
             return Err(KeysError::KeyringExists(keyring.into()));
         }
@@ -147,7 +147,7 @@ fn keyring_create(
 fn lock_existing_keyring<'a>(function: &'static str, keyring: Option<&'a str>) -> KResult<&'a str> {
     audit::require_admin(function, keyring)?;
     let keyring = validate_keyring(keyring)?;
-    store::lock_audit_chain()?;
+    audit::lock_chain()?;
     if !store::keyring_exists(keyring)? {
         return Err(KeysError::UnknownKeyring(keyring.into()));
     }
@@ -207,7 +207,7 @@ fn keyring_reclaim(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")
 /// First use of the `default` keyring: create version 1 unless a concurrent session just did.
 pub fn ensure_default_keyring() -> KResult<()> {
     rootkey::current()?;
-    store::lock_audit_chain()?;
+    audit::lock_chain()?;
     store::lock_keyring(DEFAULT_KEYRING)?;
     if store::active_key(DEFAULT_KEYRING)?.is_none() {
         create_version(
@@ -287,7 +287,7 @@ fn root_key_rewrap() -> TableIterator<'static, (name!(rewrapped, i64), name!(alr
                 "the previous root key is the current root key: nothing to rewrap".into(),
             ));
         }
-        store::lock_audit_chain()?;
+        audit::lock_chain()?;
         let rows = store::wrapped_keys_for_update()?;
         let (mut done, mut already) = (0i64, 0i64);
         for row in rows {

@@ -282,7 +282,7 @@ fn retire_or_destroy(
     let keyring = validate_keyring(keyring)?;
     let version = version.ok_or(KeysError::NullArgument("version"))?;
     let force = force.unwrap_or(false);
-    crate::store::lock_audit_chain()?;
+    crate::audit::lock_chain()?;
     crate::store::lock_keyring(keyring)?;
     let (key_id, state) = lookup_key(keyring, version)?;
     let refuse = |why: String| {

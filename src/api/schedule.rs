@@ -47,7 +47,7 @@ fn keyring_set_policy(
                 "rotation_interval must be between 1 second and 100 years (or NULL for manual rotation only)".into(),
             ));
         }
-        store::lock_audit_chain()?;
+        audit::lock_chain()?;
         // A policy is set on a keyring that exists; it never creates one.
         if !store::keyring_exists(keyring)? {
             return Err(KeysError::UnknownKeyring(keyring.into()));

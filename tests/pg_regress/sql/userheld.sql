@@ -67,6 +67,8 @@ SELECT meshhook_keys.keyring_lock('user:vault:alice');
 SELECT meshhook_keys.keyring_unlock('user:vault:alice', 'alice-passphrase-3') AS versions_unlocked;
 
 -- audited, never with a secret
+-- (the keyring_create row of mk_uh_app, a plain role, is written when this transaction commits, so
+-- that an open transaction of a plain role never holds the audit chain lock: not visible here)
 SELECT action, outcome, version, detail->>'user_held' AS user_held, detail->>'versions_rewrapped' AS rewrapped,
        detail->>'reencrypt' AS reencrypt, detail->>'rows_reencrypted' AS rows
   FROM meshhook_keys.audit_log WHERE keyring = 'user:vault:alice' AND action IN ('keyring_create', 'rotate', 'rotate_secret') ORDER BY id;

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Nobody holds up another role's audited action, and no refusal is lost (issue 12, item 4).
+#   - a plain user's transaction left open after keyring_create_user_held (or after the first use of
+#     a keyring) does not block an admin's keys_rotate: with lock_timeout = 2s it succeeds (0.4.0:
+#     55P03), also while it re-encrypts its keyring; the user's rows reach the chain when the user commits, and vanish when the user rolls
+#     back (also a rolled-back savepoint); the chain verifies;
+#   - a flood of 10,000 refused calls from 4 sessions: exactly 10,000 refusal rows, never more audit
+#     writers at once than refusing sessions, no "could not start the audit writer" line.
+# Expects the extension installed.
+source "$(dirname "$0")/../../scripts/lib.sh"
+
+PORT=${MESHHOOK_KEYS_AUDIT_PORT:-54349}
+TMP=$(mktemp -d /tmp/mk_audit.XXXXXX)
+chmod 755 "$TMP"
+make_root_key "$TMP/keys/root.key"
+init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" "meshhook_keys.database = 'audit'"
+trap 'exec 3>&- 2>/dev/null || true; stop_cluster "$TMP" immediate; rm -rf "$TMP"' EXIT
+start_cluster "$TMP"
+
+q() { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U "${2:-postgres}" -d audit -v ON_ERROR_STOP=1 -c "$1"; }
+wait_for() { local i; for i in $(seq 1 $(( $2 * 10 ))); do [ "$(q "SELECT $1")" = t ] && return 0; sleep 0.1; done; return 1; }
+
+say "audit tests (cluster in $TMP, port $PORT)"
+as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE audit" >/dev/null
+q "CREATE EXTENSION meshhook_keys;
+   CREATE ROLE au_user LOGIN IN ROLE meshhook_keys_user;
+   CREATE ROLE au_admin LOGIN IN ROLE meshhook_keys_admin;
+   SELECT meshhook_keys.keyring_create('admin-ring');" >/dev/null
+
+# hold NAME SQL: run SQL in a session of au_user that stays open (in its transaction) until release
+hold() {
+    rm -f "$TMP/hold.in"; mkfifo "$TMP/hold.in"; chmod 666 "$TMP/hold.in"
+    as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U au_user -d audit < "$TMP/hold.in" > "$TMP/hold.out" 2>&1 &
+    HOLD_PID=$!
+    exec 3> "$TMP/hold.in"
+    echo "$1" >&3
+    wait_for "EXISTS (SELECT FROM pg_stat_activity WHERE usename = 'au_user' AND state = 'idle in transaction')" 20
+}
+release() { echo "$1" >&3; exec 3>&-; wait "$HOLD_PID" || true; }
+rotate_as_admin() {
+    q "SET lock_timeout = '2s'; SELECT version FROM meshhook_keys.keys_rotate('admin-ring', '$1')" au_admin 2>&1
+}
+rows() { q "SELECT count(*) FROM meshhook_keys.audit_log WHERE $1"; }
+
+echo "# a plain user's open transaction does not hold up an admin"
+before=$(q "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'admin-ring'")
+if hold "BEGIN; SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:held', 'held-secret-1');"; then
+    ok "the user's transaction is open after keyring_create_user_held"; else fail "the user's transaction is open after keyring_create_user_held" "$(cat "$TMP/hold.out")"; fi
+check "the admin's keys_rotate succeeds meanwhile (lock_timeout 2s)" "$((before + 1))" "$(rotate_as_admin 'while a user transaction is open')"
+check "the user's row is not in the chain before the user commits" 0 "$(rows "keyring = 'user:held'")"
+release "COMMIT;"
+check "the user's row is in the chain after the commit" 1 "$(rows "keyring = 'user:held' AND action = 'keyring_create' AND role_name = 'au_user'")"
+
+if hold "BEGIN; SELECT meshhook_keys.keyring_rotate_secret('user:held', 'held-secret-1', 'held-secret-2', reencrypt => true);"; then
+    ok "the user's transaction is open after keyring_rotate_secret"; else fail "the user's transaction is open after keyring_rotate_secret" "$(cat "$TMP/hold.out")"; fi
+check "the admin rotates again meanwhile" "$((before + 2))" "$(rotate_as_admin 'again')"
+release "ROLLBACK;"
+check "a rolled-back transaction leaves no row" 0 "$(rows "keyring = 'user:held' AND action = 'rotate_secret'")"
+
+q "BEGIN;
+   SAVEPOINT s; SELECT meshhook_keys.keyring_rotate_secret('user:held', 'held-secret-1', 'held-secret-2'); ROLLBACK TO SAVEPOINT s;
+   SAVEPOINT t; SELECT meshhook_keys.keyring_rotate_secret('user:held', 'held-secret-1', 'held-secret-3'); RELEASE SAVEPOINT t;
+   COMMIT;" au_user >/dev/null
+check "a rolled-back savepoint drops its row, a released one keeps it" 1 \
+    "$(rows "keyring = 'user:held' AND action = 'rotate_secret'")"
+
+# the first use of 'default' by a plain user creates it and its first key: audited the same way
+if hold "BEGIN; SELECT length(meshhook_keys.secret_encrypt('x')) > 0;"; then
+    ok "the user's transaction is open after a keyring's first use"; else fail "the user's transaction is open after a keyring's first use" "$(cat "$TMP/hold.out")"; fi
+check "the admin rotates meanwhile" "$((before + 3))" "$(rotate_as_admin 'during a first use')"
+release "COMMIT;"
+check "the first use is in the chain" t "$(q "SELECT count(*) > 0 FROM meshhook_keys.audit_log WHERE keyring = 'default' AND role_name = 'au_user'")"
+check "the chain verifies" t "$(q "SELECT ok FROM meshhook_keys.audit_verify()")"
+
+echo "# 10,000 refused calls from 4 sessions"
+q "CREATE TABLE writers (at timestamptz DEFAULT clock_timestamp(), n int)" >/dev/null
+refused_before=$(rows "outcome = 'refused'")
+( while [ ! -e "$TMP/flood.done" ]; do
+      q "INSERT INTO writers (n) SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'meshhook_keys audit writer'" >/dev/null 2>&1 || true
+      sleep 0.05
+  done ) &
+SAMPLER=$!
+start=$(date +%s)
+for s in 1 2 3 4; do
+    q "DO \$\$ BEGIN FOR i IN 1..2500 LOOP
+         BEGIN PERFORM meshhook_keys.keys_rotate('admin-ring', 'flood'); EXCEPTION WHEN insufficient_privilege THEN NULL; END;
+       END LOOP; END \$\$" au_user > "$TMP/flood.$s" 2>&1 &
+done
+wait $(jobs -p | grep -v "^$SAMPLER\$") 2>/dev/null || true
+touch "$TMP/flood.done"; wait "$SAMPLER" || true
+echo "  (the flood took $(( $(date +%s) - start )) s)"
+if wait_for "(SELECT count(*) FROM meshhook_keys.audit_log WHERE outcome = 'refused') - $refused_before >= 10000" 60; then
+    ok "the refusals reached the log"; else fail "the refusals reached the log"; fi
+check "exactly 10,000 refusal rows" 10000 "$(( $(rows "outcome = 'refused'") - refused_before ))"
+check "each names the refused role and function" 10000 \
+    "$(rows "outcome = 'refused' AND role_name = 'au_user' AND detail ->> 'function' = 'keys_rotate'")"
+check "never more audit writers at once than refusing sessions" t "$(q "SELECT max(n) <= 4 AND count(*) > 10 FROM writers")"
+check "no refusal was only logged" 0 "$(grep -c 'could not start the audit writer' "$TMP/server.log" || true)"
+check "the chain verifies after the flood" t "$(q "SELECT ok FROM meshhook_keys.audit_verify()")"
+
+echo "audit: $PASSES passed, $FAILS failed"
+[ "$FAILS" = 0 ]
