@@ -57,7 +57,15 @@ fn with(conninfo: &str, key: &str, value: &str) -> String {
     }
 }
 
-pub fn connect(conninfo: &str) -> Result<Client, String> {
+/// A connection string with `sslmode` rewritten for the driver (which knows only disable, prefer and
+/// require) and the TLS connector that implements libpq's mode; for the blocking and the async
+/// clients alike (postgres-native-tls's connector serves both).
+pub struct Prepared {
+    pub conninfo: String,
+    pub tls: Option<MakeTlsConnector>,
+}
+
+pub fn prepare(conninfo: &str) -> Result<Prepared, String> {
     let (mode, rest) = take(conninfo, "sslmode");
     let (root, rest) = take(&rest, "sslrootcert");
     let mode = mode
@@ -66,12 +74,11 @@ pub fn connect(conninfo: &str) -> Result<Client, String> {
     let root = root
         .or_else(|| std::env::var("PGSSLROOTCERT").ok())
         .filter(|r| !r.is_empty());
-    let db = |e: postgres::Error| match e.as_db_error() {
-        Some(d) => format!("{} (SQLSTATE {})", d.message(), d.code().code()),
-        None => e.to_string(),
-    };
     if mode == "disable" {
-        return Client::connect(&with(&rest, "sslmode", "disable"), NoTls).map_err(db);
+        return Ok(Prepared {
+            conninfo: with(&rest, "sslmode", "disable"),
+            tls: None,
+        });
     }
     let mut builder = native_tls::TlsConnector::builder();
     if let Some(path) = &root {
@@ -102,5 +109,21 @@ pub fn connect(conninfo: &str) -> Result<Client, String> {
         }
     };
     let tls = builder.build().map_err(|e| format!("TLS setup: {e}"))?;
-    Client::connect(&with(&rest, "sslmode", pg_mode), MakeTlsConnector::new(tls)).map_err(db)
+    Ok(Prepared {
+        conninfo: with(&rest, "sslmode", pg_mode),
+        tls: Some(MakeTlsConnector::new(tls)),
+    })
+}
+
+pub fn connect(conninfo: &str) -> Result<Client, String> {
+    let db = |e: postgres::Error| match e.as_db_error() {
+        Some(d) => format!("{} (SQLSTATE {})", d.message(), d.code().code()),
+        None => e.to_string(),
+    };
+    let p = prepare(conninfo)?;
+    match p.tls {
+        None => Client::connect(&p.conninfo, NoTls),
+        Some(tls) => Client::connect(&p.conninfo, tls),
+    }
+    .map_err(db)
 }

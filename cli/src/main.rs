@@ -120,6 +120,32 @@ enum Command {
         /// File holding the JWT secret (or set MESHHOOK_KEYS_JWT_SECRET).
         #[arg(long)]
         jwt_secret_file: Option<std::path::PathBuf>,
+        /// Largest request body accepted (413 above it).
+        #[arg(long, env = "MESHHOOK_KEYS_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+        max_body_bytes: usize,
+        /// Largest request head (request line and headers) accepted, at least 8192 (431 above it).
+        #[arg(long, env = "MESHHOOK_KEYS_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+        max_header_bytes: usize,
+        /// Time a request (its body included) may take before it is answered 408.
+        #[arg(
+            long,
+            env = "MESHHOOK_KEYS_REQUEST_TIMEOUT_MS",
+            default_value_t = 20_000
+        )]
+        request_timeout_ms: u64,
+        /// statement_timeout of each request's transaction (SQLSTATE 57014: 504).
+        #[arg(
+            long,
+            env = "MESHHOOK_KEYS_STATEMENT_TIMEOUT_MS",
+            default_value_t = 10_000
+        )]
+        statement_timeout_ms: u64,
+        /// lock_timeout of each request's transaction (SQLSTATE 55P03: 409).
+        #[arg(long, env = "MESHHOOK_KEYS_LOCK_TIMEOUT_MS", default_value_t = 5_000)]
+        lock_timeout_ms: u64,
+        /// Database connections the API requests share (/healthz uses its own).
+        #[arg(long, env = "MESHHOOK_KEYS_POOL_SIZE", default_value_t = 16)]
+        pool_size: usize,
     },
 }
 
@@ -470,6 +496,12 @@ fn run(cli: Cli) -> Result<()> {
     if let Command::Serve {
         listen,
         jwt_secret_file,
+        max_body_bytes,
+        max_header_bytes,
+        request_timeout_ms,
+        statement_timeout_ms,
+        lock_timeout_ms,
+        pool_size,
     } = &cli.command
     {
         let secret = jwt_secret(jwt_secret_file)?;
@@ -477,6 +509,12 @@ fn run(cli: Cli) -> Result<()> {
             listen: listen.clone(),
             conninfo: conninfo(cli.url.clone()),
             jwt_secret: secret,
+            max_body_bytes: *max_body_bytes,
+            max_header_bytes: *max_header_bytes,
+            request_timeout: Duration::from_millis(*request_timeout_ms),
+            statement_timeout: Duration::from_millis(*statement_timeout_ms),
+            lock_timeout: Duration::from_millis(*lock_timeout_ms),
+            pool_size: *pool_size,
         })
         .map_err(Failure);
     }

@@ -6,19 +6,86 @@
 //! privileges decide: a role without the admin grant is refused by the extension (and audited), and
 //! the API maps that to 403. The server connects as an "authenticator" role that may switch to the
 //! roles tokens name (`GRANT ops TO authenticator`), like PostgREST.
+//!
+//! Hostile clients: requests are served concurrently (tokio, hyper's HTTP/1.1 server, axum), so a
+//! slow client holds only its own connection. Every resource a client can make the server spend is
+//! bounded: the request head (`max_header_bytes`, 431), the time to send it (`HEADER_READ_TIMEOUT`,
+//! also the idle keep-alive timeout), the body (`max_body_bytes`, 413, checked against
+//! Content-Length before anything is read), the whole request (`request_timeout`, 408), open
+//! connections (`MAX_CONNECTIONS`). Every database use is bounded too: connecting
+//! (`connect_timeout`), waiting for a pooled connection (`POOL_WAIT`), and each transaction
+//! (`SET LOCAL statement_timeout` and `lock_timeout`, plus a client-side deadline that abandons the
+//! connection if the server does not answer at all). `/healthz` opens its own connection, with its
+//! own deadline (`HEALTH_TIMEOUT`), so a saturated pool or a stalled server gives a prompt 503.
 
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use serde::Deserialize;
 use serde_json::{Value, json};
-use std::io::Read;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio_postgres::types::ToSql;
+
+/// Time a client has to send a request head, and how long an idle keep-alive connection is kept.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Open client connections; further clients wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 512;
+/// Waiting for a free pooled connection.
+const POOL_WAIT: Duration = Duration::from_secs(5);
+/// Connecting to the database, unless the connection string sets connect_timeout.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The whole of a /healthz check (connect and `SELECT 1`).
+const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
+/// /healthz checks running at once (each opens a connection); more wait, within HEALTH_TIMEOUT.
+const HEALTH_CONCURRENCY: usize = 2;
 
 pub struct Config {
     pub listen: String,
     pub conninfo: String,
     pub jwt_secret: Vec<u8>,
+    pub max_body_bytes: usize,
+    pub max_header_bytes: usize,
+    pub request_timeout: Duration,
+    pub statement_timeout: Duration,
+    pub lock_timeout: Duration,
+    pub pool_size: usize,
 }
+
+struct App {
+    pool: Pool,
+    pg: tokio_postgres::Config,
+    tls: postgres_native_tls::MakeTlsConnector,
+    health: Semaphore,
+    jwt_secret: Vec<u8>,
+    statement_timeout: Duration,
+    lock_timeout: Duration,
+}
+
+type St = State<Arc<App>>;
 
 struct Reply {
     status: u16,
     body: Value,
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.body.to_string(),
+        )
+            .into_response()
+    }
 }
 
 fn reply(status: u16, body: Value) -> Reply {
@@ -30,7 +97,7 @@ fn error(status: u16, msg: &str) -> Reply {
 }
 
 /// A database error as an HTTP reply: the database's message and SQLSTATE, with a matching status.
-fn db_error(e: postgres::Error) -> Reply {
+fn db_error(e: tokio_postgres::Error) -> Reply {
     match e.as_db_error() {
         Some(db) => {
             let code = db.code().code();
@@ -38,7 +105,9 @@ fn db_error(e: postgres::Error) -> Reply {
                 "42" if code == "42501" => 403,
                 "28" => 403,
                 "22" | "42" => 400,
-                "55" => 409,
+                "55" => 409,                    // includes 55P03, lock_timeout
+                "57" if code == "57014" => 504, // statement_timeout
+                "08" | "53" | "57" => 503,
                 _ => 500,
             };
             reply(
@@ -51,8 +120,10 @@ fn db_error(e: postgres::Error) -> Reply {
 }
 
 /// Verify the bearer token; returns its claims.
-fn authenticate(header: Option<&str>, secret: &[u8]) -> Result<Value, Reply> {
-    let token = header
+fn authenticate(headers: &HeaderMap, secret: &[u8]) -> Result<Value, Reply> {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| error(401, "missing bearer token"))?;
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
@@ -69,160 +140,344 @@ fn authenticate(header: Option<&str>, secret: &[u8]) -> Result<Value, Reply> {
     Ok(data.claims)
 }
 
-/// Run `f` in a transaction as the token's role, with its claims in request.jwt.claims.
-fn as_token<T>(
-    conninfo: &str,
-    claims: &Value,
-    f: impl FnOnce(&mut postgres::Transaction<'_>) -> Result<T, postgres::Error>,
-) -> Result<T, Reply> {
-    let mut client = crate::connect::connect(conninfo)
-        .map_err(|e| error(503, &format!("database unavailable: {e}")))?;
-    let mut tx = client.transaction().map_err(db_error)?;
-    let role = claims["role"].as_str().unwrap_or_default();
-    tx.execute(
-        "SELECT set_config('role', $1, true), set_config('request.jwt.claims', $2, true)",
-        &[&role, &claims.to_string()],
-    )
-    .map_err(db_error)?;
-    let out = f(&mut tx).map_err(db_error)?;
-    tx.commit().map_err(db_error)?;
-    Ok(out)
+/// A pooled connection that goes back to the pool only after a finished transaction: a request
+/// abandoned midway (client-side deadline, request timeout) closes it instead.
+struct Conn {
+    obj: Option<Object>,
+    clean: bool,
 }
 
-fn json_rows(
-    tx: &mut postgres::Transaction<'_>,
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if !self.clean
+            && let Some(obj) = self.obj.take()
+        {
+            drop(Object::take(obj));
+        }
+    }
+}
+
+fn millis(d: Duration) -> String {
+    format!("{}ms", d.as_millis())
+}
+
+/// Run `sql` in a transaction as the token's role, with its claims in request.jwt.claims and the
+/// configured statement and lock timeouts; its rows as a JSON array.
+async fn as_token(
+    app: &App,
+    claims: &Value,
     sql: &str,
-    params: &[&(dyn postgres::types::ToSql + Sync)],
-) -> Result<Value, postgres::Error> {
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Value, Reply> {
+    let obj = app.pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => {
+            error(503, &format!("database unavailable: {e}"))
+        }
+        deadpool_postgres::PoolError::Timeout(_) => error(
+            503,
+            "database unavailable: no connection within the pool and connect timeouts",
+        ),
+        e => error(503, &format!("database unavailable: {e}")),
+    })?;
+    let mut conn = Conn {
+        obj: Some(obj),
+        clean: false,
+    };
+    let role = claims["role"].as_str().unwrap_or_default();
+    let claims_text = claims.to_string();
+    let (st, lt) = (millis(app.statement_timeout), millis(app.lock_timeout));
     let wrapped = format!("SELECT coalesce(json_agg(q), '[]')::text FROM ({sql}) AS q");
-    let text: String = tx.query_one(wrapped.as_str(), params)?.get(0);
+    let client = conn.obj.as_mut().expect("a pooled connection");
+    let work = async {
+        let tx = client.transaction().await?;
+        tx.execute(
+            "SELECT set_config('statement_timeout', $3, true), set_config('lock_timeout', $4, true),
+                    set_config('role', $1, true), set_config('request.jwt.claims', $2, true)",
+            &[&role, &claims_text, &st, &lt],
+        )
+        .await?;
+        let text: String = tx.query_one(wrapped.as_str(), params).await?.get(0);
+        tx.commit().await?;
+        Ok::<_, tokio_postgres::Error>(text)
+    };
+    // the server enforces statement_timeout; this deadline covers a server that does not answer
+    let deadline = app.statement_timeout + Duration::from_secs(2);
+    let text = match tokio::time::timeout(deadline, work).await {
+        Ok(Ok(text)) => text,
+        Ok(Err(e)) => {
+            // (the driver rolled the failed transaction back when `tx` was dropped; a connection
+            // error leaves the connection unusable)
+            conn.clean = e.as_db_error().is_some() && !client.is_closed();
+            return Err(db_error(e));
+        }
+        Err(_) => {
+            return Err(error(
+                504,
+                &format!(
+                    "the database did not answer within {} ms",
+                    deadline.as_millis()
+                ),
+            ));
+        }
+    };
+    conn.clean = true;
     Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-fn query_param(url: &str, name: &str) -> Option<String> {
-    let q = url.split_once('?')?.1;
-    q.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == name).then(|| v.replace('+', " "))
-    })
+async fn healthz(State(app): St) -> Reply {
+    let check = async {
+        let _permit = app.health.acquire().await.map_err(|e| e.to_string())?;
+        let (client, connection) = app
+            .pg
+            .connect(app.tls.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let task = tokio::spawn(connection);
+        let r = client.query_one("SELECT 1", &[]).await;
+        drop(client);
+        task.abort();
+        r.map(drop).map_err(|e| e.to_string())
+    };
+    match tokio::time::timeout(HEALTH_TIMEOUT, check).await {
+        Ok(Ok(())) => reply(200, json!({ "ok": true })),
+        Ok(Err(e)) => error(503, &format!("database unavailable: {e}")),
+        Err(_) => error(
+            503,
+            &format!(
+                "database unavailable: no answer within {} ms",
+                HEALTH_TIMEOUT.as_millis()
+            ),
+        ),
+    }
 }
 
-fn handle(cfg: &Config, method: &str, url: &str, auth: Option<&str>, body: &str) -> Reply {
-    let path = url.split('?').next().unwrap_or("");
-    if method == "GET" && path == "/healthz" {
-        return match crate::connect::connect(&cfg.conninfo)
-            .and_then(|mut c| c.query_one("SELECT 1", &[]).map_err(|e| e.to_string()))
-        {
-            Ok(_) => reply(200, json!({ "ok": true })),
-            Err(e) => error(503, &format!("database unavailable: {e}")),
-        };
-    }
-    let known = matches!(
-        (method, path),
-        ("POST", "/api/keys/rotate")
-            | ("GET", "/api/keys")
-            | ("GET", "/api/keys/progress")
-            | ("GET", "/api/keys/audit")
-    );
-    if !known {
-        return error(404, "no such endpoint");
-    }
-    let claims = match authenticate(auth, &cfg.jwt_secret) {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    keyring: Option<String>,
+    reason: Option<String>,
+}
+
+async fn rotate(State(app): St, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Reply {
+    let claims = match authenticate(&headers, &app.jwt_secret) {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let result = match (method, path) {
-        ("POST", "/api/keys/rotate") => {
-            let req: Value = match serde_json::from_str(body) {
-                Ok(v @ Value::Object(_)) => v,
-                _ => {
-                    return error(
-                        400,
-                        "the body must be a JSON object {\"keyring\": ..., \"reason\": ...}",
-                    );
-                }
-            };
-            let keyring = req
-                .get("keyring")
-                .and_then(Value::as_str)
-                .unwrap_or("default")
-                .to_string();
-            let reason = req
-                .get("reason")
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            as_token(&cfg.conninfo, &claims, |tx| {
-                json_rows(
-                    tx,
-                    "SELECT keyring, version, key_id, activated_at FROM meshhook_keys.keys_rotate($1, $2)",
-                    &[&keyring, &reason],
-                )
-            })
-            .map(|rows| rows.get(0).cloned().unwrap_or(Value::Null))
-        }
-        ("GET", "/api/keys") => as_token(&cfg.conninfo, &claims, |tx| {
-            json_rows(
-                tx,
-                "SELECT * FROM meshhook_keys.keyrings ORDER BY keyring",
-                &[],
-            )
-        }),
-        ("GET", "/api/keys/progress") => as_token(&cfg.conninfo, &claims, |tx| {
-            json_rows(
-                tx,
-                "SELECT * FROM meshhook_keys.reencrypt_progress ORDER BY job_id, table_name::text",
-                &[],
-            )
-        }),
-        _ => {
-            let keyring = query_param(url, "keyring");
-            let limit: i64 = query_param(url, "limit")
-                .and_then(|l| l.parse().ok())
-                .unwrap_or(100)
-                .clamp(1, 10_000);
-            as_token(&cfg.conninfo, &claims, |tx| {
-                json_rows(
-                    tx,
-                    "SELECT * FROM (SELECT id, at, actor, role_name, action, outcome, keyring, version, reason, detail
-                                      FROM meshhook_keys.audit_log WHERE ($1::text IS NULL OR keyring = $1)
-                                     ORDER BY id DESC LIMIT $2) a ORDER BY id",
-                    &[&keyring, &limit],
-                )
-            })
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => return error(e.status().as_u16(), &e.body_text()),
+    };
+    let req: RotateBody = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                400,
+                &format!(
+                    "the body must be a JSON object {{\"keyring\": string, \"reason\": string}} (both optional, no other fields): {e}"
+                ),
+            );
         }
     };
-    match result {
+    let keyring = req.keyring.unwrap_or_else(|| "default".into());
+    match as_token(
+        &app,
+        &claims,
+        "SELECT keyring, version, key_id, activated_at FROM meshhook_keys.keys_rotate($1, $2)",
+        &[&keyring, &req.reason],
+    )
+    .await
+    {
+        Ok(rows) => reply(200, rows.get(0).cloned().unwrap_or(Value::Null)),
+        Err(r) => r,
+    }
+}
+
+async fn list(app: &App, headers: &HeaderMap, sql: &str) -> Reply {
+    let claims = match authenticate(headers, &app.jwt_secret) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    match as_token(app, &claims, sql, &[]).await {
         Ok(v) => reply(200, v),
         Err(r) => r,
     }
 }
 
+async fn keys(State(app): St, headers: HeaderMap) -> Reply {
+    list(
+        &app,
+        &headers,
+        "SELECT * FROM meshhook_keys.keyrings ORDER BY keyring",
+    )
+    .await
+}
+
+async fn progress(State(app): St, headers: HeaderMap) -> Reply {
+    list(
+        &app,
+        &headers,
+        "SELECT * FROM meshhook_keys.reencrypt_progress ORDER BY job_id, table_name::text",
+    )
+    .await
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    keyring: Option<String>,
+    limit: Option<String>,
+}
+
+async fn audit(
+    State(app): St,
+    headers: HeaderMap,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Reply {
+    let claims = match authenticate(&headers, &app.jwt_secret) {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let Query(q) = match query {
+        Ok(q) => q,
+        Err(e) => return error(400, &e.body_text()),
+    };
+    let limit: i64 = q
+        .limit
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(100)
+        .clamp(1, 10_000);
+    match as_token(
+        &app,
+        &claims,
+        "SELECT * FROM (SELECT id, at, actor, role_name, action, outcome, keyring, version, reason, detail
+                          FROM meshhook_keys.audit_log WHERE ($1::text IS NULL OR keyring = $1)
+                         ORDER BY id DESC LIMIT $2) a ORDER BY id",
+        &[&q.keyring, &limit],
+    )
+    .await
+    {
+        Ok(v) => reply(200, v),
+        Err(r) => r,
+    }
+}
+
+async fn not_found() -> Reply {
+    error(404, "no such endpoint")
+}
+
+/// The whole request, body included, within the request timeout (408 after it).
+async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => error(
+            408,
+            &format!("request not completed within {} ms", limit.as_millis()),
+        )
+        .into_response(),
+    }
+}
+
+fn router(app: Arc<App>, max_body: usize, request_timeout: Duration) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/keys/rotate", post(rotate))
+        .route("/api/keys", get(keys))
+        .route("/api/keys/progress", get(progress))
+        .route("/api/keys/audit", get(audit))
+        .fallback(not_found)
+        .method_not_allowed_fallback(not_found)
+        .with_state(app)
+        .layer(DefaultBodyLimit::max(max_body))
+        // (refuses a Content-Length above the limit before reading anything: 413)
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
+        .layer(middleware::from_fn_with_state(request_timeout, deadline))
+}
+
 pub fn serve(cfg: Config) -> Result<(), String> {
-    let server = tiny_http::Server::http(&cfg.listen)
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> Result<(), String> {
+    if cfg.max_header_bytes < 8192 {
+        return Err("--max-header-bytes must be at least 8192".into());
+    }
+    let prepared = crate::connect::prepare(&cfg.conninfo)?;
+    let mut pg: tokio_postgres::Config = prepared
+        .conninfo
+        .parse()
+        .map_err(|e| format!("invalid connection string: {e}"))?;
+    if pg.get_connect_timeout().is_none() {
+        pg.connect_timeout(CONNECT_TIMEOUT);
+    }
+    let connect_timeout = *pg.get_connect_timeout().unwrap_or(&CONNECT_TIMEOUT);
+    // (with sslmode=disable the connector is never used)
+    let tls = match prepared.tls {
+        Some(t) => t,
+        None => postgres_native_tls::MakeTlsConnector::new(
+            native_tls::TlsConnector::new().map_err(|e| format!("TLS setup: {e}"))?,
+        ),
+    };
+    let manager = Manager::from_config(
+        pg.clone(),
+        tls.clone(),
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    let pool = Pool::builder(manager)
+        .max_size(cfg.pool_size.max(1))
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(connect_timeout + Duration::from_secs(1)))
+        .recycle_timeout(Some(Duration::from_secs(5)))
+        .runtime(Runtime::Tokio1)
+        .build()
+        .map_err(|e| format!("connection pool: {e}"))?;
+    let app = Arc::new(App {
+        pool,
+        pg,
+        tls,
+        health: Semaphore::new(HEALTH_CONCURRENCY),
+        jwt_secret: cfg.jwt_secret,
+        statement_timeout: cfg.statement_timeout,
+        lock_timeout: cfg.lock_timeout,
+    });
+    let service = router(app, cfg.max_body_bytes, cfg.request_timeout);
+    let listener = tokio::net::TcpListener::bind(&cfg.listen)
+        .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
     eprintln!("meshhook-keys: serving on http://{}", cfg.listen);
-    for mut request in server.incoming_requests() {
-        let mut body = String::new();
-        let _ = request.as_reader().take(1 << 20).read_to_string(&mut body);
-        let auth = request
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str().to_string());
-        let r = handle(
-            &cfg,
-            request.method().as_str(),
-            request.url(),
-            auth.as_deref(),
-            &body,
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(cfg.max_header_bytes)
+        .keep_alive(true);
+    loop {
+        let permit = connections
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| e.to_string())?;
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // (e.g. out of file descriptors: back off instead of spinning)
+                eprintln!("meshhook-keys: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(service.clone()),
         );
-        let response = tiny_http::Response::from_string(r.body.to_string())
-            .with_status_code(r.status)
-            .with_header(
-                tiny_http::Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-                    .expect("a valid header"),
-            );
-        let _ = request.respond(response);
+        tokio::spawn(async move {
+            let _ = conn.await;
+            drop(permit);
+        });
     }
-    Ok(())
 }
