@@ -224,6 +224,15 @@ async fn as_token(
     Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// A spawned task that ends with its owner (a /healthz check abandoned at its deadline).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 async fn healthz(State(app): St) -> Reply {
     let check = async {
         let _permit = app.health.acquire().await.map_err(|e| e.to_string())?;
@@ -232,10 +241,10 @@ async fn healthz(State(app): St) -> Reply {
             .connect(app.tls.clone())
             .await
             .map_err(|e| e.to_string())?;
-        let task = tokio::spawn(connection);
+        let mut task = AbortOnDrop(tokio::spawn(async move { drop(connection.await) }));
         let r = client.query_one("SELECT 1", &[]).await;
-        drop(client);
-        task.abort();
+        drop(client); // (the connection says goodbye, if the server lets it, within 100 ms)
+        let _ = tokio::time::timeout(Duration::from_millis(100), &mut task.0).await;
         r.map(drop).map_err(|e| e.to_string())
     };
     match tokio::time::timeout(HEALTH_TIMEOUT, check).await {
