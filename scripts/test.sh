@@ -47,5 +47,7 @@ say "audit suite (open transactions, refusal flood)"
 say "CLI suite (meshhook-keys as a subprocess)"
 cargo build -p meshhook-keys
 "$REPO_ROOT/tests/cli/run.sh"
+say "hostile-client suite (meshhook-keys serve)"
+"$REPO_ROOT/tests/cli/hostile.sh"
 
 say "all test suites passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,341 @@
+#!/usr/bin/env bash
+# meshhook-keys serve against hostile network clients (issue 13): oversized and overflowing
+# Content-Length, bodies announced and never sent (or sent at 1 byte/s, or a stalled chunk),
+# slowloris heads, huge headers, a flood of concurrent rotations, a keyring lock held by an admin's
+# open transaction and a stopped postmaster, plus body validation, HEAD and percent-decoding.
+# /healthz must keep answering within 1 s through all of it. Loopback only, bounded in count and
+# time (about a minute). Expects the extension installed and the CLI built (scripts/test.sh).
+source "$(dirname "$0")/../../scripts/lib.sh"
+
+PORT=${MESHHOOK_KEYS_HOSTILE_PORT:-54350}
+HPORT=$((PORT + 1000))
+TMP=$(mktemp -d /tmp/mk_hostile.XXXXXX)
+chmod 755 "$TMP"
+make_root_key "$TMP/keys/root.key"
+init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" "log_min_error_statement = 'panic'"
+SERVER=""; PM=""
+cleanup() {
+    [ -n "$PM" ] && kill -CONT "$PM" 2>/dev/null || true
+    [ -n "$SERVER" ] && { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
+    stop_cluster "$TMP" immediate
+    [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"
+}
+trap cleanup EXIT
+start_cluster "$TMP"
+install -d -m 755 "$TMP/bin"
+install -m 755 "${MESHHOOK_KEYS_CLI_BIN:-$REPO_ROOT/target/debug/meshhook-keys}" "$TMP/bin/meshhook-keys"
+
+q() { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d hostile -v ON_ERROR_STOP=1 -c "$1"; }
+jsonq() { printf '%s\n' "SELECT $2;" | as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d hostile -v j="$1"; }
+contains() { if grep -Eq -- "$2" <<<"$3"; then ok "$1"; else fail "$1" "expected /$2/ in [$3]"; fi; }
+# lt NAME VALUE LIMIT: VALUE (a number) below LIMIT
+lt() { if awk -v a="$2" -v b="$3" 'BEGIN { exit !(a != "" && a + 0 < b + 0) }'; then ok "$1 ($2 < $3)"; else fail "$1" "expected [$2] < $3"; fi; }
+alive() { if kill -0 "$SERVER" 2>/dev/null && [ "$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$HPORT/healthz")" = 200 ]; then ok "$1"; else fail "$1"; fi; }
+
+say "hostile-client tests (cluster in $TMP, port $PORT, HTTP on $HPORT)"
+as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE hostile"
+q "CREATE EXTENSION meshhook_keys;
+   CREATE ROLE ops LOGIN IN ROLE meshhook_keys_admin;
+   CREATE ROLE authenticator LOGIN NOINHERIT; GRANT ops TO authenticator;
+   SELECT meshhook_keys.keys_rotate('default', 'setup');" >/dev/null
+
+SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+# short timeouts so that the timeouts themselves are tested within the time budget
+env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOOK_KEYS_JWT_SECRET="$SECRET" \
+    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$HPORT" --request-timeout-ms 3000 \
+    --statement-timeout-ms 2500 --lock-timeout-ms 1000 >"$TMP/serve.out" 2>"$TMP/serve.log" &
+SERVER=$!
+up=0; for i in $(seq 1 100); do curl -fs "http://127.0.0.1:$HPORT/healthz" >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
+check "the server is up: GET /healthz 200" 1 "$up"
+ADMIN=$(as_pg env MESHHOOK_KEYS_JWT_SECRET="$SECRET" "$TMP/bin/meshhook-keys" token --role ops --expires-in 600 --sub hostile)
+version() { q "SELECT max(version) FROM meshhook_keys.keys WHERE keyring = 'default'"; }
+
+# The hostile client: python3 sockets, no extra packages. Prints key=value lines.
+cat > "$TMP/h.py" <<'PY'
+import http.client, json, socket, sys, threading, time
+PORT = int(sys.argv[1]); TOKEN = sys.argv[2]; MODE = sys.argv[3]; ARGS = sys.argv[4:]
+AUTH = "Authorization: Bearer " + TOKEN + "\r\n"
+
+def conn(timeout=5):
+    s = socket.create_connection(("127.0.0.1", PORT), timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+def status(s, timeout):
+    """The status code of the first response on s, or 'closed' / 'timeout'."""
+    s.settimeout(timeout); buf = b""
+    try:
+        while b"\r\n" not in buf:
+            d = s.recv(4096)
+            if not d:
+                return "closed" if not buf else buf.decode(errors="replace")
+            buf += d
+    except socket.timeout:
+        return "timeout"
+    except OSError:
+        return "closed"
+    return buf.split(b" ")[1].decode()
+
+def raw(data, timeout=5):
+    s = conn()
+    try:
+        s.sendall(data)
+    except OSError:
+        return "closed"
+    r = status(s, timeout); s.close(); return r
+
+def healthz():
+    t = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
+    try:
+        c.request("GET", "/healthz"); code = c.getresponse().status
+    except Exception:
+        code = "error"
+    c.close()
+    return code, time.monotonic() - t
+
+def probe(seconds, out):
+    """/healthz from fresh connections every 100 ms for `seconds`: worst latency, codes."""
+    end = time.monotonic() + seconds; worst = 0.0; codes = set()
+    while time.monotonic() < end:
+        code, dt = healthz(); worst = max(worst, dt); codes.add(str(code)); time.sleep(0.1)
+    out["healthz_max_ms"] = int(worst * 1000); out["healthz_codes"] = ",".join(sorted(codes))
+
+def rotate(body=b'{"keyring":"default"}'):
+    c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    c.request("POST", "/api/keys/rotate", body, {"Authorization": "Bearer " + TOKEN, "Content-Type": "application/json"})
+    r = c.getresponse(); data = r.read(); c.close()
+    return r.status, data
+
+def report(d):
+    for k, v in d.items():
+        print(f"{k}={v}")
+
+if MODE == "length":
+    # a huge and an overflowing Content-Length with a short body
+    for name, n in (("huge", "1099511627776"), ("overflow", "18446744073709551615")):
+        print(f"{name}=" + raw(f"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\nshort".encode()))
+    print("huge_post=" + raw(f"POST /api/keys/rotate HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: 1099511627776\r\n\r\n{{}}".encode()))
+    print("big_body=" + raw(f"POST /api/keys/rotate HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: 70000\r\n\r\n".encode() + b" " * 70000))
+
+elif MODE == "slow":
+    out = {}; threads = []
+    def attacker(name, head, trickle=b"", interval=0.0, timeout=8):
+        def run():
+            t = time.monotonic(); s = conn(); answer = None
+            s.sendall(head)
+            if trickle:
+                s.settimeout(0.05)
+                for b in trickle:
+                    try:
+                        s.sendall(bytes([b]))
+                        d = s.recv(4096)
+                        answer = d.split(b" ")[1].decode() if d else "closed"
+                        break
+                    except socket.timeout:
+                        pass
+                    except OSError:
+                        answer = "closed"
+                        break
+                    time.sleep(interval)
+            out[name] = answer or status(s, timeout); out[name + "_s"] = round(time.monotonic() - t, 1); s.close()
+        th = threading.Thread(target=run); th.start(); threads.append(th)
+    post = f"POST /api/keys/rotate HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Type: application/json\r\n"
+    attacker("unsent", (post + "Content-Length: 100\r\n\r\n").encode())
+    attacker("trickle", (post + "Content-Length: 100\r\n\r\n").encode(), b"{" * 100, 1.0)
+    attacker("chunked", (post + "Transfer-Encoding: chunked\r\n\r\n10\r\n{\"keyr").encode())
+    attacker("healthz_unsent", b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+    attacker("upgrade", b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+    # slowloris: a head that never ends, one byte a second; closed after the 10 s head timeout
+    attacker("slowloris", b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-a: b\r\n" * 4, 1.0, 14)
+    time.sleep(0.3)
+    probe(4, out)
+    for th in threads:
+        th.join()
+    report(out)
+
+elif MODE == "concurrent":
+    n = int(ARGS[0]); serial_n = int(ARGS[1]); spread = ARGS[2] == "spread"
+    body = lambda i: json.dumps({"keyring": f"h{i}" if spread else "default"}).encode()
+    t = time.monotonic()
+    for i in range(serial_n):
+        rotate(body(n + i))
+    serial = (time.monotonic() - t) / serial_n * n
+    results = [None] * n
+    def one(i):
+        try:
+            results[i] = rotate(body(i))
+        except Exception as e:
+            results[i] = ("error", str(e).encode())
+    ths = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    t = time.monotonic()
+    for th in ths: th.start()
+    for th in ths: th.join()
+    took = time.monotonic() - t
+    ok = [r for r in results if r[0] == 200]
+    versions = {(json.loads(r[1])["keyring"], json.loads(r[1])["version"]) for r in ok}
+    report({"ok": len(ok), "distinct": len(versions), "concurrent_ms": int(took * 1000),
+            "serial_estimate_ms": int(serial * 1000),
+            "codes": ",".join(sorted({str(r[0]) for r in results}))})
+
+elif MODE == "headers":
+    pid = int(ARGS[0]); out = {}
+    def hwm():
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) // 1024
+    # an 8 MB token
+    out["token_8mb"] = raw(b"GET /api/keys HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"a" * (8 << 20) + b"\r\n\r\n")
+    # a 100 MB header line, sent in 1 MB pieces until the server closes (at most 100 of them)
+    s = conn(); sent = 0; piece = b"X-Big: " + b"b" * (1 << 20)
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        while sent < 100:
+            s.sendall(piece); sent += 1
+        s.sendall(b"\r\n\r\n")
+    except OSError:
+        pass
+    out["line_100mb"] = status(s, 5); out["line_100mb_pieces_sent"] = sent; s.close()
+    # six unfinished large heads held open, then the peak memory
+    socks = []
+    for _ in range(6):
+        s = conn(); socks.append(s)
+        try:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            for _ in range(10):
+                s.sendall(b"c" * (1 << 20))
+        except OSError:
+            pass
+    probe(1, out)
+    out["vmhwm_mb"] = hwm()
+    for s in socks:
+        s.close()
+    report(out)
+
+elif MODE == "locked":
+    out = {}
+    def rot():
+        t = time.monotonic(); code, data = rotate()
+        out["code"] = code; out["body"] = data.decode(); out["rotate_ms"] = int((time.monotonic() - t) * 1000)
+    th = threading.Thread(target=rot); th.start()
+    probe(1.5, out); th.join(); report(out)
+
+elif MODE == "healthz":
+    code, dt = healthz(); report({"code": code, "ms": int(dt * 1000)})
+PY
+h() { python3 "$TMP/h.py" "$HPORT" "$ADMIN" "$@"; }
+val() { printf '%s\n' "$1" | sed -n "s/^$2=//p" | head -1; }
+
+echo "# finding 1: a huge or overflowing Content-Length with a short body"
+R=$(h length)
+contains "Content-Length 2^40 on GET /healthz: 413" '^huge=413$' "$R"
+contains "Content-Length 2^64-1: 400, 413 or 431 (hyper refuses the head)" '^overflow=(400|413|431)$' "$R"
+contains "Content-Length 2^40 on POST /api/keys/rotate: 413" '^huge_post=413$' "$R"
+contains "a 70,000-byte body (limit 64 KiB): 413" '^big_body=413$' "$R"
+alive "the server is still up and /healthz answers"
+
+echo "# finding 2: slow clients hold only their own connection"
+R=$(h slow)
+lt "/healthz from other connections answers within 1 s meanwhile (worst, ms)" "$(val "$R" healthz_max_ms)" 1000
+check "and with 200" 200 "$(val "$R" healthz_codes)"
+check "a body announced but never sent: 408 (request timeout 3 s)" 408 "$(val "$R" unsent)"
+lt "  after (s)" "$(val "$R" unsent_s)" 4.5
+check "a body sent at 1 byte/s: 408" 408 "$(val "$R" trickle)"
+check "a stalled chunked body: 408" 408 "$(val "$R" chunked)"
+check "GET /healthz with a body announced and never sent: answered 200" 200 "$(val "$R" healthz_unsent)"
+check "GET /healthz with Connection: upgrade: answered 200" 200 "$(val "$R" upgrade)"
+check "a head sent at 1 byte/s (slowloris): connection closed" closed "$(val "$R" slowloris)"
+lt "  after (s)" "$(val "$R" slowloris_s)" 13
+echo "  (healthz worst $(val "$R" healthz_max_ms) ms)"
+alive "the server is still up"
+
+echo "# finding 2: 100 concurrent admin rotations"
+before=$(version)
+R=$(h concurrent 100 20 same)
+check "all 100 got 200" 100 "$(val "$R" ok)"
+check "with 100 distinct versions" 100 "$(val "$R" distinct)"
+check "the keyring moved by 120 versions (20 serial + 100 concurrent)" $((before + 120)) "$(version)"
+CONC=$(val "$R" concurrent_ms); SERIAL=$(val "$R" serial_estimate_ms)
+echo "  (one keyring, 100 concurrent: $CONC ms; 100 serial, extrapolated from 20: $SERIAL ms)"
+lt "100 concurrent rotations of one keyring within 3 s (ms)" "$CONC" 3000
+q "SELECT count(*) FROM generate_series(0, 119) i, LATERAL meshhook_keys.keys_rotate('h' || i, 'setup')" >/dev/null
+R=$(h concurrent 100 20 spread)
+check "100 keyrings, one rotation each, concurrently: all 200" 100 "$(val "$R" ok)"
+CONC=$(val "$R" concurrent_ms); SERIAL=$(val "$R" serial_estimate_ms)
+echo "  (100 keyrings, 100 concurrent: $CONC ms; 100 serial, extrapolated from 20: $SERIAL ms)"
+lt "100 concurrent rotations of 100 keyrings within 3 s (ms)" "$CONC" 3000
+
+echo "# finding 3: header limits (16 KiB)"
+R=$(h headers "$SERVER")
+contains "an 8 MB token: 431 or closed" '^token_8mb=(431|closed)$' "$R"
+contains "a 100 MB header line: 431 or closed" '^line_100mb=(431|closed)$' "$R"
+echo "  (the 100 MB line: $(val "$R" line_100mb_pieces_sent) of 100 MB accepted by the socket before the server closed it)"
+HWM=$(val "$R" vmhwm_mb)
+lt "peak RSS (VmHWM, MB) with six unfinished 10 MB heads open" "$HWM" 100
+lt "/healthz meanwhile (worst, ms)" "$(val "$R" healthz_max_ms)" 1000
+alive "the server is still up"
+
+echo "# finding 4: an admin transaction holds the keyring lock"
+rm -f "$TMP/hold.in"; mkfifo "$TMP/hold.in"; chmod 666 "$TMP/hold.in"
+as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d hostile < "$TMP/hold.in" > "$TMP/hold.out" 2>&1 &
+HOLD=$!
+exec 3> "$TMP/hold.in"
+echo "BEGIN; SELECT name FROM meshhook_keys.keyring WHERE name = 'default' FOR UPDATE;" >&3
+held=0; for i in $(seq 1 50); do
+    [ "$(q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = 'hostile' AND state = 'idle in transaction')")" = t ] && { held=1; break; }; sleep 0.1; done
+check "the lock is held by a session idle in transaction" 1 "$held"
+before=$(version)
+R=$(h locked)
+check "an HTTP rotation: 409 (lock_timeout)" 409 "$(val "$R" code)"
+contains "with SQLSTATE 55P03" '"sqlstate":"55P03"' "$(val "$R" body)"
+lt "within the lock timeout (1 s) plus 1 s (ms)" "$(val "$R" rotate_ms)" 2000
+lt "/healthz meanwhile (worst, ms)" "$(val "$R" healthz_max_ms)" 1000
+check "and with 200" 200 "$(val "$R" healthz_codes)"
+echo "  (rotation answered in $(val "$R" rotate_ms) ms, healthz worst $(val "$R" healthz_max_ms) ms)"
+echo "ROLLBACK;" >&3; exec 3>&-; wait "$HOLD" || true
+check "no version was added" "$before" "$(version)"
+
+echo "# finding 4: the postmaster stopped (SIGSTOP)"
+PM=$(head -1 "$TMP/data/postmaster.pid")
+kill -STOP "$PM"
+R1=$(h healthz); R2=$(h healthz)
+kill -CONT "$PM"; PM=""
+check "/healthz: 503" 503 "$(val "$R1" code)"
+lt "within 1 s (ms)" "$(val "$R1" ms)" 1000
+check "again: 503" 503 "$(val "$R2" code)"
+lt "again within 1 s (ms)" "$(val "$R2" ms)" 1000
+echo "  (healthz answered in $(val "$R1" ms) and $(val "$R2" ms) ms)"
+up=0; for i in $(seq 1 50); do [ "$(val "$(h healthz)" code)" = 200 ] && { up=1; break; }; sleep 0.1; done
+check "after SIGCONT /healthz is 200 again" 1 "$up"
+
+echo "# finding 6: body validation, HEAD, percent-decoding"
+http() {
+    local args=(-s -o "$TMP/http.out" -w '%{http_code}' -m 10 -X "$1" "http://127.0.0.1:$HPORT$2")
+    [ -n "${3:-}" ] && args+=(-H "Authorization: Bearer $3")
+    [ -n "${4:-}" ] && args+=(-H 'Content-Type: application/json' --data "$4")
+    CODE=$(curl "${args[@]}"); BODY_OUT=$(cat "$TMP/http.out")
+}
+before=$(version)
+for body in '{"keyring":5}' 'null' '["x"]' '{"Keyring":"typo"}' '{"keyring":"default","reason":7}' '"default"' ''; do
+    http POST /api/keys/rotate "$ADMIN" "$body"
+    check "rotate with body [$body]: 400" 400 "$CODE"
+done
+check "none of them rotated" "$before" "$(version)"
+http POST /api/keys/rotate "$ADMIN" '{}'
+check "rotate with {}: 200, keyring default" "200 default" "$CODE $(jsonq "$BODY_OUT" "(:'j'::jsonb ->> 'keyring')")"
+RC=0; HEAD_OUT=$(curl -s -I -m 5 "http://127.0.0.1:$HPORT/healthz") || RC=$?
+contains "HEAD /healthz: 200" '^HTTP/1.1 200' "$HEAD_OUT"
+RC=0; HEAD_OUT=$(curl -s -I -m 5 -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/api/keys") || RC=$?
+contains "HEAD /api/keys: 200" '^HTTP/1.1 200' "$HEAD_OUT"
+check "without a body" "" "$(curl -s --head -m 5 -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/api/keys" | sed '1,/^\r$/d')"
+http GET "/api/keys/audit?keyring=%64efault&limit=3" "$ADMIN"
+check "keyring=%64efault is decoded: 3 rows of keyring default" "200 3" \
+    "$CODE $(jsonq "$BODY_OUT" "(SELECT count(*) FROM jsonb_array_elements(:'j'::jsonb) e WHERE e ->> 'keyring' = 'default')")"
+http GET /api/nothing "$ADMIN"
+check "an unknown endpoint: 404" 404 "$CODE"
+alive "the server is still up at the end"
+check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
+
+echo
+echo "hostile-client tests: $PASSES passed, $FAILS failed"
+[ "$FAILS" = 0 ]
