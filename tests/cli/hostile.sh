@@ -42,7 +42,7 @@ q "CREATE EXTENSION meshhook_keys;
 SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 # short timeouts so that the timeouts themselves are tested within the time budget
 env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOOK_KEYS_JWT_SECRET="$SECRET" \
-    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$HPORT" --request-timeout-ms 3000 \
+    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$HPORT" --request-timeout-ms 5000 \
     --statement-timeout-ms 2500 --lock-timeout-ms 1000 >"$TMP/serve.out" 2>"$TMP/serve.log" &
 SERVER=$!
 up=0; for i in $(seq 1 100); do curl -fs "http://127.0.0.1:$HPORT/healthz" >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
@@ -148,6 +148,18 @@ elif MODE == "slow":
     attacker("upgrade", b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
     # slowloris: a head that never ends, one byte a second; closed after the 10 s head timeout
     attacker("slowloris", b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"X-a: b\r\n" * 4, 1.0, 14)
+    def idle():
+        # one request, then an idle keep-alive connection: closed after the 10 s idle timeout
+        s = conn(); s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); t = time.monotonic()
+        s.settimeout(14); out["idle"] = "open"
+        try:
+            while s.recv(4096):
+                pass
+            out["idle"] = "closed"
+        except OSError:
+            pass
+        out["idle_s"] = round(time.monotonic() - t, 1); s.close()
+    th = threading.Thread(target=idle); th.start(); threads.append(th)
     time.sleep(0.3)
     probe(4, out)
     for th in threads:
@@ -213,12 +225,25 @@ elif MODE == "headers":
     report(out)
 
 elif MODE == "locked":
-    out = {}
-    def rot():
-        t = time.monotonic(); code, data = rotate()
-        out["code"] = code; out["body"] = data.decode(); out["rotate_ms"] = int((time.monotonic() - t) * 1000)
-    th = threading.Thread(target=rot); th.start()
-    probe(1.5, out); th.join(); report(out)
+    # one rotation, then (with the pool of 16 saturated) n more at once
+    n = int(ARGS[0]); out = {}; results = []
+    def rot(first):
+        t = time.monotonic(); code, data = rotate(); ms = int((time.monotonic() - t) * 1000)
+        if first:
+            out["code"] = code; out["body"] = data.decode(); out["rotate_ms"] = ms
+        else:
+            results.append((code, ms))
+    th = threading.Thread(target=rot, args=(True,)); th.start()
+    probe(1.5, out); th.join()
+    ths = [threading.Thread(target=rot, args=(False,)) for _ in range(n)]
+    for th in ths: th.start()
+    time.sleep(0.2)
+    sat = {}; probe(2, sat)
+    for th in ths: th.join()
+    out["saturated_healthz_max_ms"] = sat["healthz_max_ms"]; out["saturated_healthz_codes"] = sat["healthz_codes"]
+    out["flood_codes"] = ",".join(sorted({str(c) for c, _ in results}))
+    out["flood_max_ms"] = max(ms for _, ms in results)
+    report(out)
 
 elif MODE == "healthz":
     code, dt = healthz(); report({"code": code, "ms": int(dt * 1000)})
@@ -238,14 +263,16 @@ echo "# finding 2: slow clients hold only their own connection"
 R=$(h slow)
 lt "/healthz from other connections answers within 1 s meanwhile (worst, ms)" "$(val "$R" healthz_max_ms)" 1000
 check "and with 200" 200 "$(val "$R" healthz_codes)"
-check "a body announced but never sent: 408 (request timeout 3 s)" 408 "$(val "$R" unsent)"
-lt "  after (s)" "$(val "$R" unsent_s)" 4.5
+check "a body announced but never sent: 408 (request timeout 5 s)" 408 "$(val "$R" unsent)"
+lt "  after (s)" "$(val "$R" unsent_s)" 6.5
 check "a body sent at 1 byte/s: 408" 408 "$(val "$R" trickle)"
 check "a stalled chunked body: 408" 408 "$(val "$R" chunked)"
 check "GET /healthz with a body announced and never sent: answered 200" 200 "$(val "$R" healthz_unsent)"
 check "GET /healthz with Connection: upgrade: answered 200" 200 "$(val "$R" upgrade)"
 check "a head sent at 1 byte/s (slowloris): connection closed" closed "$(val "$R" slowloris)"
 lt "  after (s)" "$(val "$R" slowloris_s)" 13
+check "an idle keep-alive connection: closed" closed "$(val "$R" idle)"
+lt "  after (s)" "$(val "$R" idle_s)" 12
 echo "  (healthz worst $(val "$R" healthz_max_ms) ms)"
 alive "the server is still up"
 
@@ -285,13 +312,20 @@ held=0; for i in $(seq 1 50); do
     [ "$(q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = 'hostile' AND state = 'idle in transaction')")" = t ] && { held=1; break; }; sleep 0.1; done
 check "the lock is held by a session idle in transaction" 1 "$held"
 before=$(version)
-R=$(h locked)
+R=$(h locked 20)
 check "an HTTP rotation: 409 (lock_timeout)" 409 "$(val "$R" code)"
 contains "with SQLSTATE 55P03" '"sqlstate":"55P03"' "$(val "$R" body)"
 lt "within the lock timeout (1 s) plus 1 s (ms)" "$(val "$R" rotate_ms)" 2000
 lt "/healthz meanwhile (worst, ms)" "$(val "$R" healthz_max_ms)" 1000
 check "and with 200" 200 "$(val "$R" healthz_codes)"
 echo "  (rotation answered in $(val "$R" rotate_ms) ms, healthz worst $(val "$R" healthz_max_ms) ms)"
+# (keys_rotate waits for the audit chain's lock, then for the keyring's row: lock_timeout bounds
+# each wait, statement_timeout (2.5 s) the whole statement)
+contains "20 more rotations at once (pool of 16 saturated): each 409 or 504" '^(409|409,504|504)$' "$(val "$R" flood_codes)"
+lt "  the last within the statement timeout plus the pool wait (ms)" "$(val "$R" flood_max_ms)" 5000
+lt "/healthz with the pool saturated (worst, ms)" "$(val "$R" saturated_healthz_max_ms)" 1000
+check "and with 200" 200 "$(val "$R" saturated_healthz_codes)"
+echo "  (20 rotations behind the lock: the last answered after $(val "$R" flood_max_ms) ms; healthz worst $(val "$R" saturated_healthz_max_ms) ms)"
 echo "ROLLBACK;" >&3; exec 3>&-; wait "$HOLD" || true
 check "no version was added" "$before" "$(version)"
 
