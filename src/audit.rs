@@ -296,6 +296,37 @@ pub fn record(
     insert(action, "ok", keyring, version, key_id, reason, detail)
 }
 
+/// Who the request says it comes from, when `request.jwt.claims` is set (PostgREST, Supabase,
+/// `meshhook-keys serve`): its `sub` and `role` claims, for the audit row's `detail.jwt`. Through
+/// such a server every session is the same login role (`authenticator`), which names no one.
+fn jwt_identity() -> Option<serde_json::Value> {
+    let claims: serde_json::Value = serde_json::from_str(&crate::context::jwt_claims()?).ok()?;
+    let pick = |k: &str| match claims.get(k) {
+        Some(serde_json::Value::String(s)) => {
+            Some(serde_json::Value::String(clip(s, 200).to_string()))
+        }
+        Some(serde_json::Value::Null) | None => None,
+        Some(other) => Some(serde_json::Value::String(
+            clip(&other.to_string(), 200).to_string(),
+        )),
+    };
+    let mut out = serde_json::Map::new();
+    for k in ["sub", "role"] {
+        if let Some(v) = pick(k) {
+            out.insert(k.to_string(), v);
+        }
+    }
+    (!out.is_empty()).then_some(serde_json::Value::Object(out))
+}
+
+/// `detail` with the request's JWT identity added as `detail.jwt` (if there is one).
+fn with_jwt(mut detail: serde_json::Value) -> serde_json::Value {
+    if let (Some(j), Some(map)) = (jwt_identity(), detail.as_object_mut()) {
+        map.insert("jwt".to_string(), j);
+    }
+    detail
+}
+
 /// One audit row in the current transaction, as the caller's role (and the actor set by as_actor).
 fn insert(
     action: &str,
@@ -307,6 +338,7 @@ fn insert(
     detail: serde_json::Value,
 ) -> Result<()> {
     let role = caller_role_name();
+    let detail = with_jwt(detail);
     if deferred_for_caller() {
         defer(OwnedEvent {
             actor: ACTOR.get().map(str::to_string),
@@ -364,14 +396,27 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
             .map(|k| format!(" on keyring \"{k}\""))
             .unwrap_or_default()
     ));
-    // bgw_extra holds 128 bytes: "<session oid>\t<role oid>\t<function>\t<keyring>".
-    let extra = format!(
-        "{}\t{}\t{}\t{}",
+    // bgw_extra holds 128 bytes:
+    // "<session oid>\t<role oid>\t<function>\t<jwt sub>\t<jwt role>\t<keyring>", the JWT claims
+    // clipped to 40 and 20 bytes and the keyring to what is left.
+    let jwt = jwt_identity();
+    let claim = |k: &str, max: usize| {
+        jwt.as_ref()
+            .and_then(|j| j.get(k))
+            .and_then(serde_json::Value::as_str)
+            .map(|v| clip(v, max).replace(['\t', '\n'], " "))
+            .unwrap_or_default()
+    };
+    let head = format!(
+        "{}\t{}\t{}\t{}\t{}\t",
         session.to_u32(),
         role.to_u32(),
         function,
-        keyring.as_deref().unwrap_or("")
+        claim("sub", 40),
+        claim("role", 20)
     );
+    let room = 127usize.saturating_sub(head.len());
+    let extra = format!("{head}{}", clip(keyring.as_deref().unwrap_or(""), room));
     let started = BackgroundWorkerBuilder::new("meshhook_keys audit writer")
         .set_type("meshhook_keys audit writer")
         .set_library("meshhook_keys")
@@ -429,7 +474,7 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     let extra = BackgroundWorker::get_extra().to_string();
-    let mut parts = extra.splitn(4, '\t');
+    let mut parts = extra.splitn(6, '\t');
     let session = parts
         .next()
         .and_then(|s| s.parse::<u32>().ok())
@@ -439,6 +484,12 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
         .and_then(|s| s.parse::<u32>().ok())
         .unwrap_or(0);
     let function = parts.next().unwrap_or("").to_string();
+    let mut jwt = serde_json::Map::new();
+    for k in ["sub", "role"] {
+        if let Some(v) = parts.next().filter(|v| !v.is_empty()) {
+            jwt.insert(k.to_string(), serde_json::Value::String(v.to_string()));
+        }
+    }
     let keyring = parts.next().filter(|k| !k.is_empty()).map(str::to_string);
     BackgroundWorker::transaction(|| {
         let session = role_name(pg_sys::Oid::from(session));
@@ -456,6 +507,10 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
                 serde_json::json!({ "function": function, "required_role": OPERATOR_ROLE }),
             ),
         };
+        let mut detail = detail;
+        if let (false, Some(map)) = (jwt.is_empty(), detail.as_object_mut()) {
+            map.insert("jwt".to_string(), serde_json::Value::Object(jwt.clone()));
+        }
         let res = store::insert_audit(&AuditEvent {
             actor: Some(&session),
             role_name: &role,

@@ -29,6 +29,20 @@ pub fn with_setting<T>(name: &CStr, value: &CStr, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// The text of `request.jwt.claims` (PostgREST, Supabase, `meshhook-keys serve`), if set and
+/// not empty.
+pub fn jwt_claims() -> Option<String> {
+    // SAFETY: missing_ok = true returns NULL for an unknown setting; the string is copied at once.
+    let raw = unsafe {
+        let p = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
+        if p.is_null() {
+            return None;
+        }
+        CStr::from_ptr(p).to_string_lossy().into_owned()
+    };
+    (!raw.is_empty()).then_some(raw)
+}
+
 thread_local! {
     /// The roles whose code meshhook_keys is running right now, innermost last: a table owner
     /// during re-encryption, verify and key counts; the caller during a tenant check.

@@ -88,17 +88,7 @@ thread_local! {
 
 /// The JWT `sub` of the current request, if `request.jwt.claims` is set and has one.
 fn jwt_sub() -> Option<String> {
-    // SAFETY: missing_ok = true returns NULL for an unknown setting; copied at once.
-    let raw = unsafe {
-        let p = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
-        if p.is_null() {
-            return None;
-        }
-        std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-    };
-    if raw.is_empty() {
-        return None;
-    }
+    let raw = crate::context::jwt_claims()?;
     CLAIMS.with_borrow_mut(|(seen, sub)| {
         if *seen != raw {
             *sub = serde_json::from_str::<serde_json::Value>(&raw)

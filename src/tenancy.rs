@@ -42,15 +42,7 @@ fn current_lxid() -> u32 {
 }
 
 fn claims() -> String {
-    // SAFETY: missing_ok = true returns NULL for an unknown setting; the string is copied at once.
-    unsafe {
-        let p = pg_sys::GetConfigOption(c"request.jwt.claims".as_ptr(), true, false);
-        if p.is_null() {
-            String::new()
-        } else {
-            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
-    }
+    crate::context::jwt_claims().unwrap_or_default()
 }
 
 fn is_service(role: pg_sys::Oid) -> bool {

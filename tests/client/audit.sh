@@ -4,6 +4,8 @@
 #     a keyring) does not block an admin's keys_rotate: with lock_timeout = 2s it succeeds (0.4.0:
 #     55P03), also while it re-encrypts its keyring; the user's rows reach the chain when the user commits, and vanish when the user rolls
 #     back (also a rolled-back savepoint); the chain verifies;
+#   - audit rows record the request's JWT sub and role claims (also a refusal's, written by the
+#     audit writer);
 #   - a flood of 10,000 refused calls from 4 sessions: exactly 10,000 refusal rows, never more audit
 #     writers at once than refusing sessions, no "could not start the audit writer" line.
 # Expects the extension installed.
@@ -94,6 +96,10 @@ if wait_for "(SELECT count(*) FROM meshhook_keys.audit_log WHERE outcome = 'refu
 check "exactly 10,000 refusal rows" 10000 "$(( $(rows "outcome = 'refused'") - refused_before ))"
 check "each names the refused role and function" 10000 \
     "$(rows "outcome = 'refused' AND role_name = 'au_user' AND detail ->> 'function' = 'keys_rotate'")"
+check "a refusal records the request's JWT sub and role" '{"sub": "mallory-7", "role": "app"}' \
+    "$(q "SET request.jwt.claims = '{\"sub\": \"mallory-7\", \"role\": \"app\"}';
+          DO \$\$ BEGIN PERFORM meshhook_keys.keys_rotate('admin-ring', 'with claims'); EXCEPTION WHEN insufficient_privilege THEN NULL; END \$\$" au_user >/dev/null;
+       q "SELECT detail -> 'jwt' FROM meshhook_keys.audit_log WHERE outcome = 'refused' ORDER BY id DESC LIMIT 1")"
 check "never more audit writers at once than refusing sessions" t "$(q "SELECT max(n) <= 4 AND count(*) > 10 FROM writers")"
 check "no refusal was only logged" 0 "$(grep -c 'could not start the audit writer' "$TMP/server.log" || true)"
 check "the chain verifies after the flood" t "$(q "SELECT ok FROM meshhook_keys.audit_verify()")"

@@ -32,3 +32,14 @@ SET LOCAL TimeZone = 'Asia/Kolkata';
 SET LOCAL DateStyle = 'German';
 SELECT ok FROM meshhook_keys.audit_verify();
 ROLLBACK;
+-- through PostgREST or meshhook-keys serve every session is the same login role: the row also
+-- records who the request's JWT says it is (sub and role claims), and nothing else of the claims
+BEGIN;
+SELECT set_config('request.jwt.claims', '{"sub": "7f0c-alice", "role": "ops", "email": "a@example.com", "secret": "x"}', true) IS NOT NULL AS claims;
+SELECT version FROM meshhook_keys.keys_rotate('audit-ring', 'with claims');
+SELECT actor = session_user AS actor_is_login, detail -> 'jwt' AS jwt
+  FROM meshhook_keys.audit_log WHERE reason = 'with claims';
+SELECT set_config('request.jwt.claims', '', true) IS NOT NULL AS claims_cleared;
+SELECT version FROM meshhook_keys.keys_rotate('audit-ring', 'without claims');
+SELECT detail ? 'jwt' AS has_jwt FROM meshhook_keys.audit_log WHERE reason = 'without claims';
+ROLLBACK;
