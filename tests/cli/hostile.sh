@@ -13,9 +13,10 @@ TMP=$(mktemp -d /tmp/mk_hostile.XXXXXX)
 chmod 755 "$TMP"
 make_root_key "$TMP/keys/root.key"
 init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" "log_min_error_statement = 'panic'"
-SERVER=""; PM=""
+SERVER=""; PM=""; STOPPED=""
 cleanup() {
     [ -n "$PM" ] && kill -CONT "$PM" 2>/dev/null || true
+    for p in $STOPPED; do kill -CONT "$p" 2>/dev/null || true; done
     [ -n "$SERVER" ] && { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
     stop_cluster "$TMP" immediate
     [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"
@@ -247,6 +248,11 @@ elif MODE == "locked":
 
 elif MODE == "healthz":
     code, dt = healthz(); report({"code": code, "ms": int(dt * 1000)})
+
+elif MODE == "get":
+    t = time.monotonic(); c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
+    c.request("GET", ARGS[0], headers={"Authorization": "Bearer " + TOKEN}); r = c.getresponse(); data = r.read()
+    report({"code": r.status, "ms": int((time.monotonic() - t) * 1000), "body": data.decode()[:300]})
 PY
 h() { python3 "$TMP/h.py" "$HPORT" "$ADMIN" "$@"; }
 val() { printf '%s\n' "$1" | sed -n "s/^$2=//p" | head -1; }
@@ -341,6 +347,23 @@ lt "again within 1 s (ms)" "$(val "$R2" ms)" 1000
 echo "  (healthz answered in $(val "$R1" ms) and $(val "$R2" ms) ms)"
 up=0; for i in $(seq 1 50); do [ "$(val "$(h healthz)" code)" = 200 ] && { up=1; break; }; sleep 0.1; done
 check "after SIGCONT /healthz is 200 again" 1 "$up"
+
+echo "# finding 4: the postmaster and the pooled connections' backends stopped (SIGSTOP)"
+check "an API request before: 200" 200 "$(val "$(h get /api/keys)" code)"
+PM=$(head -1 "$TMP/data/postmaster.pid")
+STOPPED=$(q "SELECT string_agg(pid::text, ' ') FROM pg_stat_activity WHERE usename = 'authenticator'")
+kill -STOP "$PM" $STOPPED
+R=$(h get /api/keys)
+kill -CONT "$PM" $STOPPED; PM=""; WERE=$STOPPED; STOPPED=""
+check "GET /api/keys: 504 (no answer within the statement timeout + 2 s)" 504 "$(val "$R" code)"
+lt "  within 5 s (ms)" "$(val "$R" ms)" 5000
+echo "  (answered in $(val "$R" ms) ms)"
+R=$(h get /api/keys)
+check "after SIGCONT: 200 again" 200 "$(val "$R" code)"
+gone=0; for i in $(seq 1 30); do
+    left=$(q "SELECT count(*) FROM pg_stat_activity WHERE pid IN ($(echo $WERE | tr ' ' ','))")
+    [ "$left" -lt "$(echo $WERE | wc -w)" ] && { gone=1; break; }; sleep 0.1; done
+check "the abandoned connection was closed, not reused (its backend exited)" 1 "$gone"
 
 echo "# finding 6: body validation, HEAD, percent-decoding"
 http() {
