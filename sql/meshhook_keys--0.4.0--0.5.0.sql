@@ -226,3 +226,55 @@ COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
 -- the worker's, not the session's).
 ALTER FUNCTION meshhook_keys._key_cache_stats() PARALLEL RESTRICTED;
 ALTER FUNCTION meshhook_keys.scheduler_status() PARALLEL RESTRICTED;
+
+-- 0.5.0: what a monitoring system scrapes (meshhook-keys serve's GET /metrics renders it in the
+-- Prometheus text format). One row per metric and keyring (keyring NULL: the server as a whole);
+-- a metric that does not apply (no rotation policy, encryptions not counted) has no row.
+CREATE FUNCTION meshhook_keys.metrics()
+RETURNS TABLE (metric text, keyring text, value double precision)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    WITH k AS (
+        SELECT * FROM meshhook_keys.keyrings WHERE destroyed_at IS NULL
+    ), r AS (
+        SELECT p.keyring,
+               pg_catalog.count(DISTINCT p.job_id)::float8 AS jobs,
+               pg_catalog.sum(p.rows_remaining)::float8 AS remaining,
+               pg_catalog.sum(p.rows_failed)::float8 AS failed,
+               pg_catalog.sum(p.rows_per_second)::float8 AS rate,
+               EXTRACT(epoch FROM pg_catalog.now() - pg_catalog.max(p.updated_at))::float8 AS idle
+          FROM meshhook_keys.reencrypt_progress p
+         WHERE p.job_state = 'running'
+         GROUP BY p.keyring
+    ), s AS (
+        SELECT * FROM meshhook_keys.scheduler_status()
+    )
+    SELECT m.metric, m.keyring, m.value FROM (
+        SELECT 'meshhook_keys_key_active_version' AS metric, k.keyring, k.active_version::float8 AS value, 1 AS o FROM k
+        UNION ALL SELECT 'meshhook_keys_key_age_seconds', k.keyring, EXTRACT(epoch FROM k.active_age)::float8, 2 FROM k
+        UNION ALL SELECT 'meshhook_keys_rotation_interval_seconds', k.keyring, EXTRACT(epoch FROM k.rotation_interval)::float8, 3 FROM k
+        UNION ALL SELECT 'meshhook_keys_rotation_due_in_seconds', k.keyring, EXTRACT(epoch FROM k.next_rotation_at - pg_catalog.now())::float8, 4 FROM k
+        UNION ALL SELECT 'meshhook_keys_key_encryptions', k.keyring, k.encryptions::float8, 5 FROM k
+        UNION ALL SELECT 'meshhook_keys_key_max_encryptions', k.keyring, k.max_encryptions::float8, 6 FROM k
+        UNION ALL SELECT 'meshhook_keys_decrypt_only_versions', k.keyring, k.decrypt_only_versions::float8, 7 FROM k
+        UNION ALL SELECT 'meshhook_keys_scheduler_failed_attempts', k.keyring, k.failed_attempts::float8, 8 FROM k
+        UNION ALL SELECT 'meshhook_keys_scheduler_retry_in_seconds', k.keyring,
+                         GREATEST(EXTRACT(epoch FROM k.next_attempt_at - pg_catalog.now()), 0)::float8, 9 FROM k
+        UNION ALL SELECT 'meshhook_keys_reencrypt_jobs_running', k.keyring, coalesce(r.jobs, 0), 10 FROM k LEFT JOIN r USING (keyring)
+        UNION ALL SELECT 'meshhook_keys_reencrypt_rows_remaining', k.keyring, coalesce(r.remaining, 0), 11 FROM k LEFT JOIN r USING (keyring)
+        UNION ALL SELECT 'meshhook_keys_reencrypt_rows_failed', k.keyring, coalesce(r.failed, 0), 12 FROM k LEFT JOIN r USING (keyring)
+        UNION ALL SELECT 'meshhook_keys_reencrypt_rows_per_second', k.keyring, r.rate, 13 FROM k JOIN r USING (keyring)
+        UNION ALL SELECT 'meshhook_keys_reencrypt_seconds_since_progress', k.keyring, r.idle, 14 FROM k JOIN r USING (keyring)
+        UNION ALL SELECT 'meshhook_keys_scheduler_up', NULL, (s.pid IS NOT NULL)::int::float8, 20 FROM s
+        UNION ALL SELECT 'meshhook_keys_scheduler_ticks_total', NULL, s.ticks::float8, 21 FROM s
+        UNION ALL SELECT 'meshhook_keys_scheduler_seconds_since_tick', NULL, EXTRACT(epoch FROM pg_catalog.now() - s.last_tick_at)::float8, 22 FROM s
+        UNION ALL SELECT 'meshhook_keys_encryptions_counted', NULL, s.counting_encryptions::int::float8, 23 FROM s
+    ) m
+    WHERE m.value IS NOT NULL
+    ORDER BY m.o, m.keyring
+$$;
+REVOKE EXECUTE ON FUNCTION meshhook_keys.metrics() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.metrics() TO meshhook_keys_operator;
+COMMENT ON FUNCTION meshhook_keys.metrics() IS
+    'Monitoring metrics, one row per metric and keyring (keyring NULL for the server): active version, key age, rotation interval and seconds until the next scheduled rotation (negative: overdue), encryptions under the active key and their limit, decrypt-only versions, scheduler failures and retry delay, re-encryption jobs, rows remaining, failed, rate and seconds since the last progress, and the scheduler''s state. Destroyed keyrings are left out; a metric that does not apply has no row. Requires meshhook_keys_operator.';
