@@ -184,6 +184,26 @@ http GET /api/nothing "$ADMIN"
 check "an unknown endpoint: 404" 404 "$CODE"
 check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
 
+echo "# GET /metrics (Prometheus text format, operators only)"
+q "SELECT meshhook_keys.keys_rotate('second', 'metrics test'), meshhook_keys.reencrypt_batch('default', 100)" >/dev/null
+CTYPE=$(curl -s -o "$TMP/metrics.out" -w '%{content_type}' -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/metrics")
+METRICS=$(cat "$TMP/metrics.out")
+contains "GET /metrics: text/plain; version=0.0.4" '^text/plain; version=0\.0\.4' "$CTYPE"
+contains "with # HELP and # TYPE gauge lines" '# TYPE meshhook_keys_key_active_version gauge' "$METRICS"
+contains "and a counter for _total" '# TYPE meshhook_keys_scheduler_ticks_total counter' "$METRICS"
+check "the active version of every keyring matches the keyrings view" \
+    "$(q "SELECT string_agg(format('meshhook_keys_key_active_version{keyring=\"%s\"} %s', keyring, active_version), ' ' ORDER BY keyring) FROM meshhook_keys.keyrings")" \
+    "$(grep '^meshhook_keys_key_active_version{' <<<"$METRICS" | sort | tr '\n' ' ' | sed 's/ $//')"
+remaining=$(q "SELECT sum(rows_remaining) FROM meshhook_keys.reencrypt_progress WHERE keyring = 'default' AND job_state = 'running'")
+check "rows remaining of the running job match reencrypt_progress" "meshhook_keys_reencrypt_rows_remaining{keyring=\"default\"} ${remaining:-none}" \
+    "$(grep '^meshhook_keys_reencrypt_rows_remaining{keyring="default"}' <<<"$METRICS")"
+check "and a job is running (rows remaining > 0)" t "$(q "SELECT coalesce($remaining, 0) > 0")"
+http GET /metrics "$USER"
+check "GET /metrics with a user token: 403" 403 "$CODE"
+http GET /metrics ""
+check "GET /metrics without a token: 401" 401 "$CODE"
+check "HEAD /metrics: 200" 200 "$(curl -s -o /dev/null -w '%{http_code}' -I -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/metrics")"
+
 echo
 echo "CLI tests: $PASSES passed, $FAILS failed"
 [ "$FAILS" = 0 ]
