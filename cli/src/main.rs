@@ -120,6 +120,13 @@ enum Command {
         /// File holding the JWT secret (or set MESHHOOK_KEYS_JWT_SECRET).
         #[arg(long)]
         jwt_secret_file: Option<std::path::PathBuf>,
+        /// Required `aud` claim of every token (unset: `aud` is not checked).
+        #[arg(long, env = "MESHHOOK_KEYS_JWT_AUD")]
+        jwt_aud: Option<String>,
+        /// Clock skew allowed for `exp` and `nbf`, in seconds (at most 30).
+        #[arg(long, env = "MESHHOOK_KEYS_JWT_LEEWAY_SECS", default_value_t = 5,
+              value_parser = clap::value_parser!(u64).range(0..=30))]
+        jwt_leeway_secs: u64,
         /// Largest request body accepted (413 above it).
         #[arg(long, env = "MESHHOOK_KEYS_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
         max_body_bytes: usize,
@@ -150,7 +157,17 @@ enum Command {
 }
 
 /// A failure to report: the database's error (message, hint, SQLSTATE) or a failed check.
-struct Failure(String);
+struct Failure(String, u8);
+
+/// A failure: exit code 1.
+fn fail(msg: impl Into<String>) -> Failure {
+    Failure(msg.into(), 1)
+}
+
+/// A usage or configuration error: exit code 2.
+fn usage(msg: impl Into<String>) -> Failure {
+    Failure(msg.into(), 2)
+}
 
 impl From<postgres::Error> for Failure {
     fn from(e: postgres::Error) -> Self {
@@ -160,9 +177,9 @@ impl From<postgres::Error> for Failure {
                 if let Some(h) = db.hint() {
                     s.push_str(&format!("\nhint: {h}"));
                 }
-                Failure(s)
+                fail(s)
             }
-            None => Failure(e.to_string()),
+            None => fail(e.to_string()),
         }
     }
 }
@@ -212,7 +229,7 @@ fn rows(
     let mut out = Vec::new();
     for r in client.query(wrapped.as_str(), params)? {
         let text: String = r.get(0);
-        out.push(serde_json::from_str(&text).map_err(|e| Failure(e.to_string()))?);
+        out.push(serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?);
     }
     Ok(out)
 }
@@ -393,7 +410,7 @@ fn reencrypt(c: &mut Client, json: bool, keyring: &str, batch_size: i32, wait: b
         .and_then(Value::as_i64)
         .unwrap_or(0);
     if failed > 0 {
-        return Err(Failure(format!(
+        return Err(fail(format!(
             "{failed} row(s) could not be re-encrypted: see meshhook_keys.reencrypt_failure"
         )));
     }
@@ -409,8 +426,8 @@ fn verify(c: &mut Client, json: bool, sample: i64) -> Result<()> {
     // The sampling runs inside the extension, as each table's owner (a registered context
     // expression is the table owner's code: never run it with this client's authority). Only
     // counts come back, never a value.
-    let sample = i32::try_from(sample)
-        .map_err(|_| Failure("--sample must be between 1 and 1000000".into()))?;
+    let sample =
+        i32::try_from(sample).map_err(|_| fail("--sample must be between 1 and 1000000"))?;
     let results = rows(
         c,
         "SELECT table_name::text AS table, column_name::text AS column, keyring, sampled, decrypted,
@@ -445,28 +462,45 @@ fn verify(c: &mut Client, json: bool, sample: i64) -> Result<()> {
     if all_ok {
         Ok(())
     } else {
-        Err(Failure("verification failed (see above)".into()))
+        Err(fail("verification failed (see above)"))
     }
 }
 
-/// The JWT secret: --jwt-secret-file, else MESHHOOK_KEYS_JWT_SECRET.
+/// The shortest JWT secret accepted (from the file or the environment): 32 bytes, as PostgREST
+/// requires for HS256.
+const MIN_JWT_SECRET: usize = 32;
+
+/// The JWT secret: --jwt-secret-file (trimmed), else MESHHOOK_KEYS_JWT_SECRET; at least 32 bytes
+/// (an empty or short secret is refused: exit code 2).
 fn jwt_secret(file: &Option<std::path::PathBuf>) -> Result<Vec<u8>> {
-    match (file, std::env::var("MESHHOOK_KEYS_JWT_SECRET")) {
-        (Some(path), _) => Ok(std::fs::read_to_string(path)
-            .map_err(|e| {
-                Failure(format!(
-                    "cannot read the JWT secret file {}: {e}",
-                    path.display()
-                ))
-            })?
-            .trim()
-            .as_bytes()
-            .to_vec()),
-        (None, Ok(s)) if !s.is_empty() => Ok(s.into_bytes()),
-        _ => Err(Failure(
-            "a JWT secret is needed: --jwt-secret-file PATH or MESHHOOK_KEYS_JWT_SECRET".into(),
-        )),
+    let (secret, source) = match (file, std::env::var("MESHHOOK_KEYS_JWT_SECRET")) {
+        (Some(path), _) => (
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    usage(format!(
+                        "cannot read the JWT secret file {}: {e}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .as_bytes()
+                .to_vec(),
+            format!("the JWT secret file {}", path.display()),
+        ),
+        (None, Ok(s)) => (s.into_bytes(), "MESHHOOK_KEYS_JWT_SECRET".to_string()),
+        (None, Err(_)) => {
+            return Err(usage(
+                "a JWT secret is needed: --jwt-secret-file PATH or MESHHOOK_KEYS_JWT_SECRET",
+            ));
+        }
+    };
+    if secret.len() < MIN_JWT_SECRET {
+        return Err(usage(format!(
+            "the JWT secret from {source} is {} bytes long: at least {MIN_JWT_SECRET} are required",
+            secret.len()
+        )));
     }
+    Ok(secret)
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -489,13 +523,15 @@ fn run(cli: Cli) -> Result<()> {
             &claims,
             &jsonwebtoken::EncodingKey::from_secret(&secret),
         )
-        .map_err(|e| Failure(e.to_string()))?;
+        .map_err(|e| fail(e.to_string()))?;
         println!("{token}");
         return Ok(());
     }
     if let Command::Serve {
         listen,
         jwt_secret_file,
+        jwt_aud,
+        jwt_leeway_secs,
         max_body_bytes,
         max_header_bytes,
         request_timeout_ms,
@@ -509,6 +545,8 @@ fn run(cli: Cli) -> Result<()> {
             listen: listen.clone(),
             conninfo: conninfo(cli.url.clone()),
             jwt_secret: secret,
+            jwt_aud: jwt_aud.clone().filter(|a| !a.is_empty()),
+            jwt_leeway: *jwt_leeway_secs,
             max_body_bytes: *max_body_bytes,
             max_header_bytes: *max_header_bytes,
             request_timeout: Duration::from_millis(*request_timeout_ms),
@@ -516,9 +554,9 @@ fn run(cli: Cli) -> Result<()> {
             lock_timeout: Duration::from_millis(*lock_timeout_ms),
             pool_size: *pool_size,
         })
-        .map_err(Failure);
+        .map_err(fail);
     }
-    let mut c = connect::connect(&conninfo(cli.url)).map_err(Failure)?;
+    let mut c = connect::connect(&conninfo(cli.url)).map_err(fail)?;
     let json = cli.json;
     match cli.command {
         Command::Status { no_usage } => status(&mut c, json, no_usage),
@@ -602,7 +640,7 @@ fn run(cli: Cli) -> Result<()> {
             if r.iter()
                 .any(|x| x.get("status").and_then(Value::as_str) == Some("error"))
             {
-                return Err(Failure("health: at least one check is in error".into()));
+                return Err(fail("health: at least one check is in error"));
             }
             Ok(())
         }
@@ -613,9 +651,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with 2
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(msg)) => {
+        Err(Failure(msg, code)) => {
             eprintln!("meshhook-keys: error: {msg}");
-            ExitCode::from(1)
+            ExitCode::from(code)
         }
     }
 }

@@ -51,6 +51,8 @@ pub struct Config {
     pub listen: String,
     pub conninfo: String,
     pub jwt_secret: Vec<u8>,
+    pub jwt_aud: Option<String>,
+    pub jwt_leeway: u64,
     pub max_body_bytes: usize,
     pub max_header_bytes: usize,
     pub request_timeout: Duration,
@@ -65,6 +67,7 @@ struct App {
     tls: postgres_native_tls::MakeTlsConnector,
     health: Semaphore,
     jwt_secret: Vec<u8>,
+    jwt_validation: jsonwebtoken::Validation,
     statement_timeout: Duration,
     lock_timeout: Duration,
 }
@@ -119,6 +122,26 @@ fn db_error(e: tokio_postgres::Error) -> Reply {
     }
 }
 
+/// How tokens are checked, as PostgREST does: HS256 only, `exp` required, `nbf` honoured, both with
+/// `leeway` seconds of clock skew; `aud` must match when one is configured.
+fn validation(aud: Option<&str>, leeway: u64) -> jsonwebtoken::Validation {
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    v.leeway = leeway;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    match aud {
+        Some(aud) => {
+            v.set_audience(&[aud]);
+            v.set_required_spec_claims(&["exp", "aud"]);
+        }
+        None => {
+            v.validate_aud = false;
+            v.set_required_spec_claims(&["exp"]);
+        }
+    }
+    v
+}
+
 /// Verify the bearer token; returns its claims.
 fn authenticate(headers: &HeaderMap, app: &App) -> Result<Value, Reply> {
     let token = headers
@@ -126,14 +149,25 @@ fn authenticate(headers: &HeaderMap, app: &App) -> Result<Value, Reply> {
         .and_then(|h| h.to_str().ok())
         .and_then(|h| h.strip_prefix("Bearer "))
         .ok_or_else(|| error(401, "missing bearer token"))?;
-    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
-    validation.validate_aud = false;
     let data = jsonwebtoken::decode::<Value>(
         token.trim(),
         &jsonwebtoken::DecodingKey::from_secret(&app.jwt_secret),
-        &validation,
+        &app.jwt_validation,
     )
     .map_err(|e| error(401, &format!("invalid token: {e}")))?;
+    // (the library skips an `exp` or `nbf` that is not a number: refuse it instead)
+    for claim in ["exp", "nbf"] {
+        if data
+            .claims
+            .get(claim)
+            .is_some_and(|v| v.as_u64().is_none() && v.as_f64().is_none_or(|f| f < 0.0))
+        {
+            return Err(error(
+                401,
+                &format!("invalid token: {claim} is not a NumericDate"),
+            ));
+        }
+    }
     if !data.claims.get("role").is_some_and(Value::is_string) {
         return Err(error(401, "invalid token: no role claim"));
     }
@@ -571,6 +605,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         tls,
         health: Semaphore::new(HEALTH_CONCURRENCY),
         jwt_secret: cfg.jwt_secret,
+        jwt_validation: validation(cfg.jwt_aud.as_deref(), cfg.jwt_leeway),
         statement_timeout: cfg.statement_timeout,
         lock_timeout: cfg.lock_timeout,
     });

@@ -13,11 +13,12 @@ TMP=$(mktemp -d /tmp/mk_hostile.XXXXXX)
 chmod 755 "$TMP"
 make_root_key "$TMP/keys/root.key"
 init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" "log_min_error_statement = 'panic'"
-SERVER=""; PM=""; STOPPED=""
+SERVER=""; PM=""; STOPPED=""; AUDSERVER=""
 cleanup() {
     [ -n "$PM" ] && kill -CONT "$PM" 2>/dev/null || true
     for p in $STOPPED; do kill -CONT "$p" 2>/dev/null || true; done
     [ -n "$SERVER" ] && { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
+    [ -n "$AUDSERVER" ] && { kill "$AUDSERVER" 2>/dev/null || true; wait "$AUDSERVER" 2>/dev/null || true; }
     stop_cluster "$TMP" immediate
     [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"
 }
@@ -390,6 +391,77 @@ check "keyring=%64efault is decoded: 3 rows of keyring default" "200 3" \
     "$CODE $(jsonq "$BODY_OUT" "(SELECT count(*) FROM jsonb_array_elements(:'j'::jsonb) e WHERE e ->> 'keyring' = 'default')")"
 http GET /api/nothing "$ADMIN"
 check "an unknown endpoint: 404" 404 "$CODE"
+echo "# finding 5: JWT validation as PostgREST does it"
+# mkjwt CLAIMS [SECRET]: an HS256 token for any claims (python3, no extra packages)
+mkjwt() {
+    python3 - "$1" "${2-$SECRET}" <<'PY'
+import base64, hashlib, hmac, sys
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=")
+head = b(b'{"alg":"HS256","typ":"JWT"}') + b"." + b(sys.argv[1].encode())
+print((head + b"." + b(hmac.new(sys.argv[2].encode(), head, hashlib.sha256).digest())).decode())
+PY
+}
+# startup: serve with SECRET_ENV and ARGS; sets RC and ERR (refused at once, or killed after 5 s)
+startup() {
+    local env_secret=$1; shift; RC=0
+    ERR=$(env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOOK_KEYS_JWT_SECRET="$env_secret" \
+        timeout 5 "$TMP/bin/meshhook-keys" serve --listen 127.0.0.1:0 "$@" 2>&1 >/dev/null) || RC=$?
+}
+: > "$TMP/empty.secret"; printf 'a\n' > "$TMP/short.secret"; printf '%s\n' "$SECRET" > "$TMP/good.secret"
+startup "$SECRET" --jwt-secret-file "$TMP/empty.secret"
+check "an empty JWT secret file is refused at startup: exit 2" 2 "$RC"
+contains "  with a clear message" 'JWT secret file .* is 0 bytes long: at least 32' "$ERR"
+startup "$SECRET" --jwt-secret-file "$TMP/short.secret"
+check "a 1-byte JWT secret file is refused: exit 2" 2 "$RC"
+startup "a"
+check "a 1-byte MESHHOOK_KEYS_JWT_SECRET is refused: exit 2" 2 "$RC"
+contains "  with a clear message" 'MESHHOOK_KEYS_JWT_SECRET is 1 bytes long: at least 32' "$ERR"
+startup ""
+check "an empty MESHHOOK_KEYS_JWT_SECRET is refused: exit 2" 2 "$RC"
+startup "$(printf 'x%.0s' $(seq 1 31))"
+check "a 31-byte secret is refused: exit 2" 2 "$RC"
+startup "$SECRET" --jwt-leeway-secs 31
+check "--jwt-leeway-secs above 30 is refused: exit 2" 2 "$RC"
+RC=0; as_pg env MESHHOOK_KEYS_JWT_SECRET=a "$TMP/bin/meshhook-keys" token --role ops >/dev/null 2>&1 || RC=$?
+check "token with a short secret: exit 2" 2 "$RC"
+NOW=$(date +%s)
+http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600))}")"
+check "a well-formed token: 200" 200 "$CODE"
+http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600))}" "")"
+check "a token signed with an empty key: 401" 401 "$CODE"
+http GET /api/keys "$(mkjwt '{"role":"ops"}')"
+check "a token without exp: 401" 401 "$CODE"
+http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":\"$((NOW + 600))\"}")"
+check "a token whose exp is a string: 401" 401 "$CODE"
+http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":$((NOW + 60))}")"
+check "nbf a minute in the future: 401" 401 "$CODE"
+http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":\"soon\"}")"
+check "nbf not a number: 401" 401 "$CODE"
+http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":$((NOW - 60))}")"
+check "nbf in the past: 200" 200 "$CODE"
+http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW - 30))}")"
+check "expired 30 s ago (default leeway 5 s): 401" 401 "$CODE"
+http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW - 2))}")"
+check "expired 2 s ago (within the leeway): 200" 200 "$CODE"
+http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"aud\":\"anything\"}")"
+check "without --jwt-aud, aud is not checked: 200" 200 "$CODE"
+# a second server that requires aud, with the secret from a file
+APORT=$((HPORT + 1))
+env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOOK_KEYS_JWT_AUD=meshhook-admin \
+    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$APORT" --jwt-secret-file "$TMP/good.secret" >/dev/null 2>"$TMP/aud.log" &
+AUDSERVER=$!
+up=0; for i in $(seq 1 100); do curl -fs "http://127.0.0.1:$APORT/healthz" >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
+check "a server with MESHHOOK_KEYS_JWT_AUD and a secret file is up" 1 "$up"
+ahttp() { CODE=$(curl -s -o /dev/null -w '%{http_code}' -m 10 -H "Authorization: Bearer $1" "http://127.0.0.1:$APORT/api/keys"); }
+ahttp "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"aud\":\"meshhook-admin\"}")"
+check "the right aud: 200" 200 "$CODE"
+ahttp "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"aud\":[\"other\",\"meshhook-admin\"]}")"
+check "the right aud among others: 200" 200 "$CODE"
+ahttp "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"aud\":\"authenticated\"}")"
+check "a wrong aud: 401" 401 "$CODE"
+ahttp "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600))}")"
+check "no aud: 401" 401 "$CODE"
+kill "$AUDSERVER" 2>/dev/null || true; wait "$AUDSERVER" 2>/dev/null || true; AUDSERVER=""
 alive "the server is still up at the end"
 check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
 

@@ -146,7 +146,7 @@ http() {
     [ -n "${4:-}" ] && args+=(-H 'Content-Type: application/json' --data "$4")
     CODE=$(curl "${args[@]}"); BODY_OUT=$(cat "$TMP/http.out")
 }
-ADMIN=$(token ops); USER=$(token app); EXPIRED=$(token ops "$SECRET" -3600); FORGED=$(token ops "not-the-secret")
+ADMIN=$(token ops); USER=$(token app); EXPIRED=$(token ops "$SECRET" -3600); FORGED=$(token ops "not-the-secret-but-32-bytes-long-or-more")
 before=$(q "SELECT max(version) FROM meshhook_keys.keys WHERE keyring = 'default'")
 http POST /api/keys/rotate "$ADMIN" '{"keyring": "default", "reason": "over HTTP"}'
 check "POST /api/keys/rotate with an admin token: 200" 200 "$CODE"
