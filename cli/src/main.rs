@@ -112,7 +112,7 @@ enum Command {
         jwt_secret_file: Option<std::path::PathBuf>,
     },
     /// Serve the HTTP admin API (POST /api/keys/rotate, GET /api/keys, /api/keys/progress,
-    /// /api/keys/audit, /healthz), authenticating HS256 JWTs like PostgREST.
+    /// /api/keys/audit, /metrics, /healthz), authenticating HS256 JWTs like PostgREST.
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8787")]
@@ -153,6 +153,15 @@ enum Command {
         /// Database connections the API requests share (/healthz uses its own).
         #[arg(long, env = "MESHHOOK_KEYS_POOL_SIZE", default_value_t = 16)]
         pool_size: usize,
+        /// Requests of one token (its role and sub) the database may refuse (403) within
+        /// --refusal-window-secs; beyond it, 429 without asking the database.
+        #[arg(long, env = "MESHHOOK_KEYS_REFUSAL_LIMIT", default_value_t = 10,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        refusal_limit: u64,
+        /// The sliding window of --refusal-limit, in seconds.
+        #[arg(long, env = "MESHHOOK_KEYS_REFUSAL_WINDOW_SECS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        refusal_window_secs: u64,
     },
 }
 
@@ -538,6 +547,8 @@ fn run(cli: Cli) -> Result<()> {
         statement_timeout_ms,
         lock_timeout_ms,
         pool_size,
+        refusal_limit,
+        refusal_window_secs,
     } = &cli.command
     {
         let secret = jwt_secret(jwt_secret_file)?;
@@ -553,6 +564,8 @@ fn run(cli: Cli) -> Result<()> {
             statement_timeout: Duration::from_millis(*statement_timeout_ms),
             lock_timeout: Duration::from_millis(*lock_timeout_ms),
             pool_size: *pool_size,
+            refusal_limit: usize::try_from(*refusal_limit).unwrap_or(usize::MAX),
+            refusal_window: Duration::from_secs(*refusal_window_secs),
         })
         .map_err(fail);
     }

@@ -59,6 +59,8 @@ pub struct Config {
     pub statement_timeout: Duration,
     pub lock_timeout: Duration,
     pub pool_size: usize,
+    pub refusal_limit: usize,
+    pub refusal_window: Duration,
 }
 
 struct App {
@@ -70,6 +72,7 @@ struct App {
     jwt_validation: jsonwebtoken::Validation,
     statement_timeout: Duration,
     lock_timeout: Duration,
+    refusals: std::sync::Mutex<Refusals>,
 }
 
 type St = State<Arc<App>>;
@@ -77,22 +80,122 @@ type St = State<Arc<App>>;
 struct Reply {
     status: u16,
     body: Value,
+    retry_after: Option<u64>,
 }
 
 impl IntoResponse for Reply {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut r = (
             status,
             [(axum::http::header::CONTENT_TYPE, "application/json")],
             self.body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        r
     }
 }
 
 fn reply(status: u16, body: Value) -> Reply {
-    Reply { status, body }
+    Reply {
+        status,
+        body,
+        retry_after: None,
+    }
+}
+
+/// Database refusals (403) per token in a sliding window, so that a token the database keeps
+/// refusing cannot append audit rows without bound: past `limit` refusals within `window`, its
+/// requests are answered 429 without touching the database. A token is known by its `role` and
+/// `sub` claims (any number of tokens for one subject share a budget), or by its signature when it
+/// has no `sub`.
+struct Refusals {
+    limit: usize,
+    window: Duration,
+    seen: std::collections::HashMap<String, std::collections::VecDeque<std::time::Instant>>,
+}
+
+/// Tokens tracked at most; beyond it, those without a refusal inside the window are forgotten.
+const REFUSALS_TRACKED: usize = 10_000;
+
+impl Refusals {
+    fn new(limit: usize, window: Duration) -> Self {
+        Refusals {
+            limit,
+            window,
+            seen: Default::default(),
+        }
+    }
+
+    fn expire(
+        times: &mut std::collections::VecDeque<std::time::Instant>,
+        cutoff: Option<std::time::Instant>,
+    ) {
+        while times
+            .front()
+            .is_some_and(|t| cutoff.is_some_and(|c| *t <= c))
+        {
+            times.pop_front();
+        }
+    }
+
+    /// `Some(seconds until a refusal leaves the window)` when the token is over its budget.
+    fn blocked(&mut self, key: &str, now: std::time::Instant) -> Option<u64> {
+        let cutoff = now.checked_sub(self.window);
+        let times = self.seen.get_mut(key)?;
+        Self::expire(times, cutoff);
+        if times.len() < self.limit {
+            return None;
+        }
+        let oldest = *times.front()?;
+        Some(
+            (oldest + self.window)
+                .saturating_duration_since(now)
+                .as_secs()
+                + 1,
+        )
+    }
+
+    fn record(&mut self, key: &str, now: std::time::Instant) {
+        let cutoff = now.checked_sub(self.window);
+        if self.seen.len() >= REFUSALS_TRACKED && !self.seen.contains_key(key) {
+            self.seen.retain(|_, times| {
+                Self::expire(times, cutoff);
+                !times.is_empty()
+            });
+            if self.seen.len() >= REFUSALS_TRACKED {
+                return; // (only as many subjects as valid tokens name: not reached in practice)
+            }
+        }
+        let times = self.seen.entry(key.to_string()).or_default();
+        Self::expire(times, cutoff);
+        times.push_back(now);
+        while times.len() > self.limit {
+            times.pop_front();
+        }
+    }
+}
+
+/// The key a token's refusals are counted under.
+fn refusal_key(headers: &HeaderMap, claims: &Value) -> String {
+    let role = claims["role"].as_str().unwrap_or_default();
+    match claims.get("sub") {
+        Some(sub) if !sub.is_null() => format!("sub\u{0}{role}\u{0}{sub}"),
+        _ => {
+            let token = headers
+                .get(axum::http::header::AUTHORIZATION)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or_default();
+            format!(
+                "sig\u{0}{role}\u{0}{}",
+                token.rsplit('.').next().unwrap_or_default()
+            )
+        }
+    }
 }
 
 fn error(status: u16, msg: &str) -> Reply {
@@ -143,7 +246,7 @@ fn validation(aud: Option<&str>, leeway: u64) -> jsonwebtoken::Validation {
 }
 
 /// Verify the bearer token; returns its claims.
-fn authenticate(headers: &HeaderMap, app: &App) -> Result<Value, Reply> {
+fn authenticate(headers: &HeaderMap, app: &App) -> Result<Token, Reply> {
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
@@ -171,7 +274,30 @@ fn authenticate(headers: &HeaderMap, app: &App) -> Result<Value, Reply> {
     if !data.claims.get("role").is_some_and(Value::is_string) {
         return Err(error(401, "invalid token: no role claim"));
     }
-    Ok(data.claims)
+    let key = refusal_key(headers, &data.claims);
+    let blocked = app
+        .refusals
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .blocked(&key, std::time::Instant::now());
+    if let Some(secs) = blocked {
+        let mut r = error(
+            429,
+            "too many requests refused by the database for this token: try again later",
+        );
+        r.retry_after = Some(secs);
+        return Err(r);
+    }
+    Ok(Token {
+        claims: data.claims,
+        key,
+    })
+}
+
+/// A verified token: its claims and the key its refusals are counted under.
+struct Token {
+    claims: Value,
+    key: String,
 }
 
 /// A pooled connection that goes back to the pool only after a finished transaction: a request
@@ -198,6 +324,24 @@ fn millis(d: Duration) -> String {
 /// Run `sql` in a transaction as the token's role, with its claims in request.jwt.claims and the
 /// configured statement and lock timeouts; its rows as a JSON array.
 async fn as_token(
+    app: &App,
+    token: &Token,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Value, Reply> {
+    let r = run_as_token(app, &token.claims, sql, params).await;
+    if let Err(reply) = &r
+        && reply.status == 403
+    {
+        app.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(&token.key, std::time::Instant::now());
+    }
+    r
+}
+
+async fn run_as_token(
     app: &App,
     claims: &Value,
     sql: &str,
@@ -608,6 +752,10 @@ async fn run(cfg: Config) -> Result<(), String> {
         jwt_validation: validation(cfg.jwt_aud.as_deref(), cfg.jwt_leeway),
         statement_timeout: cfg.statement_timeout,
         lock_timeout: cfg.lock_timeout,
+        refusals: std::sync::Mutex::new(Refusals::new(
+            cfg.refusal_limit.max(1),
+            cfg.refusal_window,
+        )),
     });
     let service = router(app, cfg.max_body_bytes, cfg.request_timeout);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -650,6 +798,24 @@ async fn run(cfg: Config) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_are_bounded_per_token_in_a_sliding_window() {
+        let mut r = Refusals::new(3, Duration::from_secs(60));
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        for s in 0..3 {
+            assert_eq!(r.blocked("a", at(s)), None);
+            r.record("a", at(s));
+        }
+        assert_eq!(r.blocked("a", at(3)), Some(58));
+        assert_eq!(r.blocked("b", at(3)), None);
+        // the first refusal leaves the window at 60 s
+        assert_eq!(r.blocked("a", at(60)), None);
+        r.record("a", at(60));
+        assert!(r.blocked("a", at(60)).is_some());
+        assert_eq!(r.blocked("a", at(200)), None);
+    }
 
     #[test]
     fn label_values_are_escaped() {

@@ -38,7 +38,8 @@ say "hostile-client tests (cluster in $TMP, port $PORT, HTTP on $HPORT)"
 as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE hostile"
 q "CREATE EXTENSION meshhook_keys;
    CREATE ROLE ops LOGIN IN ROLE meshhook_keys_admin;
-   CREATE ROLE authenticator LOGIN NOINHERIT; GRANT ops TO authenticator;
+   CREATE ROLE app LOGIN IN ROLE meshhook_keys_user;
+   CREATE ROLE authenticator LOGIN NOINHERIT; GRANT ops, app TO authenticator;
    SELECT meshhook_keys.keys_rotate('default', 'setup');" >/dev/null
 
 SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
@@ -462,6 +463,25 @@ check "a wrong aud: 401" 401 "$CODE"
 ahttp "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600))}")"
 check "no aud: 401" 401 "$CODE"
 kill "$AUDSERVER" 2>/dev/null || true; wait "$AUDSERVER" 2>/dev/null || true; AUDSERVER=""
+echo "# finding 6: a token's audited refusals are bounded (10 per minute by default)"
+refused() { q "SELECT count(*) FROM meshhook_keys.audit_log WHERE outcome = 'refused' AND role_name = 'app'"; }
+before=$(refused); before_v=$(version)
+FLOOD=$(mkjwt "{\"role\":\"app\",\"sub\":\"flood\",\"exp\":$((NOW + 600))}")
+codes=""; for i in $(seq 1 25); do http POST /api/keys/rotate "$FLOOD" '{"keyring":"default"}'; codes="$codes $CODE"; done
+check "25 rotations with a user token: 10 refused (403), then 429" \
+    "$(printf ' 403%.0s' $(seq 1 10))$(printf ' 429%.0s' $(seq 1 15))" "$codes"
+contains "  the 429 says why" 'too many requests refused' "$BODY_OUT"
+contains "  with Retry-After" '^[Rr]etry-[Aa]fter: [0-9]+' "$(curl -s -D - -o /dev/null -m 5 -H "Authorization: Bearer $FLOOD" "http://127.0.0.1:$HPORT/api/keys")"
+http GET /metrics "$(mkjwt "{\"role\":\"app\",\"sub\":\"flood\",\"exp\":$((NOW + 300))}")"
+check "another token for the same sub and role: 429 too" 429 "$CODE"
+n=""; for i in $(seq 1 100); do n=$(refused); [ "$n" -ge $((before + 10)) ] && break; sleep 0.1; done
+sleep 0.5; n=$(refused)
+check "exactly 10 refusals were audited" "$((before + 10))" "$n"
+check "and nothing was rotated" "$before_v" "$(version)"
+http POST /api/keys/rotate "$(mkjwt "{\"role\":\"app\",\"sub\":\"someone-else\",\"exp\":$((NOW + 600))}")" '{"keyring":"default"}'
+check "another subject still gets the database's own answer: 403" 403 "$CODE"
+http GET /api/keys "$ADMIN"
+check "and an admin token 200" 200 "$CODE"
 alive "the server is still up at the end"
 check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
 
