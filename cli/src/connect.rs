@@ -1,4 +1,13 @@
-//! Connecting like psql: a URL or key=value string, or the PG* variables, with libpq's TLS modes.
+//! Connecting like psql: a URL or key=value string, and the PG* variables for whatever it leaves
+//! out, with libpq's TLS modes.
+//!
+//! The key=value form is read as libpq reads it (`key = value`, values in single quotes with `\'` and
+//! `\\`, backslash escapes in unquoted values too); a URL is parsed by tokio-postgres. Only `sslmode`
+//! and `sslrootcert`, which the driver does not know, are taken out first; every other option goes to
+//! `tokio_postgres::Config`. Options the connection string does not set come from `PGHOST`,
+//! `PGPORT`, `PGUSER` (else `USER`), `PGDATABASE`, `PGPASSWORD`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`,
+//! `PGSSLMODE` and `PGSSLROOTCERT`, each applied as one value (never re-parsed as a connection
+//! string). No error message repeats a password.
 //!
 //! `sslmode` (or `PGSSLMODE`): `disable`; `allow`/`prefer` (the default: TLS if the server offers
 //! it); `require` (TLS, the certificate verified only if a root certificate is given, as libpq
@@ -8,75 +17,250 @@
 
 use postgres::{Client, NoTls};
 use postgres_native_tls::MakeTlsConnector;
+use tokio_postgres::config::SslMode;
 
-/// Remove `key` from a connection string (key=value words, or a URL's query) and return its value.
-fn take(conninfo: &str, key: &str) -> (Option<String>, String) {
-    let prefix = format!("{key}=");
-    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
-        let Some((base, query)) = conninfo.split_once('?') else {
-            return (None, conninfo.to_string());
-        };
-        let mut value = None;
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|kv| match kv.strip_prefix(&prefix) {
-                Some(v) => {
-                    value = Some(v.to_string());
-                    false
+/// The options tokio-postgres understands in a key=value string, and ours.
+const KNOWN: &[&str] = &[
+    "user",
+    "password",
+    "dbname",
+    "options",
+    "application_name",
+    "sslmode",
+    "sslnegotiation",
+    "sslrootcert",
+    "host",
+    "hostaddr",
+    "port",
+    "connect_timeout",
+    "tcp_user_timeout",
+    "keepalives",
+    "keepalives_idle",
+    "keepalives_interval",
+    "keepalives_retries",
+    "target_session_attrs",
+    "channel_binding",
+    "load_balance_hosts",
+];
+
+/// A key=value connection string as libpq's conninfo_parse reads it.
+fn parse_kv(conninfo: &str) -> Result<Vec<(String, String)>, String> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let mut it = conninfo.chars().peekable();
+    let after = |out: &Vec<(String, String)>| match out.last() {
+        Some((k, _)) => format!(" after the value of `{k}`"),
+        None => String::new(),
+    };
+    loop {
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        if it.peek().is_none() {
+            return Ok(out);
+        }
+        let mut key = String::new();
+        while let Some(&c) = it.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            it.next();
+        }
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        if it.next() != Some('=') {
+            // (the word may be part of a mistyped password: not repeated)
+            return Err(format!(
+                "invalid connection string: a word without \"=\"{}",
+                after(&out)
+            ));
+        }
+        if !KNOWN.contains(&key.as_str()) {
+            return Err(if out.last().is_some_and(|(k, _)| k == "password") {
+                format!("invalid connection string: unknown option{}", after(&out))
+            } else {
+                format!("invalid connection string: unknown option `{key}`")
+            });
+        }
+        while it.peek().is_some_and(|c| c.is_whitespace()) {
+            it.next();
+        }
+        let mut value = String::new();
+        if it.peek() == Some(&'\'') {
+            it.next();
+            loop {
+                match it.next() {
+                    None => {
+                        return Err(format!(
+                            "invalid connection string: unterminated quoted value of `{key}`"
+                        ));
+                    }
+                    Some('\'') => break,
+                    Some('\\') => match it.next() {
+                        Some(c) => value.push(c),
+                        None => {
+                            return Err(format!(
+                                "invalid connection string: unterminated quoted value of `{key}`"
+                            ));
+                        }
+                    },
+                    Some(c) => value.push(c),
                 }
-                None => true,
-            })
-            .collect();
-        let rest = if kept.is_empty() {
+            }
+        } else {
+            while let Some(&c) = it.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                it.next();
+                if c == '\\' {
+                    if let Some(n) = it.next() {
+                        value.push(n);
+                    }
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        out.push((key, value));
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The driver's configuration and libpq's `sslmode` and `sslrootcert`, from a connection string.
+fn parse(
+    conninfo: &str,
+) -> Result<(tokio_postgres::Config, Option<String>, Option<String>), String> {
+    let (mut mode, mut root) = (None, None);
+    let config = if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
+        let (base, query) = conninfo.split_once('?').unwrap_or((conninfo, ""));
+        let mut kept = Vec::new();
+        for kv in query.split('&').filter(|kv| !kv.is_empty()) {
+            match kv.split_once('=') {
+                Some(("sslmode", v)) => mode = Some(percent_decode(v)),
+                Some(("sslrootcert", v)) => root = Some(percent_decode(v)),
+                _ => kept.push(kv),
+            }
+        }
+        let url = if kept.is_empty() {
             base.to_string()
         } else {
             format!("{base}?{}", kept.join("&"))
         };
-        return (value, rest);
-    }
-    let mut value = None;
-    let kept: Vec<&str> = conninfo
-        .split_whitespace()
-        .filter(|w| match w.strip_prefix(&prefix) {
-            Some(v) => {
-                value = Some(v.trim_matches('\'').to_string());
-                false
-            }
-            None => true,
-        })
-        .collect();
-    (value, kept.join(" "))
-}
-
-fn with(conninfo: &str, key: &str, value: &str) -> String {
-    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
-        let sep = if conninfo.contains('?') { '&' } else { '?' };
-        format!("{conninfo}{sep}{key}={value}")
+        url.parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("invalid connection URL: {e}"))?
     } else {
-        format!("{conninfo} {key}={value}")
-    }
+        let mut kept = Vec::new();
+        for (k, v) in parse_kv(conninfo)? {
+            match k.as_str() {
+                "sslmode" => mode = Some(v),
+                "sslrootcert" => root = Some(v),
+                _ => kept.push(format!(
+                    "{k}='{}'",
+                    v.replace('\\', "\\\\").replace('\'', "\\'")
+                )),
+            }
+        }
+        kept.join(" ")
+            .parse::<tokio_postgres::Config>()
+            .map_err(|e| format!("invalid connection string: {e}"))?
+    };
+    Ok((config, mode, root))
 }
 
-/// A connection string with `sslmode` rewritten for the driver (which knows only disable, prefer and
-/// require) and the TLS connector that implements libpq's mode; for the blocking and the async
+fn env(var: &str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+/// The driver's configuration (with the PG* defaults applied and `sslmode` mapped to the three the
+/// driver knows) and the TLS connector that implements libpq's mode; for the blocking and the async
 /// clients alike (postgres-native-tls's connector serves both).
 pub struct Prepared {
-    pub conninfo: String,
+    pub config: tokio_postgres::Config,
     pub tls: Option<MakeTlsConnector>,
 }
 
-pub fn prepare(conninfo: &str) -> Result<Prepared, String> {
-    let (mode, rest) = take(conninfo, "sslmode");
-    let (root, rest) = take(&rest, "sslrootcert");
+/// `conninfo`: --url / MESHHOOK_KEYS_URL, if given.
+pub fn prepare(conninfo: Option<&str>) -> Result<Prepared, String> {
+    let (mut pg, mode, root) = match conninfo {
+        Some(c) => parse(c)?,
+        None => (tokio_postgres::Config::new(), None, None),
+    };
+    if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
+        let hosts = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".into());
+        for h in hosts.split(',') {
+            pg.host(h);
+        }
+    }
+    if pg.get_ports().is_empty()
+        && let Some(p) = env("PGPORT")
+    {
+        for p in p.split(',') {
+            pg.port(p.trim().parse().map_err(|_| "invalid PGPORT".to_string())?);
+        }
+    }
+    if pg.get_user().is_none()
+        && let Some(u) = env("PGUSER").or_else(|| env("USER"))
+    {
+        pg.user(&u);
+    }
+    if pg.get_dbname().is_none()
+        && let Some(d) = env("PGDATABASE")
+    {
+        pg.dbname(&d);
+    }
+    if pg.get_password().is_none()
+        && let Ok(p) = std::env::var("PGPASSWORD")
+    {
+        pg.password(p);
+    }
+    if pg.get_application_name().is_none()
+        && let Some(a) = env("PGAPPNAME")
+    {
+        pg.application_name(&a);
+    }
+    if pg.get_connect_timeout().is_none()
+        && let Some(t) = env("PGCONNECT_TIMEOUT")
+    {
+        let secs: u64 = t
+            .trim()
+            .parse()
+            .map_err(|_| "invalid PGCONNECT_TIMEOUT".to_string())?;
+        if secs > 0 {
+            pg.connect_timeout(std::time::Duration::from_secs(secs.max(2)));
+        }
+    }
     let mode = mode
-        .or_else(|| std::env::var("PGSSLMODE").ok())
+        .or_else(|| env("PGSSLMODE"))
         .unwrap_or_else(|| "prefer".into());
     let root = root
-        .or_else(|| std::env::var("PGSSLROOTCERT").ok())
+        .or_else(|| env("PGSSLROOTCERT"))
         .filter(|r| !r.is_empty());
     if mode == "disable" {
+        pg.ssl_mode(SslMode::Disable);
         return Ok(Prepared {
-            conninfo: with(&rest, "sslmode", "disable"),
+            config: pg,
             tls: None,
         });
     }
@@ -91,39 +275,79 @@ pub fn prepare(conninfo: &str) -> Result<Prepared, String> {
     let pg_mode = match mode.as_str() {
         "allow" | "prefer" => {
             builder.danger_accept_invalid_certs(root.is_none());
-            "prefer"
+            SslMode::Prefer
         }
         "require" => {
             builder.danger_accept_invalid_certs(root.is_none());
-            "require"
+            SslMode::Require
         }
         "verify-ca" => {
             builder.danger_accept_invalid_hostnames(true);
-            "require"
+            SslMode::Require
         }
-        "verify-full" => "require",
-        other => {
-            return Err(format!(
-                "invalid sslmode \"{other}\" (disable, allow, prefer, require, verify-ca, verify-full)"
-            ));
+        "verify-full" => SslMode::Require,
+        _ => {
+            return Err(
+                "invalid sslmode (disable, allow, prefer, require, verify-ca, verify-full)".into(),
+            );
         }
     };
+    pg.ssl_mode(pg_mode);
     let tls = builder.build().map_err(|e| format!("TLS setup: {e}"))?;
     Ok(Prepared {
-        conninfo: with(&rest, "sslmode", pg_mode),
+        config: pg,
         tls: Some(MakeTlsConnector::new(tls)),
     })
 }
 
-pub fn connect(conninfo: &str) -> Result<Client, String> {
+pub fn connect(conninfo: Option<&str>) -> Result<Client, String> {
     let db = |e: postgres::Error| match e.as_db_error() {
         Some(d) => format!("{} (SQLSTATE {})", d.message(), d.code().code()),
         None => e.to_string(),
     };
     let p = prepare(conninfo)?;
+    let config = postgres::Config::from(p.config);
     match p.tls {
-        None => Client::connect(&p.conninfo, NoTls),
-        Some(tls) => Client::connect(&p.conninfo, tls),
+        None => config.connect(NoTls),
+        Some(tls) => config.connect(tls),
     }
     .map_err(db)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_strings_are_read_as_libpq_reads_them() {
+        let kv = parse_kv(
+            r"host=h  password = 'two  spaces sslrootcert=X \' \\' port=5 application_name=a\ b",
+        )
+        .unwrap();
+        assert_eq!(
+            kv,
+            vec![
+                ("host".into(), "h".into()),
+                ("password".into(), r"two  spaces sslrootcert=X ' \".into()),
+                ("port".into(), "5".into()),
+                ("application_name".into(), "a b".into()),
+            ]
+        );
+        let (c, mode, root) =
+            parse("password='a  b sslmode=disable' sslmode=verify-full dbname=x").unwrap();
+        assert_eq!(c.get_password(), Some(&b"a  b sslmode=disable"[..]));
+        assert_eq!((mode.as_deref(), root), (Some("verify-full"), None));
+        let e = parse("password=two  spaces").unwrap_err();
+        assert!(!e.contains("spaces"), "{e}");
+        let e = parse("password=two spaces=x").unwrap_err();
+        assert!(!e.contains("spaces"), "{e}");
+        let (c, mode, root) =
+            parse("postgresql://u:p%20w@localhost:5/db?sslmode=verify-ca&sslrootcert=%2Ftmp%2Fr.crt&application_name=x").unwrap();
+        assert_eq!(c.get_password(), Some(&b"p w"[..]));
+        assert_eq!(c.get_application_name(), Some("x"));
+        assert_eq!(
+            (mode.as_deref(), root.as_deref()),
+            (Some("verify-ca"), Some("/tmp/r.crt"))
+        );
+    }
 }

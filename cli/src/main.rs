@@ -105,8 +105,9 @@ enum Command {
         role: String,
         #[arg(long)]
         sub: Option<String>,
-        /// Lifetime in seconds (negative: already expired).
-        #[arg(long, default_value_t = 3600, allow_hyphen_values = true)]
+        /// Lifetime in seconds, at most ten years (negative: already expired, at most ten years ago).
+        #[arg(long, default_value_t = 3600, allow_hyphen_values = true,
+              value_parser = clap::value_parser!(i64).range(-MAX_LIFETIME..=MAX_LIFETIME))]
         expires_in: i64,
         #[arg(long)]
         jwt_secret_file: Option<std::path::PathBuf>,
@@ -165,6 +166,9 @@ enum Command {
     },
 }
 
+/// The longest --expires-in of `token`: ten years, in seconds.
+const MAX_LIFETIME: i64 = 10 * 366 * 24 * 3600;
+
 /// A failure to report: the database's error (message, hint, SQLSTATE) or a failed check.
 struct Failure(String, u8);
 
@@ -194,39 +198,6 @@ impl From<postgres::Error> for Failure {
 }
 
 type Result<T> = std::result::Result<T, Failure>;
-
-/// The connection string: --url / MESHHOOK_KEYS_URL, else built from the PG* variables.
-fn conninfo(url: Option<String>) -> String {
-    if let Some(u) = url {
-        return u;
-    }
-    let mut parts = Vec::new();
-    for (var, key) in [
-        ("PGHOST", "host"),
-        ("PGPORT", "port"),
-        ("PGUSER", "user"),
-        ("PGDATABASE", "dbname"),
-        ("PGPASSWORD", "password"),
-        ("PGAPPNAME", "application_name"),
-        ("PGCONNECT_TIMEOUT", "connect_timeout"),
-    ] {
-        if let Ok(v) = std::env::var(var) {
-            parts.push(format!(
-                "{key}='{}'",
-                v.replace('\\', "\\\\").replace('\'', "\\'")
-            ));
-        }
-    }
-    if !parts.iter().any(|p| p.starts_with("host=")) {
-        parts.push("host=/var/run/postgresql".into());
-    }
-    if !parts.iter().any(|p| p.starts_with("user="))
-        && let Ok(u) = std::env::var("USER")
-    {
-        parts.push(format!("user='{u}'"));
-    }
-    parts.join(" ")
-}
 
 /// Run a query and return its rows as JSON objects, columns in query order.
 fn rows(
@@ -533,7 +504,14 @@ fn run(cli: Cli) -> Result<()> {
             &jsonwebtoken::EncodingKey::from_secret(&secret),
         )
         .map_err(|e| fail(e.to_string()))?;
-        println!("{token}");
+        if cli.json {
+            println!(
+                "{}",
+                serde_json::json!({ "token": token, "role": role, "sub": sub, "iat": now, "exp": now + expires_in })
+            );
+        } else {
+            println!("{token}");
+        }
         return Ok(());
     }
     if let Command::Serve {
@@ -554,7 +532,7 @@ fn run(cli: Cli) -> Result<()> {
         let secret = jwt_secret(jwt_secret_file)?;
         return serve::serve(serve::Config {
             listen: listen.clone(),
-            conninfo: conninfo(cli.url.clone()),
+            conninfo: cli.url.clone(),
             jwt_secret: secret,
             jwt_aud: jwt_aud.clone().filter(|a| !a.is_empty()),
             jwt_leeway: *jwt_leeway_secs,
@@ -569,7 +547,7 @@ fn run(cli: Cli) -> Result<()> {
         })
         .map_err(fail);
     }
-    let mut c = connect::connect(&conninfo(cli.url)).map_err(fail)?;
+    let mut c = connect::connect(cli.url.as_deref()).map_err(fail)?;
     let json = cli.json;
     match cli.command {
         Command::Status { no_usage } => status(&mut c, json, no_usage),
@@ -660,13 +638,49 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// An error on stderr: a line of text, or with --json a JSON object
+/// `{"error": message, "exit_code": code}`.
+fn report(json: bool, msg: &str, code: u8) -> ExitCode {
+    if json {
+        eprintln!("{}", serde_json::json!({ "error": msg, "exit_code": code }));
+    } else {
+        eprintln!("meshhook-keys: error: {msg}");
+    }
+    ExitCode::from(code)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse(); // usage errors exit with 2
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // (--json as a word before any `--`: the only way to know it when parsing failed)
+            let json = std::env::args()
+                .skip(1)
+                .take_while(|a| a != "--")
+                .any(|a| a == "--json");
+            if !json
+                || matches!(
+                    e.kind(),
+                    clap::error::ErrorKind::DisplayHelp
+                        | clap::error::ErrorKind::DisplayVersion
+                        | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+                )
+            {
+                e.exit(); // usage errors exit with 2
+            }
+            let msg = e.kind().to_string();
+            let detail = e.to_string();
+            let text = detail
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("error: "))
+                .unwrap_or(&msg);
+            return report(true, text, 2);
+        }
+    };
+    let json = cli.json;
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure(msg, code)) => {
-            eprintln!("meshhook-keys: error: {msg}");
-            ExitCode::from(code)
-        }
+        Err(Failure(msg, code)) => report(json, &msg, code),
     }
 }

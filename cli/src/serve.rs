@@ -49,7 +49,7 @@ const HEALTH_CONCURRENCY: usize = 2;
 
 pub struct Config {
     pub listen: String,
-    pub conninfo: String,
+    pub conninfo: Option<String>,
     pub jwt_secret: Vec<u8>,
     pub jwt_aud: Option<String>,
     pub jwt_leeway: u64,
@@ -712,11 +712,8 @@ async fn run(cfg: Config) -> Result<(), String> {
     if cfg.max_header_bytes < 8192 {
         return Err("--max-header-bytes must be at least 8192".into());
     }
-    let prepared = crate::connect::prepare(&cfg.conninfo)?;
-    let mut pg: tokio_postgres::Config = prepared
-        .conninfo
-        .parse()
-        .map_err(|e| format!("invalid connection string: {e}"))?;
+    let prepared = crate::connect::prepare(cfg.conninfo.as_deref())?;
+    let mut pg = prepared.config;
     if pg.get_connect_timeout().is_none() {
         pg.connect_timeout(CONNECT_TIMEOUT);
     }

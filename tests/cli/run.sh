@@ -19,7 +19,7 @@ cp "$TMP/ssl/server.crt" "$TMP/root.crt"; chmod 644 "$TMP/root.crt"
 init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" \
     "log_min_error_statement = 'panic'" "listen_addresses = '127.0.0.1'" "ssl = on" \
     "ssl_cert_file = '$TMP/ssl/server.crt'" "ssl_key_file = '$TMP/ssl/server.key'"
-{ echo "hostssl all all 127.0.0.1/32 trust"; echo "hostnossl all all 127.0.0.1/32 reject"; } > "$TMP/hba.tmp"
+{ echo "hostssl all pwuser 127.0.0.1/32 scram-sha-256"; echo "hostssl all all 127.0.0.1/32 trust"; echo "hostnossl all all 127.0.0.1/32 reject"; } > "$TMP/hba.tmp"
 grep -v '^host' "$TMP/data/pg_hba.conf" >> "$TMP/hba.tmp"; cp "$TMP/hba.tmp" "$TMP/data/pg_hba.conf"
 chown postgres:postgres "$TMP/data/pg_hba.conf"
 trap 'stop_cluster "$TMP" immediate; [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"' EXIT
@@ -49,6 +49,9 @@ q "CREATE EXTENSION meshhook_keys;
    INSERT INTO creds SELECT i, meshhook_keys.secret_encrypt('CLI-SECRET-' || i, 'cred:' || i) FROM generate_series(1, 3000) i;
    SELECT meshhook_keys.register_column('creds', 'c', \$\$'cred:' || id\$\$);
    GRANT SELECT ON creds TO ops;" >/dev/null
+# a password as hostile to a whitespace-splitting parser as can be (finding 7)
+PW="two  spaces sslrootcert=/PWPART sslmode=disable 'q' \\b"
+q "CREATE ROLE pwuser LOGIN IN ROLE meshhook_keys_admin PASSWORD '$(printf '%s' "$PW" | sed "s/'/''/g")'" >/dev/null
 
 echo "# usage"
 cli ops --help;                       check "--help exits 0" 0 "$RC"
@@ -125,6 +128,50 @@ check "sslmode=verify-full without trusting the CA: exit 1" 1 "$RC"
 tcp "host=127.0.0.1 port=$PORT dbname=cli user=ops sslmode=disable"
 check "sslmode=disable is rejected by this server: exit 1" 1 "$RC"
 contains "with the server's reason" 'pg_hba.conf rejects|no encryption' "$ERR"
+
+echo "# finding 7: connection strings as libpq reads them, PG* defaults, --expires-in, --json errors"
+# pwcli ENV... -- ARGS...: the CLI with only the given environment (TCP, TLS); sets RC, OUT, ERR
+pwcli() {
+    local envs=(); while [ "$1" != "--" ]; do envs+=("$1"); shift; done; shift
+    RC=0; OUT=$(as_pg env -i PATH="$PATH" "${envs[@]}" "$TMP/bin/meshhook-keys" "$@" 2>"$TMP/err") || RC=$?; ERR=$(cat "$TMP/err")
+}
+qpw=$(printf '%s' "$PW" | sed -e 's/\\/\\\\/g' -e "s/'/\\\\'/g")
+pwcli -- -d "host=localhost port=$PORT dbname=cli user=pwuser sslmode=require password='$qpw'" --json status --no-usage
+check "a quoted password with two spaces, quotes, backslashes and conninfo words: exit 0" 0 "$RC"
+[ "$RC" = 0 ] || echo "$ERR"
+pwcli PGPASSWORD="$PW" -- -d "host=localhost port=$PORT dbname=cli user=pwuser sslmode=require" --json status --no-usage
+check "-d without a password uses PGPASSWORD: exit 0" 0 "$RC"
+pwcli PGHOST=localhost PGPORT="$PORT" PGDATABASE=cli PGUSER=pwuser PGSSLMODE=require PGPASSWORD="$PW" -- --json status --no-usage
+check "the same password from PG* variables only: exit 0" 0 "$RC"
+pwcli PGPASSWORD="wrong sslrootcert=/PWPART x" -- -d "host=localhost port=$PORT dbname=cli user=pwuser sslmode=require" status
+check "a wrong password: exit 1" 1 "$RC"
+contains "  with the server's reason" 'password authentication failed' "$ERR"
+pwcli -- -d "host=localhost port=$PORT dbname=cli user=pwuser sslmode=require password='wrong sslrootcert=/PWPART x'" status
+check "a wrong quoted password: exit 1" 1 "$RC"
+check "  and no part of either password in the errors" "" "$(grep -o 'PWPART' "$TMP/err" | head -1 || true)"
+pwcli -- -d "host=localhost port=$PORT dbname=cli user=pwuser password=two  spaces=PWPART" status
+check "an unquoted password with spaces is an error" 1 "$RC"
+check "  that does not repeat the password" "" "$(grep -o 'spaces\|PWPART' "$TMP/err" | head -1 || true)"
+pwcli PGHOST=localhost PGPORT="$PORT" PGDATABASE=cli PGUSER=ops PGSSLMODE=verify-full PGAPPNAME="a sslmode=disable b" -- status --no-usage
+check "PGSSLMODE=verify-full with PGAPPNAME='a sslmode=disable b' and no trusted CA: exit 1" 1 "$RC"
+contains "  refused for the certificate, not for plain TCP" 'certificate|TLS|tls|ssl' "$ERR"
+pwcli PGHOST=localhost PGPORT="$PORT" PGDATABASE=cli PGUSER=ops PGSSLMODE=verify-full PGSSLROOTCERT="$TMP/root.crt" PGAPPNAME="a sslmode=disable b" -- --json health
+check "  with PGSSLROOTCERT: connects over verified TLS, exit 0" 0 "$RC"
+pwcli MESHHOOK_KEYS_JWT_SECRET="$(printf 'k%.0s' $(seq 1 40))" -- token --role ops --expires-in=9223372036854775807
+check "token --expires-in=9223372036854775807: exit 2, no panic" 2 "$RC"
+check "  (no panic message)" "" "$(grep -o 'panicked' "$TMP/err" || true)"
+pwcli MESHHOOK_KEYS_JWT_SECRET="$(printf 'k%.0s' $(seq 1 40))" -- --json token --role ops --sub me --expires-in 60
+check "--json token: exit 0" 0 "$RC"
+check "  prints JSON with the token, role and sub" "ops|me|t" "$(jsonq "$OUT" "concat_ws('|', :'j'::jsonb ->> 'role', :'j'::jsonb ->> 'sub', (:'j'::jsonb ->> 'token') LIKE 'eyJ%')")"
+cli app --json rotate --keyring default
+check "--json with a refusal: exit 1" 1 "$RC"
+check "  the error on stderr is a JSON object with the SQLSTATE" "t|1" \
+    "$(jsonq "$ERR" "concat_ws('|', (:'j'::jsonb ->> 'error') LIKE '%42501%', :'j'::jsonb ->> 'exit_code')")"
+cli ops --json frobnicate
+check "--json with a usage error: exit 2" 2 "$RC"
+check "  as a JSON object too" "2" "$(jsonq "$ERR" "(:'j'::jsonb ->> 'exit_code')")"
+pwcli -- --json -d "host=localhost port=1 dbname=cli user=ops sslmode=disable" status
+check "--json with an unreachable server: a JSON error" "1" "$(jsonq "$ERR" "(:'j'::jsonb ->> 'exit_code')")"
 
 echo "# the HTTP API (meshhook-keys serve), driven by curl on loopback"
 HPORT=$((PORT + 1000))
