@@ -79,7 +79,7 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// The audit log, newest last.
+    /// The audit log, newest last; `sub` is the JWT subject of a request made through the HTTP API.
     Audit {
         /// Only entries at or after this time (any timestamptz input, e.g. '2026-11-01' or 'today').
         #[arg(long)]
@@ -551,16 +551,14 @@ fn run(cli: Cli) -> Result<()> {
     let json = cli.json;
     match cli.command {
         Command::Status { no_usage } => status(&mut c, json, no_usage),
-        Command::Rotate { keyring, reason } => {
-            show(
-                &mut c,
-                json,
-                Some("Rotated"),
-                "SELECT keyring, version, key_id, activated_at FROM meshhook_keys.keys_rotate($1, $2)",
-                &[&keyring, &reason],
-            )
-            .map(drop)
-        }
+        Command::Rotate { keyring, reason } => show(
+            &mut c,
+            json,
+            Some("Rotated"),
+            "SELECT keyring, version, key_id, activated_at FROM meshhook_keys.keys_rotate($1, $2)",
+            &[&keyring, &reason],
+        )
+        .map(drop),
         Command::Reencrypt {
             keyring,
             batch_size,
@@ -570,60 +568,53 @@ fn run(cli: Cli) -> Result<()> {
             keyring,
             version,
             force,
-        } => {
-            show(
-                &mut c,
-                json,
-                None,
-                "SELECT meshhook_keys.keys_retire($1, $2, $3) AS retired",
-                &[&keyring, &version, &force],
-            )
-            .map(drop)
-        }
+        } => show(
+            &mut c,
+            json,
+            None,
+            "SELECT meshhook_keys.keys_retire($1, $2, $3) AS retired",
+            &[&keyring, &version, &force],
+        )
+        .map(drop),
         Command::Destroy {
             keyring,
             version,
             force,
-        } => {
-            show(
-                &mut c,
-                json,
-                None,
-                "SELECT meshhook_keys.keys_destroy($1, $2, $3) AS destroyed",
-                &[&keyring, &version, &force],
-            )
-            .map(drop)
-        }
+        } => show(
+            &mut c,
+            json,
+            None,
+            "SELECT meshhook_keys.keys_destroy($1, $2, $3) AS destroyed",
+            &[&keyring, &version, &force],
+        )
+        .map(drop),
         Command::Audit {
             since,
             keyring,
             limit,
-        } => {
-            show(
-                &mut c,
-                json,
-                Some("Audit log"),
-                "SELECT * FROM (
-                     SELECT id, at, actor, role_name, action, outcome, keyring, version, reason, detail
+        } => show(
+            &mut c,
+            json,
+            Some("Audit log"),
+            "SELECT * FROM (
+                     SELECT id, at, actor, detail -> 'jwt' ->> 'sub' AS sub, role_name, action,
+                            outcome, keyring, version, reason, detail
                        FROM meshhook_keys.audit_log
                       WHERE ($1::text IS NULL OR at >= $1::text::timestamptz)
                         AND ($2::text IS NULL OR keyring = $2)
                       ORDER BY id DESC LIMIT $3) a ORDER BY id",
-                &[&since, &keyring, &limit],
-            )
-            .map(drop)
-        }
+            &[&since, &keyring, &limit],
+        )
+        .map(drop),
         Command::Verify { sample } => verify(&mut c, json, sample),
-        Command::RootRewrap => {
-            show(
-                &mut c,
-                json,
-                Some("Root key rewrap"),
-                "SELECT rewrapped, already_current FROM meshhook_keys.root_key_rewrap()",
-                &[],
-            )
-            .map(drop)
-        }
+        Command::RootRewrap => show(
+            &mut c,
+            json,
+            Some("Root key rewrap"),
+            "SELECT rewrapped, already_current FROM meshhook_keys.root_key_rewrap()",
+            &[],
+        )
+        .map(drop),
         Command::Serve { .. } | Command::Token { .. } => unreachable!("handled above"),
         Command::Health => {
             let sql = "SELECT item, status, detail FROM meshhook_keys.health()";

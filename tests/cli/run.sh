@@ -230,6 +230,14 @@ check "GET /api/keys/audit: 200, at most 5 rows" "t" "$(jsonq "$BODY_OUT" "(json
 http GET /api/nothing "$ADMIN"
 check "an unknown endpoint: 404" 404 "$CODE"
 check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
+cli ops --json audit --keyring default
+check "audit --json: the HTTP rotation carries the token's sub and role" "tester|ops|tester" \
+    "$(jsonq "$OUT" "(SELECT concat_ws('|', e ->> 'sub', e -> 'detail' -> 'jwt' ->> 'role', e -> 'detail' -> 'jwt' ->> 'sub') FROM jsonb_array_elements(:'j'::jsonb) e WHERE e ->> 'reason' = 'over HTTP')")"
+check "  a CLI rotation has no sub" "t" \
+    "$(jsonq "$OUT" "(SELECT bool_and(e -> 'sub' = 'null'::jsonb) FROM jsonb_array_elements(:'j'::jsonb) e WHERE e ->> 'reason' = 'cli test')")"
+cli ops audit --keyring default
+contains "audit (table): a sub column" 'actor +┆ sub +┆' "$OUT"
+contains "  showing the token's subject" 'tester' "$OUT"
 
 echo "# GET /metrics (Prometheus text format, operators only)"
 q "SELECT meshhook_keys.keys_rotate('second', 'metrics test'), meshhook_keys.reencrypt_batch('default', 100)" >/dev/null
