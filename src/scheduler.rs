@@ -11,9 +11,9 @@
 //! if another tick holds it. Independently, a rotation re-checks that the keyring is still due after
 //! taking the keyring's row lock, so it never races a manual `keys_rotate` either.
 
-use crate::api::keys;
 use crate::audit;
 use crate::error::{KeysError, Result};
+use crate::keyring;
 use crate::{gucs, reencrypt, rootkey, store, usage};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -220,7 +220,7 @@ fn rotate_if_due(keyring: &str) -> Result<Option<i32>> {
         return Ok(None);
     };
     let new = audit::as_actor(ACTOR, || {
-        keys::create_version(keyring, Some(&due.reason), "rotate")
+        keyring::create_version(keyring, Some(&due.reason), "rotate")
     })?;
     clear_failures(keyring, "rotate")?;
     Ok(Some(new.version))

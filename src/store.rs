@@ -1,4 +1,6 @@
-//! Every SQL statement the Rust code runs, parameterised, in one place.
+//! SQL statements on the extension's own tables (keyrings, data keys, the audit log, registrations) that
+//! more than one module needs, parameterised. Re-encryption (crate::reencrypt, crate::plans), verify,
+//! the scheduler and health() run their own statements next to the code that needs them.
 
 use crate::error::{KeysError, Result};
 use pgrx::prelude::*;

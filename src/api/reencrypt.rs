@@ -1,8 +1,8 @@
 //! Registration of ciphertext columns, re-encryption batches, key usage, retirement and destruction.
 
-use crate::api::keys::validate_keyring;
 use crate::audit;
 use crate::error::{KeysError, OrRaise, Result};
+use crate::keyring::validate_keyring;
 use crate::reencrypt::{self, Column};
 use pgrx::prelude::*;
 

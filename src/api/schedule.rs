@@ -1,8 +1,8 @@
 //! Scheduled rotation: per-keyring policy, one tick as a SQL call, the scheduler's status.
 
-use crate::api::keys::validate_keyring;
 use crate::audit;
 use crate::error::{KeysError, OrRaise};
+use crate::keyring::validate_keyring;
 use crate::scheduler::{self, Mode};
 use crate::{gucs, store, usage};
 use pgrx::datum::{Interval, TimestampWithTimeZone};

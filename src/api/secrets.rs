@@ -1,58 +1,10 @@
-//! secret_encrypt / secret_decrypt and the header parser.
+//! The SQL surface of encryption: secret_encrypt, secret_decrypt (text and bytea) and
+//! ciphertext_key_id. The work is in crate::envelope.
 
-use crate::api::keys::{DEFAULT_KEYRING, ensure_default_keyring, validate_keyring};
 use crate::crypto;
-use crate::error::{KeysError, OrRaise, Result, crypto_error};
-use crate::keycache;
+use crate::envelope::{decrypt, encrypt};
+use crate::error::{KeysError, OrRaise, crypto_error};
 use pgrx::prelude::*;
-
-pub fn encrypt(
-    plaintext: Option<&[u8]>,
-    context: Option<&str>,
-    keyring: Option<&str>,
-) -> Result<Vec<u8>> {
-    let plaintext = plaintext.ok_or(KeysError::NullArgument("plaintext"))?;
-    let context = context.ok_or(KeysError::NullArgument("context"))?;
-    let keyring = validate_keyring(keyring)?;
-    let key = match keycache::active_key(keyring)? {
-        Some(k) => k,
-        None if keyring == DEFAULT_KEYRING => crate::store::with_fixed_search_path(|| {
-            ensure_default_keyring()?;
-            keycache::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))
-        })?,
-        None => {
-            let (destroyed, tenant) = crate::store::with_fixed_search_path(|| {
-                crate::store::keyring_destroyed_and_tenant(keyring)
-            })?;
-            // (whether another tenant's keyring was destroyed is theirs to know)
-            crate::tenancy::check_keyring(keyring, tenant.as_deref(), "encryption")?;
-            if destroyed.is_some() {
-                return Err(KeysError::KeyringDestroyed(keyring.into()));
-            }
-            return Err(KeysError::NoActiveKey(keyring.into()));
-        }
-    };
-    crate::tenancy::check(&key, "encryption")?;
-    crate::usage::count(key.key_id, 1);
-    Ok(crypto::seal(
-        &key.cipher,
-        key.key_id,
-        plaintext,
-        context.as_bytes(),
-    ))
-}
-
-pub fn decrypt(
-    ciphertext: Option<&[u8]>,
-    context: Option<&str>,
-) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
-    let context = context.ok_or(KeysError::NullArgument("context"))?;
-    let key_id = crypto::parse_key_id(ciphertext).map_err(crypto_error)?;
-    let key = keycache::key_for_decrypt(key_id)?;
-    crate::tenancy::check(&key, "decryption")?;
-    crypto::open(&key.cipher, ciphertext, context.as_bytes()).map_err(crypto_error)
-}
 
 // The four functions below are SECURITY DEFINER without a SET search_path clause (which would cost
 // ~0.9 µs per call, more than everything else they do): the only SQL they ever run, on a key cache

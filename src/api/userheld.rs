@@ -1,8 +1,8 @@
 //! User-held keyrings: keys wrapped by the user's secret (Argon2id), unlocked per session.
 //! Secrets are arguments: pass them as bind parameters (see the README, "Avoiding secret logging").
 
-use crate::api::keys::validate_keyring;
 use crate::error::{KeysError, OrRaise};
+use crate::keyring::validate_keyring;
 use crate::session_keys::Scope;
 use crate::userheld;
 use pgrx::prelude::*;

@@ -1,0 +1,56 @@
+//! The encrypt/decrypt core: an envelope is sealed under the keyring's active key (creating the
+//! `default` keyring on first use) and opened with the key its header names, after the tenant
+//! check. Layer 4: called by the SQL surface; calls the keyring module, the key cache and tenancy.
+
+use crate::crypto;
+use crate::error::{KeysError, Result, crypto_error};
+use crate::keycache;
+use crate::keyring::{DEFAULT_KEYRING, ensure_default_keyring, validate_keyring};
+
+pub fn encrypt(
+    plaintext: Option<&[u8]>,
+    context: Option<&str>,
+    keyring: Option<&str>,
+) -> Result<Vec<u8>> {
+    let plaintext = plaintext.ok_or(KeysError::NullArgument("plaintext"))?;
+    let context = context.ok_or(KeysError::NullArgument("context"))?;
+    let keyring = validate_keyring(keyring)?;
+    let key = match keycache::active_key(keyring)? {
+        Some(k) => k,
+        None if keyring == DEFAULT_KEYRING => crate::store::with_fixed_search_path(|| {
+            ensure_default_keyring()?;
+            keycache::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))
+        })?,
+        None => {
+            let (destroyed, tenant) = crate::store::with_fixed_search_path(|| {
+                crate::store::keyring_destroyed_and_tenant(keyring)
+            })?;
+            // (whether another tenant's keyring was destroyed is theirs to know)
+            crate::tenancy::check_keyring(keyring, tenant.as_deref(), "encryption")?;
+            if destroyed.is_some() {
+                return Err(KeysError::KeyringDestroyed(keyring.into()));
+            }
+            return Err(KeysError::NoActiveKey(keyring.into()));
+        }
+    };
+    crate::tenancy::check(&key, "encryption")?;
+    crate::usage::count(key.key_id, 1);
+    Ok(crypto::seal(
+        &key.cipher,
+        key.key_id,
+        plaintext,
+        context.as_bytes(),
+    ))
+}
+
+pub fn decrypt(
+    ciphertext: Option<&[u8]>,
+    context: Option<&str>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
+    let context = context.ok_or(KeysError::NullArgument("context"))?;
+    let key_id = crypto::parse_key_id(ciphertext).map_err(crypto_error)?;
+    let key = keycache::key_for_decrypt(key_id)?;
+    crate::tenancy::check(&key, "decryption")?;
+    crypto::open(&key.cipher, ciphertext, context.as_bytes()).map_err(crypto_error)
+}
