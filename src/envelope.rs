@@ -3,7 +3,7 @@
 //! check. Layer 4: called by the SQL surface; calls the keyring module, the key cache and tenancy.
 
 use crate::crypto;
-use crate::error::{KeysError, Result, crypto_error};
+use crate::error::{KeysError, Result};
 use crate::keycache;
 use crate::keyring::{DEFAULT_KEYRING, ensure_default_keyring, validate_keyring};
 
@@ -49,8 +49,8 @@ pub fn decrypt(
 ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
     let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
     let context = context.ok_or(KeysError::NullArgument("context"))?;
-    let key_id = crypto::parse_key_id(ciphertext).map_err(crypto_error)?;
+    let key_id = crypto::parse_key_id(ciphertext)?;
     let key = keycache::key_for_decrypt(key_id)?;
     crate::tenancy::check(&key, "decryption")?;
-    crypto::open(&key.cipher, ciphertext, context.as_bytes()).map_err(crypto_error)
+    Ok(crypto::open(&key.cipher, ciphertext, context.as_bytes())?)
 }

@@ -298,16 +298,18 @@ impl KeysError {
 
 pub type Result<T> = std::result::Result<T, KeysError>;
 
-/// The error for a failure of the envelope format or of authentication.
-pub(crate) fn crypto_error(e: crate::crypto::CryptoError) -> KeysError {
-    match e {
-        crate::crypto::CryptoError::Truncated { len } => KeysError::Truncated {
-            len,
-            min: crate::crypto::MIN_ENVELOPE_LEN,
-        },
-        crate::crypto::CryptoError::UnknownFormat(v) => KeysError::UnknownFormat(v),
-        crate::crypto::CryptoError::AuthenticationFailed => KeysError::AuthenticationFailed,
-        crate::crypto::CryptoError::BadKeyEncoding(why) => KeysError::Internal(why.into()),
+/// A failure of the envelope format or of authentication, with its SQLSTATE.
+impl From<crate::crypto::CryptoError> for KeysError {
+    fn from(e: crate::crypto::CryptoError) -> Self {
+        match e {
+            crate::crypto::CryptoError::Truncated { len } => KeysError::Truncated {
+                len,
+                min: crate::crypto::MIN_ENVELOPE_LEN,
+            },
+            crate::crypto::CryptoError::UnknownFormat(v) => KeysError::UnknownFormat(v),
+            crate::crypto::CryptoError::AuthenticationFailed => KeysError::AuthenticationFailed,
+            crate::crypto::CryptoError::BadKeyEncoding(why) => KeysError::Internal(why.into()),
+        }
     }
 }
 

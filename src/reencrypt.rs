@@ -18,7 +18,7 @@
 use crate::audit;
 use crate::context;
 use crate::crypto::{self, FORMAT_V1, HEADER_LEN};
-use crate::error::{KeysError, Result, crypto_error};
+use crate::error::{KeysError, Result};
 use crate::keycache;
 use crate::plans;
 use pgrx::prelude::*;
@@ -560,7 +560,7 @@ pub fn try_row(
                 None => return Ok(false),
             },
             Err(e) => {
-                let e = crypto_error(e);
+                let e = KeysError::from(e);
                 Err((e.sqlstate_code(), e.to_string()))
             }
         };
@@ -580,7 +580,7 @@ pub fn try_row(
                     )
                 })
                 .map_err(|e| {
-                    let e = crypto_error(e);
+                    let e = KeysError::from(e);
                     (e.sqlstate_code(), e.to_string())
                 }),
         };

@@ -1,6 +1,6 @@
 //! SQL statements on the extension's own tables (keyrings, data keys, the audit log, registrations) that
-//! more than one module needs, parameterised. Re-encryption (crate::reencrypt, crate::plans), verify,
-//! the scheduler and health() run their own statements next to the code that needs them.
+//! more than one module needs, parameterised. Re-encryption (with its kept plans), verify, the
+//! scheduler and health() run their own statements next to the code that needs them.
 
 use crate::error::{KeysError, Result};
 use pgrx::prelude::*;

@@ -97,7 +97,7 @@ fn check(col: &Column, keyring: &str, sample: i64) -> Result<(i64, i64, i64, i64
     let (mut decrypted, mut failed, mut locked) = (0, 0, 0);
     for (ct, ctx) in &rows {
         let key = crypto::parse_key_id(ct)
-            .map_err(crate::error::crypto_error)
+            .map_err(KeysError::from)
             .and_then(keycache::key_for_decrypt);
         match (key, ctx) {
             (Err(KeysError::KeyringLocked(_)), _) => locked += 1,

@@ -3,7 +3,7 @@
 
 use crate::crypto;
 use crate::envelope::{decrypt, encrypt};
-use crate::error::{KeysError, OrRaise, crypto_error};
+use crate::error::{KeysError, OrRaise};
 use pgrx::prelude::*;
 
 // The four functions below are SECURITY DEFINER without a SET search_path clause (which would cost
@@ -54,6 +54,6 @@ fn secret_decrypt_bytea(
 #[search_path(pg_catalog, pg_temp)]
 fn ciphertext_key_id(ciphertext: &[u8]) -> i64 {
     crypto::parse_key_id(ciphertext)
-        .map_err(crypto_error)
+        .map_err(KeysError::from)
         .or_raise()
 }
