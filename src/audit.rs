@@ -116,21 +116,10 @@ thread_local! {
     static CALLBACKS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-fn current_lxid() -> u32 {
-    // SAFETY: MyProc is set for every backend that runs SQL.
-    unsafe {
-        if pg_sys::MyProc.is_null() {
-            0
-        } else {
-            (*pg_sys::MyProc).lxid
-        }
-    }
-}
-
 /// Whether this transaction holds the audit chain lock: taken by lock_chain, or by the chain
 /// trigger of any row inserted (also by SQL-level code). Asks the lock manager.
 fn holds_chain_lock() -> bool {
-    let lxid = current_lxid();
+    let lxid = crate::context::current_lxid();
     if lxid != 0 && HOLDS_CHAIN.get() == lxid {
         return true;
     }
@@ -163,7 +152,7 @@ pub fn lock_chain() -> Result<()> {
         return Ok(());
     }
     store::lock_audit_chain()?;
-    HOLDS_CHAIN.set(current_lxid());
+    HOLDS_CHAIN.set(crate::context::current_lxid());
     Ok(())
 }
 
@@ -353,7 +342,7 @@ fn insert(
         });
         return Ok(());
     }
-    HOLDS_CHAIN.set(current_lxid());
+    HOLDS_CHAIN.set(crate::context::current_lxid());
     store::insert_audit(&AuditEvent {
         actor: ACTOR.get(),
         role_name: &role,

@@ -29,6 +29,19 @@ pub fn with_setting<T>(name: &CStr, value: &CStr, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// This backend's local transaction id (0 outside a backend that runs SQL): what per-transaction
+/// caches and flags compare to know that a new transaction began.
+pub fn current_lxid() -> u32 {
+    // SAFETY: MyProc is set for every backend that runs SQL; lxid is its local transaction id.
+    unsafe {
+        if pg_sys::MyProc.is_null() {
+            0
+        } else {
+            (*pg_sys::MyProc).lxid
+        }
+    }
+}
+
 /// The text of `request.jwt.claims` (PostgREST, Supabase, `meshhook-keys serve`), if set and
 /// not empty.
 pub fn jwt_claims() -> Option<String> {

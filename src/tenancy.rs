@@ -30,17 +30,6 @@ thread_local! {
     static CACHE: RefCell<TxCache> = RefCell::new(TxCache::default());
 }
 
-fn current_lxid() -> u32 {
-    // SAFETY: MyProc is set for every backend that runs SQL; lxid is its local transaction id.
-    unsafe {
-        if pg_sys::MyProc.is_null() {
-            0
-        } else {
-            (*pg_sys::MyProc).lxid
-        }
-    }
-}
-
 fn claims() -> String {
     crate::context::jwt_claims().unwrap_or_default()
 }
@@ -109,7 +98,7 @@ pub fn check_keyring(keyring: &str, tenant: Option<&str>, op: &'static str) -> R
     let Some(check_name) = gucs::tenant_check() else {
         return Err(KeysError::TenantCheckMissing(keyring.to_string()));
     };
-    let lxid = current_lxid();
+    let lxid = crate::context::current_lxid();
     let cache_key = (
         role.to_u32(),
         tenant.to_string(),
