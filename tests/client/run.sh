@@ -194,12 +194,22 @@ for round in 1 2 3; do
     kill -STOP "$walwriter"
     q app "CALL meshhook_keys.reencrypt('dur$round', 100)" 2>/dev/null
     postmaster=$(head -1 "$TMP/data/postmaster.pid")
-    # (a power cut: every server process killed at once, the postmaster first so that it logs no
-    # child's death; the children are read from /proc, no procps needed)
+    # (a power cut: every server process killed at once. The postmaster is stopped first, so it can
+    # neither fork a child after the listing nor log a child's death; the children are read from
+    # /proc, no procps needed. The restart waits until none is left: a survivor still attached to
+    # the shared memory would make the new postmaster refuse to start.)
+    kill -STOP "$postmaster"
     children=$(grep -l "^PPid:[[:space:]]*$postmaster\$" /proc/[0-9]*/status 2>/dev/null | cut -d/ -f3)
-    kill -KILL "$postmaster" 2>/dev/null || true
-    kill -KILL $children 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$postmaster" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL $children "$postmaster" 2>/dev/null || true
+    for _ in $(seq 1 200); do
+        alive=0
+        for p in $children "$postmaster"; do
+            grep -qs '^State:[[:space:]]*[^Z]' "/proc/$p/status" && alive=1
+        done
+        [ "$alive" = 0 ] && break
+        sleep 0.1
+    done
+    [ "$alive" = 0 ] || fail "round $round: server processes still alive 20 s after SIGKILL"
     start_cluster "$TMP"
     check "round $round: after the CALL returned and the crash, every row is on the new version" "2|3000" \
         "$(q app "SELECT string_agg(version || '|' || rows, ',') FROM meshhook_keys.key_usage('dur$round') WHERE table_name = 'dur$round'::regclass")"
