@@ -47,6 +47,7 @@ const HEALTH_TIMEOUT: Duration = Duration::from_millis(800);
 /// /healthz checks running at once (each opens a connection); more wait, within HEALTH_TIMEOUT.
 const HEALTH_CONCURRENCY: usize = 2;
 
+/// The server's settings, from `serve`'s arguments (checked in `args`).
 pub struct Config {
     pub listen: String,
     pub conninfo: Option<String>,
@@ -322,7 +323,8 @@ fn millis(d: Duration) -> String {
 }
 
 /// Run `sql` in a transaction as the token's role, with its claims in request.jwt.claims and the
-/// configured statement and lock timeouts; its rows as a JSON array.
+/// configured statement and lock timeouts; its rows as a JSON array (converted as the CLI's are,
+/// by `output::json_rows`).
 async fn as_token(
     app: &App,
     token: &Token,
@@ -364,7 +366,7 @@ async fn run_as_token(
     let role = claims["role"].as_str().unwrap_or_default();
     let claims_text = claims.to_string();
     let (st, lt) = (millis(app.statement_timeout), millis(app.lock_timeout));
-    let wrapped = format!("SELECT coalesce(json_agg(q), '[]')::text FROM ({sql}) AS q");
+    let wrapped = crate::output::json_rows_sql(sql);
     let client = conn.obj.as_mut().expect("a pooled connection");
     let work = async {
         let tx = client.transaction().await?;
@@ -374,14 +376,14 @@ async fn run_as_token(
             &[&role, &claims_text, &st, &lt],
         )
         .await?;
-        let text: String = tx.query_one(wrapped.as_str(), params).await?.get(0);
+        let rows = tx.query(wrapped.as_str(), params).await?;
         tx.commit().await?;
-        Ok::<_, tokio_postgres::Error>(text)
+        Ok::<_, tokio_postgres::Error>(rows)
     };
     // the server enforces statement_timeout; this deadline covers a server that does not answer
     let deadline = app.statement_timeout + Duration::from_secs(2);
-    let text = match tokio::time::timeout(deadline, work).await {
-        Ok(Ok(text)) => text,
+    let rows = match tokio::time::timeout(deadline, work).await {
+        Ok(Ok(rows)) => rows,
         Ok(Err(e)) => {
             // (the driver rolled the failed transaction back when `tx` was dropped; a connection
             // error leaves the connection unusable)
@@ -399,7 +401,9 @@ async fn run_as_token(
         }
     };
     conn.clean = true;
-    Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    Ok(crate::output::json_rows(&rows)
+        .map(Value::Array)
+        .unwrap_or(Value::Null))
 }
 
 /// A spawned task that ends with its owner (a /healthz check abandoned at its deadline).
@@ -709,9 +713,6 @@ pub fn serve(cfg: Config) -> Result<(), String> {
 }
 
 async fn run(cfg: Config) -> Result<(), String> {
-    if cfg.max_header_bytes < 8192 {
-        return Err("--max-header-bytes must be at least 8192".into());
-    }
     let prepared = crate::connect::prepare(cfg.conninfo.as_deref())?;
     let mut pg = prepared.config;
     if pg.get_connect_timeout().is_none() {
