@@ -1,0 +1,38 @@
+//! Online re-encryption: move every registered ciphertext of a keyring to its active key.
+//!
+//! One call of [`batch`] is a bounded piece of work inside the caller's transaction:
+//! * rows are found by a TID range over a window of heap blocks (`ctid >= (b,o) AND ctid < (b+k,0)`),
+//!   so each batch reads only its window and a pass reads the table once, whatever its size;
+//! * only rows whose header names an old version of the keyring are claimed, with
+//!   `FOR UPDATE SKIP LOCKED`, so a row an application is updating is skipped (and retried on a later
+//!   pass) instead of waited for;
+//! * each row is written back with a compare-and-set (`WHERE ctid = $1 AND col = $old`), so a newer
+//!   application value is never overwritten;
+//! * the cursor and counters move forward in the same transaction as the rows, so a crash at any point
+//!   loses at most the batch in flight, which is redone.
+//!
+//! The user's context expression is evaluated as the table's owner in a security-restricted
+//! operation (as PostgreSQL does for index expressions during maintenance), never as the extension
+//! owner, so registering an expression cannot escalate privileges.
+//!
+//! The parts, each depending only on those listed before it:
+//! * `registry`: the registered columns of a keyring and what is asked of them (counts, checks of
+//!   a context expression), run as the table's owner;
+//! * `rows`: the per-row functions `_reencrypt_try` / `_reencrypt_take` and the state a batch arms
+//!   them with for one statement;
+//! * `jobs`: the job, progress and failure rows;
+//! * `batch`: one batch, which drives the others.
+//!
+//! Callers use the names re-exported here, never the parts.
+
+mod batch;
+mod jobs;
+mod registry;
+mod rows;
+
+pub use batch::batch;
+pub use registry::{
+    Column, as_role, columns_of_keyring, rows_on_key, usage_by_key, validate_context_expr,
+};
+pub(crate) use registry::{context_item, header};
+pub use rows::{take_row, try_row};

@@ -1,0 +1,278 @@
+//! The column registry as re-encryption and verify read it: the registered columns of a keyring,
+//! each with its table resolved once, and what is asked of them (rows per key, rows still on a
+//! key). Also the checks a registration runs before it is stored: the table's owner and name, and
+//! a context expression planned (never run) the way the job will run it. The rows of
+//! `encrypted_column` themselves are written by the SQL surface's register/unregister wrappers.
+//!
+//! Invariants: a context expression, and every count over a registered table, run as the table's
+//! owner inside a security-restricted operation with `row_security = off` ([`as_role`]), never as
+//! the extension owner, so a registration cannot escalate privileges and a policy cannot hide rows
+//! from a count (the one read made otherwise is the primary key of a row that failed, which the
+//! batch holds locked). A context expression is accepted only if it is one expression, in one
+//! statement, that calls no volatile function. A column whose table was dropped stays listed
+//! with `table` = `None`: [`rows_on_key`] skips it, and a statement over it is an error.
+
+use crate::context;
+use crate::crypto::{FORMAT_V1, HEADER_LEN};
+use crate::error::{KeysError, Result};
+use crate::plans;
+use pgrx::prelude::*;
+use pgrx::spi::quote_identifier;
+
+/// A registered column, as the job needs it, with its table resolved once.
+pub struct Column {
+    pub id: i32,
+    pub rel: pg_sys::Oid,
+    pub column: String,
+    pub context_expr: Option<String>,
+    /// `schema.table`, quoted; `None` when the table no longer exists.
+    pub table: Option<String>,
+    /// The table's owner, as whom the context expression and the row scans run.
+    pub owner: pg_sys::Oid,
+}
+
+impl Column {
+    /// Resolve a column of an existing table (registration).
+    pub fn resolve(rel: pg_sys::Oid, column: &str, context_expr: Option<String>) -> Result<Self> {
+        Ok(Column {
+            id: 0,
+            rel,
+            column: column.to_string(),
+            context_expr,
+            table: Some(qualified_name(rel)?),
+            owner: table_owner(rel)?,
+        })
+    }
+
+    pub fn exists(&self) -> bool {
+        self.table.is_some()
+    }
+
+    pub(super) fn table(&self) -> Result<&str> {
+        self.table.as_deref().ok_or_else(|| {
+            KeysError::Internal(format!(
+                "registered table {} no longer exists",
+                self.rel.to_u32()
+            ))
+        })
+    }
+}
+
+/// The 9-byte envelope header for a key id: what `substring(col from 1 for 9)` is compared with.
+pub(crate) fn header(key_id: i64) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.push(FORMAT_V1);
+    h.extend_from_slice(&key_id.to_be_bytes());
+    h
+}
+
+/// Run `f` as `role` inside a security-restricted operation with `row_security = off`, then switch
+/// back. With row security off, a table whose policies would apply to its owner (FORCE ROW LEVEL
+/// SECURITY) raises an error instead of silently hiding rows from a count or a batch: hidden rows
+/// would otherwise look re-encrypted, and retiring their key would lose them. If `f` raises, the
+/// transaction (or subtransaction) abort restores the user and the setting, as for any SECURITY
+/// DEFINER function with a SET clause.
+pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    context::with_setting(c"row_security", c"off", || {
+        context::as_user_restricted(role, f)
+    })
+}
+
+fn table_owner(rel: pg_sys::Oid) -> Result<pg_sys::Oid> {
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1)",
+        &[rel.into()],
+    )?
+    .ok_or_else(|| KeysError::Internal(format!("relation {} does not exist", rel.to_u32())))
+}
+
+/// `schema.table` quoted, for building statements over a registered table.
+fn qualified_name(rel: pg_sys::Oid) -> Result<String> {
+    Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.oid = $1",
+        &[rel.into()],
+    )?
+    .ok_or_else(|| KeysError::Internal("registered table vanished".into()))
+}
+
+/// How a failed row is named: its primary key as a row literal, or its ctid without one.
+fn row_ref_expr(rel: pg_sys::Oid) -> Result<String> {
+    let cols = Spi::get_one_with_args::<String>(
+        "SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.ord)
+           FROM pg_catalog.pg_index i
+           CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE i.indrelid = $1 AND i.indisprimary",
+        &[rel.into()],
+    )?;
+    Ok(match cols {
+        Some(c) => format!("ROW({c})::text"),
+        None => "'ctid ' || t.ctid::text".to_string(),
+    })
+}
+
+/// The primary key (or ctid) of a row that failed, read only for failures (the row is locked by us).
+pub(super) fn failed_row_ref(col: &Column, ctid: &str) -> Result<String> {
+    // (a sub-select: a row its own table's trigger deleted meanwhile gives NULL, not an error)
+    let sql = format!(
+        "SELECT (SELECT {} FROM ONLY {} AS t WHERE t.ctid OPERATOR(pg_catalog.=) $1::pg_catalog.text::pg_catalog.tid)",
+        row_ref_expr(col.rel)?,
+        col.table()?
+    );
+    Ok(Spi::get_one_with_args::<String>(&sql, &[ctid.into()])?
+        .unwrap_or_else(|| format!("ctid {ctid}")))
+}
+
+/// The context expression as a select-list item. It sits on lines of its own so that a trailing
+/// `--` comment in it cannot swallow the rest of the statement.
+pub(crate) fn context_item(expr: &Option<String>) -> String {
+    match expr {
+        Some(e) => format!("(\n{e}\n)::text"),
+        None => "''::text".to_string(),
+    }
+}
+
+/// Check a context expression the way the job will run it: as the table owner, restricted, planned
+/// (not executed) against the table. Raises PostgreSQL's own error if it does not parse or plan.
+pub fn validate_context_expr(col: &Column) -> Result<()> {
+    let table = col.table()?;
+    let sql = format!(
+        "SELECT {} FROM ONLY {table} AS t LIMIT 0",
+        context_item(&col.context_expr)
+    );
+    let owner = col.owner;
+    as_role(owner, || -> Result<()> {
+        Spi::connect(|c| {
+            // Prepared first (parsed, never run): one statement only, so an expression that closes
+            // the parenthesis and appends a statement of its own is refused before anything runs.
+            if statement_calls_volatile(&sql)? {
+                return Err(KeysError::InvalidArgument(
+                    "the context expression calls a volatile function (random(), clock_timestamp(), nextval(), or a function not marked STABLE or IMMUTABLE): it must give the same context every time the row is read".into(),
+                ));
+            }
+            let t = c.select(sql.as_str(), None, &[])?;
+            if t.columns()? != 1 {
+                return Err(KeysError::InvalidArgument(
+                    "the context expression must be one expression, not a list".into(),
+                ));
+            }
+            Ok(())
+        })
+    })
+}
+
+/// Prepare `sql` and say whether its target list calls a volatile function; refused unless it is
+/// exactly one statement (SPI_prepare accepts several). Must run inside an SPI connection.
+fn statement_calls_volatile(sql: &str) -> Result<bool> {
+    let text = std::ffi::CString::new(sql).map_err(|_| {
+        KeysError::InvalidArgument("the context expression contains a NUL byte".into())
+    })?;
+    // SAFETY: SPI_prepare inside a connection; the plan's sources and queries are read, not changed,
+    // and the plan is freed before returning (an error aborts the transaction, which frees it).
+    unsafe {
+        let plan = pg_sys::SPI_prepare(text.as_ptr(), 0, std::ptr::null_mut());
+        if plan.is_null() {
+            return Err(KeysError::Internal(
+                "the context expression could not be prepared".into(),
+            ));
+        }
+        let mut volatile = false;
+        let sources = pgrx::PgList::<pg_sys::CachedPlanSource>::from_pg(
+            pg_sys::SPI_plan_get_plan_sources(plan),
+        );
+        if sources.len() != 1 {
+            pg_sys::SPI_freeplan(plan);
+            return Err(KeysError::SyntaxError(
+                "the context expression must be one expression: it ends the statement and starts another".into(),
+            ));
+        }
+        for src in sources.iter_ptr() {
+            let queries = pgrx::PgList::<pg_sys::Query>::from_pg((*src).query_list);
+            for q in queries.iter_ptr() {
+                volatile |= pg_sys::contain_volatile_functions((*q).targetList.cast());
+            }
+        }
+        pg_sys::SPI_freeplan(plan);
+        Ok(volatile)
+    }
+}
+
+/// Rows of `col` whose header names one of `keys`, counted as the table owner.
+pub(super) fn count_on_keys(col: &Column, keys: &[i64]) -> Result<i64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
+    let table = col.table()?;
+    let c = quote_identifier(&col.column);
+    let sql = format!(
+        "SELECT pg_catalog.count(*) FROM ONLY {table} AS t
+          WHERE pg_catalog.substr(t.{c}, 1, 9) = ANY ($1::bytea[])"
+    );
+    let headers: Vec<Vec<u8>> = keys.iter().map(|k| header(*k)).collect();
+    let owner = col.owner;
+    as_role(owner, || {
+        Ok(Spi::get_one_with_args::<i64>(&sql, &[headers.into()])?.unwrap_or(0))
+    })
+}
+
+/// Rows per key id in one registered column (for key_usage), counted as the table owner.
+pub fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
+    let table = col.table()?;
+    let c = quote_identifier(&col.column);
+    let sql = format!(
+        "SELECT CASE WHEN pg_catalog.length(t.{c}) >= 37 AND pg_catalog.get_byte(t.{c}, 0) = 1
+                     THEN ('x' || pg_catalog.encode(pg_catalog.substr(t.{c}, 2, 8), 'hex'))::bit(64)::bigint
+                END AS key_id,
+                pg_catalog.count(*)
+           FROM ONLY {table} AS t WHERE t.{c} IS NOT NULL GROUP BY 1"
+    );
+    let owner = col.owner;
+    as_role(owner, || {
+        Spi::connect(|cl| {
+            let mut out = Vec::new();
+            for row in cl.select(sql.as_str(), None, &[])? {
+                out.push((row.get::<i64>(1)?, row.get::<i64>(2)?.unwrap_or(0)));
+            }
+            Ok(out)
+        })
+    })
+}
+
+pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
+    plans::run(
+        "SELECT c.id, c.rel::oid, c.column_name::text, c.context_expr,
+                    CASE WHEN r.oid IS NOT NULL THEN pg_catalog.format('%I.%I', n.nspname, r.relname) END,
+                    r.relowner
+               FROM meshhook_keys.encrypted_column c
+               LEFT JOIN pg_catalog.pg_class r ON r.oid = c.rel
+               LEFT JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
+              WHERE c.keyring = $1 ORDER BY c.id",
+        &[keyring.into()],
+        |t| {
+        let mut out = Vec::new();
+        for row in t {
+            out.push(Column {
+                id: row.get::<i32>(1)?.unwrap_or_default(),
+                rel: row.get::<pg_sys::Oid>(2)?.unwrap_or(pg_sys::InvalidOid),
+                column: row.get::<String>(3)?.unwrap_or_default(),
+                context_expr: row.get::<String>(4)?,
+                table: row.get::<String>(5)?,
+                owner: row.get::<pg_sys::Oid>(6)?.unwrap_or(pg_sys::InvalidOid),
+            });
+        }
+        Ok(out)
+    })
+}
+
+/// Rows still on `key_id` across the keyring's registered columns (existing tables only).
+pub fn rows_on_key(keyring: &str, key_id: i64) -> Result<i64> {
+    let mut n = 0;
+    for col in columns_of_keyring(keyring)? {
+        if col.exists() {
+            n += count_on_keys(&col, &[key_id])?;
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,186 @@
+//! The per-row functions of a batch: `_reencrypt_try` decrypts one claimed value with its old key
+//! and seals it under the target key, `_reencrypt_take` hands that envelope to the `UPDATE` that
+//! writes it back. They work on what the batch armed them with for the length of one statement.
+//!
+//! Invariants: the functions run no SQL (the keys were loaded before the statement, as the
+//! extension owner, while the statement itself runs as the table's owner). Outside an armed
+//! statement they raise; the armed state is cleared when the statement ends, also when it raises.
+//! `_reencrypt_take` gives only the envelope made for the same ctid by the `_reencrypt_try` just
+//! before it. A row that does not decrypt is kept as a failure (its ctid, SQLSTATE and message,
+//! never its value) and left as it is.
+
+use crate::crypto;
+use crate::error::{KeysError, Result};
+use crate::keycache::{self, CachedKey};
+use pgrx::prelude::*;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// A heap tuple id as (block, offset).
+pub(super) type Tid = (i64, i32);
+
+fn tid_of(t: &pg_sys::ItemPointerData) -> Tid {
+    let block = ((t.ip_blkid.bi_hi as u32) << 16) | t.ip_blkid.bi_lo as u32;
+    (block as i64, t.ip_posid as i32)
+}
+
+pub(super) fn tid_text((b, o): Tid) -> String {
+    format!("({b},{o})")
+}
+
+/// A row that did not re-encrypt: where it is and why (never its value).
+pub(super) struct Failure {
+    pub(super) tid: Tid,
+    pub(super) sqlstate: String,
+    pub(super) message: String,
+}
+
+/// The old versions of a keyring, by key id: the key, or why it cannot decrypt (SQLSTATE, message).
+pub(super) type OldKeys = HashMap<i64, std::result::Result<Rc<CachedKey>, (String, String)>>;
+
+/// What one backend's batch has armed `_reencrypt_try` / `_reencrypt_take` with, for the length of
+/// one statement. Keys are loaded before the statement (as the extension owner), so the functions
+/// run no SQL of their own while the statement runs as the table's owner.
+pub(super) struct Armed {
+    /// The old versions of the keyring, by key id: the key, or why it cannot decrypt.
+    old: OldKeys,
+    pub(super) target: Rc<CachedKey>,
+    /// The new envelope of the row `_reencrypt_try` last accepted, until `_reencrypt_take` writes it.
+    stash: Option<(Tid, Vec<u8>)>,
+    pub(super) failures: Vec<Failure>,
+    pub(super) tried: i64,
+    pub(super) last: Option<Tid>,
+}
+
+impl Armed {
+    /// Armed with the old keys and the target key, nothing tried yet.
+    pub(super) fn new(old: OldKeys, target: Rc<CachedKey>) -> Self {
+        Armed {
+            old,
+            target,
+            stash: None,
+            failures: Vec::new(),
+            tried: 0,
+            last: None,
+        }
+    }
+}
+
+thread_local! {
+    static ARMED: std::cell::RefCell<Option<Armed>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Disarms on drop, including when the statement raises (pgrx unwinds through us).
+pub(super) struct ArmGuard;
+
+impl ArmGuard {
+    /// Disarm after the statement, returning what it tried and what failed.
+    pub(super) fn disarm(self) -> Option<Armed> {
+        ARMED.with_borrow_mut(|a| a.take())
+    }
+}
+
+impl Drop for ArmGuard {
+    fn drop(&mut self) {
+        ARMED.with_borrow_mut(|a| *a = None);
+    }
+}
+
+pub(super) fn arm(armed: Armed) -> ArmGuard {
+    ARMED.with_borrow_mut(|a| *a = Some(armed));
+    ArmGuard
+}
+
+/// `_reencrypt_try(ctid, ciphertext, context)`: decrypt one claimed row with its old key and seal it
+/// under the target key, keeping the result for `_reencrypt_take`. False (and recorded) when the row
+/// does not decrypt; false (not recorded) when it is not on an old version of the armed keyring.
+pub fn try_row(
+    tid: &pg_sys::ItemPointerData,
+    ciphertext: Option<&[u8]>,
+    context: Option<&str>,
+) -> Result<bool> {
+    ARMED.with_borrow_mut(|armed| {
+        let armed = armed
+            .as_mut()
+            .ok_or(KeysError::NotInBatch("meshhook_keys._reencrypt_try"))?;
+        let tid = tid_of(tid);
+        armed.stash = None;
+        let Some(old) = ciphertext else {
+            return Ok(false);
+        };
+        armed.tried += 1;
+        armed.last = Some(armed.last.map_or(tid, |l| l.max(tid)));
+        let key = match crypto::parse_key_id(old) {
+            // Only rows whose header names an old version are claimed, so this is always found.
+            Ok(key_id) => match armed.old.get(&key_id) {
+                Some(key) => key.as_ref().map_err(Clone::clone),
+                None => return Ok(false),
+            },
+            Err(e) => {
+                let e = KeysError::from(e);
+                Err((e.sqlstate_code(), e.to_string()))
+            }
+        };
+        let result = match (key, context) {
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Err((
+                KeysError::Internal(String::new()).sqlstate_code(),
+                "the context expression returned NULL for this row".to_string(),
+            )),
+            (Ok(key), Some(ctx)) => crypto::open(&key.cipher, old, ctx.as_bytes())
+                .map(|plain| {
+                    crypto::seal(
+                        &armed.target.cipher,
+                        armed.target.key_id,
+                        &plain,
+                        ctx.as_bytes(),
+                    )
+                })
+                .map_err(|e| {
+                    let e = KeysError::from(e);
+                    (e.sqlstate_code(), e.to_string())
+                }),
+        };
+        match result {
+            Ok(new) => {
+                armed.stash = Some((tid, new));
+                Ok(true)
+            }
+            Err((sqlstate, message)) => {
+                armed.failures.push(Failure {
+                    tid,
+                    sqlstate,
+                    message,
+                });
+                Ok(false)
+            }
+        }
+    })
+}
+
+/// `_reencrypt_take(ctid)`: the envelope `_reencrypt_try` just made for this same row.
+pub fn take_row(tid: &pg_sys::ItemPointerData) -> Result<Vec<u8>> {
+    ARMED.with_borrow_mut(|armed| {
+        let armed = armed
+            .as_mut()
+            .ok_or(KeysError::NotInBatch("meshhook_keys._reencrypt_take"))?;
+        match armed.stash.take() {
+            Some((t, new)) if t == tid_of(tid) => Ok(new),
+            _ => Err(KeysError::Internal(
+                "re-encryption row order broken: no envelope prepared for this row".into(),
+            )),
+        }
+    })
+}
+
+/// Load the old versions of the keyring for decryption, as the extension owner.
+pub(super) fn load_old_keys(old: &[i64]) -> OldKeys {
+    old.iter()
+        .map(|&k| {
+            (
+                k,
+                keycache::key_for_decrypt(k).map_err(|e| (e.sqlstate_code(), e.to_string())),
+            )
+        })
+        .collect()
+}
