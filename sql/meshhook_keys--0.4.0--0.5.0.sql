@@ -5,7 +5,7 @@
 -- keyring_unlock gains scope => 'session' | 'transaction'.
 DROP FUNCTION meshhook_keys.keyring_unlock(text, text);
 CREATE FUNCTION meshhook_keys."keyring_unlock"(
-	"name" TEXT, /* Option < & str > */
+	"keyring" TEXT, /* Option < & str > */
 	"secret" TEXT, /* Option < & str > */
 	"scope" TEXT DEFAULT 'session' /* Option < & str > */
 ) RETURNS INT /* i32 */
@@ -17,6 +17,76 @@ REVOKE ALL ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) FROM PUBLI
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) TO meshhook_keys_user;
 COMMENT ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) IS
     'Unlock a user-held keyring for the calling role (and JWT sub, when request.jwt.claims is set) only: scope ''session'' (from commit until keyring_lock, DISCARD ALL, a session authorization change or the end of the session) or ''transaction'' (zeroized at commit or abort; use it behind connection poolers). Nothing is unlocked if the transaction rolls back. A wrong secret costs a full Argon2id derivation, is refused with 28P01 and audited.';
+
+-- One name for the keyring argument everywhere: keyring (five functions called it name). A
+-- parameter cannot be renamed in place, so each is dropped and created again with its grants and
+-- comment; calls that pass the keyring by position are unaffected.
+DROP FUNCTION meshhook_keys.keyring_create(text, text, text);
+CREATE FUNCTION meshhook_keys."keyring_create"(
+	"keyring" TEXT, /* Option < & str > */
+	"tenant" TEXT DEFAULT NULL, /* Option < & str > */
+	"reason" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS TABLE (
+	"keyring" TEXT,  /* alloc::string::String */
+	"version" INT,  /* i32 */
+	"key_id" bigint,  /* i64 */
+	"activated_at" timestamp with time zone  /* pgrx::datum::time_stamp_with_timezone::TimestampWithTimeZone */
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'keyring_create_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keyring_create(text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create(text, text, text) TO meshhook_keys_user, meshhook_keys_operator;
+
+DROP FUNCTION meshhook_keys.keyring_create_user_held(text, text);
+CREATE FUNCTION meshhook_keys."keyring_create_user_held"(
+	"keyring" TEXT, /* Option < & str > */
+	"secret" TEXT /* Option < & str > */
+) RETURNS TABLE (
+	"keyring" TEXT,  /* alloc::string::String */
+	"version" INT,  /* i32 */
+	"key_id" bigint  /* i64 */
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'keyring_create_user_held_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) TO meshhook_keys_user;
+
+DROP FUNCTION meshhook_keys.keyring_lock(text);
+CREATE FUNCTION meshhook_keys."keyring_lock"(
+	"keyring" TEXT /* Option < & str > */
+) RETURNS bool /* bool */
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'keyring_lock_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keyring_lock(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_lock(text) TO meshhook_keys_user;
+COMMENT ON FUNCTION meshhook_keys.keyring_lock(text) IS
+    'Forget and zeroize a user-held keyring''s keys in this session. True if it was unlocked.';
+
+DROP FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean);
+CREATE FUNCTION meshhook_keys."keyring_rotate_secret"(
+	"keyring" TEXT, /* Option < & str > */
+	"old_secret" TEXT, /* Option < & str > */
+	"new_secret" TEXT, /* Option < & str > */
+	"reencrypt" bool DEFAULT false /* Option < bool > */
+) RETURNS TABLE (
+	"versions_rewrapped" INT,  /* i32 */
+	"new_version" INT,  /* core::option::Option<i32> */
+	"rows_reencrypted" bigint  /* i64 */
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'keyring_rotate_secret_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) TO meshhook_keys_user;
+COMMENT ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) IS
+    'Change a user-held keyring''s secret: verify the old one, rewrap every version under the new one (O(1), atomic, audited without secrets). With reencrypt => true, also a new data key and every registered row re-encrypted in the same transaction.';
 
 -- CALL reencrypt: its one operator qualified (the procedure cannot pin search_path), and its last
 -- commit made durable.

@@ -15,7 +15,7 @@ use pgrx::prelude::*;
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_create(
-    name: Option<&str>,
+    keyring: Option<&str>,
     tenant: default!(Option<&str>, "NULL"),
     reason: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
@@ -28,8 +28,8 @@ fn keyring_create(
     ),
 > {
     let r = (|| {
-        audit::require_admin("keyring_create", name)?;
-        let keyring = validate_keyring(name)?;
+        audit::require_admin("keyring_create", keyring)?;
+        let keyring = validate_keyring(keyring)?;
         crate::userheld::check_namespace(keyring, false)?;
         if tenant.is_some_and(|t| t.is_empty() || t.len() > 200) {
             return Err(KeysError::InvalidArgument(

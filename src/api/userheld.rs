@@ -12,7 +12,7 @@ use pgrx::prelude::*;
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_create_user_held(
-    name: Option<&str>,
+    keyring: Option<&str>,
     secret: Option<&str>,
 ) -> TableIterator<
     'static,
@@ -23,7 +23,7 @@ fn keyring_create_user_held(
     ),
 > {
     let (keyring, version, key_id) = (|| {
-        let keyring = validate_keyring(name)?;
+        let keyring = validate_keyring(keyring)?;
         let (v, k) = userheld::create(keyring, secret)?;
         Ok::<_, KeysError>((keyring.to_string(), v, k))
     })()
@@ -39,7 +39,7 @@ fn keyring_create_user_held(
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_unlock(
-    name: Option<&str>,
+    keyring: Option<&str>,
     secret: Option<&str>,
     scope: default!(Option<&str>, "'session'"),
 ) -> i32 {
@@ -47,7 +47,7 @@ fn keyring_unlock(
         let scope = Scope::parse(scope).ok_or_else(|| {
             KeysError::InvalidArgument("scope must be 'session' or 'transaction'".into())
         })?;
-        userheld::unlock(validate_keyring(name)?, secret, scope)
+        userheld::unlock(validate_keyring(keyring)?, secret, scope)
     })()
     .or_raise()
 }
@@ -55,8 +55,8 @@ fn keyring_unlock(
 /// Forget (and zeroize) a user-held keyring's keys in this session. True if it was unlocked.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn keyring_lock(name: Option<&str>) -> bool {
-    (|| Ok::<_, KeysError>(crate::session_keys::lock(validate_keyring(name)?)))().or_raise()
+fn keyring_lock(keyring: Option<&str>) -> bool {
+    (|| Ok::<_, KeysError>(crate::session_keys::lock(validate_keyring(keyring)?)))().or_raise()
 }
 
 /// Change a user-held keyring's secret: every version is rewrapped under the new secret (O(1),
@@ -65,7 +65,7 @@ fn keyring_lock(name: Option<&str>) -> bool {
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_rotate_secret(
-    name: Option<&str>,
+    keyring: Option<&str>,
     old_secret: Option<&str>,
     new_secret: Option<&str>,
     reencrypt: default!(Option<bool>, "false"),
@@ -79,7 +79,7 @@ fn keyring_rotate_secret(
 > {
     let r = (|| {
         userheld::rotate_secret(
-            validate_keyring(name)?,
+            validate_keyring(keyring)?,
             old_secret,
             new_secret,
             reencrypt.unwrap_or(false),

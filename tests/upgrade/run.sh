@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Upgrade test: every released version, installed as it shipped (sql/archive), then updated with
-# ALTER EXTENSION, must give exactly the objects, privileges and comments of a fresh install, and
-# keep every secret written before the upgrade decryptable. Run by scripts/installcheck.sh with
-# PGHOST/PGPORT pointing at its cluster.
+# Upgrade test: every version a user may have installed (sql/archive), installed as it shipped, then
+# updated with ALTER EXTENSION, must give exactly the objects (functions with their argument names,
+# defaults and results), privileges and comments of a fresh install, and keep every secret written
+# before the upgrade decryptable. Run by scripts/installcheck.sh with PGHOST/PGPORT pointing at its
+# cluster.
 source "$(dirname "$0")/../../scripts/lib.sh"
 SHAREDIR=$("$PG_CONFIG" --sharedir)/extension
 for f in "$REPO_ROOT"/sql/archive/meshhook_keys--*.sql; do install -m 644 "$f" "$SHAREDIR/"; done
@@ -13,7 +14,8 @@ inventory() {
 SELECT 'object: ' || pg_describe_object(classid, objid, objsubid) FROM pg_depend
  WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
    AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'meshhook_keys') ORDER BY 1;
-SELECT 'function: ' || p.oid::regprocedure || ' definer=' || p.prosecdef || ' vol=' || p.provolatile::text || ' par=' || p.proparallel::text
+SELECT 'function: ' || p.oid::regprocedure || ' args=(' || pg_get_function_arguments(p.oid) || ') returns='
+       || coalesce(pg_get_function_result(p.oid), '-') || ' definer=' || p.prosecdef || ' vol=' || p.provolatile::text || ' par=' || p.proparallel::text
        || ' config=' || coalesce(array_to_string(p.proconfig, ','), '') || ' acl=' || coalesce(p.proacl::text, 'default')
        || ' comment=' || coalesce(md5(obj_description(p.oid, 'pg_proc')), '-')
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'meshhook_keys' ORDER BY 1;

@@ -19,3 +19,15 @@ SELECT p.proname AS undocumented_function FROM pg_proc p JOIN pg_namespace n ON 
  WHERE n.nspname = 'meshhook_keys' AND p.proname NOT LIKE '\_%' AND obj_description(p.oid, 'pg_proc') IS NULL;
 SELECT c.relname AS undocumented_relation FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = 'meshhook_keys' AND c.relkind IN ('r', 'v') AND obj_description(c.oid, 'pg_class') IS NULL;
+-- One name for the keyring argument: every function that takes a keyring calls it keyring (and
+-- so may be called with keyring => ...). A secret's own name (secret_create, secret_update) is not
+-- a keyring.
+SELECT p.proname AS keyring_argument_not_named_keyring, p.proargnames
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'meshhook_keys' AND p.proargnames IS NOT NULL
+   AND p.proname NOT IN ('secret_create', 'secret_update')
+   AND ('name' = ANY (p.proargnames) OR 'keyring_name' = ANY (p.proargnames) OR 'ring' = ANY (p.proargnames));
+SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS keyring_arguments
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+ WHERE n.nspname = 'meshhook_keys' AND 'keyring' = ANY (p.proargnames[1:p.pronargs])
+ ORDER BY 1;

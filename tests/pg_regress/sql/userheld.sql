@@ -4,7 +4,7 @@ CREATE ROLE mk_uh_app IN ROLE meshhook_keys_user;
 CREATE ROLE mk_uh_nobody;
 GRANT USAGE ON SCHEMA meshhook_keys TO mk_uh_nobody;
 SET LOCAL ROLE mk_uh_app;
-SELECT keyring, version FROM meshhook_keys.keyring_create_user_held('user:vault:alice', 'alice-passphrase-1');
+SELECT keyring, version FROM meshhook_keys.keyring_create_user_held(keyring => 'user:vault:alice', secret => 'alice-passphrase-1');
 CREATE TEMP TABLE v (id int PRIMARY KEY, c bytea);
 INSERT INTO v SELECT i, meshhook_keys.secret_encrypt('alice-' || i, 'v:' || i, 'user:vault:alice') FROM generate_series(1, 5) i;
 SELECT count(*) AS decrypts FROM v WHERE meshhook_keys.secret_decrypt(c, 'v:' || id) = 'alice-' || id;
@@ -17,7 +17,7 @@ SELECT kdf ->> 'alg' AS alg, (kdf ->> 'm_cost')::int AS m_cost_kib, (kdf ->> 't_
 
 -- locked: a clear error, for encryption and decryption alike
 SET LOCAL ROLE mk_uh_app;
-SELECT meshhook_keys.keyring_lock('user:vault:alice') AS was_unlocked, meshhook_keys.keyring_lock('user:vault:alice') AS again;
+SELECT meshhook_keys.keyring_lock(keyring => 'user:vault:alice') AS was_unlocked, meshhook_keys.keyring_lock('user:vault:alice') AS again;
 RESET ROLE;
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, 'v:' || id) FROM v$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_encrypt('x', '', 'user:vault:alice')$$);
