@@ -45,6 +45,14 @@ impl From<KeysError> for Failure {
     }
 }
 
+/// How every failure a tick reports is written: in its detail, its log line, and the keyring's
+/// `last_error`.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.sqlstate, self.message)
+    }
+}
+
 impl Failure {
     fn from_caught(e: CaughtError) -> Self {
         match e {
@@ -130,6 +138,27 @@ pub struct Action {
     pub action: &'static str,
     pub outcome: &'static str,
     pub detail: String,
+}
+
+impl Action {
+    fn new(
+        keyring: Option<&str>,
+        action: &'static str,
+        outcome: &'static str,
+        detail: String,
+    ) -> Self {
+        Action {
+            keyring: keyring.map(str::to_string),
+            action,
+            outcome,
+            detail,
+        }
+    }
+
+    /// A step that failed, with the failure as its detail.
+    fn failed(keyring: Option<&str>, action: &'static str, f: &Failure) -> Self {
+        Action::new(keyring, action, "failed", f.to_string())
+    }
 }
 
 /// Try to become the only tick running. The worker holds the lock for the whole tick (session
@@ -253,7 +282,7 @@ fn record_failure(keyring: &str, action: &str, f: &Failure) -> Result<()> {
         &[
             keyring.into(),
             naptime_ms.into(),
-            format!("{action}: {}: {}", f.sqlstate, f.message).into(),
+            format!("{action}: {f}").into(),
         ],
     )?;
     audit::as_actor(ACTOR, || {
@@ -343,177 +372,157 @@ fn pause(d: std::time::Duration) {
     check_for_interrupts!();
 }
 
-/// One tick. `worker` adds what only the worker does (flushing usage counters).
+/// The rotation step of a tick: rotate each keyring that is due, each isolated from the others.
+fn rotation_step(mode: Mode, worker: bool, out: &mut Vec<Action>) {
+    let due = match isolated(mode, || due_keyrings(None)) {
+        Ok(due) => due,
+        Err(f) => {
+            out.push(Action::failed(None, "rotate", &f));
+            return;
+        }
+    };
+    for d in due {
+        if worker && shutdown_requested() {
+            break;
+        }
+        out.push(rotate_one(mode, &d));
+    }
+}
+
+/// Rotate one due keyring; a failure is recorded (audit and backoff) and, in the worker, logged.
+fn rotate_one(mode: Mode, d: &Due) -> Action {
+    let keyring = Some(d.keyring.as_str());
+    match isolated(mode, || rotate_if_due(&d.keyring)) {
+        Ok(Some(v)) => Action::new(
+            keyring,
+            "rotate",
+            "ok",
+            format!("version {v}: {}", d.reason),
+        ),
+        Ok(None) => Action::new(keyring, "rotate", "skipped", "no longer due".into()),
+        Err(f) => {
+            let logged = isolated(mode, || record_failure(&d.keyring, "rotate", &f));
+            if mode == Mode::OwnTransactions {
+                crate::logline::log(&format!(
+                    "meshhook_keys scheduler: rotating keyring \"{}\" failed: {f}",
+                    d.keyring
+                ));
+            }
+            let extra = logged
+                .err()
+                .map(|e| format!(" (and recording it failed: {})", e.message))
+                .unwrap_or_default();
+            Action::new(keyring, "rotate", "failed", format!("{f}{extra}"))
+        }
+    }
+}
+
+/// The re-encryption step of a tick: up to `reencrypt_batches_per_tick` batches for each keyring
+/// that may have rows on an old key, each batch isolated from the others.
+fn reencryption_step(mode: Mode, worker: bool, out: &mut Vec<Action>) {
+    let per_tick = gucs::reencrypt_batches_per_tick();
+    if per_tick <= 0 {
+        return;
+    }
+    let keyrings = match isolated(mode, reencrypt_candidates) {
+        Ok(keyrings) => keyrings,
+        Err(f) => {
+            out.push(Action::failed(None, "reencrypt", &f));
+            return;
+        }
+    };
+    for k in keyrings {
+        out.extend(reencrypt_one(mode, worker, per_tick, &k));
+    }
+}
+
+/// Run up to `per_tick` batches for `keyring`. A success ends the backoff a failed attempt
+/// started; a failure is recorded (audit and backoff) and, in the worker, logged. Reports nothing
+/// when the first batch found nothing to do.
+fn reencrypt_one(mode: Mode, worker: bool, per_tick: i32, keyring: &str) -> Option<Action> {
+    let (mut moved, mut batches, mut finished) = (0i64, 0, false);
+    let mut failed = None;
+    while batches < per_tick && !(worker && shutdown_requested()) {
+        match isolated(mode, || {
+            audit::as_actor(ACTOR, || {
+                reencrypt::batch(keyring, gucs::reencrypt_batch_size())
+            })
+        }) {
+            Ok(Some(n)) => {
+                moved += n;
+                batches += 1;
+                pause(gucs::reencrypt_batch_delay());
+            }
+            Ok(None) => {
+                finished = true;
+                break;
+            }
+            Err(f) => {
+                failed = Some(f);
+                break;
+            }
+        }
+    }
+    if failed.is_none() {
+        // A success ends any backoff a failed attempt started.
+        if let Err(f) = isolated(mode, || clear_failures(keyring, "reencrypt")) {
+            failed = Some(f);
+        }
+    }
+    let k = Some(keyring);
+    match failed {
+        Some(f) => {
+            let _ = isolated(mode, || record_failure(keyring, "reencrypt", &f));
+            if mode == Mode::OwnTransactions {
+                crate::logline::log(&format!(
+                    "meshhook_keys scheduler: re-encrypting keyring \"{keyring}\" failed: {f}"
+                ));
+            }
+            Some(Action::new(
+                k,
+                "reencrypt",
+                "failed",
+                format!("{f} (after {moved} rows)"),
+            ))
+        }
+        None if moved > 0 || !finished => Some(Action::new(
+            k,
+            "reencrypt",
+            "ok",
+            format!(
+                "{moved} rows moved in {batches} batches{}",
+                if finished { ", done" } else { "" }
+            ),
+        )),
+        None => None,
+    }
+}
+
+/// One tick: take the tick lock, then the rotation step, then the re-encryption step. `worker` adds
+/// what only the worker does (flushing usage counters first, stopping early on SIGTERM).
 pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
     let mut out = Vec::new();
-    let report = |out: &mut Vec<Action>, keyring: Option<&str>, action, outcome, detail: String| {
-        out.push(Action {
-            keyring: keyring.map(str::to_string),
-            action,
-            outcome,
-            detail,
-        })
-    };
     match isolated(mode, || try_tick_lock(mode)) {
         Ok(true) => {}
         Ok(false) => {
-            report(
-                &mut out,
+            out.push(Action::new(
                 None,
                 "tick",
                 "skipped",
                 "another tick is running".into(),
-            );
+            ));
             return out;
         }
         Err(f) => {
-            report(
-                &mut out,
-                None,
-                "tick",
-                "failed",
-                format!("{}: {}", f.sqlstate, f.message),
-            );
+            out.push(Action::failed(None, "tick", &f));
             return out;
         }
     }
     if worker && let Err(f) = flush_usage() {
-        report(
-            &mut out,
-            None,
-            "flush_usage",
-            "failed",
-            format!("{}: {}", f.sqlstate, f.message),
-        );
+        out.push(Action::failed(None, "flush_usage", &f));
     }
-
-    match isolated(mode, || due_keyrings(None)) {
-        Err(f) => report(
-            &mut out,
-            None,
-            "rotate",
-            "failed",
-            format!("{}: {}", f.sqlstate, f.message),
-        ),
-        Ok(due) => {
-            for d in due {
-                if worker && shutdown_requested() {
-                    break;
-                }
-                match isolated(mode, || rotate_if_due(&d.keyring)) {
-                    Ok(Some(v)) => report(
-                        &mut out,
-                        Some(&d.keyring),
-                        "rotate",
-                        "ok",
-                        format!("version {v}: {}", d.reason),
-                    ),
-                    Ok(None) => report(
-                        &mut out,
-                        Some(&d.keyring),
-                        "rotate",
-                        "skipped",
-                        "no longer due".into(),
-                    ),
-                    Err(f) => {
-                        let logged = isolated(mode, || record_failure(&d.keyring, "rotate", &f));
-                        if mode == Mode::OwnTransactions {
-                            crate::logline::log(&format!(
-                                "meshhook_keys scheduler: rotating keyring \"{}\" failed: {}: {}",
-                                d.keyring, f.sqlstate, f.message
-                            ));
-                        }
-                        let extra = logged
-                            .err()
-                            .map(|e| format!(" (and recording it failed: {})", e.message))
-                            .unwrap_or_default();
-                        report(
-                            &mut out,
-                            Some(&d.keyring),
-                            "rotate",
-                            "failed",
-                            format!("{}: {}{extra}", f.sqlstate, f.message),
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    let per_tick = gucs::reencrypt_batches_per_tick();
-    if per_tick > 0 {
-        match isolated(mode, reencrypt_candidates) {
-            Err(f) => report(
-                &mut out,
-                None,
-                "reencrypt",
-                "failed",
-                format!("{}: {}", f.sqlstate, f.message),
-            ),
-            Ok(keyrings) => {
-                for k in keyrings {
-                    let (mut moved, mut batches, mut finished) = (0i64, 0, false);
-                    let mut failed = None;
-                    while batches < per_tick && !(worker && shutdown_requested()) {
-                        match isolated(mode, || {
-                            audit::as_actor(ACTOR, || {
-                                reencrypt::batch(&k, gucs::reencrypt_batch_size())
-                            })
-                        }) {
-                            Ok(Some(n)) => {
-                                moved += n;
-                                batches += 1;
-                                pause(gucs::reencrypt_batch_delay());
-                            }
-                            Ok(None) => {
-                                finished = true;
-                                break;
-                            }
-                            Err(f) => {
-                                failed = Some(f);
-                                break;
-                            }
-                        }
-                    }
-                    if failed.is_none() {
-                        // A success ends any backoff a failed attempt started.
-                        if let Err(f) = isolated(mode, || clear_failures(&k, "reencrypt")) {
-                            failed = Some(f);
-                        }
-                    }
-                    match failed {
-                        Some(f) => {
-                            let _ = isolated(mode, || record_failure(&k, "reencrypt", &f));
-                            if mode == Mode::OwnTransactions {
-                                crate::logline::log(&format!(
-                                    "meshhook_keys scheduler: re-encrypting keyring \"{k}\" failed: {}: {}",
-                                    f.sqlstate, f.message
-                                ));
-                            }
-                            report(
-                                &mut out,
-                                Some(&k),
-                                "reencrypt",
-                                "failed",
-                                format!("{}: {} (after {moved} rows)", f.sqlstate, f.message),
-                            );
-                        }
-                        None if moved > 0 || !finished => report(
-                            &mut out,
-                            Some(&k),
-                            "reencrypt",
-                            "ok",
-                            format!(
-                                "{moved} rows moved in {batches} batches{}",
-                                if finished { ", done" } else { "" }
-                            ),
-                        ),
-                        None => {}
-                    }
-                }
-            }
-        }
-    }
+    rotation_step(mode, worker, &mut out);
+    reencryption_step(mode, worker, &mut out);
     if mode == Mode::OwnTransactions {
         let _ = isolated(mode, release_tick_lock);
     }
