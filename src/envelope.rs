@@ -4,8 +4,8 @@
 
 use crate::crypto;
 use crate::error::{KeysError, Result};
-use crate::keycache;
 use crate::keyring::{DEFAULT_KEYRING, ensure_default_keyring, validate_keyring};
+use crate::resolver;
 
 pub fn encrypt(
     plaintext: Option<&[u8]>,
@@ -15,11 +15,11 @@ pub fn encrypt(
     let plaintext = plaintext.ok_or(KeysError::NullArgument("plaintext"))?;
     let context = context.ok_or(KeysError::NullArgument("context"))?;
     let keyring = validate_keyring(keyring)?;
-    let key = match keycache::active_key(keyring)? {
+    let key = match resolver::active_key(keyring)? {
         Some(k) => k,
         None if keyring == DEFAULT_KEYRING => crate::store::with_fixed_search_path(|| {
             ensure_default_keyring()?;
-            keycache::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))
+            resolver::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))
         })?,
         None => {
             let (destroyed, tenant) = crate::store::with_fixed_search_path(|| {
@@ -50,7 +50,7 @@ pub fn decrypt(
     let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
     let context = context.ok_or(KeysError::NullArgument("context"))?;
     let key_id = crypto::parse_key_id(ciphertext)?;
-    let key = keycache::key_for_decrypt(key_id)?;
+    let key = resolver::key_for_decrypt(key_id)?;
     crate::tenancy::check(&key, "decryption")?;
     Ok(crypto::open(&key.cipher, ciphertext, context.as_bytes())?)
 }

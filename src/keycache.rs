@@ -34,14 +34,11 @@ thread_local! {
     static DATA_KEY_RELID: Cell<u32> = const { Cell::new(0) };
 }
 
-/// Relcache invalidation callback, registered in `_PG_init`. Must not touch the catalogs.
-#[pg_guard]
-pub extern "C-unwind" fn relcache_callback(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+/// Whether `relid` is `meshhook_keys.data_key` (known once a key row was loaded). For the
+/// invalidation callback: reads a backend-local value only, never the catalogs.
+pub fn is_data_key_relation(relid: pg_sys::Oid) -> bool {
     let ours = DATA_KEY_RELID.get();
-    if relid == pg_sys::InvalidOid || (ours != 0 && relid.to_u32() == ours) {
-        flush();
-        crate::session_keys::invalidate();
-    }
+    ours != 0 && relid.to_u32() == ours
 }
 
 /// Drop every cached key (each is zeroized as it is dropped).
@@ -50,13 +47,6 @@ pub fn flush() {
         c.by_id.clear();
         c.active.clear();
     });
-}
-
-pub fn register_invalidation_callback() {
-    // SAFETY: called once per backend from _PG_init; the callback is a plain function.
-    unsafe {
-        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_callback), pg_sys::Datum::from(0usize))
-    };
 }
 
 fn accept_invalidations() {
@@ -76,7 +66,7 @@ fn count(hit: bool) {
 
 /// A key unwrapped by someone else (a user-held keyring's secret), in the shape the cache uses.
 pub fn from_unwrapped(row: &KeyRow, dek: &crate::crypto::SecretKey) -> Result<CachedKey> {
-    // (so that a change to data_key by another backend reaches session_keys too)
+    // (so that a change to data_key by another backend reaches the session's keys too)
     DATA_KEY_RELID.set(row.table_oid.to_u32());
     Ok(CachedKey {
         key_id: row.key_id,
@@ -160,11 +150,9 @@ fn insert(mut key: CachedKey) -> Rc<CachedKey> {
     })
 }
 
-/// The key a ciphertext names, for decryption. Retired and destroyed keys are refused.
-pub fn key_for_decrypt(key_id: i64) -> Result<Rc<CachedKey>> {
-    if let Some(k) = crate::session_keys::key(key_id) {
-        return Ok(k);
-    }
+/// A root-wrapped key by id, for decryption. Retired and destroyed keys are refused.
+/// (Callers go through the resolver, which asks this session's user-held keys first.)
+pub fn by_id(key_id: i64) -> Result<Rc<CachedKey>> {
     accept_invalidations();
     let cached = CACHE.with_borrow(|c| c.by_id.get(&key_id).cloned());
     count(cached.is_some());
@@ -193,11 +181,9 @@ fn not_usable(keyring: &str, version: i32, state: KeyState, op: &'static str) ->
     }
 }
 
-/// The active key of a keyring, for encryption. `None` when the keyring has no active key.
-pub fn active_key(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
-    if let Some(k) = crate::session_keys::active(keyring) {
-        return Ok(Some(k));
-    }
+/// A root-wrapped keyring's active key, for encryption. `None` when the keyring has no active key.
+/// (Callers go through the resolver.)
+pub fn active(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
     accept_invalidations();
     let hit = CACHE.with_borrow(|c| {
         c.active

@@ -92,7 +92,7 @@ pub fn rotate(keyring: &str, reason: Option<&str>) -> KResult<NewKey> {
     refuse_destroyed(keyring)?;
     if let Some((true, _)) = store::user_held_kdf(keyring)? {
         return Err(KeysError::WrongKeyringKind(format!(
-            "keyring \"{keyring}\" is user-held: its keys change only with its secret, through keyring_rotate_secret(name, old_secret, new_secret, reencrypt => true)"
+            "keyring \"{keyring}\" is user-held: its keys change only with its secret, through keyring_rotate_secret(keyring, old_secret, new_secret, reencrypt => true)"
         )));
     }
     create_version(keyring, reason, "rotate")

@@ -18,6 +18,7 @@ mod logline;
 mod planner;
 mod plans;
 mod reencrypt;
+mod resolver;
 mod rootkey;
 mod scheduler;
 mod session_keys;
@@ -58,7 +59,7 @@ pub extern "C-unwind" fn _PG_init() {
     // SAFETY: PostgreSQL processes are single-threaded.
     unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     gucs::init();
-    keycache::register_invalidation_callback();
+    resolver::register_invalidation_callback();
     session_keys::init();
     planner::init();
     // SAFETY: reading a postmaster global flag.

@@ -8,12 +8,12 @@
 //! written anywhere. Encrypting or decrypting with a locked user-held keyring (or one unlocked by
 //! someone else) is a clear error (55000). The scheduler never touches user-held keyrings.
 
+use crate::audit;
 use crate::crypto::{self, KdfParams, SecretKey};
 use crate::error::{KeysError, Result};
 use crate::keycache::{self, CachedKey};
 use crate::session_keys::{self, Scope};
 use crate::store::{self, KeyRow};
-use crate::{audit, reencrypt};
 use std::collections::HashMap;
 use std::rc::Rc;
 use zeroize::Zeroizing;
@@ -209,22 +209,23 @@ pub fn unlock(keyring: &str, secret: Option<&str>, scope: Scope) -> Result<i32> 
     Ok(n)
 }
 
-pub struct Rotated {
+/// What `rewrap` did: the versions rewrapped, and the new version when one was made.
+pub struct Rewrapped {
     pub rewrapped: i32,
     pub new_version: Option<i32>,
-    pub rows_reencrypted: i64,
 }
 
-/// keyring_rotate_secret: rewrap every version under a key derived from the new secret (O(1) in
-/// the data), and with `reencrypt` also make a new data key and re-encrypt every registered row of
-/// the keyring, all in the caller's transaction. Rows keep their identifiers: only the ciphertext
-/// column changes, so rows that reference each other stay linked.
-pub fn rotate_secret(
+/// The first half of keyring_rotate_secret: rewrap every version under a key derived from the new
+/// secret (O(1) in the data), and with `new_key` also make a new data key, active at once; the
+/// keys are left unlocked in this session. The keyring stays locked (row lock, audit chain) until
+/// the transaction ends, so the caller can re-encrypt its rows (layer 4, which also writes the
+/// `rotate_secret` audit row) before anyone else changes it.
+pub fn rewrap(
     keyring: &str,
     old: Option<&str>,
     new: Option<&str>,
-    reencrypt: bool,
-) -> Result<Rotated> {
+    new_key: bool,
+) -> Result<Rewrapped> {
     let old = Zeroizing::new(
         old.ok_or(KeysError::NullArgument("old_secret"))?
             .to_string(),
@@ -262,8 +263,7 @@ pub fn rotate_secret(
     drop(deks);
 
     let mut new_version_no = None;
-    let mut moved = 0i64;
-    if reencrypt {
+    if new_key {
         let (version, key_id, key) = new_version(keyring, &kek_new)?;
         keys.insert(key_id, key);
         active = Some(key_id);
@@ -279,23 +279,8 @@ pub fn rotate_secret(
         store::notify("rotate", keyring, Some(version))?;
     }
     hold(keyring, keys, active, fingerprint.to_vec(), Scope::Session)?;
-    if reencrypt {
-        while let Some(n) = reencrypt::batch(keyring, 10_000)? {
-            moved += n;
-        }
-    }
-    audit::record(
-        "rotate_secret",
-        Some(keyring),
-        new_version_no,
-        None,
-        None,
-        serde_json::json!({ "versions_rewrapped": rewrapped, "reencrypt": reencrypt,
-                            "rows_reencrypted": moved }),
-    )?;
-    Ok(Rotated {
+    Ok(Rewrapped {
         rewrapped,
         new_version: new_version_no,
-        rows_reencrypted: moved,
     })
 }

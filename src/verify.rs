@@ -7,8 +7,8 @@
 
 use crate::crypto;
 use crate::error::{KeysError, Result};
-use crate::keycache;
 use crate::reencrypt::{self, Column};
+use crate::resolver;
 use crate::scheduler::{self, Mode};
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
@@ -98,7 +98,7 @@ fn check(col: &Column, keyring: &str, sample: i64) -> Result<(i64, i64, i64, i64
     for (ct, ctx) in &rows {
         let key = crypto::parse_key_id(ct)
             .map_err(KeysError::from)
-            .and_then(keycache::key_for_decrypt);
+            .and_then(resolver::key_for_decrypt);
         match (key, ctx) {
             (Err(KeysError::KeyringLocked(_)), _) => locked += 1,
             (Ok(key), Some(ctx)) if crypto::open(&key.cipher, ct, ctx.as_bytes()).is_ok() => {

@@ -78,7 +78,7 @@ fn keyring_rotate_secret(
     ),
 > {
     let r = (|| {
-        userheld::rotate_secret(
+        crate::reencrypt::rotate_user_held_secret(
             validate_keyring(keyring)?,
             old_secret,
             new_secret,

@@ -13,7 +13,6 @@
 use crate::audit;
 use crate::context;
 use crate::error::{KeysError, Result};
-use crate::keycache;
 use crate::plans;
 use crate::reencrypt::jobs::{
     advance_cursor, end_of_pass, ensure_job, finish_job, next_running_column, record_failed_row,
@@ -23,6 +22,7 @@ use crate::reencrypt::registry::{
     Column, as_role, columns_of_keyring, context_item, failed_row_ref, header,
 };
 use crate::reencrypt::rows::{Armed, Failure, Tid, arm, load_old_keys, tid_text};
+use crate::resolver;
 use crate::{store, usage};
 use pgrx::spi::quote_identifier;
 
@@ -70,7 +70,7 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         |_| Ok(()),
     )?;
     let active =
-        keycache::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))?;
+        resolver::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))?;
     let target = active.key_id;
     let target_version = active.version;
     let old = old_key_ids(keyring, target)?;

@@ -21,7 +21,9 @@
 //! * `rows`: the per-row functions `_reencrypt_try` / `_reencrypt_take` and the state a batch arms
 //!   them with for one statement;
 //! * `jobs`: the job, progress and failure rows;
-//! * `batch`: one batch, which drives the others.
+//! * `batch`: one batch, which drives the others;
+//! * `user_held`: keyring_rotate_secret with `reencrypt => true`, the user-held keyring's rewrap
+//!   followed by all of its batches in one transaction.
 //!
 //! Callers use the names re-exported here, never the parts.
 
@@ -29,6 +31,7 @@ mod batch;
 mod jobs;
 mod registry;
 mod rows;
+mod user_held;
 
 pub use batch::batch;
 pub use registry::{
@@ -36,3 +39,4 @@ pub use registry::{
 };
 pub(crate) use registry::{context_item, header};
 pub use rows::{take_row, try_row};
+pub use user_held::rotate_secret as rotate_user_held_secret;

@@ -11,7 +11,8 @@
 
 use crate::crypto;
 use crate::error::{KeysError, Result};
-use crate::keycache::{self, CachedKey};
+use crate::keycache::CachedKey;
+use crate::resolver;
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -179,7 +180,7 @@ pub(super) fn load_old_keys(old: &[i64]) -> OldKeys {
         .map(|&k| {
             (
                 k,
-                keycache::key_for_decrypt(k).map_err(|e| (e.sqlstate_code(), e.to_string())),
+                resolver::key_for_decrypt(k).map_err(|e| (e.sqlstate_code(), e.to_string())),
             )
         })
         .collect()
