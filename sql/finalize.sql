@@ -69,6 +69,11 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON meshhook_keys.secrets TO meshhook_keys_u
 GRANT SELECT ON meshhook_keys.decrypted_secrets TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_update(text, text, text, text) TO meshhook_keys_user;
+-- Supabase Vault's API over the same store (same privileges and RLS as secret_create).
+GRANT EXECUTE ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) TO meshhook_keys_user;
+-- The import refuses non-operators itself (audited) and reads Vault with the caller's privileges.
+GRANT EXECUTE ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_user, meshhook_keys_operator;
@@ -167,9 +172,15 @@ COMMENT ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) IS
 COMMENT ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) IS
     'Forget a registered column for one keyring, or for all keyrings when keyring is NULL (its data is untouched). Admin only.';
 COMMENT ON TABLE meshhook_keys.secrets IS
-    'The built-in secrets store: one envelope per (tenant, name), bound to its row id and tenant. Row-level security is enabled; add policies for your tenancy model. Registered for re-encryption in every keyring.';
+    'The built-in secrets store: one envelope per (tenant, name), bound to its row id and tenant; name may be NULL, as in Supabase Vault. Row-level security is enabled; add policies for your tenancy model. Registered for re-encryption in every keyring.';
 COMMENT ON VIEW meshhook_keys.decrypted_secrets IS
-    'The secrets store with values decrypted, security_invoker: the caller''s privileges and RLS policies apply.';
+    'The secrets store with values decrypted, security_invoker: the caller''s privileges and RLS policies apply. decrypted_secret is the same value as secret, under Supabase Vault''s column name.';
+COMMENT ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) IS
+    'Supabase Vault''s create_secret over the built-in store (tenant '''', keyring default): encrypts new_secret before the row is written and returns its id. new_key_id must be NULL (there are no pgsodium keys). The caller''s privileges and RLS policies apply.';
+COMMENT ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) IS
+    'Supabase Vault''s update_secret over the built-in store: NULL arguments keep the current value; the new value is sealed under the keyring''s active key; an id that does not exist (or that RLS hides) changes nothing. new_key_id must be NULL.';
+COMMENT ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) IS
+    'Copy every secret of Supabase Vault (vault.decrypted_secrets, read with the caller''s privileges) into the built-in store under keyring, encrypted before any row is written, keeping ids, names, descriptions and timestamps; Vault is not changed. Idempotent: secrets already imported (same id) are skipped, and so are names the store already has. dry_run (the default) only counts. Requires meshhook_keys_operator; audited with counts only.';
 COMMENT ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) IS
     'Store a new secret in meshhook_keys.secrets; the plaintext is encrypted before the row is written. Returns its id.';
 COMMENT ON FUNCTION meshhook_keys.secret_update(text, text, text, text) IS

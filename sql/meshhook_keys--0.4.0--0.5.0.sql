@@ -348,3 +348,98 @@ REVOKE EXECUTE ON FUNCTION meshhook_keys.metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.metrics() TO meshhook_keys_operator;
 COMMENT ON FUNCTION meshhook_keys.metrics() IS
     'Monitoring metrics, one row per metric and keyring (keyring NULL for the server): active version, key age, rotation interval and seconds until the next scheduled rotation (negative: overdue), encryptions under the active key and their limit, decrypt-only versions, scheduler failures and retry delay, re-encryption jobs, rows remaining, failed, rate and seconds since the last progress, and the scheduler''s state. Destroyed keyrings are left out; a metric that does not apply has no row. Requires meshhook_keys_operator.';
+
+-- From Supabase Vault: the store accepts Vault's NULL names, its view has Vault's column name,
+-- Vault's create_secret / update_secret, and import_supabase_vault.
+ALTER TABLE meshhook_keys.secrets ALTER COLUMN name DROP NOT NULL;
+-- decrypted_secret is the same value under Supabase Vault's column name (0.5.0), so that code
+-- written for vault.decrypted_secrets reads this view unchanged; the expression is evaluated once.
+CREATE OR REPLACE VIEW meshhook_keys.decrypted_secrets WITH (security_invoker = true) AS
+    SELECT d.id, d.tenant, d.name, d.description, d.keyring, d.secret, d.created_at, d.updated_at,
+           d.secret AS decrypted_secret
+      FROM (SELECT s.id, s.tenant, s.name, s.description, s.keyring,
+                   meshhook_keys.secret_decrypt(s.ciphertext, s.id::text || '/' || s.tenant) AS secret,
+                   s.created_at, s.updated_at
+              FROM meshhook_keys.secrets s OFFSET 0) d;
+
+-- Supabase Vault's API, with its names, argument names and defaults (0.5.0), so that code written
+-- for vault.create_secret / vault.update_secret runs unchanged against this schema. Tenant ''
+-- and keyring 'default', as import_supabase_vault stores Vault's secrets. SECURITY INVOKER, as
+-- secret_create: the caller's privileges and RLS policies apply.
+CREATE FUNCTION meshhook_keys.create_secret(
+    new_secret text, new_name text DEFAULT NULL, new_description text DEFAULT '', new_key_id uuid DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id uuid := pg_catalog.gen_random_uuid();
+BEGIN
+    IF new_key_id IS NOT NULL THEN
+        RAISE EXCEPTION 'new_key_id is a pgsodium key id, which meshhook_keys does not use'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Pass NULL: secrets are encrypted under the active key of a keyring (see secret_create(..., keyring => ...)).';
+    END IF;
+    IF new_secret IS NULL THEN
+        RAISE EXCEPTION 'new_secret must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    INSERT INTO meshhook_keys.secrets (id, tenant, name, description, keyring, ciphertext)
+    VALUES (new_id, '', new_name, coalesce(new_description, ''), 'default',
+            meshhook_keys.secret_encrypt(new_secret, new_id::text || '/', 'default'));
+    RETURN new_id;
+END
+$$;
+
+-- As Vault's: NULL arguments keep the current value; an id that does not exist (or that the
+-- caller's RLS policies hide) changes nothing. The value is sealed again under the keyring's
+-- active key, with the row's own context.
+CREATE FUNCTION meshhook_keys.update_secret(
+    secret_id uuid, new_secret text DEFAULT NULL, new_name text DEFAULT NULL,
+    new_description text DEFAULT NULL, new_key_id uuid DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF new_key_id IS NOT NULL THEN
+        RAISE EXCEPTION 'new_key_id is a pgsodium key id, which meshhook_keys does not use'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Pass NULL: the secret stays in its keyring and is sealed under its active key.';
+    END IF;
+    UPDATE meshhook_keys.secrets s
+       SET ciphertext = CASE WHEN new_secret IS NULL THEN s.ciphertext
+                             ELSE meshhook_keys.secret_encrypt(new_secret, s.id::text || '/' || s.tenant, s.keyring) END,
+           name = coalesce(new_name, s.name),
+           description = coalesce(new_description, s.description),
+           updated_at = pg_catalog.now()
+     WHERE s.id = secret_id;
+END
+$$;
+
+CREATE FUNCTION meshhook_keys."import_supabase_vault"(
+	"keyring" TEXT DEFAULT 'default', /* Option < & str > */
+	"dry_run" bool DEFAULT true /* Option < bool > */
+) RETURNS TABLE (
+	"vault_secrets" bigint,  /* i64 */
+	"imported" bigint,  /* i64 */
+	"already_imported" bigint,  /* i64 */
+	"name_conflicts" bigint,  /* i64 */
+	"unreadable" bigint,  /* i64 */
+	"dry_run" bool  /* bool */
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'import_supabase_vault_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) TO meshhook_keys_user, meshhook_keys_operator;
+COMMENT ON TABLE meshhook_keys.secrets IS
+    'The built-in secrets store: one envelope per (tenant, name), bound to its row id and tenant; name may be NULL, as in Supabase Vault. Row-level security is enabled; add policies for your tenancy model. Registered for re-encryption in every keyring.';
+COMMENT ON VIEW meshhook_keys.decrypted_secrets IS
+    'The secrets store with values decrypted, security_invoker: the caller''s privileges and RLS policies apply. decrypted_secret is the same value as secret, under Supabase Vault''s column name.';
+COMMENT ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) IS
+    'Supabase Vault''s create_secret over the built-in store (tenant '''', keyring default): encrypts new_secret before the row is written and returns its id. new_key_id must be NULL (there are no pgsodium keys). The caller''s privileges and RLS policies apply.';
+COMMENT ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) IS
+    'Supabase Vault''s update_secret over the built-in store: NULL arguments keep the current value; the new value is sealed under the keyring''s active key; an id that does not exist (or that RLS hides) changes nothing. new_key_id must be NULL.';
+COMMENT ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) IS
+    'Copy every secret of Supabase Vault (vault.decrypted_secrets, read with the caller''s privileges) into the built-in store under keyring, encrypted before any row is written, keeping ids, names, descriptions and timestamps; Vault is not changed. Idempotent: secrets already imported (same id) are skipped, and so are names the store already has. dry_run (the default) only counts. Requires meshhook_keys_operator; audited with counts only.';

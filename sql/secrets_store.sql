@@ -6,7 +6,7 @@
 CREATE TABLE meshhook_keys.secrets (
     id           uuid        PRIMARY KEY DEFAULT pg_catalog.gen_random_uuid(),
     tenant       text        NOT NULL DEFAULT '',
-    name         text        NOT NULL CHECK (name <> ''),
+    name         text        CHECK (name <> ''),  -- NULL allowed, as in Supabase Vault
     description  text        NOT NULL DEFAULT '',
     keyring      text        NOT NULL DEFAULT 'default'
                  CHECK (keyring ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,62}$'),
@@ -17,11 +17,15 @@ CREATE TABLE meshhook_keys.secrets (
 );
 
 -- Readers decrypt through this view with their own privileges and row-level security policies.
+-- decrypted_secret is the same value under Supabase Vault's column name (0.5.0), so that code
+-- written for vault.decrypted_secrets reads this view unchanged; the expression is evaluated once.
 CREATE VIEW meshhook_keys.decrypted_secrets WITH (security_invoker = true) AS
-    SELECT s.id, s.tenant, s.name, s.description, s.keyring,
-           meshhook_keys.secret_decrypt(s.ciphertext, s.id::text || '/' || s.tenant) AS secret,
-           s.created_at, s.updated_at
-      FROM meshhook_keys.secrets s;
+    SELECT d.id, d.tenant, d.name, d.description, d.keyring, d.secret, d.created_at, d.updated_at,
+           d.secret AS decrypted_secret
+      FROM (SELECT s.id, s.tenant, s.name, s.description, s.keyring,
+                   meshhook_keys.secret_decrypt(s.ciphertext, s.id::text || '/' || s.tenant) AS secret,
+                   s.created_at, s.updated_at
+              FROM meshhook_keys.secrets s OFFSET 0) d;
 
 -- Create a secret: the plaintext goes straight into the envelope; the row is written once, never
 -- with the plaintext. SECURITY INVOKER: the caller's table privileges and RLS policies apply.
@@ -58,6 +62,56 @@ BEGIN
             USING ERRCODE = 'no_data_found';
     END IF;
     RETURN row_id;
+END
+$$;
+
+-- Supabase Vault's API, with its names, argument names and defaults (0.5.0), so that code written
+-- for vault.create_secret / vault.update_secret runs unchanged against this schema. Tenant ''
+-- and keyring 'default', as import_supabase_vault stores Vault's secrets. SECURITY INVOKER, as
+-- secret_create: the caller's privileges and RLS policies apply.
+CREATE FUNCTION meshhook_keys.create_secret(
+    new_secret text, new_name text DEFAULT NULL, new_description text DEFAULT '', new_key_id uuid DEFAULT NULL)
+RETURNS uuid LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    new_id uuid := pg_catalog.gen_random_uuid();
+BEGIN
+    IF new_key_id IS NOT NULL THEN
+        RAISE EXCEPTION 'new_key_id is a pgsodium key id, which meshhook_keys does not use'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Pass NULL: secrets are encrypted under the active key of a keyring (see secret_create(..., keyring => ...)).';
+    END IF;
+    IF new_secret IS NULL THEN
+        RAISE EXCEPTION 'new_secret must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    INSERT INTO meshhook_keys.secrets (id, tenant, name, description, keyring, ciphertext)
+    VALUES (new_id, '', new_name, coalesce(new_description, ''), 'default',
+            meshhook_keys.secret_encrypt(new_secret, new_id::text || '/', 'default'));
+    RETURN new_id;
+END
+$$;
+
+-- As Vault's: NULL arguments keep the current value; an id that does not exist (or that the
+-- caller's RLS policies hide) changes nothing. The value is sealed again under the keyring's
+-- active key, with the row's own context.
+CREATE FUNCTION meshhook_keys.update_secret(
+    secret_id uuid, new_secret text DEFAULT NULL, new_name text DEFAULT NULL,
+    new_description text DEFAULT NULL, new_key_id uuid DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF new_key_id IS NOT NULL THEN
+        RAISE EXCEPTION 'new_key_id is a pgsodium key id, which meshhook_keys does not use'
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Pass NULL: the secret stays in its keyring and is sealed under its active key.';
+    END IF;
+    UPDATE meshhook_keys.secrets s
+       SET ciphertext = CASE WHEN new_secret IS NULL THEN s.ciphertext
+                             ELSE meshhook_keys.secret_encrypt(new_secret, s.id::text || '/' || s.tenant, s.keyring) END,
+           name = coalesce(new_name, s.name),
+           description = coalesce(new_description, s.description),
+           updated_at = pg_catalog.now()
+     WHERE s.id = secret_id;
 END
 $$;
 

@@ -189,6 +189,12 @@ pub enum KeysError {
     )]
     NotInBatch(&'static str),
 
+    /// import_supabase_vault in a database without Supabase Vault.
+    #[error(
+        "relation \"vault.decrypted_secrets\" does not exist: Supabase Vault is not installed in this database"
+    )]
+    VaultMissing,
+
     /// An SPI query failed in a way that is not one of the above.
     #[error("internal error in meshhook_keys: {0}")]
     Internal(String),
@@ -248,6 +254,7 @@ impl KeysError {
             KeysError::KeyringLocked(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             KeysError::WrongSecret(_) => ERRCODE_INVALID_PASSWORD,       // 28P01
             KeysError::WrongKeyringKind(_) => ERRCODE_WRONG_OBJECT_TYPE, // 42809
+            KeysError::VaultMissing => ERRCODE_UNDEFINED_TABLE,          // 42P01
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,            // XX000
         }
     }
@@ -280,6 +287,9 @@ impl KeysError {
             )),
             KeysError::TenantCheckMissing(_) => Some(
                 "A superuser sets meshhook_keys.tenant_check to a function (tenant text) RETURNS boolean; members of meshhook_keys_service bypass it.".into(),
+            ),
+            KeysError::VaultMissing => Some(
+                "Run the import in the database whose vault.secrets holds the secrets (CREATE EXTENSION supabase_vault provides them).".into(),
             ),
             _ => None,
         }

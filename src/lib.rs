@@ -26,6 +26,7 @@ mod store;
 mod tenancy;
 mod usage;
 mod userheld;
+mod vault;
 mod verify;
 mod worker;
 

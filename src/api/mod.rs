@@ -6,3 +6,4 @@ pub mod reencrypt;
 pub mod schedule;
 pub mod secrets;
 pub mod userheld;
+pub mod vault;

@@ -1,0 +1,44 @@
+//! The SQL surface of the way in from Supabase Vault: import_supabase_vault. The work is in the
+//! vault module; Vault's own function names (create_secret, update_secret) are SQL functions in
+//! sql/secrets_store.sql.
+
+use crate::audit;
+use crate::error::OrRaise;
+use crate::keyring::validate_keyring;
+use pgrx::prelude::*;
+
+/// Copy every secret of `vault.decrypted_secrets` (read with the caller's privileges) into the
+/// built-in store under `keyring`, encrypted before any row is written, keeping ids, names,
+/// descriptions and timestamps. Idempotent; `dry_run` (the default) only counts. Requires
+/// meshhook_keys_operator; audited with counts only.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn import_supabase_vault(
+    keyring: default!(Option<&str>, "'default'"),
+    dry_run: default!(Option<bool>, "true"),
+) -> TableIterator<
+    'static,
+    (
+        name!(vault_secrets, i64),
+        name!(imported, i64),
+        name!(already_imported, i64),
+        name!(name_conflicts, i64),
+        name!(unreadable, i64),
+        name!(dry_run, bool),
+    ),
+> {
+    let dry_run = dry_run.unwrap_or(true);
+    let n = (|| {
+        audit::require_admin("import_supabase_vault", keyring)?;
+        crate::vault::import(validate_keyring(keyring)?, dry_run)
+    })()
+    .or_raise();
+    TableIterator::once((
+        n.vault_secrets,
+        n.imported,
+        n.already_imported,
+        n.name_conflicts,
+        n.unreadable,
+        dry_run,
+    ))
+}

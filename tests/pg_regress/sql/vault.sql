@@ -1,0 +1,130 @@
+-- From Supabase Vault: import_supabase_vault, and Vault's own API (create_secret, update_secret,
+-- decrypted_secrets.decrypted_secret) over the built-in store. A stand-in vault schema with
+-- Vault's exact table, view and function signatures; its view returns plaintext (no pgsodium).
+BEGIN;
+CREATE ROLE mk_vault_app IN ROLE meshhook_keys_user;
+CREATE ROLE mk_vault_ops IN ROLE meshhook_keys_operator;
+-- no Vault in this database: a clear error
+SET LOCAL ROLE mk_vault_ops;
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault()$$);
+RESET ROLE;
+
+CREATE SCHEMA vault;
+CREATE TABLE vault.secrets (
+    id          uuid        PRIMARY KEY DEFAULT gen_random_uuid(),
+    name        text,
+    description text        NOT NULL DEFAULT '',
+    secret      text        NOT NULL,
+    key_id      uuid,
+    nonce       bytea       DEFAULT '\x00'::bytea,
+    created_at  timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    updated_at  timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP
+);
+CREATE UNIQUE INDEX secrets_name_idx ON vault.secrets (name) WHERE name IS NOT NULL;
+-- (a secret under the key 'dead...' stands for one Vault cannot decrypt: decrypted_secret NULL)
+CREATE VIEW vault.decrypted_secrets AS
+    SELECT s.id, s.name, s.description, s.secret,
+           CASE WHEN s.key_id = 'deadbeef-0000-0000-0000-000000000000' THEN NULL ELSE s.secret END AS decrypted_secret,
+           s.key_id, s.nonce, s.created_at, s.updated_at
+      FROM vault.secrets s;
+CREATE FUNCTION vault.create_secret(new_secret text, new_name text DEFAULT NULL,
+                                    new_description text DEFAULT '', new_key_id uuid DEFAULT NULL)
+RETURNS uuid LANGUAGE sql AS $$
+    INSERT INTO vault.secrets (secret, name, description, key_id)
+    VALUES (new_secret, new_name, new_description, new_key_id) RETURNING id $$;
+CREATE FUNCTION vault.update_secret(secret_id uuid, new_secret text DEFAULT NULL, new_name text DEFAULT NULL,
+                                    new_description text DEFAULT NULL, new_key_id uuid DEFAULT NULL)
+RETURNS void LANGUAGE sql AS $$
+    UPDATE vault.secrets SET secret = coalesce(new_secret, secret), name = coalesce(new_name, name),
+           description = coalesce(new_description, description), key_id = coalesce(new_key_id, key_id),
+           updated_at = now() WHERE id = secret_id $$;
+SELECT vault.create_secret('sk_live_VAULT_PLAINTEXT_1', 'stripe', 'Stripe live key') IS NOT NULL AS created;
+SELECT vault.create_secret('ghp_VAULT_PLAINTEXT_2', 'github') IS NOT NULL AS created;
+SELECT vault.create_secret('VAULT_PLAINTEXT_3_no_name') IS NOT NULL AS created;
+SELECT vault.create_secret('VAULT_PLAINTEXT_4_lost', 'lost', '', 'deadbeef-0000-0000-0000-000000000000') IS NOT NULL AS created;
+SELECT vault.create_secret('VAULT_PLAINTEXT_5_dup', 'taken', 'Vault''s copy') IS NOT NULL AS created;
+UPDATE vault.secrets SET
+    created_at = '2025-01-01 10:00:00+00'::timestamptz + substring(secret from 'PLAINTEXT_(\d)')::int * interval '1 day',
+    updated_at = '2025-06-01 12:00:00+00'::timestamptz + substring(secret from 'PLAINTEXT_(\d)')::int * interval '1 day';
+-- the store already has a secret named 'taken': Vault's is not written over it
+SELECT meshhook_keys.secret_create('taken', 'STORE_OWN_VALUE', 'the store''s own') IS NOT NULL AS created;
+CREATE TEMP TABLE vault_before AS SELECT md5(string_agg(s::text, ',' ORDER BY id)) AS h FROM vault.secrets s;
+
+-- only operators may import (the refusal is audited like every other: privileges.sql)
+SET LOCAL ROLE mk_vault_app;
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault()$$);
+RESET ROLE;
+-- Vault is read with the caller's privileges, never the extension's: an operator that may not
+-- read vault.decrypted_secrets imports nothing
+GRANT USAGE ON SCHEMA vault TO mk_vault_ops;
+SET LOCAL ROLE mk_vault_ops;
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault()$$);
+RESET ROLE;
+GRANT SELECT ON vault.decrypted_secrets TO mk_vault_ops;
+
+-- a dry run (the default) counts and writes nothing
+SET LOCAL ROLE mk_vault_ops;
+SELECT * FROM meshhook_keys.import_supabase_vault();
+RESET ROLE;
+SELECT count(*) AS store_rows_after_dry_run FROM meshhook_keys.secrets;
+-- the import: new secrets only, encrypted before they are written, Vault's ids, names,
+-- descriptions and timestamps kept
+SET LOCAL ROLE mk_vault_ops;
+SELECT * FROM meshhook_keys.import_supabase_vault(dry_run => false);
+RESET ROLE;
+SELECT v.name, s.description, s.tenant, s.keyring, s.created_at = v.created_at AS created_kept,
+       s.updated_at = v.updated_at AS updated_kept, d.decrypted_secret = v.decrypted_secret AS same_value,
+       d.secret = d.decrypted_secret AS both_columns
+  FROM vault.decrypted_secrets v
+  JOIN meshhook_keys.secrets s ON s.id = v.id
+  JOIN meshhook_keys.decrypted_secrets d ON d.id = v.id
+ ORDER BY v.created_at;
+SELECT bool_and(position(convert_to('VAULT_PLAINTEXT', 'UTF8') IN ciphertext) = 0) AS plaintext_not_stored
+  FROM meshhook_keys.secrets;
+SELECT secret AS not_overwritten FROM meshhook_keys.decrypted_secrets WHERE name = 'taken';
+SELECT count(*) AS lost_not_imported FROM meshhook_keys.secrets WHERE name = 'lost';
+-- a second run imports nothing twice; Vault is untouched
+SET LOCAL ROLE mk_vault_ops;
+SELECT * FROM meshhook_keys.import_supabase_vault(dry_run => false);
+RESET ROLE;
+SELECT h = (SELECT md5(string_agg(s::text, ',' ORDER BY id)) FROM vault.secrets s) AS vault_untouched FROM vault_before;
+-- audited with counts only, never a value
+SELECT action, outcome, keyring, detail - 'jwt' AS detail FROM meshhook_keys.audit_log
+ WHERE action = 'import_vault' ORDER BY id;
+SELECT count(*) AS audit_rows_with_values FROM meshhook_keys.audit_log WHERE detail::text LIKE '%PLAINTEXT%';
+-- into another keyring; rolled back with its transaction
+SELECT 1 FROM meshhook_keys.keyring_create('vault-import');
+SAVEPOINT s;
+SELECT vault.create_secret('VAULT_PLAINTEXT_6', 'later') IS NOT NULL AS created;
+SET LOCAL ROLE mk_vault_ops;
+SELECT imported FROM meshhook_keys.import_supabase_vault('vault-import', false);
+RESET ROLE;
+SELECT k.keyring AS imported_into FROM meshhook_keys.secrets s
+  JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.ciphertext) WHERE s.name = 'later';
+ROLLBACK TO SAVEPOINT s;
+SELECT count(*) AS after_rollback FROM meshhook_keys.secrets WHERE name = 'later';
+
+-- Vault's API after a schema switch: code written for vault.* runs against meshhook_keys.*
+CREATE POLICY mk_vault_app_untenanted ON meshhook_keys.secrets TO mk_vault_app
+    USING (tenant = '') WITH CHECK (tenant = '');
+SET LOCAL ROLE mk_vault_app;
+SELECT meshhook_keys.create_secret('whsec_APP_1', 'webhook', 'signing secret') AS id \gset
+SELECT name, description, decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE id = :'id';
+SELECT meshhook_keys.update_secret(:'id', 'whsec_APP_2');
+SELECT name, description, decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE id = :'id';
+SELECT meshhook_keys.update_secret(secret_id => :'id', new_name => 'webhook-v2', new_description => 'rotated');
+SELECT name, description, decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE id = :'id';
+SELECT meshhook_keys.create_secret(new_secret => 'unnamed_APP') IS NOT NULL AS unnamed_created;
+-- an id that does not exist changes nothing, as in Vault
+SELECT meshhook_keys.update_secret('00000000-0000-0000-0000-000000000001', 'x');
+-- pgsodium key ids do not exist here; a NULL secret is refused
+SELECT sqlstate_of($$SELECT meshhook_keys.create_secret('x', 'k', '', gen_random_uuid())$$);
+SELECT sqlstate_of(format($$SELECT meshhook_keys.update_secret(%L, new_key_id => gen_random_uuid())$$, :'id'));
+SELECT sqlstate_of($$SELECT meshhook_keys.create_secret(NULL)$$);
+RESET ROLE;
+-- the signatures are Vault's: argument names, types, defaults and result
+SELECT p.proname, count(DISTINCT (pg_get_function_arguments(p.oid), pg_get_function_result(p.oid))) = 1 AS same_as_vault,
+       count(*) AS functions
+  FROM pg_proc p WHERE p.pronamespace IN ('vault'::regnamespace, 'meshhook_keys'::regnamespace)
+   AND p.proname IN ('create_secret', 'update_secret') GROUP BY 1 ORDER BY 1;
+ROLLBACK;
