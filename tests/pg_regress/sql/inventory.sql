@@ -5,6 +5,10 @@ SELECT pg_describe_object(classid, objid, objsubid) AS object
  WHERE refclassid = 'pg_extension'::regclass
    AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'meshhook_keys')
    AND deptype = 'e'
+   -- (PostgreSQL 17 also records the row types of the extension's tables and views, and their
+   -- array types, as members; they come with the relations listed here on every version)
+   AND NOT (classid = 'pg_type'::regclass
+            AND (SELECT t.typrelid <> 0 OR t.typelem <> 0 FROM pg_type t WHERE t.oid = objid))
  ORDER BY 1;
 -- Extension tables whose rows pg_dump carries.
 SELECT c.relname FROM pg_extension e, unnest(e.extconfig) AS t(oid) JOIN pg_class c ON c.oid = t.oid
