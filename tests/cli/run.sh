@@ -1,13 +1,11 @@
 #!/usr/bin/env bash
 # The meshhook-keys CLI as a user runs it: a subprocess against a real server, checking its output
-# and exit codes (0 ok, 1 refused or failed, 2 usage). Expects the extension installed and the CLI
-# built (scripts/test.sh does both).
-source "$(dirname "$0")/../../scripts/lib.sh"
+# and exit codes (0 ok, 1 refused or failed, 2 usage). Installs the extension and builds the CLI
+# if either is missing.
+source "$(dirname "$0")/../lib.sh"
 
-PORT=${MESHHOOK_KEYS_CLI_PORT:-54338}
-TMP=$(mktemp -d /tmp/mk_cli.XXXXXX)
-chmod 755 "$TMP"
-make_root_key "$TMP/keys/root.key"
+ensure_cli
+suite_init cli "${MESHHOOK_KEYS_CLI_PORT:-54338}" "log_min_error_statement = 'panic'" "listen_addresses = '127.0.0.1'"
 # TLS on TCP (a self-signed certificate for localhost), and only TLS: plain TCP connections are
 # rejected, so a CLI that connects over TCP proves it used TLS.
 install -d -o postgres -g postgres -m 700 "$TMP/ssl"
@@ -16,21 +14,15 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=localhost" \
     -keyout "$TMP/ssl/server.key" -out "$TMP/ssl/server.crt" >/dev/null 2>&1
 chown postgres:postgres "$TMP/ssl/server.key" "$TMP/ssl/server.crt"; chmod 600 "$TMP/ssl/server.key"
 cp "$TMP/ssl/server.crt" "$TMP/root.crt"; chmod 644 "$TMP/root.crt"
-init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" \
-    "log_min_error_statement = 'panic'" "listen_addresses = '127.0.0.1'" "ssl = on" \
-    "ssl_cert_file = '$TMP/ssl/server.crt'" "ssl_key_file = '$TMP/ssl/server.key'"
+{ echo "ssl = on"; echo "ssl_cert_file = '$TMP/ssl/server.crt'"; echo "ssl_key_file = '$TMP/ssl/server.key'"; } >> "$TMP/data/postgresql.conf"
 { echo "hostssl all pwuser 127.0.0.1/32 scram-sha-256"; echo "hostssl all all 127.0.0.1/32 trust"; echo "hostnossl all all 127.0.0.1/32 reject"; } > "$TMP/hba.tmp"
 grep -v '^host' "$TMP/data/pg_hba.conf" >> "$TMP/hba.tmp"; cp "$TMP/hba.tmp" "$TMP/data/pg_hba.conf"
 chown postgres:postgres "$TMP/data/pg_hba.conf"
-trap 'stop_cluster "$TMP" immediate; [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"' EXIT
 start_cluster "$TMP"
 install -d -m 755 "$TMP/bin"
-install -m 755 "${MESHHOOK_KEYS_CLI_BIN:-$REPO_ROOT/target/debug/meshhook-keys}" "$TMP/bin/meshhook-keys"
+install -m 755 "$CLI_BIN" "$TMP/bin/meshhook-keys"
 
-contains() { if printf '%s' "$3" | grep -Eq -- "$2"; then ok "$1"; else fail "$1" "expected /$2/ in [$3]"; fi; }
-q() { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d cli -v ON_ERROR_STOP=1 -c "$1"; }
-# jq-free JSON checks: let PostgreSQL parse the CLI's JSON
-jsonq() { printf '%s\n' "SELECT $2;" | as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d cli -v j="$1"; }
+q() { psql_as postgres cli "$1"; }
 # cli USER ARGS...: run the CLI as a database user; sets OUT, ERR and RC
 cli() {
     local user=$1; shift
@@ -38,10 +30,9 @@ cli() {
     OUT=$(as_pg env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=cli PGUSER="$user" "$TMP/bin/meshhook-keys" "$@" 2>"$TMP/err") || RC=$?
     ERR=$(cat "$TMP/err")
 }
-wait_for() { local i; for i in $(seq 1 200); do [ "$(q "$1")" = t ] && return 0; sleep 0.1; done; return 1; }
 
 say "CLI tests (cluster in $TMP, port $PORT)"
-as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE cli"
+psql_as postgres postgres "CREATE DATABASE cli"
 q "CREATE EXTENSION meshhook_keys;
    CREATE ROLE ops LOGIN IN ROLE meshhook_keys_admin;
    CREATE ROLE app LOGIN IN ROLE meshhook_keys_user;
@@ -61,16 +52,16 @@ cli ops retire --keyring default;     check "a missing required option exits 2" 
 echo "# rotate and status"
 cli ops rotate --keyring default --reason "cli test"
 check "ops rotates: exit 0" 0 "$RC"
-contains "the new version is printed" 'default.*\b2\b' "$OUT"
+check_match "the new version is printed" 'default.*\b2\b' "$OUT"
 cli app rotate --keyring default
 check "a non-admin is refused: exit 1" 1 "$RC"
-contains "with the database's own message and SQLSTATE" 'permission denied for keys_rotate.*SQLSTATE 42501' "$ERR"
-if wait_for "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE outcome = 'refused' AND role_name = 'app')"; then
+check_match "with the database's own message and SQLSTATE" 'permission denied for keys_rotate.*SQLSTATE 42501' "$ERR"
+if wait_until 20 is_t q "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE outcome = 'refused' AND role_name = 'app')"; then
     ok "the refusal is audited by the extension"; else fail "the refusal is audited by the extension"; fi
 cli ops status
 check "status: exit 0" 0 "$RC"
-contains "status shows the keyring and its rows per version" 'default' "$OUT"
-contains "status shows rows per version" 'creds' "$OUT"
+check_match "status shows the keyring and its rows per version" 'default' "$OUT"
+check_match "status shows rows per version" 'creds' "$OUT"
 cli ops --json status
 check "status --json: exit 0" 0 "$RC"
 check "status --json parses, active version 2" "2" "$(jsonq "$OUT" "(:'j'::jsonb -> 'keyrings' -> 0 ->> 'active_version')")"
@@ -81,7 +72,7 @@ echo "# reencrypt with progress, then retire and destroy"
 cli ops reencrypt --keyring default --batch-size 500
 check "reencrypt: exit 0" 0 "$RC"
 [ "$RC" = 0 ] || echo "$ERR"
-contains "reports the rows moved" '^3000 rows moved in [0-9]+ batches' "$OUT"
+check_match "reports the rows moved" '^3000 rows moved in [0-9]+ batches' "$OUT"
 check "no row left on version 1" "0" "$(q "SELECT count(*) FROM meshhook_keys.key_usage('default') WHERE version = 1")"
 cli ops reencrypt --keyring default --wait
 check "reencrypt --wait with the job finished returns at once: exit 0" 0 "$RC"
@@ -91,7 +82,7 @@ cli ops destroy --keyring default --version 1
 check "destroy: exit 0" 0 "$RC"
 cli ops retire --keyring default --version 2
 check "retiring the active version is refused: exit 1" 1 "$RC"
-contains "with a clear message" 'active key' "$ERR"
+check_match "with a clear message" 'active key' "$ERR"
 
 echo "# audit, verify, health"
 cli ops --json audit --keyring default
@@ -101,13 +92,13 @@ check "audit lists rotate, retire and destroy" "t" \
 cli ops verify
 check "verify: exit 0" 0 "$RC"
 [ "$RC" = 0 ] || echo "$OUT $ERR"
-contains "verify reports the audit chain and the sample" 'creds' "$OUT"
+check_match "verify reports the audit chain and the sample" 'creds' "$OUT"
 q "UPDATE creds SET c = set_byte(c, 30, get_byte(c, 30) # 1)" >/dev/null
 cli ops verify --sample 10
 check "verify finds a tampered row: exit 1" 1 "$RC"
 cli ops health
 check "health: exit 0" 0 "$RC"
-contains "health lists the logging checks" 'log_statement' "$OUT"
+check_match "health lists the logging checks" 'log_statement' "$OUT"
 
 echo "# connection errors and secrets"
 RC=0; OUT=$(as_pg env PGHOST="$TMP" PGPORT=1 PGDATABASE=cli PGUSER=ops "$TMP/bin/meshhook-keys" status 2>&1) || RC=$?
@@ -127,7 +118,7 @@ tcp "host=localhost port=$PORT dbname=cli user=ops sslmode=verify-full"
 check "sslmode=verify-full without trusting the CA: exit 1" 1 "$RC"
 tcp "host=127.0.0.1 port=$PORT dbname=cli user=ops sslmode=disable"
 check "sslmode=disable is rejected by this server: exit 1" 1 "$RC"
-contains "with the server's reason" 'pg_hba.conf rejects|no encryption' "$ERR"
+check_match "with the server's reason" 'pg_hba.conf rejects|no encryption' "$ERR"
 
 echo "# finding 7: connection strings as libpq reads them, PG* defaults, --expires-in, --json errors"
 # pwcli ENV... -- ARGS...: the CLI with only the given environment (TCP, TLS); sets RC, OUT, ERR
@@ -145,7 +136,7 @@ pwcli PGHOST=localhost PGPORT="$PORT" PGDATABASE=cli PGUSER=pwuser PGSSLMODE=req
 check "the same password from PG* variables only: exit 0" 0 "$RC"
 pwcli PGPASSWORD="wrong sslrootcert=/PWPART x" -- -d "host=localhost port=$PORT dbname=cli user=pwuser sslmode=require" status
 check "a wrong password: exit 1" 1 "$RC"
-contains "  with the server's reason" 'password authentication failed' "$ERR"
+check_match "  with the server's reason" 'password authentication failed' "$ERR"
 pwcli -- -d "host=localhost port=$PORT dbname=cli user=pwuser sslmode=require password='wrong sslrootcert=/PWPART x'" status
 check "a wrong quoted password: exit 1" 1 "$RC"
 check "  and no part of either password in the errors" "" "$(grep -o 'PWPART' "$TMP/err" | head -1 || true)"
@@ -154,7 +145,7 @@ check "an unquoted password with spaces is an error" 1 "$RC"
 check "  that does not repeat the password" "" "$(grep -o 'spaces\|PWPART' "$TMP/err" | head -1 || true)"
 pwcli PGHOST=localhost PGPORT="$PORT" PGDATABASE=cli PGUSER=ops PGSSLMODE=verify-full PGAPPNAME="a sslmode=disable b" -- status --no-usage
 check "PGSSLMODE=verify-full with PGAPPNAME='a sslmode=disable b' and no trusted CA: exit 1" 1 "$RC"
-contains "  refused for the certificate, not for plain TCP" 'certificate|TLS|tls|ssl' "$ERR"
+check_match "  refused for the certificate, not for plain TCP" 'certificate|TLS|tls|ssl' "$ERR"
 pwcli PGHOST=localhost PGPORT="$PORT" PGDATABASE=cli PGUSER=ops PGSSLMODE=verify-full PGSSLROOTCERT="$TMP/root.crt" PGAPPNAME="a sslmode=disable b" -- --json health
 check "  with PGSSLROOTCERT: connects over verified TLS, exit 0" 0 "$RC"
 pwcli MESHHOOK_KEYS_JWT_SECRET="$(printf 'k%.0s' $(seq 1 40))" -- token --role ops --expires-in=9223372036854775807
@@ -182,8 +173,8 @@ env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=cli PGUSER=authenticator MESHHOOK_KE
     "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$HPORT" >"$TMP/serve.out" 2>"$TMP/serve.log" &
 SERVER=$!
 stop_server() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
-trap 'stop_server; stop_cluster "$TMP" immediate; [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"' EXIT
-up=0; for i in $(seq 1 100); do curl -fs "http://127.0.0.1:$HPORT/healthz" >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
+at_exit stop_server
+up=0; wait_until 10 curl -fs "http://127.0.0.1:$HPORT/healthz" && up=1
 check "GET /healthz answers 200" 1 "$up"
 token() { as_pg env MESHHOOK_KEYS_JWT_SECRET="${2:-$SECRET}" "$TMP/bin/meshhook-keys" token --role "$1" --expires-in "${3:-600}" --sub tester; }
 # http METHOD PATH [TOKEN] [BODY]: sets CODE and BODY_OUT
@@ -204,8 +195,8 @@ check "and in the audit log, as the token's role" "rotate|ok|ops|over HTTP" \
     "$(q "SELECT action, outcome, role_name, reason FROM meshhook_keys.audit_log WHERE keyring = 'default' AND version = $((before + 1)) AND action = 'rotate'")"
 http POST /api/keys/rotate "$USER" '{"keyring": "default"}'
 check "a user token: 403" 403 "$CODE"
-contains "with the database's refusal" '"sqlstate":"42501"' "$BODY_OUT"
-if wait_for "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE outcome = 'refused' AND role_name = 'app' AND actor = 'authenticator')"; then
+check_match "with the database's refusal" '"sqlstate":"42501"' "$BODY_OUT"
+if wait_until 20 is_t q "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE outcome = 'refused' AND role_name = 'app' AND actor = 'authenticator')"; then
     ok "the HTTP refusal is audited by the extension"; else fail "the HTTP refusal is audited by the extension"; fi
 http POST /api/keys/rotate "$EXPIRED" '{"keyring": "default"}'
 check "an expired token: 401" 401 "$CODE"
@@ -217,7 +208,7 @@ http POST /api/keys/rotate "$ADMIN" '{"keyring": '
 check "malformed JSON: 400" 400 "$CODE"
 http POST /api/keys/rotate "$ADMIN" '{"keyring": "bad name!"}'
 check "an invalid keyring name: 400" 400 "$CODE"
-contains "with the database's message" 'invalid keyring name' "$BODY_OUT"
+check_match "with the database's message" 'invalid keyring name' "$BODY_OUT"
 http GET /api/keys "$ADMIN"
 check "GET /api/keys: 200" 200 "$CODE"
 check "lists the keyrings" "t" "$(jsonq "$BODY_OUT" "(SELECT bool_or(k ->> 'keyring' = 'default') FROM jsonb_array_elements(:'j'::jsonb) k)")"
@@ -236,16 +227,16 @@ check "audit --json: the HTTP rotation carries the token's sub and role" "tester
 check "  a CLI rotation has no sub" "t" \
     "$(jsonq "$OUT" "(SELECT bool_and(e -> 'sub' = 'null'::jsonb) FROM jsonb_array_elements(:'j'::jsonb) e WHERE e ->> 'reason' = 'cli test')")"
 cli ops audit --keyring default
-contains "audit (table): a sub column" 'actor +┆ sub +┆' "$OUT"
-contains "  showing the token's subject" 'tester' "$OUT"
+check_match "audit (table): a sub column" 'actor +┆ sub +┆' "$OUT"
+check_match "  showing the token's subject" 'tester' "$OUT"
 
 echo "# GET /metrics (Prometheus text format, operators only)"
 q "SELECT meshhook_keys.keys_rotate('second', 'metrics test'), meshhook_keys.reencrypt_batch('default', 100)" >/dev/null
 CTYPE=$(curl -s -o "$TMP/metrics.out" -w '%{content_type}' -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/metrics")
 METRICS=$(cat "$TMP/metrics.out")
-contains "GET /metrics: text/plain; version=0.0.4" '^text/plain; version=0\.0\.4' "$CTYPE"
-contains "with # HELP and # TYPE gauge lines" '# TYPE meshhook_keys_key_active_version gauge' "$METRICS"
-contains "and a counter for _total" '# TYPE meshhook_keys_scheduler_ticks_total counter' "$METRICS"
+check_match "GET /metrics: text/plain; version=0.0.4" '^text/plain; version=0\.0\.4' "$CTYPE"
+check_match "with # HELP and # TYPE gauge lines" '# TYPE meshhook_keys_key_active_version gauge' "$METRICS"
+check_match "and a counter for _total" '# TYPE meshhook_keys_scheduler_ticks_total counter' "$METRICS"
 check "the active version of every keyring matches the keyrings view" \
     "$(q "SELECT string_agg(format('meshhook_keys_key_active_version{keyring=\"%s\"} %s', keyring, active_version), ' ' ORDER BY keyring) FROM meshhook_keys.keyrings")" \
     "$(grep '^meshhook_keys_key_active_version{' <<<"$METRICS" | sort | tr '\n' ' ' | sed 's/ $//')"
@@ -259,6 +250,4 @@ http GET /metrics ""
 check "GET /metrics without a token: 401" 401 "$CODE"
 check "HEAD /metrics: 200" 200 "$(curl -s -o /dev/null -w '%{http_code}' -I -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/metrics")"
 
-echo
-echo "CLI tests: $PASSES passed, $FAILS failed"
-[ "$FAILS" = 0 ]
+suite_summary "CLI tests"
