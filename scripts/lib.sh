@@ -1,4 +1,5 @@
-# Shared helpers for the meshhook_keys scripts. Source it; do not run it.
+# Shared helpers for the meshhook_keys scripts (the test suites' own are in tests/lib.sh). Source it;
+# do not run it.
 # Everything that touches a cluster runs as the `postgres` OS user (PostgreSQL refuses root).
 
 set -euo pipefail
@@ -53,10 +54,3 @@ install_extension() {
     say "building and installing $EXT (release)"
     (cd "$REPO_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
 }
-
-# Test-suite helpers for the client-level scripts (tests/client, tests/cli): count and print checks.
-FAILS=0; PASSES=0
-ok()   { PASSES=$((PASSES + 1)); printf '  ok   %s\n' "$1"; }
-fail() { FAILS=$((FAILS + 1)); printf '  FAIL %s\n' "$1"; [ -n "${2:-}" ] && printf '       %s\n' "$2"; return 0; }
-# check NAME EXPECTED ACTUAL: exact equality
-check() { if [ "$2" = "$3" ]; then ok "$1"; else fail "$1" "expected [$2], got [$3]"; fi; }

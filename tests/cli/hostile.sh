@@ -4,38 +4,29 @@
 # slowloris heads, huge headers, a flood of concurrent rotations, a keyring lock held by an admin's
 # open transaction and a stopped postmaster, plus body validation, HEAD and percent-decoding.
 # /healthz must keep answering within 1 s through all of it. Loopback only, bounded in count and
-# time (about a minute). Expects the extension installed and the CLI built (scripts/test.sh).
-source "$(dirname "$0")/../../scripts/lib.sh"
+# time (about a minute). Installs the extension and builds the CLI if either is missing.
+source "$(dirname "$0")/../lib.sh"
 
-PORT=${MESHHOOK_KEYS_HOSTILE_PORT:-54350}
+ensure_cli
+suite_setup hostile "${MESHHOOK_KEYS_HOSTILE_PORT:-54350}" "log_min_error_statement = 'panic'"
 HPORT=$((PORT + 1000))
-TMP=$(mktemp -d /tmp/mk_hostile.XXXXXX)
-chmod 755 "$TMP"
-make_root_key "$TMP/keys/root.key"
-init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" "log_min_error_statement = 'panic'"
 SERVER=""; PM=""; STOPPED=""; AUDSERVER=""
-cleanup() {
+# at exit, before the cluster stops: resume what the suite stopped, stop the servers it started
+resume_and_stop() {
     [ -n "$PM" ] && kill -CONT "$PM" 2>/dev/null || true
     for p in $STOPPED; do kill -CONT "$p" 2>/dev/null || true; done
     [ -n "$SERVER" ] && { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
     [ -n "$AUDSERVER" ] && { kill "$AUDSERVER" 2>/dev/null || true; wait "$AUDSERVER" 2>/dev/null || true; }
-    stop_cluster "$TMP" immediate
-    [ "${KEEP:-0}" = 1 ] || rm -rf "$TMP"
 }
-trap cleanup EXIT
-start_cluster "$TMP"
+at_exit resume_and_stop
 install -d -m 755 "$TMP/bin"
-install -m 755 "${MESHHOOK_KEYS_CLI_BIN:-$REPO_ROOT/target/debug/meshhook-keys}" "$TMP/bin/meshhook-keys"
+install -m 755 "$CLI_BIN" "$TMP/bin/meshhook-keys"
 
-q() { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d hostile -v ON_ERROR_STOP=1 -c "$1"; }
-jsonq() { printf '%s\n' "SELECT $2;" | as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d hostile -v j="$1"; }
-contains() { if grep -Eq -- "$2" <<<"$3"; then ok "$1"; else fail "$1" "expected /$2/ in [$3]"; fi; }
-# lt NAME VALUE LIMIT: VALUE (a number) below LIMIT
-lt() { if awk -v a="$2" -v b="$3" 'BEGIN { exit !(a != "" && a + 0 < b + 0) }'; then ok "$1 ($2 < $3)"; else fail "$1" "expected [$2] < $3"; fi; }
+q() { psql_as postgres hostile "$1"; }
 alive() { if kill -0 "$SERVER" 2>/dev/null && [ "$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$HPORT/healthz")" = 200 ]; then ok "$1"; else fail "$1"; fi; }
 
 say "hostile-client tests (cluster in $TMP, port $PORT, HTTP on $HPORT)"
-as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE hostile"
+psql_as postgres postgres "CREATE DATABASE hostile"
 q "CREATE EXTENSION meshhook_keys;
    CREATE ROLE ops LOGIN IN ROLE meshhook_keys_admin;
    CREATE ROLE app LOGIN IN ROLE meshhook_keys_user;
@@ -48,7 +39,7 @@ env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOO
     "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$HPORT" --request-timeout-ms 5000 \
     --statement-timeout-ms 2500 --lock-timeout-ms 1000 >"$TMP/serve.out" 2>"$TMP/serve.log" &
 SERVER=$!
-up=0; for i in $(seq 1 100); do curl -fs "http://127.0.0.1:$HPORT/healthz" >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
+up=0; wait_until 10 curl -fs "http://127.0.0.1:$HPORT/healthz" && up=1
 check "the server is up: GET /healthz 200" 1 "$up"
 ADMIN=$(as_pg env MESHHOOK_KEYS_JWT_SECRET="$SECRET" "$TMP/bin/meshhook-keys" token --role ops --expires-in 600 --sub hostile)
 version() { q "SELECT max(version) FROM meshhook_keys.keys WHERE keyring = 'default'"; }
@@ -261,10 +252,10 @@ val() { printf '%s\n' "$1" | sed -n "s/^$2=//p" | head -1; }
 
 echo "# finding 1: a huge or overflowing Content-Length with a short body"
 R=$(h length)
-contains "Content-Length 2^40 on GET /healthz: 413" '^huge=413$' "$R"
-contains "Content-Length 2^64-1: 400, 413 or 431 (hyper refuses the head)" '^overflow=(400|413|431)$' "$R"
-contains "Content-Length 2^40 on POST /api/keys/rotate: 413" '^huge_post=413$' "$R"
-contains "a 70,000-byte body (limit 64 KiB): 413" '^big_body=413$' "$R"
+check_match "Content-Length 2^40 on GET /healthz: 413" '^huge=413$' "$R"
+check_match "Content-Length 2^64-1: 400, 413 or 431 (hyper refuses the head)" '^overflow=(400|413|431)$' "$R"
+check_match "Content-Length 2^40 on POST /api/keys/rotate: 413" '^huge_post=413$' "$R"
+check_match "a 70,000-byte body (limit 64 KiB): 413" '^big_body=413$' "$R"
 alive "the server is still up and /healthz answers"
 
 echo "# finding 2: slow clients hold only their own connection"
@@ -302,8 +293,8 @@ lt "100 concurrent rotations of 100 keyrings within 3 s (ms)" "$CONC" 3000
 
 echo "# finding 3: header limits (16 KiB)"
 R=$(h headers "$SERVER")
-contains "an 8 MB token: 431 or closed" '^token_8mb=(431|closed)$' "$R"
-contains "a 100 MB header line: 431 or closed" '^line_100mb=(431|closed)$' "$R"
+check_match "an 8 MB token: 431 or closed" '^token_8mb=(431|closed)$' "$R"
+check_match "a 100 MB header line: 431 or closed" '^line_100mb=(431|closed)$' "$R"
 echo "  (the 100 MB line: $(val "$R" line_100mb_pieces_sent) of 100 MB accepted by the socket before the server closed it)"
 HWM=$(val "$R" vmhwm_mb)
 lt "peak RSS (VmHWM, MB) with six unfinished 10 MB heads open" "$HWM" 100
@@ -316,20 +307,19 @@ as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d hostile < "$TMP/hold.
 HOLD=$!
 exec 3> "$TMP/hold.in"
 echo "BEGIN; SELECT name FROM meshhook_keys.keyring WHERE name = 'default' FOR UPDATE;" >&3
-held=0; for i in $(seq 1 50); do
-    [ "$(q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = 'hostile' AND state = 'idle in transaction')")" = t ] && { held=1; break; }; sleep 0.1; done
+held=0; wait_until 5 is_t q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = 'hostile' AND state = 'idle in transaction')" && held=1
 check "the lock is held by a session idle in transaction" 1 "$held"
 before=$(version)
 R=$(h locked 20)
 check "an HTTP rotation: 409 (lock_timeout)" 409 "$(val "$R" code)"
-contains "with SQLSTATE 55P03" '"sqlstate":"55P03"' "$(val "$R" body)"
+check_match "with SQLSTATE 55P03" '"sqlstate":"55P03"' "$(val "$R" body)"
 lt "within the lock timeout (1 s) plus 1 s (ms)" "$(val "$R" rotate_ms)" 2000
 lt "/healthz meanwhile (worst, ms)" "$(val "$R" healthz_max_ms)" 1000
 check "and with 200" 200 "$(val "$R" healthz_codes)"
 echo "  (rotation answered in $(val "$R" rotate_ms) ms, healthz worst $(val "$R" healthz_max_ms) ms)"
 # (keys_rotate waits for the audit chain's lock, then for the keyring's row: lock_timeout bounds
 # each wait, statement_timeout (2.5 s) the whole statement)
-contains "20 more rotations at once (pool of 16 saturated): each 409 or 504" '^(409|409,504|504)$' "$(val "$R" flood_codes)"
+check_match "20 more rotations at once (pool of 16 saturated): each 409 or 504" '^(409|409,504|504)$' "$(val "$R" flood_codes)"
 lt "  the last within the statement timeout plus the pool wait (ms)" "$(val "$R" flood_max_ms)" 5000
 lt "/healthz with the pool saturated (worst, ms)" "$(val "$R" saturated_healthz_max_ms)" 1000
 check "and with 200" 200 "$(val "$R" saturated_healthz_codes)"
@@ -347,7 +337,8 @@ lt "within 1 s (ms)" "$(val "$R1" ms)" 1000
 check "again: 503" 503 "$(val "$R2" code)"
 lt "again within 1 s (ms)" "$(val "$R2" ms)" 1000
 echo "  (healthz answered in $(val "$R1" ms) and $(val "$R2" ms) ms)"
-up=0; for i in $(seq 1 50); do [ "$(val "$(h healthz)" code)" = 200 ] && { up=1; break; }; sleep 0.1; done
+healthz_200() { [ "$(val "$(h healthz)" code)" = 200 ]; }
+up=0; wait_until 5 healthz_200 && up=1
 check "after SIGCONT /healthz is 200 again" 1 "$up"
 
 echo "# finding 4: the postmaster and the pooled connections' backends stopped (SIGSTOP)"
@@ -362,9 +353,7 @@ lt "  within 5 s (ms)" "$(val "$R" ms)" 5000
 echo "  (answered in $(val "$R" ms) ms)"
 R=$(h get /api/keys)
 check "after SIGCONT: 200 again" 200 "$(val "$R" code)"
-gone=0; for i in $(seq 1 30); do
-    left=$(q "SELECT count(*) FROM pg_stat_activity WHERE pid IN ($(echo $WERE | tr ' ' ','))")
-    [ "$left" -lt "$(echo $WERE | wc -w)" ] && { gone=1; break; }; sleep 0.1; done
+gone=0; wait_until 3 is_t q "SELECT count(*) < $(echo $WERE | wc -w) FROM pg_stat_activity WHERE pid IN ($(echo $WERE | tr ' ' ','))" && gone=1
 check "the abandoned connection was closed, not reused (its backend exited)" 1 "$gone"
 
 echo "# finding 6: body validation, HEAD, percent-decoding"
@@ -383,9 +372,9 @@ check "none of them rotated" "$before" "$(version)"
 http POST /api/keys/rotate "$ADMIN" '{}'
 check "rotate with {}: 200, keyring default" "200 default" "$CODE $(jsonq "$BODY_OUT" "(:'j'::jsonb ->> 'keyring')")"
 RC=0; HEAD_OUT=$(curl -s -I -m 5 "http://127.0.0.1:$HPORT/healthz") || RC=$?
-contains "HEAD /healthz: 200" '^HTTP/1.1 200' "$HEAD_OUT"
+check_match "HEAD /healthz: 200" '^HTTP/1.1 200' "$HEAD_OUT"
 RC=0; HEAD_OUT=$(curl -s -I -m 5 -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/api/keys") || RC=$?
-contains "HEAD /api/keys: 200" '^HTTP/1.1 200' "$HEAD_OUT"
+check_match "HEAD /api/keys: 200" '^HTTP/1.1 200' "$HEAD_OUT"
 check "without a body" "" "$(curl -s --head -m 5 -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/api/keys" | sed '1,/^\r$/d')"
 http GET "/api/keys/audit?keyring=%64efault&limit=3" "$ADMIN"
 check "keyring=%64efault is decoded: 3 rows of keyring default" "200 3" \
@@ -411,12 +400,12 @@ startup() {
 : > "$TMP/empty.secret"; printf 'a\n' > "$TMP/short.secret"; printf '%s\n' "$SECRET" > "$TMP/good.secret"
 startup "$SECRET" --jwt-secret-file "$TMP/empty.secret"
 check "an empty JWT secret file is refused at startup: exit 2" 2 "$RC"
-contains "  with a clear message" 'JWT secret file .* is 0 bytes long: at least 32' "$ERR"
+check_match "  with a clear message" 'JWT secret file .* is 0 bytes long: at least 32' "$ERR"
 startup "$SECRET" --jwt-secret-file "$TMP/short.secret"
 check "a 1-byte JWT secret file is refused: exit 2" 2 "$RC"
 startup "a"
 check "a 1-byte MESHHOOK_KEYS_JWT_SECRET is refused: exit 2" 2 "$RC"
-contains "  with a clear message" 'MESHHOOK_KEYS_JWT_SECRET is 1 bytes long: at least 32' "$ERR"
+check_match "  with a clear message" 'MESHHOOK_KEYS_JWT_SECRET is 1 bytes long: at least 32' "$ERR"
 startup ""
 check "an empty MESHHOOK_KEYS_JWT_SECRET is refused: exit 2" 2 "$RC"
 startup "$(printf 'x%.0s' $(seq 1 31))"
@@ -451,7 +440,7 @@ APORT=$((HPORT + 1))
 env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOOK_KEYS_JWT_AUD=meshhook-admin \
     "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$APORT" --jwt-secret-file "$TMP/good.secret" >/dev/null 2>"$TMP/aud.log" &
 AUDSERVER=$!
-up=0; for i in $(seq 1 100); do curl -fs "http://127.0.0.1:$APORT/healthz" >/dev/null 2>&1 && { up=1; break; }; sleep 0.1; done
+up=0; wait_until 10 curl -fs "http://127.0.0.1:$APORT/healthz" && up=1
 check "a server with MESHHOOK_KEYS_JWT_AUD and a secret file is up" 1 "$up"
 ahttp() { CODE=$(curl -s -o /dev/null -w '%{http_code}' -m 10 -H "Authorization: Bearer $1" "http://127.0.0.1:$APORT/api/keys"); }
 ahttp "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"aud\":\"meshhook-admin\"}")"
@@ -470,12 +459,12 @@ FLOOD=$(mkjwt "{\"role\":\"app\",\"sub\":\"flood\",\"exp\":$((NOW + 600))}")
 codes=""; for i in $(seq 1 25); do http POST /api/keys/rotate "$FLOOD" '{"keyring":"default"}'; codes="$codes $CODE"; done
 check "25 rotations with a user token: 10 refused (403), then 429" \
     "$(printf ' 403%.0s' $(seq 1 10))$(printf ' 429%.0s' $(seq 1 15))" "$codes"
-contains "  the 429 says why" 'too many requests refused' "$BODY_OUT"
-contains "  with Retry-After" '^[Rr]etry-[Aa]fter: [0-9]+' "$(curl -s -D - -o /dev/null -m 5 -H "Authorization: Bearer $FLOOD" "http://127.0.0.1:$HPORT/api/keys")"
+check_match "  the 429 says why" 'too many requests refused' "$BODY_OUT"
+check_match "  with Retry-After" '^[Rr]etry-[Aa]fter: [0-9]+' "$(curl -s -D - -o /dev/null -m 5 -H "Authorization: Bearer $FLOOD" "http://127.0.0.1:$HPORT/api/keys")"
 http GET /metrics "$(mkjwt "{\"role\":\"app\",\"sub\":\"flood\",\"exp\":$((NOW + 300))}")"
 check "another token for the same sub and role: 429 too" 429 "$CODE"
-n=""; for i in $(seq 1 100); do n=$(refused); [ "$n" -ge $((before + 10)) ] && break; sleep 0.1; done
-sleep 0.5; n=$(refused)
+wait_until 10 is_t q "SELECT count(*) >= $((before + 10)) FROM meshhook_keys.audit_log WHERE outcome = 'refused' AND role_name = 'app'" || true
+sleep 0.5; n=$(refused)   # (half a second more for a wrong 11th row to arrive)
 check "exactly 10 refusals were audited" "$((before + 10))" "$n"
 check "and nothing was rotated" "$before_v" "$(version)"
 http POST /api/keys/rotate "$(mkjwt "{\"role\":\"app\",\"sub\":\"someone-else\",\"exp\":$((NOW + 600))}")" '{"keyring":"default"}'
@@ -485,6 +474,4 @@ check "and an admin token 200" 200 "$CODE"
 alive "the server is still up at the end"
 check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
 
-echo
-echo "hostile-client tests: $PASSES passed, $FAILS failed"
-[ "$FAILS" = 0 ]
+suite_summary "hostile-client tests"

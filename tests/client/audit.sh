@@ -8,22 +8,16 @@
 #     audit writer);
 #   - a flood of 10,000 refused calls from 4 sessions: exactly 10,000 refusal rows, never more audit
 #     writers at once than refusing sessions, no "could not start the audit writer" line.
-# Expects the extension installed.
-source "$(dirname "$0")/../../scripts/lib.sh"
+# Installs the extension if it is not installed yet.
+source "$(dirname "$0")/../lib.sh"
 
-PORT=${MESHHOOK_KEYS_AUDIT_PORT:-54349}
-TMP=$(mktemp -d /tmp/mk_audit.XXXXXX)
-chmod 755 "$TMP"
-make_root_key "$TMP/keys/root.key"
-init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" "meshhook_keys.database = 'audit'"
-trap 'exec 3>&- 2>/dev/null || true; stop_cluster "$TMP" immediate; rm -rf "$TMP"' EXIT
-start_cluster "$TMP"
+suite_setup audit "${MESHHOOK_KEYS_AUDIT_PORT:-54349}" "meshhook_keys.database = 'audit'"
+at_exit 'exec 3>&- 2>/dev/null || true'
 
-q() { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U "${2:-postgres}" -d audit -v ON_ERROR_STOP=1 -c "$1"; }
-wait_for() { local i; for i in $(seq 1 $(( $2 * 10 ))); do [ "$(q "SELECT $1")" = t ] && return 0; sleep 0.1; done; return 1; }
+q() { psql_as "${2:-postgres}" audit "$1"; }   # q SQL [USER]
 
 say "audit tests (cluster in $TMP, port $PORT)"
-as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE audit" >/dev/null
+psql_as postgres postgres "CREATE DATABASE audit" >/dev/null
 q "CREATE EXTENSION meshhook_keys;
    CREATE ROLE au_user LOGIN IN ROLE meshhook_keys_user;
    CREATE ROLE au_admin LOGIN IN ROLE meshhook_keys_admin;
@@ -36,7 +30,7 @@ hold() {
     HOLD_PID=$!
     exec 3> "$TMP/hold.in"
     echo "$1" >&3
-    wait_for "EXISTS (SELECT FROM pg_stat_activity WHERE usename = 'au_user' AND state = 'idle in transaction')" 20
+    wait_until 20 is_t q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE usename = 'au_user' AND state = 'idle in transaction')"
 }
 release() { echo "$1" >&3; exec 3>&-; wait "$HOLD_PID" || true; }
 rotate_as_admin() {
@@ -91,7 +85,7 @@ done
 wait $(jobs -p | grep -v "^$SAMPLER\$") 2>/dev/null || true
 touch "$TMP/flood.done"; wait "$SAMPLER" || true
 echo "  (the flood took $(( $(date +%s) - start )) s)"
-if wait_for "(SELECT count(*) FROM meshhook_keys.audit_log WHERE outcome = 'refused') - $refused_before >= 10000" 60; then
+if wait_until 60 is_t q "SELECT (SELECT count(*) FROM meshhook_keys.audit_log WHERE outcome = 'refused') - $refused_before >= 10000"; then
     ok "the refusals reached the log"; else fail "the refusals reached the log"; fi
 check "exactly 10,000 refusal rows" 10000 "$(( $(rows "outcome = 'refused'") - refused_before ))"
 check "each names the refused role and function" 10000 \
@@ -104,5 +98,4 @@ check "never more audit writers at once than refusing sessions" t "$(q "SELECT m
 check "no refusal was only logged" 0 "$(grep -c 'could not start the audit writer' "$TMP/server.log" || true)"
 check "the chain verifies after the flood" t "$(q "SELECT ok FROM meshhook_keys.audit_verify()")"
 
-echo "audit: $PASSES passed, $FAILS failed"
-[ "$FAILS" = 0 ]
+suite_summary "audit"

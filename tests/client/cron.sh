@@ -10,27 +10,19 @@
 #   - a pg_cron job running CALL meshhook_keys.reencrypt() on its own;
 #   - scheduler_status() and health() say that the library is not preloaded.
 # pg_cron 1.4 (Debian 12) schedules by the minute: the two scheduled checks wait up to ~2 minutes.
-# Expects the extension installed.
-source "$(dirname "$0")/../../scripts/lib.sh"
+# Installs the extension if it is not installed yet.
+source "$(dirname "$0")/../lib.sh"
 
-PORT=${MESHHOOK_KEYS_CRON_PORT:-54347}
-TMP=$(mktemp -d /tmp/mk_cron.XXXXXX)
-chmod 755 "$TMP"
-make_root_key "$TMP/keys/root.key"
-init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" \
+suite_setup cron "${MESHHOOK_KEYS_CRON_PORT:-54347}" \
     "shared_preload_libraries = 'pg_cron'" \
     "cron.database_name = 'crondb'" \
     "cron.use_background_workers = on" \
     "max_worker_processes = 20"
-trap 'stop_cluster "$TMP" immediate; rm -rf "$TMP"' EXIT
-start_cluster "$TMP"
 
-q() { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U "${2:-postgres}" -d crondb -v ON_ERROR_STOP=1 -c "$1"; }
-# wait_for SQL_BOOLEAN SECONDS: poll until true, up to the deadline
-wait_for() { local i; for i in $(seq 1 $(( $2 * 4 ))); do [ "$(q "SELECT $1")" = t ] && return 0; sleep 0.25; done; return 1; }
+q() { psql_as "${2:-postgres}" crondb "$1"; }   # q SQL [USER]
 
 say "cron tests (cluster in $TMP, port $PORT, shared_preload_libraries = 'pg_cron' only)"
-as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE crondb" >/dev/null
+psql_as postgres postgres "CREATE DATABASE crondb" >/dev/null
 # (restarted so that pg_cron's launcher finds its database from the start)
 stop_cluster "$TMP"; start_cluster "$TMP"
 LOG_FROM=$(( $(wc -l < "$TMP/server.log") + 1 ))
@@ -85,8 +77,8 @@ q "INSERT INTO tokens SELECT g, meshhook_keys.secret_encrypt('token ' || g, 'tok
 q "SELECT meshhook_keys.keyring_set_policy('aging', interval '1 second')" >/dev/null
 check "the job is scheduled as an admin role" "t" \
     "$(q "SELECT cron.schedule('meshhook-keys-tick', '* * * * *', \$\$SELECT count(*) FROM meshhook_keys.tick()\$\$) > 0" cron_admin)"
-if wait_for "EXISTS (SELECT FROM cron.job_run_details d JOIN cron.job j USING (jobid)
-                     WHERE j.jobname = 'meshhook-keys-tick' AND d.status IN ('succeeded', 'failed'))" 150; then
+if wait_until 150 is_t q "SELECT EXISTS (SELECT FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+                     WHERE j.jobname = 'meshhook-keys-tick' AND d.status IN ('succeeded', 'failed'))"; then
     ok "pg_cron ran the tick job"; else fail "pg_cron ran the tick job" "$(q "SELECT * FROM cron.job_run_details")"; fi
 check "the run succeeded" "succeeded" \
     "$(q "SELECT string_agg(d.status || coalesce(' ' || d.return_message, ''), ', ') FROM cron.job_run_details d JOIN cron.job j USING (jobid)
@@ -105,8 +97,8 @@ q "SELECT meshhook_keys.keyring_set_policy('aging', NULL)" >/dev/null
 q "SELECT meshhook_keys.keys_rotate('aging', 'manual rotation, re-encrypted by cron')" >/dev/null
 check "the re-encryption job is scheduled" "t" \
     "$(q "SELECT cron.schedule('meshhook-keys-reencrypt', '* * * * *', \$\$CALL meshhook_keys.reencrypt('aging')\$\$) > 0" cron_admin)"
-if wait_for "EXISTS (SELECT FROM cron.job_run_details d JOIN cron.job j USING (jobid)
-                     WHERE j.jobname = 'meshhook-keys-reencrypt' AND d.status IN ('succeeded', 'failed'))" 150; then
+if wait_until 150 is_t q "SELECT EXISTS (SELECT FROM cron.job_run_details d JOIN cron.job j USING (jobid)
+                     WHERE j.jobname = 'meshhook-keys-reencrypt' AND d.status IN ('succeeded', 'failed'))"; then
     ok "pg_cron ran the re-encryption job"; else fail "pg_cron ran the re-encryption job" "$(q "SELECT * FROM cron.job_run_details")"; fi
 check "the run succeeded" "succeeded" \
     "$(q "SELECT string_agg(DISTINCT d.status, ', ') FROM cron.job_run_details d JOIN cron.job j USING (jobid)
@@ -117,5 +109,4 @@ check "the job re-encrypted every row" "300|300" \
              count(*) FILTER (WHERE meshhook_keys.secret_decrypt(c, 'tokens:' || id) = 'token ' || id) FROM tokens")"
 check "no backend ended with FATAL or crashed" "" "$(fatal_lines)"
 
-echo "cron: $PASSES passed, $FAILS failed"
-[ "$FAILS" = 0 ]
+suite_summary "cron"

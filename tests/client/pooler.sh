@@ -5,30 +5,20 @@
 #   - transaction mode: a transaction-scoped unlock is gone for the next client on the backend; a
 #     session-scoped unlock made under one JWT sub is unusable under another sub or none;
 #   - session mode with server_reset_query = DISCARD ALL: the next client inherits nothing.
-# Expects the extension installed.
-source "$(dirname "$0")/../../scripts/lib.sh"
+# Installs the extension if it is not installed yet.
+source "$(dirname "$0")/../lib.sh"
 
-PORT=${MESHHOOK_KEYS_POOL_PORT:-54341}
+suite_setup pool "${MESHHOOK_KEYS_POOL_PORT:-54341}"
 BPORT=$((PORT + 1))
-TMP=$(mktemp -d /tmp/mk_pool.XXXXXX)
-chmod 755 "$TMP"
-make_root_key "$TMP/keys/root.key"
-init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'"
-cleanup() {
-    [ -f "$TMP/pgbouncer.pid" ] && kill "$(cat "$TMP/pgbouncer.pid")" 2>/dev/null
-    stop_cluster "$TMP" immediate
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
-start_cluster "$TMP"
+stop_bouncer() { [ -f "$TMP/pgbouncer.pid" ] && kill "$(cat "$TMP/pgbouncer.pid")" 2>/dev/null; }
+at_exit stop_bouncer
 
-
-direct() { as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U "$1" -d pooldb -v ON_ERROR_STOP=1 -c "$2"; }
+direct() { psql_as "$1" pooldb "$2"; }   # direct USER SQL: straight to the server
 # pooled SQL: one client connection through PgBouncer; errors print as "ERROR: <SQLSTATE>"
-pooled() { as_pg psql -X -q -A -t -h 127.0.0.1 -p "$BPORT" -U pool_app -d pooldb -v VERBOSITY=sqlstate -c "$1" 2>&1; }
+pooled() { psql_as pool_app pooldb "$1" -h 127.0.0.1 -p "$BPORT" -v ON_ERROR_STOP=0 -v VERBOSITY=sqlstate 2>&1; }
 
 start_bouncer() {   # MODE
-    [ -f "$TMP/pgbouncer.pid" ] && { kill "$(cat "$TMP/pgbouncer.pid")"; for _ in $(seq 1 50); do [ -f "$TMP/pgbouncer.pid" ] || break; sleep 0.1; done; }
+    [ -f "$TMP/pgbouncer.pid" ] && { kill "$(cat "$TMP/pgbouncer.pid")"; wait_until 5 test ! -f "$TMP/pgbouncer.pid" || true; }
     cat > "$TMP/pgbouncer.ini" <<INI
 [databases]
 pooldb = host=$TMP port=$PORT dbname=pooldb user=pool_app
@@ -46,12 +36,12 @@ pidfile = $TMP/pgbouncer.pid
 INI
     chown postgres "$TMP/pgbouncer.ini"
     as_pg pgbouncer -d "$TMP/pgbouncer.ini"
-    for _ in $(seq 1 100); do pooled "SELECT 1" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    wait_until 10 pooled "SELECT 1" && return 0
     echo "pgbouncer did not start"; cat "$TMP/pgbouncer.log"; exit 1
 }
 
 say "pooler tests (cluster in $TMP, PgBouncer on 127.0.0.1:$BPORT)"
-as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d postgres -c "CREATE DATABASE pooldb"
+psql_as postgres postgres "CREATE DATABASE pooldb"
 direct postgres "CREATE EXTENSION meshhook_keys;
                  CREATE ROLE pool_app LOGIN IN ROLE meshhook_keys_user;
                  CREATE TABLE pool_t (id int PRIMARY KEY, c bytea);
@@ -95,6 +85,4 @@ echo "# nothing secret in the server or pooler logs (the set-up's literal secret
 if cat "$TMP/server.log" "$TMP/pgbouncer.log" | grep -q "pool-secret-1\|pooled-plaintext"; then
     fail "a secret reached a log"; else ok "no secret in the server or PgBouncer log"; fi
 
-echo
-echo "pooler tests: $PASSES passed, $FAILS failed"
-[ "$FAILS" = 0 ]
+suite_summary "pooler tests"

@@ -3,60 +3,31 @@
 # launcher and scheduler workers, SIGHUP / SIGTERM / crash, DROP and CREATE EXTENSION, a database
 # that does not exist yet, a failing tick, usage-based rotation, and a streaming standby (started by
 # this script with pg_basebackup) that decrypts everything and takes over after promotion.
-# Every wait polls a condition with a deadline. Expects the extension installed.
-source "$(dirname "$0")/../../scripts/lib.sh"
+# Every wait polls a condition with a deadline. Installs the extension if it is not installed yet.
+source "$(dirname "$0")/../lib.sh"
 
-PORT=${MESHHOOK_KEYS_SCHED_PORT:-54335}
-SPORT=$((PORT + 1))
-TMP=$(mktemp -d /tmp/mk_sched.XXXXXX)
-chmod 755 "$TMP"
-KEY=$TMP/keys/root.key
-make_root_key "$KEY"
-init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$KEY'" \
+suite_init sched "${MESHHOOK_KEYS_SCHED_PORT:-54335}" \
     "meshhook_keys.database = 'sched'" "meshhook_keys.worker_naptime = '500ms'" \
     "wal_level = replica" "max_wal_senders = 4" "hot_standby = on" "log_min_messages = 'log'"
 echo "local replication postgres trust" >> "$TMP/data/pg_hba.conf"
+SPORT=$((PORT + 1))
 SDIR=$TMP/standby
-cleanup() {
-    [ -d "$SDIR/data" ] && stop_cluster "$SDIR" immediate
-    stop_cluster "$TMP" immediate
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+stop_standby() { [ -d "$SDIR/data" ] && stop_cluster "$SDIR" immediate; }
+at_exit stop_standby
 start_cluster "$TMP"
 
-
-# q [-p port] DB SQL: one client call, tuples only.
-q() {
-    local port=$PORT host=$TMP
-    if [ "$1" = -s ]; then port=$SPORT host=$SDIR; shift; fi
-    local db=$1 sql=$2; shift 2
-    as_pg psql -X -q -A -t -h "$host" -p "$port" -U postgres -d "$db" -v ON_ERROR_STOP=1 "$@" -c "$sql"
-}
-# wait_for [-s] DB EXPR [SECONDS]: poll (with a fresh statistics snapshot) until EXPR is true.
-wait_for() {
-    local s=""; if [ "$1" = -s ]; then s=-s; shift; fi
-    local db=$1 sql=$2 secs=${3:-30} i
-    for i in $(seq 1 $((secs * 10))); do
-        [ "$(q $s "$db" "SELECT pg_stat_clear_snapshot(); SELECT $sql" 2>/dev/null | tail -1)" = t ] && return 0
-        sleep 0.1
-    done
-    return 1
-}
-# wait_log PATTERN [SECONDS] [LOG]: poll the server log for an extended regex.
-wait_log() {
-    local i log=${3:-$TMP/server.log}
-    for i in $(seq 1 $(( ${2:-30} * 10 ))); do grep -Eq -- "$1" "$log" && return 0; sleep 0.1; done
-    return 1
-}
+# q [-s] DB SQL [psql args]: one client call to the primary (or, with -s, the standby), tuples only
+q() { local at=(); if [ "$1" = -s ]; then at=(-h "$SDIR" -p "$SPORT"); shift; fi; psql_as postgres "$1" "$2" "${at[@]}" "${@:3}"; }
+# fresh [-s] DB EXPR: SELECT EXPR with a fresh statistics snapshot, errors hidden (for wait_until ... is_t)
+fresh() { q "${@:1:$#-1}" "SELECT pg_stat_clear_snapshot(); SELECT ${!#}" 2>/dev/null; }
 count_log() { grep -Ec -- "$1" "${2:-$TMP/server.log}" || true; }
 sched_pid() { q "${1:-postgres}" "SELECT pid FROM pg_stat_activity WHERE backend_type = 'meshhook_keys scheduler'"; }
 
 say "scheduler tests (cluster in $TMP, port $PORT)"
 
 echo "# the database does not exist yet: the launcher waits and says so once, no crash loop"
-if wait_log 'database "sched" \(meshhook_keys.database\) does not exist yet' 20; then ok "launcher logs that the database is missing"; else fail "launcher logs that the database is missing"; fi
-if wait_for postgres "EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'meshhook_keys launcher')" 10; then
+if wait_until 20 grep -Eq -- 'database "sched" \(meshhook_keys.database\) does not exist yet' "$TMP/server.log"; then ok "launcher logs that the database is missing"; else fail "launcher logs that the database is missing"; fi
+if wait_until 10 is_t fresh postgres "EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'meshhook_keys launcher')"; then
     ok "the launcher runs (backend_type 'meshhook_keys launcher')"; else fail "the launcher runs"; fi
 launcher=$(q postgres "SELECT pid FROM pg_stat_activity WHERE backend_type = 'meshhook_keys launcher'")
 sleep_until=$(( $(date +%s) + 2 ))
@@ -68,15 +39,15 @@ check "the same launcher process keeps waiting" "$launcher" \
 
 echo "# the database appears: the scheduler starts there and waits for the extension"
 q postgres "CREATE DATABASE sched"
-if wait_for postgres "EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'meshhook_keys scheduler' AND datname = 'sched')"; then
+if wait_until 30 is_t fresh postgres "EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'meshhook_keys scheduler' AND datname = 'sched')"; then
     ok "scheduler started in database sched"; else fail "scheduler started in database sched"; fi
-if wait_log 'meshhook_keys is not installed in database "sched"' 20; then ok "logs that the extension is not installed"; else fail "logs that the extension is not installed"; fi
+if wait_until 20 grep -Eq -- 'meshhook_keys is not installed in database "sched"' "$TMP/server.log"; then ok "logs that the extension is not installed"; else fail "logs that the extension is not installed"; fi
 
 echo "# CREATE EXTENSION: scheduled rotation by age, audited with actor scheduler"
 q sched "CREATE EXTENSION meshhook_keys"
 q sched "SELECT 1 FROM meshhook_keys.keys_rotate('age-ring', 'v1')" >/dev/null
 q sched "SELECT meshhook_keys.keyring_set_policy('age-ring', interval '2 seconds')" >/dev/null
-if wait_for sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'age-ring') >= 2" 20; then
+if wait_until 20 is_t fresh sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'age-ring') >= 2"; then
     ok "the worker rotated a keyring older than its interval"; else fail "the worker rotated a keyring older than its interval"; fi
 check "the scheduled rotation is audited with actor scheduler" "scheduler|rotate|ok" \
     "$(q sched "SELECT actor, action, outcome FROM meshhook_keys.audit_log WHERE keyring = 'age-ring' AND version = 2 AND action = 'rotate'")"
@@ -87,7 +58,7 @@ q sched "SELECT 1 FROM meshhook_keys.keys_rotate('race-ring', 'v1')" >/dev/null
 q sched "SELECT meshhook_keys.keyring_set_policy('race-ring', interval '1 hour');
          UPDATE meshhook_keys.data_key SET activated_at = activated_at - interval '2 hours' WHERE keyring = 'race-ring'" >/dev/null
 for i in 1 2 3 4; do q sched "SELECT count(*) FROM meshhook_keys.tick()" >/dev/null & done; wait
-wait_for sched "(SELECT count(*) FROM meshhook_keys.keys WHERE keyring = 'race-ring') >= 2" 10 || true
+wait_until 10 is_t fresh sched "(SELECT count(*) FROM meshhook_keys.keys WHERE keyring = 'race-ring') >= 2" || true
 # give the worker a few more ticks to (wrongly) rotate again
 sleep_until=$(( $(date +%s) + 2 )); while [ "$(date +%s)" -lt "$sleep_until" ]; do sleep 0.2; done
 check "four concurrent tick() calls and the worker rotated once" 2 \
@@ -99,7 +70,7 @@ q sched "CREATE TABLE creds (id int PRIMARY KEY, c bytea NOT NULL);
          INSERT INTO creds SELECT i, meshhook_keys.secret_encrypt('S-' || i, 'c:' || i, 're-ring') FROM generate_series(1, 3000) i;
          SELECT meshhook_keys.register_column('creds', 'c', \$\$'c:' || id\$\$, 're-ring');
          SELECT 1 FROM meshhook_keys.keys_rotate('re-ring', 'v2');" >/dev/null
-if wait_for sched "NOT EXISTS (SELECT 1 FROM meshhook_keys.key_usage('re-ring') WHERE version = 1)" 30; then
+if wait_until 30 is_t fresh sched "NOT EXISTS (SELECT 1 FROM meshhook_keys.key_usage('re-ring') WHERE version = 1)"; then
     ok "every row moved to version 2 by the worker"; else fail "every row moved to version 2 by the worker"; fi
 check "and still decrypts" 3000 "$(q sched "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(c, 'c:' || id) = 'S-' || id")"
 check "re-encryption audited with actor scheduler" "scheduler" \
@@ -113,7 +84,7 @@ as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d sched -v ON_ERROR_STOP=1 \
     -f "$REPO_ROOT/tests/hostile/deputy_fixture.sql" >/dev/null
 q sched "ALTER DATABASE sched SET meshhook_keys.tenant_check = 'dp_app.tenant_ok'" >/dev/null
 q sched "SELECT 1 FROM meshhook_keys.keys_rotate('dp:target', 'scheduler deputy test')" >/dev/null
-if wait_for sched "(SELECT k.version FROM dp_m.t t JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.tok) WHERE t.id = 1) = 2" 30; then
+if wait_until 30 is_t fresh sched "(SELECT k.version FROM dp_m.t t JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(t.tok) WHERE t.id = 1) = 2"; then
     ok "the worker re-encrypted the hostile owner's table"; else fail "the worker re-encrypted the hostile owner's table"; fi
 check "her code ran inside the worker's batch" t \
     "$(q sched "SELECT count(*) > 0 FROM dp_m.attempts WHERE runner = 'scheduler'")"
@@ -128,56 +99,56 @@ echo "# usage-based rotation: encryptions are counted and flushed, the worker ro
 q sched "SELECT 1 FROM meshhook_keys.keys_rotate('use-ring', 'v1');
          SELECT meshhook_keys.keyring_set_policy('use-ring', NULL, 10)" >/dev/null
 for i in $(seq 1 10); do q sched "SELECT meshhook_keys.secret_encrypt('x', '', 'use-ring')" >/dev/null; done
-if wait_for sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'use-ring') = 2" 20; then
+if wait_until 20 is_t fresh sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'use-ring') = 2"; then
     ok "rotated after 10 encryptions"; else fail "rotated after 10 encryptions"; fi
-if wait_for sched "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'use-ring' AND version = 1) = 10" 10; then
+if wait_until 10 is_t fresh sched "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'use-ring' AND version = 1) = 10"; then
     ok "the 10 encryptions were flushed to data_key.encryptions"; else fail "the 10 encryptions were flushed to data_key.encryptions"; fi
 check "reason names the count" "t" \
     "$(q sched "SELECT reason LIKE '%10 encryptions%' FROM meshhook_keys.audit_log WHERE keyring = 'use-ring' AND version = 2")"
 
 echo "# SIGHUP: a new naptime is picked up after pg_reload_conf()"
 q postgres "ALTER SYSTEM SET meshhook_keys.worker_naptime = '700ms'" && q postgres "SELECT pg_reload_conf()" >/dev/null
-if wait_for sched "(SELECT naptime_ms FROM meshhook_keys.scheduler_status()) = 700" 10; then
+if wait_until 10 is_t fresh sched "(SELECT naptime_ms FROM meshhook_keys.scheduler_status()) = 700"; then
     ok "naptime 500 ms -> 700 ms without a restart"; else fail "naptime 500 ms -> 700 ms without a restart"; fi
 q postgres "ALTER SYSTEM SET meshhook_keys.worker_enabled = off" && q postgres "SELECT pg_reload_conf()" >/dev/null
-if wait_for sched "(SELECT state FROM meshhook_keys.scheduler_status()) = 'disabled'" 10; then
+if wait_until 10 is_t fresh sched "(SELECT state FROM meshhook_keys.scheduler_status()) = 'disabled'"; then
     ok "worker_enabled = off pauses it"; else fail "worker_enabled = off pauses it"; fi
 q postgres "ALTER SYSTEM RESET meshhook_keys.worker_enabled" && q postgres "SELECT pg_reload_conf()" >/dev/null
-if wait_for sched "(SELECT state FROM meshhook_keys.scheduler_status()) IN ('idle', 'ticking')" 10; then
+if wait_until 10 is_t fresh sched "(SELECT state FROM meshhook_keys.scheduler_status()) IN ('idle', 'ticking')"; then
     ok "and on resumes it"; else fail "and on resumes it"; fi
 
 echo "# SIGTERM stops it promptly; the launcher starts a new one"
 pid=$(sched_pid)
 q postgres "SELECT pg_terminate_backend($pid)" >/dev/null
-if wait_for postgres "NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $pid)" 5; then
+if wait_until 5 is_t fresh postgres "NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $pid)"; then
     ok "scheduler $pid stopped within 5 s of SIGTERM"; else fail "scheduler stopped within 5 s of SIGTERM"; fi
-if wait_for postgres "EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'meshhook_keys scheduler' AND pid <> $pid)" 20; then
+if wait_until 20 is_t fresh postgres "EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'meshhook_keys scheduler' AND pid <> $pid)"; then
     ok "a new scheduler was started"; else fail "a new scheduler was started"; fi
 
 echo "# a crash (SIGKILL): the postmaster restarts, and so does the scheduler"
 pid=$(sched_pid)
 kill -9 "$pid"
-if wait_log 'terminated by signal 9' 10; then ok "the postmaster saw the crash"; else fail "the postmaster saw the crash"; fi
-if wait_for postgres "EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'meshhook_keys scheduler' AND pid <> $pid)" 40; then
+if wait_until 10 grep -Eq -- 'terminated by signal 9' "$TMP/server.log"; then ok "the postmaster saw the crash"; else fail "the postmaster saw the crash"; fi
+if wait_until 40 is_t fresh postgres "EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type = 'meshhook_keys scheduler' AND pid <> $pid)"; then
     ok "a scheduler runs again after crash recovery"; else fail "a scheduler runs again after crash recovery"; fi
 q sched "SELECT meshhook_keys.keyring_set_policy('age-ring', interval '1 second')" >/dev/null
-if wait_for sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'age-ring') >= 3" 20; then
+if wait_until 20 is_t fresh sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'age-ring') >= 3"; then
     ok "and it rotates again"; else fail "and it rotates again"; fi
 q sched "SELECT meshhook_keys.keyring_set_policy('age-ring', NULL)" >/dev/null
 
 echo "# a failing tick is rolled back, audited with its error class, retried with backoff, then works"
 q postgres "ALTER SYSTEM SET meshhook_keys.root_key_file = '$TMP/keys/missing.key'" && q postgres "SELECT pg_reload_conf()" >/dev/null
 q sched "SELECT meshhook_keys.keyring_set_policy('age-ring', interval '1 second')" >/dev/null
-if wait_for sched "EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE keyring = 'age-ring' AND action = 'rotate'
-                            AND outcome = 'failed' AND actor = 'scheduler' AND detail->>'error_class' = 'F0')" 20; then
+if wait_until 20 is_t fresh sched "EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE keyring = 'age-ring' AND action = 'rotate'
+                            AND outcome = 'failed' AND actor = 'scheduler' AND detail->>'error_class' = 'F0')"; then
     ok "failed rotation audited (actor scheduler, error class F0)"; else fail "failed rotation audited (actor scheduler, error class F0)"; fi
 v_before=$(q sched "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'age-ring'")
 check "backing off: failures counted, a next attempt set, the error kept" "t" \
     "$(q sched "SELECT failed_attempts >= 1 AND next_attempt_at IS NOT NULL AND last_error LIKE '%: F0000: root key unavailable%'
                   FROM meshhook_keys.keyrings WHERE keyring = 'age-ring'")"
 q postgres "ALTER SYSTEM RESET meshhook_keys.root_key_file" && q postgres "SELECT pg_reload_conf()" >/dev/null
-if wait_for sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'age-ring') > $v_before
-                   AND (SELECT failed_attempts FROM meshhook_keys.keyrings WHERE keyring = 'age-ring') = 0" 30; then
+if wait_until 30 is_t fresh sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'age-ring') > $v_before
+                   AND (SELECT failed_attempts FROM meshhook_keys.keyrings WHERE keyring = 'age-ring') = 0"; then
     ok "after the fix a later tick rotates and clears the failure"; else fail "after the fix a later tick rotates and clears the failure"; fi
 attempts=$(q sched "SELECT count(*) FROM meshhook_keys.audit_log WHERE keyring = 'age-ring' AND outcome = 'failed'")
 if [ "$attempts" -le 6 ]; then ok "retried with backoff, not in a hot loop ($attempts failed attempts)"; else fail "retried with backoff" "$attempts failed attempts"; fi
@@ -186,11 +157,11 @@ q sched "SELECT meshhook_keys.keyring_set_policy('age-ring', NULL)" >/dev/null
 echo "# DROP EXTENSION / CREATE EXTENSION while the scheduler runs"
 pid=$(sched_pid)
 q sched "DROP TABLE creds; DROP EXTENSION meshhook_keys"
-if wait_log 'meshhook_keys is not installed in database "sched"' 5; then :; fi
+if wait_until 5 grep -Eq -- 'meshhook_keys is not installed in database "sched"' "$TMP/server.log"; then :; fi
 q sched "CREATE EXTENSION meshhook_keys;
          SELECT 1 FROM meshhook_keys.keys_rotate('again-ring', 'v1');
          SELECT meshhook_keys.keyring_set_policy('again-ring', interval '1 second')" >/dev/null
-if wait_for sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'again-ring') >= 2" 20; then
+if wait_until 20 is_t fresh sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'again-ring') >= 2"; then
     ok "the same scheduler works in the re-created extension"; else fail "the same scheduler works in the re-created extension"; fi
 check "without restarting" "$pid" "$(sched_pid)"
 q sched "SELECT meshhook_keys.keyring_set_policy('again-ring', NULL)" >/dev/null
@@ -206,24 +177,24 @@ as_pg "$PGBIN/pg_basebackup" -h "$TMP" -p "$PORT" -U postgres -D "$SDIR/data" -R
 { echo "port = $SPORT"; echo "unix_socket_directories = '$SDIR'"; } >> "$SDIR/data/postgresql.auto.conf"
 as_pg "$PGBIN/pg_ctl" -D "$SDIR/data" -l "$SDIR/server.log" -w -t 60 start >/dev/null
 q sched "INSERT INTO replicated SELECT i, meshhook_keys.secret_encrypt('R-' || i, 'r:' || i) FROM generate_series(301, 400) i" >/dev/null
-if wait_for -s sched "(SELECT count(*) FROM replicated) = 400" 30; then ok "standby caught up"; else fail "standby caught up"; fi
+if wait_until 30 is_t fresh -s sched "(SELECT count(*) FROM replicated) = 400"; then ok "standby caught up"; else fail "standby caught up"; fi
 check "the standby decrypts every secret the primary wrote" 400 \
     "$(q -s sched "SELECT count(*) FROM replicated WHERE meshhook_keys.secret_decrypt(c, 'r:' || id) = 'R-' || id")"
 check "the standby is in recovery" t "$(q -s sched "SELECT pg_is_in_recovery()")"
-if wait_log 'server is a standby \(in recovery\); no rotation' 20 "$SDIR/server.log"; then
+if wait_until 20 grep -Eq -- 'server is a standby \(in recovery\); no rotation' "$SDIR/server.log"; then
     ok "the standby's scheduler says once why it does nothing"; else fail "the standby's scheduler says why it does nothing"; fi
 check "tick() refuses on the standby" "t" \
     "$({ as_pg psql -X -q -A -t -h "$SDIR" -p "$SPORT" -U postgres -d sched -c "SELECT meshhook_keys.tick()" 2>&1 || true; } | grep -q 'standby' && echo t)"
 q sched "SELECT 1 FROM meshhook_keys.keys_rotate('after-ring', 'v1');
          SELECT meshhook_keys.keyring_set_policy('after-ring', interval '1 second')" >/dev/null
 q postgres "ALTER SYSTEM SET meshhook_keys.worker_enabled = off" && q postgres "SELECT pg_reload_conf()" >/dev/null
-wait_for sched "(SELECT state FROM meshhook_keys.scheduler_status()) = 'disabled'" 10 || true
+wait_until 10 is_t fresh sched "(SELECT state FROM meshhook_keys.scheduler_status()) = 'disabled'" || true
 versions_on_primary=$(q sched "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring'")
-wait_for -s sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring') = $versions_on_primary" 20 || true
+wait_until 20 is_t fresh -s sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring') = $versions_on_primary" || true
 stop_cluster "$TMP" fast
 as_pg "$PGBIN/pg_ctl" -D "$SDIR/data" -w promote >/dev/null
-if wait_log 'server was promoted; resuming' 30 "$SDIR/server.log"; then ok "after promotion the scheduler resumes"; else fail "after promotion the scheduler resumes"; fi
-if wait_for -s sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring') > $versions_on_primary" 30; then
+if wait_until 30 grep -Eq -- 'server was promoted; resuming' "$SDIR/server.log"; then ok "after promotion the scheduler resumes"; else fail "after promotion the scheduler resumes"; fi
+if wait_until 30 is_t fresh -s sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring') > $versions_on_primary"; then
     ok "and rotates on the promoted server"; else fail "and rotates on the promoted server"; fi
 check "the standby's log said 'standby' once" 1 "$(count_log 'server is a standby' "$SDIR/server.log")" ||
     true
@@ -233,6 +204,4 @@ echo "# no secrets in the logs"
 check "no plaintext in the server logs" 0 "$(cat "$TMP/server.log" "$SDIR/server.log" | grep -Ec 'S-[0-9]+|R-[0-9]+' || true)"
 check "no root key bytes in the server logs" 0 "$(cat "$TMP/server.log" "$SDIR/server.log" | grep -Fc "$(cat "$KEY")" || true)"
 
-echo
-echo "scheduler tests: $PASSES passed, $FAILS failed"
-[ "$FAILS" = 0 ]
+suite_summary "scheduler tests"
