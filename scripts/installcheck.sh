@@ -27,8 +27,9 @@ as_pg "$REGRESS" --bindir="$PGBIN" --host="$TMP" --port="$PORT" --user=postgres 
 # The same suites again with every parallel-safe query forced into a parallel worker (PostgreSQL 16
 # renamed the setting debug_parallel_query): decryption must give the same results there.
 install -d -o postgres -g postgres "$TMP/out_parallel"
-say "pg_regress with force_parallel_mode = regress"
-as_pg env PGOPTIONS="-c force_parallel_mode=regress" "$REGRESS" --bindir="$PGBIN" --host="$TMP" --port="$PORT" --user=postgres \
+PARALLEL_GUC=force_parallel_mode; [ "$PG_MAJOR" -ge 16 ] && PARALLEL_GUC=debug_parallel_query
+say "pg_regress with $PARALLEL_GUC = regress"
+as_pg env PGOPTIONS="-c $PARALLEL_GUC=regress" "$REGRESS" --bindir="$PGBIN" --host="$TMP" --port="$PORT" --user=postgres \
     --inputdir=tests/pg_regress --outputdir="$TMP/out_parallel" --dbname=contrib_regression \
     setup $TESTS || { cat "$TMP/out_parallel/regression.diffs"; status=1; }
 

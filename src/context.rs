@@ -37,7 +37,12 @@ pub fn current_lxid() -> u32 {
         if pg_sys::MyProc.is_null() {
             0
         } else {
-            (*pg_sys::MyProc).lxid
+            // (PostgreSQL 17 moved it into the virtual transaction id)
+            #[cfg(any(feature = "pg15", feature = "pg16"))]
+            let lxid = (*pg_sys::MyProc).lxid;
+            #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+            let lxid = (*pg_sys::MyProc).vxid.lxid;
+            lxid
         }
     }
 }
