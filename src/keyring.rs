@@ -1,13 +1,16 @@
-//! Keyrings: names, versions, rotation and the `default` keyring's first use. Layer 3: called by
-//! the SQL surface (`api`), the scheduler and the encrypt path; calls the store, the root key and
-//! the audit log, never the SQL surface.
+//! Keyrings: names, creation, versions and rotation, the rotation policy, destruction
+//! (crypto-shredding) and reclaiming a destroyed name, rewrapping every data key under a new root
+//! key, and the `default` keyring's first use. Layer 3: called by the SQL surface (`api`), the
+//! scheduler and the encrypt path; calls the store, the root key and the audit log, never the SQL
+//! surface. Every change takes the audit chain lock before the keyring's row lock (the one lock
+//! order) and is audited in the same transaction.
 
 use crate::audit;
 use crate::crypto::{self, SecretKey};
 use crate::error::{KeysError, Result as KResult};
 use crate::rootkey;
 use crate::store;
-use pgrx::datum::TimestampWithTimeZone;
+use pgrx::datum::{Interval, TimestampWithTimeZone};
 
 pub const DEFAULT_KEYRING: &str = "default";
 
@@ -99,7 +102,7 @@ pub fn rotate(keyring: &str, reason: Option<&str>) -> KResult<NewKey> {
 }
 
 /// A destroyed keyring stays destroyed: no new version can make its name usable again.
-pub fn refuse_destroyed(keyring: &str) -> KResult<()> {
+fn refuse_destroyed(keyring: &str) -> KResult<()> {
     if store::keyring_destroyed_at(keyring)?.is_some() {
         return Err(KeysError::KeyringDestroyed(keyring.into()));
     }
@@ -119,4 +122,201 @@ pub fn ensure_default_keyring() -> KResult<()> {
         )?;
     }
     Ok(())
+}
+
+/// The most encryptions a policy may allow under one key: AES-GCM with random 96-bit nonces must
+/// stay at or below 2^32 (NIST SP 800-38D).
+const MAX_ENCRYPTIONS_LIMIT: i64 = 1 << 32;
+
+/// Set a keyring's rotation policy: rotate when its active key is older than `rotation_interval`
+/// (`None`: never by age) or has encrypted `max_encryptions` times (`None`: the server default).
+/// Clears the scheduler's backoff and last error. Refused (22023) for a limit outside 1..=2^32 or
+/// an interval outside 1 second..100 years, and (42704) for a keyring that does not exist: a
+/// policy never creates one. Audited.
+pub fn set_policy(
+    keyring: &str,
+    rotation_interval: Option<Interval>,
+    max_encryptions: Option<i64>,
+) -> KResult<()> {
+    if let Some(m) = max_encryptions
+        && !(1..=MAX_ENCRYPTIONS_LIMIT).contains(&m)
+    {
+        return Err(KeysError::InvalidArgument(format!(
+            "max_encryptions must be between 1 and 2^32 ({MAX_ENCRYPTIONS_LIMIT}), got {m}"
+        )));
+    }
+    // Between one second and 100 years: a shorter one rotates in a hot loop, a longer one
+    // overflows timestamp arithmetic when the next rotation is computed (22008, for every
+    // keyring's scheduled rotation and for the keyrings view).
+    let sane = match rotation_interval {
+        None => true,
+        Some(i) => pgrx::spi::Spi::get_one_with_args::<bool>(
+            "SELECT $1 >= interval '1 second' AND $1 <= interval '100 years'",
+            &[i.into()],
+        )?
+        .unwrap_or(false),
+    };
+    if !sane {
+        return Err(KeysError::InvalidArgument(
+            "rotation_interval must be between 1 second and 100 years (or NULL for manual rotation only)".into(),
+        ));
+    }
+    audit::lock_chain()?;
+    // A policy is set on a keyring that exists; it never creates one.
+    if !store::keyring_exists(keyring)? {
+        return Err(KeysError::UnknownKeyring(keyring.into()));
+    }
+    store::lock_keyring(keyring)?;
+    let shown = pgrx::spi::Spi::get_one_with_args::<String>(
+        "UPDATE meshhook_keys.keyring
+            SET rotation_interval = $2, max_encryptions = $3,
+                failed_attempts = 0, next_attempt_at = NULL, last_error = NULL
+          WHERE name = $1
+      RETURNING coalesce(rotation_interval::text, 'manual')",
+        &[
+            keyring.into(),
+            rotation_interval.into(),
+            max_encryptions.into(),
+        ],
+    )?;
+    audit::record(
+        "set_policy",
+        Some(keyring),
+        None,
+        None,
+        None,
+        serde_json::json!({
+            "rotation_interval": shown,
+            "max_encryptions": max_encryptions,
+        }),
+    )
+}
+
+/// Create a keyring, optionally bound to a tenant (1 to 200 characters), with its version 1.
+/// Refused for a name in the user-held namespace, a keyring that exists (42710), and when no root
+/// key is loaded. Audited.
+pub fn create(keyring: &str, tenant: Option<&str>, reason: Option<&str>) -> KResult<NewKey> {
+    crate::userheld::check_namespace(keyring, false)?;
+    if tenant.is_some_and(|t| t.is_empty() || t.len() > 200) {
+        return Err(KeysError::InvalidArgument(
+            "tenant must be 1 to 200 characters (or NULL for no tenant)".into(),
+        ));
+    }
+    rootkey::current()?;
+    audit::lock_chain()?;
+    if !store::create_keyring(keyring, tenant)? {
+        return Err(KeysError::KeyringExists(keyring.into()));
+    }
+    store::lock_keyring(keyring)?;
+    create_version(keyring, reason, "keyring_create")
+}
+
+/// The locks of an administrative action on an existing keyring: the audit chain lock, then the
+/// keyring's row lock; refused (42704) for a keyring that does not exist.
+fn lock_existing(keyring: &str) -> KResult<()> {
+    audit::lock_chain()?;
+    if !store::keyring_exists(keyring)? {
+        return Err(KeysError::UnknownKeyring(keyring.into()));
+    }
+    store::lock_keyring(keyring)
+}
+
+/// Crypto-shred a keyring: destroy every version's key material so that nothing it ever encrypted
+/// can be decrypted again, and refuse any further use of the name. Audited; returns the versions
+/// destroyed.
+pub fn destroy(keyring: &str, reason: Option<&str>) -> KResult<i32> {
+    lock_existing(keyring)?;
+    refuse_destroyed(keyring)?;
+    let versions = store::destroy_keyring(keyring)?;
+    audit::record(
+        "keyring_destroy",
+        Some(keyring),
+        None,
+        None,
+        reason,
+        serde_json::json!({ "versions_destroyed": versions }),
+    )?;
+    store::notify("keyring_destroy", keyring, None)?;
+    Ok(versions)
+}
+
+/// Free the name of a destroyed keyring: delete its tombstone rows, registrations and
+/// re-encryption history. Refused for a keyring that was not destroyed. Audited; returns the
+/// versions deleted.
+pub fn reclaim(keyring: &str, reason: Option<&str>) -> KResult<i32> {
+    lock_existing(keyring)?;
+    if store::keyring_destroyed_at(keyring)?.is_none() {
+        return Err(KeysError::NotDestroyed(keyring.into()));
+    }
+    let versions = store::delete_keyring(keyring)?;
+    audit::record(
+        "keyring_reclaim",
+        Some(keyring),
+        None,
+        None,
+        reason,
+        serde_json::json!({ "versions_deleted": versions }),
+    )?;
+    Ok(versions)
+}
+
+/// Rewrap every data key wrapped by the previous root key under the current one, in the caller's
+/// transaction, touching no user rows. Keys already under the current root key are counted and
+/// left alone; a key under neither aborts the whole rewrap (28000). Each unwrapped key is zeroized
+/// as soon as it is rewrapped. Audited (fingerprints only). Returns (rewrapped, already current).
+pub fn rewrap_root() -> KResult<(i64, i64)> {
+    let cur = rootkey::current()?;
+    let prev = rootkey::previous()?;
+    if prev.fingerprint == cur.fingerprint {
+        return Err(KeysError::InvalidArgument(
+            "the previous root key is the current root key: nothing to rewrap".into(),
+        ));
+    }
+    audit::lock_chain()?;
+    let rows = store::wrapped_keys_for_update()?;
+    let (mut done, mut already) = (0i64, 0i64);
+    for row in rows {
+        let Some(wrapped) = row.wrapped_key.as_deref() else {
+            continue;
+        };
+        if row.root_fingerprint.as_slice() == cur.fingerprint.as_slice() {
+            already += 1;
+            continue;
+        }
+        if row.root_fingerprint.as_slice() != prev.fingerprint.as_slice() {
+            return Err(KeysError::RootKeyMismatch {
+                keyring: row.keyring.clone(),
+                version: row.version,
+                stored: rootkey::fingerprint_hex(&row.root_fingerprint),
+                loaded: format!(
+                    "{} (current) / {} (previous)",
+                    rootkey::fingerprint_hex(&cur.fingerprint),
+                    rootkey::fingerprint_hex(&prev.fingerprint)
+                ),
+            });
+        }
+        let dek = crypto::unwrap_key(&prev.key, row.key_id, wrapped).map_err(|_| {
+            KeysError::WrappedKeyCorrupted {
+                keyring: row.keyring.clone(),
+                version: row.version,
+            }
+        })?;
+        let rewrapped = crypto::wrap_key(&cur.key, row.key_id, &dek);
+        drop(dek);
+        store::set_wrapped_key(row.key_id, &rewrapped, &cur.fingerprint)?;
+        done += 1;
+    }
+    audit::record(
+        "root_rewrap",
+        None,
+        None,
+        None,
+        None,
+        serde_json::json!({
+            "rewrapped": done, "already_current": already,
+            "from_fingerprint": rootkey::fingerprint_hex(&prev.fingerprint),
+            "to_fingerprint": rootkey::fingerprint_hex(&cur.fingerprint),
+        }),
+    )?;
+    Ok((done, already))
 }

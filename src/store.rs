@@ -1,6 +1,7 @@
 //! SQL statements on the extension's own tables (keyrings, data keys, the audit log, registrations) that
-//! more than one module needs, parameterised. Re-encryption (with its kept plans), verify, the
-//! scheduler and health() run their own statements next to the code that needs them.
+//! more than one module needs, parameterised. Statements only one module needs live next to the
+//! code that needs them: re-encryption (with its kept plans), retire, verify, the scheduler, the
+//! keyring policy, the Vault import and health's checks.
 
 use crate::error::{KeysError, Result};
 use pgrx::prelude::*;

@@ -117,7 +117,7 @@ pub fn verify(sample: i64) -> Result<Vec<Checked>> {
         let r = scheduler::isolated(Mode::Subtransactions, || check(&col, &keyring, sample));
         let (sampled, decrypted, failed, locked, error) = match r {
             Ok((s, d, f, l)) => (s, d, f, l, None),
-            Err(e) => (0, 0, 0, 0, Some(format!("{}: {}", e.sqlstate, e.message))),
+            Err(e) => (0, 0, 0, 0, Some(e.to_string())),
         };
         out.push(Checked {
             rel: col.rel,

@@ -256,8 +256,7 @@ fn tick_once(db: &str, said: &mut Said) {
         }
         Err(f) => {
             crate::logline::log(&format!(
-                "meshhook_keys scheduler: could not check the extension: {}: {}",
-                f.sqlstate, f.message
+                "meshhook_keys scheduler: could not check the extension: {f}"
             ));
             return;
         }

@@ -3,11 +3,8 @@
 //! crate::keyring.
 
 use crate::audit;
-use crate::crypto;
-use crate::error::{KeysError, OrRaise, Result as KResult};
-use crate::keyring::{create_version, refuse_destroyed, rotate, validate_keyring};
-use crate::rootkey;
-use crate::store;
+use crate::error::{OrRaise, Result as KResult};
+use crate::keyring::{self, validate_keyring};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
@@ -30,35 +27,10 @@ fn keyring_create(
     let r = (|| {
         audit::require_admin("keyring_create", keyring)?;
         let keyring = validate_keyring(keyring)?;
-        crate::userheld::check_namespace(keyring, false)?;
-        if tenant.is_some_and(|t| t.is_empty() || t.len() > 200) {
-            return Err(KeysError::InvalidArgument(
-                "tenant must be 1 to 200 characters (or NULL for no tenant)".into(),
-            ));
-        }
-        rootkey::current()?;
-        audit::lock_chain()?;
-        if !store::create_keyring(keyring, tenant)? {
-            return Err(KeysError::KeyringExists(keyring.into()));
-        }
-        store::lock_keyring(keyring)?;
-        create_version(keyring, reason, "keyring_create")
+        keyring::create(keyring, tenant, reason)
     })()
     .or_raise();
     TableIterator::once((r.keyring, r.version, r.key_id, r.activated_at))
-}
-
-/// The checks and locks of an administrative action on an existing keyring: the caller's
-/// privilege (refusal audited), the name, the audit chain lock, then the keyring's row lock.
-fn lock_existing_keyring<'a>(function: &'static str, keyring: Option<&'a str>) -> KResult<&'a str> {
-    audit::require_admin(function, keyring)?;
-    let keyring = validate_keyring(keyring)?;
-    audit::lock_chain()?;
-    if !store::keyring_exists(keyring)? {
-        return Err(KeysError::UnknownKeyring(keyring.into()));
-    }
-    store::lock_keyring(keyring)?;
-    Ok(keyring)
 }
 
 /// Crypto-shred a keyring: destroy every version's key material so that nothing it ever encrypted
@@ -67,19 +39,8 @@ fn lock_existing_keyring<'a>(function: &'static str, keyring: Option<&'a str>) -
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_destroy(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> i32 {
     (|| {
-        let keyring = lock_existing_keyring("keyring_destroy", keyring)?;
-        refuse_destroyed(keyring)?;
-        let versions = store::destroy_keyring(keyring)?;
-        audit::record(
-            "keyring_destroy",
-            Some(keyring),
-            None,
-            None,
-            reason,
-            serde_json::json!({ "versions_destroyed": versions }),
-        )?;
-        store::notify("keyring_destroy", keyring, None)?;
-        Ok(versions)
+        audit::require_admin("keyring_destroy", keyring)?;
+        keyring::destroy(validate_keyring(keyring)?, reason)
     })()
     .or_raise()
 }
@@ -92,20 +53,8 @@ fn keyring_destroy(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_reclaim(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> i32 {
     (|| {
-        let keyring = lock_existing_keyring("keyring_reclaim", keyring)?;
-        if store::keyring_destroyed_at(keyring)?.is_none() {
-            return Err(KeysError::NotDestroyed(keyring.into()));
-        }
-        let versions = store::delete_keyring(keyring)?;
-        audit::record(
-            "keyring_reclaim",
-            Some(keyring),
-            None,
-            None,
-            reason,
-            serde_json::json!({ "versions_deleted": versions }),
-        )?;
-        Ok(versions)
+        audit::require_admin("keyring_reclaim", keyring)?;
+        keyring::reclaim(validate_keyring(keyring)?, reason)
     })()
     .or_raise()
 }
@@ -129,7 +78,7 @@ fn keys_rotate(
     let r = (|| {
         audit::require_admin("keys_rotate", keyring)?;
         let keyring = validate_keyring(keyring)?;
-        rotate(keyring, reason)
+        keyring::rotate(keyring, reason)
     })()
     .or_raise();
     TableIterator::once((r.keyring, r.version, r.key_id, r.activated_at))
@@ -171,60 +120,7 @@ fn root_key_rewrap() -> TableIterator<'static, (name!(rewrapped, i64), name!(alr
 {
     let (done, already) = (|| -> KResult<(i64, i64)> {
         audit::require_admin("root_key_rewrap", None)?;
-        let cur = rootkey::current()?;
-        let prev = rootkey::previous()?;
-        if prev.fingerprint == cur.fingerprint {
-            return Err(KeysError::InvalidArgument(
-                "the previous root key is the current root key: nothing to rewrap".into(),
-            ));
-        }
-        audit::lock_chain()?;
-        let rows = store::wrapped_keys_for_update()?;
-        let (mut done, mut already) = (0i64, 0i64);
-        for row in rows {
-            let Some(wrapped) = row.wrapped_key.as_deref() else {
-                continue;
-            };
-            if row.root_fingerprint.as_slice() == cur.fingerprint.as_slice() {
-                already += 1;
-                continue;
-            }
-            if row.root_fingerprint.as_slice() != prev.fingerprint.as_slice() {
-                return Err(KeysError::RootKeyMismatch {
-                    keyring: row.keyring.clone(),
-                    version: row.version,
-                    stored: rootkey::fingerprint_hex(&row.root_fingerprint),
-                    loaded: format!(
-                        "{} (current) / {} (previous)",
-                        rootkey::fingerprint_hex(&cur.fingerprint),
-                        rootkey::fingerprint_hex(&prev.fingerprint)
-                    ),
-                });
-            }
-            let dek = crypto::unwrap_key(&prev.key, row.key_id, wrapped).map_err(|_| {
-                KeysError::WrappedKeyCorrupted {
-                    keyring: row.keyring.clone(),
-                    version: row.version,
-                }
-            })?;
-            let rewrapped = crypto::wrap_key(&cur.key, row.key_id, &dek);
-            drop(dek);
-            store::set_wrapped_key(row.key_id, &rewrapped, &cur.fingerprint)?;
-            done += 1;
-        }
-        audit::record(
-            "root_rewrap",
-            None,
-            None,
-            None,
-            None,
-            serde_json::json!({
-                "rewrapped": done, "already_current": already,
-                "from_fingerprint": rootkey::fingerprint_hex(&prev.fingerprint),
-                "to_fingerprint": rootkey::fingerprint_hex(&cur.fingerprint),
-            }),
-        )?;
-        Ok((done, already))
+        keyring::rewrap_root()
     })()
     .or_raise();
     TableIterator::once((done, already))

@@ -2,15 +2,11 @@
 
 use crate::audit;
 use crate::error::{KeysError, OrRaise};
-use crate::keyring::validate_keyring;
+use crate::keyring::{self, validate_keyring};
 use crate::scheduler::{self, Mode};
-use crate::{gucs, store, usage};
+use crate::{gucs, usage};
 use pgrx::datum::{Interval, TimestampWithTimeZone};
 use pgrx::prelude::*;
-
-/// The most encryptions a policy may allow under one key: AES-GCM with random 96-bit nonces must
-/// stay at or below 2^32 (NIST SP 800-38D).
-const MAX_ENCRYPTIONS_LIMIT: i64 = 1 << 32;
 
 /// Set a keyring's rotation policy: rotate when its active key is older than `rotation_interval`
 /// (NULL: never by age) or has encrypted `max_encryptions` times (NULL: the server default).
@@ -24,58 +20,7 @@ fn keyring_set_policy(
     (|| {
         audit::require_admin("keyring_set_policy", keyring)?;
         let keyring = validate_keyring(keyring)?;
-        if let Some(m) = max_encryptions
-            && !(1..=MAX_ENCRYPTIONS_LIMIT).contains(&m)
-        {
-            return Err(KeysError::InvalidArgument(format!(
-                "max_encryptions must be between 1 and 2^32 ({MAX_ENCRYPTIONS_LIMIT}), got {m}"
-            )));
-        }
-        // Between one second and 100 years: a shorter one rotates in a hot loop, a longer one
-        // overflows timestamp arithmetic when the next rotation is computed (22008, for every
-        // keyring's scheduled rotation and for the keyrings view).
-        let sane = match rotation_interval {
-            None => true,
-            Some(i) => Spi::get_one_with_args::<bool>(
-                "SELECT $1 >= interval '1 second' AND $1 <= interval '100 years'",
-                &[i.into()],
-            )?
-            .unwrap_or(false),
-        };
-        if !sane {
-            return Err(KeysError::InvalidArgument(
-                "rotation_interval must be between 1 second and 100 years (or NULL for manual rotation only)".into(),
-            ));
-        }
-        audit::lock_chain()?;
-        // A policy is set on a keyring that exists; it never creates one.
-        if !store::keyring_exists(keyring)? {
-            return Err(KeysError::UnknownKeyring(keyring.into()));
-        }
-        store::lock_keyring(keyring)?;
-        let shown = Spi::get_one_with_args::<String>(
-            "UPDATE meshhook_keys.keyring
-                SET rotation_interval = $2, max_encryptions = $3,
-                    failed_attempts = 0, next_attempt_at = NULL, last_error = NULL
-              WHERE name = $1
-          RETURNING coalesce(rotation_interval::text, 'manual')",
-            &[
-                keyring.into(),
-                rotation_interval.into(),
-                max_encryptions.into(),
-            ],
-        )?;
-        audit::record(
-            "set_policy",
-            Some(keyring),
-            None,
-            None,
-            None,
-            serde_json::json!({
-                "rotation_interval": shown,
-                "max_encryptions": max_encryptions,
-            }),
-        )
+        keyring::set_policy(keyring, rotation_interval, max_encryptions)
     })()
     .or_raise();
     true

@@ -16,8 +16,8 @@
 //! owner, so registering an expression cannot escalate privileges.
 //!
 //! The parts, each depending only on those listed before it:
-//! * `registry`: the registered columns of a keyring and what is asked of them (counts, checks of
-//!   a context expression), run as the table's owner;
+//! * `registry`: registering and unregistering a column, the registered columns of a keyring and
+//!   what is asked of them (counts, checks of a context expression), run as the table's owner;
 //! * `rows`: the per-row functions `_reencrypt_try` / `_reencrypt_take` and the state a batch arms
 //!   them with for one statement;
 //! * `jobs`: the job, progress and failure rows;
@@ -35,7 +35,7 @@ mod user_held;
 
 pub use batch::batch;
 pub use registry::{
-    Column, as_role, columns_of_keyring, rows_on_key, usage_by_key, validate_context_expr,
+    Column, as_role, columns_of_keyring, key_usage, register, rows_on_key, unregister,
 };
 pub(crate) use registry::{context_item, header};
 pub use rows::{take_row, try_row};

@@ -1,8 +1,8 @@
 //! The column registry as re-encryption and verify read it: the registered columns of a keyring,
 //! each with its table resolved once, and what is asked of them (rows per key, rows still on a
 //! key). Also the checks a registration runs before it is stored: the table's owner and name, and
-//! a context expression planned (never run) the way the job will run it. The rows of
-//! `encrypted_column` themselves are written by the SQL surface's register/unregister wrappers.
+//! a context expression planned (never run) the way the job will run it, and the registration
+//! itself ([`register`], [`unregister`]), with its audit row.
 //!
 //! Invariants: a context expression, and every count over a registered table, run as the table's
 //! owner inside a security-restricted operation with `row_security = off` ([`as_role`]), never as
@@ -12,6 +12,7 @@
 //! statement, that calls no volatile function. A column whose table was dropped stays listed
 //! with `table` = `None`: [`rows_on_key`] skips it, and a statement over it is an error.
 
+use crate::audit;
 use crate::context;
 use crate::crypto::{FORMAT_V1, HEADER_LEN};
 use crate::error::{KeysError, Result};
@@ -136,7 +137,7 @@ pub(crate) fn context_item(expr: &Option<String>) -> String {
 
 /// Check a context expression the way the job will run it: as the table owner, restricted, planned
 /// (not executed) against the table. Raises PostgreSQL's own error if it does not parse or plan.
-pub fn validate_context_expr(col: &Column) -> Result<()> {
+fn validate_context_expr(col: &Column) -> Result<()> {
     let table = col.table()?;
     let sql = format!(
         "SELECT {} FROM ONLY {table} AS t LIMIT 0",
@@ -218,7 +219,7 @@ pub(super) fn count_on_keys(col: &Column, keys: &[i64]) -> Result<i64> {
 }
 
 /// Rows per key id in one registered column (for key_usage), counted as the table owner.
-pub fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
+fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
     let table = col.table()?;
     let c = quote_identifier(&col.column);
     let sql = format!(
@@ -275,4 +276,184 @@ pub fn rows_on_key(keyring: &str, key_id: i64) -> Result<i64> {
         }
     }
     Ok(n)
+}
+
+/// The extension's own tables (the built-in store) are registered by the extension, with a fixed
+/// context expression, and run as the extension's owner: no one may change that registration into
+/// running their code with the owner's authority. System catalogs hold no envelopes.
+fn refuse_extension_table(rel: pg_sys::Oid) -> Result<()> {
+    let system = Spi::get_one_with_args::<String>(
+        "SELECT (SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
+                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.oid = $1 AND n.nspname OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog', 'information_schema', 'pg_toast']))",
+        &[rel.into()],
+    )?;
+    if let Some(n) = system {
+        return Err(KeysError::WrongObjectType(format!(
+            "{n} is a system catalog: only ordinary tables of your own can be registered"
+        )));
+    }
+    let name = Spi::get_one_with_args::<String>(
+        "SELECT (SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
+                  WHERE c.oid = $1 AND c.relnamespace = 'meshhook_keys'::pg_catalog.regnamespace)",
+        &[rel.into()],
+    )?;
+    match name {
+        Some(n) => Err(KeysError::ExtensionTable(n)),
+        None => Ok(()),
+    }
+}
+
+/// Register a bytea column of `rel` that holds envelopes of `keyring`, with the SQL expression
+/// (over the row) that gives the context it was encrypted with, or update the expression of an
+/// existing registration. Refused unless the caller acts with the table owner's privileges, the
+/// table is an ordinary table of the caller's (not the extension's, not a catalog), the column is
+/// bytea, and the expression passes [`validate_context_expr`]. Audited. Returns the registration id.
+pub fn register(rel: pg_sys::Oid, col: &str, context: Option<&str>, keyring: &str) -> Result<i32> {
+    refuse_extension_table(rel)?;
+    let (relkind, owner, attnum, typname) = Spi::connect(|c| {
+        let t = c.select(
+                "SELECT c.relkind::text, c.relowner,
+                        (SELECT a.attnum FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped AND a.attnum > 0),
+                        (SELECT a.atttypid::regtype::text FROM pg_catalog.pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped AND a.attnum > 0)
+                   FROM pg_catalog.pg_class c WHERE c.oid = $1",
+                None,
+                &[rel.into(), col.into()],
+            )?;
+        if t.is_empty() {
+            return Err(KeysError::UndefinedTable(rel.to_u32()));
+        }
+        let t = t.first();
+        Ok((
+            t.get::<String>(1)?,
+            t.get::<pg_sys::Oid>(2)?,
+            t.get::<i16>(3)?,
+            t.get::<String>(4)?,
+        ))
+    })?;
+    if relkind.as_deref() != Some("r") {
+        return Err(KeysError::WrongObjectType(
+            "only ordinary tables can be registered (register each partition of a partitioned table)".into(),
+        ));
+    }
+    // Only someone acting with the table owner's privileges may register a column: the context
+    // expression will be evaluated as that owner.
+    let owner = owner.unwrap_or(pg_sys::InvalidOid);
+    // SAFETY: catalog lookup of role membership.
+    let may = |role| unsafe { pg_sys::has_privs_of_role(role, owner) };
+    if !context::caller().role().is_some_and(may) {
+        return Err(KeysError::NotTableOwner);
+    }
+    if attnum.is_none() {
+        return Err(KeysError::UndefinedColumn(col.into()));
+    }
+    if typname.as_deref() != Some("bytea") {
+        return Err(KeysError::DatatypeMismatch(format!(
+            "column \"{col}\" is of type {}, but ciphertext columns must be bytea",
+            typname.unwrap_or_default()
+        )));
+    }
+    let context = context.filter(|c| !c.trim().is_empty()).map(str::to_string);
+    let column = Column::resolve(rel, col, context.clone())?;
+    validate_context_expr(&column)?;
+    let id = Spi::get_one_with_args::<i32>(
+        "INSERT INTO meshhook_keys.encrypted_column (rel, column_name, context_expr, keyring)
+         VALUES ($1::oid::regclass, $2, $3, $4)
+         ON CONFLICT (rel, column_name, keyring) DO UPDATE
+            SET context_expr = EXCLUDED.context_expr,
+                registered_at = pg_catalog.now(), registered_by = session_user
+         RETURNING id",
+        &[
+            rel.into(),
+            col.into(),
+            context.clone().into(),
+            keyring.into(),
+        ],
+    )?
+    .ok_or_else(|| KeysError::Internal("registration id is NULL".into()))?;
+    audit::record(
+        "register_column",
+        Some(keyring),
+        None,
+        None,
+        None,
+        serde_json::json!({ "table_oid": rel.to_u32(), "column": col, "context_expr": context }),
+    )?;
+    Ok(id)
+}
+
+/// Forget a registered column, for one keyring or (`keyring` `None`) all of them, with any running
+/// progress of a job over it. Audited. Returns whether anything was registered.
+pub fn unregister(rel: pg_sys::Oid, col: &str, keyring: Option<&str>) -> Result<bool> {
+    refuse_extension_table(rel)?;
+    let ids: Vec<i32> = Spi::connect(|c| {
+        let mut ids = Vec::new();
+        for row in c.select(
+            "SELECT id FROM meshhook_keys.encrypted_column
+              WHERE rel = $1::oid::regclass AND column_name = $2 AND keyring = coalesce($3, keyring)",
+            None,
+            &[rel.into(), col.into(), keyring.into()],
+        )? {
+            ids.extend(row.get::<i32>(1)?);
+        }
+        Ok::<_, KeysError>(ids)
+    })?;
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    Spi::run_with_args(
+        "DELETE FROM meshhook_keys.reencrypt_progress_column WHERE column_id = ANY ($1) AND state = 'running'",
+        &[ids.clone().into()],
+    )?;
+    Spi::run_with_args(
+        "DELETE FROM meshhook_keys.encrypted_column WHERE id = ANY ($1)",
+        &[ids.into()],
+    )?;
+    audit::record(
+        "unregister_column",
+        keyring,
+        None,
+        None,
+        None,
+        serde_json::json!({ "table_oid": rel.to_u32(), "column": col }),
+    )?;
+    Ok(true)
+}
+
+/// One row of key_usage: table, column, version (NULL: not this keyring's), state, rows.
+pub type UsageRow = (pg_sys::Oid, String, Option<i32>, Option<String>, i64);
+
+/// Rows per key version in every registered column of a keyring, one row per table, column and
+/// version; rows on keys of other keyrings, or not envelopes at all, are merged into one row per
+/// column with a NULL version. Columns whose table was dropped are skipped.
+pub fn key_usage(keyring: &str) -> Result<Vec<UsageRow>> {
+    let mut out = Vec::new();
+    for col in columns_of_keyring(keyring)? {
+        if !col.exists() {
+            continue;
+        }
+        for (key_id, n) in usage_by_key(&col)? {
+            let (version, state) = match key_id {
+                Some(k) => Spi::get_two_with_args::<i32, String>(
+                    "SELECT (SELECT version FROM meshhook_keys.data_key WHERE key_id = $1 AND keyring = $2),
+                            (SELECT state FROM meshhook_keys.data_key WHERE key_id = $1 AND keyring = $2)",
+                    &[k.into(), keyring.into()],
+                )?,
+                None => (None, None),
+            };
+            out.push((col.rel, col.column.clone(), version, state, n));
+        }
+    }
+    // merge "other" buckets per column
+    out.sort_by(|a, b| (a.0.to_u32(), &a.1, a.2).cmp(&(b.0.to_u32(), &b.1, b.2)));
+    let mut merged: Vec<UsageRow> = Vec::new();
+    for r in out {
+        match merged.last_mut() {
+            Some(m) if m.0 == r.0 && m.1 == r.1 && m.2 == r.2 => m.4 += r.4,
+            _ => merged.push(r),
+        }
+    }
+    Ok(merged)
 }

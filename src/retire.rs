@@ -1,0 +1,99 @@
+//! Retiring and destroying key versions: the end of a data key's life.
+//!
+//! A retired version no longer decrypts; a destroyed one has its wrapped material wiped
+//! (crypto-erasure), so nothing it sealed can ever be read again. Both are refused for the active
+//! key and, unless forced, while any registered column still holds rows on the key or a
+//! re-encryption job still has failed rows for the keyring.
+//!
+//! Invariants: the keyring is locked (after the audit chain, in the one lock order) before the
+//! key's state is read, so a concurrent rotation or second retire cannot interleave with the
+//! check; the state change, its audit row and the event published on the events channel commit
+//! or roll back together with the check. Other backends' key caches see the new state through the
+//! relcache invalidation of `data_key` (crate::resolver).
+
+use crate::audit;
+use crate::error::{KeysError, Result};
+use crate::reencrypt;
+use crate::store;
+use pgrx::prelude::*;
+
+fn lookup_key(keyring: &str, version: i32) -> Result<(i64, String)> {
+    let (id, state) = Spi::get_two_with_args::<i64, String>(
+        "SELECT (SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 AND version = $2),
+                (SELECT state FROM meshhook_keys.data_key WHERE keyring = $1 AND version = $2)",
+        &[keyring.into(), version.into()],
+    )?;
+    match (id, state) {
+        (Some(id), Some(state)) => Ok((id, state)),
+        _ => Err(KeysError::UnknownKeyVersion {
+            keyring: keyring.into(),
+            version,
+        }),
+    }
+}
+
+/// Retire (`destroy` false) or destroy one key version of `keyring`, refused (55000) for the
+/// active key, a key already in that state, and a key registered rows or unresolved failures still
+/// need, unless `force`. The caller has checked that an admin is calling.
+pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool) -> Result<()> {
+    audit::lock_chain()?;
+    store::lock_keyring(keyring)?;
+    let (key_id, state) = lookup_key(keyring, version)?;
+    let refuse = |why: String| {
+        Err(KeysError::KeyInUse {
+            keyring: keyring.into(),
+            version,
+            why,
+        })
+    };
+    match (state.as_str(), destroy) {
+        ("active", _) => {
+            return refuse("it is the active key; rotate the keyring first".into());
+        }
+        ("destroyed", _) => return refuse("it is already destroyed".into()),
+        ("retired", false) => return refuse("it is already retired".into()),
+        ("decrypt_only", true) if !force => {
+            return refuse("retire it first (or pass force => true)".into());
+        }
+        _ => {}
+    }
+    let rows = reencrypt::rows_on_key(keyring, key_id)?;
+    let failures = Spi::get_one_with_args::<i64>(
+        "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure f
+           JOIN meshhook_keys.reencrypt_job j ON j.id = f.job_id
+          WHERE j.keyring = $1 AND j.state IN ('running', 'finished_with_errors')",
+        &[keyring.into()],
+    )?
+    .unwrap_or(0);
+    if (rows > 0 || failures > 0) && !force {
+        return refuse(format!(
+            "{rows} row(s) in registered columns still reference it and {failures} row(s) failed re-encryption; run CALL meshhook_keys.reencrypt('{keyring}') and resolve failures, or pass force => true"
+        ));
+    }
+    if destroy {
+        Spi::run_with_args(
+            "UPDATE meshhook_keys.data_key SET state = 'destroyed', wrapped_key = NULL,
+                    destroyed_at = pg_catalog.now(), retired_at = coalesce(retired_at, pg_catalog.now())
+              WHERE key_id = $1",
+            &[key_id.into()],
+        )?;
+    } else {
+        Spi::run_with_args(
+            "UPDATE meshhook_keys.data_key SET state = 'retired', retired_at = pg_catalog.now() WHERE key_id = $1",
+            &[key_id.into()],
+        )?;
+    }
+    audit::record(
+        if destroy { "destroy" } else { "retire" },
+        Some(keyring),
+        Some(version),
+        Some(key_id),
+        None,
+        serde_json::json!({ "forced": force, "rows_referencing": rows, "failed_rows": failures }),
+    )?;
+    store::notify(
+        if destroy { "destroy" } else { "retire" },
+        keyring,
+        Some(version),
+    )
+}
