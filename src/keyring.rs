@@ -11,6 +11,7 @@ use crate::error::{KeysError, Result as KResult};
 use crate::rootkey;
 use crate::store;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
+use pgrx::spi::Spi;
 
 pub const DEFAULT_KEYRING: &str = "default";
 
@@ -150,7 +151,7 @@ pub fn set_policy(
     // keyring's scheduled rotation and for the keyrings view).
     let sane = match rotation_interval {
         None => true,
-        Some(i) => pgrx::spi::Spi::get_one_with_args::<bool>(
+        Some(i) => Spi::get_one_with_args::<bool>(
             "SELECT $1 >= interval '1 second' AND $1 <= interval '100 years'",
             &[i.into()],
         )?
@@ -161,13 +162,9 @@ pub fn set_policy(
             "rotation_interval must be between 1 second and 100 years (or NULL for manual rotation only)".into(),
         ));
     }
-    audit::lock_chain()?;
     // A policy is set on a keyring that exists; it never creates one.
-    if !store::keyring_exists(keyring)? {
-        return Err(KeysError::UnknownKeyring(keyring.into()));
-    }
-    store::lock_keyring(keyring)?;
-    let shown = pgrx::spi::Spi::get_one_with_args::<String>(
+    lock_existing(keyring)?;
+    let shown = Spi::get_one_with_args::<String>(
         "UPDATE meshhook_keys.keyring
             SET rotation_interval = $2, max_encryptions = $3,
                 failed_attempts = 0, next_attempt_at = NULL, last_error = NULL

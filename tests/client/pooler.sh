@@ -205,7 +205,7 @@ t" "$(via app "BEGIN; $CLAIMS_U1; SELECT meshhook_keys.keyring_lock('user:pool:v
 # worker NAME SQL EXPECTED: run SQL as a client again and again (at least 5 times, then until
 # $TMP/stop exists, at most 400 times), appending "ok" or "BAD <output>" per run to $TMP/NAME.out.
 worker() {
-    local name=$1 sql=$2 want=$3 i=0 got
+    local name=$1 sql=$2 want=$3 i=0 got want_i
     : > "$TMP/$name.out"
     while [ "$i" -lt 400 ] && { [ "$i" -lt 5 ] || [ ! -f "$TMP/stop" ]; }; do
         got=$(eval "$sql" 2>&1) || true
@@ -215,11 +215,25 @@ worker() {
     done
 }
 runs() { local n; n=$(grep -c . "$TMP/$1.out" 2>/dev/null) || true; echo "${n:-0}"; }
-all_started() { local w; for w in "$@"; do [ "$(runs "$w")" -ge 3 ] || return 1; done; }
 on_active_version() {   # KEYRING: every registered row of it is on its active version
     is_t direct postgres "SELECT coalesce(bool_and(u.version = k.active_version), true)
                             FROM meshhook_keys.key_usage('$1') u, meshhook_keys.keyrings k
                            WHERE k.keyring = '$1' AND u.version IS NOT NULL"
+}
+# mark NAME...: remember each worker's run count; ran_3_more NAME...: each has run 3 more times
+# since its mark (0 before any mark).
+declare -A MARK=()
+mark() { local w; for w in "$@"; do MARK[$w]=$(runs "$w"); done; }
+ran_3_more() { local w; for w in "$@"; do [ "$(runs "$w")" -ge $((${MARK[$w]:-0} + 3)) ] || return 1; done; }
+# tick_done: one tick() through the ops pool (a reported failure is kept in TICK_ERR), then
+# whether project:p2 is on its active version. Counts its calls in TICKS.
+tick_done() {
+    TICKS=$((TICKS + 1))
+    local t
+    t=$(via ops "SELECT coalesce(string_agg(action || ' ' || outcome || ': ' || detail, '; '), '')
+                   FROM meshhook_keys.tick() WHERE outcome <> 'ok'")
+    [ -z "$t" ] || TICK_ERR=$t
+    on_active_version project:p2
 }
 
 under_load() {
@@ -236,7 +250,8 @@ under_load() {
 v@I@" &
     worker "app_$m" "via busy \"BEGIN; SET LOCAL ROLE service_role; SELECT meshhook_keys.secret_decrypt(meshhook_keys.secret_encrypt('a\$i', 'c'), 'c'); COMMIT;\"" "a@I@" &
     local names=("alice_$m" "bob_$m" "writer_$m" "app_$m")
-    if ! wait_until 60 all_started "${names[@]}"; then fail "[$m] the clients did not start"; fi
+    MARK=()
+    if ! wait_until 60 ran_3_more "${names[@]}"; then fail "[$m] the clients did not start"; fi
     # the operator's tooling, through the pool: rotate all three, re-encrypt one keyring with
     # CALL reencrypt (it commits per batch), and let tick() re-encrypt the others
     ops_out=$(via ops "SELECT count(*) FROM meshhook_keys.keys_rotate('project:p1');
@@ -248,23 +263,13 @@ v@I@" &
     ops_out=$(via ops "CALL meshhook_keys.reencrypt('project:p1', batch_size => 2)")
     check "[$m] CALL reencrypt runs through the pool (commits per batch)" "" "$(grep -v '^NOTICE' <<<"$ops_out")"
     # (the background scheduler is off in this cluster: what moves project:p2 is tick())
-    ticks=0 tick_err=
-    tick_done() {
-        ticks=$((ticks + 1))
-        local t
-        t=$(via ops "SELECT coalesce(string_agg(action || ' ' || outcome || ': ' || detail, '; '), '')
-                       FROM meshhook_keys.tick() WHERE outcome <> 'ok'")
-        [ -z "$t" ] || tick_err=$t
-        on_active_version project:p2
-    }
-    if wait_until 60 tick_done; then ok "[$m] tick() through the pool re-encrypts project:p2 ($ticks ticks)"
+    TICKS=0 TICK_ERR=
+    if wait_until 60 tick_done; then ok "[$m] tick() through the pool re-encrypts project:p2 ($TICKS ticks)"
     else fail "[$m] project:p2 not re-encrypted by tick() within 60 s"; fi
-    check "[$m] no tick() reported a failure" "" "$tick_err"
+    check "[$m] no tick() reported a failure" "" "$TICK_ERR"
     # and the clients keep working for a few runs after the last rotation
-    local counts=() w
-    for w in "${names[@]}"; do counts+=("$(runs "$w")"); done
-    more_runs() { local i=0 w; for w in "${names[@]}"; do [ "$(runs "$w")" -ge $((counts[i] + 3)) ] || return 1; i=$((i + 1)); done; }
-    wait_until 60 more_runs || fail "[$m] the clients stopped working after the rotation"
+    mark "${names[@]}"
+    wait_until 60 ran_3_more "${names[@]}" || fail "[$m] the clients stopped working after the rotation"
     touch "$TMP/stop"
     wait
     for w in "${names[@]}"; do
