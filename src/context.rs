@@ -1,7 +1,8 @@
-//! Running code with a temporarily changed setting or user, restored afterwards (or by the
+//! Who is calling ([`caller`], and the roles whose code meshhook_keys runs right now), and running
+//! our own code with a temporarily changed setting or user, restored afterwards (or by the
 //! (sub)transaction abort if the code raises), as fmgr_security_definer does for a SECURITY DEFINER
-//! function with SET clauses. Used by re-encryption (as the table owner), by the tenant check (as
-//! the caller) and by the hot encrypt/decrypt functions (a fixed search_path around their SQL).
+//! function with SET clauses (the hot encrypt/decrypt functions' fixed search_path, the audit rows
+//! written at commit). Code we do not own runs through [`crate::seal`] instead.
 
 use pgrx::pg_sys;
 use std::ffi::CStr;
@@ -113,7 +114,7 @@ pub fn running_foreign_code() -> bool {
     ON_BEHALF_OF.with_borrow(|s| !s.is_empty())
 }
 
-/// Pops the role pushed by [`as_user_restricted`], including when its code raises (pgrx unwinds
+/// Pops the role pushed by [`on_behalf_of`], including when its code raises (pgrx unwinds
 /// through us).
 struct OnBehalfGuard;
 
@@ -125,9 +126,15 @@ impl Drop for OnBehalfGuard {
     }
 }
 
-/// Run `f` as `role` inside a security-restricted operation (no SET ROLE, no temporary objects
-/// that outlive it), then switch back. Every identity check meshhook_keys makes inside `f` (admin
-/// membership, tenant check, service bypass, user-held key binding) sees `role`.
+/// Run `f` with `role` as the caller every identity check meshhook_keys makes sees (admin
+/// membership, tenant check, service bypass, user-held key binding). Only [`crate::seal`] calls
+/// it, after switching to `role` in a security-restricted operation.
+pub fn on_behalf_of<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
+    ON_BEHALF_OF.with_borrow_mut(|s| s.push(role));
+    let _guard = OnBehalfGuard;
+    f()
+}
+
 /// Run `f` as `role` (the extension's owner), for the extension's own writes outside any of its
 /// SECURITY DEFINER functions (the audit rows written at commit). Not code of anybody else: the
 /// on-behalf-of stack is left alone.
@@ -151,26 +158,4 @@ pub fn with_owner<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     }
     let _restore = Restore(saved_user, saved_ctx);
     f()
-}
-
-pub fn as_user_restricted<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    let mut saved_user = pg_sys::InvalidOid;
-    let mut saved_ctx: i32 = 0;
-    // SAFETY: plain save/switch of the backend's current user, as fmgr_security_definer does.
-    unsafe {
-        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
-        pg_sys::SetUserIdAndSecContext(
-            role,
-            saved_ctx
-                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
-                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
-        );
-    }
-    ON_BEHALF_OF.with_borrow_mut(|s| s.push(role));
-    let guard = OnBehalfGuard;
-    let out = f();
-    drop(guard);
-    // SAFETY: restores exactly what was saved above.
-    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx) };
-    out
 }

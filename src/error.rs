@@ -114,6 +114,13 @@ pub enum KeysError {
     )]
     NestedBatch(&'static str),
 
+    /// Code meshhook_keys ran sealed (a table owner's trigger, context expression, default or
+    /// policy; a tenant check; a view it read) left something in the session: undone, and refused.
+    #[error(
+        "code run as role \"{role}\" left {what} in the session: meshhook_keys undid it and refused the call (code it runs on someone's behalf must leave nothing behind)"
+    )]
+    LeftBehind { role: String, what: String },
+
     /// The extension's own tables are registered by the extension; nobody may change that.
     #[error(
         "{0} belongs to meshhook_keys, which registers it itself; its registration cannot be changed"
@@ -243,6 +250,7 @@ impl KeysError {
             KeysError::RootKeyForeign { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, // 28000
             KeysError::NestedBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::ExtensionTable(_) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            KeysError::LeftBehind { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::InvalidArgument(_) => ERRCODE_INVALID_PARAMETER_VALUE, // 22023
             KeysError::SyntaxError(_) => ERRCODE_SYNTAX_ERROR,           // 42601
             KeysError::NotInBatch(_) => ERRCODE_INSUFFICIENT_PRIVILEGE,  // 42501

@@ -23,6 +23,7 @@ mod resolver;
 mod retire;
 mod rootkey;
 mod scheduler;
+mod seal;
 mod session_keys;
 mod store;
 mod tenancy;

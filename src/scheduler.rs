@@ -113,22 +113,16 @@ pub fn isolated<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> std::result::Re
                 }
             }
         },
-        // SAFETY: the subtransaction protocol PL/pgSQL uses for an EXCEPTION block.
-        Mode::Subtransactions => unsafe {
-            let cx = pg_sys::CurrentMemoryContext;
-            let owner = pg_sys::CurrentResourceOwner;
-            pg_sys::BeginInternalSubTransaction(std::ptr::null());
-            pg_sys::MemoryContextSwitchTo(cx);
+        Mode::Subtransactions => {
+            let sub = crate::seal::SubXact::begin();
             let r = guarded();
             if r.is_ok() {
-                pg_sys::ReleaseCurrentSubTransaction();
+                sub.commit();
             } else {
-                pg_sys::RollbackAndReleaseCurrentSubTransaction();
+                sub.rollback();
             }
-            pg_sys::MemoryContextSwitchTo(cx);
-            pg_sys::CurrentResourceOwner = owner;
             r
-        },
+        }
     }
 }
 

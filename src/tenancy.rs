@@ -59,16 +59,14 @@ fn resolve(name: &str) -> Result<pg_sys::Oid> {
 }
 
 /// Call the check as the caller, in a security-restricted operation.
-fn call(func: pg_sys::Oid, role: pg_sys::Oid, tenant: &str) -> bool {
+fn call(func: pg_sys::Oid, role: pg_sys::Oid, tenant: &str) -> Result<bool> {
     let arg = tenant.into_datum().expect("a text datum is never NULL");
-    // The caller's identity, restricted; if the check raises, the abort restores the user. A NULL
-    // result raises in fmgr.
-    crate::context::as_user_restricted(role, || {
+    // The caller's identity, sealed (crate::seal). A NULL result raises in fmgr.
+    let r = crate::seal::run(role, false, || {
         // SAFETY: calls a function by oid with one non-NULL text argument.
-        unsafe { pg_sys::OidFunctionCall1Coll(func, pg_sys::DEFAULT_COLLATION_OID, arg) }
-    })
-    .value()
-        != 0
+        Ok(unsafe { pg_sys::OidFunctionCall1Coll(func, pg_sys::DEFAULT_COLLATION_OID, arg) })
+    })?;
+    Ok(r.value() != 0)
 }
 
 /// Refuse unless the caller may use `key` (encrypt or decrypt) under its keyring's tenant.
@@ -125,7 +123,7 @@ pub fn check_keyring(keyring: &str, tenant: Option<&str>, op: &'static str) -> R
                     f
                 }
             };
-            let a = call(func, role, tenant);
+            let a = call(func, role, tenant)?;
             CACHE.with_borrow_mut(|c| c.decisions.insert(cache_key, a));
             a
         }

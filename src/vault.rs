@@ -49,7 +49,7 @@ struct VaultSecret {
 
 /// Every secret of `vault.decrypted_secrets`, read with the caller's privileges.
 fn read_vault(caller: pg_sys::Oid) -> Result<Vec<VaultSecret>> {
-    context::as_user_restricted(caller, || {
+    crate::seal::run(caller, false, || {
         Spi::connect(|c| {
             let rows = c.select(
                 "SELECT id, name, description, decrypted_secret, created_at, updated_at

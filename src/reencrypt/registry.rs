@@ -67,16 +67,12 @@ pub(crate) fn header(key_id: i64) -> Vec<u8> {
     h
 }
 
-/// Run `f` as `role` inside a security-restricted operation with `row_security = off`, then switch
-/// back. With row security off, a table whose policies would apply to its owner (FORCE ROW LEVEL
-/// SECURITY) raises an error instead of silently hiding rows from a count or a batch: hidden rows
-/// would otherwise look re-encrypted, and retiring their key would lose them. If `f` raises, the
-/// transaction (or subtransaction) abort restores the user and the setting, as for any SECURITY
-/// DEFINER function with a SET clause.
-pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
-    context::with_setting(c"row_security", c"off", || {
-        context::as_user_restricted(role, f)
-    })
+/// Run `f` as `role`, sealed ([`crate::seal`]), with `row_security = off`. With row security off,
+/// a table whose policies would apply to its owner (FORCE ROW LEVEL SECURITY) raises an error
+/// instead of silently hiding rows from a count or a batch: hidden rows would otherwise look
+/// re-encrypted, and retiring their key would lose them.
+pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    crate::seal::run(role, true, f)
 }
 
 fn table_owner(rel: pg_sys::Oid) -> Result<pg_sys::Oid> {

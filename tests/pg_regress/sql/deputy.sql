@@ -111,6 +111,129 @@ SET ROLE dp_alice;
 SELECT meshhook_keys.secret_decrypt(tok, '2') FROM dp_m.t WHERE id = 2;
 RESET ROLE;
 
+-- Sealed calls (issue 23): whatever her code changes in the session it runs in is undone when it
+-- returns, in the runner's session, whoever the runner is (tests/hostile/sealed_fixture.sql). Each
+-- runner: a snapshot of the session, the call, then everything that differs (nothing may).
+\i tests/hostile/sealed_fixture.sql
+\set ON_ERROR_STOP 0
+SET client_min_messages = warning;
+SET dp.runner = 'sealed: superuser reencrypt_batch';
+SELECT 1 FROM meshhook_keys.keys_rotate('dp:sealed', 'sealed test');
+SELECT public.snap();
+SELECT meshhook_keys.reencrypt_batch('dp:sealed') AS moved;
+SELECT * FROM public.state_changes();
+SHOW search_path;
+SET dp.runner = 'sealed: admin CALL reencrypt';
+SELECT 1 FROM meshhook_keys.keys_rotate('dp:sealed', 'sealed test');
+SET ROLE dp_ops;
+SELECT public.snap();
+CALL meshhook_keys.reencrypt('dp:sealed');
+SELECT * FROM public.state_changes();
+RESET ROLE;
+SET dp.runner = 'sealed: superuser tick()';
+SELECT 1 FROM meshhook_keys.keys_rotate('dp:sealed', 'sealed test');
+SELECT public.snap();
+SELECT keyring, action, outcome FROM meshhook_keys.tick() WHERE keyring = 'dp:sealed';
+SELECT * FROM public.state_changes();
+SET ROLE dp_ops;
+SET dp.runner = 'sealed: verify';
+SELECT public.snap();
+SELECT table_name, sampled, decrypted, ok FROM meshhook_keys.verify() WHERE keyring = 'dp:sealed' ORDER BY 1::text;
+SELECT * FROM public.state_changes();
+SET dp.runner = 'sealed: key_usage';
+SELECT public.snap();
+SELECT version, rows FROM meshhook_keys.key_usage('dp:sealed') ORDER BY version;
+SELECT * FROM public.state_changes();
+SET dp.runner = 'sealed: keys_retire';
+SELECT public.snap();
+SELECT meshhook_keys.keys_retire('dp:sealed', 1) IS NOT NULL AS retired;
+SELECT * FROM public.state_changes();
+RESET ROLE;
+SET dp.runner = 'sealed: register_column (superuser)';
+SELECT public.snap();
+SELECT meshhook_keys.register_column('dp_m.s', 'tok', 'dp_m.s_ctx(id)', 'dp:sealed') > 0 AS registered;
+SELECT * FROM public.state_changes();
+-- alice's secret rotation with re-encryption runs mallory's code over alice's row in her table
+SET dp.runner = 'setup';
+GRANT INSERT ON dp_m.s TO dp_alice;
+SET ROLE dp_alice;
+SELECT meshhook_keys.keyring_unlock('user:dp:vault', 'alice-secret-2') > 0 AS unlocked;
+INSERT INTO dp_m.s (id, tok) VALUES (10, meshhook_keys.secret_encrypt('alice-row', '10', 'user:dp:vault'));
+SELECT meshhook_keys.keyring_lock('user:dp:vault');
+RESET ROLE;
+SELECT meshhook_keys.register_column('dp_m.s', 'tok', 'dp_m.s_ctx(id)', 'user:dp:vault') > 0 AS registered;
+SET dp.runner = 'sealed: keyring_rotate_secret';
+SET ROLE dp_alice;
+SELECT public.snap();
+SELECT rows_reencrypted > 0 AS moved
+  FROM meshhook_keys.keyring_rotate_secret('user:dp:vault', 'alice-secret-2', 'alice-secret-3', reencrypt => true);
+SELECT * FROM public.state_changes();
+RESET ROLE;
+-- the deployer's tenant check runs sealed too
+CREATE FUNCTION dp_app.tenant_pollute(tenant text) RETURNS boolean LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    PERFORM dp_m.pollute('tenant check');
+    RETURN tenant OPERATOR(pg_catalog.=) 'victim';
+END $$;
+GRANT EXECUTE ON FUNCTION dp_app.tenant_pollute(text) TO PUBLIC;
+CREATE ROLE dp_victim IN ROLE meshhook_keys_user;
+GRANT SELECT ON dp_app.loot TO dp_victim;
+SET meshhook_keys.tenant_check = 'dp_app.tenant_pollute';
+SET dp.runner = 'sealed: tenant check';
+SET ROLE dp_victim;
+SELECT public.snap();
+SELECT meshhook_keys.secret_decrypt(ct, 'victim/1') FROM dp_app.loot WHERE what = 'victim';
+SELECT * FROM public.state_changes();
+RESET ROLE;
+SET meshhook_keys.tenant_check = 'dp_app.tenant_ok';
+-- What a security-restricted operation refuses her code, it refused everywhere.
+SELECT action, string_agg(DISTINCT outcome, ',' ORDER BY outcome) AS outcomes, count(DISTINCT runner) AS runners
+  FROM dp_m.attempts WHERE runner LIKE 'sealed:%' GROUP BY 1 ORDER BY 1;
+-- Code that leaves something behind is refused, and what it left is gone. A batch, then a tenant
+-- check, for each thing her code can leave.
+SET dp.runner = 'sealed: leftovers';
+SELECT 1 FROM meshhook_keys.keys_rotate('dp:sealed', 'sealed test');
+SET dp.pollute = 'lock';
+SELECT public.snap();
+SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.state_changes();
+SET dp.pollute = 'xact lock';
+SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.state_changes();
+SET dp.pollute = 'cursor';
+SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.state_changes();
+SET dp.pollute = 'prepare';
+SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.state_changes();
+SET dp.pollute = 'lock then raise';
+SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.state_changes();
+SET meshhook_keys.tenant_check = 'dp_app.tenant_pollute';
+SET ROLE dp_victim;
+SET dp.pollute = 'lock';
+SELECT public.snap();
+SELECT public.sqlstate_of($$SELECT meshhook_keys.secret_decrypt(ct, 'victim/1') FROM dp_app.loot WHERE what = 'victim'$$);
+SELECT * FROM public.state_changes();
+SET dp.pollute = 'prepare';
+SELECT public.sqlstate_of($$SELECT meshhook_keys.secret_decrypt(ct, 'victim/1') FROM dp_app.loot WHERE what = 'victim'$$);
+SELECT * FROM public.state_changes();
+RESET ROLE;
+SET meshhook_keys.tenant_check = 'dp_app.tenant_ok';
+RESET dp.pollute;
+-- and once her code leaves nothing, the batches finish the job
+SET dp.runner = 'sealed: superuser reencrypt_batch';
+CALL meshhook_keys.reencrypt('dp:sealed');
+SELECT k.version, count(*) FROM dp_m.s s JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.tok)
+ WHERE k.keyring = 'dp:sealed' GROUP BY 1 ORDER BY 1;
+SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(tok, id::text) = 'sealed-' || id) AS decrypt
+  FROM dp_m.s WHERE id < 10;
+RESET dp.runner;
+-- Her operators never ran as anyone but her, and she is not superuser.
+SELECT op, current_role_name, count(*) > 0 AS ran FROM dp_m.hijacked
+ WHERE current_role_name <> 'dp_mallory' GROUP BY 1, 2 ORDER BY 1, 2;
+SELECT rolsuper FROM pg_roles WHERE rolname = 'dp_mallory';
+
 \c contrib_regression
 DROP DATABASE dp_deputy;
-DROP ROLE dp_mallory, dp_ops, dp_alice, dp_victims;
+DROP ROLE dp_mallory, dp_ops, dp_alice, dp_victims, dp_victim;

@@ -1,0 +1,364 @@
+//! Sealed calls: how meshhook_keys runs code it does not own (a table owner's triggers, defaults,
+//! generated columns, checks, policies and context expressions; a deployer's tenant check; the
+//! views behind Supabase Vault), the way PostgreSQL runs a table owner's code in
+//! `SwitchToUntrustedUser` / `RestoreUserContext` (usercontext.c) and `ExecRefreshMatView`.
+//!
+//! Inside a sealed call the code runs as its owner, in a security-restricted operation (no SET
+//! ROLE, no temporary objects, no LISTEN, no holdable cursor), with `search_path` =
+//! `pg_catalog, pg_temp`, in a subtransaction of its own, and with every identity check of
+//! meshhook_keys seeing that owner ([`crate::context::caller`]). When it returns, or raises:
+//! * every setting it changed is put back (a GUC nest level rolled back, as `AtEOXact_GUC(false)`
+//!   does for `RestoreUserContext`), whether it used `SET`, `SET LOCAL` or `set_config(…, false)`;
+//! * an advisory lock it took and still holds (session or transaction level) is released, a cursor
+//!   it left open is closed, a prepared statement it made is deallocated; and a call that left any
+//!   of these behind fails with 42501 (its subtransaction rolled back), so nothing it did
+//!   survives in the runner's backend: not in the session of an operator's `CALL reencrypt`, nor in
+//!   the background worker, nor in a pooled connection's next client.
+//!
+//! In a parallel operation (a tenant check in a parallel worker or its leader) PostgreSQL itself
+//! refuses settings changes, advisory locks and PREPARE, and no subtransaction can start: the call
+//! is sealed by the user switch and the rolled-back nest level alone.
+
+use crate::context;
+use crate::error::{KeysError, Result};
+use pgrx::pg_sys;
+use pgrx::prelude::*;
+use std::ffi::{CStr, CString};
+use std::panic::AssertUnwindSafe;
+
+/// A subtransaction begun with [`SubXact::begin`]: ended by `commit` or `rollback`, each
+/// restoring the caller's memory context and resource owner (the protocol PL/pgSQL uses for an
+/// EXCEPTION block).
+pub struct SubXact {
+    cx: pg_sys::MemoryContext,
+    owner: pg_sys::ResourceOwner,
+}
+
+impl SubXact {
+    pub fn begin() -> Self {
+        // SAFETY: BeginInternalSubTransaction inside a transaction; the caller's memory context
+        // is switched back to at once, as PL/pgSQL does.
+        unsafe {
+            let cx = pg_sys::CurrentMemoryContext;
+            let owner = pg_sys::CurrentResourceOwner;
+            pg_sys::BeginInternalSubTransaction(std::ptr::null());
+            pg_sys::MemoryContextSwitchTo(cx);
+            SubXact { cx, owner }
+        }
+    }
+
+    pub fn commit(self) {
+        // SAFETY: ends the subtransaction begun in `begin`.
+        unsafe {
+            pg_sys::ReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(self.cx);
+            pg_sys::CurrentResourceOwner = self.owner;
+        }
+    }
+
+    pub fn rollback(self) {
+        // SAFETY: ends the subtransaction begun in `begin` (also after an error was caught in it).
+        unsafe {
+            pg_sys::RollbackAndReleaseCurrentSubTransaction();
+            pg_sys::MemoryContextSwitchTo(self.cx);
+            pg_sys::CurrentResourceOwner = self.owner;
+        }
+    }
+}
+
+/// An advisory lock this backend holds: its tag and the modes held.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Held {
+    tag: [u32; 4],
+    modes: u32,
+}
+
+impl Held {
+    fn locktag(&self) -> pg_sys::LOCKTAG {
+        pg_sys::LOCKTAG {
+            locktag_field1: self.tag[0],
+            locktag_field2: self.tag[1],
+            locktag_field3: self.tag[2],
+            locktag_field4: self.tag[3] as u16,
+            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
+            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
+        }
+    }
+}
+
+/// What a call could leave in this backend: the advisory locks it holds, its open cursors and its
+/// prepared statements.
+#[derive(Default)]
+struct Session {
+    locks: Vec<Held>,
+    cursors: Vec<String>,
+    prepared: Vec<String>,
+}
+
+impl Session {
+    fn now() -> Result<Self> {
+        let (cursors, prepared) = Spi::get_two::<Vec<String>, Vec<String>>(
+            "SELECT ARRAY(SELECT name FROM pg_catalog.pg_cursors ORDER BY 1),
+                    ARRAY(SELECT name FROM pg_catalog.pg_prepared_statements ORDER BY 1)",
+        )?;
+        Ok(Session {
+            locks: advisory_locks(),
+            cursors: cursors.unwrap_or_default(),
+            prepared: prepared.unwrap_or_default(),
+        })
+    }
+
+    /// What is in `self` (after a call) but not in `before`.
+    fn left_since(&self, before: &Session) -> Vec<&'static str> {
+        let mut left = Vec::new();
+        if self
+            .locks
+            .iter()
+            .any(|h| h.modes & !before.modes_on(h) != 0)
+        {
+            left.push("an advisory lock");
+        }
+        if before
+            .locks
+            .iter()
+            .any(|b| self.modes_on(b) & b.modes != b.modes)
+        {
+            left.push("the release of an advisory lock it did not take");
+        }
+        if self.cursors.iter().any(|n| !before.cursors.contains(n)) {
+            left.push("an open cursor");
+        }
+        if self.prepared.iter().any(|n| !before.prepared.contains(n)) {
+            left.push("a prepared statement");
+        }
+        left
+    }
+
+    fn modes_on(&self, h: &Held) -> u32 {
+        self.locks
+            .iter()
+            .find(|b| b.tag == h.tag)
+            .map_or(0, |b| b.modes)
+    }
+
+    /// Undo what is in `self` but not in `before`: release session-level advisory locks (after the
+    /// call's subtransaction was rolled back, which released its transaction-level ones), close
+    /// cursors, deallocate prepared statements.
+    fn undo_since(&self, before: &Session) {
+        for h in &self.locks {
+            let new = h.modes & !before.modes_on(h);
+            if new != 0 {
+                release_session_lock(h, new);
+            }
+        }
+        for name in self.cursors.iter().filter(|n| !before.cursors.contains(n)) {
+            if let Ok(c) = CString::new(name.as_str()) {
+                // SAFETY: looks the portal up by name and drops it (it is not running: the call
+                // that opened it has returned).
+                unsafe {
+                    let portal = pg_sys::SPI_cursor_find(c.as_ptr());
+                    if !portal.is_null() {
+                        pg_sys::SPI_cursor_close(portal);
+                    }
+                }
+            }
+        }
+        for name in self
+            .prepared
+            .iter()
+            .filter(|n| !before.prepared.contains(n))
+        {
+            if let Ok(c) = CString::new(name.as_str()) {
+                // SAFETY: deallocates a prepared statement by name; missing is not an error.
+                unsafe { pg_sys::DropPreparedStatement(c.as_ptr(), false) };
+            }
+        }
+    }
+}
+
+/// The advisory locks this backend holds (granted), from the lock manager.
+fn advisory_locks() -> Vec<Held> {
+    let mut out: Vec<Held> = Vec::new();
+    // SAFETY: GetLockStatusData copies the lock table into palloc'd memory, read and then freed.
+    unsafe {
+        let data = pg_sys::GetLockStatusData();
+        if data.is_null() {
+            return out;
+        }
+        let n = (*data).nelements.max(0) as usize;
+        for i in 0..n {
+            let l = &*(*data).locks.add(i);
+            if l.pid != pg_sys::MyProcPid
+                || l.locktag.locktag_type != pg_sys::LockTagType::LOCKTAG_ADVISORY as u8
+                || l.holdMask == 0
+            {
+                continue;
+            }
+            let tag = [
+                l.locktag.locktag_field1,
+                l.locktag.locktag_field2,
+                l.locktag.locktag_field3,
+                l.locktag.locktag_field4 as u32,
+            ];
+            match out.iter_mut().find(|h| h.tag == tag) {
+                Some(h) => h.modes |= l.holdMask as u32,
+                None => out.push(Held {
+                    tag,
+                    modes: l.holdMask as u32,
+                }),
+            }
+        }
+        pg_sys::pfree((*data).locks.cast());
+        pg_sys::pfree(data.cast());
+    }
+    out.sort_by_key(|h| h.tag);
+    out
+}
+
+/// Release every session-level hold of `modes` on `h`. Called after the call's subtransaction was
+/// rolled back, which released its transaction-level locks: what is still held is session level.
+fn release_session_lock(h: &Held, modes: u32) {
+    let tag = h.locktag();
+    for mode in 1..=pg_sys::MaxLockMode as i32 {
+        if modes & (1 << mode) == 0 {
+            continue;
+        }
+        // Bounded: each release drops one hold; a lock is held at most once per acquisition.
+        for _ in 0..1_000_000 {
+            // SAFETY: a lookup in, and a release from, this backend's own lock table.
+            unsafe {
+                #[cfg(any(feature = "pg15", feature = "pg16"))]
+                let held = pg_sys::LockHeldByMe(&tag, mode);
+                #[cfg(not(any(feature = "pg15", feature = "pg16")))]
+                let held = pg_sys::LockHeldByMe(&tag, mode, false);
+                if !held || !pg_sys::LockRelease(&tag, mode, true) {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Run `f`, code that belongs to `role`, sealed (see the module docs). With `row_security_off`,
+/// `row_security` is off inside, so that a policy that would apply to the owner raises instead of
+/// hiding rows.
+pub fn run<T>(
+    role: pg_sys::Oid,
+    row_security_off: bool,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    // SAFETY: reading backend state.
+    if unsafe { pg_sys::IsInParallelMode() } {
+        return switched(role, row_security_off, f);
+    }
+    let before = Session::now()?;
+    let sub = SubXact::begin();
+    // (how the call failed: an error of ours it returned, or one it raised, caught to be re-raised)
+    enum Failed {
+        Returned(KeysError),
+        Raised(Box<pgrx::pg_sys::panic::CaughtError>),
+    }
+    let r = PgTryBuilder::new(AssertUnwindSafe(|| {
+        switched(role, row_security_off, f).map_err(Failed::Returned)
+    }))
+    .catch_others(|e| Err(Failed::Raised(Box::new(e))))
+    .execute();
+    match r {
+        Ok(v) => {
+            let left = match Session::now() {
+                Ok(now) => now.left_since(&before),
+                Err(e) => {
+                    sub.rollback();
+                    return Err(e);
+                }
+            };
+            if left.is_empty() {
+                sub.commit();
+                return Ok(v);
+            }
+            sub.rollback();
+            Session::now()?.undo_since(&before);
+            Err(KeysError::LeftBehind {
+                role: role_name(role),
+                what: left.join(", "),
+            })
+        }
+        Err(e) => {
+            sub.rollback();
+            Session::now()?.undo_since(&before);
+            match e {
+                Failed::Returned(e) => Err(e),
+                Failed::Raised(e) => e.rethrow(),
+            }
+        }
+    }
+}
+
+/// `f` as `role` in a security-restricted operation with its own GUC nest level (search_path
+/// pinned, optionally row_security off), rolled back afterwards; the user is switched back. If
+/// `f` raises, the (sub)transaction abort restores both.
+fn switched<T>(
+    role: pg_sys::Oid,
+    row_security_off: bool,
+    f: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_ctx: i32 = 0;
+    // SAFETY: the steps of ExecRefreshMatView / SwitchToUntrustedUser: save and switch the user
+    // with SECURITY_RESTRICTED_OPERATION, then a new GUC nest level with a fixed search_path.
+    let nest = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_ctx);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_ctx
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        );
+        let nest = pg_sys::NewGUCNestLevel();
+        save_setting(c"search_path", c"pg_catalog, pg_temp");
+        if row_security_off {
+            save_setting(c"row_security", c"off");
+        }
+        nest
+    };
+    let out = context::on_behalf_of(role, f);
+    // SAFETY: rolls back every setting changed since the nest level above (SET, SET LOCAL and
+    // set_config alike), then restores the user saved above.
+    unsafe {
+        pg_sys::AtEOXact_GUC(false, nest);
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
+    }
+    out
+}
+
+/// Set `name` at the current GUC nest level (GUC_ACTION_SAVE, as a function's SET clause).
+///
+/// # Safety
+/// Must be called after NewGUCNestLevel, whose AtEOXact_GUC undoes it.
+unsafe fn save_setting(name: &CStr, value: &CStr) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        pg_sys::set_config_option(
+            name.as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: GetUserNameFromId with noerr returns NULL for a dropped role.
+    unsafe {
+        let p = pg_sys::GetUserNameFromId(role, true);
+        if p.is_null() {
+            format!("role {}", role.to_u32())
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
