@@ -115,8 +115,9 @@ BEGIN
         END IF;
         RETURN NEW;
     END IF;
-    -- One writer at a time until commit, so ids and the chain follow commit order.
-    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.audit_log'));
+    -- One writer at a time until commit, so ids and the chain follow commit order (a lock only
+    -- meshhook_keys can take: see src/locks.rs).
+    PERFORM meshhook_keys._audit_chain_lock();
     SELECT * INTO last FROM meshhook_keys.audit_log ORDER BY id DESC LIMIT 1;
     NEW.id := coalesce(last.id, 0) + 1;
     NEW.at := pg_catalog.clock_timestamp();

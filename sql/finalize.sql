@@ -229,6 +229,8 @@ COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS
     'The background scheduler of this server: pid, database, state, naptime, ticks, last tick, whether encryptions are counted. Admin only.';
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror.';
+COMMENT ON FUNCTION meshhook_keys._audit_chain_lock() IS
+    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it). Used by the audit chain trigger.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) IS
     'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key. Refuses outside a batch.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS

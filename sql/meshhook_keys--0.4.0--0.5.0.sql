@@ -257,6 +257,13 @@ SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_log_line_wrapper';
 REVOKE ALL ON FUNCTION meshhook_keys._log_line(text) FROM PUBLIC;
+-- The audit chain lock moved off a hashtext() advisory key that any role could take.
+CREATE FUNCTION meshhook_keys."_audit_chain_lock"() RETURNS void
+VOLATILE PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_audit_chain_lock_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys._audit_chain_lock() FROM PUBLIC;
 CREATE OR REPLACE FUNCTION meshhook_keys._audit_chain() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -273,8 +280,9 @@ BEGIN
         END IF;
         RETURN NEW;
     END IF;
-    -- One writer at a time until commit, so ids and the chain follow commit order.
-    PERFORM pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.audit_log'));
+    -- One writer at a time until commit, so ids and the chain follow commit order (a lock only
+    -- meshhook_keys can take: see src/locks.rs).
+    PERFORM meshhook_keys._audit_chain_lock();
     SELECT * INTO last FROM meshhook_keys.audit_log ORDER BY id DESC LIMIT 1;
     NEW.id := coalesce(last.id, 0) + 1;
     NEW.at := pg_catalog.clock_timestamp();
@@ -291,6 +299,8 @@ END
 $$;
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror.';
+COMMENT ON FUNCTION meshhook_keys._audit_chain_lock() IS
+    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it). Used by the audit chain trigger.';
 
 -- Functions that report this backend's own state are not run in parallel workers (their state is
 -- the worker's, not the session's).

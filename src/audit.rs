@@ -15,6 +15,7 @@
 //! instead of exhausting max_worker_processes.
 
 use crate::error::{KeysError, Result};
+use crate::locks::{self, Lock, Until};
 use crate::store::{self, AuditEvent};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -120,45 +121,24 @@ thread_local! {
 /// trigger of any row inserted (also by SQL-level code). Asks the lock manager.
 fn holds_chain_lock() -> bool {
     let lxid = crate::context::current_lxid();
-    if lxid != 0 && HOLDS_CHAIN.get() == lxid {
-        return true;
-    }
-    // pg_advisory_xact_lock(hashtext('meshhook_keys.audit_log')): an ExclusiveLock on the advisory
-    // tag (database, high and low halves of the bigint key, 1).
-    let Ok(Some(key)) =
-        store::read_one::<i32>("SELECT pg_catalog.hashtext('meshhook_keys.audit_log')", &[])
-    else {
-        return false;
-    };
-    let key = key as i64;
-    // SAFETY: a plain lookup in this backend's local lock table.
-    unsafe {
-        let tag = pg_sys::LOCKTAG {
-            locktag_field1: pg_sys::MyDatabaseId.to_u32(),
-            locktag_field2: (key >> 32) as u32,
-            locktag_field3: key as u32,
-            locktag_field4: 1,
-            locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-            locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-        };
-        // (PostgreSQL 17 added `orstronger`; false asks for exactly this mode, as 15 and 16 do)
-        #[cfg(any(feature = "pg15", feature = "pg16"))]
-        let held = pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as i32);
-        #[cfg(not(any(feature = "pg15", feature = "pg16")))]
-        let held = pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as i32, false);
-        held
-    }
+    (lxid != 0 && HOLDS_CHAIN.get() == lxid) || locks::held(Lock::AuditChain)
 }
 
 /// Take the audit chain lock for an action about to write audit rows, before any keyring lock, if
 /// the caller writes them at once (an operator); a no-op for callers whose rows wait for commit.
+/// Callers that change a keyring take it through the lock_order module, which keeps the order.
 pub fn lock_chain() -> Result<()> {
     if deferred_for_caller() {
         return Ok(());
     }
-    store::lock_audit_chain()?;
-    HOLDS_CHAIN.set(crate::context::current_lxid());
+    lock_chain_for_trigger();
     Ok(())
+}
+
+/// The audit chain lock, whoever the caller: what the chain trigger takes for each row it writes.
+pub fn lock_chain_for_trigger() {
+    locks::take(Lock::AuditChain, Until::Commit);
+    HOLDS_CHAIN.set(crate::context::current_lxid());
 }
 
 struct OwnedEvent {

@@ -2,7 +2,7 @@
 //! our own code with a temporarily changed setting or user, restored afterwards (or by the
 //! (sub)transaction abort if the code raises), as fmgr_security_definer does for a SECURITY DEFINER
 //! function with SET clauses (the hot encrypt/decrypt functions' fixed search_path, the audit rows
-//! written at commit). Code we do not own runs through [`crate::seal`] instead.
+//! written at commit). Code we do not own runs through the seal module instead.
 
 use pgrx::pg_sys;
 use std::ffi::CStr;
@@ -127,7 +127,7 @@ impl Drop for OnBehalfGuard {
 }
 
 /// Run `f` with `role` as the caller every identity check meshhook_keys makes sees (admin
-/// membership, tenant check, service bypass, user-held key binding). Only [`crate::seal`] calls
+/// membership, tenant check, service bypass, user-held key binding). Only the seal module calls
 /// it, after switching to `role` in a security-restricted operation.
 pub fn on_behalf_of<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     ON_BEHALF_OF.with_borrow_mut(|s| s.push(role));

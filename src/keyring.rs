@@ -8,6 +8,7 @@
 use crate::audit;
 use crate::crypto::{self, SecretKey};
 use crate::error::{KeysError, Result as KResult};
+use crate::lock_order::{self, Row};
 use crate::rootkey;
 use crate::store;
 use pgrx::datum::{Interval, TimestampWithTimeZone};
@@ -91,8 +92,7 @@ pub fn rotate(keyring: &str, reason: Option<&str>) -> KResult<NewKey> {
     if store::user_held_kdf(keyring)?.is_none() {
         crate::userheld::check_namespace(keyring, false)?;
     }
-    audit::lock_chain()?;
-    store::lock_keyring(keyring)?;
+    lock_order::keyring(keyring, Row::CreateIfMissing)?;
     refuse_destroyed(keyring)?;
     if let Some((true, _)) = store::user_held_kdf(keyring)? {
         return Err(KeysError::WrongKeyringKind(format!(
@@ -113,8 +113,7 @@ fn refuse_destroyed(keyring: &str) -> KResult<()> {
 /// First use of the `default` keyring: create version 1 unless a concurrent session just did.
 pub fn ensure_default_keyring() -> KResult<()> {
     rootkey::current()?;
-    audit::lock_chain()?;
-    store::lock_keyring(DEFAULT_KEYRING)?;
+    lock_order::keyring(DEFAULT_KEYRING, Row::CreateIfMissing)?;
     if store::active_key(DEFAULT_KEYRING)?.is_none() {
         create_version(
             DEFAULT_KEYRING,
@@ -163,7 +162,7 @@ pub fn set_policy(
         ));
     }
     // A policy is set on a keyring that exists; it never creates one.
-    lock_existing(keyring)?;
+    lock_order::keyring(keyring, Row::Existing)?;
     let shown = Spi::get_one_with_args::<String>(
         "UPDATE meshhook_keys.keyring
             SET rotation_interval = $2, max_encryptions = $3,
@@ -200,29 +199,18 @@ pub fn create(keyring: &str, tenant: Option<&str>, reason: Option<&str>) -> KRes
         ));
     }
     rootkey::current()?;
-    audit::lock_chain()?;
-    if !store::create_keyring(keyring, tenant)? {
-        return Err(KeysError::KeyringExists(keyring.into()));
-    }
-    store::lock_keyring(keyring)?;
+    lock_order::keyring(
+        keyring,
+        Row::New(&|| store::create_keyring(keyring, tenant)),
+    )?;
     create_version(keyring, reason, "keyring_create")
-}
-
-/// The locks of an administrative action on an existing keyring: the audit chain lock, then the
-/// keyring's row lock; refused (42704) for a keyring that does not exist.
-fn lock_existing(keyring: &str) -> KResult<()> {
-    audit::lock_chain()?;
-    if !store::keyring_exists(keyring)? {
-        return Err(KeysError::UnknownKeyring(keyring.into()));
-    }
-    store::lock_keyring(keyring)
 }
 
 /// Crypto-shred a keyring: destroy every version's key material so that nothing it ever encrypted
 /// can be decrypted again, and refuse any further use of the name. Audited; returns the versions
 /// destroyed.
 pub fn destroy(keyring: &str, reason: Option<&str>) -> KResult<i32> {
-    lock_existing(keyring)?;
+    lock_order::keyring(keyring, Row::Existing)?;
     refuse_destroyed(keyring)?;
     let versions = store::destroy_keyring(keyring)?;
     audit::record(
@@ -241,7 +229,7 @@ pub fn destroy(keyring: &str, reason: Option<&str>) -> KResult<i32> {
 /// re-encryption history. Refused for a keyring that was not destroyed. Audited; returns the
 /// versions deleted.
 pub fn reclaim(keyring: &str, reason: Option<&str>) -> KResult<i32> {
-    lock_existing(keyring)?;
+    lock_order::keyring(keyring, Row::Existing)?;
     if store::keyring_destroyed_at(keyring)?.is_none() {
         return Err(KeysError::NotDestroyed(keyring.into()));
     }

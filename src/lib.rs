@@ -15,6 +15,8 @@ mod gucs;
 mod health;
 mod keycache;
 mod keyring;
+mod lock_order;
+mod locks;
 mod logline;
 mod planner;
 mod plans;

@@ -6,14 +6,15 @@
 //!
 //! User-held keyrings are never touched: their keys need the user's secret.
 //!
-//! Exactly once: a tick first takes the advisory lock `hashtext('meshhook_keys.tick')` without
-//! waiting (a session lock in the worker, a transaction lock in `tick()`; they conflict), and skips
-//! if another tick holds it. Independently, a rotation re-checks that the keyring is still due after
+//! Exactly once: a tick first takes the tick lock (crate::locks, which no other role can take)
+//! without waiting (a session lock in the worker, a transaction lock in `tick()`; they conflict),
+//! and skips if another tick holds it. Independently, a rotation re-checks that the keyring is still due after
 //! taking the keyring's row lock, so it never races a manual `keys_rotate` either.
 
 use crate::audit;
 use crate::error::{KeysError, Result};
 use crate::keyring;
+use crate::locks::{self, Lock, Until};
 use crate::{gucs, reencrypt, rootkey, store, usage};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -158,18 +159,15 @@ impl Action {
 /// Try to become the only tick running. The worker holds the lock for the whole tick (session
 /// level, released by [`release_tick_lock`]); `tick()` until its transaction ends.
 fn try_tick_lock(mode: Mode) -> Result<bool> {
-    let f = match mode {
-        Mode::OwnTransactions => "pg_try_advisory_lock",
-        Mode::Subtransactions => "pg_try_advisory_xact_lock",
+    let until = match mode {
+        Mode::OwnTransactions => Until::Released,
+        Mode::Subtransactions => Until::Commit,
     };
-    Ok(Spi::get_one::<bool>(&format!(
-        "SELECT pg_catalog.{f}(pg_catalog.hashtext('meshhook_keys.tick'))"
-    ))?
-    .unwrap_or(false))
+    Ok(locks::try_take(Lock::Tick, until))
 }
 
 pub fn release_tick_lock() -> Result<()> {
-    Spi::run("SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext('meshhook_keys.tick'))")?;
+    locks::release(Lock::Tick);
     Ok(())
 }
 
@@ -236,8 +234,7 @@ fn due_keyrings(only: Option<&str>) -> Result<Vec<Due>> {
 /// Rotate `keyring` if it is still due once its row is locked. Returns the new version.
 fn rotate_if_due(keyring: &str) -> Result<Option<i32>> {
     rootkey::current()?;
-    audit::lock_chain()?;
-    store::lock_keyring(keyring)?;
+    crate::lock_order::keyring(keyring, crate::lock_order::Row::CreateIfMissing)?;
     // A fresh statement after the lock: a rotation committed meanwhile makes the keyring not due.
     let Some(due) = due_keyrings(Some(keyring))?.pop() else {
         return Ok(None);

@@ -119,20 +119,6 @@ pub fn active_key(keyring: &str) -> Result<Option<KeyRow>> {
     })
 }
 
-/// The expression that takes the audit chain lock (for statements that take it with another).
-pub const AUDIT_LOCK_EXPR: &str =
-    "pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.audit_log'))";
-
-/// Take the audit chain lock (the same one the audit_log trigger takes) until the transaction ends.
-/// Every action that writes an audit row takes it *before* any keyring lock, so that two audited
-/// transactions always lock in the same order and cannot deadlock on each other.
-pub fn lock_audit_chain() -> Result<()> {
-    Spi::connect_mut(|c| {
-        c.update(&format!("SELECT {AUDIT_LOCK_EXPR}"), None, &[])?;
-        Ok(())
-    })
-}
-
 /// Create the keyring if needed and lock its row until the transaction ends, so that rotations of
 /// one keyring serialize. The UPDATE (not just FOR UPDATE) makes a concurrent REPEATABLE READ
 /// rotation fail with a serialization error instead of computing a stale version number.

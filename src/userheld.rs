@@ -12,6 +12,7 @@ use crate::audit;
 use crate::crypto::{self, KdfParams, SecretKey};
 use crate::error::{KeysError, Result};
 use crate::keycache::{self, CachedKey};
+use crate::lock_order::{self, Row};
 use crate::session_keys::{self, Scope};
 use crate::store::{self, KeyRow};
 use std::collections::HashMap;
@@ -151,11 +152,11 @@ pub fn create(keyring: &str, secret: Option<&str>) -> Result<(i32, i64)> {
     let secret = Zeroizing::new(validate_secret("secret", secret)?.to_string());
     let params = KdfParams::new_random();
     let kek = derive(&secret, &params)?;
-    audit::lock_chain()?;
-    if !store::create_user_held_keyring(keyring, &kdf_json(&params))? {
-        return Err(KeysError::KeyringExists(keyring.into()));
-    }
-    store::lock_keyring(keyring)?;
+    let kdf = kdf_json(&params);
+    lock_order::keyring(
+        keyring,
+        Row::New(&|| store::create_user_held_keyring(keyring, &kdf)),
+    )?;
     let (version, key_id, key) = new_version(keyring, &kek)?;
     store::register_secrets_store(keyring)?;
     audit::record(
@@ -237,8 +238,7 @@ pub fn rewrap(
         ));
     }
     let params = user_held_params(keyring)?;
-    audit::lock_chain()?;
-    store::lock_keyring(keyring)?;
+    lock_order::keyring(keyring, Row::CreateIfMissing)?;
     let rows = store::keyring_keys(keyring, true)?;
     let kek_old = derive(&old, &params)?;
     let ((mut keys, mut active), deks) = match open_all(keyring, &rows, &kek_old) {

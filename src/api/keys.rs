@@ -96,6 +96,14 @@ fn _key_cache_invalidate<'a>(
     Ok(None)
 }
 
+/// `_audit_chain_lock()`: the audit chain lock, until commit, for the chain trigger (see
+/// sql/bootstrap.sql and crate::locks). Internal; executable by nobody but the extension's owner.
+#[pg_extern(volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _audit_chain_lock() {
+    audit::lock_chain_for_trigger();
+}
+
 /// This backend's key cache counters; internal, for tests and troubleshooting (no key material).
 #[pg_extern(volatile, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]

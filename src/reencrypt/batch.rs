@@ -3,14 +3,13 @@
 //! covers every registered column, then moves rows window by window (a TID range of heap blocks)
 //! until it has moved a batch of rows or read eight windows, advancing each column's cursor.
 //!
-//! Invariants: one batch per keyring at a time (an advisory transaction lock, taken after the audit
-//! lock unless the caller's audit rows are deferred to commit), and none started from code a table
+//! Invariants: one batch per keyring at a time (lock_order::reencryption: the audit chain lock
+//! unless the caller's audit rows are deferred to commit, then the keyring's re-encryption lock), and none started from code a table
 //! owner wrote (a trigger, context expression, default or policy of the table being moved). Rows
 //! are claimed `FOR UPDATE SKIP LOCKED` and re-encrypted from the value they hold while locked, so
 //! a newer application value is never overwritten. The cursors move in the same transaction as
 //! the rows. Every envelope sealed counts against the target key's encryption limit.
 
-use crate::audit;
 use crate::context;
 use crate::error::{KeysError, Result};
 use crate::plans;
@@ -23,7 +22,7 @@ use crate::reencrypt::registry::{
 };
 use crate::reencrypt::rows::{Armed, Failure, Tid, arm, load_old_keys, tid_text};
 use crate::resolver;
-use crate::{store, usage};
+use crate::usage;
 use pgrx::spi::quote_identifier;
 
 /// Key ids of the keyring's versions that still decrypt but are not `except`.
@@ -53,22 +52,14 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         return Err(KeysError::NestedBatch("a re-encryption batch"));
     }
     let batch_size = batch_size.clamp(1, 1_000_000) as i64;
-    // Audited actions take the audit lock first (see audit::lock_chain; not a plain role
-    // re-encrypting its user-held keyring, whose rows are written at commit); then one batch per
+    // The audit chain lock (unless the caller's audit rows wait for commit), then one batch per
     // keyring at a time.
-    // (The two locks in one statement: its target list is evaluated in order.)
-    let audit_lock = if audit::deferred_for_caller() {
-        "NULL"
-    } else {
-        store::AUDIT_LOCK_EXPR
-    };
-    plans::run(
-        &format!(
-            "SELECT {audit_lock}, pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('meshhook_keys.reencrypt:' || $1))"
-        ),
-        &[keyring.into()],
-        |_| Ok(()),
-    )?;
+    crate::lock_order::reencryption(keyring)?;
+    // A read-write statement first (as the advisory lock statement was before our locks left
+    // SQL): it increments the command counter, which applies the key cache invalidations this
+    // transaction queued, and takes a fresh snapshot, so that a rotation made earlier in the same
+    // transaction (the one a tick just made) is seen. tick()'s same-tick test fails without it.
+    plans::run("SELECT 1", &[], |_| Ok(()))?;
     let active =
         resolver::active_key(keyring)?.ok_or_else(|| KeysError::NoActiveKey(keyring.into()))?;
     let target = active.key_id;

@@ -6,12 +6,17 @@
 #     back (also a rolled-back savepoint); the chain verifies;
 #   - audit rows record the request's JWT sub and role claims (also a refusal's, written by the
 #     audit writer);
+#   - a role with no meshhook_keys grant that holds every advisory lock it can name (the hashtext()
+#     keys of 0.4.0, and both SQL forms of every advisory lock it sees in pg_locks while an admin's
+#     transaction holds ours) delays nothing: keys_rotate, CALL reencrypt, tick() and the creation of
+#     a user-held keyring each succeed with lock_timeout = 1s, and the worker keeps rotating;
 #   - a flood of 10,000 refused calls from 4 sessions: exactly 10,000 refusal rows, never more audit
 #     writers at once than refusing sessions, no "could not start the audit writer" line.
 # Installs the extension if it is not installed yet.
 source "$(dirname "$0")/../lib.sh"
 
-suite_setup audit "${MESHHOOK_KEYS_AUDIT_PORT:-54349}" "meshhook_keys.database = 'audit'"
+suite_setup audit "${MESHHOOK_KEYS_AUDIT_PORT:-54349}" "meshhook_keys.database = 'audit'" \
+    "meshhook_keys.worker_naptime = '200ms'"
 at_exit 'exec 3>&- 2>/dev/null || true'
 
 q() { psql_as "${2:-postgres}" audit "$1"; }   # q SQL [USER]
@@ -67,6 +72,51 @@ check "the admin rotates meanwhile" "$((before + 3))" "$(rotate_as_admin 'during
 release "COMMIT;"
 check "the first use is in the chain" t "$(q "SELECT count(*) > 0 FROM meshhook_keys.audit_log WHERE keyring = 'default' AND role_name = 'au_user'")"
 check "the chain verifies" t "$(q "SELECT ok FROM meshhook_keys.audit_verify()")"
+
+echo "# a role with no grant cannot take, queue on or delay our locks"
+q "CREATE ROLE au_nobody LOGIN;
+   CREATE TABLE au_t (id int PRIMARY KEY, c bytea);
+   INSERT INTO au_t SELECT i, meshhook_keys.secret_encrypt('v' || i, i::text, 'admin-ring') FROM generate_series(1, 20) i;
+   SELECT meshhook_keys.register_column('au_t', 'c', 'id::text', 'admin-ring');
+   SELECT meshhook_keys.keyring_create('sched-ring');
+   SELECT meshhook_keys.keyring_set_policy('sched-ring', interval '1 second');" >/dev/null
+# an admin's transaction holds our audit chain and keyring locks while au_nobody looks at pg_locks
+# and takes both SQL forms of every advisory lock it sees, and the old hashtext() keys
+rm -f "$TMP/adm.in"; mkfifo "$TMP/adm.in"; chmod 666 "$TMP/adm.in"
+as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U au_admin -d audit < "$TMP/adm.in" > "$TMP/adm.out" 2>&1 &
+ADM_PID=$!
+exec 4> "$TMP/adm.in"
+echo "BEGIN; SELECT version FROM meshhook_keys.keys_rotate('admin-ring', 'held open');" >&4
+wait_until 20 is_t q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE usename = 'au_admin' AND state = 'idle in transaction')" || true
+rm -f "$TMP/nob.in"; mkfifo "$TMP/nob.in"; chmod 666 "$TMP/nob.in"
+as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U au_nobody -d audit < "$TMP/nob.in" > "$TMP/nob.out" 2>&1 4>&- &
+NOB_PID=$!
+exec 5> "$TMP/nob.in"
+echo "SELECT count(pg_advisory_lock(l.classid::int, l.objid::int)) + count(pg_advisory_lock((l.classid::bigint << 32) | l.objid::bigint))
+        FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid();
+      SELECT pg_advisory_lock(hashtext(k)) FROM unnest(ARRAY['meshhook_keys.audit_log', 'meshhook_keys.tick',
+        'meshhook_keys.reencrypt:admin-ring', 'meshhook_keys.reencrypt:default', 'meshhook_keys.reencrypt:sched-ring']) k;
+      SELECT 'held';" >&5
+wait_until 20 grep -q held "$TMP/nob.out" || true
+echo "COMMIT;" >&4; exec 4>&-; wait "$ADM_PID" || true
+check "au_nobody saw our locks in pg_locks and holds what it could name" t \
+    "$(q "SELECT count(*) >= 6 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE a.usename = 'au_nobody' AND l.locktype = 'advisory' AND l.granted")"
+before=$(q "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'admin-ring'")
+check "keys_rotate is not delayed (lock_timeout 1s)" "$((before + 1))" \
+    "$(q "SET lock_timeout = '1s'; SELECT version FROM meshhook_keys.keys_rotate('admin-ring', 'while au_nobody holds locks')" au_admin 2>&1)"
+check "CALL reencrypt is not delayed (lock_timeout 1s)" "" \
+    "$(psql_as au_admin audit "CALL meshhook_keys.reencrypt('admin-ring', 5)" -c "SET lock_timeout = '1s'" 2>&1 | grep ERROR)"
+check "every row moved" 0 \
+    "$(q "SELECT count(*) FROM au_t WHERE meshhook_keys.ciphertext_key_id(c) <> (SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'admin-ring' AND state = 'active')")"
+check "tick() is not skipped" "" \
+    "$(q "SET lock_timeout = '1s'; SELECT action FROM meshhook_keys.tick() WHERE action = 'tick' AND outcome = 'skipped'" 2>&1)"
+check "a user creates a user-held keyring (lock_timeout 1s)" "user:nobody-test" \
+    "$(q "SET lock_timeout = '1s'; SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:nobody-test', 'a-secret-of-12')" au_user 2>&1)"
+v0=$(q "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'sched-ring'")
+if wait_until 30 is_t q "SELECT active_version >= $v0 + 2 FROM meshhook_keys.keyrings WHERE keyring = 'sched-ring'"; then
+    ok "the worker keeps rotating on schedule"; else fail "the worker keeps rotating on schedule" "$(tail -5 "$TMP/server.log")"; fi
+echo "SELECT pg_advisory_unlock_all();" >&5; exec 5>&-; wait "$NOB_PID" || true
+q "SELECT meshhook_keys.keyring_set_policy('sched-ring', NULL)" >/dev/null
 
 echo "# 10,000 refused calls from 4 sessions"
 q "CREATE TABLE writers (at timestamptz DEFAULT clock_timestamp(), n int)" >/dev/null
