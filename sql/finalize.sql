@@ -166,7 +166,7 @@ COMMENT ON TABLE meshhook_keys.reencrypt_failure IS
 COMMENT ON VIEW meshhook_keys.encrypted_columns IS
     'Registered ciphertext columns, and whether their table still exists.';
 COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
-    'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA.';
+    'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA; a column whose batch raised is failed, with its SQLSTATE and error.';
 COMMENT ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) IS
     'Register a bytea column holding envelopes of a keyring, with the SQL expression over the row that gives its encryption context (NULL means the empty context). Requires meshhook_keys_admin and the privileges of the table owner.';
 COMMENT ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) IS

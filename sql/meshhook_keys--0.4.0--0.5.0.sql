@@ -453,3 +453,32 @@ COMMENT ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) IS
     'Supabase Vault''s update_secret over the built-in store: NULL arguments keep the current value; the new value is sealed under the keyring''s active key; an id that does not exist (or that RLS hides) changes nothing. new_key_id must be NULL.';
 COMMENT ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) IS
     'Copy every secret of Supabase Vault (vault.decrypted_secrets, read with the caller''s privileges) into the built-in store under keyring, encrypted before any row is written, keeping ids, names, descriptions and timestamps; Vault is not changed. Idempotent: secrets already imported (same id) are skipped, and so are names the store already has. dry_run (the default) only counts. Requires meshhook_keys_operator; audited with counts only.';
+
+-- A column whose batch raises no longer stops the others of its keyring (issue 23): it is marked
+-- 'failed' with its SQLSTATE and (escaped) message, and the job goes on with the other columns.
+ALTER TABLE meshhook_keys.reencrypt_progress_column
+    DROP CONSTRAINT reencrypt_progress_column_state_check,
+    ADD CONSTRAINT reencrypt_progress_column_state_check
+        CHECK (state IN ('running', 'done', 'done_with_errors', 'failed')),
+    ADD COLUMN sqlstate text,
+    ADD COLUMN error text;
+CREATE OR REPLACE VIEW meshhook_keys.reencrypt_progress AS
+    SELECT j.id AS job_id, j.keyring, j.target_version,
+           c.rel AS table_name, c.column_name,
+           p.state, p.pass,
+           p.rows_total, p.rows_done, p.rows_failed,
+           GREATEST(p.rows_total - p.rows_done - p.rows_failed, 0) AS rows_remaining,
+           CASE WHEN p.rows_done > 0 AND p.updated_at > p.started_at
+                THEN round(p.rows_done / EXTRACT(epoch FROM p.updated_at - p.started_at), 1)
+           END AS rows_per_second,
+           CASE WHEN p.state <> 'running' THEN interval '0'
+                WHEN p.rows_done > 0 AND p.updated_at > p.started_at
+                THEN (p.updated_at - p.started_at)
+                     * (GREATEST(p.rows_total - p.rows_done - p.rows_failed, 0)::float8 / p.rows_done)
+           END AS eta,
+           p.started_at, p.updated_at, j.state AS job_state, p.sqlstate, p.error
+      FROM meshhook_keys.reencrypt_job j
+      JOIN meshhook_keys.reencrypt_progress_column p ON p.job_id = j.id
+      JOIN meshhook_keys.encrypted_column c ON c.id = p.column_id;
+COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
+    'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA; a column whose batch raised is failed, with its SQLSTATE and error.';

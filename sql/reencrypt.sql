@@ -43,9 +43,15 @@ CREATE TABLE meshhook_keys.reencrypt_progress_column (
     next_offset   integer NOT NULL DEFAULT 0,
     pass          integer NOT NULL DEFAULT 1,
     state         text    NOT NULL DEFAULT 'running'
-                  CHECK (state IN ('running', 'done', 'done_with_errors')),
+                  CONSTRAINT reencrypt_progress_column_state_check
+                  CHECK (state IN ('running', 'done', 'done_with_errors', 'failed')),
     started_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
     updated_at    timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    -- 'failed': a batch over the column raised (the table's own code, a dropped privilege); the
+    -- other columns of the job went on. Its SQLSTATE, and its message with control characters
+    -- escaped and clipped to 300 bytes.
+    sqlstate      text,
+    error         text,
     PRIMARY KEY (job_id, column_id)
 );
 
@@ -81,7 +87,7 @@ CREATE VIEW meshhook_keys.reencrypt_progress AS
                 THEN (p.updated_at - p.started_at)
                      * (GREATEST(p.rows_total - p.rows_done - p.rows_failed, 0)::float8 / p.rows_done)
            END AS eta,
-           p.started_at, p.updated_at, j.state AS job_state
+           p.started_at, p.updated_at, j.state AS job_state, p.sqlstate, p.error
       FROM meshhook_keys.reencrypt_job j
       JOIN meshhook_keys.reencrypt_progress_column p ON p.job_id = j.id
       JOIN meshhook_keys.encrypted_column c ON c.id = p.column_id;

@@ -4,6 +4,7 @@
 //! function with SET clauses (the hot encrypt/decrypt functions' fixed search_path, the audit rows
 //! written at commit). Code we do not own runs through the seal module instead.
 
+use pgrx::pg_guard;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 
@@ -158,4 +159,117 @@ pub fn with_owner<T>(role: pg_sys::Oid, f: impl FnOnce() -> T) -> T {
     }
     let _restore = Restore(saved_user, saved_ctx);
     f()
+}
+
+thread_local! {
+    /// For each function call that went through the fmgr hook (SECURITY DEFINER functions, and
+    /// trigger functions), innermost last: the owner of the function if it is code of somebody's
+    /// that is not meshhook_keys' own, else `None`.
+    static DEFINERS: std::cell::RefCell<Vec<Option<pg_sys::Oid>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Per function: its owner if its calls are tracked (see [`DEFINERS`]), `None` if not.
+    static CLASSIFIED: std::cell::RefCell<std::collections::HashMap<pg_sys::Oid, Option<pg_sys::Oid>>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+static mut PREV_NEEDS_FMGR_HOOK: pg_sys::needs_fmgr_hook_type = None;
+static mut PREV_FMGR_HOOK: pg_sys::fmgr_hook_type = None;
+
+/// The owner of `fn_oid` if its calls run code of somebody's own: a SECURITY DEFINER function or a
+/// trigger function outside meshhook_keys' schema.
+fn classify(fn_oid: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    if let Some(c) = CLASSIFIED.with_borrow(|m| m.get(&fn_oid).copied()) {
+        return c;
+    }
+    // SAFETY: a syscache lookup of pg_proc, released at once; fmgr_info made the same lookup.
+    let c = unsafe {
+        let tup = pg_sys::SearchSysCache1(
+            pg_sys::SysCacheIdentifier::PROCOID as _,
+            pg_sys::Datum::from(fn_oid),
+        );
+        if tup.is_null() {
+            return None;
+        }
+        let p = pg_sys::GETSTRUCT(tup).cast::<pg_sys::FormData_pg_proc>();
+        let ours = pg_sys::get_namespace_oid(c"meshhook_keys".as_ptr(), true);
+        let tracked =
+            (*p).pronamespace != ours && ((*p).prosecdef || (*p).prorettype == pg_sys::TRIGGEROID);
+        let owner = (*p).proowner;
+        pg_sys::ReleaseSysCache(tup);
+        tracked.then_some(owner)
+    };
+    CLASSIFIED.with_borrow_mut(|m| m.insert(fn_oid, c));
+    c
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn needs_fmgr_hook(fn_oid: pg_sys::Oid) -> bool {
+    // SAFETY: the previous hook, if any, is a valid function pointer.
+    if let Some(prev) = unsafe { PREV_NEEDS_FMGR_HOOK }
+        && unsafe { prev(fn_oid) }
+    {
+        return true;
+    }
+    // (SECURITY DEFINER functions go through the hook anyway; trigger functions are asked for)
+    classify(fn_oid).is_some()
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn fmgr_hook(
+    event: pg_sys::FmgrHookEventType::Type,
+    flinfo: *mut pg_sys::FmgrInfo,
+    arg: *mut pg_sys::Datum,
+) {
+    // SAFETY: the previous hook, if any, is a valid function pointer, called with our arguments.
+    if let Some(prev) = unsafe { PREV_FMGR_HOOK } {
+        unsafe { prev(event, flinfo, arg) };
+    }
+    match event {
+        pg_sys::FmgrHookEventType::FHET_START => {
+            // SAFETY: flinfo is the function being called.
+            let owner = classify(unsafe { (*flinfo).fn_oid });
+            DEFINERS.with_borrow_mut(|s| s.push(owner));
+        }
+        pg_sys::FmgrHookEventType::FHET_END | pg_sys::FmgrHookEventType::FHET_ABORT => {
+            DEFINERS.with_borrow_mut(|s| {
+                s.pop();
+            });
+        }
+        _ => {}
+    }
+}
+
+/// A change to pg_proc (a function's owner, or a function dropped): classify again.
+#[pg_guard]
+unsafe extern "C-unwind" fn proc_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    CLASSIFIED.with_borrow_mut(|m| m.clear());
+}
+
+/// Track, in this backend, the owners of SECURITY DEFINER and trigger functions that are running
+/// (see [`definers_allow`]). Called once from `_PG_init`.
+pub fn install_fmgr_hooks() {
+    // SAFETY: hooks are installed once per process, chaining any earlier ones, as sepgsql does.
+    unsafe {
+        PREV_NEEDS_FMGR_HOOK = pg_sys::needs_fmgr_hook;
+        pg_sys::needs_fmgr_hook = Some(needs_fmgr_hook);
+        PREV_FMGR_HOOK = pg_sys::fmgr_hook;
+        pg_sys::fmgr_hook = Some(fmgr_hook);
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::PROCOID as _,
+            Some(proc_changed),
+            pg_sys::Datum::from(0usize),
+        );
+    }
+}
+
+/// Whether every SECURITY DEFINER function and trigger function running now (outside
+/// meshhook_keys) is owned by a role whose privileges `role` has: code written by another role,
+/// even when it runs as `role` (a trigger of another owner's table) or as its owner (a SECURITY
+/// DEFINER function), does not act for `role` with what `role` unlocked.
+pub fn definers_allow(role: pg_sys::Oid) -> bool {
+    DEFINERS.with_borrow(|s| {
+        s.iter().flatten().all(|&owner| {
+            // SAFETY: a catalog check of role membership (cached by PostgreSQL).
+            owner == role || unsafe { pg_sys::has_privs_of_role(role, owner) }
+        })
+    })
 }

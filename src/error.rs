@@ -4,7 +4,7 @@
 //! ciphertext bytes, key bytes or a root key command's output.
 
 use pgrx::pg_sys::errcodes::PgSqlErrorCode;
-use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::pg_sys::panic::{CaughtError, ErrorReport};
 use pgrx::prelude::*;
 use thiserror::Error;
 
@@ -315,6 +315,61 @@ impl KeysError {
 }
 
 pub type Result<T> = std::result::Result<T, KeysError>;
+
+/// Why a step failed: its SQLSTATE and message (our messages never carry secrets).
+pub struct Failure {
+    pub sqlstate: String,
+    pub message: String,
+}
+
+impl From<KeysError> for Failure {
+    fn from(e: KeysError) -> Self {
+        Failure {
+            sqlstate: e.sqlstate_code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// How every failure a tick reports is written: in its detail, its log line, and the keyring's
+/// `last_error`.
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.sqlstate, self.message)
+    }
+}
+
+impl Failure {
+    /// A PostgreSQL error (or a panic) caught with PgTryBuilder: its SQLSTATE and message,
+    /// clipped to 300 bytes.
+    pub fn from_caught(e: CaughtError) -> Self {
+        match e {
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+                let code = r.sql_error_code() as i32;
+                // SAFETY: unpack_sql_state returns a pointer to a static 6-byte buffer.
+                let sqlstate = unsafe { std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(code)) }
+                    .to_string_lossy()
+                    .into_owned();
+                Failure {
+                    sqlstate,
+                    message: clip(r.message(), 300),
+                }
+            }
+            CaughtError::RustPanic { .. } => Failure {
+                sqlstate: "XX000".into(),
+                message: "internal error (panic) in meshhook_keys".into(),
+            },
+        }
+    }
+}
+
+fn clip(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
 
 /// A failure of the envelope format or of authentication, with its SQLSTATE.
 impl From<crate::crypto::CryptoError> for KeysError {

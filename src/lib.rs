@@ -68,6 +68,7 @@ pub extern "C-unwind" fn _PG_init() {
     resolver::register_invalidation_callback();
     session_keys::init();
     planner::init();
+    context::install_fmgr_hooks();
     // SAFETY: reading a postmaster global flag.
     if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         rootkey::startup_check();

@@ -13,6 +13,7 @@
 
 use crate::audit;
 use crate::error::{KeysError, Result};
+use crate::lock_order::{self, Row};
 use crate::reencrypt;
 use crate::store;
 use pgrx::prelude::*;
@@ -36,8 +37,7 @@ fn lookup_key(keyring: &str, version: i32) -> Result<(i64, String)> {
 /// active key, a key already in that state, and a key registered rows or unresolved failures still
 /// need, unless `force`. The caller has checked that an admin is calling.
 pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool) -> Result<()> {
-    audit::lock_chain()?;
-    store::lock_keyring(keyring)?;
+    lock_order::keyring(keyring, Row::CreateIfMissing)?;
     let (key_id, state) = lookup_key(keyring, version)?;
     let refuse = |why: String| {
         Err(KeysError::KeyInUse {
@@ -57,7 +57,8 @@ pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool
         }
         _ => {}
     }
-    let rows = reencrypt::rows_on_key(keyring, key_id)?;
+    let per_column = reencrypt::rows_on_key(keyring, key_id)?;
+    let rows: i64 = per_column.iter().map(|(_, n)| n).sum();
     let failures = Spi::get_one_with_args::<i64>(
         "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure f
            JOIN meshhook_keys.reencrypt_job j ON j.id = f.job_id
@@ -66,8 +67,24 @@ pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool
     )?
     .unwrap_or(0);
     if (rows > 0 || failures > 0) && !force {
+        // (the columns that still hold rows on it, most first, at most five named)
+        let mut named = per_column.clone();
+        named.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let mut which: Vec<String> = named
+            .iter()
+            .take(5)
+            .map(|(c, n)| format!("{c}: {n}"))
+            .collect();
+        if named.len() > 5 {
+            which.push(format!("and {} more columns", named.len() - 5));
+        }
+        let which = if which.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", which.join(", "))
+        };
         return refuse(format!(
-            "{rows} row(s) in registered columns still reference it and {failures} row(s) failed re-encryption; run CALL meshhook_keys.reencrypt('{keyring}') and resolve failures, or pass force => true"
+            "{rows} row(s) in registered columns still reference it{which} and {failures} row(s) failed re-encryption; run CALL meshhook_keys.reencrypt('{keyring}') and resolve failures (meshhook_keys.reencrypt_progress shows a column whose batch failed, with its error), or pass force => true"
         ));
     }
     if destroy {

@@ -16,7 +16,6 @@ use crate::error::{KeysError, Result};
 use crate::keyring;
 use crate::locks::{self, Lock, Until};
 use crate::{gucs, reencrypt, rootkey, store, usage};
-use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
 
@@ -31,67 +30,11 @@ pub enum Mode {
     Subtransactions,
 }
 
-/// Why a step failed: its SQLSTATE and message (our messages never carry secrets).
-pub struct Failure {
-    pub sqlstate: String,
-    pub message: String,
-}
-
-impl From<KeysError> for Failure {
-    fn from(e: KeysError) -> Self {
-        Failure {
-            sqlstate: e.sqlstate_code(),
-            message: e.to_string(),
-        }
-    }
-}
-
-/// How every failure a tick reports is written: in its detail, its log line, and the keyring's
-/// `last_error`.
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.sqlstate, self.message)
-    }
-}
-
-impl Failure {
-    fn from_caught(e: CaughtError) -> Self {
-        match e {
-            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
-                let code = r.sql_error_code() as i32;
-                // SAFETY: unpack_sql_state returns a pointer to a static 6-byte buffer.
-                let sqlstate = unsafe { std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(code)) }
-                    .to_string_lossy()
-                    .into_owned();
-                Failure {
-                    sqlstate,
-                    message: clip(r.message(), 300),
-                }
-            }
-            CaughtError::RustPanic { .. } => Failure {
-                sqlstate: "XX000".into(),
-                message: "internal error (panic) in meshhook_keys".into(),
-            },
-        }
-    }
-}
-
-fn clip(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
+pub use crate::error::Failure;
 
 /// Run `f` isolated as `mode` says: committed if it returns Ok, rolled back if it returns Err or
 /// raises.
 pub fn isolated<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Failure> {
-    let guarded = || {
-        PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failure::from)))
-            .catch_others(|e| Err(Failure::from_caught(e)))
-            .execute()
-    };
     match mode {
         // SAFETY: the transaction protocol of a background worker (as BackgroundWorker::transaction,
         // plus an abort when the body fails).
@@ -101,7 +44,11 @@ pub fn isolated<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> std::result::Re
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
             // The worker's search_path comes from the database's and role's settings, which a
             // database owner can set: every statement of a step runs with a fixed one instead.
-            let r = store::with_fixed_search_path(guarded);
+            let r = store::with_fixed_search_path(|| {
+                PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failure::from)))
+                    .catch_others(|e| Err(Failure::from_caught(e)))
+                    .execute()
+            });
             match r {
                 Ok(v) => {
                     pg_sys::PopActiveSnapshot();
@@ -114,16 +61,7 @@ pub fn isolated<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> std::result::Re
                 }
             }
         },
-        Mode::Subtransactions => {
-            let sub = crate::seal::SubXact::begin();
-            let r = guarded();
-            if r.is_ok() {
-                sub.commit();
-            } else {
-                sub.rollback();
-            }
-            r
-        }
+        Mode::Subtransactions => crate::seal::isolated(f),
     }
 }
 

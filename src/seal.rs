@@ -20,7 +20,7 @@
 //! is sealed by the user switch and the rolled-back nest level alone.
 
 use crate::context;
-use crate::error::{KeysError, Result};
+use crate::error::{Failure, KeysError, Result};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
 use std::ffi::{CStr, CString};
@@ -64,6 +64,21 @@ impl SubXact {
             pg_sys::CurrentResourceOwner = self.owner;
         }
     }
+}
+
+/// Run `f` in a subtransaction of its own: committed if it returns Ok, rolled back if it returns
+/// Err or raises, whose error is returned (its SQLSTATE and message), never re-raised.
+pub fn isolated<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Failure> {
+    let sub = SubXact::begin();
+    let r = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failure::from)))
+        .catch_others(|e| Err(Failure::from_caught(e)))
+        .execute();
+    if r.is_ok() {
+        sub.commit();
+    } else {
+        sub.rollback();
+    }
+    r
 }
 
 /// An advisory lock this backend holds: its tag and the modes held.

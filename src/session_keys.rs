@@ -108,6 +108,11 @@ fn jwt_sub() -> Option<String> {
 /// usable, and nothing may be unlocked).
 fn current_binding() -> Option<Binding> {
     let role = crate::context::caller().role()?;
+    // Code another role wrote (its SECURITY DEFINER function, its table's trigger) never acts
+    // with what this role unlocked, even when it runs as this role.
+    if !crate::context::definers_allow(role) {
+        return None;
+    }
     // SAFETY: plain accessor of backend state.
     let session_user = unsafe { pg_sys::GetSessionUserId() };
     Some(Binding {
@@ -196,6 +201,10 @@ fn with_usable<T>(pick: impl Fn(&str, &Unlocked) -> Option<T>) -> Option<T> {
         recheck();
     }
     let me = current_binding()?;
+    // A holdable cursor's rows outlive the transaction (they are computed at its commit and
+    // fetched later, possibly by the next client of a pooled connection): a transaction-scoped
+    // unlock does not serve them.
+    let holdable = in_holdable_cursor();
     // SAFETY: plain accessor of backend state.
     let session_user = unsafe { pg_sys::GetSessionUserId() };
     STATE.with_borrow_mut(|s| {
@@ -209,6 +218,7 @@ fn with_usable<T>(pick: impl Fn(&str, &Unlocked) -> Option<T>) -> Option<T> {
             .iter()
             .rev()
             .filter(|p| p.unlocked.binding == me)
+            .filter(|p| !(holdable && p.unlocked.scope == Scope::Transaction))
             .find_map(|p| pick(&p.keyring, &p.unlocked));
         found.or_else(|| {
             s.committed
@@ -217,6 +227,16 @@ fn with_usable<T>(pick: impl Fn(&str, &Unlocked) -> Option<T>) -> Option<T> {
                 .find_map(|(k, u)| pick(k, u))
         })
     })
+}
+
+/// Whether the statement running now is a cursor declared WITH HOLD (fetched, or persisted at
+/// commit).
+fn in_holdable_cursor() -> bool {
+    // SAFETY: reads the backend's active portal, if any.
+    unsafe {
+        let p = pg_sys::ActivePortal;
+        !p.is_null() && ((*p).cursorOptions & pg_sys::CURSOR_OPT_HOLD as i32) != 0
+    }
 }
 
 /// An unlocked key usable by the caller, by key id.

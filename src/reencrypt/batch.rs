@@ -14,8 +14,8 @@ use crate::context;
 use crate::error::{KeysError, Result};
 use crate::plans;
 use crate::reencrypt::jobs::{
-    advance_cursor, end_of_pass, ensure_job, finish_job, next_running_column, record_failed_row,
-    set_column_state,
+    advance_cursor, end_of_pass, ensure_job, fail_column, finish_job, next_running_column,
+    record_failed_row, set_column_state,
 };
 use crate::reencrypt::registry::{
     Column, as_role, columns_of_keyring, context_item, failed_row_ref, header,
@@ -100,23 +100,35 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         }
         let hi = (p.next_block + window).min(blocks.max(p.next_block + 1));
         let limit = batch_size - moved;
-        let w = move_window(
-            col,
-            &headers,
-            Armed::new(old_keys.clone(), active.clone()),
-            (p.next_block, p.next_offset),
-            hi,
-            limit,
-        )?;
-        for f in &w.failures {
-            record_failed_row(
-                job_id,
-                col.id,
-                &failed_row_ref(col, &tid_text(f.tid))?,
-                &f.sqlstate,
-                &f.message,
+        // One column's window in a subtransaction of its own: if the table's code (or anything
+        // else) raises, its rows roll back, the column is marked failed, and the keyring's other
+        // columns go on (one table never wedges a shared keyring).
+        let w = match crate::seal::isolated(|| {
+            let w = move_window(
+                col,
+                &headers,
+                Armed::new(old_keys.clone(), active.clone()),
+                (p.next_block, p.next_offset),
+                hi,
+                limit,
             )?;
-        }
+            for f in &w.failures {
+                record_failed_row(
+                    job_id,
+                    col.id,
+                    &failed_row_ref(col, &tid_text(f.tid))?,
+                    &f.sqlstate,
+                    &f.message,
+                )?;
+            }
+            Ok(w)
+        }) {
+            Ok(w) => w,
+            Err(f) => {
+                fail_column(job_id, keyring, col, &f.sqlstate, &f.message)?;
+                continue;
+            }
+        };
         // A full batch resumes right after the last row it claimed; otherwise the window is done.
         let (next_block, next_offset) = match w.last {
             Some((b, o)) if w.tried == limit => (b, o + 1),

@@ -252,6 +252,36 @@ pub(super) fn advance_cursor(
     )
 }
 
+/// A batch over the column raised: mark it failed with the SQLSTATE and message (control
+/// characters escaped, clipped: the message may be the table owner's text), so that the job goes on
+/// with the keyring's other columns; audited with the SQLSTATE only.
+pub(super) fn fail_column(
+    job_id: i64,
+    keyring: &str,
+    col: &Column,
+    sqlstate: &str,
+    message: &str,
+) -> Result<()> {
+    run(
+        "UPDATE meshhook_keys.reencrypt_progress_column
+            SET state = 'failed', sqlstate = $3, error = $4, updated_at = pg_catalog.clock_timestamp()
+          WHERE job_id = $1 AND column_id = $2",
+        &[
+            job_id.into(),
+            col.id.into(),
+            sqlstate.into(),
+            crate::logline::escape(message).into(),
+        ],
+    )?;
+    audit::record_failure(
+        "reencrypt_column",
+        Some(keyring),
+        None,
+        serde_json::json!({ "job_id": job_id, "table_oid": col.rel.to_u32(), "column": col.column,
+                            "sqlstate": sqlstate }),
+    )
+}
+
 pub(super) fn set_column_state(job_id: i64, column_id: i32, state: &str) -> Result<()> {
     run(
         "UPDATE meshhook_keys.reencrypt_progress_column SET state = $3, updated_at = pg_catalog.clock_timestamp()
@@ -291,7 +321,12 @@ pub(super) fn finish_job(job_id: i64, keyring: &str, target_version: i32) -> Res
         &[job_id.into()],
     )?;
     let failed = failed.unwrap_or(0);
-    let state = if failed > 0 {
+    let failed_columns = Spi::get_one_with_args::<i64>(
+        "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_progress_column WHERE job_id = $1 AND state = 'failed'",
+        &[job_id.into()],
+    )?
+    .unwrap_or(0);
+    let state = if failed > 0 || failed_columns > 0 {
         "finished_with_errors"
     } else {
         "finished"
@@ -308,6 +343,6 @@ pub(super) fn finish_job(job_id: i64, keyring: &str, target_version: i32) -> Res
         None,
         None,
         serde_json::json!({ "job_id": job_id, "rows_done": done, "rows_failed": failed,
-                            "state": state, "seconds": seconds }),
+                            "columns_failed": failed_columns, "state": state, "seconds": seconds }),
     )
 }

@@ -152,7 +152,7 @@ fn validate_context_expr(col: &Column) -> Result<()> {
             let t = c.select(sql.as_str(), None, &[])?;
             if t.columns()? != 1 {
                 return Err(KeysError::InvalidArgument(
-                    "the context expression must be one expression, not a list".into(),
+                    "the context expression must be one expression, not a list (write one expression, e.g. id::text || '/' || tenant)".into(),
                 ));
             }
             Ok(())
@@ -176,6 +176,7 @@ fn statement_calls_volatile(sql: &str) -> Result<bool> {
             ));
         }
         let mut volatile = false;
+        let mut list = false;
         let sources = pgrx::PgList::<pg_sys::CachedPlanSource>::from_pg(
             pg_sys::SPI_plan_get_plan_sources(plan),
         );
@@ -189,10 +190,47 @@ fn statement_calls_volatile(sql: &str) -> Result<bool> {
             let queries = pgrx::PgList::<pg_sys::Query>::from_pg((*src).query_list);
             for q in queries.iter_ptr() {
                 volatile |= pg_sys::contain_volatile_functions((*q).targetList.cast());
+                let targets = pgrx::PgList::<pg_sys::TargetEntry>::from_pg((*q).targetList);
+                list |= targets.len() != 1 || targets.get_ptr(0).is_some_and(|te| is_list(te));
             }
         }
         pg_sys::SPI_freeplan(plan);
+        if list {
+            return Err(KeysError::InvalidArgument(
+                "the context expression must be one expression, not a list (write one expression, e.g. id::text || '/' || tenant)".into(),
+            ));
+        }
         Ok(volatile)
+    }
+}
+
+/// Whether the target `(\n expr \n)::text` holds a list: `a, b` in the parentheses parses as an
+/// implicit row constructor, which would then be cast to text as one value.
+///
+/// # Safety
+/// `te` points to a TargetEntry of an analyzed query.
+unsafe fn is_list(te: *mut pg_sys::TargetEntry) -> bool {
+    // SAFETY: walks down the casts of an analyzed expression by node tag, reading their `arg`s.
+    unsafe {
+        let mut node = (*te).expr.cast::<pg_sys::Node>();
+        loop {
+            if node.is_null() {
+                return false;
+            }
+            match (*node).type_ {
+                pg_sys::NodeTag::T_CoerceViaIO => {
+                    node = (*node.cast::<pg_sys::CoerceViaIO>()).arg.cast()
+                }
+                pg_sys::NodeTag::T_RelabelType => {
+                    node = (*node.cast::<pg_sys::RelabelType>()).arg.cast()
+                }
+                pg_sys::NodeTag::T_RowExpr => {
+                    return (*node.cast::<pg_sys::RowExpr>()).row_format
+                        == pg_sys::CoercionForm::COERCE_IMPLICIT_CAST;
+                }
+                _ => return false,
+            }
+        }
     }
 }
 
@@ -263,15 +301,19 @@ pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
     })
 }
 
-/// Rows still on `key_id` across the keyring's registered columns (existing tables only).
-pub fn rows_on_key(keyring: &str, key_id: i64) -> Result<i64> {
-    let mut n = 0;
+/// Rows still on `key_id` in each of the keyring's registered columns that has any (existing
+/// tables only), as (`schema.table.column`, rows).
+pub fn rows_on_key(keyring: &str, key_id: i64) -> Result<Vec<(String, i64)>> {
+    let mut out = Vec::new();
     for col in columns_of_keyring(keyring)? {
-        if col.exists() {
-            n += count_on_keys(&col, &[key_id])?;
+        if let Some(table) = &col.table {
+            let n = count_on_keys(&col, &[key_id])?;
+            if n > 0 {
+                out.push((format!("{table}.{}", quote_identifier(&col.column)), n));
+            }
         }
     }
-    Ok(n)
+    Ok(out)
 }
 
 /// The extension's own tables (the built-in store) are registered by the extension, with a fixed

@@ -11,7 +11,8 @@
 --      refuses (LISTEN, a temporary table, a holdable cursor, SET ROLE, DISCARD);
 --   'lock', 'xact lock': take a session / transaction advisory lock and keep it;
 --   'cursor': leave a cursor open;   'prepare': leave a prepared statement;
---   'lock then raise': take a session advisory lock and raise.
+--   'lock then raise': take a session advisory lock and raise;
+--   'raise': raise, with a forged log line and terminal escapes in the message.
 -- The session-state helpers (public.snap(), public.state_changes()) capture and compare every
 -- setting and what a call could leave behind, with operators qualified, since the session they look
 -- at may be the polluted one.
@@ -104,6 +105,8 @@ BEGIN
             EXECUTE 'PREPARE dp_stmt AS SELECT 1';
         EXCEPTION WHEN duplicate_prepared_statement THEN NULL;
         END;
+    ELSIF mode OPERATOR(pg_catalog.=) 'raise' THEN
+        RAISE EXCEPTION 'mallory%', E'\n2026-12-06 00:00:00 UTC LOG:  a forged log line\x1b[2J';
     ELSIF mode OPERATOR(pg_catalog.=) 'lock then raise' THEN
         PERFORM pg_catalog.pg_advisory_lock(4244);
         RAISE EXCEPTION 'mallory raises after taking a lock';

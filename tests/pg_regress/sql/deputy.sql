@@ -189,25 +189,31 @@ SET meshhook_keys.tenant_check = 'dp_app.tenant_ok';
 -- What a security-restricted operation refuses her code, it refused everywhere.
 SELECT action, string_agg(DISTINCT outcome, ',' ORDER BY outcome) AS outcomes, count(DISTINCT runner) AS runners
   FROM dp_m.attempts WHERE runner LIKE 'sealed:%' GROUP BY 1 ORDER BY 1;
--- Code that leaves something behind is refused, and what it left is gone. A batch, then a tenant
--- check, for each thing her code can leave.
+-- Code that leaves something behind is refused, and what it left is gone: the column's batch
+-- fails with 42501 (its rows roll back) while the keyring's other columns go on; then a tenant
+-- check, which fails the call. For each thing her code can leave, a fresh job (a rotation).
+CREATE FUNCTION public.sealed_batch(mode text) RETURNS TABLE (moved bigint, column_state text, sqlstate text, error text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM meshhook_keys.keys_rotate('dp:sealed', 'sealed test: ' || mode);
+    PERFORM pg_catalog.set_config('dp.pollute', mode, false);
+    PERFORM public.snap();
+    moved := meshhook_keys.reencrypt_batch('dp:sealed');
+    PERFORM pg_catalog.set_config('dp.pollute', '', false);
+    SELECT p.state, p.sqlstate, p.error INTO column_state, sqlstate, error FROM meshhook_keys.reencrypt_progress p
+     WHERE p.keyring = 'dp:sealed' AND p.table_name = 'dp_m.s'::regclass ORDER BY p.job_id DESC LIMIT 1;
+    RETURN NEXT;
+END $$;
 SET dp.runner = 'sealed: leftovers';
-SELECT 1 FROM meshhook_keys.keys_rotate('dp:sealed', 'sealed test');
-SET dp.pollute = 'lock';
-SELECT public.snap();
-SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.sealed_batch('lock');
 SELECT * FROM public.state_changes();
-SET dp.pollute = 'xact lock';
-SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.sealed_batch('xact lock');
 SELECT * FROM public.state_changes();
-SET dp.pollute = 'cursor';
-SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.sealed_batch('cursor');
 SELECT * FROM public.state_changes();
-SET dp.pollute = 'prepare';
-SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.sealed_batch('prepare');
 SELECT * FROM public.state_changes();
-SET dp.pollute = 'lock then raise';
-SELECT public.sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('dp:sealed')$$);
+SELECT * FROM public.sealed_batch('lock then raise');
 SELECT * FROM public.state_changes();
 SET meshhook_keys.tenant_check = 'dp_app.tenant_pollute';
 SET ROLE dp_victim;
@@ -221,7 +227,39 @@ SELECT * FROM public.state_changes();
 RESET ROLE;
 SET meshhook_keys.tenant_check = 'dp_app.tenant_ok';
 RESET dp.pollute;
--- and once her code leaves nothing, the batches finish the job
+-- One table never wedges a shared keyring: her table raises (a message with a forged log line and
+-- terminal escapes); an honest table on the same keyring moves anyway, hers is marked failed with
+-- the SQLSTATE and the escaped message, the audit row carries the SQLSTATE only, and keys_retire
+-- names her column as what still needs the old key.
+CREATE TABLE dp_app.honest (id int PRIMARY KEY, tok bytea);
+INSERT INTO dp_app.honest
+     SELECT i, meshhook_keys.secret_encrypt('h' || i, i::text, 'dp:sealed') FROM generate_series(1, 7) i;
+SELECT meshhook_keys.register_column('dp_app.honest', 'tok', 'id::text', 'dp:sealed') > 0 AS registered;
+SET dp.runner = 'sealed: wedge';
+SELECT 1 FROM meshhook_keys.keys_rotate('dp:sealed', 'wedge test');
+SET dp.pollute = 'raise';
+CALL meshhook_keys.reencrypt('dp:sealed');
+SELECT p.table_name, p.state, p.sqlstate, p.error, p.job_state FROM meshhook_keys.reencrypt_progress p
+ WHERE p.keyring = 'dp:sealed' AND p.job_id = (SELECT max(job_id) FROM meshhook_keys.reencrypt_progress WHERE keyring = 'dp:sealed')
+ ORDER BY 1::text;
+SELECT 'honest' AS t, count(*) FILTER (WHERE k.state = 'active') AS on_active, count(*) AS rows
+  FROM dp_app.honest h JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(h.tok)
+UNION ALL
+SELECT 'hers', count(*) FILTER (WHERE k.state = 'active'), count(*)
+  FROM dp_m.s s JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.tok) WHERE s.id < 10;
+SELECT action, outcome, detail - 'job_id' - 'table_oid' AS detail FROM meshhook_keys.audit_log
+ WHERE action = 'reencrypt_column' ORDER BY id DESC LIMIT 1;
+SELECT public.sqlstate_of($$SELECT meshhook_keys.keys_retire('dp:sealed',
+    (SELECT k.version FROM dp_m.s s JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.tok) WHERE s.id = 1))$$);
+-- tick() is not wedged either
+SELECT 1 FROM meshhook_keys.keys_rotate('dp:sealed', 'wedge test');
+SELECT keyring, action, outcome FROM meshhook_keys.tick() WHERE keyring = 'dp:sealed';
+SELECT count(*) FILTER (WHERE k.state = 'active') AS honest_on_active FROM dp_app.honest h
+  JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(h.tok);
+RESET dp.pollute;
+-- and once her code leaves nothing, the batches finish the job (after a rotation: a failed column
+-- waits for the next job)
+SELECT 1 FROM meshhook_keys.keys_rotate('dp:sealed', 'sealed test');
 SET dp.runner = 'sealed: superuser reencrypt_batch';
 CALL meshhook_keys.reencrypt('dp:sealed');
 SELECT k.version, count(*) FROM dp_m.s s JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.tok)

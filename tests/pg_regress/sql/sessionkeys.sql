@@ -102,6 +102,61 @@ SELECT 'a, after the rolled-back rotation' AS who, public.sk_try() AS decrypt_en
 RESET ROLE;
 SELECT version, state FROM meshhook_keys.keys WHERE keyring = 'user:sk:a' ORDER BY version;
 
+-- Who may use unlocked keys (issue 23): only code of the unlocking role. Code another role wrote
+-- never does, even when it runs as the unlocker: sk_b's SECURITY DEFINER function and the trigger
+-- of sk_b's table (fired by sk_a's own INSERT) are refused (55000); sk_a's own are not.
+CREATE FUNCTION public.sk_b_definer() RETURNS text LANGUAGE sql SECURITY DEFINER
+    AS $$ SELECT left(public.sqlstate_of($q$SELECT meshhook_keys.secret_decrypt(c, 'sk/1') FROM public.sk_t WHERE id = 1$q$), 5) $$;
+CREATE FUNCTION public.sk_a_definer() RETURNS text LANGUAGE sql SECURITY DEFINER
+    AS $$ SELECT left(public.sqlstate_of($q$SELECT meshhook_keys.secret_decrypt(c, 'sk/1') FROM public.sk_t WHERE id = 1$q$), 5) $$;
+ALTER FUNCTION public.sk_b_definer() OWNER TO sk_b;
+ALTER FUNCTION public.sk_a_definer() OWNER TO sk_a;
+CREATE FUNCTION public.sk_note() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.note := left(public.sqlstate_of($q$SELECT meshhook_keys.secret_decrypt(c, 'sk/1') FROM public.sk_t WHERE id = 1$q$), 5);
+    RETURN NEW;
+END $$;
+CREATE FUNCTION public.sk_note_a() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.note := left(public.sqlstate_of($q$SELECT meshhook_keys.secret_decrypt(c, 'sk/1') FROM public.sk_t WHERE id = 1$q$), 5);
+    RETURN NEW;
+END $$;
+ALTER FUNCTION public.sk_note() OWNER TO sk_b;
+ALTER FUNCTION public.sk_note_a() OWNER TO sk_a;
+CREATE TABLE public.sk_b_table (n int, note text);
+CREATE TABLE public.sk_a_table (n int, note text);
+CREATE TRIGGER sk_note BEFORE INSERT ON public.sk_b_table FOR EACH ROW EXECUTE FUNCTION public.sk_note();
+CREATE TRIGGER sk_note BEFORE INSERT ON public.sk_a_table FOR EACH ROW EXECUTE FUNCTION public.sk_note_a();
+ALTER TABLE public.sk_b_table OWNER TO sk_b;
+ALTER TABLE public.sk_a_table OWNER TO sk_a;
+GRANT INSERT, SELECT ON public.sk_b_table TO sk_a;
+SET ROLE sk_a;
+SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT 'a, directly' AS who, public.sk_try() AS decrypt_encrypt;
+SELECT 'sk_b''s SECURITY DEFINER function' AS code, public.sk_b_definer() AS decrypt
+UNION ALL SELECT 'sk_a''s SECURITY DEFINER function', public.sk_a_definer();
+INSERT INTO public.sk_b_table VALUES (1);
+INSERT INTO public.sk_a_table VALUES (1);
+SELECT 'trigger of sk_b''s table' AS code, note AS decrypt FROM public.sk_b_table
+UNION ALL SELECT 'trigger of sk_a''s table', note FROM public.sk_a_table;
+-- a holdable cursor's rows are computed at commit and outlive the transaction: a
+-- transaction-scoped unlock does not serve them (the commit fails, nothing is left to fetch);
+-- a session-scoped one does
+SELECT meshhook_keys.keyring_lock('user:sk:a');
+BEGIN;
+SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1', scope => 'transaction') AS unlocked;
+SELECT meshhook_keys.secret_decrypt(c, 'sk/1') AS inside_the_transaction FROM sk_t WHERE id = 1;
+DECLARE sk_hold CURSOR WITH HOLD FOR SELECT meshhook_keys.secret_decrypt(c, 'sk/1') AS plain FROM sk_t WHERE id = 1;
+COMMIT;
+SELECT count(*) AS open_cursors FROM pg_cursors;
+SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+BEGIN;
+DECLARE sk_hold CURSOR WITH HOLD FOR SELECT meshhook_keys.secret_decrypt(c, 'sk/1') AS plain FROM sk_t WHERE id = 1;
+COMMIT;
+FETCH ALL FROM sk_hold;
+CLOSE sk_hold;
+RESET ROLE;
+
 \c contrib_regression
 DROP DATABASE sk_db;
 DROP ROLE sk_a, sk_b;

@@ -20,6 +20,9 @@ SELECT sqlstate_of($$SELECT meshhook_keys.register_column('val_t', 'c', 'random(
 SELECT sqlstate_of($$SELECT meshhook_keys.register_column('val_t', 'c', 'pg_sleep(1)::text || id', 'val-ring')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.register_column('val_t', 'c', 'id::text || (SELECT random())', 'val-ring')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.register_column('val_t', 'c', 'id), (id', 'val-ring')$$);
+-- a list is not one expression (it would be read as one row value): 22023, nothing registered
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('val_t', 'c', 'id::text, id::text', 'val-ring')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('val_t', 'c', $q$'a', 'b', id::text$q$, 'val-ring')$$);
 -- catalogs and the extension's own tables hold no envelopes of yours
 SELECT sqlstate_of($$SELECT meshhook_keys.register_column('pg_largeobject', 'data', NULL, 'val-ring')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.register_column('meshhook_keys.data_key', 'wrapped_key', NULL, 'val-ring')$$);
