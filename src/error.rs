@@ -178,6 +178,22 @@ pub enum KeysError {
     #[error("wrong secret for user-held keyring \"{0}\"")]
     WrongSecret(String),
 
+    /// A user-held keyring name that is not the creator's own.
+    #[error(
+        "user-held keyring \"{keyring}\" is not yours: its name must be user:{principal} or begin with user:{principal}: ({source_})"
+    )]
+    NotYourKeyringName {
+        keyring: String,
+        principal: String,
+        source_: &'static str,
+    },
+
+    /// A user already holds the most user-held keyrings allowed.
+    #[error(
+        "{principal} already holds {count} user-held keyrings, the most meshhook_keys.max_user_held_keyrings allows"
+    )]
+    TooManyKeyrings { principal: String, count: i64 },
+
     /// An operation that needs the root key's keyrings got a user-held one, or the reverse.
     #[error("{0}")]
     WrongKeyringKind(String),
@@ -262,6 +278,8 @@ impl KeysError {
             KeysError::KeyringLocked(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             KeysError::WrongSecret(_) => ERRCODE_INVALID_PASSWORD,       // 28P01
             KeysError::WrongKeyringKind(_) => ERRCODE_WRONG_OBJECT_TYPE, // 42809
+            KeysError::NotYourKeyringName { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            KeysError::TooManyKeyrings { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, // 53400
             KeysError::VaultMissing => ERRCODE_UNDEFINED_TABLE,          // 42P01
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,            // XX000
         }
@@ -295,6 +313,9 @@ impl KeysError {
             )),
             KeysError::TenantCheckMissing(_) => Some(
                 "A superuser sets meshhook_keys.tenant_check to a function (tenant text) RETURNS boolean; members of meshhook_keys_service bypass it.".into(),
+            ),
+            KeysError::TooManyKeyrings { .. } => Some(
+                "Destroy one you no longer need (keyring_destroy by an administrator), or ask for a higher meshhook_keys.max_user_held_keyrings.".into(),
             ),
             KeysError::VaultMissing => Some(
                 "Run the import in the database whose vault.secrets holds the secrets (CREATE EXTENSION supabase_vault provides them).".into(),

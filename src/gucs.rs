@@ -23,6 +23,7 @@ static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
 static DEFAULT_MAX_ENCRYPTIONS: GucSetting<i32> = GucSetting::<i32>::new(1 << 30);
 static MAX_TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(4096);
 static TENANT_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+static MAX_USER_HELD_KEYRINGS: GucSetting<i32> = GucSetting::<i32>::new(10);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -111,6 +112,16 @@ pub fn init() {
         c"Bounds the work of one tick; the rest is done by later ticks.",
         &REENCRYPT_BATCHES_PER_TICK,
         0,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"meshhook_keys.max_user_held_keyrings",
+        c"Most user-held keyrings one user may hold (per JWT sub, or per role without one).",
+        c"Destroyed keyrings do not count. Superusers are not limited.",
+        &MAX_USER_HELD_KEYRINGS,
+        1,
         1_000_000,
         GucContext::Suset,
         GucFlags::default(),
@@ -231,6 +242,11 @@ pub fn default_max_encryptions() -> i64 {
 
 pub fn max_tracked_keys() -> usize {
     MAX_TRACKED_KEYS.get().max(64) as usize
+}
+
+/// How many user-held keyrings one user (JWT sub, or role) may hold.
+pub fn max_user_held_keyrings() -> i64 {
+    MAX_USER_HELD_KEYRINGS.get().max(1) as i64
 }
 
 /// The configured tenant check function name, if any.

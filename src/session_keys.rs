@@ -87,7 +87,7 @@ thread_local! {
 }
 
 /// The JWT `sub` of the current request, if `request.jwt.claims` is set and has one.
-fn jwt_sub() -> Option<String> {
+pub fn jwt_sub() -> Option<String> {
     let raw = crate::context::jwt_claims()?;
     CLAIMS.with_borrow_mut(|(seen, sub)| {
         if *seen != raw {

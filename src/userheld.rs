@@ -15,6 +15,7 @@ use crate::keycache::{self, CachedKey};
 use crate::lock_order::{self, Row};
 use crate::session_keys::{self, Scope};
 use crate::store::{self, KeyRow};
+use pgrx::pg_sys;
 use std::collections::HashMap;
 use std::rc::Rc;
 use zeroize::Zeroizing;
@@ -34,6 +35,41 @@ pub fn check_namespace(keyring: &str, user_held: bool) -> Result<()> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// A user-held keyring is its creator's: its name is `user:<principal>` or begins with
+/// `user:<principal>:`, where the principal is the request's JWT `sub` (PostgREST, Supabase), or
+/// the creator's role name without one. So nobody can take a name meant for someone else. Returns
+/// the principal (to count its keyrings), or `None` for a superuser, who may create any name.
+fn check_owner(keyring: &str) -> Result<Option<String>> {
+    let role = crate::context::caller()
+        .role()
+        .ok_or(KeysError::CallerUnknown("keyring_create_user_held"))?;
+    // SAFETY: catalog lookups of the role.
+    if unsafe { pg_sys::superuser_arg(role) } {
+        return Ok(None);
+    }
+    let (principal, source_) = match session_keys::jwt_sub() {
+        Some(sub) => (sub, "your JWT sub"),
+        // SAFETY: the name of an existing role (the caller), copied at once.
+        None => unsafe {
+            let p = pg_sys::GetUserNameFromId(role, false);
+            (
+                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned(),
+                "your role name",
+            )
+        },
+    };
+    let rest = &keyring[USER_HELD_PREFIX.len()..];
+    let first = rest.split(':').next().unwrap_or_default();
+    if first != principal {
+        return Err(KeysError::NotYourKeyringName {
+            keyring: keyring.into(),
+            principal,
+            source_,
+        });
+    }
+    Ok(Some(principal))
 }
 
 /// Shortest secret accepted (bytes). Argon2id slows guessing; it cannot make "1234" strong.
@@ -149,6 +185,7 @@ fn new_version(keyring: &str, kek: &SecretKey) -> Result<(i32, i64, Rc<CachedKey
 /// left unlocked in this session.
 pub fn create(keyring: &str, secret: Option<&str>) -> Result<(i32, i64)> {
     check_namespace(keyring, true)?;
+    let principal = check_owner(keyring)?;
     let secret = Zeroizing::new(validate_secret("secret", secret)?.to_string());
     let params = KdfParams::new_random();
     let kek = derive(&secret, &params)?;
@@ -157,6 +194,24 @@ pub fn create(keyring: &str, secret: Option<&str>) -> Result<(i32, i64)> {
         keyring,
         Row::New(&|| store::create_user_held_keyring(keyring, &kdf)),
     )?;
+    if let Some(principal) = principal {
+        // (counted under the keyring lock of the new row; two concurrent creations by one user
+        // can both pass, which bounds the excess by the user's connections)
+        let count = store::read_one::<i64>(
+            "SELECT pg_catalog.count(*) FROM meshhook_keys.keyring
+              WHERE user_held AND destroyed_at IS NULL
+                AND (name OPERATOR(pg_catalog.=) $1
+                     OR pg_catalog.starts_with(name, $1 OPERATOR(pg_catalog.||) ':'))",
+            &[format!("{USER_HELD_PREFIX}{principal}").into()],
+        )?
+        .unwrap_or(0);
+        if count > crate::gucs::max_user_held_keyrings() {
+            return Err(KeysError::TooManyKeyrings {
+                principal,
+                count: count - 1,
+            });
+        }
+    }
     let (version, key_id, key) = new_version(keyring, &kek)?;
     store::register_secrets_store(keyring)?;
     audit::record(

@@ -45,25 +45,25 @@ rows() { q "SELECT count(*) FROM meshhook_keys.audit_log WHERE $1"; }
 
 echo "# a plain user's open transaction does not hold up an admin"
 before=$(q "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'admin-ring'")
-if hold "BEGIN; SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:held', 'held-secret-1');"; then
+if hold "BEGIN; SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:au_user', 'held-secret-1');"; then
     ok "the user's transaction is open after keyring_create_user_held"; else fail "the user's transaction is open after keyring_create_user_held" "$(cat "$TMP/hold.out")"; fi
 check "the admin's keys_rotate succeeds meanwhile (lock_timeout 2s)" "$((before + 1))" "$(rotate_as_admin 'while a user transaction is open')"
-check "the user's row is not in the chain before the user commits" 0 "$(rows "keyring = 'user:held'")"
+check "the user's row is not in the chain before the user commits" 0 "$(rows "keyring = 'user:au_user'")"
 release "COMMIT;"
-check "the user's row is in the chain after the commit" 1 "$(rows "keyring = 'user:held' AND action = 'keyring_create' AND role_name = 'au_user'")"
+check "the user's row is in the chain after the commit" 1 "$(rows "keyring = 'user:au_user' AND action = 'keyring_create' AND role_name = 'au_user'")"
 
-if hold "BEGIN; SELECT meshhook_keys.keyring_rotate_secret('user:held', 'held-secret-1', 'held-secret-2', reencrypt => true);"; then
+if hold "BEGIN; SELECT meshhook_keys.keyring_rotate_secret('user:au_user', 'held-secret-1', 'held-secret-2', reencrypt => true);"; then
     ok "the user's transaction is open after keyring_rotate_secret"; else fail "the user's transaction is open after keyring_rotate_secret" "$(cat "$TMP/hold.out")"; fi
 check "the admin rotates again meanwhile" "$((before + 2))" "$(rotate_as_admin 'again')"
 release "ROLLBACK;"
-check "a rolled-back transaction leaves no row" 0 "$(rows "keyring = 'user:held' AND action = 'rotate_secret'")"
+check "a rolled-back transaction leaves no row" 0 "$(rows "keyring = 'user:au_user' AND action = 'rotate_secret'")"
 
 q "BEGIN;
-   SAVEPOINT s; SELECT meshhook_keys.keyring_rotate_secret('user:held', 'held-secret-1', 'held-secret-2'); ROLLBACK TO SAVEPOINT s;
-   SAVEPOINT t; SELECT meshhook_keys.keyring_rotate_secret('user:held', 'held-secret-1', 'held-secret-3'); RELEASE SAVEPOINT t;
+   SAVEPOINT s; SELECT meshhook_keys.keyring_rotate_secret('user:au_user', 'held-secret-1', 'held-secret-2'); ROLLBACK TO SAVEPOINT s;
+   SAVEPOINT t; SELECT meshhook_keys.keyring_rotate_secret('user:au_user', 'held-secret-1', 'held-secret-3'); RELEASE SAVEPOINT t;
    COMMIT;" au_user >/dev/null
 check "a rolled-back savepoint drops its row, a released one keeps it" 1 \
-    "$(rows "keyring = 'user:held' AND action = 'rotate_secret'")"
+    "$(rows "keyring = 'user:au_user' AND action = 'rotate_secret'")"
 
 # the first use of 'default' by a plain user creates it and its first key: audited the same way
 if hold "BEGIN; SELECT length(meshhook_keys.secret_encrypt('x')) > 0;"; then
@@ -110,8 +110,8 @@ check "every row moved" 0 \
     "$(q "SELECT count(*) FROM au_t WHERE meshhook_keys.ciphertext_key_id(c) <> (SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'admin-ring' AND state = 'active')")"
 check "tick() is not skipped" "" \
     "$(q "SET lock_timeout = '1s'; SELECT action FROM meshhook_keys.tick() WHERE action = 'tick' AND outcome = 'skipped'" 2>&1)"
-check "a user creates a user-held keyring (lock_timeout 1s)" "user:nobody-test" \
-    "$(q "SET lock_timeout = '1s'; SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:nobody-test', 'a-secret-of-12')" au_user 2>&1)"
+check "a user creates a user-held keyring (lock_timeout 1s)" "user:au_user:nobody-test" \
+    "$(q "SET lock_timeout = '1s'; SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:au_user:nobody-test', 'a-secret-of-12')" au_user 2>&1)"
 v0=$(q "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'sched-ring'")
 if wait_until 30 is_t q "SELECT active_version >= $v0 + 2 FROM meshhook_keys.keyrings WHERE keyring = 'sched-ring'"; then
     ok "the worker keeps rotating on schedule"; else fail "the worker keeps rotating on schedule" "$(tail -5 "$TMP/server.log")"; fi

@@ -24,10 +24,10 @@ round() {
                        CREATE ROLE log_app LOGIN IN ROLE meshhook_keys_user; END IF; END \$\$" >/dev/null
     # first use of 'default' creates it: an audit row, mirrored to the log
     psql_as log_app "$db" "SELECT length(meshhook_keys.secret_encrypt('${m}_ENCRYPT')) > 0" >/dev/null
-    psql_as log_app "$db" "SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:logs', '${m}_PASSPHRASE_1')" >/dev/null
-    psql_as log_app "$db" "SELECT versions_rewrapped FROM meshhook_keys.keyring_rotate_secret('user:logs', '${m}_PASSPHRASE_1', '${m}_PASSPHRASE_2', reencrypt => true)" >/dev/null
+    psql_as log_app "$db" "SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:log_app', '${m}_PASSPHRASE_1')" >/dev/null
+    psql_as log_app "$db" "SELECT versions_rewrapped FROM meshhook_keys.keyring_rotate_secret('user:log_app', '${m}_PASSPHRASE_1', '${m}_PASSPHRASE_2', reencrypt => true)" >/dev/null
     # a wrong secret and a refused call, each caught inside the statement: the statement succeeds
-    psql_as log_app "$db" "DO \$\$ BEGIN PERFORM meshhook_keys.keyring_unlock('user:logs', '${m}_WRONG_SECRET');
+    psql_as log_app "$db" "DO \$\$ BEGIN PERFORM meshhook_keys.keyring_unlock('user:log_app', '${m}_WRONG_SECRET');
                       EXCEPTION WHEN OTHERS THEN NULL; END \$\$" >/dev/null
     psql_as log_app "$db" "DO \$\$ BEGIN PERFORM meshhook_keys.keys_rotate('default', '${m}_REFUSED');
                       EXCEPTION WHEN OTHERS THEN NULL; END \$\$" >/dev/null
@@ -64,7 +64,7 @@ out=$(as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d logs_a -v VERBOSITY=v
 check "an error of ours: the message, no backtrace" "22P03|0" \
     "$(printf '%s' "$out" | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/\1/p' | head -1)|$(printf '%s' "$out" | grep -c 'pgrx\|panic\|backtrace\|std::')"
 out=$(as_pg psql -X -q -h "$TMP" -p "$PORT" -U log_app -d logs_a -v VERBOSITY=verbose \
-        -c "SET statement_timeout = '5ms'" -c "SELECT meshhook_keys.keyring_unlock('user:logs', 'MARK_C_CANCELLED_SECRET')" 2>&1 || true)
+        -c "SET statement_timeout = '5ms'" -c "SELECT meshhook_keys.keyring_unlock('user:log_app', 'MARK_C_CANCELLED_SECRET')" 2>&1 || true)
 check "a PostgreSQL error raised through our code: the message, no backtrace" "57014|0" \
     "$(printf '%s' "$out" | sed -n 's/^ERROR:  \([0-9A-Z]\{5\}\):.*/\1/p' | head -1)|$(printf '%s' "$out" | grep -c 'pgrx\|panic\|backtrace\|std::')"
 

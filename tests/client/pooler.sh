@@ -98,8 +98,8 @@ direct postgres "SET ROLE service_role;
                  -- ciphertexts that got out of their rows (and out of RLS's reach)
                  CREATE TABLE stolen AS SELECT project_id, key, value_encrypted AS c FROM app.secrets;
                  GRANT SELECT ON stolen TO authenticated" >/dev/null
-direct pool_app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:pool:vault', 'pool-secret-1');
-                 INSERT INTO pool_t VALUES (1, meshhook_keys.secret_encrypt('pooled-plaintext', 'p/1', 'user:pool:vault'))" >/dev/null
+direct pool_app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:pool_app:vault', 'pool-secret-1');
+                 INSERT INTO pool_t VALUES (1, meshhook_keys.secret_encrypt('pooled-plaintext', 'p/1', 'user:pool_app:vault'))" >/dev/null
 DECRYPT="SELECT meshhook_keys.secret_decrypt(c, 'p/1') FROM pool_t WHERE id = 1"
 
 # request SUB ROLE SQL: a PostgREST request: one transaction that sets the JWT claims and the role
@@ -161,12 +161,12 @@ sk_p1_stripe" "$(request alice authenticated "$STOLEN WHERE project_id = 'p1' OR
     echo "# [$m] user-held keyrings"
     pid=$(pid_of app)
     check "[$m] a transaction-scoped unlock decrypts inside its transaction" "t
-pooled-plaintext" "$(via app "BEGIN; SELECT meshhook_keys.keyring_unlock('user:pool:vault', 'pool-secret-1', scope => 'transaction') > 0; $DECRYPT; COMMIT;")"
+pooled-plaintext" "$(via app "BEGIN; SELECT meshhook_keys.keyring_unlock('user:pool_app:vault', 'pool-secret-1', scope => 'transaction') > 0; $DECRYPT; COMMIT;")"
     same_backend app "$pid" "user-held"
     check "[$m] the next client cannot decrypt: the keys were zeroized at commit" "ERROR:  55000" "$(via app "$DECRYPT")"
-    check "[$m] nor encrypt into the vault" "ERROR:  55000" "$(via app "SELECT meshhook_keys.secret_encrypt('x', '', 'user:pool:vault')")"
+    check "[$m] nor encrypt into the vault" "ERROR:  55000" "$(via app "SELECT meshhook_keys.secret_encrypt('x', '', 'user:pool_app:vault')")"
     check "[$m] a session unlock decrypts in its own session" "1
-pooled-plaintext" "$(via app "SELECT meshhook_keys.keyring_unlock('user:pool:vault', 'pool-secret-1'); $DECRYPT")"
+pooled-plaintext" "$(via app "SELECT meshhook_keys.keyring_unlock('user:pool_app:vault', 'pool-secret-1'); $DECRYPT")"
     same_backend app "$pid" "user-held, session unlock"
     case $m in
         transaction)
@@ -178,10 +178,10 @@ pooled-plaintext" "$(via app "SELECT meshhook_keys.keyring_unlock('user:pool:vau
             # the same login without claims is, to PostgreSQL, the same caller. Hence the README:
             # behind a transaction pooler, unlock with scope => 'transaction'.
             check "[$m] the next client of the same login without claims still has it" "pooled-plaintext" "$(via app "$DECRYPT")"
-            via app "SELECT meshhook_keys.keyring_lock('user:pool:vault')" >/dev/null
+            via app "SELECT meshhook_keys.keyring_lock('user:pool_app:vault')" >/dev/null
             check "[$m] until it is locked" "ERROR:  55000" "$(via app "$DECRYPT")"
             check "[$m] u1 unlocks for the session (PostgREST-style claims)" "f
-t" "$(via app "BEGIN; $CLAIMS_U1; SELECT meshhook_keys.keyring_unlock('user:pool:vault', 'pool-secret-1') > 0; COMMIT;")"
+t" "$(via app "BEGIN; $CLAIMS_U1; SELECT meshhook_keys.keyring_unlock('user:pool_app:vault', 'pool-secret-1') > 0; COMMIT;")"
             check "[$m] a client without claims on that backend is refused" "ERROR:  55000" "$(via app "$DECRYPT")"
             same_backend app "$pid" "user-held, after u1's unlock"
             check "[$m] u1's own next request on it decrypts" "f
@@ -191,7 +191,7 @@ $pid
 ERROR:  55000" "$(via app "BEGIN; $CLAIMS_U2; SELECT pg_backend_pid(); $DECRYPT; COMMIT;")"
             same_backend app "$pid" "user-held, after u2's refusal"
             check "[$m] u1 locks it again" "f
-t" "$(via app "BEGIN; $CLAIMS_U1; SELECT meshhook_keys.keyring_lock('user:pool:vault'); COMMIT;")"
+t" "$(via app "BEGIN; $CLAIMS_U1; SELECT meshhook_keys.keyring_lock('user:pool_app:vault'); COMMIT;")"
             check "[$m] and then u1 cannot decrypt either" "ERROR:  55000" "$(via app "BEGIN; $CLAIMS_U1; $DECRYPT; COMMIT;" | tail -1)" ;;
         *)
             check "[$m] the next client inherits nothing (${m/session/DISCARD ALL}${m/direct/a new backend})" \

@@ -232,23 +232,23 @@ scenario_durability() {
 scenario user-held "setup" "user-held keyrings: a wrong secret is refused and audited"
 scenario_user_held() {
     echo "# user-held keyrings: a wrong secret is refused and audited durably; no secret is logged"
-    q app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:vault:client', 'CLIENT-PASSPHRASE-1')" -U app_user >/dev/null
+    q app "SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:app_user:vault', 'CLIENT-PASSPHRASE-1')" -U app_user >/dev/null
     q app "CREATE TABLE vault (id int PRIMARY KEY, c bytea NOT NULL); GRANT SELECT, INSERT ON vault TO app_user"
-    q app "SELECT meshhook_keys.keyring_unlock('user:vault:client', 'CLIENT-PASSPHRASE-1');
-           INSERT INTO vault SELECT i, meshhook_keys.secret_encrypt('CLIENT-SECRET-vault-' || i, 'vault:' || i, 'user:vault:client')
+    q app "SELECT meshhook_keys.keyring_unlock('user:app_user:vault', 'CLIENT-PASSPHRASE-1');
+           INSERT INTO vault SELECT i, meshhook_keys.secret_encrypt('CLIENT-SECRET-vault-' || i, 'vault:' || i, 'user:app_user:vault')
              FROM generate_series(1, 10) i" -U app_user >/dev/null
-    check_match "another session must unlock it first" '^55000: keyring "user:vault:client" is user-held and locked' \
+    check_match "another session must unlock it first" '^55000: keyring "user:app_user:vault" is user-held and locked' \
         "$(qe app "SELECT meshhook_keys.secret_decrypt(c, 'vault:' || id) FROM vault" -U app_user)"
-    check_match "a wrong secret is refused (28P01)" '^28P01: wrong secret for user-held keyring "user:vault:client"' \
-        "$(qe app "SELECT meshhook_keys.keyring_unlock('user:vault:client', 'CLIENT-PASSPHRASE-X')" -U app_user)"
+    check_match "a wrong secret is refused (28P01)" '^28P01: wrong secret for user-held keyring "user:app_user:vault"' \
+        "$(qe app "SELECT meshhook_keys.keyring_unlock('user:app_user:vault', 'CLIENT-PASSPHRASE-X')" -U app_user)"
     if wait_until 20 is_t q app "SELECT EXISTS (SELECT 1 FROM meshhook_keys.audit_log WHERE action = 'unlock' AND outcome = 'failed'
-                                    AND keyring = 'user:vault:client' AND role_name = 'app_user')"; then
+                                    AND keyring = 'user:app_user:vault' AND role_name = 'app_user')"; then
         ok "the failed attempt is audited although its transaction rolled back"
     else
         fail "the failed attempt is audited although its transaction rolled back"
     fi
     check "unlocked, the session decrypts" 10 \
-        "$(q app "SELECT meshhook_keys.keyring_unlock('user:vault:client', 'CLIENT-PASSPHRASE-1') > 0 AND true;
+        "$(q app "SELECT meshhook_keys.keyring_unlock('user:app_user:vault', 'CLIENT-PASSPHRASE-1') > 0 AND true;
                   SELECT count(*) FROM vault WHERE meshhook_keys.secret_decrypt(c, 'vault:' || id) = 'CLIENT-SECRET-vault-' || id" -U app_user | tail -1)"
 }
 
@@ -278,7 +278,7 @@ scenario_root_key_rewrap() {
     check "older rows of the same database decrypt too" "50" \
         "$(q app "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id")"
     check "a user-held keyring, never wrapped by the root key, is untouched by the rewrap and still opens" 10 \
-        "$(q app "SELECT meshhook_keys.keyring_unlock('user:vault:client', 'CLIENT-PASSPHRASE-1') > 0 AND true;
+        "$(q app "SELECT meshhook_keys.keyring_unlock('user:app_user:vault', 'CLIENT-PASSPHRASE-1') > 0 AND true;
                   SELECT count(*) FROM vault WHERE meshhook_keys.secret_decrypt(c, 'vault:' || id) = 'CLIENT-SECRET-vault-' || id" -U app_user | tail -1)"
     check_match "the rewrap is per database: another database still needs its own" '^28000: root key does not match' \
         "$(qe restored "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"

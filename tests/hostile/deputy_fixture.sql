@@ -68,7 +68,7 @@ BEGIN
     PERFORM dp_m.try(r, vector, 'decrypt alice''s vault',
         $q$SELECT meshhook_keys.secret_decrypt(ct, 'vault/1') FROM dp_app.loot WHERE what = 'vault'$q$);
     PERFORM dp_m.try(r, vector, 'encrypt into alice''s vault',
-        $q$SELECT meshhook_keys.secret_encrypt('planted', 'vault/1', 'user:dp:vault')$q$);
+        $q$SELECT meshhook_keys.secret_encrypt('planted', 'vault/1', 'user:dp_alice:vault')$q$);
     PERFORM dp_m.try(r, vector, 're-register the built-in store',
         $q$SELECT meshhook_keys.register_column('meshhook_keys.secrets', 'ciphertext', 'dp_m.evil()', 'default')$q$);
     PERFORM dp_m.try(r, vector, 'start a nested batch',
@@ -109,9 +109,9 @@ RESET ROLE;
 
 -- Alice keeps a user-held vault, with one row in mallory's table.
 SET ROLE dp_alice;
-SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:dp:vault', 'alice-secret-1');
-INSERT INTO dp_m.t (id, tok) VALUES (2, meshhook_keys.secret_encrypt('vault-plaintext', '2', 'user:dp:vault'));
-INSERT INTO dp_app.loot VALUES ('vault', meshhook_keys.secret_encrypt('vault-secret', 'vault/1', 'user:dp:vault'));
+SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:dp_alice:vault', 'alice-secret-1');
+INSERT INTO dp_m.t (id, tok) VALUES (2, meshhook_keys.secret_encrypt('vault-plaintext', '2', 'user:dp_alice:vault'));
+INSERT INTO dp_app.loot VALUES ('vault', meshhook_keys.secret_encrypt('vault-secret', 'vault/1', 'user:dp_alice:vault'));
 RESET ROLE;
 SET ROLE dp_mallory;
 INSERT INTO dp_m.t (id, tok) VALUES (1, meshhook_keys.secret_encrypt('target-plaintext', '1', 'dp:target'));
@@ -120,7 +120,7 @@ RESET ROLE;
 -- the expression as the owner (the IMMUTABLE part is folded, so it runs).
 SET dp.runner = 'register_column (superuser)';
 SELECT meshhook_keys.register_column('dp_m.t', 'tok', $$dp_m.fold('k') || dp_m.ctx(id)$$, 'dp:target') > 0 AS registered;
-SELECT meshhook_keys.register_column('dp_m.t', 'tok', $$dp_m.fold('k') || dp_m.ctx(id)$$, 'user:dp:vault') > 0 AS registered;
+SELECT meshhook_keys.register_column('dp_m.t', 'tok', $$dp_m.fold('k') || dp_m.ctx(id)$$, 'user:dp_alice:vault') > 0 AS registered;
 DELETE FROM dp_m.attempts WHERE runner = 'setup';
 RESET dp.runner;
 RESET client_min_messages;

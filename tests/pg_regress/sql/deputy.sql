@@ -38,7 +38,7 @@ SELECT keyring, action, outcome FROM meshhook_keys.tick() WHERE keyring = 'dp:ta
 SET dp.runner = 'keyring_rotate_secret';
 SET ROLE dp_alice;
 SELECT versions_rewrapped, new_version, rows_reencrypted
-  FROM meshhook_keys.keyring_rotate_secret('user:dp:vault', 'alice-secret-1', 'alice-secret-2', reencrypt => true);
+  FROM meshhook_keys.keyring_rotate_secret('user:dp_alice:vault', 'alice-secret-1', 'alice-secret-2', reencrypt => true);
 RESET ROLE;
 
 -- runners: key_usage and keys_retire's count, as an admin
@@ -100,7 +100,7 @@ SELECT count(*) AS policy_calls FROM dp_m.attempts WHERE vector = 'policy';
 -- the state she wanted to change is intact
 SELECT rolsuper FROM pg_roles WHERE rolname = 'dp_mallory';
 SELECT keyring, active_version, destroyed_at IS NOT NULL AS destroyed FROM meshhook_keys.keyrings
- WHERE keyring IN ('dp:other', 'dp:target', 'dp:victim', 'user:dp:vault') ORDER BY 1;
+ WHERE keyring IN ('dp:other', 'dp:target', 'dp:victim', 'user:dp_alice:vault') ORDER BY 1;
 SELECT table_name, column_name, context_expr, keyring FROM meshhook_keys.encrypted_columns
  WHERE table_name = 'meshhook_keys.secrets'::regclass ORDER BY keyring;
 -- and the batches did their job: every row is on its keyring's newest key and decrypts
@@ -157,16 +157,16 @@ SELECT * FROM public.state_changes();
 SET dp.runner = 'setup';
 GRANT INSERT ON dp_m.s TO dp_alice;
 SET ROLE dp_alice;
-SELECT meshhook_keys.keyring_unlock('user:dp:vault', 'alice-secret-2') > 0 AS unlocked;
-INSERT INTO dp_m.s (id, tok) VALUES (10, meshhook_keys.secret_encrypt('alice-row', '10', 'user:dp:vault'));
-SELECT meshhook_keys.keyring_lock('user:dp:vault');
+SELECT meshhook_keys.keyring_unlock('user:dp_alice:vault', 'alice-secret-2') > 0 AS unlocked;
+INSERT INTO dp_m.s (id, tok) VALUES (10, meshhook_keys.secret_encrypt('alice-row', '10', 'user:dp_alice:vault'));
+SELECT meshhook_keys.keyring_lock('user:dp_alice:vault');
 RESET ROLE;
-SELECT meshhook_keys.register_column('dp_m.s', 'tok', 'dp_m.s_ctx(id)', 'user:dp:vault') > 0 AS registered;
+SELECT meshhook_keys.register_column('dp_m.s', 'tok', 'dp_m.s_ctx(id)', 'user:dp_alice:vault') > 0 AS registered;
 SET dp.runner = 'sealed: keyring_rotate_secret';
 SET ROLE dp_alice;
 SELECT public.snap();
 SELECT rows_reencrypted > 0 AS moved
-  FROM meshhook_keys.keyring_rotate_secret('user:dp:vault', 'alice-secret-2', 'alice-secret-3', reencrypt => true);
+  FROM meshhook_keys.keyring_rotate_secret('user:dp_alice:vault', 'alice-secret-2', 'alice-secret-3', reencrypt => true);
 SELECT * FROM public.state_changes();
 RESET ROLE;
 -- the deployer's tenant check runs sealed too

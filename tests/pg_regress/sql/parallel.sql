@@ -27,12 +27,12 @@ SELECT g AS id, meshhook_keys.secret_encrypt('t1-' || g, 'r:' || g, 'project:t1'
        meshhook_keys.secret_encrypt('plain-' || g, 'r:' || g, 'plain') AS p
   FROM generate_series(1, 3000) g;
 ANALYZE tenant_rows;
-SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:par', 'par-passphrase');
+SELECT keyring FROM meshhook_keys.keyring_create_user_held('user:mk_par_app', 'par-passphrase');
 CREATE TABLE held_rows AS
-SELECT g AS id, meshhook_keys.secret_encrypt('held-' || g, 'h:' || g, 'user:par') AS c
+SELECT g AS id, meshhook_keys.secret_encrypt('held-' || g, 'h:' || g, 'user:mk_par_app') AS c
   FROM generate_series(1, 3000) g;
 ANALYZE held_rows;
-SELECT meshhook_keys.keyring_lock('user:par') AS locked;
+SELECT meshhook_keys.keyring_lock('user:mk_par_app') AS locked;
 
 SET parallel_setup_cost = 0;
 SET parallel_tuple_cost = 0;
@@ -62,16 +62,16 @@ PREPARE held AS SELECT count(*) FROM held_rows WHERE meshhook_keys.secret_decryp
 SELECT pg_temp.parallel_plan('EXECUTE held') AS held_parallel_while_locked;
 SELECT sqlstate_of('EXECUTE held');
 -- ... is planned again without workers once the session holds unlocked keys, and decrypts
-SELECT meshhook_keys.keyring_unlock('user:par', 'par-passphrase') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:mk_par_app', 'par-passphrase') AS unlocked;
 SELECT pg_temp.parallel_plan('EXECUTE held') AS held_parallel_while_unlocked;
 EXECUTE held;
 SELECT count(*) AS held_decrypted FROM held_rows WHERE meshhook_keys.secret_decrypt(c, 'h:' || id) = 'held-' || id;
 -- every plan of the session is serial meanwhile (a worker could not see the keys) ...
 SELECT pg_temp.parallel_plan($$SELECT count(*) FROM tenant_rows WHERE meshhook_keys.secret_decrypt(p, 'r:' || id) <> ''$$) AS plain_parallel_while_unlocked;
 -- ... also inside a transaction whose unlock is not committed yet
-SELECT meshhook_keys.keyring_lock('user:par') AS locked;
+SELECT meshhook_keys.keyring_lock('user:mk_par_app') AS locked;
 BEGIN;
-SELECT meshhook_keys.keyring_unlock('user:par', 'par-passphrase', 'transaction') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:mk_par_app', 'par-passphrase', 'transaction') AS unlocked;
 SELECT pg_temp.parallel_plan('EXECUTE held') AS held_parallel_in_unlocking_transaction;
 EXECUTE held;
 COMMIT;

@@ -15,14 +15,14 @@ GRANT SELECT, INSERT, UPDATE ON sk_t TO sk_a, sk_b;
 CREATE FUNCTION public.sk_try() RETURNS text LANGUAGE sql AS $$
     SELECT left(public.sqlstate_of($q$SELECT meshhook_keys.secret_decrypt(c, 'sk/1') FROM sk_t WHERE id = 1$q$), 5)
            || ' / ' ||
-           left(public.sqlstate_of($q$SELECT meshhook_keys.secret_encrypt('x', 'sk/1', 'user:sk:a')$q$), 5) $$;
+           left(public.sqlstate_of($q$SELECT meshhook_keys.secret_encrypt('x', 'sk/1', 'user:sk_a')$q$), 5) $$;
 -- the message a role gets (it names no secret)
 CREATE FUNCTION public.sk_why() RETURNS text LANGUAGE sql AS $$
     SELECT public.sqlstate_of($q$SELECT meshhook_keys.secret_decrypt(c, 'sk/1') FROM sk_t WHERE id = 1$q$) $$;
 
 SET ROLE sk_a;
-SELECT keyring, version FROM meshhook_keys.keyring_create_user_held('user:sk:a', 'secret-of-a-1');
-INSERT INTO sk_t VALUES (1, meshhook_keys.secret_encrypt('plain-of-a', 'sk/1', 'user:sk:a'));
+SELECT keyring, version FROM meshhook_keys.keyring_create_user_held('user:sk_a', 'secret-of-a-1');
+INSERT INTO sk_t VALUES (1, meshhook_keys.secret_encrypt('plain-of-a', 'sk/1', 'user:sk_a'));
 SELECT 'a, unlocked' AS who, public.sk_try() AS decrypt_encrypt;
 -- another role in the same backend
 SET ROLE sk_b;
@@ -34,7 +34,7 @@ SELECT 'superuser after RESET ROLE' AS who, public.sk_try() AS decrypt_encrypt;
 SET ROLE sk_a;
 SELECT set_config('request.jwt.claims', '{"sub":"u1","role":"sk_a"}', false) IS NOT NULL AS claims_set;
 SELECT 'a, sub u1, unlock made without claims' AS who, public.sk_try() AS decrypt_encrypt;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS unlocked;
 SELECT 'a, sub u1' AS who, public.sk_try() AS decrypt_encrypt;
 SELECT set_config('request.jwt.claims', '{"sub":"u2","role":"sk_a"}', false) IS NOT NULL AS claims_set;
 SELECT 'a, sub u2' AS who, public.sk_try() AS decrypt_encrypt;
@@ -46,7 +46,7 @@ SET ROLE sk_a;
 SELECT 'a, after DISCARD ALL' AS who, public.sk_try() AS decrypt_encrypt;
 -- a session authorization change forgets what the previous session user unlocked
 SET SESSION AUTHORIZATION sk_a;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS unlocked;
 SELECT 'session authorization a' AS who, public.sk_try() AS decrypt_encrypt;
 SET SESSION AUTHORIZATION sk_b;
 SET SESSION AUTHORIZATION sk_a;
@@ -56,51 +56,51 @@ RESET SESSION AUTHORIZATION;
 -- the transaction decides: nothing an aborted (sub)transaction unlocked survives it
 SET ROLE sk_a;
 BEGIN;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS unlocked;
 SELECT 'a, inside the unlocking transaction' AS who, public.sk_try() AS decrypt_encrypt;
 ROLLBACK;
 SELECT 'a, after ROLLBACK' AS who, public.sk_try() AS decrypt_encrypt;
 BEGIN;
 SAVEPOINT s1;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS unlocked;
 ROLLBACK TO SAVEPOINT s1;
 SELECT 'a, after ROLLBACK TO SAVEPOINT' AS who, public.sk_try() AS decrypt_encrypt;
 SAVEPOINT s2;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS unlocked;
 RELEASE SAVEPOINT s2;
 COMMIT;
 SELECT 'a, after RELEASE and COMMIT' AS who, public.sk_try() AS decrypt_encrypt;
-SELECT meshhook_keys.keyring_lock('user:sk:a') AS was_unlocked;
+SELECT meshhook_keys.keyring_lock('user:sk_a') AS was_unlocked;
 -- a cancelled unlock (statement_timeout during the Argon2id derivation) unlocks nothing
 SET statement_timeout = '5ms';
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS unlocked;
 RESET statement_timeout;
 SELECT 'a, after a cancelled unlock' AS who, public.sk_try() AS decrypt_encrypt;
 -- scope => 'transaction': usable in the transaction, zeroized at its end
 BEGIN;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1', scope => 'transaction') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1', scope => 'transaction') AS unlocked;
 SELECT 'a, transaction-scoped, inside' AS who, public.sk_try() AS decrypt_encrypt;
 COMMIT;
 SELECT 'a, transaction-scoped, after COMMIT' AS who, public.sk_try() AS decrypt_encrypt;
-SELECT public.sqlstate_of($$SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1', scope => 'forever')$$);
+SELECT public.sqlstate_of($$SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1', scope => 'forever')$$);
 
 -- a rolled-back keyring_create_user_held leaves no key the session could encrypt under
 BEGIN;
-SELECT keyring, version FROM meshhook_keys.keyring_create_user_held('user:sk:gone', 'secret-of-gone');
-SELECT length(meshhook_keys.secret_encrypt('x', '', 'user:sk:gone')) > 0 AS encrypts_inside;
+SELECT keyring, version FROM meshhook_keys.keyring_create_user_held('user:sk_a:gone', 'secret-of-gone');
+SELECT length(meshhook_keys.secret_encrypt('x', '', 'user:sk_a:gone')) > 0 AS encrypts_inside;
 ROLLBACK;
-SELECT public.sqlstate_of($$SELECT meshhook_keys.secret_encrypt('x', '', 'user:sk:gone')$$);
+SELECT public.sqlstate_of($$SELECT meshhook_keys.secret_encrypt('x', '', 'user:sk_a:gone')$$);
 -- a rolled-back keyring_rotate_secret(reencrypt) leaves the committed key and secret in force
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS unlocked;
 BEGIN;
-SELECT versions_rewrapped, new_version FROM meshhook_keys.keyring_rotate_secret('user:sk:a', 'secret-of-a-1', 'secret-of-a-2', reencrypt => true);
-SELECT length(meshhook_keys.secret_encrypt('x', '', 'user:sk:a')) > 0 AS encrypts_inside;
+SELECT versions_rewrapped, new_version FROM meshhook_keys.keyring_rotate_secret('user:sk_a', 'secret-of-a-1', 'secret-of-a-2', reencrypt => true);
+SELECT length(meshhook_keys.secret_encrypt('x', '', 'user:sk_a')) > 0 AS encrypts_inside;
 ROLLBACK;
-SELECT public.sqlstate_of($$SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-2')$$) AS new_secret;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS old_secret_unlocks;
+SELECT public.sqlstate_of($$SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-2')$$) AS new_secret;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS old_secret_unlocks;
 SELECT 'a, after the rolled-back rotation' AS who, public.sk_try() AS decrypt_encrypt;
 RESET ROLE;
-SELECT version, state FROM meshhook_keys.keys WHERE keyring = 'user:sk:a' ORDER BY version;
+SELECT version, state FROM meshhook_keys.keys WHERE keyring = 'user:sk_a' ORDER BY version;
 
 -- Who may use unlocked keys (issue 23): only code of the unlocking role. Code another role wrote
 -- never does, even when it runs as the unlocker: sk_b's SECURITY DEFINER function and the trigger
@@ -131,7 +131,7 @@ ALTER TABLE public.sk_b_table OWNER TO sk_b;
 ALTER TABLE public.sk_a_table OWNER TO sk_a;
 GRANT INSERT, SELECT ON public.sk_b_table TO sk_a;
 SET ROLE sk_a;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS unlocked;
 SELECT 'a, directly' AS who, public.sk_try() AS decrypt_encrypt;
 SELECT 'sk_b''s SECURITY DEFINER function' AS code, public.sk_b_definer() AS decrypt
 UNION ALL SELECT 'sk_a''s SECURITY DEFINER function', public.sk_a_definer();
@@ -142,14 +142,14 @@ UNION ALL SELECT 'trigger of sk_a''s table', note FROM public.sk_a_table;
 -- a holdable cursor's rows are computed at commit and outlive the transaction: a
 -- transaction-scoped unlock does not serve them (the commit fails, nothing is left to fetch);
 -- a session-scoped one does
-SELECT meshhook_keys.keyring_lock('user:sk:a');
+SELECT meshhook_keys.keyring_lock('user:sk_a');
 BEGIN;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1', scope => 'transaction') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1', scope => 'transaction') AS unlocked;
 SELECT meshhook_keys.secret_decrypt(c, 'sk/1') AS inside_the_transaction FROM sk_t WHERE id = 1;
 DECLARE sk_hold CURSOR WITH HOLD FOR SELECT meshhook_keys.secret_decrypt(c, 'sk/1') AS plain FROM sk_t WHERE id = 1;
 COMMIT;
 SELECT count(*) AS open_cursors FROM pg_cursors;
-SELECT meshhook_keys.keyring_unlock('user:sk:a', 'secret-of-a-1') AS unlocked;
+SELECT meshhook_keys.keyring_unlock('user:sk_a', 'secret-of-a-1') AS unlocked;
 BEGIN;
 DECLARE sk_hold CURSOR WITH HOLD FOR SELECT meshhook_keys.secret_decrypt(c, 'sk/1') AS plain FROM sk_t WHERE id = 1;
 COMMIT;
