@@ -93,6 +93,29 @@ check "and every privileged attempt was refused" "0|42501,55000" \
 check "she did not become superuser; the other keyring was not destroyed" "f|f" \
     "$(q sched "SELECT (SELECT rolsuper FROM pg_roles WHERE rolname = 'dp_mallory'), (SELECT destroyed_at IS NOT NULL FROM meshhook_keys.keyrings WHERE keyring = 'dp:other')")"
 check "the row still decrypts" target-plaintext "$(q sched "SELECT meshhook_keys.secret_decrypt(tok, '1') FROM dp_m.t WHERE id = 1")"
+
+echo "# the hostile owner's code runs sealed in the worker: nothing it changes outlives the call (issue 23)"
+# tests/hostile/sealed_fixture.sql: her table's triggers, generated column and context expression
+# set search_path (with her own = and + operators first on it), lock_timeout, request.jwt.claims
+# and more with set_config(..., false), and record what the first of them sees in each sealed call.
+as_pg psql -X -q -h "$TMP" -p "$PORT" -U postgres -d sched -v ON_ERROR_STOP=1 \
+    -f "$REPO_ROOT/tests/hostile/sealed_fixture.sql" >/dev/null
+for run in 1 2; do
+    v=$(q sched "SELECT version FROM meshhook_keys.keys_rotate('dp:sealed', 'scheduler sealed run $run')")
+    if wait_until 30 is_t fresh sched "(SELECT bool_and(k.version = $v) FROM dp_m.s s JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.tok))"; then
+        ok "run $run: the worker re-encrypted her table to version $v"; else fail "run $run: the worker re-encrypted her table to version $v"; fi
+done
+check "her code ran in the worker in more than one sealed call" t \
+    "$(q sched "SELECT count(*) >= 2 FROM dp_m.seen WHERE runner = 'scheduler'")"
+check "each of them saw a clean session: pinned search_path, nothing of hers" "1|t" \
+    "$(q sched "SELECT count(DISTINCT state), bool_and(state LIKE 'pg_catalog, pg_temp | 0 | 0 | off | hex | %' AND state NOT LIKE '%mallory%')
+                FROM dp_m.seen WHERE runner = 'scheduler'")"
+check "her operators never ran as anyone but her" 0 \
+    "$(q sched "SELECT count(*) FROM dp_m.hijacked WHERE current_role_name <> 'dp_mallory'")"
+check "the worker holds no lock of hers" 0 \
+    "$(q sched "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                WHERE a.backend_type = 'meshhook_keys scheduler' AND l.locktype = 'advisory' AND l.objsubid <> 19787")"
+check "she is not superuser" f "$(q sched "SELECT rolsuper FROM pg_roles WHERE rolname = 'dp_mallory'")"
 q sched "ALTER DATABASE sched RESET meshhook_keys.tenant_check" >/dev/null
 
 echo "# usage-based rotation: encryptions are counted and flushed, the worker rotates at max_encryptions"

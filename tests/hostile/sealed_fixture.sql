@@ -24,6 +24,12 @@ SET ROLE dp_mallory;
 CREATE TABLE dp_m.hijacked (n serial PRIMARY KEY, op text, current_role_name name, session_role_name name);
 GRANT INSERT ON dp_m.hijacked TO PUBLIC;
 GRANT USAGE ON SEQUENCE dp_m.hijacked_n_seq TO PUBLIC;
+-- what the first of her calls in each sealed call sees of the session, before she changes it (a
+-- marker setting she sets tells the later calls of the same sealed call apart: if the marker, or
+-- anything she changed, outlived the call, the next one would see it)
+CREATE TABLE dp_m.seen (n serial PRIMARY KEY, runner text, vector text, state text);
+GRANT INSERT ON dp_m.seen TO PUBLIC;
+GRANT USAGE ON SEQUENCE dp_m.seen_n_seq TO PUBLIC;
 -- her operators: correct answers, and a record of whoever they ran as
 CREATE FUNCTION dp_m.note(op text) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -71,6 +77,16 @@ DECLARE
     c refcursor := 'dp_cursor';
 BEGIN
     IF r OPERATOR(pg_catalog.=) 'setup' THEN RETURN ''; END IF;
+    IF coalesce(pg_catalog.current_setting('dp.marker', true), '') OPERATOR(pg_catalog.=) '' THEN
+        INSERT INTO dp_m.seen (runner, vector, state) VALUES (r, vector, pg_catalog.concat_ws(' | ',
+            pg_catalog.current_setting('search_path'), pg_catalog.current_setting('lock_timeout'),
+            pg_catalog.current_setting('statement_timeout'), pg_catalog.current_setting('transform_null_equals'),
+            pg_catalog.current_setting('bytea_output'), pg_catalog.current_setting('DateStyle'),
+            pg_catalog.current_setting('work_mem'), pg_catalog.current_setting('default_transaction_read_only'),
+            pg_catalog.current_setting('extra_float_digits'),
+            coalesce(pg_catalog.current_setting('request.jwt.claims', true), '')));
+        PERFORM pg_catalog.set_config('dp.marker', 'set', false);
+    END IF;
     IF mode OPERATOR(pg_catalog.=) 'settings' THEN
         PERFORM pg_catalog.set_config('search_path', 'dp_m, pg_catalog', false);
         PERFORM pg_catalog.set_config('transform_null_equals', 'on', false);

@@ -267,6 +267,11 @@ SELECT k.version, count(*) FROM dp_m.s s JOIN meshhook_keys.keys k ON k.key_id =
 SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(tok, id::text) = 'sealed-' || id) AS decrypt
   FROM dp_m.s WHERE id < 10;
 RESET dp.runner;
+-- The first of her calls in each sealed call saw a clean session (the runner's own settings,
+-- search_path pinned), never what an earlier call of hers set.
+SELECT runner, count(*) > 0 AS sealed_calls, count(DISTINCT state) AS states,
+       bool_and(state LIKE 'pg_catalog, pg_temp | 0 | 0 | off | hex | %' AND state NOT LIKE '%mallory%') AS clean
+  FROM dp_m.seen GROUP BY 1 ORDER BY 1;
 -- Her operators never ran as anyone but her, and she is not superuser.
 SELECT op, current_role_name, count(*) > 0 AS ran FROM dp_m.hijacked
  WHERE current_role_name <> 'dp_mallory' GROUP BY 1, 2 ORDER BY 1, 2;
