@@ -191,7 +191,8 @@ impl Session {
     }
 }
 
-/// The advisory locks this backend holds (granted), from the lock manager.
+/// The advisory locks this backend holds (granted), from the lock manager; not meshhook_keys' own
+/// (crate::locks), which only its own functions take, until their transaction ends.
 fn advisory_locks() -> Vec<Held> {
     let mut out: Vec<Held> = Vec::new();
     // SAFETY: GetLockStatusData copies the lock table into palloc'd memory, read and then freed.
@@ -205,6 +206,7 @@ fn advisory_locks() -> Vec<Held> {
             let l = &*(*data).locks.add(i);
             if l.pid != pg_sys::MyProcPid
                 || l.locktag.locktag_type != pg_sys::LockTagType::LOCKTAG_ADVISORY as u8
+                || l.locktag.locktag_field4 == crate::locks::OUR_FIELD4
                 || l.holdMask == 0
             {
                 continue;

@@ -2,7 +2,8 @@
 -- Needs tests/hostile/deputy_fixture.sql first (dp_mallory, dp_ops, dp_alice).
 --
 -- dp_mallory's table dp_m.s (keyring dp:sealed) has a row trigger, a statement trigger, a generated
--- column and a context expression that each call dp_m.pollute(), which does what dp.pollute says:
+-- column, a CHECK constraint, an expression index and a context expression that each call
+-- dp_m.pollute(), which does what dp.pollute says:
 --   'settings' (the default): change a wide set of settings with set_config(…, false), SET and
 --      SET LOCAL, among them a search_path that puts her schema first, where her operators for
 --      = (text, bigint, integer, bytea, oid, tid, boolean, name) and + (bigint) wait to run as
@@ -137,7 +138,13 @@ CREATE FUNCTION dp_m.s_row_trg() RETURNS trigger LANGUAGE plpgsql
     AS $$ BEGIN PERFORM dp_m.pollute('row trigger'); RETURN NEW; END $$;
 CREATE FUNCTION dp_m.s_stmt_trg() RETURNS trigger LANGUAGE plpgsql
     AS $$ BEGIN PERFORM dp_m.pollute('statement trigger'); RETURN NULL; END $$;
-CREATE TABLE dp_m.s (id int PRIMARY KEY, tok bytea, gen text GENERATED ALWAYS AS (dp_m.s_gen(tok)) STORED);
+CREATE FUNCTION dp_m.s_chk(id int) RETURNS boolean LANGUAGE plpgsql IMMUTABLE
+    AS $$ BEGIN PERFORM dp_m.pollute('check constraint'); RETURN true; END $$;
+CREATE FUNCTION dp_m.s_idx(b bytea) RETURNS int LANGUAGE plpgsql IMMUTABLE
+    AS $$ BEGIN PERFORM dp_m.pollute('index expression'); RETURN pg_catalog.length(b); END $$;
+CREATE TABLE dp_m.s (id int PRIMARY KEY, tok bytea, gen text GENERATED ALWAYS AS (dp_m.s_gen(tok)) STORED,
+                     CHECK (dp_m.s_chk(id)));
+CREATE INDEX s_idx ON dp_m.s (dp_m.s_idx(tok));
 CREATE TRIGGER s_row_trg BEFORE UPDATE ON dp_m.s FOR EACH ROW EXECUTE FUNCTION dp_m.s_row_trg();
 CREATE TRIGGER s_stmt_trg AFTER UPDATE ON dp_m.s FOR EACH STATEMENT EXECUTE FUNCTION dp_m.s_stmt_trg();
 RESET ROLE;

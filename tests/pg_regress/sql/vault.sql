@@ -104,6 +104,32 @@ SELECT k.keyring AS imported_into FROM meshhook_keys.secrets s
 ROLLBACK TO SAVEPOINT s;
 SELECT count(*) AS after_rollback FROM meshhook_keys.secrets WHERE name = 'later';
 
+-- the code behind vault.decrypted_secrets runs sealed, as the importer (issue 23): a setting it
+-- changes is gone after the import; an advisory lock it keeps fails the import (42501) and is
+-- released
+SAVEPOINT sealed;
+CREATE FUNCTION vault.pollute(keep_lock boolean) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_catalog.set_config('search_path', 'vault, pg_catalog', false);
+    PERFORM pg_catalog.set_config('lock_timeout', '1ms', false);
+    IF keep_lock THEN PERFORM pg_catalog.pg_advisory_lock(77); END IF;
+    RETURN true;
+END $$;
+CREATE OR REPLACE VIEW vault.decrypted_secrets AS
+    SELECT s.id, s.name, s.description, s.secret,
+           CASE WHEN s.key_id = 'deadbeef-0000-0000-0000-000000000000' THEN NULL ELSE s.secret END AS decrypted_secret,
+           s.key_id, s.nonce, s.created_at, s.updated_at
+      FROM vault.secrets s WHERE vault.pollute(coalesce(current_setting('mk.keep_lock', true), '') = 'on');
+SET LOCAL ROLE mk_vault_ops;
+SELECT vault_secrets, already_imported FROM meshhook_keys.import_supabase_vault();
+SELECT current_setting('search_path') AS search_path, current_setting('lock_timeout') AS lock_timeout;
+SET LOCAL mk.keep_lock = 'on';
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault()$$);
+SELECT count(*) AS locks_left FROM pg_locks
+ WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND objsubid <> 19787;
+RESET ROLE;
+ROLLBACK TO SAVEPOINT sealed;
+
 -- Vault's API after a schema switch: code written for vault.* runs against meshhook_keys.*
 CREATE POLICY mk_vault_app_untenanted ON meshhook_keys.secrets TO mk_vault_app
     USING (tenant = '') WITH CHECK (tenant = '');
