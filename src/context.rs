@@ -220,15 +220,41 @@ unsafe extern "C-unwind" fn fmgr_hook(
     arg: *mut pg_sys::Datum,
 ) {
     // SAFETY: the previous hook, if any, is a valid function pointer, called with our arguments.
-    if let Some(prev) = unsafe { PREV_FMGR_HOOK } {
+    let prev = unsafe { PREV_FMGR_HOOK };
+    let chained = prev.is_some();
+    if let Some(prev) = prev {
         unsafe { prev(event, flinfo, arg) };
     }
-    match event {
-        pg_sys::FmgrHookEventType::FHET_START => {
-            // SAFETY: flinfo is the function being called.
-            let owner = classify(unsafe { (*flinfo).fn_oid });
-            DEFINERS.with_borrow_mut(|s| s.push(owner));
+    // SAFETY: `arg` points to the Datum fmgr_security_definer keeps for this call site (zeroed when
+    // it was made); `flinfo` is the function being called.
+    let (tracked, owner) = unsafe {
+        if chained {
+            // Another hook owns the `arg` slot: the per-backend map answers, and every call is
+            // pushed and popped, tracked or not, so that START and END always pair.
+            (true, classify((*flinfo).fn_oid))
+        } else {
+            // The call site's classification in its `arg` slot (0: not yet known, 1: not tracked,
+            // otherwise the owner << 2 | 2), so that the hot path (our own SECURITY DEFINER
+            // functions, per row) costs one read; only tracked calls are pushed, and the same slot
+            // answers the same at END or ABORT.
+            let slot = (*arg).value() as u64;
+            let owner = if slot == 0 {
+                let c = classify((*flinfo).fn_oid);
+                *arg = pg_sys::Datum::from(c.map_or(1u64, |o| ((o.to_u32() as u64) << 2) | 2));
+                c
+            } else if slot == 1 {
+                None
+            } else {
+                Some(pg_sys::Oid::from((slot >> 2) as u32))
+            };
+            (owner.is_some(), owner)
         }
+    };
+    if !tracked {
+        return;
+    }
+    match event {
+        pg_sys::FmgrHookEventType::FHET_START => DEFINERS.with_borrow_mut(|s| s.push(owner)),
         pg_sys::FmgrHookEventType::FHET_END | pg_sys::FmgrHookEventType::FHET_ABORT => {
             DEFINERS.with_borrow_mut(|s| {
                 s.pop();
