@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test suite, from a fresh Debian 12 machine (run as root). .ci/run calls exactly this.
-#   1. cargo fmt --check and cargo clippy -D warnings
+#   1. cargo fmt --check, the SQL qualification lint and cargo clippy -D warnings
 # Steps 2 to 11 run on PostgreSQL 15 (Debian's) and 17 (from PyPI, scripts/fetch-pg.sh); steps 2
 # and 3 also on 16 and 18. MESHHOOK_KEYS_TEST_MAJORS="15" (say) runs fewer.
 #   2. cargo pgrx test: plain #[test]s (crypto, envelope) and #[pg_test]s (library preloaded)
@@ -24,6 +24,8 @@ start=$(date +%s)
 
 say "cargo fmt --check"
 cargo fmt --all --check
+say "every operator and function in the SQL we run is schema-qualified (tests/lint/qualified_sql.py)"
+python3 tests/lint/qualified_sql.py src
 say "cargo clippy -D warnings"
 cargo clippy --all-targets --features pg15 -- -D warnings
 # the code that differs by version (#[cfg(feature = "pg17")] and later) is linted too

@@ -107,7 +107,7 @@ pub fn checks() -> Vec<Check> {
         )),
     }
     let tenants = Spi::get_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring k WHERE (pg_catalog.to_jsonb(k) ->> 'tenant') IS NOT NULL)",
+        "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring k WHERE (pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'tenant') IS NOT NULL)",
     )
     .ok()
     .flatten()
@@ -215,11 +215,11 @@ pub fn checks() -> Vec<Check> {
     let overrides = Spi::connect(|c| {
         let mut v = Vec::new();
         for r in c.select(
-            "SELECT coalesce(pg_catalog.quote_ident(r.rolname), 'every role') || ' in ' ||
-                    coalesce(pg_catalog.quote_ident(d.datname), 'every database') || ': ' || cfg
+            "SELECT coalesce(pg_catalog.quote_ident(r.rolname), 'every role') OPERATOR(pg_catalog.||) ' in ' OPERATOR(pg_catalog.||)
+                    coalesce(pg_catalog.quote_ident(d.datname), 'every database') OPERATOR(pg_catalog.||) ': ' OPERATOR(pg_catalog.||) cfg
                FROM pg_catalog.pg_db_role_setting s
-               LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole
-               LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+               LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) s.setrole
+               LEFT JOIN pg_catalog.pg_database d ON d.oid OPERATOR(pg_catalog.=) s.setdatabase
               CROSS JOIN LATERAL pg_catalog.unnest(s.setconfig) cfg
               WHERE pg_catalog.split_part(cfg, '=', 1) OPERATOR(pg_catalog.=) ANY ($1)
               ORDER BY 1",

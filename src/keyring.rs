@@ -151,7 +151,7 @@ pub fn set_policy(
     let sane = match rotation_interval {
         None => true,
         Some(i) => Spi::get_one_with_args::<bool>(
-            "SELECT $1 >= interval '1 second' AND $1 <= interval '100 years'",
+            "SELECT $1 OPERATOR(pg_catalog.>=) interval '1 second' AND $1 OPERATOR(pg_catalog.<=) interval '100 years'",
             &[i.into()],
         )?
         .unwrap_or(false),
@@ -167,7 +167,7 @@ pub fn set_policy(
         "UPDATE meshhook_keys.keyring
             SET rotation_interval = $2, max_encryptions = $3,
                 failed_attempts = 0, next_attempt_at = NULL, last_error = NULL
-          WHERE name = $1
+          WHERE name OPERATOR(pg_catalog.=) $1
       RETURNING coalesce(rotation_interval::text, 'manual')",
         &[
             keyring.into(),

@@ -20,8 +20,8 @@ use pgrx::prelude::*;
 
 fn lookup_key(keyring: &str, version: i32) -> Result<(i64, String)> {
     let (id, state) = Spi::get_two_with_args::<i64, String>(
-        "SELECT (SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 AND version = $2),
-                (SELECT state FROM meshhook_keys.data_key WHERE keyring = $1 AND version = $2)",
+        "SELECT (SELECT key_id FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2),
+                (SELECT state FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2)",
         &[keyring.into(), version.into()],
     )?;
     match (id, state) {
@@ -61,8 +61,8 @@ pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool
     let rows: i64 = per_column.iter().map(|(_, n)| n).sum();
     let failures = Spi::get_one_with_args::<i64>(
         "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure f
-           JOIN meshhook_keys.reencrypt_job j ON j.id = f.job_id
-          WHERE j.keyring = $1 AND j.state IN ('running', 'finished_with_errors')",
+           JOIN meshhook_keys.reencrypt_job j ON j.id OPERATOR(pg_catalog.=) f.job_id
+          WHERE j.keyring OPERATOR(pg_catalog.=) $1 AND j.state IN ('running', 'finished_with_errors')",
         &[keyring.into()],
     )?
     .unwrap_or(0);
@@ -91,12 +91,12 @@ pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool
         Spi::run_with_args(
             "UPDATE meshhook_keys.data_key SET state = 'destroyed', wrapped_key = NULL,
                     destroyed_at = pg_catalog.now(), retired_at = coalesce(retired_at, pg_catalog.now())
-              WHERE key_id = $1",
+              WHERE key_id OPERATOR(pg_catalog.=) $1",
             &[key_id.into()],
         )?;
     } else {
         Spi::run_with_args(
-            "UPDATE meshhook_keys.data_key SET state = 'retired', retired_at = pg_catalog.now() WHERE key_id = $1",
+            "UPDATE meshhook_keys.data_key SET state = 'retired', retired_at = pg_catalog.now() WHERE key_id OPERATOR(pg_catalog.=) $1",
             &[key_id.into()],
         )?;
     }

@@ -122,14 +122,14 @@ fn due_keyrings(only: Option<&str>) -> Result<Vec<Due>> {
         let mut out = Vec::new();
         for r in c.select(
             "SELECT k.name, d.key_id,
-                    k.rotation_interval IS NOT NULL AND d.activated_at + k.rotation_interval <= pg_catalog.now(),
+                    k.rotation_interval IS NOT NULL AND d.activated_at OPERATOR(pg_catalog.+) k.rotation_interval OPERATOR(pg_catalog.<=) pg_catalog.now(),
                     coalesce(k.rotation_interval::text, ''),
                     d.encryptions, k.max_encryptions
                FROM meshhook_keys.keyring k
-               JOIN meshhook_keys.data_key d ON d.keyring = k.name AND d.state = 'active'
-              WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at <= pg_catalog.now())
-                AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)
-                AND ($1::text IS NULL OR k.name = $1)
+               JOIN meshhook_keys.data_key d ON d.keyring OPERATOR(pg_catalog.=) k.name AND d.state OPERATOR(pg_catalog.=) 'active'
+              WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
+                AND NOT coalesce((pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean, false)
+                AND ($1::text IS NULL OR k.name OPERATOR(pg_catalog.=) $1)
               ORDER BY k.name",
             None,
             &[only.into()],
@@ -189,7 +189,7 @@ fn rotate_if_due(keyring: &str) -> Result<Option<i32>> {
 fn clear_failures(keyring: &str, action: &str) -> Result<()> {
     Spi::run_with_args(
         "UPDATE meshhook_keys.keyring SET failed_attempts = 0, next_attempt_at = NULL, last_error = NULL
-          WHERE name = $1 AND failed_attempts > 0 AND starts_with(last_error, $2 || ': ')",
+          WHERE name OPERATOR(pg_catalog.=) $1 AND failed_attempts OPERATOR(pg_catalog.>) 0 AND pg_catalog.starts_with(last_error, $2 OPERATOR(pg_catalog.||) ': ')",
         &[keyring.into(), action.into()],
     )?;
     Ok(())
@@ -201,12 +201,12 @@ fn record_failure(keyring: &str, action: &str, f: &Failure) -> Result<()> {
     let naptime_ms = gucs::worker_naptime().as_millis() as i64;
     let (attempts, next) = Spi::get_two_with_args::<i32, String>(
         "UPDATE meshhook_keys.keyring
-            SET failed_attempts = failed_attempts + 1,
-                next_attempt_at = pg_catalog.now() + least(
-                    pg_catalog.make_interval(secs => $2::float8 / 1000 * pg_catalog.power(2, least(failed_attempts, 20))),
+            SET failed_attempts = failed_attempts OPERATOR(pg_catalog.+) 1,
+                next_attempt_at = pg_catalog.now() OPERATOR(pg_catalog.+) least(
+                    pg_catalog.make_interval(secs => $2::float8 OPERATOR(pg_catalog./) 1000 OPERATOR(pg_catalog.*) pg_catalog.power(2, least(failed_attempts, 20))),
                     interval '1 hour'),
                 last_error = $3
-          WHERE name = $1
+          WHERE name OPERATOR(pg_catalog.=) $1
       RETURNING failed_attempts, next_attempt_at::text",
         &[
             keyring.into(),
@@ -241,11 +241,11 @@ fn reencrypt_candidates() -> Result<Vec<String>> {
         let mut out = Vec::new();
         for r in c.update(
             "SELECT k.name FROM meshhook_keys.keyring k
-              WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at <= pg_catalog.now())
-                AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)
-                AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring = k.name AND d.state = 'active')
-                AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring = k.name AND d.state = 'decrypt_only')
-                AND EXISTS (SELECT 1 FROM meshhook_keys.encrypted_column c WHERE c.keyring = k.name)
+              WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
+                AND NOT coalesce((pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean, false)
+                AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring OPERATOR(pg_catalog.=) k.name AND d.state OPERATOR(pg_catalog.=) 'active')
+                AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring OPERATOR(pg_catalog.=) k.name AND d.state OPERATOR(pg_catalog.=) 'decrypt_only')
+                AND EXISTS (SELECT 1 FROM meshhook_keys.encrypted_column c WHERE c.keyring OPERATOR(pg_catalog.=) k.name)
               ORDER BY k.name",
             None,
             &[],
@@ -266,9 +266,9 @@ fn flush_usage() -> std::result::Result<usize, Failure> {
     let (ids, counts): (Vec<i64>, Vec<i64>) = snap.iter().map(|&(k, c)| (k, c as i64)).unzip();
     isolated(Mode::OwnTransactions, || {
         Spi::run_with_args(
-            "UPDATE meshhook_keys.data_key d SET encryptions = d.encryptions + u.n
+            "UPDATE meshhook_keys.data_key d SET encryptions = d.encryptions OPERATOR(pg_catalog.+) u.n
                FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[])) AS u(key_id, n)
-              WHERE d.key_id = u.key_id",
+              WHERE d.key_id OPERATOR(pg_catalog.=) u.key_id",
             &[ids.into(), counts.into()],
         )?;
         Ok(())

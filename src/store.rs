@@ -25,9 +25,9 @@ pub struct KeyRow {
 /// The keyring's tenant is read through to_jsonb so that this library also works on a schema from
 /// before 0.4.0 (no tenant column yet: NULL), until ALTER EXTENSION ... UPDATE.
 const KEY_COLUMNS: &str = "tableoid::oid, key_id, keyring, version, state, wrapped_key, root_fingerprint,
-     (SELECT pg_catalog.to_jsonb(k) ->> 'tenant' FROM meshhook_keys.keyring k WHERE k.name = data_key.keyring),
-     coalesce((SELECT (pg_catalog.to_jsonb(k) ->> 'user_held')::boolean FROM meshhook_keys.keyring k
-                WHERE k.name = data_key.keyring), false)";
+     (SELECT pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'tenant' FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring),
+     coalesce((SELECT (pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean FROM meshhook_keys.keyring k
+                WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring), false)";
 
 fn key_row(t: &pgrx::spi::SpiTupleTable<'_>) -> Result<KeyRow> {
     let missing = |c: &str| KeysError::Internal(format!("data_key.{c} is NULL"));
@@ -65,7 +65,9 @@ pub fn key_by_id(key_id: i64) -> Result<Option<KeyRow>> {
     Spi::connect(|c| {
         first_key_row(
             c,
-            &format!("SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE key_id = $1"),
+            &format!(
+                "SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE key_id OPERATOR(pg_catalog.=) $1"
+            ),
             &[key_id.into()],
         )
     })
@@ -91,8 +93,8 @@ pub fn wrapped_keys_for_update() -> Result<Vec<KeyRow>> {
     key_rows(
         "SELECT d.key_id FROM meshhook_keys.data_key d
           WHERE d.wrapped_key IS NOT NULL
-            AND NOT coalesce((SELECT (pg_catalog.to_jsonb(k) ->> 'user_held')::boolean
-                                FROM meshhook_keys.keyring k WHERE k.name = d.keyring), false)
+            AND NOT coalesce((SELECT (pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean
+                                FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) d.keyring), false)
           ORDER BY d.key_id FOR UPDATE OF d",
         &[],
     )
@@ -100,7 +102,7 @@ pub fn wrapped_keys_for_update() -> Result<Vec<KeyRow>> {
 
 pub fn set_wrapped_key(key_id: i64, wrapped: &[u8], fingerprint: &[u8]) -> Result<()> {
     Spi::run_with_args(
-        "UPDATE meshhook_keys.data_key SET wrapped_key = $2, root_fingerprint = $3 WHERE key_id = $1",
+        "UPDATE meshhook_keys.data_key SET wrapped_key = $2, root_fingerprint = $3 WHERE key_id OPERATOR(pg_catalog.=) $1",
         &[key_id.into(), wrapped.into(), fingerprint.into()],
     )?;
     Ok(())
@@ -112,7 +114,7 @@ pub fn active_key(keyring: &str) -> Result<Option<KeyRow>> {
         first_key_row(
             c,
             &format!(
-                "SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE keyring = $1 AND state = 'active'"
+                "SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'active'"
             ),
             &[keyring.into()],
         )
@@ -129,8 +131,8 @@ pub fn lock_keyring(keyring: &str) -> Result<()> {
         let has_policy = c
             .select(
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-                                 WHERE attrelid = 'meshhook_keys.keyring'::pg_catalog.regclass
-                                   AND attname = 'rotation_interval' AND NOT attisdropped)",
+                                 WHERE attrelid OPERATOR(pg_catalog.=) 'meshhook_keys.keyring'::pg_catalog.regclass
+                                   AND attname OPERATOR(pg_catalog.=) 'rotation_interval' AND NOT attisdropped)",
                 None,
                 &[],
             )?
@@ -157,7 +159,7 @@ pub fn lock_keyring(keyring: &str) -> Result<()> {
             )?;
         }
         c.update(
-            "UPDATE meshhook_keys.keyring SET rotated_at = pg_catalog.now() WHERE name = $1",
+            "UPDATE meshhook_keys.keyring SET rotated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
             None,
             &[keyring.into()],
         )?;
@@ -170,7 +172,7 @@ pub fn demote_active(keyring: &str) -> Result<Option<i32>> {
     Spi::connect_mut(|c| {
         let t = c.update(
             "UPDATE meshhook_keys.data_key SET state = 'decrypt_only'
-              WHERE keyring = $1 AND state = 'active' RETURNING version",
+              WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'active' RETURNING version",
             None,
             &[keyring.into()],
         )?;
@@ -185,8 +187,8 @@ pub fn demote_active(keyring: &str) -> Result<Option<i32>> {
 pub fn next_version(keyring: &str) -> Result<i32> {
     Spi::connect(|c| {
         let t = c.select(
-            "SELECT coalesce(pg_catalog.max(version), 0) + 1
-               FROM meshhook_keys.data_key WHERE keyring = $1",
+            "SELECT coalesce(pg_catalog.max(version), 0) OPERATOR(pg_catalog.+) 1
+               FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1",
             None,
             &[keyring.into()],
         )?;
@@ -330,8 +332,8 @@ pub fn keyring_destroyed_at(keyring: &str) -> Result<Option<String>> {
 /// When the keyring was destroyed (if it was) and its tenant (if it has one).
 pub fn keyring_destroyed_and_tenant(keyring: &str) -> Result<(Option<String>, Option<String>)> {
     read_two::<String, String>(
-        "SELECT (SELECT pg_catalog.to_jsonb(k) ->> 'destroyed_at' FROM meshhook_keys.keyring k WHERE k.name = $1),
-                (SELECT pg_catalog.to_jsonb(k) ->> 'tenant' FROM meshhook_keys.keyring k WHERE k.name = $1)",
+        "SELECT (SELECT pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'destroyed_at' FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1),
+                (SELECT pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'tenant' FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1)",
         &[keyring.into()],
     )
 }
@@ -343,7 +345,7 @@ pub fn root_wrapped_key_counts(fingerprint: &[u8]) -> Result<(i64, i64)> {
         "SELECT pg_catalog.count(*) FILTER (WHERE d.root_fingerprint OPERATOR(pg_catalog.=) $1),
                 pg_catalog.count(*) FILTER (WHERE d.root_fingerprint OPERATOR(pg_catalog.<>) $1)
            FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name OPERATOR(pg_catalog.=) d.keyring
-          WHERE d.wrapped_key IS NOT NULL AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)",
+          WHERE d.wrapped_key IS NOT NULL AND NOT coalesce((pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean, false)",
         &[fingerprint.into()],
     )?;
     Ok((m.unwrap_or(0), o.unwrap_or(0)))
@@ -373,30 +375,30 @@ pub fn root_key_wraps_database(fingerprint: &[u8]) -> Result<std::result::Result
 pub fn delete_keyring(keyring: &str) -> Result<i32> {
     Spi::run_with_args(
         "DELETE FROM meshhook_keys.reencrypt_failure f USING meshhook_keys.reencrypt_job j
-          WHERE f.job_id = j.id AND j.keyring = $1",
+          WHERE f.job_id OPERATOR(pg_catalog.=) j.id AND j.keyring OPERATOR(pg_catalog.=) $1",
         &[keyring.into()],
     )?;
     Spi::run_with_args(
         "DELETE FROM meshhook_keys.reencrypt_progress_column p USING meshhook_keys.reencrypt_job j
-          WHERE p.job_id = j.id AND j.keyring = $1",
+          WHERE p.job_id OPERATOR(pg_catalog.=) j.id AND j.keyring OPERATOR(pg_catalog.=) $1",
         &[keyring.into()],
     )?;
     Spi::run_with_args(
-        "DELETE FROM meshhook_keys.reencrypt_job WHERE keyring = $1",
+        "DELETE FROM meshhook_keys.reencrypt_job WHERE keyring OPERATOR(pg_catalog.=) $1",
         &[keyring.into()],
     )?;
     Spi::run_with_args(
-        "DELETE FROM meshhook_keys.encrypted_column WHERE keyring = $1",
+        "DELETE FROM meshhook_keys.encrypted_column WHERE keyring OPERATOR(pg_catalog.=) $1",
         &[keyring.into()],
     )?;
     let n = Spi::get_one_with_args::<i64>(
-        "WITH d AS (DELETE FROM meshhook_keys.data_key WHERE keyring = $1 RETURNING 1)
+        "WITH d AS (DELETE FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 RETURNING 1)
          SELECT pg_catalog.count(*) FROM d",
         &[keyring.into()],
     )?
     .unwrap_or(0);
     Spi::run_with_args(
-        "DELETE FROM meshhook_keys.keyring WHERE name = $1",
+        "DELETE FROM meshhook_keys.keyring WHERE name OPERATOR(pg_catalog.=) $1",
         &[keyring.into()],
     )?;
     Ok(n as i32)
@@ -423,7 +425,7 @@ pub fn create_keyring(keyring: &str, tenant: Option<&str>) -> Result<bool> {
 
 pub fn keyring_exists(keyring: &str) -> Result<bool> {
     Ok(read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring WHERE name = $1)",
+        "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring WHERE name OPERATOR(pg_catalog.=) $1)",
         &[keyring.into()],
     )?
     .unwrap_or(false))
@@ -437,11 +439,11 @@ pub fn destroy_keyring(keyring: &str) -> Result<i32> {
              UPDATE meshhook_keys.data_key
                 SET state = 'destroyed', wrapped_key = NULL,
                     retired_at = coalesce(retired_at, pg_catalog.now()), destroyed_at = pg_catalog.now()
-              WHERE keyring = $1 AND state <> 'destroyed' RETURNING 1),
+              WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.<>) 'destroyed' RETURNING 1),
          k AS (
              UPDATE meshhook_keys.keyring SET destroyed_at = pg_catalog.now(), rotation_interval = NULL
-              WHERE name = $1 RETURNING 1)
-         SELECT (SELECT pg_catalog.count(*) FROM d) + 0 * (SELECT pg_catalog.count(*) FROM k)",
+              WHERE name OPERATOR(pg_catalog.=) $1 RETURNING 1)
+         SELECT (SELECT pg_catalog.count(*) FROM d) OPERATOR(pg_catalog.+) (0 OPERATOR(pg_catalog.*) (SELECT pg_catalog.count(*) FROM k))",
         &[keyring.into()],
     )?
     .unwrap_or(0);
@@ -452,8 +454,8 @@ pub fn destroy_keyring(keyring: &str) -> Result<i32> {
 pub fn user_held_kdf(keyring: &str) -> Result<Option<(bool, Option<String>)>> {
     Spi::connect(|c| {
         let t = c.select(
-            "SELECT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false), pg_catalog.to_jsonb(k) ->> 'kdf'
-               FROM meshhook_keys.keyring k WHERE k.name = $1",
+            "SELECT coalesce((pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean, false), pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'kdf'
+               FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1",
             None,
             &[keyring.into()],
         )?;
@@ -483,7 +485,7 @@ pub fn create_user_held_keyring(keyring: &str, kdf: &str) -> Result<bool> {
 
 pub fn set_kdf(keyring: &str, kdf: &str) -> Result<()> {
     Spi::run_with_args(
-        "UPDATE meshhook_keys.keyring SET kdf = $2::jsonb WHERE name = $1",
+        "UPDATE meshhook_keys.keyring SET kdf = $2::jsonb WHERE name OPERATOR(pg_catalog.=) $1",
         &[keyring.into(), kdf.into()],
     )?;
     Ok(())
@@ -493,10 +495,10 @@ pub fn set_kdf(keyring: &str, kdf: &str) -> Result<()> {
 pub fn keyring_keys(keyring: &str, for_update: bool) -> Result<Vec<KeyRow>> {
     key_rows(
         if for_update {
-            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 AND wrapped_key IS NOT NULL
+            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND wrapped_key IS NOT NULL
               ORDER BY version FOR UPDATE"
         } else {
-            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 AND wrapped_key IS NOT NULL
+            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND wrapped_key IS NOT NULL
               ORDER BY version"
         },
         &[keyring.into()],

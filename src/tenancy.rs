@@ -46,7 +46,7 @@ fn is_service(role: pg_sys::Oid) -> bool {
 fn resolve(name: &str) -> Result<pg_sys::Oid> {
     let oid = crate::store::read_one::<pg_sys::Oid>(
         "SELECT p.oid FROM pg_catalog.pg_proc p
-          WHERE p.oid = pg_catalog.to_regprocedure($1 || '(text)') AND p.prorettype = 'pg_catalog.bool'::pg_catalog.regtype",
+          WHERE p.oid OPERATOR(pg_catalog.=) pg_catalog.to_regprocedure($1 OPERATOR(pg_catalog.||) '(text)') AND p.prorettype OPERATOR(pg_catalog.=) 'pg_catalog.bool'::pg_catalog.regtype",
         &[name.into()],
     )
     .ok()

@@ -85,9 +85,9 @@ enum Standing {
 
 fn standing(s: &VaultSecret) -> Result<Standing> {
     let (by_id, by_name) = store::read_two::<bool, bool>(
-        "SELECT EXISTS (SELECT 1 FROM meshhook_keys.secrets WHERE id = $1),
+        "SELECT EXISTS (SELECT 1 FROM meshhook_keys.secrets WHERE id OPERATOR(pg_catalog.=) $1),
                 EXISTS (SELECT 1 FROM meshhook_keys.secrets
-                         WHERE tenant = '' AND name = $2 AND id <> $1)",
+                         WHERE tenant OPERATOR(pg_catalog.=) '' AND name OPERATOR(pg_catalog.=) $2 AND id OPERATOR(pg_catalog.<>) $1)",
         &[s.id.into(), s.name.clone().into()],
     )?;
     Ok(match (by_id, by_name) {

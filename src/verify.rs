@@ -55,7 +55,7 @@ fn keyring_key_ids(keyring: &str) -> Result<Vec<i64>> {
     Spi::connect(|c| {
         let mut out = Vec::new();
         for row in c.select(
-            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring = $1 ORDER BY version",
+            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 ORDER BY version",
             None,
             &[keyring.into()],
         )? {

@@ -219,7 +219,7 @@ fn tick_once(db: &str, said: &mut Said) {
     }
     let installed = scheduler::isolated(Mode::OwnTransactions, || {
         Ok(Spi::get_one::<String>(
-            "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'meshhook_keys')",
+            "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'meshhook_keys')",
         )?)
     });
     match installed {

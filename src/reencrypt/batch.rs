@@ -29,7 +29,7 @@ use pgrx::spi::quote_identifier;
 fn old_key_ids(keyring: &str, except: i64) -> Result<Vec<i64>> {
     plans::run(
         "SELECT key_id FROM meshhook_keys.data_key
-              WHERE keyring = $1 AND state = 'decrypt_only' AND key_id <> $2 ORDER BY version",
+              WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'decrypt_only' AND key_id OPERATOR(pg_catalog.<>) $2 ORDER BY version",
         &[keyring.into(), except.into()],
         |t| {
             let mut out = Vec::new();
@@ -183,10 +183,10 @@ fn move_window(
     // `_reencrypt_take` is evaluated for the same row right after it passes; take checks the ctid.
     let sql = format!(
         "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(t.ctid)
-          WHERE t.ctid = ANY (ARRAY(
+          WHERE t.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
                   SELECT s.ctid FROM ONLY {table} AS s
-                   WHERE s.ctid >= $1::text::tid AND s.ctid < $2::text::tid
-                     AND pg_catalog.substr(s.{c}, 1, 9) = ANY ($3::bytea[])
+                   WHERE s.ctid OPERATOR(pg_catalog.>=) $1::text::tid AND s.ctid OPERATOR(pg_catalog.<) $2::text::tid
+                     AND pg_catalog.substr(s.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($3::bytea[])
                    ORDER BY s.ctid
                    LIMIT $4
                    FOR UPDATE OF s SKIP LOCKED))

@@ -22,7 +22,7 @@ struct Job {
 
 fn running_job(keyring: &str) -> Result<Option<Job>> {
     plans::run(
-        "SELECT id, target_key_id FROM meshhook_keys.reencrypt_job WHERE keyring = $1 AND state = 'running'",
+        "SELECT id, target_key_id FROM meshhook_keys.reencrypt_job WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'running'",
         &[keyring.into()],
         |t| {
             if t.is_empty() {
@@ -40,7 +40,7 @@ fn running_job(keyring: &str) -> Result<Option<Job>> {
 /// The newest job for exactly this target, whatever its state.
 fn job_for_target(keyring: &str, target: i64) -> Result<Option<i64>> {
     Ok(Spi::get_one_with_args::<i64>(
-        "SELECT (SELECT id FROM meshhook_keys.reencrypt_job WHERE keyring = $1 AND target_key_id = $2
+        "SELECT (SELECT id FROM meshhook_keys.reencrypt_job WHERE keyring OPERATOR(pg_catalog.=) $1 AND target_key_id OPERATOR(pg_catalog.=) $2
                   ORDER BY id DESC LIMIT 1)",
         &[keyring.into(), target.into()],
     )?)
@@ -67,7 +67,7 @@ pub(super) fn ensure_job(
         // The keyring was rotated again while the job ran: its rows now go to the newer key.
         run(
             "UPDATE meshhook_keys.reencrypt_job SET state = 'superseded', finished_at = pg_catalog.now(),
-                    updated_at = pg_catalog.now() WHERE id = $1",
+                    updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
             &[job.id.into()],
         )?;
         audit::record(
@@ -91,7 +91,7 @@ pub(super) fn ensure_job(
             }
             run(
                 "UPDATE meshhook_keys.reencrypt_job SET state = 'running', finished_at = NULL,
-                        updated_at = pg_catalog.now() WHERE id = $1",
+                        updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
                 &[id.into()],
             )?;
             id
@@ -109,7 +109,7 @@ pub(super) fn ensure_job(
     };
     let (cols, total) = Spi::get_two_with_args::<i64, i64>(
         "SELECT pg_catalog.count(*), coalesce(pg_catalog.sum(rows_total), 0)::bigint
-           FROM meshhook_keys.reencrypt_progress_column WHERE job_id = $1",
+           FROM meshhook_keys.reencrypt_progress_column WHERE job_id OPERATOR(pg_catalog.=) $1",
         &[job_id.into()],
     )?;
     audit::record(
@@ -127,9 +127,9 @@ pub(super) fn ensure_job(
 fn add_missing_columns(job_id: i64, keyring: &str, old: &[i64]) -> Result<usize> {
     let missing: Vec<i32> = plans::run(
         "SELECT c.id FROM meshhook_keys.encrypted_column c
-              WHERE c.keyring = $2
+              WHERE c.keyring OPERATOR(pg_catalog.=) $2
                 AND NOT EXISTS (SELECT 1 FROM meshhook_keys.reencrypt_progress_column p
-                                 WHERE p.job_id = $1 AND p.column_id = c.id)",
+                                 WHERE p.job_id OPERATOR(pg_catalog.=) $1 AND p.column_id OPERATOR(pg_catalog.=) c.id)",
         &[job_id.into(), keyring.into()],
         |t| {
             let mut ids = Vec::new();
@@ -178,12 +178,12 @@ pub(super) fn next_running_column(job_id: i64) -> Result<Option<Progress>> {
     plans::run(
         "SELECT p.column_id, p.next_block, p.next_offset,
                     CASE WHEN r.oid IS NULL THEN 0
-                         ELSE pg_catalog.pg_relation_size(r.oid) / pg_catalog.current_setting('block_size')::bigint END,
-                    CASE WHEN r.relpages > 0 AND r.reltuples > 0 THEN r.reltuples / r.relpages ELSE 50 END::float8
+                         ELSE pg_catalog.pg_relation_size(r.oid) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::bigint END,
+                    CASE WHEN r.relpages OPERATOR(pg_catalog.>) 0 AND r.reltuples OPERATOR(pg_catalog.>) 0 THEN r.reltuples OPERATOR(pg_catalog./) r.relpages ELSE 50 END::float8
                FROM meshhook_keys.reencrypt_progress_column p
-               JOIN meshhook_keys.encrypted_column e ON e.id = p.column_id
-               LEFT JOIN pg_catalog.pg_class r ON r.oid = e.rel
-              WHERE p.job_id = $1 AND p.state = 'running' ORDER BY p.column_id LIMIT 1",
+               JOIN meshhook_keys.encrypted_column e ON e.id OPERATOR(pg_catalog.=) p.column_id
+               LEFT JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) e.rel
+              WHERE p.job_id OPERATOR(pg_catalog.=) $1 AND p.state OPERATOR(pg_catalog.=) 'running' ORDER BY p.column_id LIMIT 1",
         &[job_id.into()],
         |t| {
         if t.is_empty() {
@@ -233,14 +233,14 @@ pub(super) fn advance_cursor(
     failures: bool,
 ) -> Result<()> {
     run(
-        "WITH job AS (UPDATE meshhook_keys.reencrypt_job SET updated_at = pg_catalog.now() WHERE id = $1)
+        "WITH job AS (UPDATE meshhook_keys.reencrypt_job SET updated_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1)
              UPDATE meshhook_keys.reencrypt_progress_column
-                SET next_block = $3, next_offset = $4, rows_done = rows_done + $5,
+                SET next_block = $3, next_offset = $4, rows_done = rows_done OPERATOR(pg_catalog.+) $5,
                     rows_failed = CASE WHEN $6 THEN (SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure f
-                                                      WHERE f.job_id = $1 AND f.column_id = $2)
+                                                      WHERE f.job_id OPERATOR(pg_catalog.=) $1 AND f.column_id OPERATOR(pg_catalog.=) $2)
                                        ELSE rows_failed END,
                     updated_at = pg_catalog.clock_timestamp()
-              WHERE job_id = $1 AND column_id = $2",
+              WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2",
         &[
             job_id.into(),
             column_id.into(),
@@ -265,7 +265,7 @@ pub(super) fn fail_column(
     run(
         "UPDATE meshhook_keys.reencrypt_progress_column
             SET state = 'failed', sqlstate = $3, error = $4, updated_at = pg_catalog.clock_timestamp()
-          WHERE job_id = $1 AND column_id = $2",
+          WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2",
         &[
             job_id.into(),
             col.id.into(),
@@ -285,7 +285,7 @@ pub(super) fn fail_column(
 pub(super) fn set_column_state(job_id: i64, column_id: i32, state: &str) -> Result<()> {
     run(
         "UPDATE meshhook_keys.reencrypt_progress_column SET state = $3, updated_at = pg_catalog.clock_timestamp()
-          WHERE job_id = $1 AND column_id = $2",
+          WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2",
         &[job_id.into(), column_id.into(), state.into()],
     )
 }
@@ -296,7 +296,7 @@ pub(super) fn set_column_state(job_id: i64, column_id: i32, state: &str) -> Resu
 pub(super) fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<()> {
     let remaining = count_on_keys(col, old)?;
     let failed = Spi::get_one_with_args::<i64>(
-        "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure WHERE job_id = $1 AND column_id = $2",
+        "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2",
         &[job_id.into(), col.id.into()],
     )?
     .unwrap_or(0);
@@ -307,8 +307,8 @@ pub(super) fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<()> 
     } else {
         run(
             "UPDATE meshhook_keys.reencrypt_progress_column
-                SET pass = pass + 1, next_block = 0, next_offset = 0, updated_at = pg_catalog.clock_timestamp()
-              WHERE job_id = $1 AND column_id = $2",
+                SET pass = pass OPERATOR(pg_catalog.+) 1, next_block = 0, next_offset = 0, updated_at = pg_catalog.clock_timestamp()
+              WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2",
             &[job_id.into(), col.id.into()],
         )
     }
@@ -317,12 +317,12 @@ pub(super) fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<()> 
 pub(super) fn finish_job(job_id: i64, keyring: &str, target_version: i32) -> Result<()> {
     let (done, failed) = Spi::get_two_with_args::<i64, i64>(
         "SELECT coalesce(pg_catalog.sum(rows_done), 0)::bigint, coalesce(pg_catalog.sum(rows_failed), 0)::bigint
-           FROM meshhook_keys.reencrypt_progress_column WHERE job_id = $1",
+           FROM meshhook_keys.reencrypt_progress_column WHERE job_id OPERATOR(pg_catalog.=) $1",
         &[job_id.into()],
     )?;
     let failed = failed.unwrap_or(0);
     let failed_columns = Spi::get_one_with_args::<i64>(
-        "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_progress_column WHERE job_id = $1 AND state = 'failed'",
+        "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_progress_column WHERE job_id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'failed'",
         &[job_id.into()],
     )?
     .unwrap_or(0);
@@ -333,7 +333,7 @@ pub(super) fn finish_job(job_id: i64, keyring: &str, target_version: i32) -> Res
     };
     let seconds = Spi::get_one_with_args::<f64>(
         "UPDATE meshhook_keys.reencrypt_job SET state = $2, finished_at = pg_catalog.now(), updated_at = pg_catalog.now()
-          WHERE id = $1 RETURNING EXTRACT(epoch FROM finished_at - started_at)::float8",
+          WHERE id OPERATOR(pg_catalog.=) $1 RETURNING EXTRACT(epoch FROM finished_at OPERATOR(pg_catalog.-) started_at)::float8",
         &[job_id.into(), state.into()],
     )?;
     audit::record(

@@ -77,7 +77,7 @@ pub fn as_role<T>(role: pg_sys::Oid, f: impl FnOnce() -> Result<T>) -> Result<T>
 
 fn table_owner(rel: pg_sys::Oid) -> Result<pg_sys::Oid> {
     Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid = $1)",
+        "SELECT (SELECT relowner FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1)",
         &[rel.into()],
     )?
     .ok_or_else(|| KeysError::Internal(format!("relation {} does not exist", rel.to_u32())))
@@ -87,8 +87,8 @@ fn table_owner(rel: pg_sys::Oid) -> Result<pg_sys::Oid> {
 fn qualified_name(rel: pg_sys::Oid) -> Result<String> {
     Spi::get_one_with_args::<String>(
         "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname)
-           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-          WHERE c.oid = $1",
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+          WHERE c.oid OPERATOR(pg_catalog.=) $1",
         &[rel.into()],
     )?
     .ok_or_else(|| KeysError::Internal("registered table vanished".into()))
@@ -100,8 +100,8 @@ fn row_ref_expr(rel: pg_sys::Oid) -> Result<String> {
         "SELECT pg_catalog.string_agg(pg_catalog.format('t.%I', a.attname), ', ' ORDER BY k.ord)
            FROM pg_catalog.pg_index i
            CROSS JOIN LATERAL pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-           JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-          WHERE i.indrelid = $1 AND i.indisprimary",
+           JOIN pg_catalog.pg_attribute a ON a.attrelid OPERATOR(pg_catalog.=) i.indrelid AND a.attnum OPERATOR(pg_catalog.=) k.attnum
+          WHERE i.indrelid OPERATOR(pg_catalog.=) $1 AND i.indisprimary",
         &[rel.into()],
     )?;
     Ok(match cols {
@@ -243,7 +243,7 @@ pub(super) fn count_on_keys(col: &Column, keys: &[i64]) -> Result<i64> {
     let c = quote_identifier(&col.column);
     let sql = format!(
         "SELECT pg_catalog.count(*) FROM ONLY {table} AS t
-          WHERE pg_catalog.substr(t.{c}, 1, 9) = ANY ($1::bytea[])"
+          WHERE pg_catalog.substr(t.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($1::bytea[])"
     );
     let headers: Vec<Vec<u8>> = keys.iter().map(|k| header(*k)).collect();
     let owner = col.owner;
@@ -257,8 +257,8 @@ fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
     let table = col.table()?;
     let c = quote_identifier(&col.column);
     let sql = format!(
-        "SELECT CASE WHEN pg_catalog.length(t.{c}) >= 37 AND pg_catalog.get_byte(t.{c}, 0) = 1
-                     THEN ('x' || pg_catalog.encode(pg_catalog.substr(t.{c}, 2, 8), 'hex'))::bit(64)::bigint
+        "SELECT CASE WHEN pg_catalog.length(t.{c}) OPERATOR(pg_catalog.>=) 37 AND pg_catalog.get_byte(t.{c}, 0) OPERATOR(pg_catalog.=) 1
+                     THEN ('x' OPERATOR(pg_catalog.||) pg_catalog.encode(pg_catalog.substr(t.{c}, 2, 8), 'hex'))::bit(64)::bigint
                 END AS key_id,
                 pg_catalog.count(*)
            FROM ONLY {table} AS t WHERE t.{c} IS NOT NULL GROUP BY 1"
@@ -281,9 +281,9 @@ pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
                     CASE WHEN r.oid IS NOT NULL THEN pg_catalog.format('%I.%I', n.nspname, r.relname) END,
                     r.relowner
                FROM meshhook_keys.encrypted_column c
-               LEFT JOIN pg_catalog.pg_class r ON r.oid = c.rel
-               LEFT JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
-              WHERE c.keyring = $1 ORDER BY c.id",
+               LEFT JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) c.rel
+               LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
+              WHERE c.keyring OPERATOR(pg_catalog.=) $1 ORDER BY c.id",
         &[keyring.into()],
         |t| {
         let mut out = Vec::new();
@@ -322,8 +322,8 @@ pub fn rows_on_key(keyring: &str, key_id: i64) -> Result<Vec<(String, i64)>> {
 fn refuse_extension_table(rel: pg_sys::Oid) -> Result<()> {
     let system = Spi::get_one_with_args::<String>(
         "SELECT (SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
-                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                  WHERE c.oid = $1 AND n.nspname OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog', 'information_schema', 'pg_toast']))",
+                  JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+                  WHERE c.oid OPERATOR(pg_catalog.=) $1 AND n.nspname OPERATOR(pg_catalog.=) ANY (ARRAY['pg_catalog', 'information_schema', 'pg_toast']))",
         &[rel.into()],
     )?;
     if let Some(n) = system {
@@ -333,7 +333,7 @@ fn refuse_extension_table(rel: pg_sys::Oid) -> Result<()> {
     }
     let name = Spi::get_one_with_args::<String>(
         "SELECT (SELECT c.oid::pg_catalog.regclass::pg_catalog.text FROM pg_catalog.pg_class c
-                  WHERE c.oid = $1 AND c.relnamespace = 'meshhook_keys'::pg_catalog.regnamespace)",
+                  WHERE c.oid OPERATOR(pg_catalog.=) $1 AND c.relnamespace OPERATOR(pg_catalog.=) 'meshhook_keys'::pg_catalog.regnamespace)",
         &[rel.into()],
     )?;
     match name {
@@ -353,10 +353,10 @@ pub fn register(rel: pg_sys::Oid, col: &str, context: Option<&str>, keyring: &st
         let t = c.select(
                 "SELECT c.relkind::text, c.relowner,
                         (SELECT a.attnum FROM pg_catalog.pg_attribute a
-                          WHERE a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped AND a.attnum > 0),
+                          WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attname OPERATOR(pg_catalog.=) $2 AND NOT a.attisdropped AND a.attnum OPERATOR(pg_catalog.>) 0),
                         (SELECT a.atttypid::regtype::text FROM pg_catalog.pg_attribute a
-                          WHERE a.attrelid = c.oid AND a.attname = $2 AND NOT a.attisdropped AND a.attnum > 0)
-                   FROM pg_catalog.pg_class c WHERE c.oid = $1",
+                          WHERE a.attrelid OPERATOR(pg_catalog.=) c.oid AND a.attname OPERATOR(pg_catalog.=) $2 AND NOT a.attisdropped AND a.attnum OPERATOR(pg_catalog.>) 0)
+                   FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) $1",
                 None,
                 &[rel.into(), col.into()],
             )?;
@@ -430,7 +430,7 @@ pub fn unregister(rel: pg_sys::Oid, col: &str, keyring: Option<&str>) -> Result<
         let mut ids = Vec::new();
         for row in c.select(
             "SELECT id FROM meshhook_keys.encrypted_column
-              WHERE rel = $1::oid::regclass AND column_name = $2 AND keyring = coalesce($3, keyring)",
+              WHERE rel OPERATOR(pg_catalog.=) $1::oid::regclass AND column_name OPERATOR(pg_catalog.=) $2 AND keyring OPERATOR(pg_catalog.=) coalesce($3, keyring)",
             None,
             &[rel.into(), col.into(), keyring.into()],
         )? {
@@ -442,11 +442,11 @@ pub fn unregister(rel: pg_sys::Oid, col: &str, keyring: Option<&str>) -> Result<
         return Ok(false);
     }
     Spi::run_with_args(
-        "DELETE FROM meshhook_keys.reencrypt_progress_column WHERE column_id = ANY ($1) AND state = 'running'",
+        "DELETE FROM meshhook_keys.reencrypt_progress_column WHERE column_id OPERATOR(pg_catalog.=) ANY ($1) AND state OPERATOR(pg_catalog.=) 'running'",
         &[ids.clone().into()],
     )?;
     Spi::run_with_args(
-        "DELETE FROM meshhook_keys.encrypted_column WHERE id = ANY ($1)",
+        "DELETE FROM meshhook_keys.encrypted_column WHERE id OPERATOR(pg_catalog.=) ANY ($1)",
         &[ids.into()],
     )?;
     audit::record(
@@ -475,8 +475,8 @@ pub fn key_usage(keyring: &str) -> Result<Vec<UsageRow>> {
         for (key_id, n) in usage_by_key(&col)? {
             let (version, state) = match key_id {
                 Some(k) => Spi::get_two_with_args::<i32, String>(
-                    "SELECT (SELECT version FROM meshhook_keys.data_key WHERE key_id = $1 AND keyring = $2),
-                            (SELECT state FROM meshhook_keys.data_key WHERE key_id = $1 AND keyring = $2)",
+                    "SELECT (SELECT version FROM meshhook_keys.data_key WHERE key_id OPERATOR(pg_catalog.=) $1 AND keyring OPERATOR(pg_catalog.=) $2),
+                            (SELECT state FROM meshhook_keys.data_key WHERE key_id OPERATOR(pg_catalog.=) $1 AND keyring OPERATOR(pg_catalog.=) $2)",
                     &[k.into(), keyring.into()],
                 )?,
                 None => (None, None),
