@@ -311,6 +311,58 @@ pub fn run<T>(
     }
 }
 
+/// Run `f`, code of `role` that only answers a question (the tenant check), sealed and then undone
+/// entirely: its subtransaction is always rolled back once its answer is in hand, which also drops
+/// every transaction-level lock and cursor it made (and PostgreSQL refuses PREPARE inside), so only
+/// session-level advisory locks are looked for; one it keeps is released and refused (42501). The
+/// cheap form of [`run`] for a call made once per transaction on the hot path: it runs no SQL of its
+/// own. Whatever `f` wrote is rolled back with it.
+pub fn ask<T>(role: pg_sys::Oid, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    // SAFETY: reading backend state.
+    if unsafe { pg_sys::IsInParallelMode() } {
+        return switched(role, false, f);
+    }
+    let before = Session {
+        locks: advisory_locks(),
+        ..Session::default()
+    };
+    let sub = SubXact::begin();
+    let r = PgTryBuilder::new(AssertUnwindSafe(|| {
+        switched(role, false, f).map_err(|e| Some(Box::new(e)))
+    }))
+    .catch_others(|e| {
+        // (raised: rolled back below, then raised again)
+        ASKED_ERROR.with_borrow_mut(|slot| *slot = Some(e));
+        Err(None)
+    })
+    .execute();
+    sub.rollback();
+    let after = Session {
+        locks: advisory_locks(),
+        ..Session::default()
+    };
+    let left = after.left_since(&before);
+    after.undo_since(&before);
+    if let Some(raised) = ASKED_ERROR.with_borrow_mut(|slot| slot.take()) {
+        raised.rethrow();
+    }
+    match r {
+        Err(Some(e)) => Err(*e),
+        Err(None) => Err(KeysError::Internal("a sealed call failed".into())),
+        Ok(_) if !left.is_empty() => Err(KeysError::LeftBehind {
+            role: role_name(role),
+            what: left.join(", "),
+        }),
+        Ok(v) => Ok(v),
+    }
+}
+
+thread_local! {
+    /// The error a call in [`ask`] raised, kept while its subtransaction is rolled back.
+    static ASKED_ERROR: std::cell::RefCell<Option<pgrx::pg_sys::panic::CaughtError>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// `f` as `role` in a security-restricted operation with its own GUC nest level (search_path
 /// pinned, optionally row_security off), rolled back afterwards; the user is switched back. If
 /// `f` raises, the (sub)transaction abort restores both.

@@ -61,8 +61,9 @@ fn resolve(name: &str) -> Result<pg_sys::Oid> {
 /// Call the check as the caller, in a security-restricted operation.
 fn call(func: pg_sys::Oid, role: pg_sys::Oid, tenant: &str) -> Result<bool> {
     let arg = tenant.into_datum().expect("a text datum is never NULL");
-    // The caller's identity, sealed (crate::seal). A NULL result raises in fmgr.
-    let r = crate::seal::run(role, false, || {
+    // The caller's identity, sealed and undone (crate::seal::ask): a question, not an action. A
+    // NULL result raises in fmgr.
+    let r = crate::seal::ask(role, || {
         // SAFETY: calls a function by oid with one non-NULL text argument.
         Ok(unsafe { pg_sys::OidFunctionCall1Coll(func, pg_sys::DEFAULT_COLLATION_OID, arg) })
     })?;
