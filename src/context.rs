@@ -8,11 +8,14 @@ use pgrx::pg_guard;
 use pgrx::pg_sys;
 use std::ffi::CStr;
 
-/// Run `f` with the setting `name` = `value` for its duration.
-pub fn with_setting<T>(name: &CStr, value: &CStr, f: impl FnOnce() -> T) -> T {
-    // SAFETY: the GUC nest-level protocol fmgr_security_definer uses for a SET clause.
-    let nest = unsafe {
-        let nest = pg_sys::NewGUCNestLevel();
+/// Set `name` = `value` at the current GUC nest level (GUC_ACTION_SAVE, as a function's SET
+/// clause does).
+///
+/// # Safety
+/// Must be called after NewGUCNestLevel, whose AtEOXact_GUC undoes it.
+pub unsafe fn save_setting(name: &CStr, value: &CStr) {
+    // SAFETY: as the caller promises.
+    unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),
             value.as_ptr(),
@@ -23,6 +26,15 @@ pub fn with_setting<T>(name: &CStr, value: &CStr, f: impl FnOnce() -> T) -> T {
             0,
             false,
         );
+    }
+}
+
+/// Run `f` with the setting `name` = `value` for its duration.
+pub fn with_setting<T>(name: &CStr, value: &CStr, f: impl FnOnce() -> T) -> T {
+    // SAFETY: the GUC nest-level protocol fmgr_security_definer uses for a SET clause.
+    let nest = unsafe {
+        let nest = pg_sys::NewGUCNestLevel();
+        save_setting(name, value);
         nest
     };
     let out = f();

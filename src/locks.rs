@@ -65,8 +65,8 @@ pub enum Until {
     Released,
 }
 
-/// Wait for `lock` (exclusive), honouring lock_timeout, statement_timeout and deadlock detection.
-pub fn take(lock: Lock, until: Until) {
+/// Take `lock` (exclusive), waiting unless `dont_wait`; false if `dont_wait` and it is held.
+fn acquire(lock: Lock, until: Until, dont_wait: bool) -> bool {
     let tag = lock.tag();
     // SAFETY: LockAcquire on a tag of the user lock method, as pg_advisory_lock does.
     unsafe {
@@ -74,23 +74,19 @@ pub fn take(lock: Lock, until: Until) {
             &tag,
             pg_sys::ExclusiveLock as i32,
             until == Until::Released,
-            false,
-        );
+            dont_wait,
+        ) != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
     }
+}
+
+/// Wait for `lock` (exclusive), honouring lock_timeout, statement_timeout and deadlock detection.
+pub fn take(lock: Lock, until: Until) {
+    acquire(lock, until, false);
 }
 
 /// Take `lock` if nobody holds it; false (and not taken) otherwise.
 pub fn try_take(lock: Lock, until: Until) -> bool {
-    let tag = lock.tag();
-    // SAFETY: as in `take`, without waiting.
-    unsafe {
-        pg_sys::LockAcquire(
-            &tag,
-            pg_sys::ExclusiveLock as i32,
-            until == Until::Released,
-            true,
-        ) != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL
-    }
+    acquire(lock, until, true)
 }
 
 /// Release a lock taken with [`Until::Released`]; false if this session did not hold it.

@@ -384,9 +384,9 @@ fn switched<T>(
                 | pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
         );
         let nest = pg_sys::NewGUCNestLevel();
-        save_setting(c"search_path", c"pg_catalog, pg_temp");
+        context::save_setting(c"search_path", c"pg_catalog, pg_temp");
         if row_security_off {
-            save_setting(c"row_security", c"off");
+            context::save_setting(c"row_security", c"off");
         }
         nest
     };
@@ -398,26 +398,6 @@ fn switched<T>(
         pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
     }
     out
-}
-
-/// Set `name` at the current GUC nest level (GUC_ACTION_SAVE, as a function's SET clause).
-///
-/// # Safety
-/// Must be called after NewGUCNestLevel, whose AtEOXact_GUC undoes it.
-unsafe fn save_setting(name: &CStr, value: &CStr) {
-    // SAFETY: as the caller promises.
-    unsafe {
-        pg_sys::set_config_option(
-            name.as_ptr(),
-            value.as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
-    }
 }
 
 fn role_name(role: pg_sys::Oid) -> String {
