@@ -14,6 +14,7 @@
 //! never has more than one writer running, and a flood of refusals queues behind its own writers
 //! instead of exhausting max_worker_processes.
 
+use crate::context::role_name;
 use crate::error::{KeysError, Result};
 use crate::locks::{self, Lock, Until};
 use crate::store::{self, AuditEvent};
@@ -21,7 +22,6 @@ use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
 use pgrx::prelude::*;
-use std::ffi::CStr;
 
 /// The role administrative functions require (meshhook_keys_admin is a member of it).
 pub const OPERATOR_ROLE: &str = "meshhook_keys_operator";
@@ -38,20 +38,8 @@ pub fn caller_role_oid() -> pg_sys::Oid {
         .unwrap_or_else(|| unsafe { pg_sys::GetOuterUserId() })
 }
 
-fn role_name(oid: pg_sys::Oid) -> String {
-    // SAFETY: noerr=true returns NULL for a dropped role instead of raising.
-    unsafe {
-        let p = pg_sys::GetUserNameFromId(oid, true);
-        if p.is_null() {
-            format!("role {}", oid.to_u32())
-        } else {
-            CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
-    }
-}
-
 pub fn caller_role_name() -> String {
-    role_name(caller_role_oid())
+    crate::context::role_name(caller_role_oid())
 }
 
 /// Whether `role` may run administrative functions: a member of meshhook_keys_operator (which

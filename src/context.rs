@@ -43,6 +43,19 @@ pub fn with_setting<T>(name: &CStr, value: &CStr, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// A role's name, or `role <oid>` for one dropped meanwhile.
+pub fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: noerr=true returns NULL for a dropped role instead of raising; copied at once.
+    unsafe {
+        let p = pg_sys::GetUserNameFromId(role, true);
+        if p.is_null() {
+            format!("role {}", role.to_u32())
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
 /// This backend's local transaction id (0 outside a backend that runs SQL): what per-transaction
 /// caches and flags compare to know that a new transaction began.
 pub fn current_lxid() -> u32 {

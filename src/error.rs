@@ -361,6 +361,14 @@ impl std::fmt::Display for Failure {
 }
 
 impl Failure {
+    /// Run `f`, turning what it returns as an error, or raises, into a Failure. The caller ends the
+    /// (sub)transaction that was current, since an error may have left it half done.
+    pub fn caught<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Failure> {
+        PgTryBuilder::new(std::panic::AssertUnwindSafe(|| f().map_err(Failure::from)))
+            .catch_others(|e| Err(Failure::from_caught(e)))
+            .execute()
+    }
+
     /// A PostgreSQL error (or a panic) caught with PgTryBuilder: its SQLSTATE and message,
     /// clipped to 300 bytes.
     pub fn from_caught(e: CaughtError) -> Self {

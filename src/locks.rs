@@ -101,14 +101,18 @@ pub fn release(lock: Lock) -> bool {
 
 /// Whether this backend holds `lock`.
 pub fn held(lock: Lock) -> bool {
-    let tag = lock.tag();
+    held_by_me(&lock.tag(), pg_sys::ExclusiveLock as i32)
+}
+
+/// Whether this backend holds `tag` in exactly `mode` (at session or transaction level).
+pub fn held_by_me(tag: &pg_sys::LOCKTAG, mode: pg_sys::LOCKMODE) -> bool {
     // SAFETY: a plain lookup in this backend's local lock table. (PostgreSQL 17 added
     // `orstronger`; false asks for exactly this mode, as 15 and 16 do.)
     unsafe {
         #[cfg(any(feature = "pg15", feature = "pg16"))]
-        let held = pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as i32);
+        let held = pg_sys::LockHeldByMe(tag, mode);
         #[cfg(not(any(feature = "pg15", feature = "pg16")))]
-        let held = pg_sys::LockHeldByMe(&tag, pg_sys::ExclusiveLock as i32, false);
+        let held = pg_sys::LockHeldByMe(tag, mode, false);
         held
     }
 }

@@ -17,7 +17,6 @@ use crate::keyring;
 use crate::locks::{self, Lock, Until};
 use crate::{gucs, reencrypt, rootkey, store, usage};
 use pgrx::prelude::*;
-use std::panic::AssertUnwindSafe;
 
 pub const ACTOR: &str = "scheduler";
 
@@ -44,11 +43,7 @@ pub fn isolated<T>(mode: Mode, f: impl FnOnce() -> Result<T>) -> std::result::Re
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
             // The worker's search_path comes from the database's and role's settings, which a
             // database owner can set: every statement of a step runs with a fixed one instead.
-            let r = store::with_fixed_search_path(|| {
-                PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failure::from)))
-                    .catch_others(|e| Err(Failure::from_caught(e)))
-                    .execute()
-            });
+            let r = store::with_fixed_search_path(|| Failure::caught(f));
             match r {
                 Ok(v) => {
                     pg_sys::PopActiveSnapshot();

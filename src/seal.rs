@@ -23,7 +23,7 @@ use crate::context;
 use crate::error::{Failure, KeysError, Result};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::ffi::{CStr, CString};
+use std::ffi::CString;
 use std::panic::AssertUnwindSafe;
 
 /// A subtransaction begun with [`SubXact::begin`]: ended by `commit` or `rollback`, each
@@ -70,9 +70,7 @@ impl SubXact {
 /// Err or raises, whose error is returned (its SQLSTATE and message), never re-raised.
 pub fn isolated<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Failure> {
     let sub = SubXact::begin();
-    let r = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failure::from)))
-        .catch_others(|e| Err(Failure::from_caught(e)))
-        .execute();
+    let r = Failure::caught(f);
     if r.is_ok() {
         sub.commit();
     } else {
@@ -242,15 +240,11 @@ fn release_session_lock(h: &Held, modes: u32) {
         }
         // Bounded: each release drops one hold; a lock is held at most once per acquisition.
         for _ in 0..1_000_000 {
-            // SAFETY: a lookup in, and a release from, this backend's own lock table.
-            unsafe {
-                #[cfg(any(feature = "pg15", feature = "pg16"))]
-                let held = pg_sys::LockHeldByMe(&tag, mode);
-                #[cfg(not(any(feature = "pg15", feature = "pg16")))]
-                let held = pg_sys::LockHeldByMe(&tag, mode, false);
-                if !held || !pg_sys::LockRelease(&tag, mode, true) {
-                    break;
-                }
+            // SAFETY: a release from this backend's own lock table, of a hold it has.
+            if !crate::locks::held_by_me(&tag, mode)
+                || !unsafe { pg_sys::LockRelease(&tag, mode, true) }
+            {
+                break;
             }
         }
     }
@@ -270,16 +264,7 @@ pub fn run<T>(
     }
     let before = Session::now()?;
     let sub = SubXact::begin();
-    // (how the call failed: an error of ours it returned, or one it raised, caught to be re-raised)
-    enum Failed {
-        Returned(KeysError),
-        Raised(Box<pgrx::pg_sys::panic::CaughtError>),
-    }
-    let r = PgTryBuilder::new(AssertUnwindSafe(|| {
-        switched(role, row_security_off, f).map_err(Failed::Returned)
-    }))
-    .catch_others(|e| Err(Failed::Raised(Box::new(e))))
-    .execute();
+    let r = attempt(role, row_security_off, f);
     match r {
         Ok(v) => {
             let left = match Session::now() {
@@ -296,7 +281,7 @@ pub fn run<T>(
             sub.rollback();
             Session::now()?.undo_since(&before);
             Err(KeysError::LeftBehind {
-                role: role_name(role),
+                role: context::role_name(role),
                 what: left.join(", "),
             })
         }
@@ -327,15 +312,7 @@ pub fn ask<T>(role: pg_sys::Oid, f: impl FnOnce() -> Result<T>) -> Result<T> {
         ..Session::default()
     };
     let sub = SubXact::begin();
-    let r = PgTryBuilder::new(AssertUnwindSafe(|| {
-        switched(role, false, f).map_err(|e| Some(Box::new(e)))
-    }))
-    .catch_others(|e| {
-        // (raised: rolled back below, then raised again)
-        ASKED_ERROR.with_borrow_mut(|slot| *slot = Some(e));
-        Err(None)
-    })
-    .execute();
+    let r = attempt(role, false, f);
     sub.rollback();
     let after = Session {
         locks: advisory_locks(),
@@ -343,24 +320,35 @@ pub fn ask<T>(role: pg_sys::Oid, f: impl FnOnce() -> Result<T>) -> Result<T> {
     };
     let left = after.left_since(&before);
     after.undo_since(&before);
-    if let Some(raised) = ASKED_ERROR.with_borrow_mut(|slot| slot.take()) {
-        raised.rethrow();
-    }
     match r {
-        Err(Some(e)) => Err(*e),
-        Err(None) => Err(KeysError::Internal("a sealed call failed".into())),
+        Err(Failed::Raised(e)) => e.rethrow(),
+        Err(Failed::Returned(e)) => Err(e),
         Ok(_) if !left.is_empty() => Err(KeysError::LeftBehind {
-            role: role_name(role),
+            role: context::role_name(role),
             what: left.join(", "),
         }),
         Ok(v) => Ok(v),
     }
 }
 
-thread_local! {
-    /// The error a call in [`ask`] raised, kept while its subtransaction is rolled back.
-    static ASKED_ERROR: std::cell::RefCell<Option<pgrx::pg_sys::panic::CaughtError>> =
-        const { std::cell::RefCell::new(None) };
+/// How a sealed call failed: an error of ours it returned, or one it raised, caught so that its
+/// subtransaction can be rolled back (and what it left undone) before it is raised again.
+enum Failed {
+    Returned(KeysError),
+    Raised(Box<pgrx::pg_sys::panic::CaughtError>),
+}
+
+/// `f` run by [`switched`], with what it raises caught.
+fn attempt<T>(
+    role: pg_sys::Oid,
+    row_security_off: bool,
+    f: impl FnOnce() -> Result<T>,
+) -> std::result::Result<T, Failed> {
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        switched(role, row_security_off, f).map_err(Failed::Returned)
+    }))
+    .catch_others(|e| Err(Failed::Raised(Box::new(e))))
+    .execute()
 }
 
 /// `f` as `role` in a security-restricted operation with its own GUC nest level (search_path
@@ -398,16 +386,4 @@ fn switched<T>(
         pg_sys::SetUserIdAndSecContext(saved_user, saved_ctx);
     }
     out
-}
-
-fn role_name(role: pg_sys::Oid) -> String {
-    // SAFETY: GetUserNameFromId with noerr returns NULL for a dropped role.
-    unsafe {
-        let p = pg_sys::GetUserNameFromId(role, true);
-        if p.is_null() {
-            format!("role {}", role.to_u32())
-        } else {
-            CStr::from_ptr(p).to_string_lossy().into_owned()
-        }
-    }
 }

@@ -51,14 +51,7 @@ fn check_owner(keyring: &str) -> Result<Option<String>> {
     }
     let (principal, source_) = match session_keys::jwt_sub() {
         Some(sub) => (sub, "your JWT sub"),
-        // SAFETY: the name of an existing role (the caller), copied at once.
-        None => unsafe {
-            let p = pg_sys::GetUserNameFromId(role, false);
-            (
-                std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned(),
-                "your role name",
-            )
-        },
+        None => (crate::context::role_name(role), "your role name"),
     };
     let rest = &keyring[USER_HELD_PREFIX.len()..];
     let first = rest.split(':').next().unwrap_or_default();
