@@ -11,6 +11,7 @@ mod crypto;
 mod datakey;
 mod envelope;
 mod error;
+mod fresh;
 mod gucs;
 mod health;
 mod keycache;

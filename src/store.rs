@@ -5,7 +5,6 @@
 
 use crate::error::{KeysError, Result};
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 
 /// One data key row as stored (wrapped material only).
 pub struct KeyRow {
@@ -29,7 +28,7 @@ const KEY_COLUMNS: &str = "tableoid::oid, key_id, keyring, version, state, wrapp
      coalesce((SELECT (pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean FROM meshhook_keys.keyring k
                 WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring), false)";
 
-fn key_row(t: &pgrx::spi::SpiTupleTable<'_>) -> Result<KeyRow> {
+fn key_row(t: &crate::fresh::Row) -> Result<KeyRow> {
     let missing = |c: &str| KeysError::Internal(format!("data_key.{c} is NULL"));
     Ok(KeyRow {
         table_oid: t
@@ -48,29 +47,20 @@ fn key_row(t: &pgrx::spi::SpiTupleTable<'_>) -> Result<KeyRow> {
     })
 }
 
-fn first_key_row(
-    client: &SpiClient<'_>,
-    sql: &str,
-    args: &[pgrx::datum::DatumWithOid<'_>],
-) -> Result<Option<KeyRow>> {
-    let t = client.select(sql, Some(1), args)?;
-    if t.is_empty() {
-        return Ok(None);
-    }
-    key_row(&t.first()).map(Some)
+/// The first key row `sql` selects, as committed now (see [`crate::fresh`]): key rows feed the
+/// key cache and the session's unlocked keys, which outlive the caller's snapshot.
+fn first_key_row(sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> Result<Option<KeyRow>> {
+    Ok(crate::fresh::select(sql, args, key_row)?.into_iter().next())
 }
 
-/// The key a ciphertext names, whatever its state.
+/// The key a ciphertext names, whatever its state, as committed now.
 pub fn key_by_id(key_id: i64) -> Result<Option<KeyRow>> {
-    Spi::connect(|c| {
-        first_key_row(
-            c,
-            &format!(
-                "SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE key_id OPERATOR(pg_catalog.=) $1"
-            ),
-            &[key_id.into()],
-        )
-    })
+    first_key_row(
+        &format!(
+            "SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE key_id OPERATOR(pg_catalog.=) $1"
+        ),
+        &[key_id.into()],
+    )
 }
 
 /// The full rows of the keys whose ids `ids_sql` selects (one bigint column), in its order; run as
@@ -108,17 +98,14 @@ pub fn set_wrapped_key(key_id: i64, wrapped: &[u8], fingerprint: &[u8]) -> Resul
     Ok(())
 }
 
-/// The active key of a keyring, if it has one.
+/// The active key of a keyring, if it has one, as committed now.
 pub fn active_key(keyring: &str) -> Result<Option<KeyRow>> {
-    Spi::connect(|c| {
-        first_key_row(
-            c,
-            &format!(
-                "SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'active'"
-            ),
-            &[keyring.into()],
-        )
-    })
+    first_key_row(
+        &format!(
+            "SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'active'"
+        ),
+        &[keyring.into()],
+    )
 }
 
 /// Create the keyring if needed and lock its row until the transaction ends, so that rotations of
@@ -329,13 +316,16 @@ pub fn keyring_destroyed_at(keyring: &str) -> Result<Option<String>> {
     Ok(keyring_destroyed_and_tenant(keyring)?.0)
 }
 
-/// When the keyring was destroyed (if it was) and its tenant (if it has one).
+/// When the keyring was destroyed (if it was) and its tenant (if it has one), as committed now
+/// (so that a session whose snapshot predates the destroy is told what happened).
 pub fn keyring_destroyed_and_tenant(keyring: &str) -> Result<(Option<String>, Option<String>)> {
-    read_two::<String, String>(
+    let rows = crate::fresh::select(
         "SELECT (SELECT pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'destroyed_at' FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1),
                 (SELECT pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'tenant' FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1)",
         &[keyring.into()],
-    )
+        |r| Ok((r.get::<String>(1)?, r.get::<String>(2)?)),
+    )?;
+    Ok(rows.into_iter().next().unwrap_or((None, None)))
 }
 
 /// Live data keys wrapped by the root key (user-held keyrings aside): how many carry `fingerprint`,
@@ -491,17 +481,23 @@ pub fn set_kdf(keyring: &str, kdf: &str) -> Result<()> {
     Ok(())
 }
 
-/// The versions of a keyring that still have key material, oldest first, locked if `for_update`.
+/// The versions of a keyring that still have key material, oldest first: locked if `for_update`,
+/// else as committed now (to unlock them, or to check what a session holds unlocked).
 pub fn keyring_keys(keyring: &str, for_update: bool) -> Result<Vec<KeyRow>> {
-    key_rows(
-        if for_update {
+    if for_update {
+        return key_rows(
             "SELECT key_id FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND wrapped_key IS NOT NULL
-              ORDER BY version FOR UPDATE"
-        } else {
-            "SELECT key_id FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND wrapped_key IS NOT NULL
+              ORDER BY version FOR UPDATE",
+            &[keyring.into()],
+        );
+    }
+    crate::fresh::select(
+        &format!(
+            "SELECT {KEY_COLUMNS} FROM meshhook_keys.data_key WHERE keyring OPERATOR(pg_catalog.=) $1 AND wrapped_key IS NOT NULL
               ORDER BY version"
-        },
+        ),
         &[keyring.into()],
+        key_row,
     )
 }
 
