@@ -11,7 +11,9 @@ PORT=${MESHHOOK_KEYS_TEST_PORT:-54331}
 TMP=$(mktemp -d /tmp/mk_regress.XXXXXX)
 chmod 755 "$TMP"
 make_root_key "$TMP/keys/root.key"
-init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'"
+# (the background workers stay paused: the suites drive rotation with tick(), and a usage worker
+# flushing and rotating contrib_regression at its own pace would race them)
+init_cluster "$TMP" "$PORT" "meshhook_keys.root_key_file = '$TMP/keys/root.key'" "meshhook_keys.worker_enabled = off"
 trap 'stop_cluster "$TMP" immediate; rm -rf "$TMP"' EXIT
 start_cluster "$TMP"
 install -d -o postgres -g postgres "$TMP/out" "$TMP/iso"

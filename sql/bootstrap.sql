@@ -32,7 +32,7 @@ CREATE TABLE meshhook_keys.keyring (
     rotated_at  timestamptz,
     -- rotation policy (0.3.0): by age of the active key and by encryptions under it
     rotation_interval interval CHECK (rotation_interval > interval '0'),
-    max_encryptions   bigint   CHECK (max_encryptions BETWEEN 1 AND 4294967296),
+    max_encryptions   bigint   CHECK (max_encryptions BETWEEN 1 AND 4294967295),
     -- the scheduler's backoff after a failed scheduled action
     failed_attempts   integer  NOT NULL DEFAULT 0,
     next_attempt_at   timestamptz,

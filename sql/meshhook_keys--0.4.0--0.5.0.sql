@@ -482,3 +482,11 @@ CREATE OR REPLACE VIEW meshhook_keys.reencrypt_progress AS
       JOIN meshhook_keys.encrypted_column c ON c.id = p.column_id;
 COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
     'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA; a column whose batch raised is failed, with its SQLSTATE and error.';
+
+-- A rotation policy allows fewer than 2^32 encryptions under one key (issue 24): AES-GCM with random
+-- 96-bit nonces must stay *below* 2^32 invocations (NIST SP 800-38D). A policy of exactly 2^32
+-- becomes 2^32 - 1.
+UPDATE meshhook_keys.keyring SET max_encryptions = 4294967295 WHERE max_encryptions > 4294967295;
+ALTER TABLE meshhook_keys.keyring
+    DROP CONSTRAINT keyring_max_encryptions_check,
+    ADD CONSTRAINT keyring_max_encryptions_check CHECK (max_encryptions BETWEEN 1 AND 4294967295);

@@ -41,6 +41,12 @@ pub struct CachedKey {
     pub tenant: Option<String>,
     pub state: KeyState,
     pub cipher: Aes256Gcm,
+    /// `data_key.encryptions` when the key was loaded (the usage counter's floor).
+    pub encryptions: i64,
+    /// The keyring's rotation limit (`None`: meshhook_keys.default_max_encryptions).
+    pub max_encryptions: Option<i64>,
+    /// Whether the keyring is user-held (never rotated by the scheduler).
+    pub user_held: bool,
     /// The cache clock when this key was loaded (least recently loaded keys are evicted first).
     pub(crate) loaded_at: u64,
 }

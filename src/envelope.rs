@@ -34,7 +34,7 @@ pub fn encrypt(
         }
     };
     crate::tenancy::check(&key, "encryption")?;
-    crate::usage::count(key.key_id, 1);
+    crate::usage::count(&key, 1)?;
     Ok(crypto::seal(
         &key.cipher,
         key.key_id,

@@ -194,6 +194,28 @@ pub enum KeysError {
     )]
     TooManyKeyrings { principal: String, count: i64 },
 
+    /// The key has sealed as many envelopes as the hard ceiling allows (AES-GCM, NIST SP 800-38D).
+    #[error(
+        "key version {version} of keyring \"{keyring}\" has reached the encryption ceiling: {encryptions} encryptions, meshhook_keys.max_encryptions_ceiling is {ceiling}"
+    )]
+    KeyExhausted {
+        keyring: String,
+        version: i32,
+        encryptions: u64,
+        ceiling: u64,
+        user_held: bool,
+    },
+
+    /// Every usage slot in shared memory is taken: an encryption that cannot be counted is refused.
+    #[error(
+        "encryptions under key version {version} of keyring \"{keyring}\" cannot be counted: all {slots} usage slots are taken"
+    )]
+    UsageUntracked {
+        keyring: String,
+        version: i32,
+        slots: u64,
+    },
+
     /// An operation that needs the root key's keyrings got a user-held one, or the reverse.
     #[error("{0}")]
     WrongKeyringKind(String),
@@ -280,6 +302,8 @@ impl KeysError {
             KeysError::WrongKeyringKind(_) => ERRCODE_WRONG_OBJECT_TYPE, // 42809
             KeysError::NotYourKeyringName { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::TooManyKeyrings { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, // 53400
+            KeysError::KeyExhausted { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED, // 54000
+            KeysError::UsageUntracked { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, // 53400
             KeysError::VaultMissing => ERRCODE_UNDEFINED_TABLE,          // 42P01
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,            // XX000
         }
@@ -316,6 +340,15 @@ impl KeysError {
             ),
             KeysError::TooManyKeyrings { .. } => Some(
                 "Destroy one you no longer need (keyring_destroy by an administrator), or ask for a higher meshhook_keys.max_user_held_keyrings.".into(),
+            ),
+            KeysError::KeyExhausted { keyring, user_held: false, .. } => Some(format!(
+                "Rotate the keyring (SELECT meshhook_keys.keys_rotate('{keyring}');) and encrypt again: the new version starts at 0. The scheduler rotates keys at max_encryptions; check meshhook_keys.scheduler_status() and health() for why it did not."
+            )),
+            KeysError::KeyExhausted { keyring, user_held: true, .. } => Some(format!(
+                "Give the keyring a new data key: SELECT meshhook_keys.keyring_rotate_secret('{keyring}', <secret>, <secret>, reencrypt => true); (user-held keyrings are never rotated by the scheduler)."
+            )),
+            KeysError::UsageUntracked { .. } => Some(
+                "Raise meshhook_keys.max_tracked_keys (restart required); the scheduler frees the slots of keys that can no longer encrypt on every tick.".into(),
             ),
             KeysError::VaultMissing => Some(
                 "Run the import in the database whose vault.secrets holds the secrets (CREATE EXTENSION supabase_vault provides them).".into(),

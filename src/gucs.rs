@@ -22,6 +22,7 @@ static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"90 days"));
 static DEFAULT_MAX_ENCRYPTIONS: GucSetting<i32> = GucSetting::<i32>::new(1 << 30);
 static MAX_TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(4096);
+static MAX_ENCRYPTIONS_CEILING: GucSetting<i32> = GucSetting::<i32>::new(i32::MAX);
 static TENANT_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static MAX_USER_HELD_KEYRINGS: GucSetting<i32> = GucSetting::<i32>::new(10);
 
@@ -144,6 +145,16 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::default(),
     );
+    GucRegistry::define_int_guc(
+        c"meshhook_keys.max_encryptions_ceiling",
+        c"Encryptions under one key after which it refuses to encrypt (54000), whatever happened to rotation.",
+        c"A hard limit below AES-GCM's 2^32 (NIST SP 800-38D); rotation policies (max_encryptions) should rotate long before. Counted with shared_preload_libraries only.",
+        &MAX_ENCRYPTIONS_CEILING,
+        1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"meshhook_keys.tenant_check",
         c"Function deciding whether the current session may use a tenant-bound keyring.",
@@ -169,7 +180,7 @@ pub fn init() {
         GucRegistry::define_int_guc(
             c"meshhook_keys.max_tracked_keys",
             c"Data keys whose encryptions are counted in shared memory.",
-            c"16 bytes of shared memory each. Requires shared_preload_libraries.",
+            c"40 bytes of shared memory each. Requires shared_preload_libraries.",
             &MAX_TRACKED_KEYS,
             64,
             1 << 24,
@@ -238,6 +249,11 @@ pub fn default_rotation_interval() -> Option<String> {
 
 pub fn default_max_encryptions() -> i64 {
     DEFAULT_MAX_ENCRYPTIONS.get().max(1) as i64
+}
+
+/// The hard ceiling of encryptions under one key (at most 2^31 - 1, half of AES-GCM's bound).
+pub fn max_encryptions_ceiling() -> i64 {
+    MAX_ENCRYPTIONS_CEILING.get().max(1) as i64
 }
 
 pub fn max_tracked_keys() -> usize {

@@ -15,7 +15,7 @@ pub type Check = (String, String, String);
 
 /// One text value read by `sql` for the setting `name` ($1); empty when there is none.
 fn read_setting(sql: &str, name: &str) -> String {
-    Spi::get_one_with_args::<String>(sql, &[name.into()])
+    store::read_one::<String>(sql, &[name.into()])
         .ok()
         .flatten()
         .unwrap_or_default()
@@ -93,7 +93,7 @@ pub fn checks() -> Vec<Check> {
         None => out.push(row(
             "preload",
             "warning",
-            "meshhook_keys is not in shared_preload_libraries: no background scheduler, encryptions are not counted (usage-based rotation off); drive rotation with tick() from pg_cron".into(),
+            "meshhook_keys is not in shared_preload_libraries: no background scheduler; encryptions are NOT counted, so data_key.encryptions stays as it is, max_encryptions never triggers a rotation and meshhook_keys.max_encryptions_ceiling is not enforced (rotation by age still works: drive it with tick() from pg_cron)".into(),
         )),
         Some(s) => out.push(row(
             "scheduler",
@@ -106,8 +106,27 @@ pub fn checks() -> Vec<Check> {
             ),
         )),
     }
-    let tenants = Spi::get_one::<bool>(
+    if let Some((used, slots)) = usage::slots_used() {
+        out.push(row(
+            "usage_counting",
+            if usage::overflowed() { "error" } else if used * 10 >= slots * 9 { "warning" } else { "ok" },
+            format!(
+                "encryptions counted in shared memory for {used} of {} keys (meshhook_keys.max_tracked_keys, all databases){}; every key refuses to encrypt at {} (meshhook_keys.max_encryptions_ceiling){}",
+                slots,
+                if usage::overflowed() { ": FULL, keys without a slot refuse to encrypt (54000 / 53400); raise the setting" } else { "" },
+                gucs::max_encryptions_ceiling(),
+                // SAFETY: reads shared recovery state.
+                if unsafe { pgrx::pg_sys::RecoveryInProgress() } {
+                    "; this is a standby: its encryptions are counted here and reach data_key.encryptions only after promotion"
+                } else {
+                    ""
+                }
+            ),
+        ));
+    }
+    let tenants = store::read_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring k WHERE (pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'tenant') IS NOT NULL)",
+        &[],
     )
     .ok()
     .flatten()

@@ -68,6 +68,7 @@ fn count(hit: bool) {
 pub fn from_unwrapped(row: &KeyRow, dek: &crate::crypto::SecretKey) -> Result<CachedKey> {
     // (so that a change to data_key by another backend reaches the session's keys too)
     DATA_KEY_RELID.set(row.table_oid.to_u32());
+    seed_usage(row);
     Ok(CachedKey {
         key_id: row.key_id,
         keyring: row.keyring.clone(),
@@ -75,8 +76,19 @@ pub fn from_unwrapped(row: &KeyRow, dek: &crate::crypto::SecretKey) -> Result<Ca
         tenant: row.tenant.clone(),
         state: KeyState::parse(&row.state)?,
         cipher: dek.cipher(),
+        encryptions: row.encryptions,
+        max_encryptions: row.max_encryptions,
+        user_held: row.user_held,
         loaded_at: 0,
     })
+}
+
+/// An active key's usage counter starts from what the table has (after a restart, or on a standby
+/// whose primary flushed more since).
+fn seed_usage(row: &KeyRow) {
+    if row.state == "active" {
+        crate::usage::seed(row.key_id, row.encryptions);
+    }
 }
 
 fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
@@ -88,6 +100,7 @@ fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
         return Err(KeysError::KeyringLocked(row.keyring.clone()));
     }
     let state = KeyState::parse(&row.state)?;
+    seed_usage(row);
     let Some(wrapped) = row.wrapped_key.as_deref() else {
         return Err(KeysError::KeyNotUsable {
             keyring: row.keyring.clone(),
@@ -118,6 +131,9 @@ fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
         tenant: row.tenant.clone(),
         state,
         cipher: dek.cipher(),
+        encryptions: row.encryptions,
+        max_encryptions: row.max_encryptions,
+        user_held: row.user_held,
         loaded_at: 0,
     })
 }

@@ -125,12 +125,13 @@ pub fn ensure_default_keyring() -> KResult<()> {
 }
 
 /// The most encryptions a policy may allow under one key: AES-GCM with random 96-bit nonces must
-/// stay at or below 2^32 (NIST SP 800-38D).
-const MAX_ENCRYPTIONS_LIMIT: i64 = 1 << 32;
+/// stay below 2^32 invocations (NIST SP 800-38D). (Whatever the policy, a key refuses to encrypt at
+/// meshhook_keys.max_encryptions_ceiling.)
+const MAX_ENCRYPTIONS_LIMIT: i64 = (1 << 32) - 1;
 
 /// Set a keyring's rotation policy: rotate when its active key is older than `rotation_interval`
 /// (`None`: never by age) or has encrypted `max_encryptions` times (`None`: the server default).
-/// Clears the scheduler's backoff and last error. Refused (22023) for a limit outside 1..=2^32 or
+/// Clears the scheduler's backoff and last error. Refused (22023) for a limit outside 1..2^32 - 1 or
 /// an interval outside 1 second..100 years, and (42704) for a keyring that does not exist: a
 /// policy never creates one. Audited.
 pub fn set_policy(
@@ -142,7 +143,7 @@ pub fn set_policy(
         && !(1..=MAX_ENCRYPTIONS_LIMIT).contains(&m)
     {
         return Err(KeysError::InvalidArgument(format!(
-            "max_encryptions must be between 1 and 2^32 ({MAX_ENCRYPTIONS_LIMIT}), got {m}"
+            "max_encryptions must be between 1 and 2^32 - 1 ({MAX_ENCRYPTIONS_LIMIT}), got {m}"
         )));
     }
     // Between one second and 100 years: a shorter one rotates in a hot loop, a longer one

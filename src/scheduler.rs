@@ -112,7 +112,7 @@ struct Due {
 
 /// Keyrings (all, or only `only`) whose active key is due: older than the rotation interval, or
 /// used for at least max_encryptions encryptions; not while backing off after a failure.
-fn due_keyrings(only: Option<&str>) -> Result<Vec<Due>> {
+fn due_keyrings(only: Option<&str>, usage_only: bool) -> Result<Vec<Due>> {
     let rows: Vec<(String, i64, bool, String, i64, Option<i64>)> = Spi::connect(|c| {
         let mut out = Vec::new();
         for r in c.select(
@@ -145,7 +145,7 @@ fn due_keyrings(only: Option<&str>) -> Result<Vec<Due>> {
         .filter_map(|(keyring, key_id, age_due, interval, flushed, max)| {
             let used = flushed.saturating_add(usage::pending(key_id).unwrap_or(0) as i64);
             let max = max.unwrap_or_else(gucs::default_max_encryptions);
-            if age_due {
+            if age_due && !usage_only {
                 Some(Due {
                     keyring,
                     reason: format!("scheduled: the active key is older than the rotation interval ({interval})"),
@@ -169,7 +169,7 @@ fn rotate_if_due(keyring: &str) -> Result<Option<i32>> {
     rootkey::current()?;
     crate::lock_order::keyring(keyring, crate::lock_order::Row::CreateIfMissing)?;
     // A fresh statement after the lock: a rotation committed meanwhile makes the keyring not due.
-    let Some(due) = due_keyrings(Some(keyring))?.pop() else {
+    let Some(due) = due_keyrings(Some(keyring), false)?.pop() else {
         return Ok(None);
     };
     let new = audit::as_actor(ACTOR, || {
@@ -251,25 +251,80 @@ fn reencrypt_candidates() -> Result<Vec<String>> {
     })
 }
 
-/// Move the pending encryption counts into `data_key.encryptions` (worker only), subtracting them
-/// from shared memory once that committed.
-fn flush_usage() -> std::result::Result<usize, Failure> {
-    let snap = usage::snapshot();
-    if snap.is_empty() {
+/// Write this database's encryption counts into `data_key.encryptions` (worker only, in a
+/// transaction of its own): each key's total, never less than what the table has, so a failed or
+/// repeated flush loses and doubles nothing. Once that committed, the slots' watermarks advance and
+/// the slots of keys that can no longer encrypt (or no longer exist) are freed. Returns how many
+/// keys were written.
+pub fn flush_usage() -> std::result::Result<usize, Failure> {
+    let slots = usage::slots_of_database();
+    if slots.is_empty() {
         return Ok(0);
     }
-    let (ids, counts): (Vec<i64>, Vec<i64>) = snap.iter().map(|&(k, c)| (k, c as i64)).unzip();
-    isolated(Mode::OwnTransactions, || {
-        Spi::run_with_args(
-            "UPDATE meshhook_keys.data_key d SET encryptions = d.encryptions OPERATOR(pg_catalog.+) u.n
-               FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[])) AS u(key_id, n)
-              WHERE d.key_id OPERATOR(pg_catalog.=) u.key_id",
-            &[ids.into(), counts.into()],
-        )?;
-        Ok(())
+    let written: Vec<(i64, u64)> = slots
+        .iter()
+        .filter(|s| s.2)
+        .map(|&(k, t, _)| (k, t))
+        .collect();
+    let (ids, totals): (Vec<i64>, Vec<i64>) = written.iter().map(|&(k, t)| (k, t as i64)).unzip();
+    let all: Vec<i64> = slots.iter().map(|s| s.0).collect();
+    let dead: Vec<i64> = isolated(Mode::OwnTransactions, || {
+        if !ids.is_empty() {
+            Spi::run_with_args(
+                "UPDATE meshhook_keys.data_key d SET encryptions = GREATEST(d.encryptions, u.n)
+                   FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[])) AS u(key_id, n)
+                  WHERE d.key_id OPERATOR(pg_catalog.=) u.key_id",
+                &[ids.clone().into(), totals.clone().into()],
+            )?;
+        }
+        // keys that can no longer encrypt: decrypt-only, retired, destroyed, or gone
+        Spi::connect(|c| {
+            let mut out = Vec::new();
+            for r in c.select(
+                "SELECT u.id FROM pg_catalog.unnest($1::bigint[]) AS u(id)
+                  WHERE NOT EXISTS (SELECT 1 FROM meshhook_keys.data_key d
+                                     WHERE d.key_id OPERATOR(pg_catalog.=) u.id AND d.state OPERATOR(pg_catalog.=) 'active')",
+                None,
+                &[all.clone().into()],
+            )? {
+                out.extend(r.get::<i64>(1)?);
+            }
+            Ok::<_, KeysError>(out)
+        })
     })?;
-    usage::subtract(&snap);
-    Ok(snap.len())
+    usage::flushed(&written, &dead);
+    Ok(written.len())
+}
+
+/// What a usage worker does in a database other than the scheduler's (started by the launcher): flush
+/// the database's encryption counts, then rotate the keyrings that reached their max_encryptions,
+/// under the tick lock (skipped if a `tick()` holds it: that one rotates them).
+pub fn usage_tick() -> Vec<Action> {
+    let mut out = Vec::new();
+    if let Err(f) = flush_usage() {
+        out.push(Action::failed(None, "flush_usage", &f));
+    }
+    match isolated(Mode::OwnTransactions, || {
+        try_tick_lock(Mode::OwnTransactions)
+    }) {
+        Ok(true) => {}
+        Ok(false) => {
+            out.push(Action::new(
+                None,
+                "tick",
+                "skipped",
+                "another tick is running".into(),
+            ));
+            return out;
+        }
+        Err(f) => {
+            out.push(Action::failed(None, "tick", &f));
+            return out;
+        }
+    }
+    rotation_step(Mode::OwnTransactions, true, true, &mut out);
+    let _ = isolated(Mode::OwnTransactions, release_tick_lock);
+    out
 }
 
 /// Whether the worker was asked to stop (SIGTERM); never true in a client backend.
@@ -297,8 +352,8 @@ fn pause(d: std::time::Duration) {
 }
 
 /// The rotation step of a tick: rotate each keyring that is due, each isolated from the others.
-fn rotation_step(mode: Mode, worker: bool, out: &mut Vec<Action>) {
-    let due = match isolated(mode, || due_keyrings(None)) {
+fn rotation_step(mode: Mode, worker: bool, usage_only: bool, out: &mut Vec<Action>) {
+    let due = match isolated(mode, || due_keyrings(None, usage_only)) {
         Ok(due) => due,
         Err(f) => {
             out.push(Action::failed(None, "rotate", &f));
@@ -445,7 +500,7 @@ pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
     if worker && let Err(f) = flush_usage() {
         out.push(Action::failed(None, "flush_usage", &f));
     }
-    rotation_step(mode, worker, &mut out);
+    rotation_step(mode, worker, false, &mut out);
     reencryption_step(mode, worker, &mut out);
     if mode == Mode::OwnTransactions {
         let _ = isolated(mode, release_tick_lock);

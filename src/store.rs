@@ -19,6 +19,10 @@ pub struct KeyRow {
     pub tenant: Option<String>,
     /// Whether the keyring is user-held (0.4.0): its keys are wrapped by the user's secret.
     pub user_held: bool,
+    /// Encryptions flushed to the table so far.
+    pub encryptions: i64,
+    /// The keyring's rotation limit (`None`: the server default).
+    pub max_encryptions: Option<i64>,
 }
 
 /// The keyring's tenant is read through to_jsonb so that this library also works on a schema from
@@ -26,7 +30,9 @@ pub struct KeyRow {
 const KEY_COLUMNS: &str = "tableoid::oid, key_id, keyring, version, state, wrapped_key, root_fingerprint,
      (SELECT pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'tenant' FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring),
      coalesce((SELECT (pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean FROM meshhook_keys.keyring k
-                WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring), false)";
+                WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring), false),
+     encryptions,
+     (SELECT k.max_encryptions FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring)";
 
 fn key_row(t: &crate::fresh::Row) -> Result<KeyRow> {
     let missing = |c: &str| KeysError::Internal(format!("data_key.{c} is NULL"));
@@ -44,6 +50,8 @@ fn key_row(t: &crate::fresh::Row) -> Result<KeyRow> {
             .ok_or_else(|| missing("root_fingerprint"))?,
         tenant: t.get::<String>(8)?,
         user_held: t.get::<bool>(9)?.unwrap_or(false),
+        encryptions: t.get::<i64>(10)?.unwrap_or(0),
+        max_encryptions: t.get::<i64>(11)?,
     })
 }
 

@@ -1,34 +1,65 @@
 //! Shared memory: encryptions counted per data key, and the scheduler's status.
 //!
 //! AES-GCM with random 96-bit nonces must not exceed 2^32 encryptions under one key (NIST SP
-//! 800-38D), so every encryption is counted. Counting must be cheap: one open-addressed table of
-//! (key id, count) slots in shared memory, updated with one atomic add per encryption; no row is
-//! written per encryption. The scheduler moves the counts into `data_key.encryptions` on every tick
-//! (subtracting only after its transaction committed, so a failed flush loses nothing; a crash
-//! between commit and subtract counts twice, which errs on the safe side). A server crash loses the
-//! counts since the last flush: at most one naptime of encryptions, far below the margin between the
-//! default limit (2^30) and 2^32.
+//! 800-38D), so every encryption is counted, in every database, and a key refuses to encrypt at a
+//! hard ceiling (`meshhook_keys.max_encryptions_ceiling`) whatever happened to rotation. Counting
+//! must be cheap: one open-addressed table of slots in shared memory, one per (database, key),
+//! holding the key's *total* encryptions; an encryption is one atomic add and a comparison, and no
+//! row is written per encryption.
 //!
-//! Without `shared_preload_libraries` there is no segment: nothing is counted, and the `keyrings`
-//! view shows NULL encryptions for that reason.
+//! A slot is seeded with `data_key.encryptions` when a backend loads the key (so the total survives
+//! restarts up to the last flush). Flushing writes `greatest(encryptions, total)`, which is
+//! idempotent: a failed or repeated flush loses and doubles nothing, and nothing is ever subtracted.
+//! The slot's watermark (`flushed`) records the total a committed flush wrote, so `total - flushed`
+//! is what the table does not have yet. Flushes happen in the database that owns the key: the
+//! scheduler flushes its own database on every tick, and the launcher starts a short-lived worker
+//! for every other database that has encryptions to flush (or a key past its rotation limit). On a
+//! standby nothing can be written: its counts stay pending in its shared memory (and count against
+//! the ceiling there) until it is promoted. A server crash loses the counts since the last flush (at
+//! most one naptime of encryptions, below the margin between the default rotation limit, 2^30, the
+//! default ceiling, 2^31 - 1, and 2^32).
+//!
+//! Slots of keys that can no longer encrypt (decrypt-only, retired, destroyed, deleted) are freed by
+//! the flush that finds them so; a freed slot is a tombstone that the next claim reuses. Claims and
+//! frees are serialized by a spin lock in the header; lookups and counts take no lock.
+//!
+//! Without `shared_preload_libraries` there is no segment: nothing is counted and no ceiling is
+//! enforced; `health()` and the `keyrings` view (NULL encryptions) say so.
 
+use crate::datakey::CachedKey;
+use crate::error::KeysError;
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32, AtomicU64, Ordering};
+
+const FREE: u32 = 0;
+const LIVE: u32 = 1;
+const GONE: u32 = 2;
 
 #[repr(C)]
 struct Slot {
+    /// FREE (never used: ends a probe), LIVE, or GONE (freed: a probe goes on past it).
+    state: AtomicU32,
+    /// The database the key belongs to (key ids are random per database, not per cluster).
+    db: AtomicU32,
     key_id: AtomicI64,
-    /// Encryptions not yet flushed to `data_key.encryptions`.
-    count: AtomicU64,
+    /// Encryptions under this key in total.
+    total: AtomicU64,
+    /// The total the last committed flush wrote to `data_key.encryptions`.
+    flushed: AtomicU64,
+    /// Whether the scheduler was woken because the key passed its rotation limit.
+    nudged: AtomicBool,
 }
 
 #[repr(C)]
 struct Header {
     nslots: u64,
-    /// Set once an encryption could not be counted because every slot was taken.
+    /// Set once a key could not be given a slot because every slot was taken.
     full: AtomicBool,
+    /// Serializes claims and frees of slots.
+    claim_lock: AtomicBool,
     scheduler_pid: AtomicI32,
+    launcher_pid: AtomicI32,
     naptime_ms: AtomicI64,
     ticks: AtomicU64,
     /// TimestampTz of the end of the last tick (0: none yet).
@@ -108,85 +139,283 @@ fn slots(h: &'static Header) -> &'static [Slot] {
     }
 }
 
-fn start(key_id: i64, n: usize) -> usize {
-    ((key_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as usize % n
+fn my_database() -> u32 {
+    // SAFETY: plain read of backend state.
+    unsafe { pg_sys::MyDatabaseId.to_u32() }
 }
 
-/// The slot of `key_id`, claiming a free one if `claim`.
-fn find(key_id: i64, claim: bool) -> Option<&'static Slot> {
-    let h = header()?;
+fn start(db: u32, key_id: i64, n: usize) -> usize {
+    let h = (key_id as u64) ^ ((db as u64) << 32 | db as u64);
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17) as usize % n
+}
+
+fn is(slot: &Slot, db: u32, key_id: i64) -> bool {
+    slot.state.load(Ordering::Acquire) == LIVE
+        && slot.db.load(Ordering::Relaxed) == db
+        && slot.key_id.load(Ordering::Relaxed) == key_id
+}
+
+/// The slot of (db, key_id), if it has one. Lock-free.
+fn find(h: &'static Header, db: u32, key_id: i64) -> Option<&'static Slot> {
     let s = slots(h);
     let n = s.len();
-    let first = start(key_id, n);
+    let first = start(db, key_id, n);
     for i in 0..n {
         let slot = &s[(first + i) % n];
-        match slot.key_id.load(Ordering::Acquire) {
-            k if k == key_id => return Some(slot),
-            0 if claim => {
-                match slot
-                    .key_id
-                    .compare_exchange(0, key_id, Ordering::AcqRel, Ordering::Acquire)
-                {
-                    Ok(_) => return Some(slot),
-                    Err(k) if k == key_id => return Some(slot),
-                    Err(_) => continue,
-                }
-            }
-            0 => return None,
-            _ => continue,
+        if slot.state.load(Ordering::Acquire) == FREE {
+            return None;
         }
-    }
-    if claim && !h.full.swap(true, Ordering::AcqRel) {
-        crate::logline::log(&format!(
-            "meshhook_keys: every one of the {n} usage slots is taken (meshhook_keys.max_tracked_keys): encryptions under new keys are not counted until a restart with a larger setting"
-        ));
+        if is(slot, db, key_id) {
+            return Some(slot);
+        }
     }
     None
 }
 
-/// Count `n` encryptions under `key_id`.
-pub fn count(key_id: i64, n: u64) {
+/// Hold the claim lock while `f` runs (claims and frees are rare: once per key and server start).
+fn claiming<T>(h: &'static Header, f: impl FnOnce() -> T) -> T {
+    while h
+        .claim_lock
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        std::hint::spin_loop();
+    }
+    let r = f();
+    h.claim_lock.store(false, Ordering::Release);
+    r
+}
+
+/// The slot of (db, key_id), claimed (with `base` encryptions, already in the table) if it has
+/// none; `None` when every slot is taken (logged once).
+fn find_or_claim(h: &'static Header, db: u32, key_id: i64, base: u64) -> Option<&'static Slot> {
+    if let Some(slot) = find(h, db, key_id) {
+        return Some(slot);
+    }
+    let claimed = claiming(h, || {
+        let s = slots(h);
+        let n = s.len();
+        let first = start(db, key_id, n);
+        let mut reuse: Option<&'static Slot> = None;
+        for i in 0..n {
+            let slot = &s[(first + i) % n];
+            match slot.state.load(Ordering::Acquire) {
+                FREE => {
+                    reuse = reuse.or(Some(slot));
+                    break;
+                }
+                GONE => reuse = reuse.or(Some(slot)),
+                _ if is(slot, db, key_id) => return Some(slot),
+                _ => {}
+            }
+        }
+        let slot = reuse?;
+        slot.db.store(db, Ordering::Relaxed);
+        slot.key_id.store(key_id, Ordering::Relaxed);
+        slot.total.store(base, Ordering::Relaxed);
+        slot.flushed.store(base, Ordering::Relaxed);
+        slot.nudged.store(false, Ordering::Relaxed);
+        slot.state.store(LIVE, Ordering::Release);
+        Some(slot)
+    });
+    if claimed.is_none() && !h.full.swap(true, Ordering::AcqRel) {
+        crate::logline::log(&format!(
+            "meshhook_keys: every one of the {} usage slots is taken (meshhook_keys.max_tracked_keys): keys without one refuse to encrypt until slots are freed by the scheduler or the server restarts with a larger setting",
+            h.nslots
+        ));
+    }
+    claimed
+}
+
+/// A key was loaded with `encryptions` already in the table: make sure its slot's total is at
+/// least that (a slot lost in a restart, or a standby's slot behind the primary's flushes).
+pub fn seed(key_id: i64, encryptions: i64) {
+    let Some(h) = header() else { return };
+    if let Some(slot) = find_or_claim(h, my_database(), key_id, encryptions.max(0) as u64) {
+        slot.total
+            .fetch_max(encryptions.max(0) as u64, Ordering::Relaxed);
+    }
+}
+
+/// Count `n` encryptions under `key`, refused (nothing counted) if that would take it past the
+/// hard ceiling. Passing the key's rotation limit wakes the scheduler and the launcher once, so
+/// that the key is rotated now rather than at the next naptime. Without shared memory nothing is
+/// counted.
+pub fn count(key: &CachedKey, n: u64) -> Result<(), KeysError> {
+    let Some(h) = header() else { return Ok(()) };
     if n == 0 {
-        return;
+        return Ok(());
     }
-    if let Some(slot) = find(key_id, true) {
-        slot.count.fetch_add(n, Ordering::Relaxed);
-    }
-}
-
-/// Encryptions under `key_id` not yet flushed to the table; `None` without shared memory.
-pub fn pending(key_id: i64) -> Option<u64> {
-    header()?;
-    Some(find(key_id, false).map_or(0, |s| s.count.load(Ordering::Relaxed)))
-}
-
-/// Every (key id, pending count) with a non-zero count.
-pub fn snapshot() -> Vec<(i64, u64)> {
-    let Some(h) = header() else {
-        return Vec::new();
+    let Some(slot) = find_or_claim(h, my_database(), key.key_id, key.encryptions.max(0) as u64)
+    else {
+        return Err(KeysError::UsageUntracked {
+            keyring: key.keyring.clone(),
+            version: key.version,
+            slots: h.nslots,
+        });
     };
-    slots(h)
-        .iter()
-        .filter_map(|s| {
-            let k = s.key_id.load(Ordering::Acquire);
-            let c = s.count.load(Ordering::Relaxed);
-            (k != 0 && c > 0).then_some((k, c))
-        })
-        .collect()
+    let ceiling = crate::gucs::max_encryptions_ceiling() as u64;
+    let before = slot.total.fetch_add(n, Ordering::Relaxed);
+    let after = before.saturating_add(n);
+    if after > ceiling {
+        slot.total.fetch_sub(n, Ordering::Relaxed);
+        return Err(KeysError::KeyExhausted {
+            keyring: key.keyring.clone(),
+            version: key.version,
+            encryptions: before,
+            ceiling,
+            user_held: key.user_held,
+        });
+    }
+    let limit = key
+        .max_encryptions
+        .unwrap_or_else(crate::gucs::default_max_encryptions)
+        .max(1) as u64;
+    if after >= limit && !key.user_held && !slot.nudged.swap(true, Ordering::Relaxed) {
+        wake(h);
+    }
+    Ok(())
 }
 
-/// Subtract counts that were flushed (after the flushing transaction committed).
-pub fn subtract(flushed: &[(i64, u64)]) {
-    for &(k, c) in flushed {
-        if let Some(slot) = find(k, false) {
-            slot.count.fetch_sub(c, Ordering::Relaxed);
+/// Set the latches of the scheduler and the launcher (if they run).
+fn wake(h: &'static Header) {
+    for pid in [
+        h.scheduler_pid.load(Ordering::Relaxed),
+        h.launcher_pid.load(Ordering::Relaxed),
+    ] {
+        if pid == 0 {
+            continue;
+        }
+        // SAFETY: BackendPidGetProc takes ProcArrayLock and returns a live PGPROC or NULL;
+        // SetLatch on a proc's latch is safe from any backend.
+        unsafe {
+            let proc_ = pg_sys::BackendPidGetProc(pid);
+            if !proc_.is_null() {
+                pg_sys::SetLatch(&raw mut (*proc_).procLatch);
+            }
         }
     }
 }
 
-/// Whether some encryption could not be counted because the table was full.
+/// Encryptions under `key_id` (of this database) not yet in the table; `None` without shared
+/// memory.
+pub fn pending(key_id: i64) -> Option<u64> {
+    let h = header()?;
+    Some(find(h, my_database(), key_id).map_or(0, |s| {
+        s.total
+            .load(Ordering::Relaxed)
+            .saturating_sub(s.flushed.load(Ordering::Relaxed))
+    }))
+}
+
+/// Every key of this database that has a slot: (key id, total, whether the table lacks some of
+/// its encryptions).
+pub fn slots_of_database() -> Vec<(i64, u64, bool)> {
+    let Some(h) = header() else {
+        return Vec::new();
+    };
+    let db = my_database();
+    slots(h)
+        .iter()
+        .filter(|s| s.state.load(Ordering::Acquire) == LIVE && s.db.load(Ordering::Relaxed) == db)
+        .map(|s| {
+            let t = s.total.load(Ordering::Relaxed);
+            (
+                s.key_id.load(Ordering::Relaxed),
+                t,
+                t > s.flushed.load(Ordering::Relaxed),
+            )
+        })
+        .collect()
+}
+
+/// Databases other than `except` with encryptions to flush, each with whether one of its keys
+/// passed its rotation limit (then it should not wait for the next naptime): where the launcher
+/// sends a worker.
+pub fn databases_to_flush(except: u32) -> Vec<(u32, bool)> {
+    let Some(h) = header() else {
+        return Vec::new();
+    };
+    let mut dbs: Vec<(u32, bool)> = Vec::new();
+    for s in slots(h) {
+        if s.state.load(Ordering::Acquire) != LIVE {
+            continue;
+        }
+        let db = s.db.load(Ordering::Relaxed);
+        if db == except || db == 0 {
+            continue;
+        }
+        let total = s.total.load(Ordering::Relaxed);
+        if total <= s.flushed.load(Ordering::Relaxed) {
+            continue;
+        }
+        let urgent = s.nudged.load(Ordering::Relaxed);
+        match dbs.iter_mut().find(|(d, _)| *d == db) {
+            Some(e) => e.1 |= urgent,
+            None => dbs.push((db, urgent)),
+        }
+    }
+    dbs
+}
+
+/// Free every slot of a database that no longer exists (DROP DATABASE).
+pub fn forget_database(db: u32) {
+    let Some(h) = header() else { return };
+    claiming(h, || {
+        for s in slots(h) {
+            if s.state.load(Ordering::Acquire) == LIVE && s.db.load(Ordering::Relaxed) == db {
+                s.state.store(GONE, Ordering::Release);
+            }
+        }
+    });
+    h.full.store(false, Ordering::Relaxed);
+}
+
+/// After the flush that wrote these totals committed: advance the watermarks, and free the slots
+/// of keys (of this database) that can no longer encrypt.
+pub fn flushed(written: &[(i64, u64)], dead: &[i64]) {
+    let Some(h) = header() else { return };
+    let db = my_database();
+    for &(key_id, total) in written {
+        if let Some(slot) = find(h, db, key_id) {
+            slot.flushed.fetch_max(total, Ordering::Relaxed);
+        }
+    }
+    if dead.is_empty() {
+        return;
+    }
+    claiming(h, || {
+        for &key_id in dead {
+            if let Some(slot) = find(h, db, key_id) {
+                slot.state.store(GONE, Ordering::Release);
+            }
+        }
+    });
+    h.full.store(false, Ordering::Relaxed);
+}
+
+/// Whether some key could not be given a slot because every slot was taken (since the last free).
 pub fn overflowed() -> bool {
     header().is_some_and(|h| h.full.load(Ordering::Relaxed))
+}
+
+/// Slots in use (live keys tracked), for health().
+pub fn slots_used() -> Option<(usize, usize)> {
+    let h = header()?;
+    let s = slots(h);
+    Some((
+        s.iter()
+            .filter(|s| s.state.load(Ordering::Acquire) == LIVE)
+            .count(),
+        s.len(),
+    ))
+}
+
+/// Record the launcher's pid (so that an encryption past its key's limit can wake it).
+pub fn set_launcher(pid: i32) {
+    if let Some(h) = header() {
+        h.launcher_pid.store(pid, Ordering::Relaxed);
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -43,18 +43,17 @@ fn reload_config_if_asked() {
     }
 }
 
-/// Whether a database of that name exists. Connected to no database, only shared catalogs can be
-/// read, and only by a heap scan (as the autovacuum launcher lists databases).
-fn database_exists(name: &str) -> bool {
-    let name = name.to_string();
-    BackgroundWorker::transaction(move || {
+/// Every database as (oid, name, accepts connections). Connected to no database, only shared
+/// catalogs can be read, and only by a heap scan (as the autovacuum launcher lists databases).
+fn databases() -> Vec<(u32, String, bool)> {
+    BackgroundWorker::transaction(|| {
         // SAFETY: a catalog heap scan of pg_database inside a transaction, as get_database_list()
         // does; each tuple's data is a FormData_pg_database.
         unsafe {
             let lock = pg_sys::AccessShareLock as pg_sys::LOCKMODE;
             let rel = pg_sys::table_open(pg_sys::DatabaseRelationId, lock);
             let scan = pg_sys::table_beginscan_catalog(rel, 0, std::ptr::null_mut());
-            let mut found = false;
+            let mut out = Vec::new();
             loop {
                 let tup = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
                 if tup.is_null() {
@@ -64,16 +63,126 @@ fn database_exists(name: &str) -> bool {
                 let form = (header as *const u8).add((*header).t_hoff as usize)
                     as *const pg_sys::FormData_pg_database;
                 let datname = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr());
-                if datname.to_bytes() == name.as_bytes() {
-                    found = true;
-                    break;
-                }
+                out.push((
+                    (*form).oid.to_u32(),
+                    datname.to_string_lossy().into_owned(),
+                    (*form).datallowconn,
+                ));
             }
             pg_sys::table_endscan(scan);
             pg_sys::table_close(rel, lock);
-            found
+            out
         }
     })
+}
+
+/// The usage workers the launcher started, by database, and when.
+#[derive(Default)]
+struct UsageWorkers {
+    running: Vec<(u32, DynamicBackgroundWorker)>,
+    last_start: std::collections::HashMap<u32, Instant>,
+}
+
+/// At most this many usage workers at once (each a short transaction in one database).
+const MAX_USAGE_WORKERS: usize = 2;
+
+impl UsageWorkers {
+    /// Start a usage worker for every database other than the scheduler's that has encryptions to
+    /// flush: once per naptime, or at once when one of its keys passed its rotation limit. Slots
+    /// of dropped databases are freed. Nothing on a standby (it cannot write; its counts wait for
+    /// promotion), nothing while `worker_enabled = off`.
+    fn start_due(&mut self, main_db: &str, all: &[(u32, String, bool)]) {
+        self.running
+            .retain(|(_, w)| matches!(w.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)));
+        // SAFETY: reads shared recovery state.
+        if unsafe { pg_sys::RecoveryInProgress() } || !gucs::worker_enabled() {
+            return;
+        }
+        let main = all
+            .iter()
+            .find(|(_, n, _)| n == main_db)
+            .map_or(0, |(o, _, _)| *o);
+        let naptime = gucs::worker_naptime();
+        for (db, urgent) in usage::databases_to_flush(main) {
+            let Some((_, name, allowconn)) = all.iter().find(|(o, _, _)| *o == db) else {
+                usage::forget_database(db);
+                continue;
+            };
+            if !allowconn
+                || self.running.len() >= MAX_USAGE_WORKERS
+                || self.running.iter().any(|(d, _)| *d == db)
+            {
+                continue;
+            }
+            let waited = self.last_start.get(&db).is_none_or(|t| {
+                t.elapsed()
+                    >= if urgent {
+                        Duration::from_secs(1)
+                    } else {
+                        naptime
+                    }
+            });
+            if !waited {
+                continue;
+            }
+            // SAFETY: plain read of our own pid.
+            let me = unsafe { pg_sys::MyProcPid };
+            match BackgroundWorkerBuilder::new(&format!("meshhook_keys usage {name}"))
+                .set_type("meshhook_keys usage")
+                .set_library(LIBRARY)
+                .set_function("meshhook_keys_usage_main")
+                .set_argument(Some(pg_sys::Datum::from(db as usize)))
+                .enable_spi_access()
+                .set_start_time(BgWorkerStartTime::ConsistentState)
+                .set_restart_time(None)
+                .set_notify_pid(me)
+                .load_dynamic()
+            {
+                Ok(w) => {
+                    self.running.push((db, w));
+                    self.last_start.insert(db, Instant::now());
+                }
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// A short-lived worker in a database other than the scheduler's: flush its encryption counts and
+/// rotate its keyrings that reached their max_encryptions (rotation by age stays with the
+/// scheduler's database and `tick()`).
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn meshhook_keys_usage_main(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
+    let db = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    if extension_ready().unwrap_or(false) {
+        for a in scheduler::usage_tick() {
+            if a.outcome != "skipped" {
+                crate::logline::log(&format!(
+                    "meshhook_keys usage: {} {}: {}",
+                    a.action,
+                    a.keyring.as_deref().unwrap_or(""),
+                    a.detail
+                ));
+            }
+        }
+    }
+}
+
+/// Whether this database has the extension at this library's version: `Some(version)` when it is
+/// installed at another one.
+fn installed_version() -> std::result::Result<Option<String>, scheduler::Failure> {
+    scheduler::isolated(Mode::OwnTransactions, || {
+        Ok(Spi::get_one::<String>(
+            "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'meshhook_keys')",
+        )?)
+    })
+}
+
+fn extension_ready() -> std::result::Result<bool, scheduler::Failure> {
+    Ok(installed_version()?.as_deref() == Some(env!("CARGO_PKG_VERSION")))
 }
 
 #[pg_guard]
@@ -81,8 +190,11 @@ fn database_exists(name: &str) -> bool {
 pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(None, None);
+    // SAFETY: plain read of our own pid.
+    usage::set_launcher(unsafe { pg_sys::MyProcPid });
     let db = gucs::database();
     let mut child: Option<DynamicBackgroundWorker> = None;
+    let mut usage_workers = UsageWorkers::default();
     let mut said_missing = false;
     let mut last_start: Option<Instant> = None;
     loop {
@@ -92,12 +204,14 @@ pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
         let running = child
             .as_ref()
             .is_some_and(|c| matches!(c.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)));
+        let all = databases();
+        usage_workers.start_due(&db, &all);
         if !running {
             child = None;
             let naptime = gucs::worker_naptime();
             let may_start =
                 last_start.is_none_or(|t| t.elapsed() >= naptime.min(Duration::from_secs(10)));
-            if !database_exists(&db) {
+            if !all.iter().any(|(_, n, _)| *n == db) {
                 if !said_missing {
                     crate::logline::log(&format!(
                         "meshhook_keys launcher: database \"{db}\" (meshhook_keys.database) does not exist yet; checking again every {} ms",
@@ -143,6 +257,7 @@ pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
     if let Some(c) = child {
         let _ = c.terminate();
     }
+    usage::set_launcher(0);
 }
 
 #[derive(Default)]
@@ -217,12 +332,7 @@ fn tick_once(db: &str, said: &mut Said) {
         crate::logline::log("meshhook_keys scheduler: resumed (meshhook_keys.worker_enabled = on)");
         said.disabled = false;
     }
-    let installed = scheduler::isolated(Mode::OwnTransactions, || {
-        Ok(Spi::get_one::<String>(
-            "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'meshhook_keys')",
-        )?)
-    });
-    match installed {
+    match installed_version() {
         Ok(None) => {
             usage::set_state(SchedulerState::NoExtension);
             if !said.missing {
@@ -263,6 +373,12 @@ fn tick_once(db: &str, said: &mut Said) {
     }
     usage::set_state(SchedulerState::Ticking);
     for a in scheduler::tick(Mode::OwnTransactions, true) {
+        if a.outcome == "failed" && a.action == "flush_usage" {
+            crate::logline::log(&format!(
+                "meshhook_keys scheduler: writing encryption counts failed (they stay counted and are retried next tick): {}",
+                a.detail
+            ));
+        }
         if a.outcome == "ok" && a.action == "rotate" {
             crate::logline::log(&format!(
                 "meshhook_keys scheduler: rotated keyring \"{}\": {}",

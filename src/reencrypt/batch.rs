@@ -207,11 +207,12 @@ fn move_window(
     let armed = guard
         .disarm()
         .ok_or_else(|| KeysError::Internal("re-encryption state lost".into()))?;
-    // Every envelope sealed counts against the target key's encryption limit, written or not.
+    // Every envelope sealed counts against the target key's encryption limit, written or not; past
+    // the ceiling the window is refused (and rolled back with its subtransaction).
     usage::count(
-        armed.target.key_id,
+        &armed.target,
         (armed.tried - armed.failures.len() as i64).max(0) as u64,
-    );
+    )?;
     Ok(Window {
         moved,
         tried: armed.tried,

@@ -129,6 +129,48 @@ if wait_until 10 is_t fresh sched "(SELECT encryptions FROM meshhook_keys.data_k
 check "reason names the count" "t" \
     "$(q sched "SELECT reason LIKE '%10 encryptions%' FROM meshhook_keys.audit_log WHERE keyring = 'use-ring' AND version = 2")"
 
+echo "# every database counts (issue 24): another database's encryptions reach its own data_key, its"
+echo "# keyrings rotate at max_encryptions there, and the scheduler's database keeps its own counts"
+q postgres "CREATE DATABASE other"
+q other "CREATE EXTENSION meshhook_keys"
+q other "SELECT 1 FROM meshhook_keys.keys_rotate('other-ring', 'v1');
+         SELECT meshhook_keys.keyring_set_policy('other-ring', NULL, 25)" >/dev/null
+q sched "SELECT 1 FROM meshhook_keys.keys_rotate('here-ring', 'v1')" >/dev/null
+q other "SELECT count(meshhook_keys.secret_encrypt('o', '', 'other-ring')) FROM generate_series(1, 20)" >/dev/null
+q sched "SELECT count(meshhook_keys.secret_encrypt('h', '', 'here-ring')) FROM generate_series(1, 7)" >/dev/null
+if wait_until 20 is_t fresh other "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'other-ring' AND version = 1) = 20"; then
+    ok "a usage worker wrote the other database's 20 encryptions to its data_key"; else fail "the other database's 20 encryptions reached its data_key"; fi
+if wait_until 20 is_t fresh sched "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'here-ring' AND version = 1) = 7"; then
+    ok "the scheduler's database kept its own 7"; else fail "the scheduler's database kept its own 7"; fi
+check "the keyrings view of the other database shows 20" 20 \
+    "$(q other "SELECT encryptions FROM meshhook_keys.keyrings WHERE keyring = 'other-ring'")"
+q other "SELECT count(meshhook_keys.secret_encrypt('o', '', 'other-ring')) FROM generate_series(1, 5)" >/dev/null
+if wait_until 20 is_t fresh other "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'other-ring') = 2"; then
+    ok "the other database's keyring rotated at max_encryptions (25)"; else fail "the other database's keyring rotated at max_encryptions"; fi
+check "audited there with actor scheduler and the count" "scheduler|t" \
+    "$(q other "SELECT actor, reason LIKE '%25 encryptions%' FROM meshhook_keys.audit_log WHERE keyring = 'other-ring' AND version = 2 AND action = 'rotate'")"
+if wait_until 20 is_t fresh other "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'other-ring' AND version = 1) = 25"; then
+    ok "all 25 flushed"; else fail "all 25 flushed"; fi
+# more flushes (by the next encryptions' workers) neither double nor lose a count
+q other "SELECT count(meshhook_keys.secret_encrypt('o', '', 'other-ring')) FROM generate_series(1, 3)" >/dev/null
+if wait_until 20 is_t fresh other "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'other-ring' AND version = 2) = 3"; then
+    ok "the new version's 3 flushed"; else fail "the new version's 3 flushed"; fi
+check "version 1 still 25 after later flushes" 25 \
+    "$(q other "SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'other-ring' AND version = 1")"
+check "the scheduler's database still 7" 7 \
+    "$(q sched "SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'here-ring' AND version = 1")"
+slots_used() { q "$1" "SELECT substring(detail FROM 'for ([0-9]+) of') FROM meshhook_keys.health() WHERE item = 'usage_counting'"; }
+slots_at_most() { [ "$(slots_used "$1")" -le "$2" ]; }
+before=$(slots_used other)
+q other "SELECT meshhook_keys.keyring_destroy('other-ring', 'free its slots')" >/dev/null
+q other "SELECT 1 FROM meshhook_keys.keys_rotate('other-ring2', 'v1');
+         SELECT count(meshhook_keys.secret_encrypt('o', '', 'other-ring2')) FROM generate_series(1, 2)" >/dev/null
+if wait_until 20 is_t fresh other "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'other-ring2') = 2"; then
+    ok "other-ring2 flushed"; else fail "other-ring2 flushed"; fi
+if wait_until 20 slots_at_most other "$before"; then
+    ok "the destroyed keyring's slots were freed (slots in use: $before before, $(slots_used other) after, one key added)"; else fail "the destroyed keyring's slots were freed ($before -> $(slots_used other))"; fi
+check "no usage worker failed" 0 "$(count_log 'meshhook_keys usage: .*failed')"
+
 echo "# SIGHUP: a new naptime is picked up after pg_reload_conf()"
 q postgres "ALTER SYSTEM SET meshhook_keys.worker_naptime = '700ms'" && q postgres "SELECT pg_reload_conf()" >/dev/null
 if wait_until 10 is_t fresh sched "(SELECT naptime_ms FROM meshhook_keys.scheduler_status()) = 700"; then
@@ -204,6 +246,14 @@ if wait_until 30 is_t fresh -s sched "(SELECT count(*) FROM replicated) = 400"; 
 check "the standby decrypts every secret the primary wrote" 400 \
     "$(q -s sched "SELECT count(*) FROM replicated WHERE meshhook_keys.secret_decrypt(c, 'r:' || id) = 'R-' || id")"
 check "the standby is in recovery" t "$(q -s sched "SELECT pg_is_in_recovery()")"
+# encryptions on the standby are counted there, and reach data_key once it is promoted (issue 24)
+q sched "SELECT 1 FROM meshhook_keys.keys_rotate('stby-ring', 'v1')" >/dev/null
+wait_until 30 is_t fresh -s sched "EXISTS (SELECT 1 FROM meshhook_keys.keys WHERE keyring = 'stby-ring')" || true
+q -s sched "SELECT count(meshhook_keys.secret_encrypt('s', '', 'stby-ring')) FROM generate_series(1, 6)" >/dev/null
+check "the standby counts its own encryptions (keyrings view)" 6 \
+    "$(q -s sched "SELECT encryptions FROM meshhook_keys.keyrings WHERE keyring = 'stby-ring'")"
+check "health() on the standby says its counts wait for promotion" t \
+    "$(q -s sched "SELECT detail LIKE '%standby%after promotion%' FROM meshhook_keys.health() WHERE item = 'usage_counting'")"
 if wait_until 20 grep -Eq -- 'server is a standby \(in recovery\); no rotation' "$SDIR/server.log"; then
     ok "the standby's scheduler says once why it does nothing"; else fail "the standby's scheduler says why it does nothing"; fi
 check "tick() refuses on the standby" "t" \
@@ -219,6 +269,8 @@ as_pg "$PGBIN/pg_ctl" -D "$SDIR/data" -w promote >/dev/null
 if wait_until 30 grep -Eq -- 'server was promoted; resuming' "$SDIR/server.log"; then ok "after promotion the scheduler resumes"; else fail "after promotion the scheduler resumes"; fi
 if wait_until 30 is_t fresh -s sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring') > $versions_on_primary"; then
     ok "and rotates on the promoted server"; else fail "and rotates on the promoted server"; fi
+if wait_until 30 is_t fresh -s sched "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'stby-ring') = 6"; then
+    ok "the 6 encryptions made on the standby reached data_key after promotion"; else fail "the standby's encryptions reached data_key after promotion"; fi
 check "the standby's log said 'standby' once" 1 "$(count_log 'server is a standby' "$SDIR/server.log")" ||
     true
 [ "$(count_log 'server is a standby' "$SDIR/server.log")" = 1 ] || grep -E 'standby|scheduler' "$SDIR/server.log" | head -20

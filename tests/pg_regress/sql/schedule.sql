@@ -13,7 +13,9 @@ SELECT keyring, active_version, rotation_interval, max_encryptions, max_encrypti
 SELECT sqlstate_of($$SELECT meshhook_keys.keyring_set_policy('sched-a', interval '-1 day')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.keyring_set_policy('sched-a', interval '0')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.keyring_set_policy('sched-a', NULL, 0)$$);
-SELECT sqlstate_of($$SELECT meshhook_keys.keyring_set_policy('sched-a', NULL, 4294967297)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.keyring_set_policy('sched-a', NULL, 4294967296)$$);
+-- (the table refuses it too, whoever writes it)
+SELECT sqlstate_of($$UPDATE meshhook_keys.keyring SET max_encryptions = 4294967296 WHERE name = 'sched-a'$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.keyring_set_policy(NULL, NULL)$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.keyring_set_policy('bad name', NULL)$$);
 SET LOCAL ROLE mk_sched_app;
@@ -22,7 +24,7 @@ SELECT sqlstate_of($$SELECT * FROM meshhook_keys.tick()$$);
 SELECT sqlstate_of($$SELECT * FROM meshhook_keys.keyrings$$);
 RESET ROLE;
 SET LOCAL ROLE mk_sched_ops;
-SELECT meshhook_keys.keyring_set_policy('sched-a', interval '1 hour', 4294967296);
+SELECT meshhook_keys.keyring_set_policy('sched-a', interval '1 hour', 4294967295);
 SELECT keyring, rotation_interval, max_encryptions, max_encryptions_set FROM meshhook_keys.keyrings WHERE keyring = 'sched-a';
 SELECT meshhook_keys.keyring_set_policy('sched-a', NULL);
 SELECT keyring, rotation_interval, next_rotation_at, max_encryptions_set FROM meshhook_keys.keyrings WHERE keyring = 'sched-a';
@@ -52,6 +54,38 @@ SELECT count(meshhook_keys.secret_encrypt('u', '', 'sched-use'));
 SELECT keyring, encryptions FROM meshhook_keys.keyrings WHERE keyring = 'sched-use';
 SELECT keyring, action, outcome, detail FROM meshhook_keys.tick();
 SELECT keyring, active_version, encryptions FROM meshhook_keys.keyrings WHERE keyring = 'sched-use';
+
+-- the hard ceiling (issue 24): whatever the policy and whether or not rotation happened, a key
+-- refuses to encrypt past meshhook_keys.max_encryptions_ceiling (54000, with what to do); the
+-- refused encryption is not counted, decryption goes on, and a new version starts from 0
+SELECT version FROM meshhook_keys.keys_rotate('sched-ceil');
+SET meshhook_keys.max_encryptions_ceiling = 3;
+CREATE TABLE sched_ceil AS SELECT meshhook_keys.secret_encrypt('c' || i, '', 'sched-ceil') AS c FROM generate_series(1, 3) i;
+SAVEPOINT ceiling;
+SELECT meshhook_keys.secret_encrypt('one too many', '', 'sched-ceil');
+ROLLBACK TO SAVEPOINT ceiling;
+SELECT keyring, active_version, encryptions FROM meshhook_keys.keyrings WHERE keyring = 'sched-ceil';
+SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(c, '') LIKE 'c%') AS decrypted FROM sched_ceil;
+SELECT version FROM meshhook_keys.keys_rotate('sched-ceil');
+SELECT length(meshhook_keys.secret_encrypt('fresh key', '', 'sched-ceil')) AS sealed;
+-- re-encryption under a key at the ceiling is refused too: the column is marked failed, no row moves
+SELECT meshhook_keys.register_column('sched_ceil', 'c', $$''$$, 'sched-ceil') > 0 AS registered;
+SET meshhook_keys.max_encryptions_ceiling = 2;
+SELECT keyring, action, outcome FROM meshhook_keys.tick() WHERE keyring = 'sched-ceil';
+SELECT state, sqlstate FROM meshhook_keys.reencrypt_progress WHERE keyring = 'sched-ceil';
+SELECT k.version, count(*) FROM sched_ceil s JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.c) GROUP BY 1;
+-- a user-held keyring obeys the same ceiling, with its own way out
+SELECT keyring, version FROM meshhook_keys.keyring_create_user_held('user:sched-ceil', 'user-held-secret-1');
+SET meshhook_keys.max_encryptions_ceiling = 1;
+SELECT length(meshhook_keys.secret_encrypt('u', '', 'user:sched-ceil')) AS sealed;
+SAVEPOINT ceiling;
+SELECT meshhook_keys.secret_encrypt('u', '', 'user:sched-ceil');
+ROLLBACK TO SAVEPOINT ceiling;
+RESET meshhook_keys.max_encryptions_ceiling;
+-- only a superuser sets it
+SET LOCAL ROLE mk_sched_ops;
+SELECT sqlstate_of($$SET meshhook_keys.max_encryptions_ceiling = 2000000000$$);
+RESET ROLE;
 
 -- re-encryption is advanced by the tick, a bounded number of batches
 CREATE TABLE sched_t (id int PRIMARY KEY, c bytea);
