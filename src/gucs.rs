@@ -22,6 +22,7 @@ static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"90 days"));
 static DEFAULT_MAX_ENCRYPTIONS: GucSetting<i32> = GucSetting::<i32>::new(1 << 30);
 static MAX_TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(4096);
+static ROOT_KEY_COMMAND_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 static MAX_ENCRYPTIONS_CEILING: GucSetting<i32> = GucSetting::<i32>::new(i32::MAX);
 static TENANT_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static MAX_USER_HELD_KEYRINGS: GucSetting<i32> = GucSetting::<i32>::new(10);
@@ -146,6 +147,16 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"meshhook_keys.root_key_command_timeout",
+        c"How long meshhook_keys.root_key_command may run before it is killed.",
+        c"A command that hangs (an unreachable KMS) neither blocks server start nor a backend past this.",
+        &ROOT_KEY_COMMAND_TIMEOUT,
+        100,
+        3_600_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_int_guc(
         c"meshhook_keys.max_encryptions_ceiling",
         c"Encryptions under one key after which it refuses to encrypt (54000), whatever happened to rotation.",
         c"A hard limit below AES-GCM's 2^32 (NIST SP 800-38D); rotation policies (max_encryptions) should rotate long before. Counted with shared_preload_libraries only.",
@@ -249,6 +260,10 @@ pub fn default_rotation_interval() -> Option<String> {
 
 pub fn default_max_encryptions() -> i64 {
     DEFAULT_MAX_ENCRYPTIONS.get().max(1) as i64
+}
+
+pub fn root_key_command_timeout() -> std::time::Duration {
+    std::time::Duration::from_millis(ROOT_KEY_COMMAND_TIMEOUT.get().max(100) as u64)
 }
 
 /// The hard ceiling of encryptions under one key (at most 2^31 - 1, half of AES-GCM's bound).

@@ -8,6 +8,7 @@
 use crate::crypto::SecretKey;
 use crate::error::{KeysError, Result};
 use crate::gucs;
+use pgrx::pg_sys;
 
 use std::cell::RefCell;
 use std::io::Read;
@@ -52,10 +53,30 @@ fn provider() -> Result<Provider> {
     provider_from("root_key", gucs::root_key_file(), gucs::root_key_command())
 }
 
+/// O_NOFOLLOW (Linux): opening a symbolic link fails instead of following it.
+const O_NOFOLLOW: i32 = 0o400000;
+
+/// Read the root key file: opened once without following a symbolic link, and checked on the open
+/// file itself (owner, mode, regular file), so that what is checked is what is read.
 fn read_file(path: &str) -> Result<SecretKey> {
+    use std::os::unix::fs::OpenOptionsExt;
     let unavailable =
         |why: String| KeysError::RootKeyUnavailable(format!("root key file \"{path}\": {why}"));
-    let meta = std::fs::metadata(path).map_err(|e| unavailable(e.kind().to_string()))?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            // ELOOP: the last component is a symbolic link
+            if e.raw_os_error() == Some(40) {
+                unavailable("is a symbolic link; point the setting at the file itself".into())
+            } else {
+                unavailable(e.kind().to_string())
+            }
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| unavailable(e.kind().to_string()))?;
     if !meta.is_file() {
         return Err(unavailable("not a regular file".into()));
     }
@@ -74,28 +95,149 @@ fn read_file(path: &str) -> Result<SecretKey> {
         )));
     }
     let mut buf = Zeroizing::new(Vec::with_capacity(80));
-    std::fs::File::open(path)
-        .and_then(|f| f.take(4096).read_to_end(&mut buf))
+    file.take(4096)
+        .read_to_end(&mut buf)
         .map_err(|e| unavailable(e.kind().to_string()))?;
     SecretKey::from_hex(&buf).map_err(|e| unavailable(crypto_why(e)))
 }
 
+/// The most a root key command may print on stdout (a key is 64 hexadecimal characters).
+const COMMAND_STDOUT_CAP: usize = 4096;
+/// The most of its stderr that reaches the server log.
+const COMMAND_STDERR_CAP: usize = 4096;
+
+/// Read `from` to its end, keeping at most `cap + 1` bytes (so that "more than cap" is seen) and
+/// discarding the rest, so that the command never blocks on a full pipe.
+fn drain(mut from: impl Read, cap: usize) -> Zeroizing<Vec<u8>> {
+    let mut kept = Zeroizing::new(Vec::new());
+    let mut chunk = Zeroizing::new([0u8; 1024]);
+    loop {
+        match from.read(chunk.as_mut()) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = (cap + 1).saturating_sub(kept.len());
+                kept.extend_from_slice(&chunk[..n.min(room)]);
+            }
+        }
+    }
+    kept
+}
+
+/// What a command wrote on stderr, for the server log: printable, at most COMMAND_STDERR_CAP bytes,
+/// and with anything that looks like key material (32 or more hexadecimal characters) redacted.
+fn stderr_for_log(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&raw[..raw.len().min(COMMAND_STDERR_CAP)]);
+    let mut out = String::new();
+    let mut run = String::new();
+    let flush = |run: &mut String, out: &mut String| {
+        if run.len() >= 32 {
+            out.push_str("[redacted]");
+        } else {
+            out.push_str(run);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_hexdigit() {
+            run.push(c);
+            continue;
+        }
+        flush(&mut run, &mut out);
+        out.push(if c == '\n' || c == '\t' || !c.is_control() {
+            c
+        } else {
+            ' '
+        });
+    }
+    flush(&mut run, &mut out);
+    if raw.len() > COMMAND_STDERR_CAP {
+        out.push_str(" [truncated]");
+    }
+    out.trim().to_string()
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Run `meshhook_keys.root_key_command` with `/bin/sh -c` in a process group of its own: its stdout
+/// (at most 4 KiB) is the key, its stderr goes to the server log (redacted, at most 4 KiB), and it
+/// is killed, with everything it started, when it exits, when it runs longer than
+/// `meshhook_keys.root_key_command_timeout`, or when the backend that waits for it is cancelled.
 fn run_command(cmd: &str) -> Result<SecretKey> {
+    use std::os::unix::process::CommandExt;
     // The command text itself may embed credentials, so errors never repeat it.
     let unavailable = |why: String| {
         KeysError::RootKeyUnavailable(format!("meshhook_keys.root_key_command: {why}"))
     };
-    let out = Command::new("/bin/sh")
+    let timeout = gucs::root_key_command_timeout();
+    let mut child = Command::new("/bin/sh")
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .output()
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
         .map_err(|e| unavailable(format!("could not be started ({})", e.kind())))?;
-    let stdout = Zeroizing::new(out.stdout);
-    if !out.status.success() {
-        return Err(unavailable(format!("exited with {}", out.status)));
+    let pgid = child.id() as i32;
+    let out = child
+        .stdout
+        .take()
+        .map(|o| std::thread::spawn(move || drain(o, COMMAND_STDOUT_CAP)));
+    let err = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || drain(e, COMMAND_STDERR_CAP)));
+    let started = std::time::Instant::now();
+    let mut interrupted = false;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) => {}
+            Err(_) => break None,
+        }
+        if started.elapsed() >= timeout {
+            break None;
+        }
+        // SAFETY: reads of backend flags set by signal handlers.
+        if unsafe {
+            pg_sys::IsUnderPostmaster
+                && std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0
+        } {
+            interrupted = true;
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    // Whatever happened, nothing it started outlives it (and the pipes close).
+    // SAFETY: signals our own child's process group.
+    unsafe { libc_kill(-pgid, 9) };
+    let _ = child.wait();
+    let stdout = out.and_then(|t| t.join().ok()).unwrap_or_default();
+    let stderr = err.and_then(|t| t.join().ok()).unwrap_or_default();
+    let said = stderr_for_log(&stderr);
+    if !said.is_empty() {
+        crate::logline::log(&format!("meshhook_keys: root_key_command stderr: {said}"));
+    }
+    if interrupted {
+        pgrx::check_for_interrupts!();
+        return Err(unavailable("interrupted".into()));
+    }
+    let Some(status) = status else {
+        return Err(unavailable(format!(
+            "did not finish within {} ms (meshhook_keys.root_key_command_timeout); it was killed",
+            timeout.as_millis()
+        )));
+    };
+    if !status.success() {
+        return Err(unavailable(format!("exited with {status}")));
+    }
+    if stdout.len() > COMMAND_STDOUT_CAP {
+        return Err(unavailable(format!(
+            "its output is longer than {COMMAND_STDOUT_CAP} bytes, so it is not a root key"
+        )));
     }
     SecretKey::from_hex(&stdout)
         .map_err(|e| unavailable(format!("its output is not a root key: {}", crypto_why(e))))
@@ -162,7 +304,7 @@ pub fn startup_check() {
             fingerprint_hex(&k.fingerprint)
         )),
         Err(e) => crate::logline::log(&format!(
-            "meshhook_keys: root key not loaded at startup: {e}"
+            "meshhook_keys: root key not loaded at startup: {e}. The server starts anyway; every use of a data key fails with F0000 (and health() reports it) until the provider works, when the next use loads it"
         )),
     }
 }

@@ -132,12 +132,17 @@ scenario_key_file_permissions() {
     chmod 600 "$KEY"
 }
 
-scenario missing-key-file "setup" "a missing root key file is F0000"
+scenario missing-key-file "setup" "a missing root key file is F0000; a symbolic link is refused"
 scenario_missing_key_file() {
     echo "# a missing root key file"
     mv "$KEY" "$KEY.moved"
     restart
     check_match "missing file is F0000" '^F0000: root key unavailable: root key file ".*": entity not found' "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+    echo "# a symbolic link in its place is not followed (issue 24)"
+    ln -s "$KEY.moved" "$KEY"
+    restart
+    check_match "a symbolic link is F0000" '^F0000: root key unavailable: root key file ".*": is a symbolic link' "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+    rm "$KEY"
     mv "$KEY.moved" "$KEY"
 }
 
@@ -157,6 +162,46 @@ scenario_command_provider() {
     q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'echo not-a-key'"
     restart
     check_match "garbage output is F0000" '^F0000: root key unavailable: .*its output is not a root key' "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+    # issue 24: a command that hangs (an unreachable KMS) is killed after the timeout, with
+    # everything it started; the server starts anyway and says why
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'sleep 617; cat $KEY'"
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command_timeout = '1s'"
+    t0=$(date +%s)
+    restart
+    lt "the server starts although the command hangs (seconds)" "$(( $(date +%s) - t0 ))" 30
+    check_match "the start-up log says the command was killed after the timeout" \
+        'root key not loaded at startup: .*did not finish within 1000 ms \(meshhook_keys.root_key_command_timeout\); it was killed' "$(cat "$TMP/server.log")"
+    check_match "a backend gets F0000 with the same reason" '^F0000: root key unavailable: meshhook_keys.root_key_command: did not finish within 1000 ms' \
+        "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+    check "no 'sleep 617' is left running" "" "$(pgrep -f 'sleep 61[7]' || true)"
+    # its stderr reaches the server log, with anything that looks like key material redacted
+    hexkey=$(cat "$KEY")
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'echo \"kms: access denied (token $hexkey)\" >&2; exit 4'"
+    restart
+    check_match "a failing command's stderr is in the server log" 'root_key_command stderr: kms: access denied \(token \[redacted\]\)' "$(cat "$TMP/server.log")"
+    check "key-like hex from its stderr is not" 0 "$(grep -Fc "$hexkey" "$TMP/server.log" || true)"
+    # a command that prints far more than a key is cut off and refused
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'yes 00 | head -c 100000'"
+    restart
+    check_match "an output over 4 KiB is refused" '^F0000: root key unavailable: meshhook_keys.root_key_command: its output is longer than 4096 bytes' \
+        "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+    # a backend waiting for the command can be cancelled, and the command dies with it
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'if [ -e $TMP/hang ]; then sleep 619; fi; exit 5'"
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command_timeout = '10min'"
+    restart
+    touch "$TMP/hang"
+    qe app "SELECT meshhook_keys.secret_encrypt('x')" > "$TMP/cancelled.out" &
+    waiter=$!
+    wait_until 20 pgrep -f 'sleep 61[9]' >/dev/null || true
+    q postgres "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = 'app' AND query LIKE '%secret_encrypt%' AND pid <> pg_backend_pid()" >/dev/null
+    t0=$(date +%s)
+    wait "$waiter" || true
+    lt "the cancelled call returns promptly (seconds)" "$(( $(date +%s) - t0 ))" 10
+    check_match "it is cancelled (57014)" '^57014: canceling statement due to user request' "$(cat "$TMP/cancelled.out")"
+    if wait_until 10 bash -c "! pgrep -f 'sleep 61[9]' >/dev/null"; then ok "the command died with the cancel"; else fail "the command died with the cancel"; fi
+    rm -f "$TMP/hang"
+    q postgres "ALTER SYSTEM RESET meshhook_keys.root_key_command_timeout"
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'cat $KEY'"
     q postgres "ALTER SYSTEM SET meshhook_keys.root_key_file = '$KEY'"
     restart
     check_match "both providers set is refused" '^F0000: root key unavailable: both meshhook_keys.root_key_file and meshhook_keys.root_key_command are set' \
