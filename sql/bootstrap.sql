@@ -55,7 +55,7 @@ CREATE TABLE meshhook_keys.data_key (
     version           integer     NOT NULL CHECK (version > 0),
     state             text        NOT NULL DEFAULT 'active'
                       CHECK (state IN ('active', 'decrypt_only', 'retired', 'destroyed')),
-    wrapped_key       bytea       CHECK (pg_catalog.length(wrapped_key) = 60),
+    wrapped_key       bytea       CHECK (pg_catalog.length(wrapped_key) IN (60, 61)),  -- 61: format 2 (0.5.0), 60: a user-held key not unlocked since 0.4.0
     root_fingerprint  bytea       NOT NULL CHECK (pg_catalog.length(root_fingerprint) = 8),
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
     activated_at      timestamptz,
@@ -87,6 +87,9 @@ CREATE TABLE meshhook_keys.audit_log (
     prev_hash  bytea       NOT NULL,      -- hash of row id - 1 (empty for the first row)
     hash       bytea       NOT NULL       -- sha256(prev_hash || this row serialised)
 );
+
+-- Failed unlocks are counted per keyring over the last minute (meshhook_keys.max_failed_unlocks).
+CREATE INDEX audit_log_failed_idx ON meshhook_keys.audit_log (keyring, at) WHERE outcome = 'failed';
 
 -- Hash of one audit row chained to its predecessor. The row is serialised as a JSON array, with the
 -- time in UTC, so the result does not depend on the session's TimeZone or DateStyle.

@@ -490,3 +490,18 @@ UPDATE meshhook_keys.keyring SET max_encryptions = 4294967295 WHERE max_encrypti
 ALTER TABLE meshhook_keys.keyring
     DROP CONSTRAINT keyring_max_encryptions_check,
     ADD CONSTRAINT keyring_max_encryptions_check CHECK (max_encryptions BETWEEN 1 AND 4294967295);
+
+-- Wrapped data keys are bound to their keyring, version and tenant, not only their key id (issue
+-- 24): a row moved to another keyring or tenant by a tampered backup no longer unwraps. Every
+-- root-wrapped key is rewrapped here, in this transaction (the root key must be loaded if there
+-- are any). A user-held keyring's keys are rewrapped by its next unlock: only its secret can.
+ALTER TABLE meshhook_keys.data_key
+    DROP CONSTRAINT data_key_wrapped_key_check,
+    ADD CONSTRAINT data_key_wrapped_key_check CHECK (pg_catalog.length(wrapped_key) IN (60, 61));
+CREATE FUNCTION meshhook_keys._bind_wrapped_keys() RETURNS bigint
+    LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', '_bind_wrapped_keys_wrapper';
+SELECT meshhook_keys._bind_wrapped_keys();
+DROP FUNCTION meshhook_keys._bind_wrapped_keys();
+
+-- Failed unlocks are counted per keyring over the last minute (meshhook_keys.max_failed_unlocks).
+CREATE INDEX audit_log_failed_idx ON meshhook_keys.audit_log (keyring, at) WHERE outcome = 'failed';

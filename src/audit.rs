@@ -246,6 +246,11 @@ pub fn record_failed_attempt(action: &str, keyring: Option<&str>) {
     record_refusal(&format!("!{action}"), keyring, caller_role_oid());
 }
 
+/// Durably record an attempt refused because of too many failed ones (outcome `refused`).
+pub fn record_throttled_attempt(action: &str, keyring: Option<&str>) {
+    record_refusal(&format!("~{action}"), keyring, caller_role_oid());
+}
+
 /// Record a successful administrative action in the caller's transaction.
 pub fn record(
     action: &str,
@@ -345,9 +350,10 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
     // SAFETY: plain accessors of backend state.
     let (session, db) = unsafe { (pg_sys::GetSessionUserId(), pg_sys::MyDatabaseId) };
     let keyring = keyring.map(|k| clip(k, 63).replace(['\t', '\n'], " "));
-    let what = match function.strip_prefix('!') {
-        Some(action) => format!("failed {action} (wrong secret)"),
-        None => format!("refused {function}"),
+    let what = match (function.strip_prefix('!'), function.strip_prefix('~')) {
+        (Some(action), _) => format!("failed {action} (wrong secret)"),
+        (_, Some(action)) => format!("refused {action} (too many failed attempts)"),
+        _ => format!("refused {function}"),
     };
     crate::logline::log(&format!(
         "meshhook_keys audit: {what} for role {} (session user {}){}",
@@ -456,19 +462,26 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
     BackgroundWorker::transaction(|| {
         let session = role_name(pg_sys::Oid::from(session));
         let role = role_name(pg_sys::Oid::from(role));
-        // "!action": a failed attempt (wrong secret); otherwise a refused privileged call.
-        let (action, outcome, detail) = match function.strip_prefix('!') {
-            Some(action) => (
-                action.to_string(),
-                "failed",
-                serde_json::json!({ "error": "wrong secret" }),
-            ),
-            None => (
-                "refused".to_string(),
-                "refused",
-                serde_json::json!({ "function": function, "required_role": OPERATOR_ROLE }),
-            ),
-        };
+        // "!action": a failed attempt (wrong secret); "~action": an attempt refused because of
+        // too many failed ones; otherwise a refused privileged call.
+        let (action, outcome, detail) =
+            match (function.strip_prefix('!'), function.strip_prefix('~')) {
+                (Some(action), _) => (
+                    action.to_string(),
+                    "failed",
+                    serde_json::json!({ "error": "wrong secret" }),
+                ),
+                (_, Some(action)) => (
+                    action.to_string(),
+                    "refused",
+                    serde_json::json!({ "error": "too many failed attempts" }),
+                ),
+                _ => (
+                    "refused".to_string(),
+                    "refused",
+                    serde_json::json!({ "function": function, "required_role": OPERATOR_ROLE }),
+                ),
+            };
         let mut detail = detail;
         if let (false, Some(map)) = (jwt.is_empty(), detail.as_object_mut()) {
             map.insert("jwt".to_string(), serde_json::Value::Object(jwt.clone()));

@@ -24,8 +24,10 @@ pub const TAG_LEN: usize = 16;
 pub const MIN_ENVELOPE_LEN: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
 pub const KEY_LEN: usize = 32;
 
-/// Domain separation for wrapped data keys.
+/// Domain separation for wrapped data keys (format 1: bound to the key id only).
 const WRAP_AAD_LABEL: &[u8] = b"meshhook_keys data key v1";
+/// Format 2: bound to key id, keyring, version and tenant.
+const WRAP_AAD_LABEL_V2: &[u8] = b"meshhook_keys data key v2";
 /// Label for the root key fingerprint.
 const FINGERPRINT_LABEL: &[u8] = b"meshhook_keys root key fingerprint v1";
 
@@ -99,12 +101,11 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
     &b[start..end]
 }
 
-/// A random 96-bit nonce from the thread's CSPRNG (ChaCha12 seeded from the OS, reseeded periodically
-/// and after fork(), which matters because every backend is forked from the postmaster). This avoids a
-/// getrandom() system call per encryption; keys and key ids still come from the OS directly.
+/// A random 96-bit nonce straight from the operating system (getrandom), as Tink and libsodium
+/// do: no user-space generator state that a fork() could duplicate between backends.
 fn random_nonce() -> [u8; NONCE_LEN] {
     let mut n = [0u8; NONCE_LEN];
-    rand::thread_rng().fill_bytes(&mut n);
+    rand::rngs::OsRng.fill_bytes(&mut n);
     n
 }
 
@@ -182,24 +183,66 @@ pub fn open(
         .map_err(|_| CryptoError::AuthenticationFailed)
 }
 
-fn wrap_aad(key_id: i64) -> Vec<u8> {
+/// What a wrapped data key is bound to: it unwraps only as this key id, of this keyring, version
+/// and tenant. A wrapped key copied to another row, or a row whose keyring, version or tenant was
+/// changed (a tampered backup), does not unwrap.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyBinding<'a> {
+    pub key_id: i64,
+    pub keyring: &'a str,
+    pub version: i32,
+    pub tenant: Option<&'a str>,
+}
+
+/// The first byte of a wrapped key in format 2 (bound to keyring, version and tenant). Format 1
+/// (0.4.0 and before) has no such byte: nonce, ciphertext and tag, bound to the key id only.
+pub const WRAP_V2: u8 = 2;
+const WRAP_V1_LEN: usize = NONCE_LEN + KEY_LEN + TAG_LEN;
+const WRAP_V2_LEN: usize = 1 + WRAP_V1_LEN;
+
+fn wrap_aad_v1(key_id: i64) -> Vec<u8> {
     let mut a = WRAP_AAD_LABEL.to_vec();
     a.extend_from_slice(&key_id.to_be_bytes());
     a
 }
 
-/// Wrap a data key under the root key: `nonce || AES-256-GCM(dek) || tag`, bound to `key_id`
-/// so that a wrapped key copied to another row does not unwrap.
-pub fn wrap_key(root: &SecretKey, key_id: i64, dek: &SecretKey) -> Vec<u8> {
+/// Length-prefixed, so that no two bindings have the same bytes.
+fn wrap_aad_v2(b: &KeyBinding<'_>) -> Vec<u8> {
+    let mut a = WRAP_AAD_LABEL_V2.to_vec();
+    a.extend_from_slice(&b.key_id.to_be_bytes());
+    a.extend_from_slice(&(b.keyring.len() as u32).to_be_bytes());
+    a.extend_from_slice(b.keyring.as_bytes());
+    a.extend_from_slice(&b.version.to_be_bytes());
+    match b.tenant {
+        None => a.push(0),
+        Some(t) => {
+            a.push(1);
+            a.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            a.extend_from_slice(t.as_bytes());
+        }
+    }
+    a
+}
+
+/// Whether a wrapped key is in format 1 (bound to its key id only), to be rewrapped.
+pub fn is_legacy_wrap(wrapped: &[u8]) -> bool {
+    wrapped.len() == WRAP_V1_LEN
+}
+
+/// Wrap a data key under `kek` (the root key, or a user-held keyring's key-encryption key):
+/// `2 || nonce || AES-256-GCM(dek) || tag`, bound to `binding`.
+pub fn wrap_key(kek: &SecretKey, binding: &KeyBinding<'_>, dek: &SecretKey) -> Vec<u8> {
     let nonce = random_nonce();
-    let mut out = nonce.to_vec();
-    let ct = root
+    let mut out = Vec::with_capacity(WRAP_V2_LEN);
+    out.push(WRAP_V2);
+    out.extend_from_slice(&nonce);
+    let ct = kek
         .cipher()
         .encrypt(
             Nonce::from_slice(&nonce),
             Payload {
                 msg: dek.0.as_ref(),
-                aad: &wrap_aad(key_id),
+                aad: &wrap_aad_v2(binding),
             },
         )
         .expect("AES-GCM encryption of a bounded buffer cannot fail");
@@ -207,17 +250,56 @@ pub fn wrap_key(root: &SecretKey, key_id: i64, dek: &SecretKey) -> Vec<u8> {
     out
 }
 
-pub fn unwrap_key(root: &SecretKey, key_id: i64, wrapped: &[u8]) -> Result<SecretKey, CryptoError> {
-    if wrapped.len() != NONCE_LEN + KEY_LEN + TAG_LEN {
-        return Err(CryptoError::Truncated { len: wrapped.len() });
-    }
-    let mut plain = root
+/// Wrap a data key in format 1 (bound to its key id only): only for a schema from before 0.5.0,
+/// whose table accepts nothing else, until ALTER EXTENSION ... UPDATE rewraps it in format 2.
+pub fn wrap_key_v1(kek: &SecretKey, key_id: i64, dek: &SecretKey) -> Vec<u8> {
+    let nonce = random_nonce();
+    let mut out = nonce.to_vec();
+    let ct = kek
+        .cipher()
+        .encrypt(
+            Nonce::from_slice(&nonce),
+            Payload {
+                msg: dek.0.as_ref(),
+                aad: &wrap_aad_v1(key_id),
+            },
+        )
+        .expect("AES-GCM encryption of a bounded buffer cannot fail");
+    out.extend_from_slice(&ct);
+    out
+}
+
+/// Unwrap a data key. Format 2 must match `binding` exactly; format 1 (key id only) is accepted
+/// only when `legacy_ok` (before the upgrade rewrapped it, or a user-held keyring not unlocked
+/// since: see the callers).
+pub fn unwrap_key(
+    kek: &SecretKey,
+    binding: &KeyBinding<'_>,
+    wrapped: &[u8],
+    legacy_ok: bool,
+) -> Result<SecretKey, CryptoError> {
+    let (nonce, body, aad) = match wrapped.len() {
+        WRAP_V2_LEN if wrapped[0] == WRAP_V2 => (
+            &wrapped[1..1 + NONCE_LEN],
+            &wrapped[1 + NONCE_LEN..],
+            wrap_aad_v2(binding),
+        ),
+        WRAP_V2_LEN => return Err(CryptoError::UnknownFormat(wrapped[0])),
+        WRAP_V1_LEN if legacy_ok => (
+            &wrapped[..NONCE_LEN],
+            &wrapped[NONCE_LEN..],
+            wrap_aad_v1(binding.key_id),
+        ),
+        WRAP_V1_LEN => return Err(CryptoError::UnknownFormat(1)),
+        n => return Err(CryptoError::Truncated { len: n }),
+    };
+    let mut plain = kek
         .cipher()
         .decrypt(
-            Nonce::from_slice(&wrapped[..NONCE_LEN]),
+            Nonce::from_slice(nonce),
             Payload {
-                msg: &wrapped[NONCE_LEN..],
-                aad: &wrap_aad(key_id),
+                msg: body,
+                aad: &aad,
             },
         )
         .map_err(|_| CryptoError::AuthenticationFailed)?;
@@ -237,16 +319,21 @@ pub struct KdfParams {
 }
 
 impl KdfParams {
-    /// OWASP's Argon2id recommendation (19 MiB, 2 passes, 1 lane) with a fresh random salt.
-    pub fn new_random() -> Self {
+    /// These costs (memory in KiB, passes, lanes) with a fresh random salt.
+    pub fn new_random((m_cost, t_cost, p_cost): (u32, u32, u32)) -> Self {
         let mut salt = [0u8; 16];
         rand::rngs::OsRng.fill_bytes(&mut salt);
         KdfParams {
-            m_cost: 19_456,
-            t_cost: 2,
-            p_cost: 1,
+            m_cost,
+            t_cost,
+            p_cost,
             salt,
         }
+    }
+
+    /// Whether these costs are below `(m, t)` in memory or passes (then an unlock raises them).
+    pub fn weaker_than(&self, (m_cost, t_cost, _): (u32, u32, u32)) -> bool {
+        self.m_cost < m_cost || self.t_cost < t_cost
     }
 }
 
@@ -366,28 +453,92 @@ mod unit {
         );
     }
 
+    fn bind(key_id: i64) -> KeyBinding<'static> {
+        KeyBinding {
+            key_id,
+            keyring: "ring",
+            version: 3,
+            tenant: Some("t1"),
+        }
+    }
+
     #[test]
     fn wrap_unwrap_roundtrip_and_binding() {
         let root = key();
         let dek = SecretKey::generate();
-        let w = wrap_key(&root, 77, &dek);
-        assert_eq!(w.len(), NONCE_LEN + KEY_LEN + TAG_LEN);
-        let back = unwrap_key(&root, 77, &w).unwrap();
+        let w = wrap_key(&root, &bind(77), &dek);
+        assert_eq!(w.len(), 1 + NONCE_LEN + KEY_LEN + TAG_LEN);
+        assert_eq!(w[0], WRAP_V2);
+        assert!(!is_legacy_wrap(&w));
+        let back = unwrap_key(&root, &bind(77), &w, false).unwrap();
         assert_eq!(back.0.as_ref(), dek.0.as_ref());
-        // bound to key id
-        assert_eq!(
-            unwrap_key(&root, 78, &w).err(),
-            Some(CryptoError::AuthenticationFailed)
-        );
+        // bound to key id, keyring, version and tenant
+        let fails = |b: KeyBinding<'_>| {
+            assert_eq!(
+                unwrap_key(&root, &b, &w, true).err(),
+                Some(CryptoError::AuthenticationFailed),
+                "{b:?}"
+            )
+        };
+        fails(bind(78));
+        fails(KeyBinding {
+            keyring: "other",
+            ..bind(77)
+        });
+        fails(KeyBinding {
+            version: 4,
+            ..bind(77)
+        });
+        fails(KeyBinding {
+            tenant: Some("t2"),
+            ..bind(77)
+        });
+        fails(KeyBinding {
+            tenant: None,
+            ..bind(77)
+        });
+        // no two bindings share their bytes: ("ab", tenant "c") is not ("a", tenant "bc")
+        let ab = KeyBinding {
+            keyring: "ab",
+            tenant: Some("c"),
+            ..bind(1)
+        };
+        let a = KeyBinding {
+            keyring: "a",
+            tenant: Some("bc"),
+            ..bind(1)
+        };
+        let w2 = wrap_key(&root, &ab, &dek);
+        assert!(unwrap_key(&root, &a, &w2, false).is_err());
         // wrong root key
         let other = SecretKey::from_bytes(&[8u8; 32]).unwrap();
         assert_eq!(
-            unwrap_key(&other, 77, &w).err(),
+            unwrap_key(&other, &bind(77), &w, false).err(),
             Some(CryptoError::AuthenticationFailed)
         );
         assert_eq!(
-            unwrap_key(&root, 77, &w[..10]).err(),
+            unwrap_key(&root, &bind(77), &w[..10], false).err(),
             Some(CryptoError::Truncated { len: 10 })
+        );
+    }
+
+    #[test]
+    fn legacy_wraps_unwrap_only_when_allowed() {
+        // format 1, as 0.4.0 wrote it: nonce || AES-GCM(dek, aad = label || key id)
+        let root = key();
+        let dek = SecretKey::generate();
+        let w = wrap_key_v1(&root, 77, &dek);
+        assert_eq!(w.len(), NONCE_LEN + KEY_LEN + TAG_LEN);
+        assert!(is_legacy_wrap(&w));
+        let back = unwrap_key(&root, &bind(77), &w, true).unwrap();
+        assert_eq!(back.0.as_ref(), dek.0.as_ref());
+        assert_eq!(
+            unwrap_key(&root, &bind(77), &w, false).err(),
+            Some(CryptoError::UnknownFormat(1))
+        );
+        assert_eq!(
+            unwrap_key(&root, &bind(78), &w, true).err(),
+            Some(CryptoError::AuthenticationFailed)
         );
     }
 
@@ -442,10 +593,10 @@ mod unit {
         assert_ne!(a.fingerprint(), d.fingerprint());
         // a data key wrapped under one secret does not unwrap under another
         let dek = SecretKey::generate();
-        let w = wrap_key(&a, 42, &dek);
-        assert!(unwrap_key(&b, 42, &w).is_ok());
+        let w = wrap_key(&a, &bind(42), &dek);
+        assert!(unwrap_key(&b, &bind(42), &w, false).is_ok());
         assert_eq!(
-            unwrap_key(&c, 42, &w).err(),
+            unwrap_key(&c, &bind(42), &w, false).err(),
             Some(CryptoError::AuthenticationFailed)
         );
     }
@@ -642,35 +793,48 @@ mod props {
         ) {
             let root_bytes = root;
             let root = SecretKey::from_bytes(&root_bytes).unwrap();
-            let w = wrap_key(&root, key_id, &SecretKey::from_bytes(&dek).unwrap());
-            let back = unwrap_key(&root, key_id, &w).unwrap();
+            let b = |id: i64| KeyBinding { key_id: id, keyring: "ring", version: 1, tenant: None };
+            let w = wrap_key(&root, &b(key_id), &SecretKey::from_bytes(&dek).unwrap());
+            let back = unwrap_key(&root, &b(key_id), &w, false).unwrap();
             prop_assert_eq!(&back.0[..], &dek[..]);
 
             let mut flipped = w.clone();
-            flipped[at.index(w.len())] ^= 1 << bit;
-            prop_assert_eq!(unwrap_key(&root, key_id, &flipped).err(), Some(CryptoError::AuthenticationFailed));
+            let i = at.index(w.len());
+            flipped[i] ^= 1 << bit;
+            let r = unwrap_key(&root, &b(key_id), &flipped, false).err();
+            if i == 0 {
+                prop_assert_eq!(r, Some(CryptoError::UnknownFormat(WRAP_V2 ^ (1 << bit))));
+            } else {
+                prop_assert_eq!(r, Some(CryptoError::AuthenticationFailed));
+            }
 
             let n = cut.index(w.len());
-            prop_assert_eq!(unwrap_key(&root, key_id, &w[..n]).err(), Some(CryptoError::Truncated { len: n }));
+            let r = unwrap_key(&root, &b(key_id), &w[..n], true).err();
+            if n == WRAP_V1_LEN {
+                // (as long as a format-1 wrap: its bytes do not authenticate as one)
+                prop_assert_eq!(r, Some(CryptoError::AuthenticationFailed));
+            } else {
+                prop_assert_eq!(r, Some(CryptoError::Truncated { len: n }));
+            }
 
             let mut longer = w.clone();
             longer.extend_from_slice(&extra);
             prop_assert_eq!(
-                unwrap_key(&root, key_id, &longer).err(),
+                unwrap_key(&root, &b(key_id), &longer, false).err(),
                 Some(CryptoError::Truncated { len: longer.len() })
             );
 
             let spliced = splice(&w, splice_at, splice_len, &with);
             if spliced != w {
-                prop_assert!(unwrap_key(&root, key_id, &spliced).is_err());
+                prop_assert!(unwrap_key(&root, &b(key_id), &spliced, true).is_err());
             }
 
             if other_id != key_id {
-                prop_assert_eq!(unwrap_key(&root, other_id, &w).err(), Some(CryptoError::AuthenticationFailed));
+                prop_assert_eq!(unwrap_key(&root, &b(other_id), &w, false).err(), Some(CryptoError::AuthenticationFailed));
             }
             if other_root != root_bytes {
                 let other = SecretKey::from_bytes(&other_root).unwrap();
-                prop_assert_eq!(unwrap_key(&other, key_id, &w).err(), Some(CryptoError::AuthenticationFailed));
+                prop_assert_eq!(unwrap_key(&other, &b(key_id), &w, false).err(), Some(CryptoError::AuthenticationFailed));
             }
         }
 
@@ -681,7 +845,8 @@ mod props {
             bytes in vec(any::<u8>(), 0..128),
         ) {
             let root = SecretKey::from_bytes(&root).unwrap();
-            prop_assert!(unwrap_key(&root, key_id, &bytes).is_err());
+            let b = KeyBinding { key_id, keyring: "ring", version: 1, tenant: None };
+            prop_assert!(unwrap_key(&root, &b, &bytes, true).is_err());
         }
     }
 }

@@ -206,6 +206,16 @@ pub enum KeysError {
         user_held: bool,
     },
 
+    /// Too many failed unlocks of a user-held keyring in the last minute.
+    #[error(
+        "too many failed attempts to unlock keyring \"{keyring}\": {failures} in the last minute (meshhook_keys.max_failed_unlocks is {cap})"
+    )]
+    UnlockThrottled {
+        keyring: String,
+        failures: i64,
+        cap: i64,
+    },
+
     /// Every usage slot in shared memory is taken: an encryption that cannot be counted is refused.
     #[error(
         "encryptions under key version {version} of keyring \"{keyring}\" cannot be counted: all {slots} usage slots are taken"
@@ -304,6 +314,7 @@ impl KeysError {
             KeysError::TooManyKeyrings { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, // 53400
             KeysError::KeyExhausted { .. } => ERRCODE_PROGRAM_LIMIT_EXCEEDED, // 54000
             KeysError::UsageUntracked { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, // 53400
+            KeysError::UnlockThrottled { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, // 53400
             KeysError::VaultMissing => ERRCODE_UNDEFINED_TABLE,          // 42P01
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,            // XX000
         }
@@ -347,6 +358,9 @@ impl KeysError {
             KeysError::KeyExhausted { keyring, user_held: true, .. } => Some(format!(
                 "Give the keyring a new data key: SELECT meshhook_keys.keyring_rotate_secret('{keyring}', <secret>, <secret>, reencrypt => true); (user-held keyrings are never rotated by the scheduler)."
             )),
+            KeysError::UnlockThrottled { .. } => Some(
+                "Wait a minute and try again with the right secret; every failed and refused attempt is in the audit log.".into(),
+            ),
             KeysError::UsageUntracked { .. } => Some(
                 "Raise meshhook_keys.max_tracked_keys (restart required); the scheduler frees the slots of keys that can no longer encrypt on every tick.".into(),
             ),

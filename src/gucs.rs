@@ -22,6 +22,9 @@ static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"90 days"));
 static DEFAULT_MAX_ENCRYPTIONS: GucSetting<i32> = GucSetting::<i32>::new(1 << 30);
 static MAX_TRACKED_KEYS: GucSetting<i32> = GucSetting::<i32>::new(4096);
+static MAX_FAILED_UNLOCKS: GucSetting<i32> = GucSetting::<i32>::new(5);
+static USER_HELD_KDF: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"m=65536,t=3,p=4"));
 static ROOT_KEY_COMMAND_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000);
 static MAX_ENCRYPTIONS_CEILING: GucSetting<i32> = GucSetting::<i32>::new(i32::MAX);
 static TENANT_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -147,6 +150,24 @@ pub fn init() {
         GucFlags::default(),
     );
     GucRegistry::define_int_guc(
+        c"meshhook_keys.max_failed_unlocks",
+        c"Failed unlocks of one user-held keyring per minute after which further attempts are refused (53400) without deriving a key.",
+        c"Counted from the audit log, so the limit holds across sessions and restarts.",
+        &MAX_FAILED_UNLOCKS,
+        1,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"meshhook_keys.user_held_kdf",
+        c"Argon2id parameters for new user-held keyring secrets: m=<KiB>,t=<passes>,p=<lanes>.",
+        c"Default m=65536,t=3,p=4 (RFC 9106, second recommended option). Stored per keyring; an unlock upgrades a keyring whose parameters are weaker.",
+        &USER_HELD_KDF,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
         c"meshhook_keys.root_key_command_timeout",
         c"How long meshhook_keys.root_key_command may run before it is killed.",
         c"A command that hangs (an unreachable KMS) neither blocks server start nor a backend past this.",
@@ -260,6 +281,35 @@ pub fn default_rotation_interval() -> Option<String> {
 
 pub fn default_max_encryptions() -> i64 {
     DEFAULT_MAX_ENCRYPTIONS.get().max(1) as i64
+}
+
+pub fn max_failed_unlocks() -> i64 {
+    MAX_FAILED_UNLOCKS.get().max(1) as i64
+}
+
+/// The Argon2id parameters for new user-held secrets, (m KiB, t, p): the setting if it parses
+/// (p 1 to 16, m at least 8 KiB per lane, t at least 1), else RFC 9106's second recommended option
+/// (64 MiB, 3 passes, 4 lanes).
+pub fn user_held_kdf() -> (u32, u32, u32) {
+    const DEFAULT: (u32, u32, u32) = (65_536, 3, 4);
+    let Some(text) = non_empty(&USER_HELD_KDF) else {
+        return DEFAULT;
+    };
+    let (mut m, mut t, mut p) = (None, None, None);
+    for part in text.split(',') {
+        let (k, v) = part.split_once('=').unwrap_or((part, ""));
+        let v = v.trim().parse::<u32>().ok();
+        match k.trim() {
+            "m" => m = v,
+            "t" => t = v,
+            "p" => p = v,
+            _ => return DEFAULT,
+        }
+    }
+    match (m, t, p) {
+        (Some(m), Some(t), Some(p)) if (1..=16).contains(&p) && m >= 8 * p && t >= 1 => (m, t, p),
+        _ => DEFAULT,
+    }
 }
 
 pub fn root_key_command_timeout() -> std::time::Duration {

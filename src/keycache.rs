@@ -118,12 +118,12 @@ fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
             loaded: rootkey::fingerprint_hex(&root.fingerprint),
         });
     }
-    let dek: SecretKey = crypto::unwrap_key(&root.key, row.key_id, wrapped).map_err(|_| {
-        KeysError::WrappedKeyCorrupted {
+    let legacy_ok = crypto::is_legacy_wrap(wrapped) && store::legacy_wrap_allowed(row)?;
+    let dek: SecretKey = crypto::unwrap_key(&root.key, &row.binding(), wrapped, legacy_ok)
+        .map_err(|_| KeysError::WrappedKeyCorrupted {
             keyring: row.keyring.clone(),
             version: row.version,
-        }
-    })?;
+        })?;
     Ok(CachedKey {
         key_id: row.key_id,
         keyring: row.keyring.clone(),

@@ -57,7 +57,17 @@ pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) 
     let version = store::next_version(keyring)?;
     let key_id = crypto::random_key_id();
     let dek = SecretKey::generate();
-    let wrapped = crypto::wrap_key(&root.key, key_id, &dek);
+    let tenant = store::keyring_destroyed_and_tenant(keyring)?.1;
+    let wrapped = store::wrap_for_schema(
+        &root.key,
+        &crypto::KeyBinding {
+            key_id,
+            keyring,
+            version,
+            tenant: tenant.as_deref(),
+        },
+        &dek,
+    )?;
     drop(dek);
     let activated_at =
         store::insert_active_key(keyring, version, key_id, &wrapped, &root.fingerprint)?;
@@ -281,13 +291,15 @@ pub fn rewrap_root() -> KResult<(i64, i64)> {
                 ),
             });
         }
-        let dek = crypto::unwrap_key(&prev.key, row.key_id, wrapped).map_err(|_| {
-            KeysError::WrappedKeyCorrupted {
-                keyring: row.keyring.clone(),
-                version: row.version,
-            }
-        })?;
-        let rewrapped = crypto::wrap_key(&cur.key, row.key_id, &dek);
+        let legacy_ok = crypto::is_legacy_wrap(wrapped) && store::legacy_wrap_allowed(&row)?;
+        let dek =
+            crypto::unwrap_key(&prev.key, &row.binding(), wrapped, legacy_ok).map_err(|_| {
+                KeysError::WrappedKeyCorrupted {
+                    keyring: row.keyring.clone(),
+                    version: row.version,
+                }
+            })?;
+        let rewrapped = store::wrap_for_schema(&cur.key, &row.binding(), &dek)?;
         drop(dek);
         store::set_wrapped_key(row.key_id, &rewrapped, &cur.fingerprint)?;
         done += 1;
@@ -305,4 +317,44 @@ pub fn rewrap_root() -> KResult<(i64, i64)> {
         }),
     )?;
     Ok((done, already))
+}
+
+/// Rewrap every root-wrapped data key still in the format before 0.5.0 (bound to its key id only)
+/// in the format that binds it to its keyring, version and tenant. Run once by the 0.4.0 -> 0.5.0
+/// upgrade script, in its transaction; needs the root key only when there is something to rewrap.
+/// Each unwrapped key is zeroized as soon as it is rewrapped. Returns how many were rewrapped.
+pub fn bind_legacy_wraps() -> KResult<i64> {
+    let rows: Vec<store::KeyRow> = store::wrapped_keys_for_update()?
+        .into_iter()
+        .filter(|r| r.wrapped_key.as_deref().is_some_and(crypto::is_legacy_wrap))
+        .collect();
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let root = rootkey::current()?;
+    let mut done = 0i64;
+    for row in rows {
+        let Some(wrapped) = row.wrapped_key.as_deref() else {
+            continue;
+        };
+        if row.root_fingerprint.as_slice() != root.fingerprint.as_slice() {
+            return Err(KeysError::RootKeyMismatch {
+                keyring: row.keyring.clone(),
+                version: row.version,
+                stored: rootkey::fingerprint_hex(&row.root_fingerprint),
+                loaded: rootkey::fingerprint_hex(&root.fingerprint),
+            });
+        }
+        let dek = crypto::unwrap_key(&root.key, &row.binding(), wrapped, true).map_err(|_| {
+            KeysError::WrappedKeyCorrupted {
+                keyring: row.keyring.clone(),
+                version: row.version,
+            }
+        })?;
+        let rewrapped = crypto::wrap_key(&root.key, &row.binding(), &dek);
+        drop(dek);
+        store::set_wrapped_key(row.key_id, &rewrapped, &root.fingerprint)?;
+        done += 1;
+    }
+    Ok(done)
 }

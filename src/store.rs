@@ -25,6 +25,50 @@ pub struct KeyRow {
     pub max_encryptions: Option<i64>,
 }
 
+impl KeyRow {
+    /// What its wrapped key is bound to.
+    pub fn binding(&self) -> crate::crypto::KeyBinding<'_> {
+        crate::crypto::KeyBinding {
+            key_id: self.key_id,
+            keyring: &self.keyring,
+            version: self.version,
+            tenant: self.tenant.as_deref(),
+        }
+    }
+}
+
+/// Whether a wrapped key in the format before 0.5.0 (bound to its key id only) may still be
+/// unwrapped: a user-held keyring's until its next unlock (which rewraps it: only the user's secret
+/// can), a root-wrapped one only until ALTER EXTENSION ... UPDATE (whose script rewraps them all). A
+/// root-wrapped key in the old format after that is a restored old row, never used.
+pub fn legacy_wrap_allowed(row: &KeyRow) -> Result<bool> {
+    Ok(row.user_held || !schema_is_current()?)
+}
+
+/// Whether the installed schema is this library's version (false between installing a new
+/// library and ALTER EXTENSION ... UPDATE).
+pub fn schema_is_current() -> Result<bool> {
+    let version = read_one::<String>(
+        "SELECT extversion FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) 'meshhook_keys'",
+        &[],
+    )?;
+    Ok(version.as_deref() == Some(env!("CARGO_PKG_VERSION")))
+}
+
+/// Wrap a new or rewrapped data key for the row `binding` names: format 2, or format 1 on a
+/// schema from before 0.5.0 (whose table accepts nothing else until the update rewraps it).
+pub fn wrap_for_schema(
+    kek: &crate::crypto::SecretKey,
+    binding: &crate::crypto::KeyBinding<'_>,
+    dek: &crate::crypto::SecretKey,
+) -> Result<Vec<u8>> {
+    Ok(if schema_is_current()? {
+        crate::crypto::wrap_key(kek, binding, dek)
+    } else {
+        crate::crypto::wrap_key_v1(kek, binding.key_id, dek)
+    })
+}
+
 /// The keyring's tenant is read through to_jsonb so that this library also works on a schema from
 /// before 0.4.0 (no tenant column yet: NULL), until ALTER EXTENSION ... UPDATE.
 const KEY_COLUMNS: &str = "tableoid::oid, key_id, keyring, version, state, wrapped_key, root_fingerprint,

@@ -141,7 +141,9 @@ fn open_all(keyring: &str, rows: &[KeyRow], kek: &SecretKey) -> Result<(Opened, 
         let Some(wrapped) = row.wrapped_key.as_deref() else {
             continue;
         };
-        let dek = crypto::unwrap_key(kek, row.key_id, wrapped)
+        // (a wrap in the format before 0.5.0 is accepted here: only the user's secret can rewrap
+        // it, which the next unlock does)
+        let dek = crypto::unwrap_key(kek, &row.binding(), wrapped, true)
             .map_err(|_| KeysError::WrongSecret(keyring.into()))?;
         keys.insert(row.key_id, Rc::new(keycache::from_unwrapped(row, &dek)?));
         if row.state == "active" {
@@ -164,7 +166,17 @@ fn new_version(keyring: &str, kek: &SecretKey) -> Result<(i32, i64, Rc<CachedKey
     let version = store::next_version(keyring)?;
     let key_id = crypto::random_key_id();
     let dek = SecretKey::generate();
-    let wrapped = crypto::wrap_key(kek, key_id, &dek);
+    let tenant = store::keyring_destroyed_and_tenant(keyring)?.1;
+    let wrapped = store::wrap_for_schema(
+        kek,
+        &crypto::KeyBinding {
+            key_id,
+            keyring,
+            version,
+            tenant: tenant.as_deref(),
+        },
+        &dek,
+    )?;
     store::insert_active_key(keyring, version, key_id, &wrapped, &kek.fingerprint())?;
     let row = store::key_by_id(key_id)?.ok_or(KeysError::UnknownKeyId(key_id))?;
     Ok((
@@ -180,7 +192,7 @@ pub fn create(keyring: &str, secret: Option<&str>) -> Result<(i32, i64)> {
     check_namespace(keyring, true)?;
     let principal = check_owner(keyring)?;
     let secret = Zeroizing::new(validate_secret("secret", secret)?.to_string());
-    let params = KdfParams::new_random();
+    let params = KdfParams::new_random(crate::gucs::user_held_kdf());
     let kek = derive(&secret, &params)?;
     let kdf = kdf_json(&params);
     lock_order::keyring(
@@ -242,20 +254,122 @@ fn hold(
     Ok(())
 }
 
-/// keyring_unlock: returns how many versions were unlocked.
+/// Refuse (before any key derivation) an attempt on a keyring that had too many failed attempts
+/// in the last minute, counted from the audit log (so across sessions, databases' backends and
+/// restarts). The refusal is audited too.
+fn throttle(action: &str, keyring: &str) -> Result<()> {
+    let cap = crate::gucs::max_failed_unlocks();
+    let failures = store::read_one::<i64>(
+        "SELECT pg_catalog.count(*) FROM meshhook_keys.audit_log
+          WHERE keyring OPERATOR(pg_catalog.=) $1 AND outcome OPERATOR(pg_catalog.=) 'failed'
+            AND action OPERATOR(pg_catalog.=) ANY (ARRAY['unlock', 'rotate_secret'])
+            AND (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) interval '1 minute') OPERATOR(pg_catalog.<) at",
+        &[keyring.into()],
+    )?
+    .unwrap_or(0);
+    if failures >= cap {
+        audit::record_throttled_attempt(action, Some(keyring));
+        return Err(KeysError::UnlockThrottled {
+            keyring: keyring.into(),
+            failures,
+            cap,
+        });
+    }
+    Ok(())
+}
+
+/// Whether this transaction may write (not a standby, not READ ONLY).
+fn can_write() -> bool {
+    // SAFETY: reads of backend and shared state.
+    unsafe { !pg_sys::RecoveryInProgress() && !pg_sys::XactReadOnly }
+}
+
+/// keyring_unlock: returns how many versions were unlocked. When the keyring's wrapping is older
+/// or weaker than today's (a wrap in the format before 0.5.0, or Argon2id costs below
+/// meshhook_keys.user_held_kdf) and the transaction can write, the same secret rewraps every
+/// version with today's parameters first (a new salt, so a new key-encryption key).
 pub fn unlock(keyring: &str, secret: Option<&str>, scope: Scope) -> Result<i32> {
     let secret = Zeroizing::new(secret.ok_or(KeysError::NullArgument("secret"))?.to_string());
     let params = user_held_params(keyring)?;
+    throttle("unlock", keyring)?;
     let kek = derive(&secret, &params)?;
     let rows = store::keyring_keys(keyring, false)?;
-    let ((keys, active), _deks) = match open_all(keyring, &rows, &kek) {
+    let ((keys, active), deks) = match open_all(keyring, &rows, &kek) {
         Ok(x) => x,
         Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("unlock", keyring)),
         Err(e) => return Err(e),
     };
+    let today = crate::gucs::user_held_kdf();
+    let legacy = rows
+        .iter()
+        .any(|r| r.wrapped_key.as_deref().is_some_and(crypto::is_legacy_wrap));
+    let outdated = params.weaker_than(today) || (legacy && store::schema_is_current()?);
+    if outdated && can_write() {
+        drop((keys, deks, kek));
+        return upgrade_and_unlock(keyring, &secret, &params, scope);
+    }
     let n = keys.len() as i32;
     hold(keyring, keys, active, kek.fingerprint().to_vec(), scope)?;
     Ok(n)
+}
+
+/// Rewrap every version of `keyring` under a key derived from `secret` with today's parameters
+/// (under the keyring's lock, the rows re-read and locked), audit it, and unlock.
+fn upgrade_and_unlock(
+    keyring: &str,
+    secret: &str,
+    params: &KdfParams,
+    scope: Scope,
+) -> Result<i32> {
+    lock_order::keyring(keyring, Row::Existing)?;
+    let rows = store::keyring_keys(keyring, true)?;
+    let kek_old = derive(secret, params)?;
+    let ((keys, active), deks) = match open_all(keyring, &rows, &kek_old) {
+        Ok(x) => x,
+        Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("unlock", keyring)),
+        Err(e) => return Err(e),
+    };
+    drop(kek_old);
+    let new_params = KdfParams::new_random(crate::gucs::user_held_kdf());
+    let kek_new = derive(secret, &new_params)?;
+    let fingerprint = rewrap_all(keyring, &rows, &deks, &kek_new, &new_params)?;
+    drop(deks);
+    audit::record(
+        "rewrap_user_held",
+        Some(keyring),
+        None,
+        None,
+        Some("unlock: wrapping upgraded"),
+        serde_json::json!({ "versions": rows.iter().filter(|r| r.wrapped_key.is_some()).count(),
+                            "kdf": "argon2id", "m_cost": new_params.m_cost,
+                            "t_cost": new_params.t_cost, "p_cost": new_params.p_cost,
+                            "from": { "m_cost": params.m_cost, "t_cost": params.t_cost, "p_cost": params.p_cost } }),
+    )?;
+    let n = keys.len() as i32;
+    hold(keyring, keys, active, fingerprint.to_vec(), scope)?;
+    Ok(n)
+}
+
+/// Write every version with key material wrapped under `kek` (bound, format 2), and the
+/// parameters it was derived with; returns its fingerprint.
+fn rewrap_all(
+    keyring: &str,
+    rows: &[KeyRow],
+    deks: &[SecretKey],
+    kek: &SecretKey,
+    params: &KdfParams,
+) -> Result<[u8; 8]> {
+    let fingerprint = kek.fingerprint();
+    let with_material: Vec<&KeyRow> = rows.iter().filter(|r| r.wrapped_key.is_some()).collect();
+    for (row, dek) in with_material.iter().zip(deks.iter()) {
+        store::set_wrapped_key(
+            row.key_id,
+            &store::wrap_for_schema(kek, &row.binding(), dek)?,
+            &fingerprint,
+        )?;
+    }
+    store::set_kdf(keyring, &kdf_json(params))?;
+    Ok(fingerprint)
 }
 
 /// What `rewrap` did: the versions rewrapped, and the new version when one was made.
@@ -286,6 +400,7 @@ pub fn rewrap(
         ));
     }
     let params = user_held_params(keyring)?;
+    throttle("rotate_secret", keyring)?;
     lock_order::keyring(keyring, Row::CreateIfMissing)?;
     let rows = store::keyring_keys(keyring, true)?;
     let kek_old = derive(&old, &params)?;
@@ -295,18 +410,9 @@ pub fn rewrap(
         Err(e) => return Err(e),
     };
     drop(kek_old);
-    let new_params = KdfParams::new_random();
+    let new_params = KdfParams::new_random(crate::gucs::user_held_kdf());
     let kek_new = derive(&new, &new_params)?;
-    let fingerprint = kek_new.fingerprint();
-    let with_material: Vec<&KeyRow> = rows.iter().filter(|r| r.wrapped_key.is_some()).collect();
-    for (row, dek) in with_material.iter().zip(deks.iter()) {
-        store::set_wrapped_key(
-            row.key_id,
-            &crypto::wrap_key(&kek_new, row.key_id, dek),
-            &fingerprint,
-        )?;
-    }
-    store::set_kdf(keyring, &kdf_json(&new_params))?;
+    let fingerprint = rewrap_all(keyring, &rows, &deks, &kek_new, &new_params)?;
     let rewrapped = deks.len() as i32;
     drop(deks);
 

@@ -133,3 +133,12 @@ fn root_key_rewrap() -> TableIterator<'static, (name!(rewrapped, i64), name!(alr
     .or_raise();
     TableIterator::once((done, already))
 }
+
+/// Rewrap the root-wrapped data keys still in the format before 0.5.0 so that each is bound to its
+/// keyring, version and tenant. Not part of the extension's SQL: the 0.4.0 -> 0.5.0 upgrade script
+/// creates it, calls it once (needing the root key only if there is something to rewrap) and drops
+/// it.
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
+fn _bind_wrapped_keys() -> i64 {
+    crate::store::with_fixed_search_path(crate::keyring::bind_legacy_wraps).or_raise()
+}

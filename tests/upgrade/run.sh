@@ -46,7 +46,9 @@ for archived in "$REPO_ROOT"/sql/archive/meshhook_keys--*.sql; do
     q -d postgres -c "DROP DATABASE IF EXISTS upgrade_old" -c "CREATE DATABASE upgrade_old"
     q -d upgrade_old -c "CREATE EXTENSION meshhook_keys VERSION '$from'" \
         -c "CREATE TABLE s AS SELECT i, meshhook_keys.secret_encrypt('before-upgrade-' || i, 'row' || i) AS c FROM generate_series(1, 100) i" \
-        -c "SELECT 1 FROM meshhook_keys.keys_rotate('default', 'before upgrade')" >/dev/null
+        -c "SELECT 1 FROM meshhook_keys.keys_rotate('default', 'before upgrade')" \
+        -c "SELECT 1 FROM meshhook_keys.keyring_create_user_held('user:upgrade', 'upgrade-secret-1')" \
+        -c "CREATE TABLE u AS SELECT meshhook_keys.secret_encrypt('user-held-before', '', 'user:upgrade') AS c" >/dev/null
     q -d upgrade_old -c "ALTER EXTENSION meshhook_keys UPDATE"
     inventory upgrade_fresh > "/tmp/mk_inv_fresh.$$" && inventory upgrade_old > "/tmp/mk_inv_old.$$" || status=1
     if [ -s "/tmp/mk_inv_fresh.$$" ] && diff -u "/tmp/mk_inv_fresh.$$" "/tmp/mk_inv_old.$$"; then
@@ -56,6 +58,15 @@ for archived in "$REPO_ROOT"/sql/archive/meshhook_keys--*.sql; do
     fi
     got=$(q -d upgrade_old -c "SELECT count(*) FROM s WHERE meshhook_keys.secret_decrypt(c, 'row' || i) = 'before-upgrade-' || i")
     if [ "$got" = 100 ]; then echo "  ok   secrets written before the upgrade decrypt"; else echo "  FAIL decrypt after upgrade: $got/100"; status=1; fi
+    # issue 24: every root-wrapped key is rewrapped bound to its keyring, version and tenant (61
+    # bytes); a user-held one stays as it was until its next unlock, which rewraps it
+    got=$(q -d upgrade_old -c "SELECT string_agg(k.user_held::text || ':' || length(d.wrapped_key), ',' ORDER BY k.user_held, d.version)
+                                 FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name = d.keyring WHERE d.wrapped_key IS NOT NULL")
+    if [ "$got" = "false:61,false:61,true:60" ]; then echo "  ok   root-wrapped keys rewrapped bound (61 bytes), the user-held one waits for its unlock"; else echo "  FAIL wrapped key lengths after upgrade: $got"; status=1; fi
+    got=$(q -d upgrade_old -c "SELECT meshhook_keys.keyring_unlock('user:upgrade', 'upgrade-secret-1')" \
+            -c "SELECT meshhook_keys.secret_decrypt(c, '') FROM u" \
+            -c "SELECT length(wrapped_key) FROM meshhook_keys.data_key WHERE keyring = 'user:upgrade'" | tr '\n' ' ')
+    if [ "$got" = "1 user-held-before 61 " ]; then echo "  ok   the user-held keyring unlocks, decrypts, and is rewrapped bound"; else echo "  FAIL user-held after upgrade: $got"; status=1; fi
     got=$(q -d upgrade_old -c "SELECT ok FROM meshhook_keys.audit_verify()")
     if [ "$got" = t ]; then echo "  ok   audit chain verifies after the upgrade"; else echo "  FAIL audit chain after upgrade"; status=1; fi
 done
