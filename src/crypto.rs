@@ -232,9 +232,20 @@ pub fn is_legacy_wrap(wrapped: &[u8]) -> bool {
 /// Wrap a data key under `kek` (the root key, or a user-held keyring's key-encryption key):
 /// `2 || nonce || AES-256-GCM(dek) || tag`, bound to `binding`.
 pub fn wrap_key(kek: &SecretKey, binding: &KeyBinding<'_>, dek: &SecretKey) -> Vec<u8> {
+    seal_key(kek, &[WRAP_V2], &wrap_aad_v2(binding), dek)
+}
+
+/// Wrap a data key in format 1 (bound to its key id only): only for a schema from before 0.5.0,
+/// whose table accepts nothing else, until ALTER EXTENSION ... UPDATE rewraps it in format 2.
+pub fn wrap_key_v1(kek: &SecretKey, key_id: i64, dek: &SecretKey) -> Vec<u8> {
+    seal_key(kek, &[], &wrap_aad_v1(key_id), dek)
+}
+
+/// `prefix || nonce || AES-256-GCM(dek, aad) || tag`.
+fn seal_key(kek: &SecretKey, prefix: &[u8], aad: &[u8], dek: &SecretKey) -> Vec<u8> {
     let nonce = random_nonce();
     let mut out = Vec::with_capacity(WRAP_V2_LEN);
-    out.push(WRAP_V2);
+    out.extend_from_slice(prefix);
     out.extend_from_slice(&nonce);
     let ct = kek
         .cipher()
@@ -242,26 +253,7 @@ pub fn wrap_key(kek: &SecretKey, binding: &KeyBinding<'_>, dek: &SecretKey) -> V
             Nonce::from_slice(&nonce),
             Payload {
                 msg: dek.0.as_ref(),
-                aad: &wrap_aad_v2(binding),
-            },
-        )
-        .expect("AES-GCM encryption of a bounded buffer cannot fail");
-    out.extend_from_slice(&ct);
-    out
-}
-
-/// Wrap a data key in format 1 (bound to its key id only): only for a schema from before 0.5.0,
-/// whose table accepts nothing else, until ALTER EXTENSION ... UPDATE rewraps it in format 2.
-pub fn wrap_key_v1(kek: &SecretKey, key_id: i64, dek: &SecretKey) -> Vec<u8> {
-    let nonce = random_nonce();
-    let mut out = nonce.to_vec();
-    let ct = kek
-        .cipher()
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: dek.0.as_ref(),
-                aad: &wrap_aad_v1(key_id),
+                aad,
             },
         )
         .expect("AES-GCM encryption of a bounded buffer cannot fail");

@@ -110,14 +110,7 @@ fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
         });
     };
     let root = rootkey::current()?;
-    if row.root_fingerprint.as_slice() != root.fingerprint.as_slice() {
-        return Err(KeysError::RootKeyMismatch {
-            keyring: row.keyring.clone(),
-            version: row.version,
-            stored: rootkey::fingerprint_hex(&row.root_fingerprint),
-            loaded: rootkey::fingerprint_hex(&root.fingerprint),
-        });
-    }
+    rootkey::check_wraps(&root, row)?;
     let legacy_ok = crypto::is_legacy_wrap(wrapped) && store::legacy_wrap_allowed(row)?;
     let dek: SecretKey = crypto::unwrap_key(&root.key, &row.binding(), wrapped, legacy_ok)
         .map_err(|_| KeysError::WrappedKeyCorrupted {

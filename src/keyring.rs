@@ -57,17 +57,7 @@ pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) 
     let version = store::next_version(keyring)?;
     let key_id = crypto::random_key_id();
     let dek = SecretKey::generate();
-    let tenant = store::keyring_destroyed_and_tenant(keyring)?.1;
-    let wrapped = store::wrap_for_schema(
-        &root.key,
-        &crypto::KeyBinding {
-            key_id,
-            keyring,
-            version,
-            tenant: tenant.as_deref(),
-        },
-        &dek,
-    )?;
+    let wrapped = store::wrap_new_key(&root.key, keyring, version, key_id, &dek)?;
     drop(dek);
     let activated_at =
         store::insert_active_key(keyring, version, key_id, &wrapped, &root.fingerprint)?;
@@ -337,14 +327,7 @@ pub fn bind_legacy_wraps() -> KResult<i64> {
         let Some(wrapped) = row.wrapped_key.as_deref() else {
             continue;
         };
-        if row.root_fingerprint.as_slice() != root.fingerprint.as_slice() {
-            return Err(KeysError::RootKeyMismatch {
-                keyring: row.keyring.clone(),
-                version: row.version,
-                stored: rootkey::fingerprint_hex(&row.root_fingerprint),
-                loaded: rootkey::fingerprint_hex(&root.fingerprint),
-            });
-        }
+        rootkey::check_wraps(&root, &row)?;
         let dek = crypto::unwrap_key(&root.key, &row.binding(), wrapped, true).map_err(|_| {
             KeysError::WrappedKeyCorrupted {
                 keyring: row.keyring.clone(),

@@ -292,6 +292,19 @@ pub fn previous() -> Result<std::rc::Rc<RootKey>> {
     cached(&PREVIOUS, p)
 }
 
+/// Refuse (28000) a data key row wrapped by another root key than `root`.
+pub fn check_wraps(root: &RootKey, row: &crate::store::KeyRow) -> Result<()> {
+    if row.root_fingerprint.as_slice() == root.fingerprint.as_slice() {
+        return Ok(());
+    }
+    Err(KeysError::RootKeyMismatch {
+        keyring: row.keyring.clone(),
+        version: row.version,
+        stored: fingerprint_hex(&row.root_fingerprint),
+        loaded: fingerprint_hex(&root.fingerprint),
+    })
+}
+
 pub fn fingerprint_hex(fp: &[u8]) -> String {
     hex::encode(fp)
 }

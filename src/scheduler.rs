@@ -99,6 +99,26 @@ fn try_tick_lock(mode: Mode) -> Result<bool> {
     Ok(locks::try_take(Lock::Tick, until))
 }
 
+/// Take the tick lock, or say in `out` why not (another tick runs, or taking it failed).
+fn take_tick_lock(mode: Mode, out: &mut Vec<Action>) -> bool {
+    match isolated(mode, || try_tick_lock(mode)) {
+        Ok(true) => true,
+        Ok(false) => {
+            out.push(Action::new(
+                None,
+                "tick",
+                "skipped",
+                "another tick is running".into(),
+            ));
+            false
+        }
+        Err(f) => {
+            out.push(Action::failed(None, "tick", &f));
+            false
+        }
+    }
+}
+
 pub fn release_tick_lock() -> Result<()> {
     locks::release(Lock::Tick);
     Ok(())
@@ -304,23 +324,8 @@ pub fn usage_tick() -> Vec<Action> {
     if let Err(f) = flush_usage() {
         out.push(Action::failed(None, "flush_usage", &f));
     }
-    match isolated(Mode::OwnTransactions, || {
-        try_tick_lock(Mode::OwnTransactions)
-    }) {
-        Ok(true) => {}
-        Ok(false) => {
-            out.push(Action::new(
-                None,
-                "tick",
-                "skipped",
-                "another tick is running".into(),
-            ));
-            return out;
-        }
-        Err(f) => {
-            out.push(Action::failed(None, "tick", &f));
-            return out;
-        }
+    if !take_tick_lock(Mode::OwnTransactions, &mut out) {
+        return out;
     }
     rotation_step(Mode::OwnTransactions, true, true, &mut out);
     let _ = isolated(Mode::OwnTransactions, release_tick_lock);
@@ -481,21 +486,8 @@ fn reencrypt_one(mode: Mode, worker: bool, per_tick: i32, keyring: &str) -> Opti
 /// what only the worker does (flushing usage counters first, stopping early on SIGTERM).
 pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
     let mut out = Vec::new();
-    match isolated(mode, || try_tick_lock(mode)) {
-        Ok(true) => {}
-        Ok(false) => {
-            out.push(Action::new(
-                None,
-                "tick",
-                "skipped",
-                "another tick is running".into(),
-            ));
-            return out;
-        }
-        Err(f) => {
-            out.push(Action::failed(None, "tick", &f));
-            return out;
-        }
+    if !take_tick_lock(mode, &mut out) {
+        return out;
     }
     if worker && let Err(f) = flush_usage() {
         out.push(Action::failed(None, "flush_usage", &f));

@@ -55,6 +55,27 @@ pub fn schema_is_current() -> Result<bool> {
     Ok(version.as_deref() == Some(env!("CARGO_PKG_VERSION")))
 }
 
+/// Wrap a new data key, version `version` of `keyring` (bound to the keyring's tenant).
+pub fn wrap_new_key(
+    kek: &crate::crypto::SecretKey,
+    keyring: &str,
+    version: i32,
+    key_id: i64,
+    dek: &crate::crypto::SecretKey,
+) -> Result<Vec<u8>> {
+    let tenant = keyring_destroyed_and_tenant(keyring)?.1;
+    wrap_for_schema(
+        kek,
+        &crate::crypto::KeyBinding {
+            key_id,
+            keyring,
+            version,
+            tenant: tenant.as_deref(),
+        },
+        dek,
+    )
+}
+
 /// Wrap a new or rewrapped data key for the row `binding` names: format 2, or format 1 on a
 /// schema from before 0.5.0 (whose table accepts nothing else until the update rewraps it).
 pub fn wrap_for_schema(

@@ -166,17 +166,7 @@ fn new_version(keyring: &str, kek: &SecretKey) -> Result<(i32, i64, Rc<CachedKey
     let version = store::next_version(keyring)?;
     let key_id = crypto::random_key_id();
     let dek = SecretKey::generate();
-    let tenant = store::keyring_destroyed_and_tenant(keyring)?.1;
-    let wrapped = store::wrap_for_schema(
-        kek,
-        &crypto::KeyBinding {
-            key_id,
-            keyring,
-            version,
-            tenant: tenant.as_deref(),
-        },
-        &dek,
-    )?;
+    let wrapped = store::wrap_new_key(kek, keyring, version, key_id, &dek)?;
     store::insert_active_key(keyring, version, key_id, &wrapped, &kek.fingerprint())?;
     let row = store::key_by_id(key_id)?.ok_or(KeysError::UnknownKeyId(key_id))?;
     Ok((

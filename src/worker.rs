@@ -76,6 +76,28 @@ fn databases() -> Vec<(u32, String, bool)> {
     })
 }
 
+/// Start a dynamic worker of the launcher's (it is told when the worker stops), not restarted by
+/// the postmaster; `arg` is its main function's argument.
+fn start_child(
+    name: &str,
+    kind: &str,
+    function: &str,
+    arg: u32,
+) -> Result<DynamicBackgroundWorker, pgrx::bgworkers::DynamicBackgroundWorkerLoadError> {
+    // SAFETY: plain read of our own pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    BackgroundWorkerBuilder::new(name)
+        .set_type(kind)
+        .set_library(LIBRARY)
+        .set_function(function)
+        .set_argument(Some(pg_sys::Datum::from(arg as usize)))
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::ConsistentState)
+        .set_restart_time(None)
+        .set_notify_pid(me)
+        .load_dynamic()
+}
+
 /// The usage workers the launcher started, by database, and when.
 #[derive(Default)]
 struct UsageWorkers {
@@ -125,19 +147,12 @@ impl UsageWorkers {
             if !waited {
                 continue;
             }
-            // SAFETY: plain read of our own pid.
-            let me = unsafe { pg_sys::MyProcPid };
-            match BackgroundWorkerBuilder::new(&format!("meshhook_keys usage {name}"))
-                .set_type("meshhook_keys usage")
-                .set_library(LIBRARY)
-                .set_function("meshhook_keys_usage_main")
-                .set_argument(Some(pg_sys::Datum::from(db as usize)))
-                .enable_spi_access()
-                .set_start_time(BgWorkerStartTime::ConsistentState)
-                .set_restart_time(None)
-                .set_notify_pid(me)
-                .load_dynamic()
-            {
+            match start_child(
+                &format!("meshhook_keys usage {name}"),
+                "meshhook_keys usage",
+                "meshhook_keys_usage_main",
+                db,
+            ) {
                 Ok(w) => {
                     self.running.push((db, w));
                     self.last_start.insert(db, Instant::now());
@@ -226,18 +241,12 @@ pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
                 );
             } else if may_start {
                 said_missing = false;
-                // SAFETY: plain read of our own pid.
-                let me = unsafe { pg_sys::MyProcPid };
-                match BackgroundWorkerBuilder::new("meshhook_keys scheduler")
-                    .set_type("meshhook_keys scheduler")
-                    .set_library(LIBRARY)
-                    .set_function("meshhook_keys_scheduler_main")
-                    .enable_spi_access()
-                    .set_start_time(BgWorkerStartTime::ConsistentState)
-                    .set_restart_time(None)
-                    .set_notify_pid(me)
-                    .load_dynamic()
-                {
+                match start_child(
+                    "meshhook_keys scheduler",
+                    "meshhook_keys scheduler",
+                    "meshhook_keys_scheduler_main",
+                    0,
+                ) {
                     Ok(w) => {
                         child = Some(w);
                         last_start = Some(Instant::now());

@@ -64,25 +64,21 @@ SET meshhook_keys.max_failed_unlocks = 3;
 SELECT meshhook_keys.keyring_lock('user:wrap');
 SELECT sqlstate_of(format($$SELECT meshhook_keys.keyring_unlock('user:wrap', %L)$$, 'wrong-secret-' || i)) FROM generate_series(1, 3) i;
 -- (the failed attempts are audited by another process: wait for the three rows, 10 s at most)
-DO $$
-DECLARE deadline timestamptz := clock_timestamp() + interval '10 seconds';
+CREATE FUNCTION pg_temp.wait_audit(want_outcome text, n int) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '10 seconds'; got bigint;
 BEGIN
-    WHILE (SELECT count(*) FROM meshhook_keys.audit_log WHERE keyring = 'user:wrap' AND outcome = 'failed') < 3
-          AND clock_timestamp() < deadline LOOP
+    LOOP
+        SELECT count(*) INTO got FROM meshhook_keys.audit_log WHERE keyring = 'user:wrap' AND outcome = want_outcome;
+        EXIT WHEN got >= n OR clock_timestamp() >= deadline;
         PERFORM pg_sleep(0.05);
     END LOOP;
+    RETURN got;
 END $$;
+SELECT pg_temp.wait_audit('failed', 3) AS failed_attempts;
 SELECT sqlstate_of($$SELECT meshhook_keys.keyring_unlock('user:wrap', 'right-secret-1')$$);
 SELECT sqlstate_of($$SELECT * FROM meshhook_keys.keyring_rotate_secret('user:wrap', 'right-secret-1', 'new-secret-22')$$);
 -- the refusals are audited too (outcome refused)
-DO $$
-DECLARE deadline timestamptz := clock_timestamp() + interval '10 seconds';
-BEGIN
-    WHILE (SELECT count(*) FROM meshhook_keys.audit_log WHERE keyring = 'user:wrap' AND outcome = 'refused') < 2
-          AND clock_timestamp() < deadline LOOP
-        PERFORM pg_sleep(0.05);
-    END LOOP;
-END $$;
+SELECT pg_temp.wait_audit('refused', 2) AS refused_attempts;
 SELECT action, outcome, detail ->> 'error' AS error, count(*)
   FROM meshhook_keys.audit_log WHERE keyring = 'user:wrap' AND outcome <> 'ok' GROUP BY 1, 2, 3 ORDER BY 1, 2;
 -- a higher limit lets the right secret in
