@@ -48,6 +48,7 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.secret_encrypt(text, text, text) TO mesh
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_encrypt_bytea(bytea, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_decrypt(bytea, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_decrypt_bytea(bytea, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) TO meshhook_keys_user;
 -- Reading a header touches no key; applications use it to find rows still on an old version.
 GRANT EXECUTE ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) TO meshhook_keys_user, meshhook_keys_operator;
 
@@ -149,6 +150,8 @@ COMMENT ON FUNCTION meshhook_keys.secret_decrypt(bytea, text) IS
     'Decrypt an envelope with the key version named in its header, given the same context used at encryption. Returns text.';
 COMMENT ON FUNCTION meshhook_keys.secret_decrypt_bytea(bytea, text) IS
     'Like secret_decrypt, returning bytea.';
+COMMENT ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) IS
+    'Internal (the view decrypted_secrets): secret_decrypt that also refuses (XX001) an envelope whose key is not of the row''s keyring.';
 COMMENT ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) IS
     'The key id in an envelope header, without decrypting. IMMUTABLE: index it to find rows still encrypted under an old key version.';
 COMMENT ON FUNCTION meshhook_keys.keys_rotate(text, text) IS

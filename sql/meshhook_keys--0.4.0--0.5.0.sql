@@ -505,3 +505,25 @@ DROP FUNCTION meshhook_keys._bind_wrapped_keys();
 
 -- Failed unlocks are counted per keyring over the last minute (meshhook_keys.max_failed_unlocks).
 CREATE INDEX audit_log_failed_idx ON meshhook_keys.audit_log (keyring, at) WHERE outcome = 'failed';
+
+-- The built-in store's view refuses an envelope made under another keyring's key than the row
+-- names (issue 24): it decrypts through _store_decrypt.
+CREATE FUNCTION meshhook_keys."_store_decrypt"(
+	"ciphertext" bytea, /* Option < & [u8] > */
+	"context" TEXT, /* Option < & str > */
+	"keyring" TEXT /* Option < & str > */
+) RETURNS TEXT /* PlainText */
+STABLE SECURITY DEFINER PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_store_decrypt_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) TO meshhook_keys_user;
+COMMENT ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) IS
+    'Internal (the view decrypted_secrets): secret_decrypt that also refuses (XX001) an envelope whose key is not of the row''s keyring.';
+CREATE OR REPLACE VIEW meshhook_keys.decrypted_secrets WITH (security_invoker = true) AS
+    SELECT d.id, d.tenant, d.name, d.description, d.keyring, d.secret, d.created_at, d.updated_at,
+           d.secret AS decrypted_secret
+      FROM (SELECT s.id, s.tenant, s.name, s.description, s.keyring,
+                   meshhook_keys._store_decrypt(s.ciphertext, s.id::text || '/' || s.tenant, s.keyring) AS secret,
+                   s.created_at, s.updated_at
+              FROM meshhook_keys.secrets s OFFSET 0) d;

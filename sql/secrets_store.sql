@@ -19,11 +19,13 @@ CREATE TABLE meshhook_keys.secrets (
 -- Readers decrypt through this view with their own privileges and row-level security policies.
 -- decrypted_secret is the same value under Supabase Vault's column name (0.5.0), so that code
 -- written for vault.decrypted_secrets reads this view unchanged; the expression is evaluated once.
+-- _store_decrypt is secret_decrypt that also refuses an envelope made under another keyring's key
+-- than the row names (0.5.0).
 CREATE VIEW meshhook_keys.decrypted_secrets WITH (security_invoker = true) AS
     SELECT d.id, d.tenant, d.name, d.description, d.keyring, d.secret, d.created_at, d.updated_at,
            d.secret AS decrypted_secret
       FROM (SELECT s.id, s.tenant, s.name, s.description, s.keyring,
-                   meshhook_keys.secret_decrypt(s.ciphertext, s.id::text || '/' || s.tenant) AS secret,
+                   meshhook_keys._store_decrypt(s.ciphertext, s.id::text || '/' || s.tenant, s.keyring) AS secret,
                    s.created_at, s.updated_at
               FROM meshhook_keys.secrets s OFFSET 0) d;
 

@@ -54,3 +54,24 @@ pub fn decrypt(
     crate::tenancy::check(&key, "decryption")?;
     Ok(crypto::open(&key.cipher, ciphertext, context.as_bytes())?)
 }
+
+/// Decrypt an envelope that a row says belongs to `keyring` (the built-in store's view): as
+/// [`decrypt`], and refused (XX001) when the envelope's key belongs to another keyring, so that a
+/// ciphertext moved into a row of another keyring is never shown as that keyring's secret.
+pub fn decrypt_in(
+    ciphertext: Option<&[u8]>,
+    context: Option<&str>,
+    keyring: Option<&str>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let keyring = keyring.ok_or(KeysError::NullArgument("keyring"))?;
+    let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
+    let key = resolver::key_for_decrypt(crypto::parse_key_id(ciphertext)?)?;
+    crate::tenancy::check(&key, "decryption")?;
+    if key.keyring != keyring {
+        return Err(KeysError::EnvelopeOfAnotherKeyring {
+            row: keyring.into(),
+            envelope: key.keyring.clone(),
+        });
+    }
+    decrypt(Some(ciphertext), context)
+}

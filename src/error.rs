@@ -206,6 +206,12 @@ pub enum KeysError {
         user_held: bool,
     },
 
+    /// A row names one keyring but its envelope was made under another's key.
+    #[error(
+        "the envelope was made under a key of keyring \"{envelope}\", not of the row's keyring \"{row}\""
+    )]
+    EnvelopeOfAnotherKeyring { row: String, envelope: String },
+
     /// Too many failed unlocks of a user-held keyring in the last minute.
     #[error(
         "too many failed attempts to unlock keyring \"{keyring}\": {failures} in the last minute (meshhook_keys.max_failed_unlocks is {cap})"
@@ -284,6 +290,7 @@ impl KeysError {
             KeysError::RootKeyUnavailable(_) => ERRCODE_CONFIG_FILE_ERROR, // F0000
             KeysError::RootKeyMismatch { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, // 28000
             KeysError::WrappedKeyCorrupted { .. } => ERRCODE_DATA_CORRUPTED, // XX001
+            KeysError::EnvelopeOfAnotherKeyring { .. } => ERRCODE_DATA_CORRUPTED, // XX001
             KeysError::PermissionDenied { .. } => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::NotText => ERRCODE_CHARACTER_NOT_IN_REPERTOIRE,       // 22021
             KeysError::UnknownKeyVersion { .. } => ERRCODE_UNDEFINED_OBJECT, // 42704

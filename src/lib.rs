@@ -47,7 +47,12 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/secrets_store.sql",
     name = "secrets_store",
-    requires = ["reencrypt_schema", secret_encrypt, secret_decrypt]
+    requires = [
+        "reencrypt_schema",
+        secret_encrypt,
+        secret_decrypt,
+        _store_decrypt
+    ]
 );
 extension_sql_file!(
     "../sql/schedule.sql",

@@ -2,6 +2,7 @@
 
 pub mod health;
 pub mod keys;
+pub mod plain;
 pub mod reencrypt;
 pub mod schedule;
 pub mod secrets;

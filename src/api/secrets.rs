@@ -1,6 +1,7 @@
 //! The SQL surface of encryption: secret_encrypt, secret_decrypt (text and bytea) and
 //! ciphertext_key_id. The work is in crate::envelope.
 
+use super::plain::{PlainBytes, PlainText};
 use crate::crypto;
 use crate::envelope::{decrypt, encrypt};
 use crate::error::{KeysError, OrRaise};
@@ -32,10 +33,25 @@ fn secret_encrypt_bytea(
 
 /// Decrypt an envelope made by secret_encrypt, with the same context.
 #[pg_extern(security_definer, stable, parallel_safe)]
-fn secret_decrypt(ciphertext: Option<&[u8]>, context: default!(Option<&str>, "''")) -> String {
-    let plain = decrypt(ciphertext, context).or_raise();
+fn secret_decrypt(ciphertext: Option<&[u8]>, context: default!(Option<&str>, "''")) -> PlainText {
+    as_text(decrypt(ciphertext, context).or_raise())
+}
+
+/// The built-in store's decryption, behind the view decrypted_secrets: secret_decrypt, refused
+/// (XX001) when the envelope's key is not of the row's keyring.
+#[pg_extern(security_definer, stable, parallel_safe)]
+fn _store_decrypt(
+    ciphertext: Option<&[u8]>,
+    context: Option<&str>,
+    keyring: Option<&str>,
+) -> PlainText {
+    as_text(crate::envelope::decrypt_in(ciphertext, context, keyring).or_raise())
+}
+
+/// A plaintext returned as `text`: valid UTF-8 without NUL, or 22021.
+fn as_text(plain: zeroize::Zeroizing<Vec<u8>>) -> PlainText {
     match std::str::from_utf8(&plain) {
-        Ok(s) if !s.contains('\0') => s.to_string(),
+        Ok(s) if !s.contains('\0') => PlainText(plain),
         _ => KeysError::NotText.raise(),
     }
 }
@@ -45,8 +61,8 @@ fn secret_decrypt(ciphertext: Option<&[u8]>, context: default!(Option<&str>, "''
 fn secret_decrypt_bytea(
     ciphertext: Option<&[u8]>,
     context: default!(Option<&str>, "''"),
-) -> Vec<u8> {
-    decrypt(ciphertext, context).or_raise().to_vec()
+) -> PlainBytes {
+    PlainBytes(decrypt(ciphertext, context).or_raise())
 }
 
 /// The key id in an envelope's header, without decrypting. IMMUTABLE so it can back an index.

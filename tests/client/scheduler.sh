@@ -252,6 +252,24 @@ wait_until 30 is_t fresh -s sched "EXISTS (SELECT 1 FROM meshhook_keys.keys WHER
 q -s sched "SELECT count(meshhook_keys.secret_encrypt('s', '', 'stby-ring')) FROM generate_series(1, 6)" >/dev/null
 check "the standby counts its own encryptions (keyrings view)" 6 \
     "$(q -s sched "SELECT encryptions FROM meshhook_keys.keyrings WHERE keyring = 'stby-ring'")"
+# a destroy on the primary binds the standby at once after replay, also for a session whose
+# REPEATABLE READ snapshot on the standby predates it (issue 24)
+q sched "SELECT 1 FROM meshhook_keys.keys_rotate('stby-shred', 'v1');
+         CREATE TABLE stby_shred AS SELECT meshhook_keys.secret_encrypt('shred me', '', 'stby-shred') AS c" >/dev/null
+wait_until 30 is_t fresh -s sched "EXISTS (SELECT 1 FROM pg_class WHERE relname = 'stby_shred')" || true
+out=$(as_pg psql -X -q -A -t -h "$SDIR" -p "$SPORT" -U postgres -d sched <<SQL 2>&1
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT meshhook_keys.secret_decrypt(c) FROM stby_shred;
+\! psql -X -q -h $TMP -p $PORT -U postgres -d sched -c "SELECT meshhook_keys.keyring_destroy('stby-shred', 'standby test')" >/dev/null
+\! for i in \$(seq 1 100); do [ "\$(psql -X -A -t -h $TMP -p $PORT -U postgres -d postgres -c 'SELECT pg_current_wal_lsn() <= replay_lsn FROM pg_stat_replication')" = t ] && break; sleep 0.1; done
+SELECT meshhook_keys.secret_decrypt(c) FROM stby_shred;
+ROLLBACK;
+SELECT meshhook_keys.secret_decrypt(c) FROM stby_shred;
+SQL
+)
+check "the standby decrypted before the destroy" "shred me" "$(echo "$out" | sed -n 1p)"
+check_match "after replay, inside the old REPEATABLE READ transaction: refused" 'ERROR: +key version 1 of keyring "stby-shred" is destroyed' "$(echo "$out" | sed -n 2p)"
+check_match "and in the next transaction" 'ERROR: +key version 1 of keyring "stby-shred" is destroyed' "$(echo "$out" | sed -n 3p)"
 check "health() on the standby says its counts wait for promotion" t \
     "$(q -s sched "SELECT detail LIKE '%standby%after promotion%' FROM meshhook_keys.health() WHERE item = 'usage_counting'")"
 if wait_until 20 grep -Eq -- 'server is a standby \(in recovery\); no rotation' "$SDIR/server.log"; then

@@ -49,4 +49,17 @@ SELECT s.name, k.version, d.secret
   JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.ciphertext)
   JOIN meshhook_keys.decrypted_secrets d ON d.id = s.id
  ORDER BY s.name;
+-- a row shows only an envelope of its own keyring (issue 24): a ciphertext made under another
+-- keyring with the row's own context, or a row relabelled to another keyring, is refused (XX001)
+-- (the view decrypts every row it reads, so each case is put back before the next)
+SELECT version FROM meshhook_keys.keys_rotate('store-other');
+UPDATE meshhook_keys.secrets SET keyring = 'store-other' WHERE name = 'stripe';
+SELECT sqlstate_of($$SELECT secret FROM meshhook_keys.decrypted_secrets WHERE name = 'stripe'$$);
+UPDATE meshhook_keys.secrets SET keyring = 'default' WHERE name = 'stripe';
+SELECT name, secret FROM meshhook_keys.decrypted_secrets ORDER BY name;
+UPDATE meshhook_keys.secrets SET ciphertext = meshhook_keys.secret_encrypt('forged', id::text || '/' || tenant, 'store-other')
+ WHERE name = 'github';
+SELECT sqlstate_of($$SELECT secret FROM meshhook_keys.decrypted_secrets WHERE name = 'github'$$);
+-- (secret_decrypt itself names no keyring, and still opens the envelope with the right context)
+SELECT meshhook_keys.secret_decrypt(ciphertext, id::text || '/' || tenant) FROM meshhook_keys.secrets WHERE name = 'github';
 ROLLBACK;
