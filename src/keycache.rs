@@ -3,8 +3,9 @@
 //! A warm decrypt or encrypt does no SPI and no unwrap: it looks the key id (or the keyring's active
 //! key id) up in a hash map. Any change to `meshhook_keys.data_key` (a statement trigger calls
 //! `CacheInvalidateRelcacheByRelid`) reaches every backend as a relcache invalidation and empties the
-//! cache; each call first accepts pending invalidations, so a rotation committed by another session is
-//! seen by this session's very next call, even inside a long transaction. Evicted and flushed keys are
+//! cache; each call first accepts pending invalidations (in the resolver), so a rotation committed by
+//! another session is seen by this session's very next call, even inside a long transaction, and a
+//! key is reloaded as committed now (`crate::fresh`), never through the caller's older snapshot. Evicted and flushed keys are
 //! zeroized (the AES key schedule is wiped on drop by the `zeroize` feature of `aes`).
 
 use crate::crypto::{self, SecretKey};
@@ -47,11 +48,6 @@ pub fn flush() {
         c.by_id.clear();
         c.active.clear();
     });
-}
-
-fn accept_invalidations() {
-    // SAFETY: called inside a transaction from SQL-callable code; cheap when nothing is pending.
-    unsafe { pg_sys::AcceptInvalidationMessages() };
 }
 
 /// (keys cached, lookups served from the cache, lookups that loaded and unwrapped a key) in this
@@ -160,9 +156,9 @@ fn insert(mut key: CachedKey) -> Rc<CachedKey> {
 }
 
 /// A root-wrapped key by id, for decryption. Retired and destroyed keys are refused.
-/// (Callers go through the resolver, which asks this session's user-held keys first.)
+/// (Callers go through the resolver, which accepts pending invalidations first and asks this
+/// session's user-held keys before this cache.)
 pub fn by_id(key_id: i64) -> Result<Rc<CachedKey>> {
-    accept_invalidations();
     let cached = CACHE.with_borrow(|c| c.by_id.get(&key_id).cloned());
     count(cached.is_some());
     let key = match cached {
@@ -191,9 +187,8 @@ fn not_usable(keyring: &str, version: i32, state: KeyState, op: &'static str) ->
 }
 
 /// A root-wrapped keyring's active key, for encryption. `None` when the keyring has no active key.
-/// (Callers go through the resolver.)
+/// (Callers go through the resolver, which accepts pending invalidations first.)
 pub fn active(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
-    accept_invalidations();
     let hit = CACHE.with_borrow(|c| {
         c.active
             .get(keyring)

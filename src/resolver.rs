@@ -12,16 +12,34 @@
 //! life, so the two sources never hold the same key id and the order of lookup changes no answer,
 //! only the cost (the session's map is a few entries; the cache may hold thousands).
 
-use crate::error::Result;
-use crate::keycache::{self, CachedKey};
+use crate::error::{KeysError, Result};
+use crate::keycache::{self, CachedKey, KeyState};
 use crate::session_keys;
 use pgrx::prelude::*;
 use std::rc::Rc;
 
-/// The key a ciphertext names, for decryption. Retired and destroyed keys are refused, a locked
-/// user-held keyring is 55000 (see `keycache::by_id`).
+/// Take in the changes other backends committed (a rotation, a retirement, a destroy): the
+/// invalidation callback below then resets both key sources before they answer. Cheap when nothing
+/// is pending.
+fn accept_invalidations() {
+    // SAFETY: called inside a transaction from SQL-callable code.
+    unsafe { pg_sys::AcceptInvalidationMessages() };
+}
+
+/// The key a ciphertext names, for decryption. Retired and destroyed keys are refused, from either
+/// source; a locked user-held keyring is 55000 (see `keycache::by_id`).
 pub fn key_for_decrypt(key_id: i64) -> Result<Rc<CachedKey>> {
+    accept_invalidations();
     match session_keys::key(key_id) {
+        Some(k) if matches!(k.state, KeyState::Retired | KeyState::Destroyed) => {
+            crate::tenancy::check(&k, "decryption")?;
+            Err(KeysError::KeyNotUsable {
+                keyring: k.keyring.clone(),
+                version: k.version,
+                state: k.state.name().into(),
+                op: "decrypt",
+            })
+        }
         Some(k) => Ok(k),
         None => keycache::by_id(key_id),
     }
@@ -29,6 +47,7 @@ pub fn key_for_decrypt(key_id: i64) -> Result<Rc<CachedKey>> {
 
 /// The active key of a keyring, for encryption. `None` when the keyring has no active key.
 pub fn active_key(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
+    accept_invalidations();
     match session_keys::active(keyring) {
         Some(k) => Ok(Some(k)),
         None => keycache::active(keyring),

@@ -106,31 +106,98 @@ const COMMAND_STDOUT_CAP: usize = 4096;
 /// The most of its stderr that reaches the server log.
 const COMMAND_STDERR_CAP: usize = 4096;
 
-/// Read `from` to its end, keeping at most `cap + 1` bytes (so that "more than cap" is seen) and
-/// discarding the rest, so that the command never blocks on a full pipe.
-fn drain(mut from: impl Read, cap: usize) -> Zeroizing<Vec<u8>> {
-    let mut kept = Zeroizing::new(Vec::new());
-    let mut chunk = Zeroizing::new([0u8; 1024]);
-    loop {
+/// One of the command's output pipes: what was read (at most `cap + 1` bytes are kept, so that
+/// "more than cap" is seen; the rest is read and dropped so that the command never blocks on a
+/// full pipe), and whether it reached its end.
+struct Pipe {
+    from: Option<std::fs::File>,
+    cap: usize,
+    kept: Zeroizing<Vec<u8>>,
+}
+
+impl Pipe {
+    fn new(from: Option<impl Into<std::os::fd::OwnedFd>>, cap: usize) -> Self {
+        Pipe {
+            from: from.map(|f| std::fs::File::from(f.into())),
+            cap,
+            kept: Zeroizing::new(Vec::new()),
+        }
+    }
+
+    fn closed(&self) -> bool {
+        self.from.is_none()
+    }
+
+    /// Read what is there (the caller polled it readable); at the end, close it.
+    fn read_some(&mut self) {
+        let Some(from) = self.from.as_mut() else {
+            return;
+        };
+        let mut chunk = Zeroizing::new([0u8; 4096]);
         match from.read(chunk.as_mut()) {
-            Ok(0) | Err(_) => break,
+            Ok(0) | Err(_) => self.from = None,
             Ok(n) => {
-                let room = (cap + 1).saturating_sub(kept.len());
-                kept.extend_from_slice(&chunk[..n.min(room)]);
+                let room = (self.cap + 1).saturating_sub(self.kept.len());
+                self.kept.extend_from_slice(&chunk[..n.min(room)]);
             }
         }
     }
-    kept
+}
+
+#[repr(C)]
+struct PollFd {
+    fd: i32,
+    events: i16,
+    revents: i16,
+}
+
+unsafe extern "C" {
+    #[link_name = "poll"]
+    fn libc_poll(fds: *mut PollFd, nfds: u64, timeout_ms: i32) -> i32;
+}
+
+/// Wait up to `ms` for any open pipe to be readable (or closed by the other end), and read it.
+fn poll_and_read(pipes: &mut [Pipe], ms: i32) {
+    use std::os::fd::AsRawFd;
+    const POLLIN: i16 = 0x1;
+    let mut fds: Vec<PollFd> = Vec::new();
+    let mut which: Vec<usize> = Vec::new();
+    for (i, p) in pipes.iter().enumerate() {
+        if let Some(f) = p.from.as_ref() {
+            fds.push(PollFd {
+                fd: f.as_raw_fd(),
+                events: POLLIN,
+                revents: 0,
+            });
+            which.push(i);
+        }
+    }
+    if fds.is_empty() {
+        std::thread::sleep(std::time::Duration::from_millis(ms as u64));
+        return;
+    }
+    // SAFETY: fds is a valid array of pollfd of that length, alive for the call.
+    let n = unsafe { libc_poll(fds.as_mut_ptr(), fds.len() as u64, ms) };
+    if n <= 0 {
+        return;
+    }
+    for (f, &i) in fds.iter().zip(which.iter()) {
+        if f.revents != 0 {
+            pipes[i].read_some();
+        }
+    }
 }
 
 /// What a command wrote on stderr, for the server log: printable, at most COMMAND_STDERR_CAP bytes,
-/// and with anything that looks like key material (32 or more hexadecimal characters) redacted.
+/// and with anything that looks like key material (16 or more hexadecimal characters, the last run
+/// cut by the cap included) redacted.
 fn stderr_for_log(raw: &[u8]) -> String {
     let text = String::from_utf8_lossy(&raw[..raw.len().min(COMMAND_STDERR_CAP)]);
+    let cut = raw.len() > COMMAND_STDERR_CAP;
     let mut out = String::new();
     let mut run = String::new();
     let flush = |run: &mut String, out: &mut String| {
-        if run.len() >= 32 {
+        if run.len() >= 16 {
             out.push_str("[redacted]");
         } else {
             out.push_str(run);
@@ -149,8 +216,13 @@ fn stderr_for_log(raw: &[u8]) -> String {
             ' '
         });
     }
+    if cut && !run.is_empty() {
+        // (a run cut by the cap may be the start of a key)
+        run.clear();
+        out.push_str("[redacted]");
+    }
     flush(&mut run, &mut out);
-    if raw.len() > COMMAND_STDERR_CAP {
+    if cut {
         out.push_str(" [truncated]");
     }
     out.trim().to_string()
@@ -159,6 +231,32 @@ fn stderr_for_log(raw: &[u8]) -> String {
 unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+    #[link_name = "waitid"]
+    fn libc_waitid(idtype: i32, id: u32, infop: *mut u8, options: i32) -> i32;
+}
+
+/// Whether our child `pid` has exited, leaving it unreaped (Linux waitid: P_PID, WEXITED | WNOHANG
+/// | WNOWAIT; siginfo_t is 128 bytes, si_pid at offset 16 is non-zero once a child has exited).
+fn exited_unreaped(pid: i32) -> bool {
+    const P_PID: i32 = 1;
+    const WEXITED: i32 = 4;
+    const WNOHANG: i32 = 1;
+    const WNOWAIT: i32 = 0x0100_0000;
+    let mut info = [0u8; 128];
+    // SAFETY: a 128-byte buffer is a siginfo_t on Linux; waitid writes only into it.
+    let rc = unsafe {
+        libc_waitid(
+            P_PID,
+            pid as u32,
+            info.as_mut_ptr(),
+            WEXITED | WNOHANG | WNOWAIT,
+        )
+    };
+    if rc != 0 {
+        // (ECHILD: nothing to wait for; treat as exited so that the caller stops waiting)
+        return true;
+    }
+    i32::from_ne_bytes([info[16], info[17], info[18], info[19]]) != 0
 }
 
 /// Run `meshhook_keys.root_key_command` with `/bin/sh -c` in a process group of its own: its stdout
@@ -182,24 +280,32 @@ fn run_command(cmd: &str) -> Result<SecretKey> {
         .spawn()
         .map_err(|e| unavailable(format!("could not be started ({})", e.kind())))?;
     let pgid = child.id() as i32;
-    let out = child
-        .stdout
-        .take()
-        .map(|o| std::thread::spawn(move || drain(o, COMMAND_STDOUT_CAP)));
-    let err = child
-        .stderr
-        .take()
-        .map(|e| std::thread::spawn(move || drain(e, COMMAND_STDERR_CAP)));
-    let started = std::time::Instant::now();
+    // Both pipes are read here, in this thread, as data arrives (poll), so that nothing can make
+    // us wait past the deadline: not a command that never exits, not one that writes more than a
+    // pipe holds, not a process it detached (setsid) that keeps the pipes open.
+    let mut pipes = [
+        Pipe::new(child.stdout.take(), COMMAND_STDOUT_CAP),
+        Pipe::new(child.stderr.take(), COMMAND_STDERR_CAP),
+    ];
+    let deadline = std::time::Instant::now() + timeout;
     let mut interrupted = false;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) => {}
-            Err(_) => break None,
+    let mut exited = false;
+    let mut grace: Option<std::time::Instant> = None;
+    loop {
+        // Exited, but not reaped (WNOWAIT): until it is reaped its pid, and so its process group
+        // id, cannot be reused, so the kill below reaches only what it started.
+        if !exited && exited_unreaped(pgid) {
+            exited = true;
+            // SAFETY: signals our own child's process group; the child is not reaped yet.
+            unsafe { libc_kill(-pgid, 9) };
+            grace = Some(std::time::Instant::now() + std::time::Duration::from_millis(500));
         }
-        if started.elapsed() >= timeout {
-            break None;
+        if exited && pipes.iter().all(Pipe::closed) {
+            break;
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline || grace.is_some_and(|g| now >= g) {
+            break;
         }
         // SAFETY: reads of backend flags set by signal handlers.
         if unsafe {
@@ -207,16 +313,18 @@ fn run_command(cmd: &str) -> Result<SecretKey> {
                 && std::ptr::read_volatile(&raw const pg_sys::InterruptPending) != 0
         } {
             interrupted = true;
-            break None;
+            break;
         }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
-    // Whatever happened, nothing it started outlives it (and the pipes close).
-    // SAFETY: signals our own child's process group.
-    unsafe { libc_kill(-pgid, 9) };
-    let _ = child.wait();
-    let stdout = out.and_then(|t| t.join().ok()).unwrap_or_default();
-    let stderr = err.and_then(|t| t.join().ok()).unwrap_or_default();
+        poll_and_read(&mut pipes, 10);
+    }
+    if !exited {
+        // SAFETY: as above (timed out or interrupted: not reaped yet either).
+        unsafe { libc_kill(-pgid, 9) };
+    }
+    let status = child.wait().ok().filter(|_| exited);
+    let pipes_closed = pipes.iter().all(Pipe::closed);
+    let [out, err] = pipes;
+    let (stdout, stderr) = (out.kept, err.kept);
     let said = stderr_for_log(&stderr);
     if !said.is_empty() {
         crate::logline::log(&format!("meshhook_keys: root_key_command stderr: {said}"));
@@ -231,6 +339,11 @@ fn run_command(cmd: &str) -> Result<SecretKey> {
             timeout.as_millis()
         )));
     };
+    if !pipes_closed {
+        return Err(unavailable(
+            "a process it started outside its process group (setsid) kept its output open; it was abandoned".into(),
+        ));
+    }
     if !status.success() {
         return Err(unavailable(format!("exited with {status}")));
     }

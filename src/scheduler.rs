@@ -273,9 +273,10 @@ fn reencrypt_candidates() -> Result<Vec<String>> {
 
 /// Write this database's encryption counts into `data_key.encryptions` (worker only, in a
 /// transaction of its own): each key's total, never less than what the table has, so a failed or
-/// repeated flush loses and doubles nothing. Once that committed, the slots' watermarks advance and
-/// the slots of keys that can no longer encrypt (or no longer exist) are freed. Returns how many
-/// keys were written.
+/// repeated flush loses and doubles nothing. Once that committed, the watermarks of the slots it
+/// wrote advance and the slots of keys that can no longer encrypt are freed (a key deleted with its
+/// keyring by keyring_reclaim keeps its slot until the server restarts). Returns how many keys were
+/// written.
 pub fn flush_usage() -> std::result::Result<usize, Failure> {
     let slots = usage::slots_of_database();
     if slots.is_empty() {
@@ -288,30 +289,45 @@ pub fn flush_usage() -> std::result::Result<usize, Failure> {
         .collect();
     let (ids, totals): (Vec<i64>, Vec<i64>) = written.iter().map(|&(k, t)| (k, t as i64)).unzip();
     let all: Vec<i64> = slots.iter().map(|s| s.0).collect();
-    let dead: Vec<i64> = isolated(Mode::OwnTransactions, || {
+    let (updated, dead): (Vec<i64>, Vec<i64>) = isolated(Mode::OwnTransactions, || {
+        let mut updated = Vec::new();
         if !ids.is_empty() {
-            Spi::run_with_args(
-                "UPDATE meshhook_keys.data_key d SET encryptions = GREATEST(d.encryptions, u.n)
-                   FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[])) AS u(key_id, n)
-                  WHERE d.key_id OPERATOR(pg_catalog.=) u.key_id",
-                &[ids.clone().into(), totals.clone().into()],
-            )?;
+            Spi::connect_mut(|c| {
+                for r in c.update(
+                    "UPDATE meshhook_keys.data_key d SET encryptions = GREATEST(d.encryptions, u.n)
+                       FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::bigint[])) AS u(key_id, n)
+                      WHERE d.key_id OPERATOR(pg_catalog.=) u.key_id
+                  RETURNING d.key_id",
+                    None,
+                    &[ids.clone().into(), totals.clone().into()],
+                )? {
+                    updated.extend(r.get::<i64>(1)?);
+                }
+                Ok::<_, KeysError>(())
+            })?;
         }
-        // keys that can no longer encrypt: decrypt-only, retired, destroyed, or gone
-        Spi::connect(|c| {
+        // keys that can no longer encrypt: decrypt-only, retired, destroyed (a key not visible
+        // yet, made by a transaction still open, keeps its counter)
+        let dead = Spi::connect(|c| {
             let mut out = Vec::new();
             for r in c.select(
-                "SELECT u.id FROM pg_catalog.unnest($1::bigint[]) AS u(id)
-                  WHERE NOT EXISTS (SELECT 1 FROM meshhook_keys.data_key d
-                                     WHERE d.key_id OPERATOR(pg_catalog.=) u.id AND d.state OPERATOR(pg_catalog.=) 'active')",
+                "SELECT d.key_id FROM meshhook_keys.data_key d
+                  WHERE d.key_id OPERATOR(pg_catalog.=) ANY ($1::bigint[])
+                    AND d.state OPERATOR(pg_catalog.<>) 'active'",
                 None,
                 &[all.clone().into()],
             )? {
                 out.extend(r.get::<i64>(1)?);
             }
             Ok::<_, KeysError>(out)
-        })
+        })?;
+        Ok((updated, dead))
     })?;
+    // (only what the table now has advances a watermark)
+    let written: Vec<(i64, u64)> = written
+        .into_iter()
+        .filter(|(k, _)| updated.contains(k))
+        .collect();
     usage::flushed(&written, &dead);
     Ok(written.len())
 }

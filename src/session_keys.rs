@@ -273,17 +273,24 @@ fn recheck() {
     for name in names {
         let stored =
             crate::store::with_fixed_search_path(|| crate::store::keyring_keys(&name, false));
-        let stored: Option<Vec<(i64, Vec<u8>)>> = stored.ok().map(|rows| {
+        let stored: Option<Vec<(i64, Vec<u8>, String)>> = stored.ok().map(|rows| {
             rows.into_iter()
-                .map(|r| (r.key_id, r.root_fingerprint))
+                .map(|r| (r.key_id, r.root_fingerprint, r.state))
                 .collect()
         });
+        // (the same versions, wrapped by the same key, none retired since it was unlocked: a
+        // version retired since is forgotten with the rest, and the next unlock holds it as
+        // retired. A demotion to decrypt_only, by this session's own rotation, changes nothing.)
         let still = |u: &Unlocked| match &stored {
             Some(rows) => {
                 rows.len() == u.keys.len()
-                    && rows
-                        .iter()
-                        .all(|(id, fp)| u.keys.contains_key(id) && *fp == u.kek_fingerprint)
+                    && rows.iter().all(|(id, fp, state)| {
+                        *fp == u.kek_fingerprint
+                            && u.keys.get(id).is_some_and(|k| {
+                                k.state.name() == state
+                                    || !matches!(state.as_str(), "retired" | "destroyed")
+                            })
+                    })
             }
             None => false,
         };

@@ -246,35 +246,56 @@ pub fn count(key: &CachedKey, n: u64) -> Result<(), KeysError> {
     if n == 0 {
         return Ok(());
     }
-    let Some(slot) = find_or_claim(h, my_database(), key.key_id, key.encryptions.max(0) as u64)
-    else {
-        return Err(KeysError::UsageUntracked {
-            keyring: key.keyring.clone(),
-            version: key.version,
-            slots: h.nslots,
-        });
-    };
+    let db = my_database();
     let ceiling = crate::gucs::max_encryptions_ceiling() as u64;
-    let before = slot.total.fetch_add(n, Ordering::Relaxed);
-    let after = before.saturating_add(n);
-    if after > ceiling {
-        slot.total.fetch_sub(n, Ordering::Relaxed);
-        return Err(KeysError::KeyExhausted {
-            keyring: key.keyring.clone(),
-            version: key.version,
-            encryptions: before,
-            ceiling,
-            user_held: key.user_held,
-        });
-    }
-    let limit = key
-        .max_encryptions
-        .unwrap_or_else(crate::gucs::default_max_encryptions)
-        .max(1) as u64;
-    if after >= limit && !key.user_held && !slot.nudged.swap(true, Ordering::Relaxed) {
-        wake(h);
+    // (a slot is found without a lock: if it was freed and given to another key between the find
+    // and the add, the count is taken back and made again; the key stopped being active for that
+    // to happen, so a second try finds its own slot)
+    for attempt in 0..4 {
+        let Some(slot) = find_or_claim(h, db, key.key_id, key.encryptions.max(0) as u64) else {
+            return Err(KeysError::UsageUntracked {
+                keyring: key.keyring.clone(),
+                version: key.version,
+                slots: h.nslots,
+            });
+        };
+        let before = slot.total.fetch_add(n, Ordering::Relaxed);
+        if !is(slot, db, key.key_id) && attempt < 3 {
+            undo(slot, n);
+            continue;
+        }
+        if before.saturating_add(n) > ceiling {
+            undo(slot, n);
+            return Err(KeysError::KeyExhausted {
+                keyring: key.keyring.clone(),
+                version: key.version,
+                encryptions: before,
+                ceiling,
+                user_held: key.user_held,
+            });
+        }
+        let limit = key
+            .max_encryptions
+            .unwrap_or_else(crate::gucs::default_max_encryptions)
+            .max(1) as u64;
+        if before.saturating_add(n) >= limit
+            && !key.user_held
+            && !slot.nudged.swap(true, Ordering::Relaxed)
+        {
+            wake(h);
+        }
+        break;
     }
     Ok(())
+}
+
+/// Take back `n` counted encryptions, never below zero (a slot reused meanwhile starts lower).
+fn undo(slot: &Slot, n: u64) {
+    let _ = slot
+        .total
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+            Some(t.saturating_sub(n))
+        });
 }
 
 /// Set the latches of the scheduler and the launcher (if they run).

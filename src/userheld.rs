@@ -248,14 +248,26 @@ fn hold(
 /// in the last minute, counted from the audit log (so across sessions, databases' backends and
 /// restarts). The refusal is audited too.
 fn throttle(action: &str, keyring: &str) -> Result<()> {
+    // SAFETY: reads shared recovery state.
+    if unsafe { pg_sys::RecoveryInProgress() } {
+        // (a standby cannot record a failed attempt, so it could not count them either)
+        return Err(KeysError::InvalidArgument(format!(
+            "keyring \"{keyring}\" is user-held: it cannot be unlocked on a standby, where failed attempts could not be recorded and limited; unlock it on the primary"
+        )));
+    }
     let cap = crate::gucs::max_failed_unlocks();
-    let failures = store::read_one::<i64>(
+    // (counted as committed now: the audit writer commits each failure in its own transaction,
+    // which a REPEATABLE READ caller's snapshot would never show)
+    let failures = crate::fresh::select(
         "SELECT pg_catalog.count(*) FROM meshhook_keys.audit_log
           WHERE keyring OPERATOR(pg_catalog.=) $1 AND outcome OPERATOR(pg_catalog.=) 'failed'
             AND action OPERATOR(pg_catalog.=) ANY (ARRAY['unlock', 'rotate_secret'])
             AND (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) interval '1 minute') OPERATOR(pg_catalog.<) at",
         &[keyring.into()],
+        |r| Ok(r.get::<i64>(1)?.unwrap_or(0)),
     )?
+    .into_iter()
+    .next()
     .unwrap_or(0);
     if failures >= cap {
         audit::record_throttled_attempt(action, Some(keyring));
@@ -296,7 +308,7 @@ pub fn unlock(keyring: &str, secret: Option<&str>, scope: Scope) -> Result<i32> 
     let outdated = params.weaker_than(today) || (legacy && store::schema_is_current()?);
     if outdated && can_write() {
         drop((keys, deks, kek));
-        return upgrade_and_unlock(keyring, &secret, &params, scope);
+        return upgrade_and_unlock(keyring, &secret, scope);
     }
     let n = keys.len() as i32;
     hold(keyring, keys, active, kek.fingerprint().to_vec(), scope)?;
@@ -305,21 +317,29 @@ pub fn unlock(keyring: &str, secret: Option<&str>, scope: Scope) -> Result<i32> 
 
 /// Rewrap every version of `keyring` under a key derived from `secret` with today's parameters
 /// (under the keyring's lock, the rows re-read and locked), audit it, and unlock.
-fn upgrade_and_unlock(
-    keyring: &str,
-    secret: &str,
-    params: &KdfParams,
-    scope: Scope,
-) -> Result<i32> {
+fn upgrade_and_unlock(keyring: &str, secret: &str, scope: Scope) -> Result<i32> {
     lock_order::keyring(keyring, Row::Existing)?;
+    // (another unlock may have rewrapped it while this one waited for the lock: start again from
+    // what is stored now, and rewrap only if it is still outdated)
+    let params_now = user_held_params(keyring)?;
     let rows = store::keyring_keys(keyring, true)?;
-    let kek_old = derive(secret, params)?;
+    let kek_old = derive(secret, &params_now)?;
     let ((keys, active), deks) = match open_all(keyring, &rows, &kek_old) {
         Ok(x) => x,
         Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("unlock", keyring)),
         Err(e) => return Err(e),
     };
+    let still_outdated = params_now.weaker_than(crate::gucs::user_held_kdf())
+        || rows
+            .iter()
+            .any(|r| r.wrapped_key.as_deref().is_some_and(crypto::is_legacy_wrap));
+    if !still_outdated {
+        let n = keys.len() as i32;
+        hold(keyring, keys, active, kek_old.fingerprint().to_vec(), scope)?;
+        return Ok(n);
+    }
     drop(kek_old);
+    let params = &params_now;
     let new_params = KdfParams::new_random(crate::gucs::user_held_kdf());
     let kek_new = derive(secret, &new_params)?;
     let fingerprint = rewrap_all(keyring, &rows, &deks, &kek_new, &new_params)?;

@@ -172,7 +172,13 @@ pub extern "C-unwind" fn meshhook_keys_usage_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
-    if extension_ready().unwrap_or(false) {
+    if !extension_ready().unwrap_or(true) {
+        // (dropped, or at another version: its counters would never be written; give them back)
+        // SAFETY: plain read of backend state.
+        usage::forget_database(unsafe { pg_sys::MyDatabaseId.to_u32() });
+        return;
+    }
+    {
         for a in scheduler::usage_tick() {
             if a.outcome != "skipped" {
                 crate::logline::log(&format!(

@@ -349,8 +349,9 @@ mod tests {
 
     #[pg_test]
     fn security_definer_functions_pin_search_path() {
-        // Every SECURITY DEFINER function pins search_path in its definition, except the four hot
-        // encrypt/decrypt functions, which pin it around the only SQL they run (a key cache miss);
+        // Every SECURITY DEFINER function pins search_path in its definition, except the hot
+        // encrypt/decrypt functions (and _store_decrypt, decrypted_secrets' decrypt), which pin it
+        // around the only SQL they run (a key cache miss);
         // tests/pg_regress/sql/privileges.sql proves a caller's search_path cannot hijack them.
         let unpinned: Vec<String> = Spi::connect(|c| {
             c.select(
@@ -368,6 +369,7 @@ mod tests {
         assert_eq!(
             unpinned,
             vec![
+                "_store_decrypt",
                 "secret_decrypt",
                 "secret_decrypt_bytea",
                 "secret_encrypt",

@@ -174,6 +174,14 @@ scenario_command_provider() {
     check_match "a backend gets F0000 with the same reason" '^F0000: root key unavailable: meshhook_keys.root_key_command: did not finish within 1000 ms' \
         "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
     check "no 'sleep 617' is left running" "" "$(pgrep -f 'sleep 61[7]' || true)"
+    # a process that leaves the group (setsid) and keeps the output open cannot hold us either
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'setsid sleep 623 & cat $KEY'"
+    t0=$(date +%s)
+    restart
+    lt "the server starts although a detached process holds the output (seconds)" "$(( $(date +%s) - t0 ))" 30
+    check_match "and says why" '^F0000: root key unavailable: meshhook_keys.root_key_command: a process it started outside its process group \(setsid\) kept its output open' \
+        "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
+    pkill -f 'sleep 62[3]' || true
     # its stderr reaches the server log, with anything that looks like key material redacted
     hexkey=$(cat "$KEY")
     q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'echo \"kms: access denied (token $hexkey)\" >&2; exit 4'"

@@ -86,9 +86,34 @@ SET meshhook_keys.max_failed_unlocks = 10;
 SELECT meshhook_keys.keyring_unlock('user:wrap', 'right-secret-1') AS unlocked;
 RESET meshhook_keys.max_failed_unlocks;
 
+-- the limit holds inside one REPEATABLE READ transaction too: the failures are counted as
+-- committed now, not as the transaction's snapshot saw them
+SET meshhook_keys.user_held_kdf = 'm=64,t=1,p=1';
+SET meshhook_keys.max_failed_unlocks = 2;
+SELECT keyring, version FROM meshhook_keys.keyring_create_user_held('user:wrap-rr', 'rr-secret-1');
+SELECT meshhook_keys.keyring_lock('user:wrap-rr');
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT count(*) >= 0 AS snapshot_taken FROM meshhook_keys.audit_log;
+SELECT sqlstate_of(format($$SELECT meshhook_keys.keyring_unlock('user:wrap-rr', %L)$$, 'wrong-secret-' || i)) FROM generate_series(1, 3) i;
+COMMIT;
+RESET meshhook_keys.max_failed_unlocks;
+
+-- a retired version of a user-held keyring stops decrypting in the session that holds it unlocked
+SELECT keyring, version FROM meshhook_keys.keyring_create_user_held('user:wrap-ret', 'ret-secret-1');
+CREATE TABLE wrap_ret AS SELECT meshhook_keys.secret_encrypt('v1 secret', '', 'user:wrap-ret') AS c;
+SELECT new_version FROM meshhook_keys.keyring_rotate_secret('user:wrap-ret', 'ret-secret-1', 'ret-secret-2', reencrypt => true);
+SELECT meshhook_keys.secret_decrypt(c, '') FROM wrap_ret;
+SELECT meshhook_keys.keys_retire('user:wrap-ret', 1, force => true);
+SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, '') FROM wrap_ret$$);
+-- and after a new unlock, which holds it as retired
+SELECT meshhook_keys.keyring_unlock('user:wrap-ret', 'ret-secret-2') AS unlocked;
+SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, '') FROM wrap_ret$$);
+DROP TABLE wrap_ret;
+RESET meshhook_keys.user_held_kdf;
+
 -- clean up
 SELECT meshhook_keys.keyring_lock('user:wrap');
 DROP TABLE wrap_ct;
 DROP ROLE mk_wrap_user;
-SELECT meshhook_keys.keyring_destroy(k) > 0 AS destroyed FROM unnest(ARRAY['wrap-a', 'wrap-b', 'wrap-t', 'user:wrap']) k;
-SELECT meshhook_keys.keyring_reclaim(k) > 0 AS reclaimed FROM unnest(ARRAY['wrap-a', 'wrap-b', 'wrap-t', 'user:wrap']) k;
+SELECT meshhook_keys.keyring_destroy(k) > 0 AS destroyed FROM unnest(ARRAY['wrap-a', 'wrap-b', 'wrap-t', 'user:wrap', 'user:wrap-rr', 'user:wrap-ret']) k;
+SELECT meshhook_keys.keyring_reclaim(k) > 0 AS reclaimed FROM unnest(ARRAY['wrap-a', 'wrap-b', 'wrap-t', 'user:wrap', 'user:wrap-rr', 'user:wrap-ret']) k;
