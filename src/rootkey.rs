@@ -235,6 +235,28 @@ unsafe extern "C" {
     fn libc_waitid(idtype: i32, id: u32, infop: *mut u8, options: i32) -> i32;
 }
 
+unsafe extern "C" {
+    #[link_name = "sigprocmask"]
+    fn libc_sigprocmask(how: i32, set: *const u8, old: *mut u8) -> i32;
+    #[link_name = "signal"]
+    fn libc_signal(signum: i32, handler: usize) -> usize;
+}
+
+/// In the child, before exec: no blocked signal (an all-zero sigset_t is the empty set on Linux),
+/// and every signal's default action (SIG_DFL is 0).
+fn reset_signals() -> std::io::Result<()> {
+    const SIG_SETMASK: i32 = 2;
+    let empty = [0u8; 128];
+    // SAFETY: async-signal-safe calls on a valid, empty signal set.
+    unsafe {
+        libc_sigprocmask(SIG_SETMASK, empty.as_ptr(), std::ptr::null_mut());
+        for sig in 1..32 {
+            libc_signal(sig, 0);
+        }
+    }
+    Ok(())
+}
+
 /// Whether our child `pid` has exited, leaving it unreaped (Linux waitid: P_PID, WEXITED | WNOHANG
 /// | WNOWAIT; siginfo_t is 128 bytes, si_pid at offset 16 is non-zero once a child has exited).
 fn exited_unreaped(pid: i32) -> bool {
@@ -270,13 +292,19 @@ fn run_command(cmd: &str) -> Result<SecretKey> {
         KeysError::RootKeyUnavailable(format!("meshhook_keys.root_key_command: {why}"))
     };
     let timeout = gucs::root_key_command_timeout();
-    let mut child = Command::new("/bin/sh")
+    let mut command = Command::new("/bin/sh");
+    command
         .arg("-c")
         .arg(cmd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
+        .process_group(0);
+    // SAFETY: runs in the child between fork and exec and calls only async-signal-safe functions.
+    // PostgreSQL blocks and ignores signals in the postmaster and its backends; a command must not
+    // inherit that (a KMS client could not be interrupted, nor time out by its own alarm).
+    unsafe { command.pre_exec(reset_signals) };
+    let mut child = command
         .spawn()
         .map_err(|e| unavailable(format!("could not be started ({})", e.kind())))?;
     let pgid = child.id() as i32;

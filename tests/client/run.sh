@@ -175,13 +175,22 @@ scenario_command_provider() {
         "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
     check "no 'sleep 617' is left running" "" "$(pgrep -f 'sleep 61[7]' || true)"
     # a process that leaves the group (setsid) and keeps the output open cannot hold us either
-    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'setsid sleep 623 & cat $KEY'"
+    # (the command waits until the detached process has left its group, so that the test never
+    # depends on which runs first)
+    rm -f "$TMP/detached.pid"
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'setsid sh -c \"echo \\\$\\\$ > $TMP/detached.pid; exec sleep 623\" & while [ ! -s $TMP/detached.pid ]; do sleep 0.05; done; cat $KEY'"
     t0=$(date +%s)
     restart
     lt "the server starts although a detached process holds the output (seconds)" "$(( $(date +%s) - t0 ))" 30
     check_match "and says why" '^F0000: root key unavailable: meshhook_keys.root_key_command: a process it started outside its process group \(setsid\) kept its output open' \
         "$(qe app "SELECT meshhook_keys.secret_encrypt('x')")"
     pkill -f 'sleep 62[3]' || true
+    # the command runs with no signal blocked or ignored (PostgreSQL blocks and ignores several; a
+    # KMS client must still be interruptible): it prints the key only if that holds
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'grep -Eq \"^SigBlk:[[:space:]]+0+\\\$\" /proc/self/status && grep -Eq \"^SigIgn:[[:space:]]+0+\\\$\" /proc/self/status && cat $KEY'"
+    restart
+    check "the command runs with a clean signal state (it printed the key)" 50 \
+        "$(q app "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(token, tenant || ':' || id) = 'CLIENT-SECRET-' || id")"
     # its stderr reaches the server log, with anything that looks like key material redacted
     hexkey=$(cat "$KEY")
     q postgres "ALTER SYSTEM SET meshhook_keys.root_key_command = 'echo \"kms: access denied (token $hexkey)\" >&2; exit 4'"
