@@ -301,18 +301,26 @@ pub fn unlock(keyring: &str, secret: Option<&str>, scope: Scope) -> Result<i32> 
         Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("unlock", keyring)),
         Err(e) => return Err(e),
     };
-    let today = crate::gucs::user_held_kdf();
-    let legacy = rows
-        .iter()
-        .any(|r| r.wrapped_key.as_deref().is_some_and(crypto::is_legacy_wrap));
-    let outdated = params.weaker_than(today) || (legacy && store::schema_is_current()?);
-    if outdated && can_write() {
+    if outdated(&params, &rows)? && can_write() {
         drop((keys, deks, kek));
         return upgrade_and_unlock(keyring, &secret, scope);
     }
     let n = keys.len() as i32;
     hold(keyring, keys, active, kek.fingerprint().to_vec(), scope)?;
     Ok(n)
+}
+
+/// Whether a keyring's wrapping is older or weaker than today's: Argon2id costs below
+/// meshhook_keys.user_held_kdf, or a version wrapped in the format before 0.5.0 on a schema that
+/// takes the new one (before ALTER EXTENSION ... UPDATE a rewrap could only write the old one).
+fn outdated(params: &KdfParams, rows: &[KeyRow]) -> Result<bool> {
+    if params.weaker_than(crate::gucs::user_held_kdf()) {
+        return Ok(true);
+    }
+    let legacy = rows
+        .iter()
+        .any(|r| r.wrapped_key.as_deref().is_some_and(crypto::is_legacy_wrap));
+    Ok(legacy && store::schema_is_current()?)
 }
 
 /// Rewrap every version of `keyring` under a key derived from `secret` with today's parameters
@@ -329,11 +337,7 @@ fn upgrade_and_unlock(keyring: &str, secret: &str, scope: Scope) -> Result<i32> 
         Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("unlock", keyring)),
         Err(e) => return Err(e),
     };
-    let still_outdated = params_now.weaker_than(crate::gucs::user_held_kdf())
-        || rows
-            .iter()
-            .any(|r| r.wrapped_key.as_deref().is_some_and(crypto::is_legacy_wrap));
-    if !still_outdated {
+    if !outdated(&params_now, &rows)? {
         let n = keys.len() as i32;
         hold(keyring, keys, active, kek_old.fingerprint().to_vec(), scope)?;
         return Ok(n);
