@@ -106,7 +106,8 @@ CREATE FUNCTION meshhook_keys._audit_chain() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    last meshhook_keys.audit_log;
+    last_id bigint;
+    last_hash bytea;
 BEGIN
     IF NEW.hash IS NOT NULL THEN
         -- A row that already carries its hash: pg_dump/restore copying the log back. Accept it only
@@ -119,12 +120,12 @@ BEGIN
         RETURN NEW;
     END IF;
     -- One writer at a time until commit, so ids and the chain follow commit order (a lock only
-    -- meshhook_keys can take: see src/locks.rs).
-    PERFORM meshhook_keys._audit_chain_lock();
-    SELECT * INTO last FROM meshhook_keys.audit_log ORDER BY id DESC LIMIT 1;
-    NEW.id := coalesce(last.id, 0) + 1;
+    -- meshhook_keys can take: see src/locks.rs); the last row is read as committed now, whatever
+    -- this transaction's snapshot (REPEATABLE READ would miss a row committed while it waited).
+    SELECT h.id, h.hash INTO last_id, last_hash FROM meshhook_keys._audit_chain_head() h;
+    NEW.id := coalesce(last_id, 0) + 1;
     NEW.at := pg_catalog.clock_timestamp();
-    NEW.prev_hash := coalesce(last.hash, '\x'::bytea);
+    NEW.prev_hash := coalesce(last_hash, '\x'::bytea);
     NEW.hash := meshhook_keys._audit_row_hash(NEW.prev_hash, NEW);
     -- Mirror to the server log for log shipping. Only metadata; and written without the client's
     -- statement (which may hold a literal secret), never with RAISE LOG (0.5.0).

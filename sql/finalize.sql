@@ -177,13 +177,13 @@ COMMENT ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) IS
 COMMENT ON TABLE meshhook_keys.secrets IS
     'The built-in secrets store: one envelope per (tenant, name), bound to its row id and tenant; name may be NULL, as in Supabase Vault. Row-level security is enabled; add policies for your tenancy model. Registered for re-encryption in every keyring.';
 COMMENT ON VIEW meshhook_keys.decrypted_secrets IS
-    'The secrets store with values decrypted, security_invoker: the caller''s privileges and RLS policies apply. decrypted_secret is the same value as secret, under Supabase Vault''s column name.';
+    'The secrets store with values decrypted, with Supabase Vault''s columns and meanings: secret is the ciphertext (base64), decrypted_secret the plaintext, key_id the data key that sealed it, nonce its nonce; tenant and keyring are the store''s. security_invoker: the caller''s privileges and RLS policies apply. Requires meshhook_keys_user.';
 COMMENT ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) IS
     'Supabase Vault''s create_secret over the built-in store (tenant '''', keyring default): encrypts new_secret before the row is written and returns its id. new_key_id must be NULL (there are no pgsodium keys). The caller''s privileges and RLS policies apply.';
 COMMENT ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) IS
     'Supabase Vault''s update_secret over the built-in store: NULL arguments keep the current value; the new value is sealed under the keyring''s active key; an id that does not exist (or that RLS hides) changes nothing. new_key_id must be NULL.';
 COMMENT ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) IS
-    'Copy every secret of Supabase Vault (vault.decrypted_secrets, read with the caller''s privileges) into the built-in store under keyring, encrypted before any row is written, keeping ids, names, descriptions and timestamps; Vault is not changed. Idempotent: secrets already imported (same id) are skipped, and so are names the store already has. dry_run (the default) only counts. Requires meshhook_keys_operator; audited with counts only.';
+    'Copy every secret of Supabase Vault (vault.decrypted_secrets, read with the caller''s privileges) into the built-in store under keyring, encrypted before any row is written, keeping ids, names, descriptions and timestamps; Vault is not changed. Idempotent: secrets already imported (same id) are skipped. A secret Vault cannot decrypt, with an empty name, or whose name the store already has is skipped, counted and named by id in skipped; it never stops the others. dry_run (the default) classifies exactly as the real run would and writes no secret. Concurrent imports run one after the other. Audited with counts only, also when it fails. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) IS
     'Store a new secret in meshhook_keys.secrets; the plaintext is encrypted before the row is written. Returns its id.';
 COMMENT ON FUNCTION meshhook_keys.secret_update(text, text, text, text) IS
@@ -232,8 +232,8 @@ COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS
     'The background scheduler of this server: pid, database, state, naptime, ticks, last tick, whether encryptions are counted. Admin only.';
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror.';
-COMMENT ON FUNCTION meshhook_keys._audit_chain_lock() IS
-    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it). Used by the audit chain trigger.';
+COMMENT ON FUNCTION meshhook_keys._audit_chain_head() IS
+    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it) and return the chain''s last id and hash as committed now. Used by the audit chain trigger.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) IS
     'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key. Refuses outside a batch.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS

@@ -258,17 +258,22 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_log_line_wrapper';
 REVOKE ALL ON FUNCTION meshhook_keys._log_line(text) FROM PUBLIC;
 -- The audit chain lock moved off a hashtext() advisory key that any role could take.
-CREATE FUNCTION meshhook_keys."_audit_chain_lock"() RETURNS void
+-- The chain's last row is read as committed now, not through a REPEATABLE READ snapshot.
+CREATE FUNCTION meshhook_keys."_audit_chain_head"() RETURNS TABLE (
+	"id" bigint,  /* i64 */
+	"hash" bytea  /* alloc::vec::Vec<u8> */
+)
 VOLATILE PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
 LANGUAGE c /* Rust */
-AS 'MODULE_PATHNAME', '_audit_chain_lock_wrapper';
-REVOKE ALL ON FUNCTION meshhook_keys._audit_chain_lock() FROM PUBLIC;
+AS 'MODULE_PATHNAME', '_audit_chain_head_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys._audit_chain_head() FROM PUBLIC;
 CREATE OR REPLACE FUNCTION meshhook_keys._audit_chain() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    last meshhook_keys.audit_log;
+    last_id bigint;
+    last_hash bytea;
 BEGIN
     IF NEW.hash IS NOT NULL THEN
         -- A row that already carries its hash: pg_dump/restore copying the log back. Accept it only
@@ -281,12 +286,12 @@ BEGIN
         RETURN NEW;
     END IF;
     -- One writer at a time until commit, so ids and the chain follow commit order (a lock only
-    -- meshhook_keys can take: see src/locks.rs).
-    PERFORM meshhook_keys._audit_chain_lock();
-    SELECT * INTO last FROM meshhook_keys.audit_log ORDER BY id DESC LIMIT 1;
-    NEW.id := coalesce(last.id, 0) + 1;
+    -- meshhook_keys can take: see src/locks.rs); the last row is read as committed now, whatever
+    -- this transaction's snapshot (REPEATABLE READ would miss a row committed while it waited).
+    SELECT h.id, h.hash INTO last_id, last_hash FROM meshhook_keys._audit_chain_head() h;
+    NEW.id := coalesce(last_id, 0) + 1;
     NEW.at := pg_catalog.clock_timestamp();
-    NEW.prev_hash := coalesce(last.hash, '\x'::bytea);
+    NEW.prev_hash := coalesce(last_hash, '\x'::bytea);
     NEW.hash := meshhook_keys._audit_row_hash(NEW.prev_hash, NEW);
     -- Mirror to the server log for log shipping. Only metadata; and written without the client's
     -- statement (which may hold a literal secret), never with RAISE LOG (0.5.0).
@@ -299,8 +304,8 @@ END
 $$;
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror.';
-COMMENT ON FUNCTION meshhook_keys._audit_chain_lock() IS
-    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it). Used by the audit chain trigger.';
+COMMENT ON FUNCTION meshhook_keys._audit_chain_head() IS
+    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it) and return the chain''s last id and hash as committed now. Used by the audit chain trigger.';
 
 -- Functions that report this backend's own state are not run in parallel workers (their state is
 -- the worker's, not the session's).
@@ -362,15 +367,7 @@ COMMENT ON FUNCTION meshhook_keys.metrics() IS
 -- From Supabase Vault: the store accepts Vault's NULL names, its view has Vault's column name,
 -- Vault's create_secret / update_secret, and import_supabase_vault.
 ALTER TABLE meshhook_keys.secrets ALTER COLUMN name DROP NOT NULL;
--- decrypted_secret is the same value under Supabase Vault's column name (0.5.0), so that code
--- written for vault.decrypted_secrets reads this view unchanged; the expression is evaluated once.
-CREATE OR REPLACE VIEW meshhook_keys.decrypted_secrets WITH (security_invoker = true) AS
-    SELECT d.id, d.tenant, d.name, d.description, d.keyring, d.secret, d.created_at, d.updated_at,
-           d.secret AS decrypted_secret
-      FROM (SELECT s.id, s.tenant, s.name, s.description, s.keyring,
-                   meshhook_keys.secret_decrypt(s.ciphertext, s.id::text || '/' || s.tenant) AS secret,
-                   s.created_at, s.updated_at
-              FROM meshhook_keys.secrets s OFFSET 0) d;
+-- (decrypted_secrets takes Vault's columns below, once _store_decrypt exists)
 
 -- Supabase Vault's API, with its names, argument names and defaults (0.5.0), so that code written
 -- for vault.create_secret / vault.update_secret runs unchanged against this schema. Tenant ''
@@ -430,8 +427,10 @@ CREATE FUNCTION meshhook_keys."import_supabase_vault"(
 	"imported" bigint,  /* i64 */
 	"already_imported" bigint,  /* i64 */
 	"name_conflicts" bigint,  /* i64 */
+	"invalid_names" bigint,  /* i64 */
 	"unreadable" bigint,  /* i64 */
-	"dry_run" bool  /* bool */
+	"dry_run" bool,  /* bool */
+	"skipped" jsonb  /* pgrx::datum::json::JsonB */
 )
 VOLATILE SECURITY DEFINER PARALLEL UNSAFE
 SET search_path TO pg_catalog, pg_temp
@@ -446,13 +445,13 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) TO 
 COMMENT ON TABLE meshhook_keys.secrets IS
     'The built-in secrets store: one envelope per (tenant, name), bound to its row id and tenant; name may be NULL, as in Supabase Vault. Row-level security is enabled; add policies for your tenancy model. Registered for re-encryption in every keyring.';
 COMMENT ON VIEW meshhook_keys.decrypted_secrets IS
-    'The secrets store with values decrypted, security_invoker: the caller''s privileges and RLS policies apply. decrypted_secret is the same value as secret, under Supabase Vault''s column name.';
+    'The secrets store with values decrypted, with Supabase Vault''s columns and meanings: secret is the ciphertext (base64), decrypted_secret the plaintext, key_id the data key that sealed it, nonce its nonce; tenant and keyring are the store''s. security_invoker: the caller''s privileges and RLS policies apply. Requires meshhook_keys_user.';
 COMMENT ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) IS
     'Supabase Vault''s create_secret over the built-in store (tenant '''', keyring default): encrypts new_secret before the row is written and returns its id. new_key_id must be NULL (there are no pgsodium keys). The caller''s privileges and RLS policies apply.';
 COMMENT ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) IS
     'Supabase Vault''s update_secret over the built-in store: NULL arguments keep the current value; the new value is sealed under the keyring''s active key; an id that does not exist (or that RLS hides) changes nothing. new_key_id must be NULL.';
 COMMENT ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) IS
-    'Copy every secret of Supabase Vault (vault.decrypted_secrets, read with the caller''s privileges) into the built-in store under keyring, encrypted before any row is written, keeping ids, names, descriptions and timestamps; Vault is not changed. Idempotent: secrets already imported (same id) are skipped, and so are names the store already has. dry_run (the default) only counts. Requires meshhook_keys_operator; audited with counts only.';
+    'Copy every secret of Supabase Vault (vault.decrypted_secrets, read with the caller''s privileges) into the built-in store under keyring, encrypted before any row is written, keeping ids, names, descriptions and timestamps; Vault is not changed. Idempotent: secrets already imported (same id) are skipped. A secret Vault cannot decrypt, with an empty name, or whose name the store already has is skipped, counted and named by id in skipped; it never stops the others. dry_run (the default) classifies exactly as the real run would and writes no secret. Concurrent imports run one after the other. Audited with counts only, also when it fails. Requires meshhook_keys_operator.';
 
 -- A column whose batch raises no longer stops the others of its keyring (issue 23): it is marked
 -- 'failed' with its SQLSTATE and (escaped) message, and the job goes on with the other columns.
@@ -520,10 +519,17 @@ REVOKE ALL ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) FROM PUBL
 GRANT EXECUTE ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) TO meshhook_keys_user;
 COMMENT ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) IS
     'Internal (the view decrypted_secrets): secret_decrypt that also refuses (XX001) an envelope whose key is not of the row''s keyring.';
+-- Supabase Vault's decrypted_secrets, column for column (0.5.0), so that a query written for
+-- vault.decrypted_secrets runs unchanged with the schema renamed: secret is the ciphertext in
+-- base64 (as Vault's), decrypted_secret the plaintext, key_id the data key that sealed it, nonce
+-- its nonce; tenant and keyring are ours. Before 0.5.0 secret held the plaintext. Only a query
+-- that selects decrypted_secret decrypts. _store_decrypt is secret_decrypt that also refuses an
+-- envelope made under another keyring's key than the row names (0.5.0).
 CREATE OR REPLACE VIEW meshhook_keys.decrypted_secrets WITH (security_invoker = true) AS
-    SELECT d.id, d.tenant, d.name, d.description, d.keyring, d.secret, d.created_at, d.updated_at,
-           d.secret AS decrypted_secret
-      FROM (SELECT s.id, s.tenant, s.name, s.description, s.keyring,
-                   meshhook_keys._store_decrypt(s.ciphertext, s.id::text || '/' || s.tenant, s.keyring) AS secret,
-                   s.created_at, s.updated_at
-              FROM meshhook_keys.secrets s OFFSET 0) d;
+    SELECT s.id, s.tenant, s.name, s.description, s.keyring,
+           pg_catalog.encode(s.ciphertext, 'base64') AS secret,
+           s.created_at, s.updated_at,
+           meshhook_keys._store_decrypt(s.ciphertext, s.id::text || '/' || s.tenant, s.keyring) AS decrypted_secret,
+           meshhook_keys.ciphertext_key_id(s.ciphertext) AS key_id,
+           pg_catalog.substr(s.ciphertext, 10, 12) AS nonce
+      FROM meshhook_keys.secrets s;

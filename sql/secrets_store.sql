@@ -17,17 +17,20 @@ CREATE TABLE meshhook_keys.secrets (
 );
 
 -- Readers decrypt through this view with their own privileges and row-level security policies.
--- decrypted_secret is the same value under Supabase Vault's column name (0.5.0), so that code
--- written for vault.decrypted_secrets reads this view unchanged; the expression is evaluated once.
--- _store_decrypt is secret_decrypt that also refuses an envelope made under another keyring's key
--- than the row names (0.5.0).
+-- Supabase Vault's decrypted_secrets, column for column (0.5.0), so that a query written for
+-- vault.decrypted_secrets runs unchanged with the schema renamed: secret is the ciphertext in
+-- base64 (as Vault's), decrypted_secret the plaintext, key_id the data key that sealed it, nonce
+-- its nonce; tenant and keyring are ours. Before 0.5.0 secret held the plaintext. Only a query
+-- that selects decrypted_secret decrypts. _store_decrypt is secret_decrypt that also refuses an
+-- envelope made under another keyring's key than the row names (0.5.0).
 CREATE VIEW meshhook_keys.decrypted_secrets WITH (security_invoker = true) AS
-    SELECT d.id, d.tenant, d.name, d.description, d.keyring, d.secret, d.created_at, d.updated_at,
-           d.secret AS decrypted_secret
-      FROM (SELECT s.id, s.tenant, s.name, s.description, s.keyring,
-                   meshhook_keys._store_decrypt(s.ciphertext, s.id::text || '/' || s.tenant, s.keyring) AS secret,
-                   s.created_at, s.updated_at
-              FROM meshhook_keys.secrets s OFFSET 0) d;
+    SELECT s.id, s.tenant, s.name, s.description, s.keyring,
+           pg_catalog.encode(s.ciphertext, 'base64') AS secret,
+           s.created_at, s.updated_at,
+           meshhook_keys._store_decrypt(s.ciphertext, s.id::text || '/' || s.tenant, s.keyring) AS decrypted_secret,
+           meshhook_keys.ciphertext_key_id(s.ciphertext) AS key_id,
+           pg_catalog.substr(s.ciphertext, 10, 12) AS nonce
+      FROM meshhook_keys.secrets s;
 
 -- Create a secret: the plaintext goes straight into the envelope; the row is written once, never
 -- with the plaintext. SECURITY INVOKER: the caller's table privileges and RLS policies apply.

@@ -129,6 +129,23 @@ pub fn lock_chain_for_trigger() {
     HOLDS_CHAIN.set(crate::context::current_lxid());
 }
 
+/// The chain trigger's start: take the chain lock, then read the chain's last row (id and hash) as
+/// committed now. Not through the transaction's snapshot: in REPEATABLE READ or SERIALIZABLE, a
+/// row another transaction committed after that snapshot was taken (while this one waited for the
+/// lock) would be missed, and the new row would reuse its id (23505) or fork the chain.
+pub fn chain_head() -> Result<Option<(i64, Vec<u8>)>> {
+    lock_chain_for_trigger();
+    let rows = crate::fresh::select(
+        "SELECT id, hash FROM meshhook_keys.audit_log ORDER BY id DESC LIMIT 1",
+        &[],
+        |r| Ok((r.get::<i64>(1)?, r.get::<Vec<u8>>(2)?)),
+    )?;
+    Ok(match rows.into_iter().next() {
+        Some((Some(id), Some(hash))) => Some((id, hash)),
+        _ => None,
+    })
+}
+
 struct OwnedEvent {
     actor: Option<String>,
     role_name: String,
@@ -251,6 +268,49 @@ pub fn record_throttled_attempt(action: &str, keyring: Option<&str>) {
     record_refusal(&format!("~{action}"), keyring, caller_role_oid());
 }
 
+/// Durably record an action that failed with `sqlstate` and is about to raise it (outcome
+/// `failed`, `detail.error` the SQLSTATE, plus `detail`'s pairs: short keys, values that are
+/// numbers, booleans or words). Written like a refusal, by the audit worker in a transaction of its
+/// own; never carries a value or an error message (which could quote one).
+pub fn record_failed_action(
+    action: &str,
+    keyring: Option<&str>,
+    sqlstate: &str,
+    detail: &[(&str, String)],
+) {
+    let pairs: Vec<String> = detail.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    record_refusal(
+        &format!("?{action};{sqlstate};{}", pairs.join(",")),
+        keyring,
+        caller_role_oid(),
+    );
+}
+
+/// The `detail` of a failed action from its "?action;sqlstate;k=v,k=v" form.
+fn failed_action(encoded: &str) -> (String, serde_json::Value) {
+    let mut parts = encoded.splitn(3, ';');
+    let action = parts.next().unwrap_or("").to_string();
+    let mut detail = serde_json::Map::new();
+    detail.insert(
+        "error".to_string(),
+        serde_json::Value::String(parts.next().unwrap_or("").to_string()),
+    );
+    for pair in parts.next().unwrap_or("").split(',') {
+        if let Some((k, v)) = pair.split_once('=') {
+            let value = match v {
+                "true" => serde_json::Value::Bool(true),
+                "false" => serde_json::Value::Bool(false),
+                _ => v
+                    .parse::<i64>()
+                    .map(serde_json::Value::from)
+                    .unwrap_or_else(|_| serde_json::Value::String(v.to_string())),
+            };
+            detail.insert(k.to_string(), value);
+        }
+    }
+    (action, serde_json::Value::Object(detail))
+}
+
 /// Record a successful administrative action in the caller's transaction.
 pub fn record(
     action: &str,
@@ -350,9 +410,17 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
     // SAFETY: plain accessors of backend state.
     let (session, db) = unsafe { (pg_sys::GetSessionUserId(), pg_sys::MyDatabaseId) };
     let keyring = keyring.map(|k| clip(k, 63).replace(['\t', '\n'], " "));
-    let what = match (function.strip_prefix('!'), function.strip_prefix('~')) {
-        (Some(action), _) => format!("failed {action} (wrong secret)"),
-        (_, Some(action)) => format!("refused {action} (too many failed attempts)"),
+    let what = match (
+        function.strip_prefix('!'),
+        function.strip_prefix('~'),
+        function.strip_prefix('?'),
+    ) {
+        (Some(action), _, _) => format!("failed {action} (wrong secret)"),
+        (_, Some(action), _) => format!("refused {action} (too many failed attempts)"),
+        (_, _, Some(failed)) => {
+            let (action, detail) = failed_action(failed);
+            format!("failed {action} ({detail})")
+        }
         _ => format!("refused {function}"),
     };
     crate::logline::log(&format!(
@@ -463,9 +531,14 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
         let session = role_name(pg_sys::Oid::from(session));
         let role = role_name(pg_sys::Oid::from(role));
         // "!action": a failed attempt (wrong secret); "~action": an attempt refused because of
-        // too many failed ones; otherwise a refused privileged call.
+        // too many failed ones; "?action;sqlstate;k=v,...": an action that failed; otherwise a
+        // refused privileged call.
         let (action, outcome, detail) =
             match (function.strip_prefix('!'), function.strip_prefix('~')) {
+                _ if function.starts_with('?') => {
+                    let (action, detail) = failed_action(&function[1..]);
+                    (action, "failed", detail)
+                }
                 (Some(action), _) => (
                     action.to_string(),
                     "failed",

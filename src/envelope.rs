@@ -14,7 +14,19 @@ pub fn encrypt(
 ) -> Result<Vec<u8>> {
     let plaintext = plaintext.ok_or(KeysError::NullArgument("plaintext"))?;
     let context = context.ok_or(KeysError::NullArgument("context"))?;
-    let keyring = validate_keyring(keyring)?;
+    let key = encrypting_key(validate_keyring(keyring)?)?;
+    crate::usage::count(&key, 1)?;
+    Ok(crypto::seal(
+        &key.cipher,
+        key.key_id,
+        plaintext,
+        context.as_bytes(),
+    ))
+}
+
+/// The key `encrypt` seals under for `keyring` (its active key, after the tenant check), or the
+/// error `encrypt` would raise; creates the `default` keyring on first use.
+pub fn encrypting_key(keyring: &str) -> Result<std::rc::Rc<crate::keycache::CachedKey>> {
     let key = match resolver::active_key(keyring)? {
         Some(k) => k,
         None if keyring == DEFAULT_KEYRING => crate::store::with_fixed_search_path(|| {
@@ -34,13 +46,7 @@ pub fn encrypt(
         }
     };
     crate::tenancy::check(&key, "encryption")?;
-    crate::usage::count(&key, 1)?;
-    Ok(crypto::seal(
-        &key.cipher,
-        key.key_id,
-        plaintext,
-        context.as_bytes(),
-    ))
+    Ok(key)
 }
 
 pub fn decrypt(

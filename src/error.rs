@@ -256,6 +256,13 @@ pub enum KeysError {
     )]
     VaultMissing,
 
+    /// import_supabase_vault cannot list Vault's secrets: listing the view decrypted every row
+    /// and one raised, and the caller may not read vault.secrets.
+    #[error(
+        "cannot list the secrets of Supabase Vault: listing vault.decrypted_secrets decrypts every secret and one raised SQLSTATE {0}, and role \"{1}\" may not read vault.secrets"
+    )]
+    VaultUnlistable(String, String),
+
     /// An SPI query failed in a way that is not one of the above.
     #[error("internal error in meshhook_keys: {0}")]
     Internal(String),
@@ -323,6 +330,7 @@ impl KeysError {
             KeysError::UsageUntracked { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, // 53400
             KeysError::UnlockThrottled { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, // 53400
             KeysError::VaultMissing => ERRCODE_UNDEFINED_TABLE,          // 42P01
+            KeysError::VaultUnlistable(..) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,            // XX000
         }
     }
@@ -371,6 +379,9 @@ impl KeysError {
             KeysError::UsageUntracked { .. } => Some(
                 "Raise meshhook_keys.max_tracked_keys (restart required); the scheduler frees the slots of keys that can no longer encrypt on every tick.".into(),
             ),
+            KeysError::VaultUnlistable(_, role) => Some(format!(
+                "GRANT SELECT ON vault.secrets TO \"{role}\": the import then lists the secrets there and reads each one from the view on its own, skipping those that raise."
+            )),
             KeysError::VaultMissing => Some(
                 "Run the import in the database whose vault.secrets holds the secrets (CREATE EXTENSION supabase_vault provides them).".into(),
             ),
@@ -426,23 +437,31 @@ impl Failure {
     /// A PostgreSQL error (or a panic) caught with PgTryBuilder: its SQLSTATE and message,
     /// clipped to 300 bytes.
     pub fn from_caught(e: CaughtError) -> Self {
+        let sqlstate = caught_sqlstate(&e);
         match e {
-            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
-                let code = r.sql_error_code() as i32;
-                // SAFETY: unpack_sql_state returns a pointer to a static 6-byte buffer.
-                let sqlstate = unsafe { std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(code)) }
-                    .to_string_lossy()
-                    .into_owned();
-                Failure {
-                    sqlstate,
-                    message: clip(r.message(), 300),
-                }
-            }
+            CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => Failure {
+                sqlstate,
+                message: clip(r.message(), 300),
+            },
             CaughtError::RustPanic { .. } => Failure {
-                sqlstate: "XX000".into(),
+                sqlstate,
                 message: "internal error (panic) in meshhook_keys".into(),
             },
         }
+    }
+}
+
+/// The SQLSTATE of an error caught with PgTryBuilder (XX000 for a panic).
+pub fn caught_sqlstate(e: &CaughtError) -> String {
+    match e {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+            let code = r.sql_error_code() as i32;
+            // SAFETY: unpack_sql_state returns a pointer to a static 6-byte buffer.
+            unsafe { std::ffi::CStr::from_ptr(pg_sys::unpack_sql_state(code)) }
+                .to_string_lossy()
+                .into_owned()
+        }
+        CaughtError::RustPanic { .. } => "XX000".into(),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The one order in which meshhook_keys takes its locks, so that two of its transactions never
-//! deadlock on each other: the audit chain lock first (for callers whose audit rows are written at
+//! deadlock on each other: the Vault import lock (taken before anything else by an import), then
+//! the audit chain lock (for callers whose audit rows are written at
 //! once), then the keyring's lock (its row in meshhook_keys.keyring, or its re-encryption lock).
 //! Every change to a keyring takes its locks here, and only here.
 
@@ -47,4 +48,11 @@ pub fn reencryption(keyring: &str) -> KResult<()> {
     audit::lock_chain()?;
     locks::take(Lock::Reencrypt(keyring), Until::Commit);
     Ok(())
+}
+
+/// The lock of an import from Supabase Vault, before any other lock of the import (the audit chain
+/// and keyring locks its encryptions and audit row take): two imports run one after the other, the
+/// second seeing what the first committed.
+pub fn vault_import() {
+    locks::take(Lock::VaultImport, Until::Commit);
 }

@@ -11,6 +11,7 @@
 //! * [`Lock::Tick`]: one scheduler tick at a time (the worker holds it at session level across
 //!   the transactions of a tick, `tick()` until its transaction ends; they conflict).
 //! * [`Lock::Reencrypt`]: one re-encryption batch per keyring at a time.
+//! * [`Lock::VaultImport`]: one import from Supabase Vault at a time (dry or real), until commit.
 //!
 //! The order of the locks of a change to a keyring lives in one place:
 //! the `lock_order` module, which uses these.
@@ -25,6 +26,7 @@ pub enum Lock<'a> {
     AuditChain,
     Tick,
     Reencrypt(&'a str),
+    VaultImport,
 }
 
 impl Lock<'_> {
@@ -32,6 +34,7 @@ impl Lock<'_> {
         let key = match self {
             Lock::AuditChain => fnv1a(b"meshhook_keys.audit_log"),
             Lock::Tick => fnv1a(b"meshhook_keys.tick"),
+            Lock::VaultImport => fnv1a(b"meshhook_keys.import_supabase_vault"),
             Lock::Reencrypt(keyring) => {
                 fnv1a(format!("meshhook_keys.reencrypt:{keyring}").as_bytes())
             }

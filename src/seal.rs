@@ -79,6 +79,52 @@ pub fn isolated<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Fail
     r
 }
 
+/// Run `f` in a subtransaction of its own, committed if it returns Ok. If it returns an error or
+/// raises one, the subtransaction is rolled back, `report` is called with the SQLSTATE, and the
+/// error is returned or raised again unchanged: for an action that must leave a durable record of
+/// its failure (whose own rows roll back with it) before the error reaches the caller.
+pub fn reported<T>(f: impl FnOnce() -> Result<T>, report: impl FnOnce(&str)) -> Result<T> {
+    let sub = SubXact::begin();
+    let r = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failed::Returned)))
+        .catch_others(|e| Err(Failed::Raised(Box::new(e))))
+        .execute();
+    match r {
+        Ok(v) => {
+            sub.commit();
+            Ok(v)
+        }
+        Err(e) => {
+            sub.rollback();
+            match e {
+                Failed::Returned(e) => {
+                    report(&e.sqlstate_code());
+                    Err(e)
+                }
+                Failed::Raised(e) => {
+                    report(&crate::error::caught_sqlstate(&e));
+                    e.rethrow()
+                }
+            }
+        }
+    }
+}
+
+/// Run `f` in a subtransaction that is always rolled back: whatever it wrote is undone (and, by the
+/// invalidations that rollback processes, whatever the key cache loaded from it); its result is
+/// returned, its error returned or raised again.
+pub fn undone<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let sub = SubXact::begin();
+    let r = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failed::Returned)))
+        .catch_others(|e| Err(Failed::Raised(Box::new(e))))
+        .execute();
+    sub.rollback();
+    match r {
+        Ok(v) => Ok(v),
+        Err(Failed::Returned(e)) => Err(e),
+        Err(Failed::Raised(e)) => e.rethrow(),
+    }
+}
+
 /// An advisory lock this backend holds: its tag and the modes held.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Held {

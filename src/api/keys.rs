@@ -96,12 +96,14 @@ fn _key_cache_invalidate<'a>(
     Ok(None)
 }
 
-/// `_audit_chain_lock()`: the audit chain lock, until commit, for the chain trigger (see
-/// sql/bootstrap.sql and crate::locks). Internal; executable by nobody but the extension's owner.
+/// `_audit_chain_head()`: take the audit chain lock, until commit, and return the chain's last id
+/// and hash as committed now, for the chain trigger (see sql/bootstrap.sql, crate::locks and
+/// audit::chain_head). No row: an empty log. Internal; executable by nobody but the extension's
+/// owner.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
-fn _audit_chain_lock() {
-    audit::lock_chain_for_trigger();
+fn _audit_chain_head() -> TableIterator<'static, (name!(id, i64), name!(hash, Vec<u8>))> {
+    TableIterator::new(audit::chain_head().or_raise())
 }
 
 /// This backend's key cache counters; internal, for tests and troubleshooting (no key material).

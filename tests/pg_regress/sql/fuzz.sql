@@ -230,7 +230,7 @@ BEGIN
     WHEN 'ciphertext_key_id' THEN r_id := meshhook_keys.ciphertext_key_id(c);
     WHEN 'decrypted_secrets' THEN
         UPDATE meshhook_keys.secrets SET ciphertext = c WHERE id = store_id;
-        SELECT d.secret INTO STRICT r_text FROM meshhook_keys.decrypted_secrets d WHERE d.id = store_id;
+        SELECT d.decrypted_secret INTO STRICT r_text FROM meshhook_keys.decrypted_secrets d WHERE d.id = store_id;
     END CASE;
     outcome := 'ok';
 EXCEPTION WHEN OTHERS THEN
@@ -330,7 +330,7 @@ SELECT name,
        CASE WHEN is_text THEN meshhook_keys.secret_decrypt(c, ctx) = convert_from(plain, 'UTF8') END AS text_ok,
        meshhook_keys.ciphertext_key_id(c) = key_id AS key_id_ok,
        CASE WHEN store_id IS NOT NULL
-            THEN (SELECT secret FROM meshhook_keys.decrypted_secrets d WHERE d.id = e.store_id) = convert_from(plain, 'UTF8') END AS store_ok
+            THEN (SELECT decrypted_secret FROM meshhook_keys.decrypted_secrets d WHERE d.id = e.store_id) = convert_from(plain, 'UTF8') END AS store_ok
   FROM fuzz_env e ORDER BY name;
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, ctx) FROM fuzz_env WHERE name = 'a_bytea_ctx'$$);
 ROLLBACK;

@@ -11,7 +11,7 @@ SET LOCAL ROLE mk_store_app;
 SELECT count(*) AS visible_without_policy FROM meshhook_keys.decrypted_secrets;
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_update('backend', 'attacker-value')$$);
 RESET ROLE;
-SELECT secret FROM meshhook_keys.decrypted_secrets WHERE name = 'backend';
+SELECT decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE name = 'backend';
 DELETE FROM meshhook_keys.secrets WHERE name = 'backend';
 -- an explicit policy grants this role the untenanted rows
 CREATE POLICY mk_store_app_untenanted ON meshhook_keys.secrets TO mk_store_app
@@ -19,12 +19,12 @@ CREATE POLICY mk_store_app_untenanted ON meshhook_keys.secrets TO mk_store_app
 SET LOCAL ROLE mk_store_app;
 SELECT meshhook_keys.secret_create('stripe', 'sk_live_STORE_PLAINTEXT', 'Stripe key') IS NOT NULL AS created;
 SELECT meshhook_keys.secret_create('github', 'ghp_other', 'GitHub token') IS NOT NULL AS created;
-SELECT name, description, secret FROM meshhook_keys.decrypted_secrets ORDER BY name;
+SELECT name, description, decrypted_secret FROM meshhook_keys.decrypted_secrets ORDER BY name;
 -- the plaintext is nowhere in the stored row
 SELECT bool_and(position(convert_to('STORE_PLAINTEXT', 'UTF8') IN ciphertext) = 0) AS not_stored
   FROM meshhook_keys.secrets;
 SELECT meshhook_keys.secret_update('stripe', 'sk_live_ROTATED') IS NOT NULL AS updated;
-SELECT name, secret FROM meshhook_keys.decrypted_secrets WHERE name = 'stripe';
+SELECT name, decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE name = 'stripe';
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_update('nope', 'x')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_create('stripe', 'dup')$$);
 -- out of the box, the user role may not touch tenant rows: add policies for your tenancy model
@@ -32,7 +32,7 @@ SELECT sqlstate_of($$SELECT meshhook_keys.secret_create('slack', 'x', '', 'tenan
 -- a ciphertext copied to another row does not decrypt there
 SELECT sqlstate_of($$UPDATE meshhook_keys.secrets SET ciphertext = (SELECT ciphertext FROM meshhook_keys.secrets WHERE name = 'stripe') WHERE name = 'github'$$);
 UPDATE meshhook_keys.secrets SET ciphertext = (SELECT ciphertext FROM meshhook_keys.secrets WHERE name = 'stripe') WHERE name = 'github';
-SELECT sqlstate_of($$SELECT secret FROM meshhook_keys.decrypted_secrets WHERE name = 'github'$$);
+SELECT sqlstate_of($$SELECT decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE name = 'github'$$);
 RESET ROLE;
 -- the store is registered for re-encryption and follows rotations
 SET LOCAL ROLE mk_store_ops;
@@ -44,7 +44,7 @@ UPDATE meshhook_keys.secrets SET ciphertext = meshhook_keys.secret_encrypt('ghp_
 SELECT version FROM meshhook_keys.keys_rotate('default', 'store test 2');
 SELECT meshhook_keys.reencrypt_batch('default', 100) AS moved;
 SELECT meshhook_keys.reencrypt_batch('default', 100) IS NULL AS done;
-SELECT s.name, k.version, d.secret
+SELECT s.name, k.version, d.decrypted_secret
   FROM meshhook_keys.secrets s
   JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.ciphertext)
   JOIN meshhook_keys.decrypted_secrets d ON d.id = s.id
@@ -54,12 +54,12 @@ SELECT s.name, k.version, d.secret
 -- (the view decrypts every row it reads, so each case is put back before the next)
 SELECT version FROM meshhook_keys.keys_rotate('store-other');
 UPDATE meshhook_keys.secrets SET keyring = 'store-other' WHERE name = 'stripe';
-SELECT sqlstate_of($$SELECT secret FROM meshhook_keys.decrypted_secrets WHERE name = 'stripe'$$);
+SELECT sqlstate_of($$SELECT decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE name = 'stripe'$$);
 UPDATE meshhook_keys.secrets SET keyring = 'default' WHERE name = 'stripe';
-SELECT name, secret FROM meshhook_keys.decrypted_secrets ORDER BY name;
+SELECT name, decrypted_secret FROM meshhook_keys.decrypted_secrets ORDER BY name;
 UPDATE meshhook_keys.secrets SET ciphertext = meshhook_keys.secret_encrypt('forged', id::text || '/' || tenant, 'store-other')
  WHERE name = 'github';
-SELECT sqlstate_of($$SELECT secret FROM meshhook_keys.decrypted_secrets WHERE name = 'github'$$);
+SELECT sqlstate_of($$SELECT decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE name = 'github'$$);
 -- (secret_decrypt itself names no keyring, and still opens the envelope with the right context)
 SELECT meshhook_keys.secret_decrypt(ciphertext, id::text || '/' || tenant) FROM meshhook_keys.secrets WHERE name = 'github';
 ROLLBACK;

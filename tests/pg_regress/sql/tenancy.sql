@@ -124,6 +124,6 @@ SELECT sqlstate_of($$SELECT meshhook_keys.keyring_destroy('no-such-ring')$$);
 -- the backend still reads the value it stored
 RESET ROLE;
 SET LOCAL ROLE service_role;
-SELECT secret FROM meshhook_keys.decrypted_secrets WHERE name = 'backend-token';
+SELECT decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE name = 'backend-token';
 RESET ROLE;
 ROLLBACK;

@@ -21,10 +21,18 @@ CREATE TABLE vault.secrets (
     updated_at  timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP
 );
 CREATE UNIQUE INDEX secrets_name_idx ON vault.secrets (name) WHERE name IS NOT NULL;
--- (a secret under the key 'dead...' stands for one Vault cannot decrypt: decrypted_secret NULL)
+-- As in real Vault, the view decrypts only when decrypted_secret is asked for, and a secret it
+-- cannot decrypt RAISES (pgsodium: 'invalid ciphertext'); here a secret under the key 'dead...'
+-- stands for one, and one under '0000...' for an older Vault that gave NULL instead
+CREATE FUNCTION vault._decrypt(s vault.secrets) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    IF s.key_id = 'deadbeef-0000-0000-0000-000000000000' THEN
+        RAISE EXCEPTION 'pgsodium_crypto_aead_det_decrypt_by_id: invalid ciphertext' USING ERRCODE = '22000';
+    END IF;
+    RETURN CASE WHEN s.key_id = '00000000-0000-0000-0000-000000000000' THEN NULL ELSE s.secret END;
+END $$;
 CREATE VIEW vault.decrypted_secrets AS
-    SELECT s.id, s.name, s.description, s.secret,
-           CASE WHEN s.key_id = 'deadbeef-0000-0000-0000-000000000000' THEN NULL ELSE s.secret END AS decrypted_secret,
+    SELECT s.id, s.name, s.description, s.secret, vault._decrypt(s) AS decrypted_secret,
            s.key_id, s.nonce, s.created_at, s.updated_at
       FROM vault.secrets s;
 CREATE FUNCTION vault.create_secret(new_secret text, new_name text DEFAULT NULL,
@@ -43,6 +51,11 @@ SELECT vault.create_secret('ghp_VAULT_PLAINTEXT_2', 'github') IS NOT NULL AS cre
 SELECT vault.create_secret('VAULT_PLAINTEXT_3_no_name') IS NOT NULL AS created;
 SELECT vault.create_secret('VAULT_PLAINTEXT_4_lost', 'lost', '', 'deadbeef-0000-0000-0000-000000000000') IS NOT NULL AS created;
 SELECT vault.create_secret('VAULT_PLAINTEXT_5_dup', 'taken', 'Vault''s copy') IS NOT NULL AS created;
+SELECT vault.create_secret('VAULT_PLAINTEXT_6_null', 'gave-null', '', '00000000-0000-0000-0000-000000000000') IS NOT NULL AS created;
+SELECT vault.create_secret('VAULT_PLAINTEXT_7_empty_name', '') IS NOT NULL AS created;
+SELECT vault.create_secret('VAULT_PLAINTEXT_8', 'last') IS NOT NULL AS created;
+-- (reading the whole view raises, as real Vault's does with such a row)
+SELECT sqlstate_of('SELECT count(decrypted_secret) FROM vault.decrypted_secrets');
 UPDATE vault.secrets SET
     created_at = '2025-01-01 10:00:00+00'::timestamptz + substring(secret from 'PLAINTEXT_(\d)')::int * interval '1 day',
     updated_at = '2025-06-01 12:00:00+00'::timestamptz + substring(secret from 'PLAINTEXT_(\d)')::int * interval '1 day';
@@ -61,37 +74,90 @@ SET LOCAL ROLE mk_vault_ops;
 SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault()$$);
 RESET ROLE;
 GRANT SELECT ON vault.decrypted_secrets TO mk_vault_ops;
-
--- a dry run (the default) counts and writes nothing
+-- this view decrypts every row it lists (its decrypt function is volatile) and one row raises:
+-- the import lists vault.secrets instead, which this role may not read yet
 SET LOCAL ROLE mk_vault_ops;
-SELECT * FROM meshhook_keys.import_supabase_vault();
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault()$$);
 RESET ROLE;
+GRANT SELECT ON vault.secrets TO mk_vault_ops;
+
+-- a dry run (the default) classifies and writes nothing; each skipped secret is named by id
+CREATE TEMP TABLE vault_ids AS SELECT id, name FROM vault.secrets;
+GRANT SELECT ON vault_ids TO PUBLIC;
+SET LOCAL ROLE mk_vault_ops;
+CREATE TEMP TABLE dry AS SELECT * FROM meshhook_keys.import_supabase_vault();
+RESET ROLE;
+SELECT vault_secrets, imported, already_imported, name_conflicts, invalid_names, unreadable, dry_run FROM dry;
+SELECT v.name, e ->> 'reason' AS reason, e ->> 'sqlstate' AS sqlstate
+  FROM dry, jsonb_array_elements(dry.skipped) e JOIN vault_ids v ON v.id = (e ->> 'id')::uuid ORDER BY 1;
 SELECT count(*) AS store_rows_after_dry_run FROM meshhook_keys.secrets;
 -- the import: new secrets only, encrypted before they are written, Vault's ids, names,
--- descriptions and timestamps kept
+-- descriptions and timestamps kept; the bad rows skipped, the others imported
 SET LOCAL ROLE mk_vault_ops;
-SELECT * FROM meshhook_keys.import_supabase_vault(dry_run => false);
+CREATE TEMP TABLE real AS SELECT * FROM meshhook_keys.import_supabase_vault(dry_run => false);
 RESET ROLE;
+SELECT vault_secrets, imported, already_imported, name_conflicts, invalid_names, unreadable, dry_run FROM real;
+-- the dry run said exactly what the real run then did
+SELECT (d.vault_secrets, d.imported, d.already_imported, d.name_conflicts, d.invalid_names, d.unreadable, d.skipped)
+     = (r.vault_secrets, r.imported, r.already_imported, r.name_conflicts, r.invalid_names, r.unreadable, r.skipped)
+       AS dry_run_was_exact
+  FROM dry d, real r;
 SELECT v.name, s.description, s.tenant, s.keyring, s.created_at = v.created_at AS created_kept,
-       s.updated_at = v.updated_at AS updated_kept, d.decrypted_secret = v.decrypted_secret AS same_value,
-       d.secret = d.decrypted_secret AS both_columns
-  FROM vault.decrypted_secrets v
+       s.updated_at = v.updated_at AS updated_kept, d.decrypted_secret = v.secret AS same_value
+  FROM vault.secrets v
   JOIN meshhook_keys.secrets s ON s.id = v.id
   JOIN meshhook_keys.decrypted_secrets d ON d.id = v.id
  ORDER BY v.created_at;
+-- the view has Vault's columns and meanings: secret is the ciphertext (base64), decrypted_secret
+-- the plaintext, key_id the data key, nonce the envelope's nonce; a Vault query runs unchanged
+SELECT decode(d.secret, 'base64') = s.ciphertext AS secret_is_ciphertext,
+       d.key_id = meshhook_keys.ciphertext_key_id(s.ciphertext) AS key_id_is_the_data_key,
+       d.nonce = substr(s.ciphertext, 10, 12) AND length(d.nonce) = 12 AS nonce_is_the_nonce,
+       d.decrypted_secret
+  FROM meshhook_keys.decrypted_secrets d JOIN meshhook_keys.secrets s USING (id) WHERE d.name = 'github';
+SELECT attname FROM pg_attribute WHERE attrelid = 'vault.decrypted_secrets'::regclass AND attnum > 0
+EXCEPT SELECT attname FROM pg_attribute WHERE attrelid = 'meshhook_keys.decrypted_secrets'::regclass AND attnum > 0;
+SELECT name, decrypted_secret FROM (SELECT id, name, description, secret, decrypted_secret, key_id, nonce, created_at, updated_at
+  FROM meshhook_keys.decrypted_secrets) v WHERE name = 'stripe';
 SELECT bool_and(position(convert_to('VAULT_PLAINTEXT', 'UTF8') IN ciphertext) = 0) AS plaintext_not_stored
   FROM meshhook_keys.secrets;
-SELECT secret AS not_overwritten FROM meshhook_keys.decrypted_secrets WHERE name = 'taken';
-SELECT count(*) AS lost_not_imported FROM meshhook_keys.secrets WHERE name = 'lost';
+SELECT decrypted_secret AS not_overwritten FROM meshhook_keys.decrypted_secrets WHERE name = 'taken';
+SELECT count(*) AS skipped_not_imported FROM meshhook_keys.secrets WHERE name IN ('lost', 'gave-null', '');
 -- a second run imports nothing twice; Vault is untouched
 SET LOCAL ROLE mk_vault_ops;
-SELECT * FROM meshhook_keys.import_supabase_vault(dry_run => false);
+SELECT vault_secrets, imported, already_imported, name_conflicts, invalid_names, unreadable, dry_run,
+       jsonb_array_length(skipped) AS skipped
+  FROM meshhook_keys.import_supabase_vault(dry_run => false);
 RESET ROLE;
 SELECT h = (SELECT md5(string_agg(s::text, ',' ORDER BY id)) FROM vault.secrets s) AS vault_untouched FROM vault_before;
 -- audited with counts only, never a value
+-- (the failed imports above are audited too, by another process that waits for this transaction:
+-- see the end of this file)
 SELECT action, outcome, keyring, detail - 'jwt' AS detail FROM meshhook_keys.audit_log
- WHERE action = 'import_vault' ORDER BY id;
+ WHERE action = 'import_vault' AND outcome = 'ok' ORDER BY id;
 SELECT count(*) AS audit_rows_with_values FROM meshhook_keys.audit_log WHERE detail::text LIKE '%PLAINTEXT%';
+-- a dry run into a keyring that cannot encrypt fails as the real run does (and writes nothing)
+SELECT vault.create_secret('VAULT_PLAINTEXT_9', 'ninth') IS NOT NULL AS created;
+SET LOCAL ROLE mk_vault_ops;
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault('no-such-keyring')$$) AS dry,
+       sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault('no-such-keyring', false)$$) AS real;
+RESET ROLE;
+SELECT count(*) AS no_such_keyring_made FROM meshhook_keys.keyring WHERE name = 'no-such-keyring';
+DELETE FROM vault.secrets WHERE name = 'ninth';
+-- after the switch from Vault, a role that read vault.decrypted_secrets (Supabase's service_role,
+-- which bypasses RLS) reads the store after one grant, and Vault's API works for it
+CREATE ROLE mk_service_role BYPASSRLS;
+GRANT USAGE ON SCHEMA vault TO mk_service_role;
+SET LOCAL ROLE mk_service_role;
+SELECT sqlstate_of('SELECT count(decrypted_secret) FROM meshhook_keys.decrypted_secrets') AS before_grant;
+RESET ROLE;
+GRANT meshhook_keys_user TO mk_service_role;
+SET LOCAL ROLE mk_service_role;
+SELECT count(*) AS rows_seen, count(*) FILTER (WHERE decrypted_secret LIKE '%VAULT_PLAINTEXT%') AS imported_values_read
+  FROM meshhook_keys.decrypted_secrets;
+SELECT meshhook_keys.create_secret('svc_SECRET', 'service-made') IS NOT NULL AS created;
+SELECT decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE name = 'service-made';
+RESET ROLE;
 -- into another keyring; rolled back with its transaction
 SELECT 1 FROM meshhook_keys.keyring_create('vault-import');
 SAVEPOINT s;
@@ -117,8 +183,7 @@ BEGIN
 END $$;
 CREATE OR REPLACE VIEW vault.decrypted_secrets AS
     SELECT s.id, s.name, s.description, s.secret,
-           CASE WHEN s.key_id = 'deadbeef-0000-0000-0000-000000000000' THEN NULL ELSE s.secret END AS decrypted_secret,
-           s.key_id, s.nonce, s.created_at, s.updated_at
+           vault._decrypt(s) AS decrypted_secret, s.key_id, s.nonce, s.created_at, s.updated_at
       FROM vault.secrets s WHERE vault.pollute(coalesce(current_setting('mk.keep_lock', true), '') = 'on');
 SET LOCAL ROLE mk_vault_ops;
 SELECT vault_secrets, already_imported FROM meshhook_keys.import_supabase_vault();
@@ -154,3 +219,29 @@ SELECT p.proname, count(DISTINCT (pg_get_function_arguments(p.oid), pg_get_funct
   FROM pg_proc p WHERE p.pronamespace IN ('vault'::regnamespace, 'meshhook_keys'::regnamespace)
    AND p.proname IN ('create_secret', 'update_secret') GROUP BY 1 ORDER BY 1;
 ROLLBACK;
+
+-- A failed import (dry or real) leaves an audit row too, with its SQLSTATE and what it saw, written
+-- by another process because the import's own rows roll back with its error
+CREATE SCHEMA vault;
+CREATE TABLE vault.secrets (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text, description text NOT NULL DEFAULT '',
+                            secret text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
+CREATE VIEW vault.decrypted_secrets AS SELECT id, name, description, secret, secret AS decrypted_secret, created_at, updated_at FROM vault.secrets;
+INSERT INTO vault.secrets (name, secret) VALUES ('one', 'VAULT_PLAINTEXT_F1'), ('two', 'VAULT_PLAINTEXT_F2');
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault('missing-keyring')$$) AS dry,
+       sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault('missing-keyring', false)$$) AS real;
+CREATE FUNCTION pg_temp.wait_failed_imports(n int) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '10 seconds'; got bigint;
+BEGIN
+    LOOP
+        SELECT count(*) INTO got FROM meshhook_keys.audit_log
+         WHERE action = 'import_vault' AND outcome = 'failed' AND keyring = 'missing-keyring';
+        EXIT WHEN got >= n OR clock_timestamp() >= deadline;
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+    RETURN got;
+END $$;
+SELECT pg_temp.wait_failed_imports(2) AS failed_imports_audited;
+SELECT action, outcome, keyring, detail - 'jwt' AS detail FROM meshhook_keys.audit_log
+ WHERE action = 'import_vault' AND keyring = 'missing-keyring' ORDER BY detail ->> 'dry_run' DESC;
+SELECT count(*) AS store_rows FROM meshhook_keys.secrets WHERE name IN ('one', 'two');
+DROP SCHEMA vault CASCADE;
