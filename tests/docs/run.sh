@@ -9,7 +9,8 @@
 # Then the reference check (tests/docs/reference.py): every function, procedure, view and table of
 # the extension's schema is in docs/src/reference.md with its signature, and the role the reference
 # names for it is the one its COMMENT names. MESHHOOK_KEYS_DOCS_ROLE_CHECK=warn reports role
-# mismatches without failing (signatures and missing entries still fail).
+# mismatches without failing (signatures and missing entries still fail). And the settings table of
+# docs/src/configuration.md against pg_settings (tests/docs/settings.py).
 #
 #   tests/docs/run.sh                      # every page
 #   tests/docs/run.sh getting-started.md   # some pages (the reference check still runs)
@@ -79,6 +80,13 @@ else
     fail "reference.md matches the catalog (see above)"
 fi
 q "DROP DATABASE docs_reference" >/dev/null
+# The configuration page's table against the server's settings.
+if q "SELECT name, context FROM pg_settings WHERE name LIKE 'meshhook_keys.%'" -F '|' \
+    | python3 tests/docs/settings.py "$DOCS/configuration.md"; then
+    ok "configuration.md lists every setting with its context"
+else
+    fail "configuration.md lists every setting with its context (see above)"
+fi
 
 echo "docs suite: $(( $(date +%s) - t0 )) s"
 suite_summary "docs"
