@@ -12,8 +12,9 @@
 # mismatches without failing (signatures and missing entries still fail). And the settings table of
 # docs/src/configuration.md against pg_settings (tests/docs/settings.py).
 #
-#   tests/docs/run.sh                      # every page
-#   tests/docs/run.sh getting-started.md   # some pages (the reference check still runs)
+#   tests/docs/run.sh                      # every page, then README.md's SQL
+#   tests/docs/run.sh getting-started.md   # some pages (paths relative to docs/src; the reference
+#                                          # and configuration checks still run)
 #   KEEP=1 tests/docs/run.sh               # keep the cluster directory (server log, page logs)
 #
 # Runs as root after scripts/setup.sh (it installs the extension if PostgreSQL lacks it); PG_MAJOR
@@ -24,7 +25,13 @@ DOCS=$REPO_ROOT/docs/src
 t0=$(date +%s)
 
 pages=("$@")
-[ "${#pages[@]}" = 0 ] && mapfile -t pages < <(python3 tests/docs/extract.py --pages "$DOCS/SUMMARY.md")
+if [ "${#pages[@]}" = 0 ]; then
+    mapfile -t pages < <(python3 tests/docs/extract.py --pages "$DOCS/SUMMARY.md")
+    pages+=(../../README.md)   # its taste of SQL runs too
+fi
+
+# a page's file name under $TMP/pages: ../../README.md -> README.md, a/b.md -> a_b.md
+slug() { local p=${1//..\//}; echo "${p//\//_}"; }
 
 # Extract every page first: a page the extractor refuses fails before any cluster starts.
 suite_init docs "${MESHHOOK_KEYS_DOCS_PORT:-54353}" \
@@ -32,7 +39,7 @@ suite_init docs "${MESHHOOK_KEYS_DOCS_PORT:-54353}" \
 install -d -o postgres -g postgres "$TMP/pages"
 for page in "${pages[@]}"; do
     [ -f "$DOCS/$page" ] || { echo "tests/docs/run.sh: no page docs/src/$page" >&2; exit 2; }
-    out=$TMP/pages/${page//\//_}.sql
+    out=$TMP/pages/$(slug "$page").sql
     python3 tests/docs/extract.py "$DOCS/$page" "$page" > "$out" || { fail "$page: extract"; suite_summary "docs"; exit 1; }
 done
 chmod -R a+r "$TMP/pages"
@@ -47,8 +54,8 @@ q "DROP DATABASE docs_bootstrap" >/dev/null
 base_roles=$(q "SELECT string_agg(quote_literal(rolname), ',') FROM pg_roles")
 
 for page in "${pages[@]}"; do
-    script=$TMP/pages/${page//\//_}.sql
-    log=$TMP/pages/${page//\//_}.log
+    script=$TMP/pages/$(slug "$page").sql
+    log=$TMP/pages/$(slug "$page").log
     if ! grep -q '^\\echo .>>> .*blocks run' "$script" || [ "$(grep -c '^\\echo .>>> [^ ]*:[0-9]*.$' "$script")" = 0 ]; then
         echo "  --   $page (no SQL)"
         continue
