@@ -19,6 +19,7 @@ Checked against each object's COMMENT (obj_description): the roles the "Who may 
 its "Requires ..." sentence if it has one, else every such role it mentions. Internal objects
 (names starting with _, or a comment starting "Internal") are exempt. With MESHHOOK_KEYS_DOCS_ROLE_CHECK=warn a mismatch is
 reported but does not fail (until the comments name their roles in one standard sentence).
+meshhook_keys_admin named beside meshhook_keys_user or _operator adds nothing (it is a member of both).
 """
 import json
 import os
@@ -135,12 +136,20 @@ def read_reference(path):
     return rows
 
 
+def comparable(roles):
+    """meshhook_keys_admin is a member of both other roles: named beside one of them, it adds
+    nothing ("Requires meshhook_keys_operator (meshhook_keys_admin is a member)")."""
+    if "meshhook_keys_admin" in roles and roles & {"meshhook_keys_user", "meshhook_keys_operator"}:
+        return roles - {"meshhook_keys_admin"}
+    return roles
+
+
 def comment_roles(comment):
     if not comment:
         return set()
     req = re.findall(r"\bRequires\b([^.]*)\.", comment)
     text = " ".join(req) if req else comment
-    return {r for r in ROLE.findall(text) if req or r != "meshhook_keys_service"}
+    return comparable({r for r in ROLE.findall(text) if req or r != "meshhook_keys_service"})
 
 
 def main(argv):
@@ -204,7 +213,7 @@ def main(argv):
         if obj["name"].startswith("_") or (obj["comment"] or "").startswith("Internal"):
             continue
         want = comment_roles(obj["comment"])
-        if doc_roles != want:
+        if comparable(doc_roles) != want:
             role_issues.append(f"{where}: the reference names {sorted(doc_roles) or 'no role'}, "
                                f"its COMMENT {sorted(want) or 'no role'} ({(obj['comment'] or '')[-60:]!r})")
     for o in catalog:
