@@ -26,6 +26,8 @@ say "cargo fmt --check"
 cargo fmt --all --check
 say "every operator and function in the SQL we run is schema-qualified (tests/lint/qualified_sql.py)"
 python3 tests/lint/qualified_sql.py src
+say "every SQL-callable function's doc comment says who may call it, as its COMMENT does (tests/lint/access_sentences.py)"
+python3 tests/lint/access_sentences.py "$REPO_ROOT"
 say "cargo clippy -D warnings"
 cargo clippy --all-targets --features pg15 -- -D warnings
 # the code that differs by version (#[cfg(feature = "pg17")] and later) is linted too

@@ -9,8 +9,8 @@ use pgrx::prelude::*;
 
 /// Copy every secret of `vault.decrypted_secrets` (read with the caller's privileges) into the
 /// built-in store under `keyring`, encrypted before any row is written, keeping ids, names,
-/// descriptions and timestamps. Idempotent; `dry_run` (the default) only counts. Requires
-/// meshhook_keys_operator; audited with counts only.
+/// descriptions and timestamps. Idempotent; `dry_run` (the default) only counts. Audited with
+/// counts only. Requires meshhook_keys_operator; Vault is read with the caller's privileges.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn import_supabase_vault(
