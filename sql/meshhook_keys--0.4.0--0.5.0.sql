@@ -15,12 +15,10 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'keyring_unlock_wrapper';
 REVOKE ALL ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) TO meshhook_keys_user;
-COMMENT ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) IS
-    'Unlock a user-held keyring for the calling role (and JWT sub, when request.jwt.claims is set) only: scope ''session'' (from commit until keyring_lock, DISCARD ALL, a session authorization change or the end of the session) or ''transaction'' (zeroized at commit or abort; use it behind connection poolers). Nothing is unlocked if the transaction rolls back. A wrong secret costs a full Argon2id derivation, is refused with 28P01 and audited.';
 
 -- One name for the keyring argument everywhere: keyring (five functions called it name). A
--- parameter cannot be renamed in place, so each is dropped and created again with its grants and
--- comment; calls that pass the keyring by position are unaffected.
+-- parameter cannot be renamed in place, so each is dropped and created again with its grants (and
+-- its comment, at the end of this file); calls that pass the keyring by position are unaffected.
 DROP FUNCTION meshhook_keys.keyring_create(text, text, text);
 CREATE FUNCTION meshhook_keys."keyring_create"(
 	"keyring" TEXT, /* Option < & str > */
@@ -65,8 +63,6 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'keyring_lock_wrapper';
 REVOKE ALL ON FUNCTION meshhook_keys.keyring_lock(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_lock(text) TO meshhook_keys_user;
-COMMENT ON FUNCTION meshhook_keys.keyring_lock(text) IS
-    'Forget and zeroize a user-held keyring''s keys in this session. True if it was unlocked.';
 
 DROP FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean);
 CREATE FUNCTION meshhook_keys."keyring_rotate_secret"(
@@ -85,8 +81,6 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'keyring_rotate_secret_wrapper';
 REVOKE ALL ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) TO meshhook_keys_user;
-COMMENT ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) IS
-    'Change a user-held keyring''s secret: verify the old one, rewrap every version under the new one (O(1), atomic, audited without secrets). With reencrypt => true, also a new data key and every registered row re-encrypted in the same transaction.';
 
 -- CALL reencrypt: its one operator qualified (the procedure cannot pin search_path), and its last
 -- commit made durable.
@@ -148,8 +142,6 @@ REVOKE ALL ON FUNCTION meshhook_keys._verify(integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION meshhook_keys.verify(integer) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_user;
-COMMENT ON FUNCTION meshhook_keys.verify(integer) IS
-    'Whether stored ciphertexts still decrypt: for each registered column and keyring, up to sample rows on one of the keyring''s versions are read as the table owner (restricted; the context expression is the owner''s code) and decrypted; only counts are returned. locked counts rows of user-held keyrings the caller has not unlocked. A column that cannot be read gets its error in its own row. Admin only.';
 
 -- The built-in store is closed by default: the 0.2.0 policy let every meshhook_keys_user read and
 -- replace the untenanted (tenant = '') secrets. Grant what each role needs with a policy of your own.
@@ -218,10 +210,6 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'keyring_reclaim_wrapper';
 REVOKE ALL ON FUNCTION meshhook_keys.keyring_reclaim(text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_reclaim(text, text) TO meshhook_keys_user, meshhook_keys_operator;
-COMMENT ON FUNCTION meshhook_keys.keyring_reclaim(text, text) IS
-    'Free the name of a destroyed keyring (for example one squatted before user-held keyrings had their own user: namespace): its key tombstones, registrations and re-encryption history are deleted so that the name can be created again. Its ciphertexts were undecryptable already and now report an unknown key id. Requires meshhook_keys_operator; audited.';
-COMMENT ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) IS
-    'Create a user-held keyring (its name must begin with user:, a namespace no other keyring may use): its data keys are wrapped by a key derived from the secret with Argon2id (parameters and salt stored, never the secret), not by the root key. Left unlocked in this session. Pass the secret as a bind parameter.';
 
 -- Key events (0.5.0) go to a channel whose name is unguessable and readable only by operators:
 -- PostgreSQL puts no privilege on LISTEN, so a fixed channel name would tell every role that can
@@ -240,12 +228,6 @@ REVOKE ALL ON FUNCTION meshhook_keys.events_channel() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.events_channel() TO meshhook_keys_operator;
 COMMENT ON TABLE meshhook_keys.event_channel IS
     'The name of the channel key events are published on with NOTIFY: random per database, readable only through events_channel() (operators), since LISTEN itself needs no privilege.';
-COMMENT ON FUNCTION meshhook_keys.events_channel() IS
-    'The channel to LISTEN on for key events (rotate, create, retire, destroy, keyring_destroy; JSON metadata at commit). Operators only: the name is random per database so that roles without this grant cannot listen.';
-COMMENT ON FUNCTION meshhook_keys.keyring_create(text, text, text) IS
-    'Create a keyring and its version 1, optionally bound to a tenant: then only sessions that meshhook_keys.tenant_check approves (or members of meshhook_keys_service) may encrypt or decrypt with it. Admin only; audited; key event on events_channel().';
-COMMENT ON FUNCTION meshhook_keys.keyring_destroy(text, text) IS
-    'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Admin only; audited; key event on events_channel().';
 
 -- The audit mirror line is written by _log_line, without the client's statement: RAISE LOG made
 -- PostgreSQL append the statement (and with it any literal secret) to the line.
@@ -302,10 +284,6 @@ BEGIN
     RETURN NEW;
 END
 $$;
-COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
-    'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror.';
-COMMENT ON FUNCTION meshhook_keys._audit_chain_head() IS
-    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it) and return the chain''s last id and hash as committed now. Used by the audit chain trigger.';
 
 -- Functions that report this backend's own state are not run in parallel workers (their state is
 -- the worker's, not the session's).
@@ -361,8 +339,6 @@ AS $$
 $$;
 REVOKE EXECUTE ON FUNCTION meshhook_keys.metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.metrics() TO meshhook_keys_operator;
-COMMENT ON FUNCTION meshhook_keys.metrics() IS
-    'Monitoring metrics, one row per metric and keyring (keyring NULL for the server): active version, key age, rotation interval and seconds until the next scheduled rotation (negative: overdue), encryptions under the active key and their limit, decrypt-only versions, scheduler failures and retry delay, re-encryption jobs, rows remaining, failed, rate and seconds since the last progress, and the scheduler''s state. Destroyed keyrings are left out; a metric that does not apply has no row. Requires meshhook_keys_operator.';
 
 -- From Supabase Vault: the store accepts Vault's NULL names, its view has Vault's column name,
 -- Vault's create_secret / update_secret, and import_supabase_vault.
@@ -442,16 +418,6 @@ REVOKE ALL ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) FROM P
 GRANT EXECUTE ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) TO meshhook_keys_user, meshhook_keys_operator;
-COMMENT ON TABLE meshhook_keys.secrets IS
-    'The built-in secrets store: one envelope per (tenant, name), bound to its row id and tenant; name may be NULL, as in Supabase Vault. Row-level security is enabled; add policies for your tenancy model. Registered for re-encryption in every keyring.';
-COMMENT ON VIEW meshhook_keys.decrypted_secrets IS
-    'The secrets store with values decrypted, with Supabase Vault''s columns and meanings: secret is the ciphertext (base64), decrypted_secret the plaintext, key_id the data key that sealed it, nonce its nonce; tenant and keyring are the store''s. security_invoker: the caller''s privileges and RLS policies apply. Requires meshhook_keys_user.';
-COMMENT ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) IS
-    'Supabase Vault''s create_secret over the built-in store (tenant '''', keyring default): encrypts new_secret before the row is written and returns its id. new_key_id must be NULL (there are no pgsodium keys). The caller''s privileges and RLS policies apply.';
-COMMENT ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) IS
-    'Supabase Vault''s update_secret over the built-in store: NULL arguments keep the current value; the new value is sealed under the keyring''s active key; an id that does not exist (or that RLS hides) changes nothing. new_key_id must be NULL.';
-COMMENT ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) IS
-    'Copy every secret of Supabase Vault (vault.decrypted_secrets, read with the caller''s privileges) into the built-in store under keyring, encrypted before any row is written, keeping ids, names, descriptions and timestamps; Vault is not changed. Idempotent: secrets already imported (same id) are skipped. A secret Vault cannot decrypt, with an empty name, or whose name the store already has is skipped, counted and named by id in skipped; it never stops the others. dry_run (the default) classifies exactly as the real run would and writes no secret. Concurrent imports run one after the other. Audited with counts only, also when it fails. Requires meshhook_keys_operator.';
 
 -- A column whose batch raises no longer stops the others of its keyring (issue 23): it is marked
 -- 'failed' with its SQLSTATE and (escaped) message, and the job goes on with the other columns.
@@ -479,8 +445,6 @@ CREATE OR REPLACE VIEW meshhook_keys.reencrypt_progress AS
       FROM meshhook_keys.reencrypt_job j
       JOIN meshhook_keys.reencrypt_progress_column p ON p.job_id = j.id
       JOIN meshhook_keys.encrypted_column c ON c.id = p.column_id;
-COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
-    'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA; a column whose batch raised is failed, with its SQLSTATE and error.';
 
 -- A rotation policy allows fewer than 2^32 encryptions under one key (issue 24): AES-GCM with random
 -- 96-bit nonces must stay *below* 2^32 invocations (NIST SP 800-38D). A policy of exactly 2^32
@@ -517,8 +481,6 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_store_decrypt_wrapper';
 REVOKE ALL ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) TO meshhook_keys_user;
-COMMENT ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) IS
-    'Internal (the view decrypted_secrets): secret_decrypt that also refuses (XX001) an envelope whose key is not of the row''s keyring.';
 -- Supabase Vault's decrypted_secrets, column for column (0.5.0), so that a query written for
 -- vault.decrypted_secrets runs unchanged with the schema renamed: secret is the ciphertext in
 -- base64 (as Vault's), decrypted_secret the plaintext, key_id the data key that sealed it, nonce
@@ -533,3 +495,120 @@ CREATE OR REPLACE VIEW meshhook_keys.decrypted_secrets WITH (security_invoker = 
            meshhook_keys.ciphertext_key_id(s.ciphertext) AS key_id,
            pg_catalog.substr(s.ciphertext, 10, 12) AS nonce
       FROM meshhook_keys.secrets s;
+
+-- Every function, procedure and view says who may call it (issue 25): its comment ends with the
+-- sentence described in sql/finalize.sql, which these comments repeat word for word.
+COMMENT ON TABLE meshhook_keys.audit_log IS
+    'Append-only, hash-chained log of key actions and refused calls: who, what, which keyring/version, when. Never contains plaintext or key material. Verify with meshhook_keys.audit_verify(). Requires meshhook_keys_operator.';
+COMMENT ON TABLE meshhook_keys.reencrypt_failure IS
+    'Rows that could not be re-encrypted, by primary key (or ctid) with the SQLSTATE and error; never values. Requires meshhook_keys_operator.';
+COMMENT ON TABLE meshhook_keys.secrets IS
+    'The built-in secrets store: one envelope per (tenant, name), bound to its row id and tenant; name may be NULL, as in Supabase Vault. Row-level security is enabled; add policies for your tenancy model. Registered for re-encryption in every keyring. Requires meshhook_keys_user; row-level security policies decide which rows.';
+COMMENT ON VIEW meshhook_keys.keys IS
+    'Key versions per keyring with their state and timestamps. Metadata only, never key material. Requires meshhook_keys_operator.';
+COMMENT ON VIEW meshhook_keys.encrypted_columns IS
+    'Registered ciphertext columns, and whether their table still exists. Requires meshhook_keys_operator.';
+COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
+    'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA; a column whose batch raised is failed, with its SQLSTATE and error. Requires meshhook_keys_operator.';
+COMMENT ON VIEW meshhook_keys.keyrings IS
+    'Each keyring with its active version, that key''s age and encryptions (NULL when the library is not preloaded), its rotation policy, when it is due, the scheduler''s backoff after a failure, its tenant, whether it was destroyed and whether it is user-held. Requires meshhook_keys_operator.';
+COMMENT ON VIEW meshhook_keys.decrypted_secrets IS
+    'The secrets store with values decrypted, with Supabase Vault''s columns and meanings: secret is the ciphertext (base64), decrypted_secret the plaintext, key_id the data key that sealed it, nonce its nonce; tenant and keyring are the store''s. security_invoker: the caller''s privileges and RLS policies apply. Requires meshhook_keys_user; row-level security policies on meshhook_keys.secrets decide which rows.';
+COMMENT ON FUNCTION meshhook_keys.secret_encrypt(text, text, text) IS
+    'Encrypt text under the active key of a keyring (default ''default'', created on first use), bound to a context string (e.g. tenant and row id) that must be given again to decrypt. Returns a self-describing envelope: format byte, key id, nonce, AES-256-GCM ciphertext and tag. Requires meshhook_keys_user; a tenant-bound keyring also needs the approval of meshhook_keys.tenant_check, a user-held one an unlock.';
+COMMENT ON FUNCTION meshhook_keys.secret_encrypt_bytea(bytea, text, text) IS
+    'Like secret_encrypt, for binary plaintext. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.secret_decrypt(bytea, text) IS
+    'Decrypt an envelope with the key version named in its header, given the same context used at encryption. Returns text. Requires meshhook_keys_user; a tenant-bound keyring also needs the approval of meshhook_keys.tenant_check, a user-held one an unlock.';
+COMMENT ON FUNCTION meshhook_keys.secret_decrypt_bytea(bytea, text) IS
+    'Like secret_decrypt, returning bytea. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+COMMENT ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) IS
+    'Internal (the view decrypted_secrets): secret_decrypt that also refuses (XX001) an envelope whose key is not of the row''s keyring. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+COMMENT ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) IS
+    'The key id in an envelope header, without decrypting. IMMUTABLE: index it to find rows still encrypted under an old key version. Requires meshhook_keys_user or meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keys_rotate(text, text) IS
+    'Make a new key version active for a keyring (creating the keyring if needed); earlier versions keep decrypting. O(1), touches no user data, audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.audit_verify() IS
+    'Recompute the audit log hash chain. ok is false, with the first bad id, if any row was altered, inserted or removed before the newest one. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) IS
+    'Register a bytea column holding envelopes of a keyring, with the SQL expression over the row that gives its encryption context (NULL means the empty context). Audited. Requires meshhook_keys_operator; also requires the privileges of the table''s owner.';
+COMMENT ON FUNCTION meshhook_keys._register_column(oid, text, text, text) IS
+    'Internal: register_column by table oid. Requires meshhook_keys_operator; also requires the privileges of the table''s owner.';
+COMMENT ON FUNCTION meshhook_keys.unregister_column(regclass, name, text) IS
+    'Forget a registered column for one keyring, or for all keyrings when keyring is NULL (its data is untouched). Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys._unregister_column(oid, text, text) IS
+    'Internal: unregister_column by table oid. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.create_secret(text, text, text, uuid) IS
+    'Supabase Vault''s create_secret over the built-in store (tenant '''', keyring default): encrypts new_secret before the row is written and returns its id. new_key_id must be NULL (there are no pgsodium keys). The caller''s privileges and RLS policies apply. Requires meshhook_keys_user; a row-level security policy on meshhook_keys.secrets must allow the row.';
+COMMENT ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uuid) IS
+    'Supabase Vault''s update_secret over the built-in store: NULL arguments keep the current value; the new value is sealed under the keyring''s active key; an id that does not exist (or that RLS hides) changes nothing. new_key_id must be NULL. Requires meshhook_keys_user; row-level security policies on meshhook_keys.secrets decide which rows.';
+COMMENT ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) IS
+    'Copy every secret of Supabase Vault (vault.decrypted_secrets) into the built-in store under keyring, encrypted before any row is written, keeping ids, names, descriptions and timestamps; Vault is not changed. Idempotent: secrets already imported (same id) are skipped. A secret Vault cannot decrypt, with an empty name, or whose name the store already has is skipped, counted and named by id in skipped; it never stops the others. dry_run (the default) classifies exactly as the real run would and writes no secret. Concurrent imports run one after the other. Audited with counts only, also when it fails. Requires meshhook_keys_operator; Vault is read with the caller''s privileges.';
+COMMENT ON FUNCTION meshhook_keys.secret_create(text, text, text, text, text) IS
+    'Store a new secret in meshhook_keys.secrets; the plaintext is encrypted before the row is written. Returns its id. Requires meshhook_keys_user; a row-level security policy on meshhook_keys.secrets must allow the row.';
+COMMENT ON FUNCTION meshhook_keys.secret_update(text, text, text, text) IS
+    'Replace the value (and optionally the description) of a stored secret, by tenant and name. Returns its id. Requires meshhook_keys_user; row-level security policies on meshhook_keys.secrets decide which rows.';
+COMMENT ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) IS
+    'Re-encrypt one bounded batch of a keyring''s registered rows to its active key inside the caller''s transaction; returns rows moved, or NULL when nothing is left. Requires meshhook_keys_operator.';
+COMMENT ON PROCEDURE meshhook_keys.reencrypt(text, integer) IS
+    'Re-encrypt every registered row of a keyring to its active key, committing after each batch (CALL it outside a transaction block). Resumable: call it again after any interruption. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.key_usage(text) IS
+    'Rows per key version in each registered column of a keyring (full scan of each table). Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys._key_usage(text) IS
+    'Internal: key_usage with table oids. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.verify(integer) IS
+    'Whether stored ciphertexts still decrypt: for each registered column and keyring, up to sample rows on one of the keyring''s versions are read as the table owner (restricted; the context expression is the owner''s code) and decrypted; only counts are returned. locked counts rows of user-held keyrings the caller has not unlocked. A column that cannot be read gets its error in its own row. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys._verify(integer) IS
+    'Internal: verify with table oids. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) IS
+    'Retire a decrypt-only key version (decryption refused afterwards). Refused while registered rows reference it unless force => true. Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
+    'Destroy a retired key version: wipe its wrapped key material (crypto-erasure). Refused while registered rows reference it unless force => true, as keys_retire. Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS
+    'Rewrap every data key wrapped by the previous root key (meshhook_keys.root_key_previous_file / _command) under the current root key, in one transaction, touching no user rows. Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) IS
+    'Set a keyring''s rotation policy: rotate when the active key is older than rotation_interval (NULL: manual only) or has encrypted max_encryptions times (NULL: meshhook_keys.default_max_encryptions; at most 2^32). Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keyring_create(text, text, text) IS
+    'Create a keyring and its version 1, optionally bound to a tenant: then only sessions that meshhook_keys.tenant_check approves (or members of meshhook_keys_service) may encrypt or decrypt with it. Audited; key event on events_channel(). Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keyring_destroy(text, text) IS
+    'Crypto-shred a keyring: wipe the key material of every version, so nothing it encrypted can ever be decrypted again, and refuse any further use of the name. Returns the versions destroyed. Audited; key event on events_channel(). Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keyring_reclaim(text, text) IS
+    'Free the name of a destroyed keyring (for example one squatted before user-held keyrings had their own user: namespace): its key tombstones, registrations and re-encryption history are deleted so that the name can be created again. Its ciphertexts were undecryptable already and now report an unknown key id. Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keyring_create_user_held(text, text) IS
+    'Create a user-held keyring (its name must begin with user:, a namespace no other keyring may use): its data keys are wrapped by a key derived from the secret with Argon2id (parameters and salt stored, never the secret), not by the root key. Left unlocked in this session. Pass the secret as a bind parameter. Requires meshhook_keys_user.';
+COMMENT ON FUNCTION meshhook_keys.keyring_unlock(text, text, text) IS
+    'Unlock a user-held keyring for the calling role (and JWT sub, when request.jwt.claims is set) only: scope ''session'' (from commit until keyring_lock, DISCARD ALL, a session authorization change or the end of the session) or ''transaction'' (zeroized at commit or abort; use it behind connection poolers). Nothing is unlocked if the transaction rolls back. A wrong secret costs a full Argon2id derivation, is refused with 28P01 and audited. Requires meshhook_keys_user; also requires the keyring''s secret.';
+COMMENT ON FUNCTION meshhook_keys.keyring_lock(text) IS
+    'Forget and zeroize a user-held keyring''s keys in this session. True if it was unlocked. Requires meshhook_keys_user.';
+COMMENT ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolean) IS
+    'Change a user-held keyring''s secret: verify the old one, rewrap every version under the new one (O(1), atomic, audited without secrets). With reencrypt => true, also a new data key and every registered row re-encrypted in the same transaction. Requires meshhook_keys_user; also requires the keyring''s current secret.';
+COMMENT ON FUNCTION meshhook_keys.health() IS
+    'Whether this server keeps secrets secret: root key, scheduler, tenant check, and every logging setting (log_statement, log_min_duration_statement, log_parameter_max_length(_on_error), log_min_error_statement, auto_explain) that would write secret-bearing statements to the log. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.events_channel() IS
+    'The channel to LISTEN on for key events (rotate, create, retire, destroy, keyring_destroy; JSON metadata at commit). The name is random per database, so that roles that cannot call this function cannot listen. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.tick() IS
+    'Run one scheduler tick now in the caller''s transaction: rotate due keyrings, then advance pending re-encryption a bounded number of batches. For pg_cron where the background worker cannot run. Actions audited with actor scheduler. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS
+    'The background scheduler of this server: pid, database, state, naptime, ticks, last tick, whether encryptions are counted. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys._encryptions_pending(bigint) IS
+    'Internal (the view keyrings): encryptions under a key counted in shared memory and not yet written to its row; NULL when the library is not preloaded. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) IS
+    'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) outside a batch.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS
+    'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) outside a batch.';
+COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
+    'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror. Executable only by the extension''s owner.';
+COMMENT ON FUNCTION meshhook_keys._audit_chain_head() IS
+    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it) and return the chain''s last id and hash as committed now. Used by the audit chain trigger. Executable only by the extension''s owner.';
+COMMENT ON FUNCTION meshhook_keys._audit_row_hash(bytea, meshhook_keys.audit_log) IS
+    'Internal: the hash of one audit row chained to its predecessor''s hash (the audit chain trigger and audit_verify). Executable only by the extension''s owner.';
+COMMENT ON FUNCTION meshhook_keys._audit_chain() IS
+    'Internal: the audit log''s insert trigger, which numbers each row, chains its hash and mirrors it to the server log. Executable only by the extension''s owner.';
+COMMENT ON FUNCTION meshhook_keys._audit_append_only() IS
+    'Internal: the audit log''s update, delete and truncate trigger, which refuses them. Executable only by the extension''s owner.';
+COMMENT ON FUNCTION meshhook_keys._key_cache_invalidate() IS
+    'Internal: the statement trigger on data_key that makes every backend drop its cached keys. Executable only by the extension''s owner.';
+COMMENT ON FUNCTION meshhook_keys._key_cache_stats() IS
+    'Internal: this backend''s key cache counters (never key material), for tests and troubleshooting. Executable only by the extension''s owner.';
+COMMENT ON FUNCTION meshhook_keys.metrics() IS
+    'Monitoring metrics, one row per metric and keyring (keyring NULL for the server): active version, key age, rotation interval and seconds until the next scheduled rotation (negative: overdue), encryptions under the active key and their limit, decrypt-only versions, scheduler failures and retry delay, re-encryption jobs, rows remaining, failed, rate and seconds since the last progress, and the scheduler''s state. Destroyed keyrings are left out; a metric that does not apply has no row. Requires meshhook_keys_operator.';

@@ -125,7 +125,7 @@ pub fn checks() -> Vec<Check> {
         ));
     }
     let tenants = store::read_one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring k WHERE (pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'tenant') IS NOT NULL)",
+        "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring k WHERE k.tenant IS NOT NULL)",
         &[],
     )
     .ok()

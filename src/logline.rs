@@ -48,6 +48,7 @@ pub fn log(msg: &str) {
 }
 
 /// `_log_line(text)`: the audit chain trigger's mirror of each audit row (see sql/bootstrap.sql).
+/// Executable only by the extension's owner.
 #[pg_extern(volatile, parallel_safe, strict)]
 #[search_path(pg_catalog, pg_temp)]
 fn _log_line(line: &str) {

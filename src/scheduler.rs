@@ -143,7 +143,7 @@ fn due_keyrings(only: Option<&str>, usage_only: bool) -> Result<Vec<Due>> {
                FROM meshhook_keys.keyring k
                JOIN meshhook_keys.data_key d ON d.keyring OPERATOR(pg_catalog.=) k.name AND d.state OPERATOR(pg_catalog.=) 'active'
               WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
-                AND NOT coalesce((pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean, false)
+                AND NOT k.user_held
                 AND ($1::text IS NULL OR k.name OPERATOR(pg_catalog.=) $1)
               ORDER BY k.name",
             None,
@@ -257,7 +257,7 @@ fn reencrypt_candidates() -> Result<Vec<String>> {
         for r in c.update(
             "SELECT k.name FROM meshhook_keys.keyring k
               WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
-                AND NOT coalesce((pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean, false)
+                AND NOT k.user_held
                 AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring OPERATOR(pg_catalog.=) k.name AND d.state OPERATOR(pg_catalog.=) 'active')
                 AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring OPERATOR(pg_catalog.=) k.name AND d.state OPERATOR(pg_catalog.=) 'decrypt_only')
                 AND EXISTS (SELECT 1 FROM meshhook_keys.encrypted_column c WHERE c.keyring OPERATOR(pg_catalog.=) k.name)

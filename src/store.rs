@@ -90,11 +90,10 @@ pub fn wrap_for_schema(
     })
 }
 
-/// The keyring's tenant is read through to_jsonb so that this library also works on a schema from
-/// before 0.4.0 (no tenant column yet: NULL), until ALTER EXTENSION ... UPDATE.
+/// A data key row, with its keyring's tenant, whether it is user-held and its rotation limit.
 const KEY_COLUMNS: &str = "tableoid::oid, key_id, keyring, version, state, wrapped_key, root_fingerprint,
-     (SELECT pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'tenant' FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring),
-     coalesce((SELECT (pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean FROM meshhook_keys.keyring k
+     (SELECT k.tenant FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring),
+     coalesce((SELECT k.user_held FROM meshhook_keys.keyring k
                 WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring), false),
      encryptions,
      (SELECT k.max_encryptions FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) data_key.keyring)";
@@ -156,8 +155,8 @@ pub fn wrapped_keys_for_update() -> Result<Vec<KeyRow>> {
     key_rows(
         "SELECT d.key_id FROM meshhook_keys.data_key d
           WHERE d.wrapped_key IS NOT NULL
-            AND NOT coalesce((SELECT (pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean
-                                FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) d.keyring), false)
+            AND NOT coalesce((SELECT k.user_held FROM meshhook_keys.keyring k
+                               WHERE k.name OPERATOR(pg_catalog.=) d.keyring), false)
           ORDER BY d.key_id FOR UPDATE OF d",
         &[],
     )
@@ -186,38 +185,18 @@ pub fn active_key(keyring: &str) -> Result<Option<KeyRow>> {
 /// rotation fail with a serialization error instead of computing a stale version number.
 pub fn lock_keyring(keyring: &str) -> Result<()> {
     Spi::connect_mut(|c| {
-        // A new keyring gets meshhook_keys.default_rotation_interval as its rotation policy (a
-        // 0.2.0 schema, before ALTER EXTENSION ... UPDATE, has no policy column yet).
-        let has_policy = c
-            .select(
-                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
-                                 WHERE attrelid OPERATOR(pg_catalog.=) 'meshhook_keys.keyring'::pg_catalog.regclass
-                                   AND attname OPERATOR(pg_catalog.=) 'rotation_interval' AND NOT attisdropped)",
-                None,
-                &[],
-            )?
-            .first()
-            .get_one::<bool>()?
-            .unwrap_or(false);
-        if has_policy {
-            c.update(
-                "INSERT INTO meshhook_keys.keyring (name, rotation_interval)
-                 VALUES ($1, nullif($2, '')::interval) ON CONFLICT (name) DO NOTHING",
-                None,
-                &[
-                    keyring.into(),
-                    crate::gucs::default_rotation_interval()
-                        .unwrap_or_default()
-                        .into(),
-                ],
-            )?;
-        } else {
-            c.update(
-                "INSERT INTO meshhook_keys.keyring (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-                None,
-                &[keyring.into()],
-            )?;
-        }
+        // A new keyring gets meshhook_keys.default_rotation_interval as its rotation policy.
+        c.update(
+            "INSERT INTO meshhook_keys.keyring (name, rotation_interval)
+             VALUES ($1, nullif($2, '')::interval) ON CONFLICT (name) DO NOTHING",
+            None,
+            &[
+                keyring.into(),
+                crate::gucs::default_rotation_interval()
+                    .unwrap_or_default()
+                    .into(),
+            ],
+        )?;
         c.update(
             "UPDATE meshhook_keys.keyring SET rotated_at = pg_catalog.now() WHERE name OPERATOR(pg_catalog.=) $1",
             None,
@@ -288,15 +267,7 @@ pub fn insert_active_key(
 }
 
 /// Register the built-in store's ciphertext column for `keyring` (idempotent).
-/// Does nothing on a 0.1.0 schema (the new library runs against it until ALTER EXTENSION UPDATE).
 pub fn register_secrets_store(keyring: &str) -> Result<()> {
-    let schema_has_store = Spi::get_one::<bool>(
-        "SELECT pg_catalog.to_regclass('meshhook_keys.secrets') IS NOT NULL
-            AND pg_catalog.to_regclass('meshhook_keys.encrypted_column') IS NOT NULL",
-    )?;
-    if schema_has_store != Some(true) {
-        return Ok(());
-    }
     Spi::run_with_args(
         "INSERT INTO meshhook_keys.encrypted_column (rel, column_name, context_expr, keyring, registered_by)
          VALUES ('meshhook_keys.secrets'::regclass, 'ciphertext', $$id::text || '/' || tenant$$, $1, 'meshhook_keys')
@@ -393,8 +364,7 @@ pub fn keyring_destroyed_at(keyring: &str) -> Result<Option<String>> {
 /// (so that a session whose snapshot predates the destroy is told what happened).
 pub fn keyring_destroyed_and_tenant(keyring: &str) -> Result<(Option<String>, Option<String>)> {
     let rows = crate::fresh::select(
-        "SELECT (SELECT pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'destroyed_at' FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1),
-                (SELECT pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'tenant' FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1)",
+        "SELECT k.destroyed_at::pg_catalog.text, k.tenant FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1",
         &[keyring.into()],
         |r| Ok((r.get::<String>(1)?, r.get::<String>(2)?)),
     )?;
@@ -408,7 +378,7 @@ pub fn root_wrapped_key_counts(fingerprint: &[u8]) -> Result<(i64, i64)> {
         "SELECT pg_catalog.count(*) FILTER (WHERE d.root_fingerprint OPERATOR(pg_catalog.=) $1),
                 pg_catalog.count(*) FILTER (WHERE d.root_fingerprint OPERATOR(pg_catalog.<>) $1)
            FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name OPERATOR(pg_catalog.=) d.keyring
-          WHERE d.wrapped_key IS NOT NULL AND NOT coalesce((pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean, false)",
+          WHERE d.wrapped_key IS NOT NULL AND NOT k.user_held",
         &[fingerprint.into()],
     )?;
     Ok((m.unwrap_or(0), o.unwrap_or(0)))
@@ -419,7 +389,7 @@ pub fn root_wrapped_key_counts(fingerprint: &[u8]) -> Result<(i64, i64)> {
 /// key found carries the loaded fingerprint, and the scan stops there.
 pub fn root_key_wraps_database(fingerprint: &[u8]) -> Result<std::result::Result<(), i64>> {
     const LIVE: &str = "FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name OPERATOR(pg_catalog.=) d.keyring
-          WHERE d.wrapped_key IS NOT NULL AND NOT coalesce((pg_catalog.to_jsonb(k) ->> 'user_held')::boolean, false)";
+          WHERE d.wrapped_key IS NOT NULL AND NOT k.user_held";
     let matching = read_one::<bool>(
         &format!(
             "SELECT EXISTS (SELECT 1 {LIVE} AND d.root_fingerprint OPERATOR(pg_catalog.=) $1)"
@@ -517,8 +487,7 @@ pub fn destroy_keyring(keyring: &str) -> Result<i32> {
 pub fn user_held_kdf(keyring: &str) -> Result<Option<(bool, Option<String>)>> {
     Spi::connect(|c| {
         let t = c.select(
-            "SELECT coalesce((pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'user_held')::boolean, false), pg_catalog.to_jsonb(k) OPERATOR(pg_catalog.->>) 'kdf'
-               FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1",
+            "SELECT k.user_held, k.kdf::pg_catalog.text FROM meshhook_keys.keyring k WHERE k.name OPERATOR(pg_catalog.=) $1",
             None,
             &[keyring.into()],
         )?;

@@ -8,7 +8,8 @@ use crate::keyring::{self, validate_keyring};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
-/// Create a keyring, optionally bound to a tenant, with its version 1. Requires meshhook_keys_admin.
+/// Create a keyring, optionally bound to a tenant, with its version 1. Audited. Requires
+/// meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_create(
@@ -34,7 +35,8 @@ fn keyring_create(
 }
 
 /// Crypto-shred a keyring: destroy every version's key material so that nothing it ever encrypted
-/// can be decrypted again, and refuse any further use of the name. Requires meshhook_keys_admin.
+/// can be decrypted again, and refuse any further use of the name. Audited. Requires
+/// meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_destroy(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> i32 {
@@ -48,7 +50,7 @@ fn keyring_destroy(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")
 /// Free the name of a destroyed keyring (e.g. one a user squatted before 0.5.0's namespaces):
 /// its tombstone rows, registrations and re-encryption history are deleted, so the name can be
 /// created again. Its ciphertexts were undecryptable already; they now report an unknown key id.
-/// Requires meshhook_keys_operator; audited.
+/// Audited. Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_reclaim(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> i32 {
@@ -60,7 +62,8 @@ fn keyring_reclaim(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")
 }
 
 /// Make a new key version the active one for `keyring` (creating the keyring and its version 1 if it
-/// has no key yet). Older versions stay usable for decryption. Requires meshhook_keys_admin.
+/// has no key yet). Older versions stay usable for decryption. Audited. Requires
+/// meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keys_rotate(
@@ -85,6 +88,7 @@ fn keys_rotate(
 }
 
 /// Statement trigger on meshhook_keys.data_key: tell every backend to drop its cached keys.
+/// Executable only by the extension's owner.
 #[pg_trigger]
 fn _key_cache_invalidate<'a>(
     trigger: &'a pgrx::PgTrigger<'a>,
@@ -98,8 +102,7 @@ fn _key_cache_invalidate<'a>(
 
 /// `_audit_chain_head()`: take the audit chain lock, until commit, and return the chain's last id
 /// and hash as committed now, for the chain trigger (see sql/bootstrap.sql, crate::locks and
-/// audit::chain_head). No row: an empty log. Internal; executable by nobody but the extension's
-/// owner.
+/// audit::chain_head). No row: an empty log. Internal. Executable only by the extension's owner.
 #[pg_extern(volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _audit_chain_head() -> TableIterator<'static, (name!(id, i64), name!(hash, Vec<u8>))> {
@@ -107,6 +110,7 @@ fn _audit_chain_head() -> TableIterator<'static, (name!(id, i64), name!(hash, Ve
 }
 
 /// This backend's key cache counters; internal, for tests and troubleshooting (no key material).
+/// Executable only by the extension's owner.
 #[pg_extern(volatile, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
 fn _key_cache_stats() -> TableIterator<
@@ -123,7 +127,7 @@ fn _key_cache_stats() -> TableIterator<
 
 /// Rewrap every data key wrapped by the previous root key under the current one, in one
 /// transaction, touching no user rows. Keys already under the current root key are left alone; a key
-/// under neither aborts the whole rewrap. Admin only; audited.
+/// under neither aborts the whole rewrap. Audited. Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn root_key_rewrap() -> TableIterator<'static, (name!(rewrapped, i64), name!(already_current, i64))>

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 
 /// Register a bytea column that holds envelopes of `keyring`, with the SQL expression (over the row)
 /// that gives the context it was encrypted with. Called by the `register_column(regclass, …)` wrapper.
+/// Requires meshhook_keys_operator; also requires the privileges of the table's owner.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _register_column(
@@ -30,6 +31,7 @@ fn _register_column(
 
 /// Forget a registered column, for one keyring or (keyring NULL) all of them. Called by the
 /// `unregister_column(regclass, name, text)` wrapper. Returns whether anything was registered.
+/// Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn _unregister_column(tbl: Option<pg_sys::Oid>, col: Option<&str>, keyring: Option<&str>) -> bool {
@@ -43,7 +45,8 @@ fn _unregister_column(tbl: Option<pg_sys::Oid>, col: Option<&str>, keyring: Opti
 }
 
 /// One bounded re-encryption batch for a keyring inside the caller's transaction: returns the rows
-/// moved to the active key, or NULL when every registered row is already there.
+/// moved to the active key, or NULL when every registered row is already there. Requires
+/// meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn reencrypt_batch(
@@ -68,6 +71,8 @@ fn reencrypt_batch(
 /// `_reencrypt_take`. Called by the batch's own UPDATE, which runs as the table owner; outside such
 /// a batch in this session it refuses (42501). It runs no SQL and holds no search_path, so it is
 /// neither SECURITY DEFINER nor pinned: it only uses keys the batch loaded before the statement.
+/// Executable by PUBLIC; a batch's UPDATE calls it as the table's owner, whoever that is, and it
+/// refuses (42501) outside a batch.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _reencrypt_try(
     row: pg_sys::ItemPointerData,
@@ -78,13 +83,15 @@ fn _reencrypt_try(
 }
 
 /// Internal to re-encryption: the new envelope `_reencrypt_try` prepared for this same row.
+/// Executable by PUBLIC; a batch's UPDATE calls it as the table's owner, whoever that is, and it
+/// refuses (42501) outside a batch.
 #[pg_extern(volatile, parallel_unsafe, strict)]
 fn _reencrypt_take(row: pg_sys::ItemPointerData) -> Vec<u8> {
     reencrypt::take_row(&row).or_raise()
 }
 
 /// Rows per key version in every registered column of a keyring (rows on keys of other keyrings or
-/// not envelopes at all are counted with a NULL version).
+/// not envelopes at all are counted with a NULL version). Requires meshhook_keys_operator.
 #[allow(clippy::type_complexity)]
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
@@ -109,7 +116,7 @@ fn _key_usage(
     TableIterator::new(rows)
 }
 
-/// keys_retire and keys_destroy: the admin check, the arguments, then crate::retire.
+/// keys_retire and keys_destroy: the operator check, the arguments, then crate::retire.
 fn retire_wrapper(
     function: &'static str,
     keyring: Option<&str>,
@@ -128,7 +135,7 @@ fn retire_wrapper(
 }
 
 /// Retire a decrypt-only key version: decryption with it is refused from now on. Refused while
-/// registered rows still reference it, unless forced. Admin only; audited.
+/// registered rows still reference it, unless forced. Audited. Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keys_retire(
@@ -140,7 +147,8 @@ fn keys_retire(
 }
 
 /// Destroy a retired key version: its wrapped key material is wiped (crypto-erasure), so nothing it
-/// encrypted can ever be decrypted again. Same gate as keys_retire. Admin only; audited.
+/// encrypted can ever be decrypted again. Refused while registered rows reference it unless
+/// forced, as keys_retire. Audited. Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keys_destroy(
@@ -165,7 +173,7 @@ type VerifyRow = (
 );
 
 /// Sample each registered column and count the rows that decrypt, as the table owner reads them
-/// (see crate::verify). Admin only. Called by the `verify(integer)` wrapper.
+/// (see crate::verify). Called by the `verify(integer)` wrapper. Requires meshhook_keys_operator.
 #[allow(clippy::type_complexity)]
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]

@@ -10,6 +10,7 @@ use pgrx::prelude::*;
 
 /// Set a keyring's rotation policy: rotate when its active key is older than `rotation_interval`
 /// (NULL: never by age) or has encrypted `max_encryptions` times (NULL: the server default).
+/// Audited. Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_set_policy(
@@ -29,7 +30,7 @@ fn keyring_set_policy(
 /// Run one scheduler tick now, in the caller's transaction: rotate every keyring that is due, then
 /// advance pending re-encryption (`meshhook_keys.reencrypt_batches_per_tick` batches of
 /// `meshhook_keys.reencrypt_batch_size` rows per keyring). For platforms that cannot preload the
-/// library: schedule it with pg_cron. Admin only.
+/// library: schedule it with pg_cron. Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn tick() -> TableIterator<
@@ -62,13 +63,15 @@ fn tick() -> TableIterator<
 }
 
 /// Encryptions under a key counted in shared memory and not yet flushed to the table; NULL when
-/// the library is not preloaded (nothing is counted).
+/// the library is not preloaded (nothing is counted). For the view keyrings. Requires
+/// meshhook_keys_operator.
 #[pg_extern(volatile, parallel_safe)]
 fn _encryptions_pending(key_id: Option<i64>) -> Option<i64> {
     usage::pending(key_id?).map(|n| n as i64)
 }
 
-/// The background scheduler as the shared memory of this server sees it.
+/// The background scheduler as the shared memory of this server sees it. Requires
+/// meshhook_keys_operator.
 #[allow(clippy::type_complexity)]
 #[pg_extern(security_definer, volatile, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]

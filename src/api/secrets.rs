@@ -11,7 +11,9 @@ use pgrx::prelude::*;
 // ~0.9 µs per call, more than everything else they do): the only SQL they ever run, on a key cache
 // miss or when the `default` keyring is created, runs under store::with_fixed_search_path.
 
-/// Encrypt text under the active key of `keyring`, bound to `context`.
+/// Encrypt text under the active key of `keyring`, bound to `context`. Requires
+/// meshhook_keys_user; a tenant-bound keyring also needs the approval of
+/// meshhook_keys.tenant_check, a user-held one an unlock.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 fn secret_encrypt(
     plaintext: Option<&str>,
@@ -21,7 +23,8 @@ fn secret_encrypt(
     encrypt(plaintext.map(str::as_bytes), context, keyring).or_raise()
 }
 
-/// Encrypt bytes under the active key of `keyring`, bound to `context`.
+/// Encrypt bytes under the active key of `keyring`, bound to `context`. Requires
+/// meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 fn secret_encrypt_bytea(
     plaintext: Option<&[u8]>,
@@ -31,14 +34,17 @@ fn secret_encrypt_bytea(
     encrypt(plaintext, context, keyring).or_raise()
 }
 
-/// Decrypt an envelope made by secret_encrypt, with the same context.
+/// Decrypt an envelope made by secret_encrypt, with the same context. Requires
+/// meshhook_keys_user; a tenant-bound keyring also needs the approval of
+/// meshhook_keys.tenant_check, a user-held one an unlock.
 #[pg_extern(security_definer, stable, parallel_safe)]
 fn secret_decrypt(ciphertext: Option<&[u8]>, context: default!(Option<&str>, "''")) -> PlainText {
     as_text(decrypt(ciphertext, context).or_raise())
 }
 
 /// The built-in store's decryption, behind the view decrypted_secrets: secret_decrypt, refused
-/// (XX001) when the envelope's key is not of the row's keyring.
+/// (XX001) when the envelope's key is not of the row's keyring. Requires meshhook_keys_user;
+/// tenant-bound and user-held keyrings as for secret_decrypt.
 #[pg_extern(security_definer, stable, parallel_safe)]
 fn _store_decrypt(
     ciphertext: Option<&[u8]>,
@@ -57,6 +63,7 @@ fn as_text(plain: zeroize::Zeroizing<Vec<u8>>) -> PlainText {
 }
 
 /// Decrypt an envelope made by secret_encrypt_bytea (or secret_encrypt), with the same context.
+/// Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.
 #[pg_extern(security_definer, stable, parallel_safe)]
 fn secret_decrypt_bytea(
     ciphertext: Option<&[u8]>,
@@ -66,6 +73,7 @@ fn secret_decrypt_bytea(
 }
 
 /// The key id in an envelope's header, without decrypting. IMMUTABLE so it can back an index.
+/// Requires meshhook_keys_user or meshhook_keys_operator.
 #[pg_extern(immutable, strict, parallel_safe)]
 #[search_path(pg_catalog, pg_temp)]
 fn ciphertext_key_id(ciphertext: &[u8]) -> i64 {

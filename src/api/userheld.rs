@@ -8,7 +8,8 @@ use crate::userheld;
 use pgrx::prelude::*;
 
 /// Create a user-held keyring: its data keys are wrapped by a key derived from `secret` with
-/// Argon2id, never by the root key. The keyring is left unlocked in this session.
+/// Argon2id, never by the root key. The keyring is left unlocked in this session. Requires
+/// meshhook_keys_user.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_create_user_held(
@@ -35,7 +36,7 @@ fn keyring_create_user_held(
 /// session (`scope => 'session'`, from when this transaction commits) or for the current
 /// transaction only (`scope => 'transaction'`, the way behind a connection pooler). Returns the
 /// versions unlocked. A wrong secret costs the full Argon2id derivation, is refused (28P01) and
-/// audited.
+/// audited. Requires meshhook_keys_user; also requires the keyring's secret.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_unlock(
@@ -53,6 +54,7 @@ fn keyring_unlock(
 }
 
 /// Forget (and zeroize) a user-held keyring's keys in this session. True if it was unlocked.
+/// Requires meshhook_keys_user.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_lock(keyring: Option<&str>) -> bool {
@@ -61,7 +63,8 @@ fn keyring_lock(keyring: Option<&str>) -> bool {
 
 /// Change a user-held keyring's secret: every version is rewrapped under the new secret (O(1),
 /// atomic). With `reencrypt => true` a new data key is also created and every registered row of the
-/// keyring re-encrypted with it, in the same transaction.
+/// keyring re-encrypted with it, in the same transaction. Requires meshhook_keys_user; also
+/// requires the keyring's current secret.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_rotate_secret(

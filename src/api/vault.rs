@@ -10,8 +10,9 @@ use pgrx::prelude::*;
 /// built-in store under `keyring`, encrypted before any row is written, keeping ids, names,
 /// descriptions and timestamps. One bad Vault row is skipped, counted and named in `skipped`; it
 /// never stops the others. Idempotent; `dry_run` (the default) classifies exactly as the real run
-/// would and writes no secret. Requires meshhook_keys_operator; audited with counts only, also
-/// when it fails.
+/// would and writes no secret. Concurrent imports run one after the other. Audited with counts
+/// only, also when it fails. Requires meshhook_keys_operator; Vault is read with the caller's
+/// privileges.
 #[allow(clippy::type_complexity)]
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
