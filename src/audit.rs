@@ -433,8 +433,10 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
             .unwrap_or_default()
     ));
     // bgw_extra holds 128 bytes:
-    // "<session oid>\t<role oid>\t<function>\t<jwt sub>\t<jwt role>\t<keyring>", the JWT claims
-    // clipped to 40 and 20 bytes and the keyring to what is left.
+    // "<session oid>\t<role oid>\t<function>\t<jwt sub>\t<jwt role>\t<keyring>". The keyring (at
+    // most 63 bytes) is never clipped: a clipped name could be another keyring's. The JWT claims
+    // get what is left, the role first (at most 20 bytes), then the subject (at most 40); the log
+    // line above has them whole.
     let jwt = jwt_identity();
     let claim = |k: &str, max: usize| {
         jwt.as_ref()
@@ -443,16 +445,23 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
             .map(|v| clip(v, max).replace(['\t', '\n'], " "))
             .unwrap_or_default()
     };
-    let head = format!(
-        "{}\t{}\t{}\t{}\t{}\t",
-        session.to_u32(),
-        role.to_u32(),
-        function,
-        claim("sub", 40),
-        claim("role", 20)
-    );
-    let room = 127usize.saturating_sub(head.len());
-    let extra = format!("{head}{}", clip(keyring.as_deref().unwrap_or(""), room));
+    // (a claim is clipped to its cap as before, or left out when even that does not fit: a claim
+    // cut shorter could name someone else)
+    let fit = |k: &str, cap: usize, room: usize| {
+        if cap <= room {
+            claim(k, cap)
+        } else {
+            Some(claim(k, cap))
+                .filter(|v| v.len() <= room)
+                .unwrap_or_default()
+        }
+    };
+    let keyring = keyring.unwrap_or_default();
+    let fixed = format!("{}\t{}\t{}\t", session.to_u32(), role.to_u32(), function);
+    let room = 127usize.saturating_sub(fixed.len() + keyring.len() + 2);
+    let jwt_role = fit("role", 20, room);
+    let jwt_sub = fit("sub", 40, room.saturating_sub(jwt_role.len()));
+    let extra = format!("{fixed}{jwt_sub}\t{jwt_role}\t{keyring}");
     let started = BackgroundWorkerBuilder::new("meshhook_keys audit writer")
         .set_type("meshhook_keys audit writer")
         .set_library("meshhook_keys")

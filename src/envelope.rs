@@ -24,6 +24,17 @@ pub fn encrypt(
     ))
 }
 
+/// The key `encrypt` would seal under for `keyring` now, or the error it would raise, without
+/// making anything: None for the `default` keyring before its first use (`encrypt` would create it).
+pub fn would_encrypt_with(
+    keyring: &str,
+) -> Result<Option<std::rc::Rc<crate::keycache::CachedKey>>> {
+    if keyring == DEFAULT_KEYRING && resolver::active_key(keyring)?.is_none() {
+        return Ok(None);
+    }
+    encrypting_key(keyring).map(Some)
+}
+
 /// The key `encrypt` seals under for `keyring` (its active key, after the tenant check), or the
 /// error `encrypt` would raise; creates the `default` keyring on first use.
 pub fn encrypting_key(keyring: &str) -> Result<std::rc::Rc<crate::keycache::CachedKey>> {

@@ -256,6 +256,17 @@ pub enum KeysError {
     )]
     VaultMissing,
 
+    /// import_supabase_vault's caller may not read Vault's view.
+    #[error("permission denied: role \"{0}\" may not read vault.decrypted_secrets")]
+    VaultNotReadable(String),
+
+    /// Supabase Vault's code raised while the import listed its secrets: only its SQLSTATE is
+    /// shown, since its message could quote a secret.
+    #[error(
+        "Supabase Vault raised SQLSTATE {0} while its secrets were listed (its message is not shown: it could quote a secret)"
+    )]
+    VaultRaised(String),
+
     /// import_supabase_vault cannot list Vault's secrets: listing the view decrypted every row
     /// and one raised, and the caller may not read vault.secrets.
     #[error(
@@ -331,6 +342,8 @@ impl KeysError {
             KeysError::UnlockThrottled { .. } => ERRCODE_CONFIGURATION_LIMIT_EXCEEDED, // 53400
             KeysError::VaultMissing => ERRCODE_UNDEFINED_TABLE,          // 42P01
             KeysError::VaultUnlistable(..) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            KeysError::VaultNotReadable(..) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            KeysError::VaultRaised(..) => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, // 38000
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,            // XX000
         }
     }
@@ -379,6 +392,9 @@ impl KeysError {
             KeysError::UsageUntracked { .. } => Some(
                 "Raise meshhook_keys.max_tracked_keys (restart required); the scheduler frees the slots of keys that can no longer encrypt on every tick.".into(),
             ),
+            KeysError::VaultNotReadable(role) => Some(format!(
+                "The import reads Vault only as far as its caller may: GRANT USAGE ON SCHEMA vault and SELECT ON vault.decrypted_secrets TO \"{role}\"."
+            )),
             KeysError::VaultUnlistable(_, role) => Some(format!(
                 "GRANT SELECT ON vault.secrets TO \"{role}\": the import then lists the secrets there and reads each one from the view on its own, skipping those that raise."
             )),

@@ -109,6 +109,40 @@ pub fn reported<T>(f: impl FnOnce() -> Result<T>, report: impl FnOnce(&str)) -> 
     }
 }
 
+/// Like [`isolated`], except for an error whose SQLSTATE `passes` says is not the call's own (a
+/// cancel, a timeout, a deadlock, running out of resources): that one is raised (or returned) again
+/// after the rollback, as PL/pgSQL's `WHEN OTHERS` lets a cancel through. Ok(Err(failure)) is a
+/// caught failure of the call.
+pub fn isolated_except<T>(
+    f: impl FnOnce() -> Result<T>,
+    passes: impl Fn(&str) -> bool,
+) -> Result<std::result::Result<T, Failure>> {
+    let sub = SubXact::begin();
+    let r = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failed::Returned)))
+        .catch_others(|e| Err(Failed::Raised(Box::new(e))))
+        .execute();
+    match r {
+        Ok(v) => {
+            sub.commit();
+            Ok(Ok(v))
+        }
+        Err(Failed::Returned(e)) => {
+            sub.rollback();
+            if passes(&e.sqlstate_code()) {
+                return Err(e);
+            }
+            Ok(Err(Failure::from(e)))
+        }
+        Err(Failed::Raised(e)) => {
+            sub.rollback();
+            if passes(&crate::error::caught_sqlstate(&e)) {
+                e.rethrow();
+            }
+            Ok(Err(Failure::from_caught(*e)))
+        }
+    }
+}
+
 /// Run `f` in a subtransaction that is always rolled back: whatever it wrote is undone (and, by the
 /// invalidations that rollback processes, whatever the key cache loaded from it); its result is
 /// returned, its error returned or raised again.

@@ -318,6 +318,29 @@ fn wake(h: &'static Header) {
     }
 }
 
+/// Whether `n` more encryptions under `key` would pass `meshhook_keys.max_encryptions_ceiling`: the
+/// error [`count`] would then return (54000), counting nothing. For a dry run that must fail where
+/// the real run would.
+pub fn check(key: &CachedKey, n: u64) -> Result<(), KeysError> {
+    let Some(h) = header() else { return Ok(()) };
+    let ceiling = crate::gucs::max_encryptions_ceiling() as u64;
+    let total = find(h, my_database(), key.key_id).map_or(key.encryptions.max(0) as u64, |s| {
+        s.total.load(Ordering::Relaxed)
+    });
+    if total.saturating_add(n) > ceiling {
+        // (the real run fails at the first encryption past the ceiling, having made the others:
+        // its count is then the ceiling, or what it was if already past)
+        return Err(KeysError::KeyExhausted {
+            keyring: key.keyring.clone(),
+            version: key.version,
+            encryptions: total.max(ceiling),
+            ceiling,
+            user_held: key.user_held,
+        });
+    }
+    Ok(())
+}
+
 /// Encryptions under `key_id` (of this database) not yet in the table; `None` without shared
 /// memory.
 pub fn pending(key_id: i64) -> Option<u64> {

@@ -1,8 +1,11 @@
 //! From Supabase Vault to the built-in store: `import_supabase_vault(keyring, dry_run)`.
 //!
 //! Vault keeps `vault.secrets` and shows plaintext through the view `vault.decrypted_secrets`. The
-//! import reads that view **as the caller** (in a security-restricted operation, as any code of
-//! someone else's is run here), so it can copy only what the caller could read anyway; the
+//! import copies only what its caller may read (it needs `SELECT` on that view, checked first), and
+//! Vault's code runs as **its owner**, sealed, the way PostgreSQL runs a materialized view's query
+//! as the view's owner: the view and the functions it calls are whoever owns the `vault` schema's,
+//! and must never run with the importer's authority (an operator's, or a superuser's). Whatever
+//! that code writes is rolled back once the secrets are read: the read is a question. The
 //! extension's SECURITY DEFINER authority is never used to read Vault. Each secret is sealed here,
 //! in memory, under the keyring's active key with the store's context (`id || '/' || tenant`,
 //! tenant `''`), and only the envelope is written to `meshhook_keys.secrets`, keeping Vault's id,
@@ -10,21 +13,25 @@
 //!
 //! One bad row never stops the others. Each Vault secret is read on its own, in a subtransaction:
 //! real Vault *raises* for a secret it cannot decrypt (a pgsodium key that is gone, a damaged
-//! row), and that row is skipped as `unreadable` with its SQLSTATE. Every Vault secret ends in
+//! row), and that row is skipped as `unreadable` with its SQLSTATE (only the SQLSTATE: Vault's
+//! message could quote a secret). A cancel, a timeout, a deadlock or running out of resources is
+//! not a bad row: it stops the import, as it stops any statement. Every Vault secret ends in
 //! exactly one class, decided in this order:
 //! 1. `already_imported`: the store has a secret with its id (a second run imports nothing twice);
 //! 2. `invalid_names`: its name is `''`, which Vault accepts and the store does not;
 //! 3. `name_conflicts`: another secret of the store (tenant `''`) has its name; never overwritten;
-//! 4. `unreadable`: reading its `decrypted_secret` raised or gave NULL;
+//! 4. `unreadable`: reading its `decrypted_secret` raised or gave NULL (or it has no id);
 //! 5. `imported`.
 //!
 //! Skipped secrets (2 to 4) are named by id, with the reason, in the result's `skipped` column.
-//! A dry run classifies exactly as the real run does and also checks that the keyring can encrypt
-//! now, so it fails where the real run would; it writes no secret. Imports are serialized by a
-//! lock of their own (the second waits for the first to end) and classify against the store as
-//! committed now, so two concurrent imports never collide, at any isolation level. Every import
-//! leaves an audit row with its counts: in the caller's transaction when it succeeds, and written
-//! durably (by the audit worker) with the SQLSTATE when it fails.
+//! A dry run classifies exactly as the real run does (what the run has imported so far counts for
+//! both) and checks that the keyring can encrypt that many secrets now, so it fails where the real
+//! run would; it writes nothing. Imports are serialized by a lock of their own (the second waits
+//! for the first to end) and classify against the store as committed now, so two concurrent
+//! imports never collide, at any isolation level; a secret another session writes at the same
+//! moment under the same id or name is classified when its insert meets it (never an error). Every
+//! import leaves an audit row with its counts: in the caller's transaction when it succeeds, and
+//! written durably (by the audit worker) with the SQLSTATE when it fails.
 //!
 //! Invariants: no plaintext is written to any table, log line, error or audit row, and each
 //! plaintext is zeroized once sealed (or skipped). Vault is only read. A failed import imports
@@ -65,7 +72,7 @@ impl Reason {
 /// One skipped Vault secret: its id, why, and for an unreadable one the SQLSTATE its read raised
 /// (None when `decrypted_secret` was NULL).
 pub struct Skipped {
-    pub id: pgrx::Uuid,
+    pub id: Option<pgrx::Uuid>,
     pub reason: Reason,
     pub sqlstate: Option<String>,
 }
@@ -90,7 +97,7 @@ impl Imported {
                 .iter()
                 .map(|s| {
                     let mut o = serde_json::json!({
-                        "id": s.id.to_string(),
+                        "id": s.id.map(|id| id.to_string()),
                         "reason": s.reason.as_str(),
                     });
                     if let (Some(code), Some(map)) = (&s.sqlstate, o.as_object_mut()) {
@@ -102,7 +109,7 @@ impl Imported {
         )
     }
 
-    fn skip(&mut self, id: pgrx::Uuid, reason: Reason, sqlstate: Option<String>) {
+    fn skip(&mut self, id: Option<pgrx::Uuid>, reason: Reason, sqlstate: Option<String>) {
         match reason {
             Reason::InvalidName => self.invalid_names += 1,
             Reason::NameConflict => self.name_conflicts += 1,
@@ -117,9 +124,9 @@ impl Imported {
 }
 
 /// One row of `vault.decrypted_secrets`: its plaintext (zeroized on drop), or the SQLSTATE its
-/// read raised (None: it was NULL).
+/// read raised (None: it was NULL, or gone).
 struct VaultSecret {
-    id: pgrx::Uuid,
+    id: Option<pgrx::Uuid>,
     name: Option<String>,
     description: Option<String>,
     secret: std::result::Result<Zeroizing<String>, Option<String>>,
@@ -127,42 +134,97 @@ struct VaultSecret {
     updated_at: Option<TimestampWithTimeZone>,
 }
 
-/// Every secret of `vault.decrypted_secrets`, read with the caller's privileges: first the rows
-/// without their values, then each value on its own, in a subtransaction, so that a row whose
-/// decryption raises is only that row's failure. The rows are listed from the view when that does
-/// not decrypt them all (PostgreSQL evaluates a view column it is not asked for when the column
-/// calls a volatile function, and then one bad row would fail the list), else from `vault.secrets`.
+const VIEW: &str = "vault.decrypted_secrets";
+const TABLE: &str = "vault.secrets";
+
+/// SQLSTATEs that are not a bad row's own: a cancel or timeout (class 57), a deadlock or
+/// serialization failure (40), a lock timeout, running out of resources (53, 58), an internal
+/// error. They stop the import.
+fn not_a_bad_row(sqlstate: &str) -> bool {
+    matches!(sqlstate.get(..2), Some("57" | "40" | "53" | "58"))
+        || sqlstate == "55P03"
+        || sqlstate == "XX000"
+}
+
+/// Whether `role` may read `relation` (USAGE on its schema and SELECT on it).
+fn may_read(role: pg_sys::Oid, relation: &str) -> Result<bool> {
+    Ok(store::read_one::<bool>(
+        "SELECT pg_catalog.has_schema_privilege($1, 'vault', 'USAGE')
+            AND pg_catalog.has_table_privilege($1, $2::pg_catalog.regclass, 'SELECT')",
+        &[role.into(), relation.into()],
+    )? == Some(true))
+}
+
+/// The owner of `relation`, whose code it is.
+fn owner_of(relation: &str) -> Result<pg_sys::Oid> {
+    store::read_one::<pg_sys::Oid>(
+        "SELECT relowner FROM pg_catalog.pg_class WHERE oid OPERATOR(pg_catalog.=) $1::pg_catalog.regclass",
+        &[relation.into()],
+    )?
+    .ok_or(KeysError::VaultMissing)
+}
+
+/// Every secret of `vault.decrypted_secrets`, read for `caller` (who must be allowed to read it)
+/// as the view's owner, sealed, and then undone: first the rows without their values, then each
+/// value on its own, in a subtransaction, so that a row whose decryption raises is only that
+/// row's failure. The rows are listed from the view when that does not decrypt them all
+/// (PostgreSQL evaluates a view column it is not asked for when the column calls a volatile
+/// function, and then one bad row would fail the list), else from `vault.secrets` (which the
+/// caller must then be allowed to read too, and which is read as its owner).
 fn read_vault(caller: pg_sys::Oid) -> Result<Vec<VaultSecret>> {
-    seal::run(caller, false, || {
-        let mut out = match seal::isolated(|| list("vault.decrypted_secrets")) {
+    if !may_read(caller, VIEW)? {
+        return Err(KeysError::VaultNotReadable(context::role_name(caller)));
+    }
+    let view_owner = owner_of(VIEW)?;
+    seal::undone(|| {
+        let listed = seal::run(view_owner, false, || {
+            seal::isolated_except(|| list(VIEW), not_a_bad_row)
+        })?;
+        let mut out = match listed {
             Ok(rows) => rows,
-            // (refused the view: that error, as it comes)
-            Err(f) if f.sqlstate == "42501" => list("vault.decrypted_secrets")?,
-            Err(f) => match seal::isolated(|| list("vault.secrets")) {
-                Ok(rows) => rows,
-                Err(_) => {
+            Err(view_failure) => {
+                if !may_read(caller, TABLE)? {
                     return Err(KeysError::VaultUnlistable(
-                        f.sqlstate,
+                        view_failure.sqlstate,
                         context::role_name(caller),
                     ));
                 }
-            },
+                let table_owner = owner_of(TABLE)?;
+                match seal::run(table_owner, false, || {
+                    seal::isolated_except(|| list(TABLE), not_a_bad_row)
+                })? {
+                    Ok(rows) => rows,
+                    Err(f) => return Err(KeysError::VaultRaised(f.sqlstate)),
+                }
+            }
         };
-        for s in &mut out {
-            let id = s.id;
-            s.secret = match seal::isolated(|| {
-                Ok(store::read_one::<String>(
-                    "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id OPERATOR(pg_catalog.=) $1",
-                    &[id.into()],
-                )?
-                .map(Zeroizing::new))
-            }) {
-                Ok(Some(v)) => Ok(v),
-                Ok(None) => Err(None),
-                Err(f) => Err(Some(f.sqlstate)),
-            };
-        }
+        seal::run(view_owner, false, || {
+            for s in out.iter_mut() {
+                let Some(id) = s.id else { continue };
+                s.secret = match seal::isolated_except(|| read_value(id), not_a_bad_row)? {
+                    Ok(Some(v)) => Ok(v),
+                    Ok(None) => Err(None),
+                    Err(f) => Err(Some(f.sqlstate)),
+                };
+            }
+            Ok(())
+        })?;
         Ok(out)
+    })
+}
+
+/// The value of one Vault secret (None: NULL, or no such row any more).
+fn read_value(id: pgrx::Uuid) -> Result<Option<Zeroizing<String>>> {
+    Spi::connect(|c| {
+        let rows = c.select(
+            "SELECT decrypted_secret FROM vault.decrypted_secrets WHERE id OPERATOR(pg_catalog.=) $1 LIMIT 1",
+            None,
+            &[id.into()],
+        )?;
+        match rows.into_iter().next() {
+            Some(row) => Ok(row.get::<String>(1)?.map(Zeroizing::new)),
+            None => Ok(None),
+        }
     })
 }
 
@@ -179,9 +241,7 @@ fn list(relation: &str) -> Result<Vec<VaultSecret>> {
         let mut out = Vec::new();
         for row in rows {
             out.push(VaultSecret {
-                id: row
-                    .get::<pgrx::Uuid>(1)?
-                    .ok_or_else(|| KeysError::Internal("a Vault secret has no id".into()))?,
+                id: row.get::<pgrx::Uuid>(1)?,
                 name: row.get::<String>(2)?,
                 description: row.get::<String>(3)?,
                 secret: Err(None),
@@ -201,12 +261,12 @@ enum Standing {
     New,
 }
 
-fn standing(s: &VaultSecret) -> Result<Standing> {
+fn standing(id: pgrx::Uuid, name: &Option<String>) -> Result<Standing> {
     let rows = crate::fresh::select(
         "SELECT EXISTS (SELECT 1 FROM meshhook_keys.secrets WHERE id OPERATOR(pg_catalog.=) $1),
                 EXISTS (SELECT 1 FROM meshhook_keys.secrets
                          WHERE tenant OPERATOR(pg_catalog.=) '' AND name OPERATOR(pg_catalog.=) $2 AND id OPERATOR(pg_catalog.<>) $1)",
-        &[s.id.into(), s.name.clone().into()],
+        &[id.into(), name.clone().into()],
         |r| Ok((r.get::<bool>(1)?, r.get::<bool>(2)?)),
     )?;
     Ok(match rows.first() {
@@ -220,24 +280,20 @@ fn standing(s: &VaultSecret) -> Result<Standing> {
 /// only classify them). The caller's privilege was checked by the SQL surface. A failure is
 /// audited durably, with the SQLSTATE, before it is raised.
 pub fn import(keyring: Option<&str>, dry_run: bool) -> Result<Imported> {
-    let seen = std::cell::Cell::new(0i64);
     seal::reported(
-        || import_in(validate_keyring(keyring)?, dry_run, &seen),
+        || import_in(validate_keyring(keyring)?, dry_run),
         |sqlstate| {
             audit::record_failed_action(
                 "import_vault",
                 keyring,
                 sqlstate,
-                &[
-                    ("dry_run", dry_run.to_string()),
-                    ("vault_secrets", seen.get().to_string()),
-                ],
+                &[("dry_run", dry_run.to_string())],
             )
         },
     )
 }
 
-fn import_in(keyring: &str, dry_run: bool, seen: &std::cell::Cell<i64>) -> Result<Imported> {
+fn import_in(keyring: &str, dry_run: bool) -> Result<Imported> {
     crate::lock_order::vault_import();
     let present = store::read_one::<bool>(
         "SELECT pg_catalog.to_regclass('vault.decrypted_secrets') IS NOT NULL",
@@ -250,40 +306,72 @@ fn import_in(keyring: &str, dry_run: bool, seen: &std::cell::Cell<i64>) -> Resul
         .role()
         .ok_or(KeysError::CallerUnknown(FUNCTION))?;
     let secrets = read_vault(caller)?;
-    seen.set(secrets.len() as i64);
     let mut n = Imported {
         vault_secrets: secrets.len() as i64,
         ..Imported::default()
     };
-    let mut checked_key = false;
+    // What this run has imported (or, dry, would have): the real run's later rows see them in the
+    // store; the dry run's must see them too.
+    let mut ids_done: std::collections::HashSet<[u8; 16]> = Default::default();
+    let mut names_done: std::collections::HashSet<String> = Default::default();
+    let mut to_import: u64 = 0;
     for s in &secrets {
-        if s.name.as_deref() == Some("") {
-            // (before the store is asked: an empty name conflicts with nothing there)
-            if let Standing::AlreadyImported = standing(s)? {
-                n.already_imported += 1;
-            } else {
-                n.skip(s.id, Reason::InvalidName, None);
-            }
+        let Some(id) = s.id else {
+            n.skip(None, Reason::Unreadable, None);
             continue;
-        }
-        match standing(s)? {
-            Standing::AlreadyImported => n.already_imported += 1,
-            Standing::NameTaken => n.skip(s.id, Reason::NameConflict, None),
-            Standing::New => match &s.secret {
-                Err(sqlstate) => n.skip(s.id, Reason::Unreadable, sqlstate.clone()),
-                Ok(_) if dry_run => {
-                    if !checked_key {
-                        would_encrypt(keyring)?;
-                        checked_key = true;
-                    }
-                    n.imported += 1;
+        };
+        let standing = if ids_done.contains(id.as_bytes()) {
+            Standing::AlreadyImported
+        } else if s.name.as_deref() == Some("") {
+            // (an empty name conflicts with nothing in the store: only the id is asked)
+            match standing(id, &None)? {
+                Standing::AlreadyImported => Standing::AlreadyImported,
+                _ => {
+                    n.skip(Some(id), Reason::InvalidName, None);
+                    continue;
                 }
+            }
+        } else if s
+            .name
+            .as_ref()
+            .is_some_and(|name| names_done.contains(name))
+        {
+            Standing::NameTaken
+        } else {
+            standing(id, &s.name)?
+        };
+        match standing {
+            Standing::AlreadyImported => n.already_imported += 1,
+            Standing::NameTaken => n.skip(Some(id), Reason::NameConflict, None),
+            Standing::New => match &s.secret {
+                Err(sqlstate) => n.skip(Some(id), Reason::Unreadable, sqlstate.clone()),
                 Ok(plaintext) => {
-                    insert(s, plaintext, keyring)?;
+                    if !dry_run {
+                        match insert(id, s, plaintext, keyring)? {
+                            Inserted::Yes => {}
+                            // (another session wrote this id or name while we were here)
+                            Inserted::No(Standing::AlreadyImported) => {
+                                n.already_imported += 1;
+                                continue;
+                            }
+                            Inserted::No(_) => {
+                                n.skip(Some(id), Reason::NameConflict, None);
+                                continue;
+                            }
+                        }
+                    }
+                    to_import += 1;
                     n.imported += 1;
+                    ids_done.insert(*id.as_bytes());
+                    if let Some(name) = &s.name {
+                        names_done.insert(name.clone());
+                    }
                 }
             },
         }
+    }
+    if dry_run && to_import > 0 {
+        would_encrypt(keyring, to_import)?;
     }
     drop(secrets);
     audit::record(
@@ -305,30 +393,55 @@ fn import_in(keyring: &str, dry_run: bool, seen: &std::cell::Cell<i64>) -> Resul
     Ok(n)
 }
 
-/// Whether the real run could seal under `keyring` now: the error its first encryption would
-/// raise, if any. Whatever finding the key changes (the `default` keyring made on first use) is
-/// rolled back, and with it every key the cache loaded from those changes: a dry run writes nothing.
-fn would_encrypt(keyring: &str) -> Result<()> {
-    seal::undone(|| envelope::encrypting_key(keyring).map(|_| ()))
+/// Whether the real run could seal `n` secrets under `keyring` now: the error its encryptions
+/// would raise, if any (no active key, a locked or destroyed keyring, the tenant check, the
+/// encryption ceiling). Nothing is made, counted or kept: whatever finding the key touched is
+/// rolled back.
+fn would_encrypt(keyring: &str, n: u64) -> Result<()> {
+    seal::undone(|| match envelope::would_encrypt_with(keyring)? {
+        Some(key) => crate::usage::check(&key, n),
+        None => Ok(()),
+    })
 }
 
-fn insert(s: &VaultSecret, plaintext: &Zeroizing<String>, keyring: &str) -> Result<()> {
-    let context = format!("{}/", s.id);
+/// What an insert did: wrote the secret, or met a row another session wrote meanwhile.
+enum Inserted {
+    Yes,
+    No(Standing),
+}
+
+fn insert(
+    id: pgrx::Uuid,
+    s: &VaultSecret,
+    plaintext: &Zeroizing<String>,
+    keyring: &str,
+) -> Result<Inserted> {
+    let context = format!("{id}/");
     let ciphertext = envelope::encrypt(Some(plaintext.as_bytes()), Some(&context), Some(keyring))?;
-    Spi::run_with_args(
-        "INSERT INTO meshhook_keys.secrets
-                (id, tenant, name, description, keyring, ciphertext, created_at, updated_at)
-         VALUES ($1, '', $2, coalesce($3, ''), $4, $5,
-                 coalesce($6, pg_catalog.now()), coalesce($7, $6, pg_catalog.now()))",
-        &[
-            s.id.into(),
-            s.name.clone().into(),
-            s.description.clone().into(),
-            keyring.into(),
-            ciphertext.into(),
-            s.created_at.into(),
-            s.updated_at.into(),
-        ],
-    )?;
-    Ok(())
+    let written = Spi::connect_mut(|c| {
+        let rows = c.update(
+            "INSERT INTO meshhook_keys.secrets
+                    (id, tenant, name, description, keyring, ciphertext, created_at, updated_at)
+             VALUES ($1, '', $2, coalesce($3, ''), $4, $5,
+                     coalesce($6, pg_catalog.now()), coalesce($7, $6, pg_catalog.now()))
+             ON CONFLICT DO NOTHING
+             RETURNING id",
+            None,
+            &[
+                id.into(),
+                s.name.clone().into(),
+                s.description.clone().into(),
+                keyring.into(),
+                ciphertext.into(),
+                s.created_at.into(),
+                s.updated_at.into(),
+            ],
+        )?;
+        Ok::<_, KeysError>(!rows.is_empty())
+    })?;
+    if written {
+        Ok(Inserted::Yes)
+    } else {
+        Ok(Inserted::No(standing(id, &s.name)?))
+    }
 }

@@ -170,7 +170,7 @@ SELECT k.keyring AS imported_into FROM meshhook_keys.secrets s
 ROLLBACK TO SAVEPOINT s;
 SELECT count(*) AS after_rollback FROM meshhook_keys.secrets WHERE name = 'later';
 
--- the code behind vault.decrypted_secrets runs sealed, as the importer (issue 23): a setting it
+-- the code behind vault.decrypted_secrets runs sealed, as its owner (issue 23): a setting it
 -- changes is gone after the import; an advisory lock it keeps fails the import (42501) and is
 -- released
 SAVEPOINT sealed;
@@ -194,6 +194,105 @@ SELECT count(*) AS locks_left FROM pg_locks
  WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND objsubid <> 19787;
 RESET ROLE;
 ROLLBACK TO SAVEPOINT sealed;
+
+-- A hostile owner of Vault's objects: her view's code runs as HER, sealed, never with the
+-- importer's authority (an operator's, a superuser's), and whatever it writes is rolled back;
+-- a cancel or timeout inside it stops the import; an error it raises while listing shows only its
+-- SQLSTATE, never its message
+SAVEPOINT hostile;
+DROP SCHEMA vault CASCADE;
+CREATE ROLE mk_mallory;
+CREATE SCHEMA vault AUTHORIZATION mk_mallory;
+SELECT 1 FROM meshhook_keys.keyring_create('victim');
+SET LOCAL ROLE mk_mallory;
+CREATE TABLE vault.secrets (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name text, description text NOT NULL DEFAULT '',
+    secret text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE vault.loot (who text, what text);
+CREATE FUNCTION vault._decrypt(s vault.secrets) RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    BEGIN INSERT INTO vault.loot SELECT current_user, string_agg(decrypted_secret, ',') FROM meshhook_keys.decrypted_secrets;
+    EXCEPTION WHEN OTHERS THEN INSERT INTO vault.loot VALUES (current_user, 'store: ' || SQLSTATE); END;
+    BEGIN PERFORM meshhook_keys.keyring_destroy('victim');
+    EXCEPTION WHEN OTHERS THEN INSERT INTO vault.loot VALUES (current_user, 'keyring_destroy: ' || SQLSTATE); END;
+    BEGIN EXECUTE 'ALTER ROLE mk_mallory SUPERUSER';
+    EXCEPTION WHEN OTHERS THEN INSERT INTO vault.loot VALUES (current_user, 'superuser: ' || SQLSTATE); END;
+    IF current_setting('mk.sleep', true) = 'on' THEN PERFORM pg_sleep(0.3); END IF;
+    RETURN s.secret || ' read as ' || current_user;
+END $$;
+CREATE VIEW vault.decrypted_secrets AS
+    SELECT s.id, s.name, s.description, s.secret, vault._decrypt(s) AS decrypted_secret, s.created_at, s.updated_at
+      FROM vault.secrets s;
+GRANT USAGE ON SCHEMA vault TO PUBLIC;
+GRANT SELECT ON vault.secrets, vault.decrypted_secrets, vault.loot TO PUBLIC;
+INSERT INTO vault.secrets (name, secret) VALUES ('m1', 'MALLORY_1'), ('m2', 'MALLORY_2'), ('m3', 'MALLORY_3'), ('m4', 'MALLORY_4');
+RESET ROLE;
+-- as the superuser and as an operator, dry and real: her code ran as her, achieved nothing, and
+-- what it wrote is gone
+SELECT vault_secrets, imported, unreadable FROM meshhook_keys.import_supabase_vault();
+SET LOCAL ROLE mk_vault_ops;
+SELECT vault_secrets, imported, unreadable FROM meshhook_keys.import_supabase_vault(dry_run => false);
+RESET ROLE;
+SELECT name, decrypted_secret FROM meshhook_keys.decrypted_secrets WHERE name LIKE 'm_' ORDER BY name;
+SELECT count(*) AS loot_rows FROM vault.loot;
+SELECT rolsuper AS mallory_is_superuser FROM pg_roles WHERE rolname = 'mk_mallory';
+SELECT destroyed_at IS NULL AS victim_alive FROM meshhook_keys.keyrings WHERE keyring = 'victim';
+-- (what she tried, seen from inside: each attempt refused, as her)
+SET LOCAL ROLE mk_mallory;
+SELECT vault._decrypt(s) IS NOT NULL AS tried FROM vault.secrets s WHERE name = 'm1';
+RESET ROLE;
+SELECT who, what FROM vault.loot ORDER BY what;
+DELETE FROM vault.loot;
+DELETE FROM meshhook_keys.secrets WHERE name LIKE 'm_';
+-- a timeout while her view is read stops the import, as it stops any statement (a cancel is not
+-- a bad row)
+SET LOCAL mk.sleep = 'on';
+SET LOCAL statement_timeout = '500ms';
+DO $$
+BEGIN
+    PERFORM * FROM meshhook_keys.import_supabase_vault(dry_run => false);
+    RAISE NOTICE 'the import ran past its timeout';
+EXCEPTION WHEN query_canceled THEN
+    RAISE NOTICE 'the import stopped: %', SQLSTATE;
+END $$;
+RESET statement_timeout;
+RESET mk.sleep;
+SELECT count(*) AS imported_before_the_timeout FROM meshhook_keys.secrets WHERE name LIKE 'm_';
+-- listing raises with a secret in its message: only the SQLSTATE reaches the caller
+SET LOCAL ROLE mk_mallory;
+CREATE FUNCTION vault.boom(secret text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN RAISE EXCEPTION 'no access to %', secret USING ERRCODE = '42501'; END $$;
+ALTER TABLE vault.secrets ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY boom ON vault.secrets USING (vault.boom(secret));
+RESET ROLE;
+SET LOCAL ROLE mk_vault_ops;
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault()$$);
+RESET ROLE;
+-- a view that lists one id twice and two ids under one name: the dry run still says exactly what
+-- the real run does
+SET LOCAL ROLE mk_mallory;
+DROP POLICY boom ON vault.secrets;
+ALTER TABLE vault.secrets NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
+CREATE OR REPLACE VIEW vault.decrypted_secrets AS
+    SELECT s.id, CASE WHEN s.name = 'm2' THEN 'm1' ELSE s.name END AS name, s.description, s.secret,
+           s.secret AS decrypted_secret, s.created_at, s.updated_at
+      FROM vault.secrets s
+    UNION ALL
+    SELECT s.id, s.name, s.description, s.secret, s.secret, s.created_at, s.updated_at FROM vault.secrets s WHERE s.name = 'm3';
+RESET ROLE;
+CREATE TEMP TABLE dup_dry AS SELECT * FROM meshhook_keys.import_supabase_vault();
+CREATE TEMP TABLE dup_real AS SELECT * FROM meshhook_keys.import_supabase_vault(dry_run => false);
+SELECT vault_secrets, imported, already_imported, name_conflicts, invalid_names, unreadable FROM dup_real;
+SELECT (d.imported, d.already_imported, d.name_conflicts, d.unreadable, d.skipped)
+     = (r.imported, r.already_imported, r.name_conflicts, r.unreadable, r.skipped) AS dry_run_was_exact
+  FROM dup_dry d, dup_real r;
+-- the encryption ceiling: the dry run fails where the real run would (54000)
+DELETE FROM meshhook_keys.secrets WHERE name LIKE 'm_';
+SELECT 1 FROM meshhook_keys.keyring_create('vault-ceiling');
+SET LOCAL meshhook_keys.max_encryptions_ceiling = 2;
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault('vault-ceiling')$$) AS dry,
+       sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault('vault-ceiling', false)$$) AS real;
+RESET meshhook_keys.max_encryptions_ceiling;
+ROLLBACK TO SAVEPOINT hostile;
 
 -- Vault's API after a schema switch: code written for vault.* runs against meshhook_keys.*
 CREATE POLICY mk_vault_app_untenanted ON meshhook_keys.secrets TO mk_vault_app
@@ -227,6 +326,8 @@ CREATE TABLE vault.secrets (id uuid PRIMARY KEY DEFAULT gen_random_uuid(), name 
                             secret text NOT NULL, created_at timestamptz NOT NULL DEFAULT now(), updated_at timestamptz NOT NULL DEFAULT now());
 CREATE VIEW vault.decrypted_secrets AS SELECT id, name, description, secret, secret AS decrypted_secret, created_at, updated_at FROM vault.secrets;
 INSERT INTO vault.secrets (name, secret) VALUES ('one', 'VAULT_PLAINTEXT_F1'), ('two', 'VAULT_PLAINTEXT_F2');
+-- (with the longest JWT claims a request can bring: the keyring is recorded whole)
+SELECT set_config('request.jwt.claims', '{"sub": "0b7e3c1a-58f4-4c2e-9d1b-6a0f3e2d1c01-extra", "role": "service_role_with_a_long_name"}', false) IS NOT NULL AS claims_set;
 SELECT sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault('missing-keyring')$$) AS dry,
        sqlstate_of($$SELECT * FROM meshhook_keys.import_supabase_vault('missing-keyring', false)$$) AS real;
 CREATE FUNCTION pg_temp.wait_failed_imports(n int) RETURNS bigint LANGUAGE plpgsql AS $$
@@ -240,6 +341,7 @@ BEGIN
     END LOOP;
     RETURN got;
 END $$;
+RESET request.jwt.claims;
 SELECT pg_temp.wait_failed_imports(2) AS failed_imports_audited;
 SELECT action, outcome, keyring, detail - 'jwt' AS detail FROM meshhook_keys.audit_log
  WHERE action = 'import_vault' AND keyring = 'missing-keyring' ORDER BY detail ->> 'dry_run' DESC;
