@@ -259,7 +259,7 @@ COMMENT ON FUNCTION meshhook_keys.events_channel() IS
 COMMENT ON FUNCTION meshhook_keys.tick() IS
     'Run one scheduler tick now in the caller''s transaction: rotate due keyrings, then advance pending re-encryption a bounded number of batches. For pg_cron where the background worker cannot run. Actions audited with actor scheduler. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS
-    'The background scheduler of this server: pid, database, state, naptime, ticks, last tick, whether encryptions are counted. Requires meshhook_keys_operator.';
+    'How this database is served by the background workers (the scheduler in meshhook_keys.database, a short-lived database worker per tick in every other database with the extension): pid of the worker serving it now, database, state, naptime, ticks, last tick, whether encryptions are counted. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys._encryptions_pending(bigint) IS
     'Internal (the view keyrings): encryptions under a key counted in shared memory and not yet written to its row; NULL when the library is not preloaded. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) IS

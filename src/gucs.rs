@@ -29,6 +29,7 @@ static ROOT_KEY_COMMAND_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(30_000
 static MAX_ENCRYPTIONS_CEILING: GucSetting<i32> = GucSetting::<i32>::new(i32::MAX);
 static TENANT_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static MAX_USER_HELD_KEYRINGS: GucSetting<i32> = GucSetting::<i32>::new(10);
+static MAX_DATABASE_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -219,6 +220,16 @@ pub fn init() {
             GucContext::Postmaster,
             GucFlags::default(),
         );
+        GucRegistry::define_int_guc(
+            c"meshhook_keys.max_database_workers",
+            c"Short-lived workers at once that serve the databases other than meshhook_keys.database.",
+            c"Each runs one tick (usage counts, rotation, re-encryption) in one database that has the extension, once per worker_naptime. Requires shared_preload_libraries; each uses a max_worker_processes slot while it runs.",
+            &MAX_DATABASE_WORKERS,
+            1,
+            64,
+            GucContext::Sighup,
+            GucFlags::default(),
+        );
     }
     // SAFETY: called from _PG_init with a static, NUL-terminated prefix.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"meshhook_keys".as_ptr()) };
@@ -256,6 +267,10 @@ pub fn database() -> String {
 
 pub fn worker_enabled() -> bool {
     WORKER_ENABLED.get()
+}
+
+pub fn max_database_workers() -> usize {
+    MAX_DATABASE_WORKERS.get().max(1) as usize
 }
 
 pub fn worker_naptime() -> std::time::Duration {

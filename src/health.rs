@@ -95,16 +95,31 @@ pub fn checks() -> Vec<Check> {
             "warning",
             "meshhook_keys is not in shared_preload_libraries: no background scheduler; encryptions are NOT counted, so data_key.encryptions stays as it is, max_encryptions never triggers a rotation and meshhook_keys.max_encryptions_ceiling is not enforced (rotation by age still works: drive it with tick() from pg_cron)".into(),
         )),
-        Some(s) => out.push(row(
-            "scheduler",
-            if s.pid != 0 { "ok" } else { "warning" },
-            format!(
-                "state {} in database \"{}\"{}",
-                s.state.name(),
-                gucs::database(),
-                if s.pid != 0 { String::new() } else { " (no scheduler process)".into() }
-            ),
-        )),
+        Some(_) => match crate::scheduler::here() {
+            None => {}
+            Some(h) => out.push(row(
+                "scheduler",
+                if h.healthy.is_ok() { "ok" } else { "warning" },
+                match (&h.healthy, h.main) {
+                    (Ok(()), true) => format!("state {} in database \"{}\"", h.state, h.database),
+                    (Err(why), true) => format!("state {} in database \"{}\" ({why})", h.state, h.database),
+                    (Ok(()), false) => format!(
+                        "database \"{}\" is {} ({} ticks{}); the scheduler runs in \"{}\"",
+                        h.database,
+                        h.state,
+                        h.ticks,
+                        if h.last_tick_at.is_some() { ", the last one on time" } else { "" },
+                        gucs::database()
+                    ),
+                    (Err(why), false) => format!(
+                        "database \"{}\" is {}: {why}; the scheduler runs in \"{}\"",
+                        h.database,
+                        h.state,
+                        gucs::database()
+                    ),
+                },
+            )),
+        },
     }
     if let Some((used, slots)) = usage::slots_used() {
         out.push(row(

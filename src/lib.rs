@@ -27,6 +27,7 @@ mod retire;
 mod rootkey;
 mod scheduler;
 mod seal;
+mod served;
 mod session_keys;
 mod store;
 mod tenancy;

@@ -15,7 +15,7 @@ use crate::audit;
 use crate::error::{KeysError, Result};
 use crate::keyring;
 use crate::locks::{self, Lock, Until};
-use crate::{gucs, reencrypt, rootkey, store, usage};
+use crate::{gucs, reencrypt, rootkey, served, store, usage};
 use pgrx::prelude::*;
 
 pub const ACTOR: &str = "scheduler";
@@ -132,7 +132,7 @@ struct Due {
 
 /// Keyrings (all, or only `only`) whose active key is due: older than the rotation interval, or
 /// used for at least max_encryptions encryptions; not while backing off after a failure.
-fn due_keyrings(only: Option<&str>, usage_only: bool) -> Result<Vec<Due>> {
+fn due_keyrings(only: Option<&str>) -> Result<Vec<Due>> {
     let rows: Vec<(String, i64, bool, String, i64, Option<i64>)> = Spi::connect(|c| {
         let mut out = Vec::new();
         for r in c.select(
@@ -165,7 +165,7 @@ fn due_keyrings(only: Option<&str>, usage_only: bool) -> Result<Vec<Due>> {
         .filter_map(|(keyring, key_id, age_due, interval, flushed, max)| {
             let used = flushed.saturating_add(usage::pending(key_id).unwrap_or(0) as i64);
             let max = max.unwrap_or_else(gucs::default_max_encryptions);
-            if age_due && !usage_only {
+            if age_due {
                 Some(Due {
                     keyring,
                     reason: format!("scheduled: the active key is older than the rotation interval ({interval})"),
@@ -189,7 +189,7 @@ fn rotate_if_due(keyring: &str) -> Result<Option<i32>> {
     rootkey::current()?;
     crate::lock_order::keyring(keyring, crate::lock_order::Row::CreateIfMissing)?;
     // A fresh statement after the lock: a rotation committed meanwhile makes the keyring not due.
-    let Some(due) = due_keyrings(Some(keyring), false)?.pop() else {
+    let Some(due) = due_keyrings(Some(keyring))?.pop() else {
         return Ok(None);
     };
     let new = audit::as_actor(ACTOR, || {
@@ -332,22 +332,6 @@ pub fn flush_usage() -> std::result::Result<usize, Failure> {
     Ok(written.len())
 }
 
-/// What a usage worker does in a database other than the scheduler's (started by the launcher): flush
-/// the database's encryption counts, then rotate the keyrings that reached their max_encryptions,
-/// under the tick lock (skipped if a `tick()` holds it: that one rotates them).
-pub fn usage_tick() -> Vec<Action> {
-    let mut out = Vec::new();
-    if let Err(f) = flush_usage() {
-        out.push(Action::failed(None, "flush_usage", &f));
-    }
-    if !take_tick_lock(Mode::OwnTransactions, &mut out) {
-        return out;
-    }
-    rotation_step(Mode::OwnTransactions, true, true, &mut out);
-    let _ = isolated(Mode::OwnTransactions, release_tick_lock);
-    out
-}
-
 /// Whether the worker was asked to stop (SIGTERM); never true in a client backend.
 pub fn shutdown_requested() -> bool {
     // SAFETY: reading a sig_atomic_t flag set by the SIGTERM handler.
@@ -373,8 +357,8 @@ fn pause(d: std::time::Duration) {
 }
 
 /// The rotation step of a tick: rotate each keyring that is due, each isolated from the others.
-fn rotation_step(mode: Mode, worker: bool, usage_only: bool, out: &mut Vec<Action>) {
-    let due = match isolated(mode, || due_keyrings(None, usage_only)) {
+fn rotation_step(mode: Mode, worker: bool, out: &mut Vec<Action>) {
+    let due = match isolated(mode, || due_keyrings(None)) {
         Ok(due) => due,
         Err(f) => {
             out.push(Action::failed(None, "rotate", &f));
@@ -508,10 +492,104 @@ pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
     if worker && let Err(f) = flush_usage() {
         out.push(Action::failed(None, "flush_usage", &f));
     }
-    rotation_step(mode, worker, false, &mut out);
+    rotation_step(mode, worker, &mut out);
     reencryption_step(mode, worker, &mut out);
     if mode == Mode::OwnTransactions {
         let _ = isolated(mode, release_tick_lock);
     }
     out
+}
+
+/// How the current database is served, as `scheduler_status()` and `health()` report it.
+pub struct Here {
+    /// The database's name.
+    pub database: String,
+    /// Whether it is `meshhook_keys.database` (served by the long-lived scheduler).
+    pub main: bool,
+    /// A worker serving it now (0: none).
+    pub pid: i32,
+    pub state: String,
+    pub naptime_ms: i64,
+    pub ticks: u64,
+    pub last_tick_at: Option<pg_sys::TimestampTz>,
+    /// Whether it is served as it should be, and if not why.
+    pub healthy: std::result::Result<(), String>,
+}
+
+/// How the current database is served; None without `shared_preload_libraries`.
+pub fn here() -> Option<Here> {
+    let main_status = crate::usage::status()?;
+    // SAFETY: plain reads of backend state; get_database_name returns a palloc'd copy or NULL.
+    let (db, name) = unsafe {
+        let db = pg_sys::MyDatabaseId;
+        let p = pg_sys::get_database_name(db);
+        let name = if p.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        };
+        (db.to_u32(), name)
+    };
+    let naptime_ms = crate::gucs::worker_naptime().as_millis() as i64;
+    // SAFETY: reads shared recovery state.
+    let standby = unsafe { pg_sys::RecoveryInProgress() };
+    if name == crate::gucs::database() {
+        let s = main_status;
+        return Some(Here {
+            database: name,
+            main: true,
+            pid: s.pid,
+            state: s.state.name().to_string(),
+            naptime_ms: s.naptime_ms,
+            ticks: s.ticks,
+            last_tick_at: s.last_tick_at,
+            healthy: if s.pid != 0 {
+                Ok(())
+            } else {
+                Err("no scheduler process".into())
+            },
+        });
+    }
+    let s = served::status(db)?;
+    // SAFETY: reading a backend clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    // (a tick is due every naptime; a late one is one that has not come in three naptimes and a
+    // probe interval, the longest a first tick may take to come after CREATE EXTENSION)
+    let late_after_us = 3 * naptime_ms * 1000 + served::probe_interval().as_micros() as i64;
+    let healthy = if standby {
+        Ok(())
+    } else if !crate::gucs::worker_enabled() {
+        Err("paused (meshhook_keys.worker_enabled = off)".into())
+    } else {
+        match (s.state, s.last_tick_at) {
+            (served::DbState::Failed, _) => {
+                Err("the last database worker here failed (see the server log)".into())
+            }
+            (_, Some(at)) if now - at <= late_after_us => Ok(()),
+            (_, Some(_)) => Err(format!(
+                "the last tick here is more than {} s old: are max_worker_processes or meshhook_keys.max_database_workers too low for the number of databases?",
+                late_after_us / 1_000_000
+            )),
+            (_, None) => Err(format!(
+                "not served yet: the launcher starts a database worker here within {} s of CREATE EXTENSION",
+                served::probe_interval()
+                    .max(crate::gucs::worker_naptime())
+                    .as_secs()
+            )),
+        }
+    };
+    Some(Here {
+        database: name,
+        main: false,
+        pid: s.pid,
+        state: if standby {
+            "standby".into()
+        } else {
+            format!("served by database workers: {}", s.state.name())
+        },
+        naptime_ms,
+        ticks: s.ticks,
+        last_tick_at: s.last_tick_at,
+        healthy,
+    })
 }

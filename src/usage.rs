@@ -94,7 +94,9 @@ unsafe extern "C-unwind" fn request_hook() {
         if let Some(prev) = PREV_REQUEST_HOOK {
             prev();
         }
-        pg_sys::RequestAddinShmemSpace(size(crate::gucs::max_tracked_keys()));
+        pg_sys::RequestAddinShmemSpace(
+            size(crate::gucs::max_tracked_keys()) + crate::served::size(),
+        );
     }
 }
 
@@ -117,6 +119,7 @@ unsafe extern "C-unwind" fn startup_hook() {
             std::ptr::write_bytes(p as *mut u8, 0, bytes);
             (*(p as *mut Header)).nslots = nslots as u64;
         }
+        crate::served::attach();
         pg_sys::LWLockRelease(&raw mut (*pg_sys::MainLWLockArray.add(21)).lock);
         SEGMENT = p as *mut Header;
     }

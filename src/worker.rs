@@ -8,9 +8,16 @@
 //!   while the extension is not installed (logged once; resumes after CREATE EXTENSION); otherwise
 //!   [`crate::scheduler::tick`]. SIGHUP reloads the settings, SIGTERM stops it after the current
 //!   batch.
+//! * `meshhook_keys database` (dynamic, short-lived) serves every other database: the launcher
+//!   starts one in each database that has the extension once per `worker_naptime` (at once when
+//!   one of its keys passed its rotation limit), at most `meshhook_keys.max_database_workers` at a
+//!   time; it runs one whole tick there and exits. Databases not known to have the extension are
+//!   looked at every ten naptimes (1 to 30 s); template databases never (a connection to one would
+//!   make CREATE DATABASE fail). What each did is in shared memory ([`crate::served`]).
 
 use crate::gucs;
 use crate::scheduler::{self, Mode};
+use crate::served;
 use crate::usage::{self, SchedulerState};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BackgroundWorkerStatus, BgWorkerStartTime,
@@ -43,9 +50,17 @@ fn reload_config_if_asked() {
     }
 }
 
-/// Every database as (oid, name, accepts connections). Connected to no database, only shared
-/// catalogs can be read, and only by a heap scan (as the autovacuum launcher lists databases).
-fn databases() -> Vec<(u32, String, bool)> {
+/// A database as the launcher sees it.
+struct Database {
+    oid: u32,
+    name: String,
+    /// Accepts connections and is not a template: a worker may connect to it.
+    servable: bool,
+}
+
+/// Every database. Connected to no database, only shared catalogs can be read, and only by a heap
+/// scan (as the autovacuum launcher lists databases).
+fn databases() -> Vec<Database> {
     BackgroundWorker::transaction(|| {
         // SAFETY: a catalog heap scan of pg_database inside a transaction, as get_database_list()
         // does; each tuple's data is a FormData_pg_database.
@@ -63,11 +78,11 @@ fn databases() -> Vec<(u32, String, bool)> {
                 let form = (header as *const u8).add((*header).t_hoff as usize)
                     as *const pg_sys::FormData_pg_database;
                 let datname = std::ffi::CStr::from_ptr((*form).datname.data.as_ptr());
-                out.push((
-                    (*form).oid.to_u32(),
-                    datname.to_string_lossy().into_owned(),
-                    (*form).datallowconn,
-                ));
+                out.push(Database {
+                    oid: (*form).oid.to_u32(),
+                    name: datname.to_string_lossy().into_owned(),
+                    servable: (*form).datallowconn && !(*form).datistemplate,
+                });
             }
             pg_sys::table_endscan(scan);
             pg_sys::table_close(rel, lock);
@@ -98,59 +113,69 @@ fn start_child(
         .load_dynamic()
 }
 
-/// The usage workers the launcher started, by database, and when.
+/// The database workers the launcher started, by database, and when.
 #[derive(Default)]
-struct UsageWorkers {
+struct DatabaseWorkers {
     running: Vec<(u32, DynamicBackgroundWorker)>,
     last_start: std::collections::HashMap<u32, Instant>,
 }
 
-/// At most this many usage workers at once (each a short transaction in one database).
-const MAX_USAGE_WORKERS: usize = 2;
-
-impl UsageWorkers {
-    /// Start a usage worker for every database other than the scheduler's that has encryptions to
-    /// flush: once per naptime, or at once when one of its keys passed its rotation limit. Slots
-    /// of dropped databases are freed. Nothing on a standby (it cannot write; its counts wait for
-    /// promotion), nothing while `worker_enabled = off`.
-    fn start_due(&mut self, main_db: &str, all: &[(u32, String, bool)]) {
+impl DatabaseWorkers {
+    /// Start a database worker in every database other than the scheduler's that is due: one that
+    /// has the extension once per naptime (at once, within a second, when one of its keys passed
+    /// its rotation limit), any other every [`served::probe_interval`]; at most
+    /// `max_database_workers` at once, the longest-waiting first. Entries of dropped databases are
+    /// freed. Nothing on a standby (it cannot write; its counts wait for promotion), nothing while
+    /// `worker_enabled = off`.
+    fn start_due(&mut self, main_db: &str, all: &[Database]) {
         self.running
             .retain(|(_, w)| matches!(w.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)));
+        for db in served::tracked() {
+            if !all.iter().any(|d| d.oid == db) {
+                served::forget(db);
+                usage::forget_database(db);
+                self.last_start.remove(&db);
+            }
+        }
         // SAFETY: reads shared recovery state.
         if unsafe { pg_sys::RecoveryInProgress() } || !gucs::worker_enabled() {
             return;
         }
-        let main = all
-            .iter()
-            .find(|(_, n, _)| n == main_db)
-            .map_or(0, |(o, _, _)| *o);
+        let main = all.iter().find(|d| d.name == main_db).map_or(0, |d| d.oid);
+        let to_flush = usage::databases_to_flush(main);
         let naptime = gucs::worker_naptime();
-        for (db, urgent) in usage::databases_to_flush(main) {
-            let Some((_, name, allowconn)) = all.iter().find(|(o, _, _)| *o == db) else {
-                usage::forget_database(db);
-                continue;
-            };
-            if !allowconn
-                || self.running.len() >= MAX_USAGE_WORKERS
-                || self.running.iter().any(|(d, _)| *d == db)
-            {
-                continue;
-            }
-            let waited = self.last_start.get(&db).is_none_or(|t| {
-                t.elapsed()
-                    >= if urgent {
-                        Duration::from_secs(1)
-                    } else {
+        let mut due: Vec<(Duration, u32, &str)> = Vec::new();
+        for d in all.iter().filter(|d| d.servable && d.oid != main) {
+            let every = match to_flush.iter().find(|(db, _)| *db == d.oid) {
+                Some((_, true)) => Duration::from_secs(1),
+                Some((_, false)) => naptime,
+                None => match served::state(d.oid) {
+                    served::DbState::Idle | served::DbState::Ticking | served::DbState::Failed => {
                         naptime
                     }
-            });
-            if !waited {
-                continue;
+                    served::DbState::Unknown | served::DbState::NoExtension => {
+                        served::probe_interval().max(naptime)
+                    }
+                },
+            };
+            let waited = self
+                .last_start
+                .get(&d.oid)
+                .map_or(Duration::MAX, |t| t.elapsed());
+            if waited >= every && !self.running.iter().any(|(r, _)| *r == d.oid) {
+                due.push((waited, d.oid, &d.name));
+            }
+        }
+        // the longest-waiting first (never started: first of all)
+        due.sort_by_key(|d| std::cmp::Reverse(d.0));
+        for (_, db, name) in due {
+            if self.running.len() >= gucs::max_database_workers() {
+                break;
             }
             match start_child(
-                &format!("meshhook_keys usage {name}"),
-                "meshhook_keys usage",
-                "meshhook_keys_usage_main",
+                &format!("meshhook_keys database {name}"),
+                "meshhook_keys database",
+                "meshhook_keys_database_main",
                 db,
             ) {
                 Ok(w) => {
@@ -163,33 +188,48 @@ impl UsageWorkers {
     }
 }
 
-/// A short-lived worker in a database other than the scheduler's: flush its encryption counts and
-/// rotate its keyrings that reached their max_encryptions (rotation by age stays with the
-/// scheduler's database and `tick()`).
+/// A short-lived worker in a database other than the scheduler's: if the extension is installed
+/// there (at this library's version), one whole tick (usage counts, rotation by age and by
+/// encryptions, re-encryption), as the scheduler does in its own database; then it exits.
 #[pg_guard]
 #[unsafe(no_mangle)]
-pub extern "C-unwind" fn meshhook_keys_usage_main(arg: pg_sys::Datum) {
+pub extern "C-unwind" fn meshhook_keys_database_main(arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     let db = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
-    if !extension_ready().unwrap_or(true) {
-        // (dropped, or at another version: its counters would never be written; give them back)
-        // SAFETY: plain read of backend state.
-        usage::forget_database(unsafe { pg_sys::MyDatabaseId.to_u32() });
-        return;
-    }
-    {
-        for a in scheduler::usage_tick() {
-            if a.outcome != "skipped" {
-                crate::logline::log(&format!(
-                    "meshhook_keys usage: {} {}: {}",
-                    a.action,
-                    a.keyring.as_deref().unwrap_or(""),
-                    a.detail
-                ));
-            }
+    let db = db.to_u32();
+    // SAFETY: plain read of our own pid.
+    let me = unsafe { pg_sys::MyProcPid };
+    match extension_ready() {
+        Ok(true) => {}
+        Ok(false) => {
+            // (dropped, or at another version: its counters would never be written; give them back)
+            served::set(db, served::DbState::NoExtension, 0);
+            usage::forget_database(db);
+            return;
+        }
+        Err(f) => {
+            served::set(db, served::DbState::Failed, 0);
+            crate::logline::log(&format!(
+                "meshhook_keys database worker: could not check the extension: {f}"
+            ));
+            return;
         }
     }
+    served::set(db, served::DbState::Ticking, me);
+    for a in scheduler::tick(Mode::OwnTransactions, true) {
+        if a.outcome == "failed" || (a.outcome == "ok" && a.action == "rotate") {
+            crate::logline::log(&format!(
+                "meshhook_keys database worker: {} {} {}: {}",
+                a.outcome,
+                a.action,
+                a.keyring.as_deref().unwrap_or(""),
+                a.detail
+            ));
+        }
+    }
+    // SAFETY: reading a backend clock.
+    served::tick_done(db, unsafe { pg_sys::GetCurrentTimestamp() });
 }
 
 /// Whether this database has the extension at this library's version: `Some(version)` when it is
@@ -215,7 +255,7 @@ pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
     usage::set_launcher(unsafe { pg_sys::MyProcPid });
     let db = gucs::database();
     let mut child: Option<DynamicBackgroundWorker> = None;
-    let mut usage_workers = UsageWorkers::default();
+    let mut database_workers = DatabaseWorkers::default();
     let mut said_missing = false;
     let mut last_start: Option<Instant> = None;
     loop {
@@ -226,13 +266,13 @@ pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
             .as_ref()
             .is_some_and(|c| matches!(c.pid(), Ok(_) | Err(BackgroundWorkerStatus::NotYetStarted)));
         let all = databases();
-        usage_workers.start_due(&db, &all);
+        database_workers.start_due(&db, &all);
         if !running {
             child = None;
             let naptime = gucs::worker_naptime();
             let may_start =
                 last_start.is_none_or(|t| t.elapsed() >= naptime.min(Duration::from_secs(10)));
-            if !all.iter().any(|(_, n, _)| *n == db) {
+            if !all.iter().any(|d| d.name == db) {
                 if !said_missing {
                     crate::logline::log(&format!(
                         "meshhook_keys launcher: database \"{db}\" (meshhook_keys.database) does not exist yet; checking again every {} ms",

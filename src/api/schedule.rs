@@ -70,8 +70,9 @@ fn _encryptions_pending(key_id: Option<i64>) -> Option<i64> {
     usage::pending(key_id?).map(|n| n as i64)
 }
 
-/// The background scheduler as the shared memory of this server sees it. Requires
-/// meshhook_keys_operator.
+/// How this database is served by the background workers (the scheduler in
+/// meshhook_keys.database, a short-lived database worker per tick in any other), as the shared
+/// memory of this server sees it. Requires meshhook_keys_operator.
 #[allow(clippy::type_complexity)]
 #[pg_extern(security_definer, volatile, parallel_restricted)]
 #[search_path(pg_catalog, pg_temp)]
@@ -89,11 +90,10 @@ fn scheduler_status() -> TableIterator<
     ),
 > {
     audit::require_admin("scheduler_status", None).or_raise();
-    let db = gucs::database();
-    let row = match usage::status() {
+    let row = match crate::scheduler::here() {
         None => (
             None,
-            db,
+            gucs::database(),
             "not preloaded".to_string(),
             None,
             None,
@@ -101,13 +101,13 @@ fn scheduler_status() -> TableIterator<
             false,
             false,
         ),
-        Some(s) => (
-            (s.pid != 0).then_some(s.pid),
-            db,
-            s.state.name().to_string(),
-            Some(s.naptime_ms),
-            Some(s.ticks as i64),
-            s.last_tick_at
+        Some(h) => (
+            (h.pid != 0).then_some(h.pid),
+            h.database,
+            h.state,
+            Some(h.naptime_ms),
+            Some(h.ticks as i64),
+            h.last_tick_at
                 .and_then(|t| TimestampWithTimeZone::try_from(t).ok()),
             true,
             usage::overflowed(),

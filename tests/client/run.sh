@@ -263,6 +263,8 @@ scenario_crash_reencrypt() {
 }
 
 scenario durability "setup" "CALL reencrypt's work is durable when it returns (power cut)"
+walwriter_pid() { q app "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'"; }
+has_walwriter() { [ -n "$(walwriter_pid)" ]; }
 scenario_durability() {
     echo "# when CALL reencrypt returns, its work is durable (issue 12, item 7): the WAL writer is stopped,"
     echo "# so only the CALL's own last commit can flush the batches' WAL, then every process is killed"
@@ -273,7 +275,10 @@ scenario_durability() {
                SELECT meshhook_keys.register_column('dur$round', 'c', 'id::text', 'dur$round');
                SELECT 1 FROM meshhook_keys.keys_rotate('dur$round', 'durability');
                CHECKPOINT" >/dev/null
-        walwriter=$(q app "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'")
+        # (after a restart the WAL writer may not have started yet when the server accepts
+        # connections: wait for it, or kill -STOP would get no pid)
+        wait_until 20 has_walwriter || fail "round $round: no WAL writer 20 s after the start"
+        walwriter=$(walwriter_pid)
         kill -STOP "$walwriter"
         q app "CALL meshhook_keys.reencrypt('dur$round', 100)" 2>/dev/null
         postmaster=$(head -1 "$TMP/data/postmaster.pid")

@@ -139,7 +139,7 @@ q sched "SELECT 1 FROM meshhook_keys.keys_rotate('here-ring', 'v1')" >/dev/null
 q other "SELECT count(meshhook_keys.secret_encrypt('o', '', 'other-ring')) FROM generate_series(1, 20)" >/dev/null
 q sched "SELECT count(meshhook_keys.secret_encrypt('h', '', 'here-ring')) FROM generate_series(1, 7)" >/dev/null
 if wait_until 20 is_t fresh other "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'other-ring' AND version = 1) = 20"; then
-    ok "a usage worker wrote the other database's 20 encryptions to its data_key"; else fail "the other database's 20 encryptions reached its data_key"; fi
+    ok "a database worker wrote the other database's 20 encryptions to its data_key"; else fail "the other database's 20 encryptions reached its data_key"; fi
 if wait_until 20 is_t fresh sched "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'here-ring' AND version = 1) = 7"; then
     ok "the scheduler's database kept its own 7"; else fail "the scheduler's database kept its own 7"; fi
 check "the keyrings view of the other database shows 20" 20 \
@@ -169,7 +169,45 @@ if wait_until 20 is_t fresh other "(SELECT encryptions FROM meshhook_keys.data_k
     ok "other-ring2 flushed"; else fail "other-ring2 flushed"; fi
 if wait_until 20 slots_at_most other "$before"; then
     ok "the destroyed keyring's slots were freed (slots in use: $before before, $(slots_used other) after, one key added)"; else fail "the destroyed keyring's slots were freed ($before -> $(slots_used other))"; fi
-check "no usage worker failed" 0 "$(count_log 'meshhook_keys usage: .*failed')"
+check "no database worker failed" 0 "$(count_log 'meshhook_keys database worker: failed')"
+
+echo "# every database with the extension is served (issue 26): rotation by age in the other database"
+echo "# and in a third one created while the server runs; scheduler_status() and health() there say so"
+q other "SELECT 1 FROM meshhook_keys.keys_rotate('other-aged', 'v1');
+         SELECT meshhook_keys.keyring_set_policy('other-aged', '1 second', NULL)" >/dev/null
+if wait_until 20 is_t fresh other "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'other-aged') >= 2"; then
+    ok "the other database's keyring rotated by age (a database worker's tick)"; else fail "the other database's keyring rotated by age"; fi
+q postgres "CREATE DATABASE third"
+q third "CREATE EXTENSION meshhook_keys"
+q third "SELECT 1 FROM meshhook_keys.keys_rotate('third-ring', 'v1');
+         SELECT meshhook_keys.keyring_set_policy('third-ring', '1 second', NULL)" >/dev/null
+if wait_until 30 is_t fresh third "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'third-ring') >= 2"; then
+    ok "a database created while the server runs: its keyring rotated by age"; else fail "the third database's keyring rotated by age"; fi
+check "audited there with actor scheduler" "scheduler" \
+    "$(q third "SELECT actor FROM meshhook_keys.audit_log WHERE keyring = 'third-ring' AND version = 2 AND action = 'rotate'")"
+check "scheduler_status() there names that database and its ticks" "third|t|t" \
+    "$(q third "SELECT database, state LIKE 'served by database workers: %', ticks > 0 FROM meshhook_keys.scheduler_status()")"
+check "health() there says it is served" "ok|t" \
+    "$(q third "SELECT status, detail LIKE '%database \"third\" is served by database workers%' FROM meshhook_keys.health() WHERE item = 'scheduler'")"
+check "the scheduler's database still reports its scheduler" "sched|t" \
+    "$(q sched "SELECT database, pid IS NOT NULL FROM meshhook_keys.scheduler_status()")"
+check "health() in the other database is ok too" ok \
+    "$(q other "SELECT status FROM meshhook_keys.health() WHERE item = 'scheduler'")"
+# a template database is never connected to (a connection to template1 makes CREATE DATABASE
+# fail), even with the extension and a keyring due every second: while the third database's
+# keyring rotates three more times, template1's stays at version 1
+q template1 "CREATE EXTENSION meshhook_keys" >/dev/null
+q template1 "SELECT 1 FROM meshhook_keys.keys_rotate('tmpl-ring', 'v1');
+             SELECT meshhook_keys.keyring_set_policy('tmpl-ring', '1 second', NULL)" >/dev/null
+v=$(q third "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'third-ring'")
+if wait_until 30 is_t fresh third "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'third-ring') >= $v + 3"; then
+    ok "the third database's keyring rotated three more times meanwhile"; else fail "the third database's keyring kept rotating"; fi
+check "template1's keyring was never rotated" 1 \
+    "$(q template1 "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'tmpl-ring'")"
+q template1 "DROP EXTENSION meshhook_keys"
+q third "DROP EXTENSION meshhook_keys"
+q postgres "DROP DATABASE third WITH (FORCE)"
+check "no database worker failed" 0 "$(count_log 'meshhook_keys database worker: failed')"
 
 echo "# SIGHUP: a new naptime is picked up after pg_reload_conf()"
 q postgres "ALTER SYSTEM SET meshhook_keys.worker_naptime = '700ms'" && q postgres "SELECT pg_reload_conf()" >/dev/null

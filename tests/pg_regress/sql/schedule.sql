@@ -139,8 +139,9 @@ SELECT keyring, action, outcome, detail FROM meshhook_keys.tick() WHERE keyring 
 SELECT k.version, count(*) FROM sched_same s
   JOIN meshhook_keys.keys k ON k.key_id = meshhook_keys.ciphertext_key_id(s.c) GROUP BY 1;
 
--- the scheduler's status (the worker of this cluster runs in database postgres)
-SELECT counting_encryptions, usage_table_full, database FROM meshhook_keys.scheduler_status();
+-- how this database is served: the scheduler of this cluster runs in database postgres, and the
+-- workers are paused here (worker_enabled = off), so no database worker has looked at it yet
+SELECT counting_encryptions, usage_table_full, database, state FROM meshhook_keys.scheduler_status();
 SET LOCAL ROLE mk_sched_app;
 SELECT sqlstate_of($$SELECT * FROM meshhook_keys.scheduler_status()$$);
 RESET ROLE;
