@@ -50,7 +50,7 @@ pub fn init() {
     );
     GucRegistry::define_string_guc(
         c"meshhook_keys.root_key_previous_file",
-        c"Root key file of the previous root key, read only by root_key_rewrap().",
+        c"Root key file of the previous root key, during a root key rotation: data keys it still wraps unwrap with it until they are rewrapped.",
         c"Same format and permission rules as meshhook_keys.root_key_file. Unset it once the rewrap is done.",
         &ROOT_KEY_PREVIOUS_FILE,
         GucContext::Sighup,
@@ -58,7 +58,7 @@ pub fn init() {
     );
     GucRegistry::define_string_guc(
         c"meshhook_keys.root_key_previous_command",
-        c"Command printing the previous root key, read only by root_key_rewrap().",
+        c"Command printing the previous root key, during a root key rotation (as root_key_previous_file).",
         c"Same rules as meshhook_keys.root_key_command. Unset it once the rewrap is done.",
         &ROOT_KEY_PREVIOUS_COMMAND,
         GucContext::Sighup,

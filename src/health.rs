@@ -76,8 +76,43 @@ pub fn checks() -> Vec<Check> {
             let (matching, other) =
                 store::root_wrapped_key_counts(&k.fingerprint).unwrap_or((0, 0));
             let fp = rootkey::fingerprint_hex(&k.fingerprint);
-            out.push(match (matching, other) {
-                (0, 0) => row("root_key", "ok", format!("loaded, fingerprint {fp} (no data keys yet)")),
+            // A root key rotation in progress: the previous root key still wraps some of them.
+            let previous = match rootkey::previous_if_set() {
+                Ok(Some(p)) if p.fingerprint != k.fingerprint => Some(Ok(p)),
+                Ok(_) => None,
+                Err(e) => Some(Err(e)),
+            };
+            if let Some(previous) = previous {
+                out.push(match previous {
+                    Err(e) => row("root_key_previous", "error", format!(
+                        "meshhook_keys.root_key_previous_* is set but cannot be loaded: {e}"
+                    )),
+                    Ok(p) => {
+                        let pfp = rootkey::fingerprint_hex(&p.fingerprint);
+                        let (by_previous, _) = store::root_wrapped_key_counts(&p.fingerprint).unwrap_or((0, 0));
+                        if by_previous > 0 {
+                            row("root_key_previous", "warning", format!(
+                                "root key rotation in progress: the previous root key {pfp} still wraps {by_previous} data keys of this database (they decrypt with it meanwhile); the scheduler rewraps them at its next tick here (or run root_key_rewrap())"
+                            ))
+                        } else {
+                            row("root_key_previous", "ok", format!(
+                                "the previous root key {pfp} wraps no data key of this database any more: once every database with the extension says so, unset meshhook_keys.root_key_previous_* and destroy that key"
+                            ))
+                        }
+                    }
+                });
+            }
+            let other_by_previous = match rootkey::previous_if_set() {
+                Ok(Some(p)) if p.fingerprint != k.fingerprint => {
+                    store::root_wrapped_key_counts(&p.fingerprint).map_or(0, |c| c.0)
+                }
+                _ => 0,
+            };
+            out.push(match (matching, other.saturating_sub(other_by_previous)) {
+                (0, 0) if other_by_previous == 0 => row("root_key", "ok", format!("loaded, fingerprint {fp} (no data keys yet)")),
+                (_, 0) if other_by_previous > 0 => row("root_key", "ok", format!(
+                    "loaded, fingerprint {fp}, wraps {matching} data keys; {other_by_previous} are still under the previous root key (see root_key_previous)"
+                )),
                 (_, 0) => row("root_key", "ok", format!("loaded, fingerprint {fp}, wraps all {matching} data keys")),
                 (0, _) => row("root_key", "error", format!(
                     "loaded root key {fp} wraps none of the {other} data keys of this database: every decryption fails with 28000; start the server with the right root key (or rewrap with root_key_rewrap)"

@@ -105,8 +105,7 @@ fn unwrap_row(row: &KeyRow) -> Result<CachedKey> {
             op: "decrypt (its key material was destroyed)",
         });
     };
-    let root = rootkey::current()?;
-    rootkey::check_wraps(&root, row)?;
+    let root = rootkey::wrapping(row)?;
     let legacy_ok = crypto::is_legacy_wrap(wrapped) && store::legacy_wrap_allowed(row)?;
     let dek: SecretKey = crypto::unwrap_key(&root.key, &row.binding(), wrapped, legacy_ok)
         .map_err(|_| KeysError::WrappedKeyCorrupted {

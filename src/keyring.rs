@@ -46,12 +46,19 @@ pub struct NewKey {
 /// The caller must hold the audit chain lock and then the keyring lock, in that order.
 pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
     let root = rootkey::current()?;
-    // One database, one root key: never add a key under a root key that wraps none of the others.
+    // One database, one root key: never add a key under a root key that wraps none of the others
+    // (unless they are all under the previous root key: a root key rotation in progress).
     if let Err(keys) = store::root_key_wraps_database(&root.fingerprint)? {
-        return Err(KeysError::RootKeyForeign {
-            loaded: rootkey::fingerprint_hex(&root.fingerprint),
-            keys,
-        });
+        let rotating = match rootkey::previous_if_set()? {
+            Some(prev) => store::root_key_wraps_database(&prev.fingerprint)?.is_ok(),
+            None => false,
+        };
+        if !rotating {
+            return Err(KeysError::RootKeyForeign {
+                loaded: rootkey::fingerprint_hex(&root.fingerprint),
+                keys,
+            });
+        }
     }
     let previous = store::demote_active(keyring)?;
     let version = store::next_version(keyring)?;

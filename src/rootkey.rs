@@ -433,6 +433,31 @@ pub fn previous() -> Result<std::rc::Rc<RootKey>> {
     cached(&PREVIOUS, p)
 }
 
+/// The previous root key if `meshhook_keys.root_key_previous_file` or `_command` is set (an error
+/// if it is set and cannot be loaded), None otherwise.
+pub fn previous_if_set() -> Result<Option<std::rc::Rc<RootKey>>> {
+    if gucs::root_key_previous_file().is_none() && gucs::root_key_previous_command().is_none() {
+        return Ok(None);
+    }
+    previous().map(Some)
+}
+
+/// The root key that wraps `row`: the current one, or during a root key rotation the previous one
+/// (`meshhook_keys.root_key_previous_*`), so that nothing fails between loading the new root key
+/// and rewrapping the last data key (on a standby too, whichever of the two wraps what it has
+/// replayed). Refused (28000) when neither wraps it.
+pub fn wrapping(row: &crate::store::KeyRow) -> Result<std::rc::Rc<RootKey>> {
+    let cur = current()?;
+    let refused = match check_wraps(&cur, row) {
+        Ok(()) => return Ok(cur),
+        Err(e) => e,
+    };
+    match previous_if_set() {
+        Ok(Some(prev)) if check_wraps(&prev, row).is_ok() => Ok(prev),
+        _ => Err(refused),
+    }
+}
+
 /// Refuse (28000) a data key row wrapped by another root key than `root`.
 pub fn check_wraps(root: &RootKey, row: &crate::store::KeyRow) -> Result<()> {
     if row.root_fingerprint.as_slice() == root.fingerprint.as_slice() {

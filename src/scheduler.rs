@@ -332,6 +332,37 @@ pub fn flush_usage() -> std::result::Result<usize, Failure> {
     Ok(written.len())
 }
 
+/// During a root key rotation (`meshhook_keys.root_key_previous_*` set to the old root key), rewrap
+/// this database's data keys still wrapped by the previous root key under the current one
+/// (`keyring::rewrap_root`: one transaction, no user row, audited with actor scheduler), so that
+/// every database stops needing the previous key without an operator visiting each one;
+/// `health()` says when it is no longer needed. Until then the key cache unwraps with whichever
+/// of the two wraps a key ([`rootkey::wrapping`]).
+fn root_rewrap_step(mode: Mode, out: &mut Vec<Action>) {
+    let pending = isolated(mode, || {
+        let Some(prev) = rootkey::previous_if_set()? else {
+            return Ok(false);
+        };
+        if prev.fingerprint == rootkey::current()?.fingerprint {
+            return Ok(false);
+        }
+        Ok(store::root_wrapped_key_counts(&prev.fingerprint)?.0 > 0)
+    });
+    match pending {
+        Ok(false) => {}
+        Ok(true) => match isolated(mode, || audit::as_actor(ACTOR, keyring::rewrap_root)) {
+            Ok((n, _)) => out.push(Action::new(
+                None,
+                "root_rewrap",
+                "ok",
+                format!("{n} data keys rewrapped under the current root key"),
+            )),
+            Err(f) => out.push(Action::failed(None, "root_rewrap", &f)),
+        },
+        Err(f) => out.push(Action::failed(None, "root_rewrap", &f)),
+    }
+}
+
 /// Whether the worker was asked to stop (SIGTERM); never true in a client backend.
 pub fn shutdown_requested() -> bool {
     // SAFETY: reading a sig_atomic_t flag set by the SIGTERM handler.
@@ -492,6 +523,7 @@ pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
     if worker && let Err(f) = flush_usage() {
         out.push(Action::failed(None, "flush_usage", &f));
     }
+    root_rewrap_step(mode, &mut out);
     rotation_step(mode, worker, &mut out);
     reencryption_step(mode, worker, &mut out);
     if mode == Mode::OwnTransactions {

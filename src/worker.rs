@@ -218,7 +218,9 @@ pub extern "C-unwind" fn meshhook_keys_database_main(arg: pg_sys::Datum) {
     }
     served::set(db, served::DbState::Ticking, me);
     for a in scheduler::tick(Mode::OwnTransactions, true) {
-        if a.outcome == "failed" || (a.outcome == "ok" && a.action == "rotate") {
+        if a.outcome == "failed"
+            || (a.outcome == "ok" && matches!(a.action, "rotate" | "root_rewrap"))
+        {
             crate::logline::log(&format!(
                 "meshhook_keys database worker: {} {} {}: {}",
                 a.outcome,
@@ -439,6 +441,12 @@ fn tick_once(db: &str, said: &mut Said) {
                 "meshhook_keys scheduler: rotated keyring \"{}\": {}",
                 a.keyring.as_deref().unwrap_or(""),
                 a.detail
+            ));
+        }
+        if a.action == "root_rewrap" {
+            crate::logline::log(&format!(
+                "meshhook_keys scheduler: root key rotation: {} {}",
+                a.outcome, a.detail
             ));
         }
     }

@@ -325,10 +325,18 @@ scenario_root_key_rewrap() {
     cp "$KEY" "$TMP/keys/old.key"; chown postgres:postgres "$TMP/keys/old.key"; chmod 600 "$TMP/keys/old.key"
     before=$(q app "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM big")
     make_root_key "$KEY"   # the new root key, same path
-    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_previous_file = '$TMP/keys/old.key'"
+    # (the workers paused: here an operator rewraps by hand; scenario root-key-online lets the
+    # scheduler do it)
+    q postgres "ALTER SYSTEM SET meshhook_keys.worker_enabled = off"
     restart
     check_match "with only the new key loaded, old data keys are refused" '^28000: root key does not match' \
         "$(qe app "SELECT meshhook_keys.secret_decrypt(c, 'big:' || id) FROM big WHERE id = 1")"
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_previous_file = '$TMP/keys/old.key'"
+    q postgres "SELECT pg_reload_conf()" >/dev/null
+    check "with the previous key configured too, they decrypt meanwhile (issue 26)" "CLIENT-SECRET-big-1" \
+        "$(q app "SELECT meshhook_keys.secret_decrypt(c, 'big:' || id) FROM big WHERE id = 1")"
+    check_match "health() says a root key rotation is in progress" '^warning\|root key rotation in progress' \
+        "$(q app "SELECT status || '|' || detail FROM meshhook_keys.health() WHERE item = 'root_key_previous'")"
     check_match "a non-admin cannot rewrap" '^42501: permission denied for root_key_rewrap' "$(qe app "SELECT * FROM meshhook_keys.root_key_rewrap()" -U app_user)"
     nkeys=$(q app "SELECT count(*) FROM meshhook_keys.data_key d JOIN meshhook_keys.keyring k ON k.name = d.keyring
                    WHERE d.wrapped_key IS NOT NULL AND NOT k.user_held")
@@ -337,6 +345,9 @@ scenario_root_key_rewrap() {
     check "user rows are byte-for-byte unchanged" "$before" "$(q app "SELECT md5(string_agg(c::text, ',' ORDER BY id)) FROM big")"
     check "the rewrap is audited with both fingerprints" "t" \
         "$(q app "SELECT detail->>'from_fingerprint' <> detail->>'to_fingerprint' AND (detail->>'rewrapped')::int = $nkeys FROM meshhook_keys.audit_log WHERE action = 'root_rewrap' ORDER BY id LIMIT 1")"
+    check "health() says the previous key is no longer needed here" "ok" \
+        "$(q app "SELECT status FROM meshhook_keys.health() WHERE item = 'root_key_previous'")"
+    q postgres "ALTER SYSTEM RESET meshhook_keys.worker_enabled"
     q postgres "ALTER SYSTEM RESET meshhook_keys.root_key_previous_file"
     rm -f "$TMP/keys/old.key"
     restart
@@ -349,6 +360,58 @@ scenario_root_key_rewrap() {
                   SELECT count(*) FROM vault WHERE meshhook_keys.secret_decrypt(c, 'vault:' || id) = 'CLIENT-SECRET-vault-' || id" -U app_user | tail -1)"
     check_match "the rewrap is per database: another database still needs its own" '^28000: root key does not match' \
         "$(qe restored "SELECT meshhook_keys.secret_decrypt(token, tenant || ':' || id) FROM creds WHERE id = 1")"
+}
+
+scenario root-key-online "root-key-rewrap" "root key rotation online: no client sees an error, the scheduler rewraps"
+scenario_root_key_online() {
+    echo "# root key rotation online (issue 26): a new root key (new file) and the old one as previous,"
+    echo "# loaded by a reload; the scheduler rewraps by itself; clients that reconnect and a session"
+    echo "# that stays connected decrypt all along, and none of them sees an error"
+    local new=$TMP/keys/root-2.key stop=$TMP/stop-clients
+    make_root_key "$new"
+    q postgres "ALTER SYSTEM SET meshhook_keys.worker_naptime = '500ms'" && q postgres "SELECT pg_reload_conf()" >/dev/null
+    rm -f "$stop"
+    # (a reconnecting client: one psql per decryption, until told to stop)
+    (
+        ok_n=0 err_n=0
+        while [ ! -e "$stop" ]; do
+            if q app "SELECT meshhook_keys.secret_decrypt(c, 'big:' || id) FROM big WHERE id = (SELECT 1 + (random() * ($N - 1))::int)" >/dev/null 2>&1; then
+                ok_n=$((ok_n + 1)); else err_n=$((err_n + 1)); fi
+        done
+        echo "$ok_n $err_n" > "$TMP/reconnecting.count"
+    ) &
+    local reconnecting=$!
+    # (a session that stays connected: 300 statements 20 ms apart, errors counted, not stopped on)
+    for i in $(seq 1 300); do
+        echo "SELECT length(meshhook_keys.secret_decrypt(c, 'big:' || id)) > 0 FROM big WHERE id = (SELECT 1 + (random() * ($N - 1))::int);"
+        echo "SELECT pg_sleep(0.02);"
+    done > "$TMP/persistent.sql"
+    chmod a+r "$TMP/persistent.sql"
+    ( as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d app -f "$TMP/persistent.sql" > "$TMP/persistent.out" 2>&1 || true ) &
+    local persistent=$!
+    wait_until 10 test -s "$TMP/persistent.out" || true
+    local rewraps_before
+    rewraps_before=$(q app "SELECT count(*) FROM meshhook_keys.audit_log WHERE action = 'root_rewrap' AND actor = 'scheduler'")
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_file = '$new'"
+    q postgres "ALTER SYSTEM SET meshhook_keys.root_key_previous_file = '$KEY'"
+    q postgres "SELECT pg_reload_conf()" >/dev/null
+    if wait_until 30 is_t q app "SELECT count(*) > $rewraps_before FROM meshhook_keys.audit_log WHERE action = 'root_rewrap' AND actor = 'scheduler'"; then
+        ok "the scheduler rewrapped the database's data keys by itself"; else fail "the scheduler rewrapped the database's data keys"; fi
+    check "health() there: the previous key is no longer needed" "ok" \
+        "$(q app "SELECT status FROM meshhook_keys.health() WHERE item = 'root_key_previous'")"
+    q postgres "ALTER SYSTEM RESET meshhook_keys.root_key_previous_file"
+    q postgres "SELECT pg_reload_conf()" >/dev/null
+    wait "$persistent" || true
+    touch "$stop"; wait "$reconnecting" || true
+    read -r rok rerr < "$TMP/reconnecting.count"
+    check "the connected session: 300 decryptions, no error" "300|0" \
+        "$(grep -c '^t$' "$TMP/persistent.out")|$(grep -Ec 'ERROR|FATAL|server closed' "$TMP/persistent.out")"
+    check "the reconnecting client saw no error ($rok decryptions)" "0" "$rerr"
+    [ "$rok" -gt 0 ] && ok "the reconnecting client decrypted all along" || fail "the reconnecting client decrypted"
+    check "after the previous key is unset, a new session decrypts" "CLIENT-SECRET-big-7" \
+        "$(q app "SELECT meshhook_keys.secret_decrypt(c, 'big:' || id) FROM big WHERE id = 7")"
+    KEY=$new
+    q postgres "ALTER SYSTEM RESET meshhook_keys.worker_naptime" && q postgres "SELECT pg_reload_conf()" >/dev/null
 }
 
 scenario log-scan "" "no crash, no plaintext or key material in the server log"
