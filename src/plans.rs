@@ -21,35 +21,65 @@ thread_local! {
     static PLANS: RefCell<HashMap<String, Rc<OwnedPreparedStatement>>> = RefCell::new(HashMap::new());
 }
 
-/// The kept plan for `sql`, prepared on first use with the argument types of `args`.
+/// The kept plan for `sql`, prepared on first use with the argument types of `args`: a read-only
+/// one for [`select`], a mutating one for [`run`] (kept apart).
 fn plan(
     client: &SpiClient<'_>,
     sql: &str,
     args: &[DatumWithOid<'_>],
+    mutating: bool,
 ) -> Result<Rc<OwnedPreparedStatement>> {
-    if let Some(p) = PLANS.with_borrow(|m| m.get(sql).cloned()) {
+    let key = if mutating {
+        format!("w:{sql}")
+    } else {
+        format!("r:{sql}")
+    };
+    if let Some(p) = PLANS.with_borrow(|m| m.get(&key).cloned()) {
         return Ok(p);
     }
     let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-    let p = Rc::new(client.prepare_mut(sql, &types)?.keep());
+    let p = Rc::new(if mutating {
+        client.prepare_mut(sql, &types)?.keep()
+    } else {
+        client.prepare(sql, &types)?.keep()
+    });
     PLANS.with_borrow_mut(|m| {
         if m.len() >= MAX_PLANS {
             m.clear();
         }
-        m.insert(sql.to_string(), p.clone());
+        m.insert(key, p.clone());
     });
     Ok(p)
 }
 
-/// Run `sql` through its kept plan and hand the result to `f`.
+/// Run `sql`, which writes, through its kept plan and hand the result to `f`.
 pub fn run<T>(
     sql: &str,
     args: &[DatumWithOid<'_>],
     f: impl FnOnce(SpiTupleTable<'_>) -> Result<T>,
 ) -> Result<T> {
     pgrx::spi::Spi::connect_mut(|cl| {
-        let p = plan(cl, sql, args)?;
+        let p = plan(cl, sql, args, true)?;
         let table = cl.update(&*p, None, args)?;
+        f(table)
+    })
+}
+
+/// Run `sql`, which only reads, through its kept plan and hand the result to `f`, seeing what
+/// this transaction wrote before (as [`run`] does). On a standby, where nothing can have been
+/// written and no transaction id can be assigned (pgrx's mutating path assigns one), read-only.
+pub fn select<T>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+    f: impl FnOnce(SpiTupleTable<'_>) -> Result<T>,
+) -> Result<T> {
+    // SAFETY: reads shared recovery state.
+    if !unsafe { pgrx::pg_sys::RecoveryInProgress() } {
+        return run(sql, args, f);
+    }
+    pgrx::spi::Spi::connect(|cl| {
+        let p = plan(cl, sql, args, false)?;
+        let table = cl.select(&*p, None, args)?;
         f(table)
     })
 }

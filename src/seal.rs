@@ -190,9 +190,11 @@ struct Session {
 
 impl Session {
     fn now() -> Result<Self> {
-        let (cursors, prepared) = Spi::get_two::<Vec<String>, Vec<String>>(
+        // (read-only, so that it takes no transaction id: sealed calls also run on a standby)
+        let (cursors, prepared) = crate::store::read_two::<Vec<String>, Vec<String>>(
             "SELECT ARRAY(SELECT name FROM pg_catalog.pg_cursors ORDER BY 1),
                     ARRAY(SELECT name FROM pg_catalog.pg_prepared_statements ORDER BY 1)",
+            &[],
         )?;
         Ok(Session {
             locks: advisory_locks(),

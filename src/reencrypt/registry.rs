@@ -245,7 +245,16 @@ pub(super) fn count_on_keys(col: &Column, keys: &[i64]) -> Result<i64> {
     let headers: Vec<Vec<u8>> = keys.iter().map(|k| header(*k)).collect();
     let owner = col.owner;
     as_role(owner, || {
-        Ok(Spi::get_one_with_args::<i64>(&sql, &[headers.into()])?.unwrap_or(0))
+        // (seeing this transaction's own re-encryption so far, as pgrx's read-write path does; on a
+        // standby, where nothing can have been written and no transaction id can be assigned,
+        // read-only)
+        // SAFETY: reads shared recovery state.
+        let n = if unsafe { pg_sys::RecoveryInProgress() } {
+            crate::store::read_one::<i64>(&sql, &[headers.into()])?
+        } else {
+            Spi::get_one_with_args::<i64>(&sql, &[headers.into()])?
+        };
+        Ok(n.unwrap_or(0))
     })
 }
 
@@ -273,7 +282,7 @@ fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
 }
 
 pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
-    plans::run(
+    plans::select(
         "SELECT c.id, c.rel::oid, c.column_name::text, c.context_expr,
                     CASE WHEN r.oid IS NOT NULL THEN pg_catalog.format('%I.%I', n.nspname, r.relname) END,
                     r.relowner
@@ -471,7 +480,7 @@ pub fn key_usage(keyring: &str) -> Result<Vec<UsageRow>> {
         }
         for (key_id, n) in usage_by_key(&col)? {
             let (version, state) = match key_id {
-                Some(k) => Spi::get_two_with_args::<i32, String>(
+                Some(k) => crate::store::read_two::<i32, String>(
                     "SELECT (SELECT version FROM meshhook_keys.data_key WHERE key_id OPERATOR(pg_catalog.=) $1 AND keyring OPERATOR(pg_catalog.=) $2),
                             (SELECT state FROM meshhook_keys.data_key WHERE key_id OPERATOR(pg_catalog.=) $1 AND keyring OPERATOR(pg_catalog.=) $2)",
                     &[k.into(), keyring.into()],

@@ -96,8 +96,12 @@ scenario_dump_restore() {
     check "restored keys" "$(q app "SELECT string_agg(key_id::text || state, ',' ORDER BY key_id) FROM meshhook_keys.keys")" \
         "$(q restored "SELECT string_agg(key_id::text || state, ',' ORDER BY key_id) FROM meshhook_keys.keys")"
     check "restored audit log verifies" "t" "$(q restored "SELECT ok FROM meshhook_keys.audit_verify()")"
-    check "restored audit log is identical" "$(q app "SELECT md5(string_agg(hash::text, ',' ORDER BY id)) FROM meshhook_keys.audit_log")" \
-        "$(q restored "SELECT md5(string_agg(hash::text, ',' ORDER BY id)) FROM meshhook_keys.audit_log")"
+    # (both databases are served by the background workers, which may audit more actions in either
+    # after the dump: the restored log is the source's log up to the dump, row for row)
+    dumped=$(q restored "SELECT max(id) FROM meshhook_keys.audit_log")
+    check "restored audit log is identical (to its last row, id $dumped)" \
+        "$(q app "SELECT md5(string_agg(hash::text, ',' ORDER BY id)) FROM meshhook_keys.audit_log WHERE id <= $dumped")" \
+        "$(q restored "SELECT md5(string_agg(hash::text, ',' ORDER BY id)) FROM meshhook_keys.audit_log WHERE id <= $dumped")"
     check "restored database keeps rotating" "t" "$(q restored "SELECT version > 1 FROM meshhook_keys.keys_rotate('default', 'after restore')")"
 }
 

@@ -284,6 +284,16 @@ if wait_until 30 is_t fresh -s sched "(SELECT count(*) FROM replicated) = 400"; 
 check "the standby decrypts every secret the primary wrote" 400 \
     "$(q -s sched "SELECT count(*) FROM replicated WHERE meshhook_keys.secret_decrypt(c, 'r:' || id) = 'R-' || id")"
 check "the standby is in recovery" t "$(q -s sched "SELECT pg_is_in_recovery()")"
+# the read-only checks work on a standby (issue 26: they took a transaction id, which a standby
+# cannot assign): health(), verify() (as each table's owner, sealed) and key_usage()
+q sched "SELECT meshhook_keys.register_column('replicated', 'c', \$\$'r:' || id\$\$)" >/dev/null
+wait_until 30 is_t fresh -s sched "EXISTS (SELECT 1 FROM meshhook_keys.encrypted_columns WHERE table_name = 'replicated'::regclass)" || true
+check "health() on the standby: no error row" "0|t" \
+    "$(q -s sched "SELECT count(*) FILTER (WHERE status = 'error'), bool_or(item = 'scheduler' AND detail LIKE '%standby%') FROM meshhook_keys.health()")"
+check "verify() on the standby decrypts its sample" "t|5|5" \
+    "$(q -s sched "SELECT ok, sampled, decrypted FROM meshhook_keys.verify(5) WHERE table_name = 'replicated'::regclass")"
+check "key_usage() on the standby counts the rows per version" 400 \
+    "$(q -s sched "SELECT sum(rows) FROM meshhook_keys.key_usage('default') WHERE table_name = 'replicated'::regclass")"
 # encryptions on the standby are counted there, and reach data_key once it is promoted (issue 24)
 q sched "SELECT 1 FROM meshhook_keys.keys_rotate('stby-ring', 'v1')" >/dev/null
 wait_until 30 is_t fresh -s sched "EXISTS (SELECT 1 FROM meshhook_keys.keys WHERE keyring = 'stby-ring')" || true
