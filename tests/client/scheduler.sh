@@ -318,6 +318,43 @@ SQL
 check "the standby decrypted before the destroy" "shred me" "$(echo "$out" | sed -n 1p)"
 check_match "after replay, inside the old REPEATABLE READ transaction: refused" 'ERROR: +key version 1 of keyring "stby-shred" is destroyed' "$(echo "$out" | sed -n 2p)"
 check_match "and in the next transaction" 'ERROR: +key version 1 of keyring "stby-shred" is destroyed' "$(echo "$out" | sed -n 3p)"
+echo "# root key rotation with a standby (issue 26): the new and the previous key configured on the"
+echo "# standby first, then on the primary; the scheduler rewraps there; a client of the standby"
+echo "# decrypts all along and sees no error"
+NEWKEY=$TMP/keys/root-2.key
+make_root_key "$NEWKEY"
+{ echo "meshhook_keys.root_key_file = '$NEWKEY'"; echo "meshhook_keys.root_key_previous_file = '$KEY'"; } >> "$SDIR/data/postgresql.auto.conf"
+q -s sched "SELECT pg_reload_conf()" >/dev/null
+stop_client=$TMP/stop-standby-client
+rm -f "$stop_client"
+(
+    okn=0 errn=0
+    while [ ! -e "$stop_client" ]; do
+        if [ "$(q -s sched "SELECT count(*) FROM replicated WHERE meshhook_keys.secret_decrypt(c, 'r:' || id) = 'R-' || id" 2>/dev/null)" = 400 ]; then
+            okn=$((okn + 1)); else errn=$((errn + 1)); fi
+    done
+    echo "$okn $errn" > "$TMP/standby-client.count"
+) &
+standby_client=$!
+rewraps_before=$(q sched "SELECT count(*) FROM meshhook_keys.audit_log WHERE action = 'root_rewrap' AND actor = 'scheduler'")
+q postgres "ALTER SYSTEM SET meshhook_keys.root_key_file = '$NEWKEY'"
+q postgres "ALTER SYSTEM SET meshhook_keys.root_key_previous_file = '$KEY'"
+q postgres "SELECT pg_reload_conf()" >/dev/null
+if wait_until 30 is_t q sched "SELECT count(*) > $rewraps_before FROM meshhook_keys.audit_log WHERE action = 'root_rewrap' AND actor = 'scheduler'"; then
+    ok "the primary's scheduler rewrapped the data keys"; else fail "the primary's scheduler rewrapped the data keys"; fi
+if wait_until 30 is_t fresh -s sched "(SELECT status FROM meshhook_keys.health() WHERE item = 'root_key_previous') = 'ok'"; then
+    ok "the standby replayed the rewrap: its previous key is no longer needed"; else fail "the standby replayed the rewrap"; fi
+q postgres "ALTER SYSTEM RESET meshhook_keys.root_key_previous_file" && q postgres "SELECT pg_reload_conf()" >/dev/null
+sed -i '/root_key_previous_file/d' "$SDIR/data/postgresql.auto.conf"
+q -s sched "SELECT pg_reload_conf()" >/dev/null
+sleep_until=$(( $(date +%s) + 2 ))
+while [ "$(date +%s)" -lt "$sleep_until" ]; do sleep 0.2; done   # the client goes on after the unset
+touch "$stop_client"; wait "$standby_client" || true
+read -r sok serr < "$TMP/standby-client.count"
+check "the standby's client saw no error across the rotation ($sok full decryptions of 400 rows)" 0 "$serr"
+[ "$sok" -gt 0 ] && ok "the standby's client decrypted all along" || fail "the standby's client decrypted"
+check "with only the new root key, the standby decrypts every secret" 400 \
+    "$(q -s sched "SELECT count(*) FROM replicated WHERE meshhook_keys.secret_decrypt(c, 'r:' || id) = 'R-' || id")"
 check "health() on the standby says its counts wait for promotion" t \
     "$(q -s sched "SELECT detail LIKE '%standby%after promotion%' FROM meshhook_keys.health() WHERE item = 'usage_counting'")"
 if wait_until 20 grep -Eq -- 'server is a standby \(in recovery\); no rotation' "$SDIR/server.log"; then
