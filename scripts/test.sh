@@ -8,7 +8,8 @@
 #   3. pg_regress + pg_isolation_regress suites and the upgrade test on a throwaway cluster
 #      (scripts/installcheck.sh)
 #   4. client-level tests through psql: restarts, wrong root keys, dump/restore (tests/client/run.sh)
-#   5. the background scheduler: signals, crash, standby, DROP/CREATE EXTENSION (tests/client/scheduler.sh)
+#   5. the background scheduler: signals, crash, standby, DROP/CREATE EXTENSION (tests/client/scheduler.sh),
+#      and a logical replica of the key tables (tests/client/logical.sh)
 #   6. every feature behind a real PgBouncer, transaction and session modes (tests/client/pooler.sh)
 #   7. no secret in the server log, no Rust backtrace in errors (tests/client/logs.sh)
 #   8. the non-preloaded mode driven by real pg_cron (tests/client/cron.sh; 15 only, the one
@@ -70,6 +71,8 @@ client_suites() {
         "$REPO_ROOT/tests/client/run.sh"
         say "PostgreSQL $1: scheduler suite (background worker, standby)"
         "$REPO_ROOT/tests/client/scheduler.sh"
+        say "PostgreSQL $1: logical replication suite (a subscriber of the key tables)"
+        "$REPO_ROOT/tests/client/logical.sh"
         say "PostgreSQL $1: pooler suite (every feature behind a real PgBouncer)"
         "$REPO_ROOT/tests/client/pooler.sh"
         say "PostgreSQL $1: log suite (no secret in the server log at default settings, no backtrace in errors)"

@@ -256,6 +256,12 @@ pub enum KeysError {
     )]
     VaultMissing,
 
+    /// A key would be made in a database that receives its key rows by logical replication.
+    #[error(
+        "this database receives meshhook_keys' keys by logical replication (subscription \"{0}\"): keys are created, rotated, retired and destroyed on the publisher"
+    )]
+    LogicalReplica(String),
+
     /// import_supabase_vault's caller may not read Vault's view.
     #[error("permission denied: role \"{0}\" may not read vault.decrypted_secrets")]
     VaultNotReadable(String),
@@ -343,6 +349,7 @@ impl KeysError {
             KeysError::VaultMissing => ERRCODE_UNDEFINED_TABLE,          // 42P01
             KeysError::VaultUnlistable(..) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
             KeysError::VaultNotReadable(..) => ERRCODE_INSUFFICIENT_PRIVILEGE, // 42501
+            KeysError::LogicalReplica(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             KeysError::VaultRaised(..) => ERRCODE_EXTERNAL_ROUTINE_EXCEPTION, // 38000
             KeysError::Internal(_) => ERRCODE_INTERNAL_ERROR,            // XX000
         }

@@ -45,6 +45,9 @@ pub struct NewKey {
 /// previous one becomes `decrypt_only`) and audit it. O(1): touches no user data.
 /// The caller must hold the audit chain lock and then the keyring lock, in that order.
 pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
+    if let Some(sub) = store::key_tables_subscription()? {
+        return Err(KeysError::LogicalReplica(sub));
+    }
     let root = rootkey::current()?;
     // One database, one root key: never add a key under a root key that wraps none of the others
     // (unless they are all under the previous root key: a root key rotation in progress).

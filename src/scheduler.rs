@@ -517,6 +517,25 @@ fn reencrypt_one(mode: Mode, worker: bool, per_tick: i32, keyring: &str) -> Opti
 /// what only the worker does (flushing usage counters first, stopping early on SIGTERM).
 pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
     let mut out = Vec::new();
+    // A logical replica of the key tables: its keys change on the publisher only (a rotation made
+    // here would stop the apply), and its usage counts are not written (the rows are the
+    // publisher's).
+    match isolated(mode, store::key_tables_subscription) {
+        Ok(Some(sub)) => {
+            out.push(Action::new(
+                None,
+                "tick",
+                "skipped",
+                format!("keys come from the publisher (subscription \"{sub}\")"),
+            ));
+            return out;
+        }
+        Ok(None) => {}
+        Err(f) => {
+            out.push(Action::failed(None, "tick", &f));
+            return out;
+        }
+    }
     if !take_tick_lock(mode, &mut out) {
         return out;
     }

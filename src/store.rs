@@ -333,6 +333,19 @@ pub fn notify(event: &str, keyring: &str, version: Option<i32>) -> Result<()> {
     Ok(())
 }
 
+/// The subscription through which this database receives meshhook_keys' key rows by logical
+/// replication (None: it does not): then keys are made, rotated, retired and destroyed on the
+/// publisher only, and a key made here would stop the apply (its key id or version taken twice).
+pub fn key_tables_subscription() -> Result<Option<String>> {
+    read_one::<String>(
+        "SELECT (SELECT s.subname::text FROM pg_catalog.pg_subscription_rel r
+                   JOIN pg_catalog.pg_subscription s ON s.oid OPERATOR(pg_catalog.=) r.srsubid
+                  WHERE r.srrelid OPERATOR(pg_catalog.=) 'meshhook_keys.data_key'::pg_catalog.regclass
+                  LIMIT 1)",
+        &[],
+    )
+}
+
 /// The first row of a read-only query (None for no row or NULL). Not pgrx's `Spi::get_one*`, which
 /// open a read-write connection and so assign a transaction id: an XX000 error ("cannot assign
 /// XIDs during a parallel operation") in a parallel worker, and a WAL-writing commit for a read.

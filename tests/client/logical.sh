@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Logical replication of the key tables (issue 26): a publisher and a subscriber cluster (same root
+# key), the publication carrying meshhook_keys.keyring and meshhook_keys.data_key with the
+# application's table. The subscriber decrypts what the publisher writes, follows its rotations,
+# and never makes a key of its own: its background workers skip the database (a rotation there
+# would stop the apply) and keys_rotate there is refused (55000). Every wait polls a condition
+# with a deadline.
+source "$(dirname "$0")/../lib.sh"
+
+suite_init logical "${MESHHOOK_KEYS_LOGICAL_PORT:-54352}" \
+    "wal_level = logical" "meshhook_keys.database = 'pub'" "meshhook_keys.worker_naptime = '500ms'"
+start_cluster "$TMP"
+SUB=$TMP/sub
+SPORT=$((PORT + 100))
+init_cluster "$SUB" "$SPORT" "meshhook_keys.root_key_file = '$KEY'" \
+    "meshhook_keys.database = 'sub'" "meshhook_keys.worker_naptime = '500ms'"
+at_exit 'stop_cluster "$SUB" immediate'
+start_cluster "$SUB"
+
+qp() { psql_as postgres "$@"; }                                   # qp DB SQL: the publisher
+qs() { as_pg psql -X -q -A -t -h "$SUB" -p "$SPORT" -U postgres -v ON_ERROR_STOP=1 -d "$1" -c "$2"; }
+qse() { { as_pg psql -X -q -A -t -h "$SUB" -p "$SPORT" -U postgres -v VERBOSITY=verbose -d "$1" -c "$2" 2>&1 || true; } \
+    | sed -n 's/^ERROR: *\([0-9A-Z]\{5\}\): \(.*\)$/\1: \2/p' | head -1; }
+say "logical replication tests (publisher port $PORT, subscriber port $SPORT)"
+
+qp postgres "CREATE DATABASE pub"
+qs postgres "CREATE DATABASE sub"
+qp pub "CREATE EXTENSION meshhook_keys;
+        SELECT 1 FROM meshhook_keys.keyring_create('app');
+        CREATE TABLE integration (id int PRIMARY KEY, token bytea NOT NULL);
+        INSERT INTO integration SELECT i, meshhook_keys.secret_encrypt('TOKEN-' || i, i::text, 'app') FROM generate_series(1, 200) i;
+        SELECT meshhook_keys.register_column('integration', 'token', 'id::text', 'app');
+        CREATE PUBLICATION keys FOR TABLE meshhook_keys.keyring, meshhook_keys.data_key, integration" >/dev/null
+qs sub "CREATE EXTENSION meshhook_keys;
+        CREATE TABLE integration (id int PRIMARY KEY, token bytea NOT NULL)"
+qs sub "CREATE SUBSCRIPTION keys CONNECTION 'host=$TMP port=$PORT user=postgres dbname=pub' PUBLICATION keys" >/dev/null 2>&1
+decrypted_on_sub() { qs sub "SELECT count(*) FROM integration WHERE meshhook_keys.secret_decrypt(token, id::text) = 'TOKEN-' || id"; }
+if wait_until 30 is_t qs sub "SELECT count(*) = 200 FROM integration"; then
+    ok "the subscriber received the application's rows"; else fail "the subscriber received the rows"; fi
+check "and decrypts all of them with the replicated keys" 200 "$(decrypted_on_sub)"
+
+echo "# the subscriber never makes a key: a rotation there is refused, its workers skip it"
+check_match "keys_rotate on the subscriber is refused (55000)" \
+    '^55000: this database receives meshhook_keys.* keys by logical replication \(subscription "keys"\)' \
+    "$(qse sub "SELECT * FROM meshhook_keys.keys_rotate('app', 'on the subscriber')")"
+check_match "so is the first use of a keyring that does not exist there" '^55000: ' \
+    "$(qse sub "SELECT meshhook_keys.secret_encrypt('x', '', 'default')")"
+check_match "tick() there says why it does nothing" 'skipped.*keys come from the publisher' \
+    "$(qs sub "SELECT action || ' ' || outcome || ' ' || detail FROM meshhook_keys.tick()")"
+
+echo "# the publisher rotates on its schedule: the subscriber follows, decrypts old and new, and its"
+echo "# own scheduler (whose database it is) never rotates the replicated keyring"
+qp pub "SELECT meshhook_keys.keyring_set_policy('app', '1 second', NULL)" >/dev/null
+if wait_until 30 is_t qp pub "SELECT active_version >= 3 FROM meshhook_keys.keyrings WHERE keyring = 'app'"; then
+    ok "the publisher's scheduler rotated twice"; else fail "the publisher's scheduler rotated"; fi
+qp pub "INSERT INTO integration SELECT i, meshhook_keys.secret_encrypt('TOKEN-' || i, i::text, 'app') FROM generate_series(201, 300) i" >/dev/null
+pub_versions=$(qp pub "SELECT string_agg(version::text, ',' ORDER BY version) FROM meshhook_keys.data_key WHERE keyring = 'app'")
+if wait_until 30 is_t qs sub "SELECT count(*) = 300 FROM integration"; then ok "new rows arrived"; else fail "new rows arrived"; fi
+wait_until 30 is_t qs sub "SELECT string_agg(version::text, ',' ORDER BY version) = '$pub_versions' FROM meshhook_keys.data_key WHERE keyring = 'app'" || true
+check "the subscriber decrypts rows sealed under every version" 300 "$(decrypted_on_sub)"
+check "its key versions are exactly the publisher's (none of its own)" "$pub_versions" \
+    "$(qs sub "SELECT string_agg(version::text, ',' ORDER BY version) FROM meshhook_keys.data_key WHERE keyring = 'app'")"
+check "the apply never stopped (no worker error in the subscriber's log)" 0 \
+    "$(grep -Ec 'logical replication (apply worker|worker).*(ERROR|exited)|duplicate key value' "$SUB/server.log" || true)"
+
+qp pub "ALTER SYSTEM SET meshhook_keys.worker_enabled = off" >/dev/null
+qp pub "SELECT pg_reload_conf()" >/dev/null
+suite_summary "logical replication tests"
