@@ -85,26 +85,15 @@ pub fn isolated<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Fail
 /// its failure (whose own rows roll back with it) before the error reaches the caller.
 pub fn reported<T>(f: impl FnOnce() -> Result<T>, report: impl FnOnce(&str)) -> Result<T> {
     let sub = SubXact::begin();
-    let r = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failed::Returned)))
-        .catch_others(|e| Err(Failed::Raised(Box::new(e))))
-        .execute();
-    match r {
+    match caught(f) {
         Ok(v) => {
             sub.commit();
             Ok(v)
         }
         Err(e) => {
             sub.rollback();
-            match e {
-                Failed::Returned(e) => {
-                    report(&e.sqlstate_code());
-                    Err(e)
-                }
-                Failed::Raised(e) => {
-                    report(&crate::error::caught_sqlstate(&e));
-                    e.rethrow()
-                }
-            }
+            report(&e.sqlstate());
+            e.resume()
         }
     }
 }
@@ -118,27 +107,20 @@ pub fn isolated_except<T>(
     passes: impl Fn(&str) -> bool,
 ) -> Result<std::result::Result<T, Failure>> {
     let sub = SubXact::begin();
-    let r = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failed::Returned)))
-        .catch_others(|e| Err(Failed::Raised(Box::new(e))))
-        .execute();
-    match r {
+    match caught(f) {
         Ok(v) => {
             sub.commit();
             Ok(Ok(v))
         }
-        Err(Failed::Returned(e)) => {
+        Err(e) => {
             sub.rollback();
-            if passes(&e.sqlstate_code()) {
-                return Err(e);
+            if passes(&e.sqlstate()) {
+                return e.resume();
             }
-            Ok(Err(Failure::from(e)))
-        }
-        Err(Failed::Raised(e)) => {
-            sub.rollback();
-            if passes(&crate::error::caught_sqlstate(&e)) {
-                e.rethrow();
-            }
-            Ok(Err(Failure::from_caught(*e)))
+            Ok(Err(match e {
+                Failed::Returned(e) => Failure::from(e),
+                Failed::Raised(e) => Failure::from_caught(*e),
+            }))
         }
     }
 }
@@ -148,15 +130,9 @@ pub fn isolated_except<T>(
 /// returned, its error returned or raised again.
 pub fn undone<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     let sub = SubXact::begin();
-    let r = PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failed::Returned)))
-        .catch_others(|e| Err(Failed::Raised(Box::new(e))))
-        .execute();
+    let r = caught(f);
     sub.rollback();
-    match r {
-        Ok(v) => Ok(v),
-        Err(Failed::Returned(e)) => Err(e),
-        Err(Failed::Raised(e)) => e.rethrow(),
-    }
+    r.or_else(Failed::resume)
 }
 
 /// An advisory lock this backend holds: its tag and the modes held.
@@ -370,10 +346,7 @@ pub fn run<T>(
         Err(e) => {
             sub.rollback();
             Session::now()?.undo_since(&before);
-            match e {
-                Failed::Returned(e) => Err(e),
-                Failed::Raised(e) => e.rethrow(),
-            }
+            e.resume()
         }
     }
 }
@@ -403,8 +376,7 @@ pub fn ask<T>(role: pg_sys::Oid, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let left = after.left_since(&before);
     after.undo_since(&before);
     match r {
-        Err(Failed::Raised(e)) => e.rethrow(),
-        Err(Failed::Returned(e)) => Err(e),
+        Err(e) => e.resume(),
         Ok(_) if !left.is_empty() => Err(KeysError::LeftBehind {
             role: context::role_name(role),
             what: left.join(", "),
@@ -420,17 +392,38 @@ enum Failed {
     Raised(Box<pgrx::pg_sys::panic::CaughtError>),
 }
 
+impl Failed {
+    fn sqlstate(&self) -> String {
+        match self {
+            Failed::Returned(e) => e.sqlstate_code(),
+            Failed::Raised(e) => crate::error::caught_sqlstate(e),
+        }
+    }
+
+    /// The failure as it came: an error of ours returned, a raised one raised again.
+    fn resume<T>(self) -> Result<T> {
+        match self {
+            Failed::Returned(e) => Err(e),
+            Failed::Raised(e) => e.rethrow(),
+        }
+    }
+}
+
+/// `f`, with what it returns as an error or raises caught (for the caller to end its subtransaction
+/// before resuming it).
+fn caught<T>(f: impl FnOnce() -> Result<T>) -> std::result::Result<T, Failed> {
+    PgTryBuilder::new(AssertUnwindSafe(|| f().map_err(Failed::Returned)))
+        .catch_others(|e| Err(Failed::Raised(Box::new(e))))
+        .execute()
+}
+
 /// `f` run by [`switched`], with what it raises caught.
 fn attempt<T>(
     role: pg_sys::Oid,
     row_security_off: bool,
     f: impl FnOnce() -> Result<T>,
 ) -> std::result::Result<T, Failed> {
-    PgTryBuilder::new(AssertUnwindSafe(|| {
-        switched(role, row_security_off, f).map_err(Failed::Returned)
-    }))
-    .catch_others(|e| Err(Failed::Raised(Box::new(e))))
-    .execute()
+    caught(|| switched(role, row_security_off, f))
 }
 
 /// `f` as `role` in a security-restricted operation with its own GUC nest level (search_path
