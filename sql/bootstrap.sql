@@ -54,7 +54,7 @@ CREATE TABLE meshhook_keys.data_key (
     keyring           text        NOT NULL REFERENCES meshhook_keys.keyring (name),
     version           integer     NOT NULL CHECK (version > 0),
     state             text        NOT NULL DEFAULT 'active'
-                      CHECK (state IN ('active', 'decrypt_only', 'retired', 'destroyed')),
+                      CHECK (state IN ('pending', 'active', 'decrypt_only', 'retired', 'destroyed')),
     wrapped_key       bytea       CHECK (pg_catalog.length(wrapped_key) IN (60, 61)),  -- 61: format 2 (0.5.0), 60: a user-held key not unlocked since 0.4.0
     root_fingerprint  bytea       NOT NULL CHECK (pg_catalog.length(root_fingerprint) = 8),
     created_at        timestamptz NOT NULL DEFAULT pg_catalog.now(),
@@ -63,6 +63,9 @@ CREATE TABLE meshhook_keys.data_key (
     destroyed_at      timestamptz,
     -- encryptions under this key flushed from shared memory by the scheduler (0.3.0)
     encryptions       bigint      NOT NULL DEFAULT 0,
+    -- a pending version (0.5.0): the WAL position every standby must have replayed before it
+    -- becomes active (meshhook_keys.activate_after), set by the first attempt to activate it
+    wait_lsn          pg_lsn,
     UNIQUE (keyring, version),
     -- key material is present exactly until the version is destroyed
     CHECK ((state = 'destroyed') = (wrapped_key IS NULL))
@@ -70,6 +73,9 @@ CREATE TABLE meshhook_keys.data_key (
 -- Exactly one active key per keyring, enforced by the schema.
 CREATE UNIQUE INDEX data_key_one_active_per_keyring
     ON meshhook_keys.data_key (keyring) WHERE state = 'active';
+-- At most one version per keyring waits for the standbys (0.5.0).
+CREATE UNIQUE INDEX data_key_one_pending_per_keyring
+    ON meshhook_keys.data_key (keyring) WHERE state = 'pending';
 
 -- The audit log: append-only and hash-chained.
 CREATE TABLE meshhook_keys.audit_log (
@@ -166,13 +172,16 @@ DECLARE
 BEGIN
     ok := true; rows_checked := 0; first_bad_id := NULL;
     FOR r IN SELECT * FROM meshhook_keys.audit_log ORDER BY id LOOP
-        IF r.id <> expected_id OR r.prev_hash <> prev
+        -- (ids jump once to the next timeline's range after a failover or PITR: see
+        -- _audit_chain_head; the hashes still chain every row to the one before)
+        IF (r.id <> expected_id AND NOT (r.id > expected_id AND r.id % 1099511627776 = 1))
+           OR r.prev_hash <> prev
            OR r.hash <> meshhook_keys._audit_row_hash(prev, r) THEN
             ok := false; first_bad_id := r.id;
             RETURN;
         END IF;
         prev := r.hash;
-        expected_id := expected_id + 1;
+        expected_id := r.id + 1;
         rows_checked := rows_checked + 1;
     END LOOP;
 END

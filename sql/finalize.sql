@@ -8,6 +8,16 @@ CREATE TRIGGER data_key_invalidate_cache
        OR DELETE OR TRUNCATE ON meshhook_keys.data_key
     FOR EACH STATEMENT EXECUTE FUNCTION meshhook_keys._key_cache_invalidate();
 
+-- A logical replica of the key tables (issue 26): the apply worker fires no statement trigger, and
+-- row triggers only when enabled for replicas, so this one makes its backends drop their cached
+-- keys too when the publisher's retire, destroy or rotation is applied (each at its next
+-- transaction). It fires only in sessions with session_replication_role = replica.
+CREATE TRIGGER data_key_invalidate_cache_on_apply
+    AFTER INSERT OR UPDATE OF key_id, keyring, version, state, wrapped_key, root_fingerprint
+       OR DELETE ON meshhook_keys.data_key
+    FOR EACH ROW EXECUTE FUNCTION meshhook_keys._key_cache_invalidate();
+ALTER TABLE meshhook_keys.data_key ENABLE REPLICA TRIGGER data_key_invalidate_cache_on_apply;
+
 -- regclass-typed entry points over the Rust functions (which take an oid).
 CREATE FUNCTION meshhook_keys.register_column(
     tbl regclass, col name, context text DEFAULT NULL, keyring text DEFAULT 'default')
@@ -197,7 +207,7 @@ COMMENT ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) IS
 COMMENT ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) IS
     'The key id in an envelope header, without decrypting. IMMUTABLE: index it to find rows still encrypted under an old key version. Requires meshhook_keys_user or meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.keys_rotate(text, text) IS
-    'Make a new key version active for a keyring (creating the keyring if needed); earlier versions keep decrypting. O(1), touches no user data, audited. Requires meshhook_keys_operator.';
+    'Make a new key version the active one for a keyring (creating the keyring if needed); earlier versions keep decrypting. With standbys it is pending (activated_at NULL) until they have replayed it, as meshhook_keys.activate_after says; the scheduler then activates it. O(1), touches no user data, audited. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.audit_verify() IS
     'Recompute the audit log hash chain. ok is false, with the first bad id, if any row was altered, inserted or removed before the newest one. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) IS
@@ -269,7 +279,7 @@ COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._audit_chain_head() IS
-    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it) and return the chain''s last id and hash as committed now. Used by the audit chain trigger. Executable only by the extension''s owner.';
+    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it) and return the chain''s last id and hash as committed now; after a failover or PITR the id is the new timeline''s floor, so no id is ever reused. Used by the audit chain trigger. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._audit_row_hash(bytea, meshhook_keys.audit_log) IS
     'Internal: the hash of one audit row chained to its predecessor''s hash (the audit chain trigger and audit_verify). Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._audit_chain() IS
@@ -277,7 +287,7 @@ COMMENT ON FUNCTION meshhook_keys._audit_chain() IS
 COMMENT ON FUNCTION meshhook_keys._audit_append_only() IS
     'Internal: the audit log''s update, delete and truncate trigger, which refuses them. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._key_cache_invalidate() IS
-    'Internal: the statement trigger on data_key that makes every backend drop its cached keys. Executable only by the extension''s owner.';
+    'Internal: the triggers on data_key that make every backend drop its cached keys (a statement trigger, and a row trigger for a logical replica''s apply). Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._key_cache_stats() IS
     'Internal: this backend''s key cache counters (never key material), for tests and troubleshooting. Executable only by the extension''s owner.';
 

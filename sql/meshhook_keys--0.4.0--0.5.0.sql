@@ -461,6 +461,47 @@ ALTER TABLE meshhook_keys.keyring
 ALTER TABLE meshhook_keys.data_key
     DROP CONSTRAINT data_key_wrapped_key_check,
     ADD CONSTRAINT data_key_wrapped_key_check CHECK (pg_catalog.length(wrapped_key) IN (60, 61));
+-- A new version waits, as 'pending', until the standbys have replayed it (issue 26): a failover
+-- can no longer lose a key that sealed a ciphertext (meshhook_keys.activate_after).
+ALTER TABLE meshhook_keys.data_key
+    DROP CONSTRAINT data_key_state_check,
+    ADD CONSTRAINT data_key_state_check
+        CHECK (state IN ('pending', 'active', 'decrypt_only', 'retired', 'destroyed')),
+    ADD COLUMN wait_lsn pg_lsn;
+CREATE UNIQUE INDEX data_key_one_pending_per_keyring
+    ON meshhook_keys.data_key (keyring) WHERE state = 'pending';
+-- A logical replica's backends drop their cached keys when the publisher's changes are applied.
+CREATE TRIGGER data_key_invalidate_cache_on_apply
+    AFTER INSERT OR UPDATE OF key_id, keyring, version, state, wrapped_key, root_fingerprint
+       OR DELETE ON meshhook_keys.data_key
+    FOR EACH ROW EXECUTE FUNCTION meshhook_keys._key_cache_invalidate();
+ALTER TABLE meshhook_keys.data_key ENABLE REPLICA TRIGGER data_key_invalidate_cache_on_apply;
+-- Audit ids jump to the next timeline's range after a failover or PITR (issue 26): never reused.
+CREATE OR REPLACE FUNCTION meshhook_keys.audit_verify(
+    OUT ok boolean, OUT rows_checked bigint, OUT first_bad_id bigint)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    r meshhook_keys.audit_log;
+    prev bytea := '\x'::bytea;
+    expected_id bigint := 1;
+BEGIN
+    ok := true; rows_checked := 0; first_bad_id := NULL;
+    FOR r IN SELECT * FROM meshhook_keys.audit_log ORDER BY id LOOP
+        -- (ids jump once to the next timeline's range after a failover or PITR: see
+        -- _audit_chain_head; the hashes still chain every row to the one before)
+        IF (r.id <> expected_id AND NOT (r.id > expected_id AND r.id % 1099511627776 = 1))
+           OR r.prev_hash <> prev
+           OR r.hash <> meshhook_keys._audit_row_hash(prev, r) THEN
+            ok := false; first_bad_id := r.id;
+            RETURN;
+        END IF;
+        prev := r.hash;
+        expected_id := r.id + 1;
+        rows_checked := rows_checked + 1;
+    END LOOP;
+END
+$$;
 CREATE FUNCTION meshhook_keys._bind_wrapped_keys() RETURNS bigint
     LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', '_bind_wrapped_keys_wrapper';
 SELECT meshhook_keys._bind_wrapped_keys();
@@ -527,7 +568,7 @@ COMMENT ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) IS
 COMMENT ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) IS
     'The key id in an envelope header, without decrypting. IMMUTABLE: index it to find rows still encrypted under an old key version. Requires meshhook_keys_user or meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.keys_rotate(text, text) IS
-    'Make a new key version active for a keyring (creating the keyring if needed); earlier versions keep decrypting. O(1), touches no user data, audited. Requires meshhook_keys_operator.';
+    'Make a new key version the active one for a keyring (creating the keyring if needed); earlier versions keep decrypting. With standbys it is pending (activated_at NULL) until they have replayed it, as meshhook_keys.activate_after says; the scheduler then activates it. O(1), touches no user data, audited. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.audit_verify() IS
     'Recompute the audit log hash chain. ok is false, with the first bad id, if any row was altered, inserted or removed before the newest one. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.register_column(regclass, name, text, text) IS
@@ -599,7 +640,7 @@ COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._audit_chain_head() IS
-    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it) and return the chain''s last id and hash as committed now. Used by the audit chain trigger. Executable only by the extension''s owner.';
+    'Internal: take the audit chain lock until commit (a lock tag no SQL advisory-lock function can name, so no other role can take or delay it) and return the chain''s last id and hash as committed now; after a failover or PITR the id is the new timeline''s floor, so no id is ever reused. Used by the audit chain trigger. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._audit_row_hash(bytea, meshhook_keys.audit_log) IS
     'Internal: the hash of one audit row chained to its predecessor''s hash (the audit chain trigger and audit_verify). Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._audit_chain() IS
@@ -607,7 +648,7 @@ COMMENT ON FUNCTION meshhook_keys._audit_chain() IS
 COMMENT ON FUNCTION meshhook_keys._audit_append_only() IS
     'Internal: the audit log''s update, delete and truncate trigger, which refuses them. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._key_cache_invalidate() IS
-    'Internal: the statement trigger on data_key that makes every backend drop its cached keys. Executable only by the extension''s owner.';
+    'Internal: the triggers on data_key that make every backend drop its cached keys (a statement trigger, and a row trigger for a logical replica''s apply). Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._key_cache_stats() IS
     'Internal: this backend''s key cache counters (never key material), for tests and troubleshooting. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys.metrics() IS

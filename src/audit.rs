@@ -140,10 +140,27 @@ pub fn chain_head() -> Result<Option<(i64, Vec<u8>)>> {
         &[],
         |r| Ok((r.get::<i64>(1)?, r.get::<Vec<u8>>(2)?)),
     )?;
-    Ok(match rows.into_iter().next() {
+    let last = match rows.into_iter().next() {
         Some((Some(id), Some(hash))) => Some((id, hash)),
         _ => None,
+    };
+    // After a failover or a point-in-time recovery (a new timeline), rows the old timeline wrote
+    // after the fork may exist elsewhere (a SIEM that shipped them, the old primary): ids continue
+    // from the new timeline's floor, so none is ever given to two different events.
+    let floor = timeline_floor();
+    Ok(match last {
+        Some((id, hash)) => Some((id.max(floor), hash)),
+        None if floor > 0 => Some((floor, Vec::new())),
+        None => None,
     })
+}
+
+/// The first audit id of timeline t is (t - 1) * 2^40 + 1 (or the next id, if the log is already
+/// past it): 2^40 ids per timeline, and audit_verify() accepts exactly these jumps.
+fn timeline_floor() -> i64 {
+    // SAFETY: reads the shared WAL insertion timeline; only called on a primary (it writes).
+    let tli = unsafe { pg_sys::GetWALInsertionTimeLine() } as i64;
+    (tli - 1).max(0) << 40
 }
 
 struct OwnedEvent {

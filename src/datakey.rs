@@ -6,6 +6,8 @@ use aes_gcm::Aes256Gcm;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum KeyState {
+    /// Made, waiting for the standbys to replay it: decrypts, does not encrypt yet.
+    Pending,
     Active,
     DecryptOnly,
     Retired,
@@ -15,6 +17,7 @@ pub enum KeyState {
 impl KeyState {
     pub(crate) fn parse(s: &str) -> Result<Self> {
         Ok(match s {
+            "pending" => KeyState::Pending,
             "active" => KeyState::Active,
             "decrypt_only" => KeyState::DecryptOnly,
             "retired" => KeyState::Retired,
@@ -24,6 +27,7 @@ impl KeyState {
     }
     pub(crate) fn name(self) -> &'static str {
         match self {
+            KeyState::Pending => "pending",
             KeyState::Active => "active",
             KeyState::DecryptOnly => "decrypt_only",
             KeyState::Retired => "retired",

@@ -53,7 +53,10 @@ pub fn encrypting_key(keyring: &str) -> Result<std::rc::Rc<crate::keycache::Cach
             if destroyed.is_some() {
                 return Err(KeysError::KeyringDestroyed(keyring.into()));
             }
-            return Err(KeysError::NoActiveKey(keyring.into()));
+            // (its first version may still wait for the standbys to replay it)
+            return Err(crate::store::with_fixed_search_path(|| {
+                crate::activation::pending_error(keyring)
+            })?);
         }
     };
     crate::tenancy::check(&key, "encryption")?;

@@ -46,6 +46,17 @@ pub enum KeysError {
     #[error("keyring \"{0}\" has no active key")]
     NoActiveKey(String),
 
+    /// The keyring's newest version still waits for the standbys to replay it
+    /// (`meshhook_keys.activate_after`): no first key to encrypt with yet, or no second rotation.
+    #[error(
+        "version {version} of keyring \"{keyring}\" is pending: it waits for {behind} to replay it"
+    )]
+    ActivationPending {
+        keyring: String,
+        version: i32,
+        behind: String,
+    },
+
     /// A keyring name that does not follow the naming rule.
     #[error("invalid keyring name: {0}")]
     InvalidKeyringName(String),
@@ -310,7 +321,8 @@ impl KeysError {
             KeysError::AuthenticationFailed => ERRCODE_DATA_CORRUPTED,    // XX001
             KeysError::KeyNotUsable { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             KeysError::NoActiveKey(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
-            KeysError::InvalidKeyringName(_) => ERRCODE_INVALID_NAME,     // 42602
+            KeysError::ActivationPending { .. } => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
+            KeysError::InvalidKeyringName(_) => ERRCODE_INVALID_NAME, // 42602
             KeysError::RootKeyUnavailable(_) => ERRCODE_CONFIG_FILE_ERROR, // F0000
             KeysError::RootKeyMismatch { .. } => ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, // 28000
             KeysError::WrappedKeyCorrupted { .. } => ERRCODE_DATA_CORRUPTED, // XX001
@@ -363,6 +375,10 @@ impl KeysError {
             KeysError::NoActiveKey(k) => Some(format!(
                 "An administrator creates the first key with SELECT meshhook_keys.keys_rotate('{k}');"
             )),
+            KeysError::ActivationPending { .. } => Some(
+                "A new version becomes active once the standbys meshhook_keys.activate_after names have replayed it; the scheduler activates it (or SELECT meshhook_keys.tick()). Retry then; meshhook_keys.health() shows what it waits for."
+                    .into(),
+            ),
             KeysError::RootKeyUnavailable(_) => Some(
                 "Set meshhook_keys.root_key_file or meshhook_keys.root_key_command in postgresql.conf (see the README, \"Root key\")."
                     .into(),

@@ -1,7 +1,7 @@
 //! Every setting of the extension: private statics, one accessor each, one `init()`.
 
 use pgrx::prelude::*;
-use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use std::ffi::CString;
 
 static ROOT_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
@@ -30,6 +30,23 @@ static MAX_ENCRYPTIONS_CEILING: GucSetting<i32> = GucSetting::<i32>::new(i32::MA
 static TENANT_CHECK: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 static MAX_USER_HELD_KEYRINGS: GucSetting<i32> = GucSetting::<i32>::new(10);
 static MAX_DATABASE_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+static ACTIVATE_AFTER: GucSetting<ActivateAfter> =
+    GucSetting::<ActivateAfter>::new(ActivateAfter::Standbys);
+
+/// When a new key version becomes the one that encrypts (`meshhook_keys.activate_after`).
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ActivateAfter {
+    /// Once every physical standby (connected, or holding a replication slot) has replayed it.
+    #[name = c"standbys"]
+    Standbys,
+    /// Once the synchronous standbys (synchronous_standby_names) have replayed it.
+    #[name = c"synchronous_standbys"]
+    SynchronousStandbys,
+    /// At once, when its transaction commits (a failover to a standby that had not received it
+    /// loses every ciphertext sealed under it).
+    #[name = c"commit"]
+    Commit,
+}
 
 pub fn init() {
     GucRegistry::define_string_guc(
@@ -196,6 +213,14 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
+    GucRegistry::define_enum_guc(
+        c"meshhook_keys.activate_after",
+        c"When a new key version starts encrypting: once the standbys have replayed it (standbys, synchronous_standbys) or at commit.",
+        c"Until then it is pending: it decrypts, the previous version keeps encrypting, and the scheduler activates it. standbys waits for every physical standby that is connected or holds a replication slot; synchronous_standbys for those synchronous_standby_names names; commit waits for none (a failover may then lose a key that sealed ciphertexts).",
+        &ACTIVATE_AFTER,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     // Settings read at server start only exist when the library is preloaded: PostgreSQL cannot
     // define a postmaster-level setting later (it is a FATAL error, which ended every backend that
     // ran CREATE EXTENSION or LOAD without preloading before 0.5.0). Without preloading there is no
@@ -267,6 +292,10 @@ pub fn database() -> String {
 
 pub fn worker_enabled() -> bool {
     WORKER_ENABLED.get()
+}
+
+pub fn activate_after() -> ActivateAfter {
+    ACTIVATE_AFTER.get()
 }
 
 pub fn max_database_workers() -> usize {

@@ -174,6 +174,11 @@ pub fn checks() -> Vec<Check> {
             ),
         ));
     }
+    match crate::activation::health() {
+        Ok(Some((status, detail))) => out.push(row("key_activation", status, detail)),
+        Ok(None) => {}
+        Err(e) => out.push(row("key_activation", "error", e.to_string())),
+    }
     let tenants = store::read_one::<bool>(
         "SELECT EXISTS (SELECT 1 FROM meshhook_keys.keyring k WHERE k.tenant IS NOT NULL)",
         &[],

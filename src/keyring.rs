@@ -38,12 +38,16 @@ pub struct NewKey {
     pub keyring: String,
     pub version: i32,
     pub key_id: i64,
-    pub activated_at: TimestampWithTimeZone,
+    /// None: pending until the standbys have replayed it (crate::activation).
+    pub activated_at: Option<TimestampWithTimeZone>,
 }
 
 /// Generate a data key, wrap it under the root key, make it the keyring's active version (the
-/// previous one becomes `decrypt_only`) and audit it. O(1): touches no user data.
-/// The caller must hold the audit chain lock and then the keyring lock, in that order.
+/// previous one becomes `decrypt_only`) and audit it. O(1): touches no user data. With standbys
+/// to wait for (`meshhook_keys.activate_after`) the version is pending instead, and the previous
+/// one keeps encrypting until the scheduler activates it (crate::activation).
+/// The caller must hold the audit chain lock and then the keyring lock, in that order, and have
+/// checked that the keyring has no pending version.
 pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
     if let Some(sub) = store::key_tables_subscription()? {
         return Err(KeysError::LogicalReplica(sub));
@@ -63,14 +67,28 @@ pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) 
             });
         }
     }
-    let previous = store::demote_active(keyring)?;
+    let waits_for = crate::activation::must_wait()?;
+    if waits_for.is_some() {
+        // (the workers come back to this database about once a second to activate it)
+        crate::served::set_activation_waiting(crate::served::this_database(), true);
+    }
+    let previous = match waits_for {
+        None => store::demote_active(keyring)?,
+        Some(_) => store::active_key(keyring)?.map(|k| k.version),
+    };
     let version = store::next_version(keyring)?;
     let key_id = crypto::random_key_id();
     let dek = SecretKey::generate();
     let wrapped = store::wrap_new_key(&root.key, keyring, version, key_id, &dek)?;
     drop(dek);
-    let activated_at =
-        store::insert_active_key(keyring, version, key_id, &wrapped, &root.fingerprint)?;
+    let activated_at = store::insert_key(
+        keyring,
+        version,
+        key_id,
+        &wrapped,
+        &root.fingerprint,
+        waits_for.is_none(),
+    )?;
     if version == 1 {
         // Every keyring can be used in the built-in secrets store: cover it for re-encryption.
         store::register_secrets_store(keyring)?;
@@ -84,6 +102,7 @@ pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) 
         serde_json::json!({
             "previous_version": previous,
             "root_key_fingerprint": rootkey::fingerprint_hex(&root.fingerprint),
+            "pending_until_replayed_by": waits_for,
         }),
     )?;
     store::notify(action, keyring, Some(version))?;
@@ -109,7 +128,23 @@ pub fn rotate(keyring: &str, reason: Option<&str>) -> KResult<NewKey> {
             "keyring \"{keyring}\" is user-held: its keys change only with its secret, through keyring_rotate_secret(keyring, old_secret, new_secret, reencrypt => true)"
         )));
     }
+    settle_pending(keyring)?;
     create_version(keyring, reason, "rotate")
+}
+
+/// Before a new version: activate the keyring's pending one if the standbys have replayed it by
+/// now, and refuse (55000) while it still waits (one pending version per keyring).
+fn settle_pending(keyring: &str) -> KResult<()> {
+    match crate::activation::try_activate(keyring)? {
+        crate::activation::Outcome::Waiting { version, behind } => {
+            Err(KeysError::ActivationPending {
+                keyring: keyring.into(),
+                version,
+                behind: crate::activation::describe(&behind),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// A destroyed keyring stays destroyed: no new version can make its name usable again.
@@ -124,13 +159,18 @@ fn refuse_destroyed(keyring: &str) -> KResult<()> {
 pub fn ensure_default_keyring() -> KResult<()> {
     rootkey::current()?;
     lock_order::keyring(DEFAULT_KEYRING, Row::CreateIfMissing)?;
-    if store::active_key(DEFAULT_KEYRING)?.is_none() {
-        create_version(
-            DEFAULT_KEYRING,
-            Some("created on first use by secret_encrypt"),
-            "create",
-        )?;
+    if store::active_key(DEFAULT_KEYRING)?.is_some() {
+        return Ok(());
     }
+    if store::pending_key(DEFAULT_KEYRING)?.is_some() {
+        // (its first version waits for the standbys: activate it if they have replayed it)
+        return settle_pending(DEFAULT_KEYRING);
+    }
+    create_version(
+        DEFAULT_KEYRING,
+        Some("created on first use by secret_encrypt"),
+        "create",
+    )?;
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 
 use pgrx::prelude::*;
 
+mod activation;
 mod api;
 mod audit;
 mod context;

@@ -50,6 +50,11 @@ pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool
         ("active", _) => {
             return refuse("it is the active key; rotate the keyring first".into());
         }
+        ("pending", _) => {
+            return refuse(
+                "it is pending, waiting for the standbys to replay it (see health())".into(),
+            );
+        }
         ("destroyed", _) => return refuse("it is already destroyed".into()),
         ("retired", false) => return refuse("it is already retired".into()),
         ("decrypt_only", true) if !force => {

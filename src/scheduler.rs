@@ -15,7 +15,7 @@ use crate::audit;
 use crate::error::{KeysError, Result};
 use crate::keyring;
 use crate::locks::{self, Lock, Until};
-use crate::{gucs, reencrypt, rootkey, served, store, usage};
+use crate::{activation, gucs, reencrypt, rootkey, served, store, usage};
 use pgrx::prelude::*;
 
 pub const ACTOR: &str = "scheduler";
@@ -144,6 +144,8 @@ fn due_keyrings(only: Option<&str>) -> Result<Vec<Due>> {
                JOIN meshhook_keys.data_key d ON d.keyring OPERATOR(pg_catalog.=) k.name AND d.state OPERATOR(pg_catalog.=) 'active'
               WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
                 AND NOT k.user_held
+                AND NOT EXISTS (SELECT 1 FROM meshhook_keys.data_key p
+                                 WHERE p.keyring OPERATOR(pg_catalog.=) k.name AND p.state OPERATOR(pg_catalog.=) 'pending')
                 AND ($1::text IS NULL OR k.name OPERATOR(pg_catalog.=) $1)
               ORDER BY k.name",
             None,
@@ -363,6 +365,51 @@ fn root_rewrap_step(mode: Mode, out: &mut Vec<Action>) {
     }
 }
 
+/// Activate the pending versions the standbys have replayed (crate::activation), each keyring
+/// isolated from the others. While one still waits, the workers come back to this database about
+/// once a second instead of once per naptime ([`served::set_activation_waiting`]).
+fn activation_step(mode: Mode, out: &mut Vec<Action>) {
+    let keyrings = match isolated(mode, store::pending_keyrings) {
+        Ok(k) => k,
+        Err(f) => {
+            out.push(Action::failed(None, "activate", &f));
+            return;
+        }
+    };
+    let mut waiting = false;
+    for k in keyrings {
+        let kr = Some(k.as_str());
+        match isolated(mode, || {
+            audit::as_actor(ACTOR, || activation::try_activate(&k))
+        }) {
+            Ok(activation::Outcome::Activated { version }) => out.push(Action::new(
+                kr,
+                "activate",
+                "ok",
+                format!("version {version}: replayed by the standbys"),
+            )),
+            Ok(activation::Outcome::Waiting { version, behind }) => {
+                waiting = true;
+                out.push(Action::new(
+                    kr,
+                    "activate",
+                    "skipped",
+                    format!(
+                        "version {version} waits for {} to replay it",
+                        activation::describe(&behind)
+                    ),
+                ));
+            }
+            Ok(activation::Outcome::NoPending) => {}
+            Err(f) => {
+                waiting = true;
+                out.push(Action::failed(kr, "activate", &f));
+            }
+        }
+    }
+    served::set_activation_waiting(served::this_database(), waiting);
+}
+
 /// Whether the worker was asked to stop (SIGTERM); never true in a client backend.
 pub fn shutdown_requested() -> bool {
     // SAFETY: reading a sig_atomic_t flag set by the SIGTERM handler.
@@ -543,6 +590,7 @@ pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
         out.push(Action::failed(None, "flush_usage", &f));
     }
     root_rewrap_step(mode, &mut out);
+    activation_step(mode, &mut out);
     rotation_step(mode, worker, &mut out);
     reencryption_step(mode, worker, &mut out);
     if mode == Mode::OwnTransactions {

@@ -74,6 +74,9 @@ struct Entry {
     ticks: AtomicU64,
     /// TimestampTz of the end of its last tick (0: none yet).
     last_tick_at: AtomicI64,
+    /// A key version there waits for the standbys to replay it (crate::activation): serve it about
+    /// once a second until it is active.
+    activation_waiting: AtomicBool,
 }
 
 #[repr(C)]
@@ -147,6 +150,7 @@ fn entry(db: u32) -> Option<&'static Entry> {
         e.pid.store(0, Ordering::Relaxed);
         e.ticks.store(0, Ordering::Relaxed);
         e.last_tick_at.store(0, Ordering::Relaxed);
+        e.activation_waiting.store(false, Ordering::Relaxed);
         e.db.store(db, Ordering::Release);
         Some(e)
     });
@@ -184,6 +188,41 @@ pub fn tick_done(db: u32, at: pg_sys::TimestampTz) {
         e.pid.store(0, Ordering::Relaxed);
         e.state.store(DbState::Idle as i32, Ordering::Relaxed);
     }
+}
+
+/// Whether a key version in `db` waits for the standbys (set by the rotation that made it, and by
+/// every tick there until none does). Any database, the scheduler's included.
+pub fn set_activation_waiting(db: u32, waiting: bool) {
+    let e = if waiting {
+        entry(db)
+    } else {
+        table().and_then(|t| find(t, db))
+    };
+    if let Some(e) = e {
+        e.activation_waiting.store(waiting, Ordering::Relaxed);
+    }
+}
+
+/// Whether a key version in `db` waits for the standbys.
+pub fn activation_waiting(db: u32) -> bool {
+    table()
+        .and_then(|t| find(t, db))
+        .is_some_and(|e| e.activation_waiting.load(Ordering::Relaxed))
+}
+
+/// Whether a key version in any database waits for the standbys.
+pub fn any_activation_waiting() -> bool {
+    table().is_some_and(|t| {
+        t.entries.iter().any(|e| {
+            e.db.load(Ordering::Acquire) != 0 && e.activation_waiting.load(Ordering::Relaxed)
+        })
+    })
+}
+
+/// The current database.
+pub fn this_database() -> u32 {
+    // SAFETY: a plain read of a backend global.
+    unsafe { pg_sys::MyDatabaseId.to_u32() }
 }
 
 /// A dropped database's entry is freed.

@@ -237,19 +237,22 @@ pub fn next_version(keyring: &str) -> Result<i32> {
     })
 }
 
-/// Insert a new active key; returns its activation time.
-pub fn insert_active_key(
+/// Insert a new key, active (returns its activation time) or, when `active` is false, pending
+/// until the standbys have replayed it (returns None; see the activation module).
+pub fn insert_key(
     keyring: &str,
     version: i32,
     key_id: i64,
     wrapped: &[u8],
     fingerprint: &[u8],
-) -> Result<pgrx::datum::TimestampWithTimeZone> {
+    active: bool,
+) -> Result<Option<pgrx::datum::TimestampWithTimeZone>> {
     Spi::connect_mut(|c| {
         let t = c.update(
             "INSERT INTO meshhook_keys.data_key
                     (key_id, keyring, version, state, wrapped_key, root_fingerprint, activated_at)
-             VALUES ($1, $2, $3, 'active', $4, $5, pg_catalog.now())
+             VALUES ($1, $2, $3, CASE WHEN $6 THEN 'active' ELSE 'pending' END, $4, $5,
+                     CASE WHEN $6 THEN pg_catalog.now() END)
              RETURNING activated_at",
             None,
             &[
@@ -258,12 +261,71 @@ pub fn insert_active_key(
                 version.into(),
                 wrapped.into(),
                 fingerprint.into(),
+                active.into(),
             ],
         )?;
-        t.first()
-            .get::<pgrx::datum::TimestampWithTimeZone>(1)?
-            .ok_or_else(|| KeysError::Internal("activated_at is NULL".into()))
+        Ok(t.first().get::<pgrx::datum::TimestampWithTimeZone>(1)?)
     })
+}
+
+/// A keyring's pending version, if it has one: (key id, version, the WAL position the standbys
+/// must have replayed, once set), as committed now.
+pub fn pending_key(keyring: &str) -> Result<Option<(i64, i32, Option<String>)>> {
+    let rows = crate::fresh::select(
+        // (wait_lsn through to_jsonb: a 0.4.0 schema, until ALTER EXTENSION UPDATE, has none)
+        "SELECT key_id, version, pg_catalog.to_jsonb(d) OPERATOR(pg_catalog.->>) 'wait_lsn'
+           FROM meshhook_keys.data_key d
+          WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'pending'",
+        &[keyring.into()],
+        |r| Ok((r.get::<i64>(1)?, r.get::<i32>(2)?, r.get::<String>(3)?)),
+    )?;
+    Ok(rows
+        .into_iter()
+        .next()
+        .and_then(|(k, v, l)| Some((k?, v?, l))))
+}
+
+/// Whether the schema has pending versions (0.5.0; a 0.4.0 schema, until ALTER EXTENSION
+/// UPDATE, activates every version at once).
+pub fn supports_pending() -> Result<bool> {
+    Ok(read_one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute
+                         WHERE attrelid OPERATOR(pg_catalog.=) 'meshhook_keys.data_key'::pg_catalog.regclass
+                           AND attname OPERATOR(pg_catalog.=) 'wait_lsn' AND NOT attisdropped)",
+        &[],
+    )?
+    .unwrap_or(false))
+}
+
+/// Fix the WAL position a pending key waits for: the end of WAL now, which is past the commit
+/// that made the key (it is visible). Returns it.
+pub fn set_wait_lsn(key_id: i64) -> Result<String> {
+    Spi::get_one_with_args::<String>(
+        "UPDATE meshhook_keys.data_key SET wait_lsn = pg_catalog.pg_current_wal_insert_lsn()
+          WHERE key_id OPERATOR(pg_catalog.=) $1 RETURNING wait_lsn::text",
+        &[key_id.into()],
+    )?
+    .ok_or_else(|| KeysError::Internal("wait_lsn is NULL".into()))
+}
+
+/// Make a pending key the active one (the caller demoted the previous active key).
+pub fn activate_pending(key_id: i64) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE meshhook_keys.data_key SET state = 'active', activated_at = pg_catalog.now()
+          WHERE key_id OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'pending'",
+        &[key_id.into()],
+    )?;
+    Ok(())
+}
+
+/// Keyrings with a pending version, as committed now.
+pub fn pending_keyrings() -> Result<Vec<String>> {
+    let rows = crate::fresh::select(
+        "SELECT keyring FROM meshhook_keys.data_key WHERE state OPERATOR(pg_catalog.=) 'pending' ORDER BY keyring",
+        &[],
+        |r| r.get::<String>(1),
+    )?;
+    Ok(rows.into_iter().flatten().collect())
 }
 
 /// Register the built-in store's ciphertext column for `keyring` (idempotent).

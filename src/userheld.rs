@@ -167,7 +167,9 @@ fn new_version(keyring: &str, kek: &SecretKey) -> Result<(i32, i64, Rc<CachedKey
     let key_id = crypto::random_key_id();
     let dek = SecretKey::generate();
     let wrapped = store::wrap_new_key(kek, keyring, version, key_id, &dek)?;
-    store::insert_active_key(keyring, version, key_id, &wrapped, &kek.fingerprint())?;
+    // (active at once: only the user's secret can activate a user-held version, so a failover
+    // can lose the newest one; see docs/src/high-availability.md)
+    store::insert_key(keyring, version, key_id, &wrapped, &kek.fingerprint(), true)?;
     let row = store::key_by_id(key_id)?.ok_or(KeysError::UnknownKeyId(key_id))?;
     Ok((
         version,

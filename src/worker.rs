@@ -113,6 +113,9 @@ fn start_child(
         .load_dynamic()
 }
 
+/// How often a database with a key version waiting for the standbys is served (crate::activation).
+const ACTIVATION_POLL: Duration = Duration::from_secs(1);
+
 /// The database workers the launcher started, by database, and when.
 #[derive(Default)]
 struct DatabaseWorkers {
@@ -147,6 +150,7 @@ impl DatabaseWorkers {
         let mut due: Vec<(Duration, u32, &str)> = Vec::new();
         for d in all.iter().filter(|d| d.servable && d.oid != main) {
             let every = match to_flush.iter().find(|(db, _)| *db == d.oid) {
+                _ if served::activation_waiting(d.oid) => ACTIVATION_POLL,
                 Some((_, true)) => Duration::from_secs(1),
                 Some((_, false)) => naptime,
                 None => match served::state(d.oid) {
@@ -305,9 +309,13 @@ pub extern "C-unwind" fn meshhook_keys_launcher_main(_arg: pg_sys::Datum) {
                 }
             }
         }
-        // Woken early by the postmaster when the scheduler starts or stops (notify pid).
-        if !BackgroundWorker::wait_latch(Some(gucs::worker_naptime().min(Duration::from_secs(10))))
-        {
+        // Woken early by the postmaster when the scheduler starts or stops (notify pid); every
+        // second while a key version waits for the standbys somewhere.
+        let mut wait = gucs::worker_naptime().min(Duration::from_secs(10));
+        if served::any_activation_waiting() {
+            wait = wait.min(ACTIVATION_POLL);
+        }
+        if !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
     }
@@ -345,9 +353,11 @@ pub extern "C-unwind" fn meshhook_keys_scheduler_main(_arg: pg_sys::Datum) {
         tick_once(&db, &mut said);
         // SAFETY: reading a backend clock.
         usage::tick_done(unsafe { pg_sys::GetCurrentTimestamp() });
-        if scheduler::shutdown_requested()
-            || !BackgroundWorker::wait_latch(Some(gucs::worker_naptime()))
-        {
+        let mut wait = gucs::worker_naptime();
+        if served::activation_waiting(served::this_database()) {
+            wait = wait.min(ACTIVATION_POLL);
+        }
+        if scheduler::shutdown_requested() || !BackgroundWorker::wait_latch(Some(wait)) {
             break;
         }
     }

@@ -8,8 +8,8 @@ use crate::keyring::{self, validate_keyring};
 use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 
-/// Create a keyring, optionally bound to a tenant, with its version 1. Audited. Requires
-/// meshhook_keys_operator.
+/// Create a keyring, optionally bound to a tenant, with its version 1 (pending, activated_at
+/// NULL, while standbys replay it: see keys_rotate). Audited. Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keyring_create(
@@ -22,7 +22,7 @@ fn keyring_create(
         name!(keyring, String),
         name!(version, i32),
         name!(key_id, i64),
-        name!(activated_at, TimestampWithTimeZone),
+        name!(activated_at, Option<TimestampWithTimeZone>),
     ),
 > {
     let r = (|| {
@@ -62,8 +62,10 @@ fn keyring_reclaim(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")
 }
 
 /// Make a new key version the active one for `keyring` (creating the keyring and its version 1 if it
-/// has no key yet). Older versions stay usable for decryption. Audited. Requires
-/// meshhook_keys_operator.
+/// has no key yet). Older versions stay usable for decryption. With standbys the new version is
+/// pending (activated_at NULL) until they have replayed it (`meshhook_keys.activate_after`), and
+/// the scheduler then activates it; refused (55000) while the keyring still has a pending version.
+/// Audited. Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keys_rotate(
@@ -75,7 +77,7 @@ fn keys_rotate(
         name!(keyring, String),
         name!(version, i32),
         name!(key_id, i64),
-        name!(activated_at, TimestampWithTimeZone),
+        name!(activated_at, Option<TimestampWithTimeZone>),
     ),
 > {
     let r = (|| {

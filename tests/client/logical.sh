@@ -65,4 +65,36 @@ check "the apply never stopped (no worker error in the subscriber's log)" 0 \
 
 qp pub "ALTER SYSTEM SET meshhook_keys.worker_enabled = off" >/dev/null
 qp pub "SELECT pg_reload_conf()" >/dev/null
+
+echo "# a retire or a destroy on the publisher reaches a subscriber session that already holds the key,"
+echo "# at its next statement once applied (the apply fires data_key's row trigger enabled for"
+echo "# replicas, which makes every session there drop its cached keys: issue 26)"
+qp pub "SELECT 1 FROM meshhook_keys.keyring_create('shred');
+        SELECT 1 FROM meshhook_keys.keyring_create('retiring');
+        CREATE TABLE held (name text PRIMARY KEY, c bytea NOT NULL);
+        INSERT INTO held VALUES ('shred', meshhook_keys.secret_encrypt('shred me', '', 'shred')),
+                                ('retiring', meshhook_keys.secret_encrypt('retire me', '', 'retiring'));
+        SELECT 1 FROM meshhook_keys.keys_rotate('retiring');
+        ALTER PUBLICATION keys ADD TABLE held" >/dev/null
+qs sub "CREATE TABLE held (name text PRIMARY KEY, c bytea NOT NULL)"
+qs sub "ALTER SUBSCRIPTION keys REFRESH PUBLICATION"
+if wait_until 30 is_t qs sub "SELECT count(*) = 2 FROM held"; then ok "the subscriber has the rows of both keyrings"; else fail "the subscriber has the rows"; fi
+# held_session ACTION KEYRING STATE: one subscriber session decrypts the keyring's row, the publisher
+# runs ACTION, the session waits (inside itself) until the subscriber applied STATE, then decrypts again
+held_session() {
+    as_pg psql -X -q -A -t -h "$SUB" -p "$SPORT" -U postgres -d sub -v VERBOSITY=verbose <<SQL 2>&1
+SELECT meshhook_keys.secret_decrypt(c, '') FROM held WHERE name = '$2';
+\! psql -X -q -h $TMP -p $PORT -U postgres -d pub -c "$1" >/dev/null
+\! for i in \$(seq 1 300); do [ "\$(psql -X -A -t -h $SUB -p $SPORT -U postgres -d sub -c "SELECT state FROM meshhook_keys.data_key WHERE keyring = '$2' AND version = 1")" = $3 ] && break; sleep 0.1; done
+SELECT meshhook_keys.secret_decrypt(c, '') FROM held WHERE name = '$2';
+SQL
+}
+out=$(held_session "SELECT meshhook_keys.keys_retire('retiring', 1, force => true)" retiring retired)
+check "a subscriber session decrypts the row sealed under version 1" "retire me" "$(echo "$out" | sed -n 1p)"
+check_match "after the publisher retires version 1, the same session is refused it (55000)" \
+    '^ERROR: +55000: key version 1 of keyring "retiring" is retired' "$(echo "$out" | sed -n 2p)"
+out=$(held_session "SELECT meshhook_keys.keyring_destroy('shred', 'crypto-shred on the publisher')" shred destroyed)
+check "a subscriber session decrypts the shredded keyring's row before" "shred me" "$(echo "$out" | sed -n 1p)"
+check_match "after the publisher destroys the keyring, the same session is refused it" \
+    '^ERROR: +[0-9A-Z]{5}: .*(destroyed)' "$(echo "$out" | sed -n 2p)"
 suite_summary "logical replication tests"

@@ -296,14 +296,17 @@ check "key_usage() on the standby counts the rows per version" 400 \
     "$(q -s sched "SELECT sum(rows) FROM meshhook_keys.key_usage('default') WHERE table_name = 'replicated'::regclass")"
 # encryptions on the standby are counted there, and reach data_key once it is promoted (issue 24)
 q sched "SELECT 1 FROM meshhook_keys.keys_rotate('stby-ring', 'v1')" >/dev/null
-wait_until 30 is_t fresh -s sched "EXISTS (SELECT 1 FROM meshhook_keys.keys WHERE keyring = 'stby-ring')" || true
+# (with a standby, a new version is pending until the standby replayed it, then the scheduler
+# activates it: issue 26)
+wait_until 30 is_t fresh -s sched "EXISTS (SELECT 1 FROM meshhook_keys.keys WHERE keyring = 'stby-ring' AND state = 'active')" || true
 q -s sched "SELECT count(meshhook_keys.secret_encrypt('s', '', 'stby-ring')) FROM generate_series(1, 6)" >/dev/null
 check "the standby counts its own encryptions (keyrings view)" 6 \
     "$(q -s sched "SELECT encryptions FROM meshhook_keys.keyrings WHERE keyring = 'stby-ring'")"
 # a destroy on the primary binds the standby at once after replay, also for a session whose
 # REPEATABLE READ snapshot on the standby predates it (issue 24)
-q sched "SELECT 1 FROM meshhook_keys.keys_rotate('stby-shred', 'v1');
-         CREATE TABLE stby_shred AS SELECT meshhook_keys.secret_encrypt('shred me', '', 'stby-shred') AS c" >/dev/null
+q sched "SELECT 1 FROM meshhook_keys.keys_rotate('stby-shred', 'v1')" >/dev/null
+wait_until 30 is_t fresh sched "EXISTS (SELECT 1 FROM meshhook_keys.keys WHERE keyring = 'stby-shred' AND state = 'active')" || true
+q sched "CREATE TABLE stby_shred AS SELECT meshhook_keys.secret_encrypt('shred me', '', 'stby-shred') AS c" >/dev/null
 wait_until 30 is_t fresh -s sched "EXISTS (SELECT 1 FROM pg_class WHERE relname = 'stby_shred')" || true
 out=$(as_pg psql -X -q -A -t -h "$SDIR" -p "$SPORT" -U postgres -d sched <<SQL 2>&1
 BEGIN ISOLATION LEVEL REPEATABLE READ;
@@ -318,6 +321,87 @@ SQL
 check "the standby decrypted before the destroy" "shred me" "$(echo "$out" | sed -n 1p)"
 check_match "after replay, inside the old REPEATABLE READ transaction: refused" 'ERROR: +key version 1 of keyring "stby-shred" is destroyed' "$(echo "$out" | sed -n 2p)"
 check_match "and in the next transaction" 'ERROR: +key version 1 of keyring "stby-shred" is destroyed' "$(echo "$out" | sed -n 3p)"
+echo "# a new version encrypts only once the standby has replayed it (issue 26): a failover can never"
+echo "# lose a key that sealed a ciphertext. The walsender is stopped (SIGSTOP) to hold the standby back."
+# sqlstate DB SQL: the SQLSTATE the statement fails with on the primary
+sqlstate() { psql_error postgres "$1" "$2" | cut -d: -f1; }
+# set_conf NAME VALUE|default: ALTER SYSTEM on the primary, reloaded, and seen by a new session
+set_conf() {
+    if [ "$2" = default ]; then q postgres "ALTER SYSTEM RESET $1"; else q postgres "ALTER SYSTEM SET $1 = '$2'"; fi
+    q postgres "SELECT pg_reload_conf()" >/dev/null
+    wait_until 10 is_t fresh postgres "current_setting('$1') = $( [ "$2" = default ] && echo "(SELECT boot_val FROM pg_settings WHERE name = '$1')" || echo "'$2'")" || true
+}
+active_is() { is_t fresh sched "(SELECT version FROM meshhook_keys.keys WHERE keyring = '$1' AND state = 'active') = $2"; }
+sched_ticks() { q sched "SELECT ticks FROM meshhook_keys.scheduler_status()"; }
+q sched "SELECT 1 FROM meshhook_keys.keyring_create('ha-ring')" >/dev/null
+if wait_until 30 active_is ha-ring 1; then ok "version 1 becomes active once the standby replayed it"; else fail "version 1 becomes active"; fi
+check "the activation is audited (actor scheduler, the position replayed)" "scheduler|t" \
+    "$(q sched "SELECT actor, detail ? 'replayed_to' FROM meshhook_keys.audit_log WHERE keyring = 'ha-ring' AND action = 'activate'")"
+wal_sender=$(q postgres "SELECT pid FROM pg_stat_replication LIMIT 1")
+kill -STOP "$wal_sender"
+at_exit "kill -CONT $wal_sender 2>/dev/null || true"
+check "keys_rotate while the standby is held back: version 2, pending (activated_at NULL)" "2|t" \
+    "$(q sched "SELECT version, activated_at IS NULL FROM meshhook_keys.keys_rotate('ha-ring', 'standby held back')")"
+v1=$(q sched "SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'ha-ring' AND version = 1")
+t0=$(sched_ticks)
+wait_until 30 is_t fresh sched "(SELECT ticks FROM meshhook_keys.scheduler_status()) >= $t0 + 3" || true
+check "three scheduler ticks later it is still pending" pending \
+    "$(q sched "SELECT state FROM meshhook_keys.keys WHERE keyring = 'ha-ring' AND version = 2")"
+check "and version 1 still encrypts" "$v1" \
+    "$(q sched "SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('held back', '', 'ha-ring'))")"
+check "a second rotation is refused while one waits (55000)" 55000 \
+    "$(sqlstate sched "SELECT meshhook_keys.keys_rotate('ha-ring')")"
+check "the pending version cannot be retired (55000)" 55000 \
+    "$(sqlstate sched "SELECT meshhook_keys.keys_retire('ha-ring', 2)")"
+check "health() names the keyring, the version and the standby it waits for" t \
+    "$(q sched "SELECT detail LIKE '%keyring \"ha-ring\" version 2 has waited%standby \"%' FROM meshhook_keys.health() WHERE item = 'key_activation'")"
+kill -CONT "$wal_sender"
+if wait_until 30 active_is ha-ring 2; then ok "released, the standby replays it and the scheduler activates version 2"; else fail "version 2 activated after the standby replayed it"; fi
+v2=$(q sched "SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'ha-ring' AND version = 2")
+check "version 2 encrypts now" "$v2" \
+    "$(q sched "SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('released', '', 'ha-ring'))")"
+check "and the standby has it" "$v2" \
+    "$(q -s sched "SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'ha-ring' AND version = 2")"
+
+echo "# activate_after = commit (the 0.4.0 behaviour): active at once, and health() warns"
+set_conf meshhook_keys.activate_after commit
+wal_sender=$(q postgres "SELECT pid FROM pg_stat_replication LIMIT 1")
+kill -STOP "$wal_sender"
+at_exit "kill -CONT $wal_sender 2>/dev/null || true"
+check "keys_rotate is active at once, replayed or not" "3|f" \
+    "$(q sched "SELECT version, activated_at IS NULL FROM meshhook_keys.keys_rotate('ha-ring', 'commit mode')")"
+check "health() warns that a failover can lose it" warning \
+    "$(q sched "SELECT status FROM meshhook_keys.health() WHERE item = 'key_activation'")"
+kill -CONT "$wal_sender"
+
+echo "# synchronous replication, the cancel path: a cancelled wait commits locally, and the version"
+echo "# stays pending until the synchronous standby replays it"
+set_conf meshhook_keys.activate_after synchronous_standbys
+set_conf synchronous_standby_names '*'
+if wait_until 30 is_t fresh postgres "EXISTS (SELECT 1 FROM pg_stat_replication WHERE sync_state = 'sync')"; then
+    ok "the standby is synchronous"; else fail "the standby is synchronous"; fi
+wal_sender=$(q postgres "SELECT pid FROM pg_stat_replication LIMIT 1")
+kill -STOP "$wal_sender"
+at_exit "kill -CONT $wal_sender 2>/dev/null || true"
+q sched "SELECT version, activated_at IS NULL FROM meshhook_keys.keys_rotate('ha-ring', 'sync, cancelled')" \
+    > "$TMP/sync-rotate.out" 2>&1 &
+rotating=$!
+if wait_until 30 is_t fresh postgres "EXISTS (SELECT 1 FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND query LIKE '%sync, cancelled%')"; then
+    ok "keys_rotate waits for the synchronous standby"; else fail "keys_rotate waits for the synchronous standby"; fi
+q postgres "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep' AND query LIKE '%sync, cancelled%'" >/dev/null
+wait "$rotating" || true
+check_match "the cancelled wait committed locally (PostgreSQL's warning), version 4 pending" \
+    "canceling wait for synchronous replication.*|4\|t" "$(tr '\n' ' ' < "$TMP/sync-rotate.out")"
+check "version 4 is pending, version 3 still encrypts" "pending|3" \
+    "$(q sched "SELECT (SELECT state FROM meshhook_keys.keys WHERE keyring = 'ha-ring' AND version = 4),
+                       (SELECT version FROM meshhook_keys.keys WHERE keyring = 'ha-ring'
+                         AND key_id = meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('sync', '', 'ha-ring')))" \
+        -c "SET synchronous_commit = local")"
+kill -CONT "$wal_sender"
+if wait_until 30 active_is ha-ring 4; then ok "once the synchronous standby replayed it, version 4 is active"; else fail "version 4 activated"; fi
+set_conf synchronous_standby_names default
+set_conf meshhook_keys.activate_after default
+
 echo "# root key rotation with a standby (issue 26): the new and the previous key configured on the"
 echo "# standby first, then on the primary; the scheduler rewraps there; a client of the standby"
 echo "# decrypts all along and sees no error"
@@ -363,6 +447,7 @@ check "tick() refuses on the standby" "t" \
     "$({ as_pg psql -X -q -A -t -h "$SDIR" -p "$SPORT" -U postgres -d sched -c "SELECT meshhook_keys.tick()" 2>&1 || true; } | grep -q 'standby' && echo t)"
 q sched "SELECT 1 FROM meshhook_keys.keys_rotate('after-ring', 'v1');
          SELECT meshhook_keys.keyring_set_policy('after-ring', interval '1 second')" >/dev/null
+wait_until 30 is_t fresh sched "EXISTS (SELECT 1 FROM meshhook_keys.keys WHERE keyring = 'after-ring' AND state = 'active')" || true
 q postgres "ALTER SYSTEM SET meshhook_keys.worker_enabled = off" && q postgres "SELECT pg_reload_conf()" >/dev/null
 wait_until 10 is_t fresh sched "(SELECT state FROM meshhook_keys.scheduler_status()) = 'disabled'" || true
 versions_on_primary=$(q sched "SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring'")
@@ -372,6 +457,12 @@ as_pg "$PGBIN/pg_ctl" -D "$SDIR/data" -w promote >/dev/null
 if wait_until 30 grep -Eq -- 'server was promoted; resuming' "$SDIR/server.log"; then ok "after promotion the scheduler resumes"; else fail "after promotion the scheduler resumes"; fi
 if wait_until 30 is_t fresh -s sched "(SELECT active_version FROM meshhook_keys.keyrings WHERE keyring = 'after-ring') > $versions_on_primary"; then
     ok "and rotates on the promoted server"; else fail "and rotates on the promoted server"; fi
+# audit ids are never reused after a failover (issue 26): the promoted server is on timeline 2, and
+# its rows are numbered from 2^40 + 1, past anything the old primary could have written after the
+# fork; audit_verify() accepts that one jump and the hashes still chain
+check "the promoted server numbers its audit rows from timeline 2's floor, and the chain verifies" "t|t" \
+    "$(q -s sched "SELECT min(id) FILTER (WHERE id > 1099511627776) = 1099511627777, (meshhook_keys.audit_verify()).ok
+                     FROM meshhook_keys.audit_log")"
 if wait_until 30 is_t fresh -s sched "(SELECT encryptions FROM meshhook_keys.data_key WHERE keyring = 'stby-ring') = 6"; then
     ok "the 6 encryptions made on the standby reached data_key after promotion"; else fail "the standby's encryptions reached data_key after promotion"; fi
 check "the standby's log said 'standby' once" 1 "$(count_log 'server is a standby' "$SDIR/server.log")" ||
