@@ -626,7 +626,7 @@ COMMENT ON FUNCTION meshhook_keys.keyring_rotate_secret(text, text, text, boolea
 COMMENT ON FUNCTION meshhook_keys.health() IS
     'Whether this server keeps secrets secret: root key, scheduler, tenant check, and every logging setting (log_statement, log_min_duration_statement, log_parameter_max_length(_on_error), log_min_error_statement, auto_explain) that would write secret-bearing statements to the log. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.events_channel() IS
-    'The channel to LISTEN on for key events (rotate, create, retire, destroy, keyring_destroy; JSON metadata at commit). The name is random per database, so that roles that cannot call this function cannot listen. Requires meshhook_keys_operator.';
+    'The channel to LISTEN on for key events (rotate, create, activate, retire, destroy, keyring_destroy; JSON metadata at commit). The name is random per database, so that roles that cannot call this function cannot listen. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.tick() IS
     'Run one scheduler tick now in the caller''s transaction: rotate due keyrings, then advance pending re-encryption a bounded number of batches. For pg_cron where the background worker cannot run. Actions audited with actor scheduler. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS
