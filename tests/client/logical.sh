@@ -3,8 +3,10 @@
 # key), the publication carrying meshhook_keys.keyring and meshhook_keys.data_key with the
 # application's table. The subscriber decrypts what the publisher writes, follows its rotations,
 # and never makes a key of its own: its background workers skip the database (a rotation there
-# would stop the apply) and keys_rotate there is refused (55000). Every wait polls a condition
-# with a deadline.
+# would stop the apply) and keys_rotate there is refused (55000). A subscriber client decrypts
+# without error while the publisher rotates, re-encrypts, retires and destroys, and a subscriber
+# session that holds a key is refused it at its next statement once the retire or destroy is
+# applied. Every wait polls a condition with a deadline.
 source "$(dirname "$0")/../lib.sh"
 
 suite_init logical "${MESHHOOK_KEYS_LOGICAL_PORT:-54352}" \
@@ -65,6 +67,37 @@ check "the apply never stopped (no worker error in the subscriber's log)" 0 \
 
 qp pub "ALTER SYSTEM SET meshhook_keys.worker_enabled = off" >/dev/null
 qp pub "SELECT pg_reload_conf()" >/dev/null
+
+echo "# the subscriber decrypts continuously while the publisher rotates, re-encrypts, retires and"
+echo "# destroys: no error, and what was retired or destroyed there is refused after replay"
+old_ct=$(qs sub "SELECT encode(token, 'base64') FROM integration WHERE id = 1")
+old_versions=$(qp pub "SELECT string_agg(version::text, ',') FROM meshhook_keys.data_key WHERE keyring = 'app'")
+stop_loop=$TMP/stop-sub-client
+(
+    rounds=0; errors=0
+    while [ ! -e "$stop_loop" ]; do
+        got=$(qs sub "SELECT count(*) FROM integration WHERE meshhook_keys.secret_decrypt(token, id::text) = 'TOKEN-' || id" 2>/dev/null || echo error)
+        if [ "$got" = 300 ]; then rounds=$((rounds + 1)); else errors=$((errors + 1)); fi
+    done
+    echo "$rounds $errors" > "$TMP/sub-client.count"
+) &
+sub_client=$!
+qp pub "SELECT 1 FROM meshhook_keys.keys_rotate('app', 'before the retire')" >/dev/null
+qp pub "CALL meshhook_keys.reencrypt('app', 50)" -c "SET client_min_messages = warning" >/dev/null
+for v in ${old_versions//,/ }; do
+    qp pub "SELECT meshhook_keys.keys_retire('app', $v)" >/dev/null
+    qp pub "SELECT meshhook_keys.keys_destroy('app', $v)" >/dev/null
+done
+pub_states=$(qp pub "SELECT string_agg(version || ':' || state, ',' ORDER BY version) FROM meshhook_keys.data_key WHERE keyring = 'app'")
+if wait_until 30 is_t qs sub "SELECT string_agg(version || ':' || state, ',' ORDER BY version) = '$pub_states' FROM meshhook_keys.data_key WHERE keyring = 'app'"; then
+    ok "the subscriber applied the rotation, the re-encryption and every retire and destroy ($pub_states)"; else fail "the subscriber applied the publisher's changes"; fi
+touch "$stop_loop"; wait "$sub_client" || true
+read -r rounds errors < "$TMP/sub-client.count"
+check "a subscriber client decrypting all 300 rows in a loop saw no error ($rounds full rounds)" 0 "$errors"
+[ "$rounds" -gt 0 ] && ok "and decrypted all along" || fail "the subscriber client decrypted all along"
+check_match "a ciphertext kept from before, under a destroyed version, is refused on the subscriber" \
+    '^55000: key version [0-9]+ of keyring "app" is destroyed' \
+    "$(qse sub "SELECT meshhook_keys.secret_decrypt(decode('$old_ct', 'base64'), '1')")"
 
 echo "# a retire or a destroy on the publisher reaches a subscriber session that already holds the key,"
 echo "# at its next statement once applied (the apply fires data_key's row trigger enabled for"
