@@ -330,6 +330,8 @@ AS $$
         UNION ALL SELECT 'meshhook_keys_reencrypt_rows_failed', k.keyring, coalesce(r.failed, 0), 12 FROM k LEFT JOIN r USING (keyring)
         UNION ALL SELECT 'meshhook_keys_reencrypt_rows_per_second', k.keyring, r.rate, 13 FROM k JOIN r USING (keyring)
         UNION ALL SELECT 'meshhook_keys_reencrypt_seconds_since_progress', k.keyring, r.idle, 14 FROM k JOIN r USING (keyring)
+        UNION ALL SELECT 'meshhook_keys_key_pending_seconds', k.keyring, EXTRACT(epoch FROM pg_catalog.now() - p.created_at)::float8, 15
+                    FROM k JOIN meshhook_keys.keys p ON p.keyring = k.keyring AND p.state = 'pending'
         UNION ALL SELECT 'meshhook_keys_scheduler_up', NULL, (s.pid IS NOT NULL)::int::float8, 20 FROM s
         UNION ALL SELECT 'meshhook_keys_scheduler_ticks_total', NULL, s.ticks::float8, 21 FROM s
         UNION ALL SELECT 'meshhook_keys_scheduler_seconds_since_tick', NULL, EXTRACT(epoch FROM pg_catalog.now() - s.last_tick_at)::float8, 22 FROM s
@@ -341,4 +343,4 @@ $$;
 REVOKE EXECUTE ON FUNCTION meshhook_keys.metrics() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.metrics() TO meshhook_keys_operator;
 COMMENT ON FUNCTION meshhook_keys.metrics() IS
-    'Monitoring metrics, one row per metric and keyring (keyring NULL for the server): active version, key age, rotation interval and seconds until the next scheduled rotation (negative: overdue), encryptions under the active key and their limit, decrypt-only versions, scheduler failures and retry delay, re-encryption jobs, rows remaining, failed, rate and seconds since the last progress, and the scheduler''s state. Destroyed keyrings are left out; a metric that does not apply has no row. Requires meshhook_keys_operator.';
+    'Monitoring metrics, one row per metric and keyring (keyring NULL for the server): active version, key age, rotation interval and seconds until the next scheduled rotation (negative: overdue), encryptions under the active key and their limit, decrypt-only versions, scheduler failures and retry delay, re-encryption jobs, rows remaining, failed, rate and seconds since the last progress, seconds a pending version has waited for the standbys, and the scheduler''s state. Destroyed keyrings are left out; a metric that does not apply has no row. Requires meshhook_keys_operator.';

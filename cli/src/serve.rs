@@ -601,6 +601,9 @@ fn metric_help(name: &str) -> &'static str {
         "meshhook_keys_reencrypt_seconds_since_progress" => {
             "Seconds since a running re-encryption job last made progress."
         }
+        "meshhook_keys_key_pending_seconds" => {
+            "Seconds a new version has waited for the standbys to replay it."
+        }
         "meshhook_keys_scheduler_up" => "1 when the background scheduler runs.",
         "meshhook_keys_scheduler_ticks_total" => "Scheduler ticks since the server started.",
         "meshhook_keys_scheduler_seconds_since_tick" => "Seconds since the scheduler's last tick.",

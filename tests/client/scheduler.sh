@@ -355,6 +355,8 @@ check "the pending version cannot be retired (55000)" 55000 \
     "$(sqlstate sched "SELECT meshhook_keys.keys_retire('ha-ring', 2)")"
 check "health() names the keyring, the version and the standby it waits for" t \
     "$(q sched "SELECT detail LIKE '%keyring \"ha-ring\" version 2 has waited%standby \"%' FROM meshhook_keys.health() WHERE item = 'key_activation'")"
+check "metrics() has meshhook_keys_key_pending_seconds for it" t \
+    "$(q sched "SELECT value >= 0 FROM meshhook_keys.metrics() WHERE metric = 'meshhook_keys_key_pending_seconds' AND keyring = 'ha-ring'")"
 kill -CONT "$wal_sender"
 if wait_until 30 active_is ha-ring 2; then ok "released, the standby replays it and the scheduler activates version 2"; else fail "version 2 activated after the standby replayed it"; fi
 v2=$(q sched "SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'ha-ring' AND version = 2")
