@@ -13,6 +13,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 PKGS="build-essential pkg-config libssl-dev clang libclang-dev postgresql-15 postgresql-server-dev-15 sudo curl openssl pgbouncer postgresql-15-cron python3 python3-pip"
+# --ha (scripts/test.sh): also etcd and Patroni, for tests/ha/patroni.sh only (the demo does not
+# wait for them). The suite starts its own; the packages' services are disabled.
+HA=false
+[ "${1:-}" = --ha ] && HA=true && PKGS="$PKGS patroni etcd-server"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -22,6 +26,9 @@ if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends $missing >/dev/null
+    if $HA && [ -d /run/systemd/system ]; then
+        systemctl disable --now etcd patroni >/dev/null 2>&1 || true
+    fi
 fi
 
 want=$(pgrx_version)

@@ -13,7 +13,8 @@
 #   6. every feature behind a real PgBouncer, transaction and session modes (tests/client/pooler.sh)
 #   7. no secret in the server log, no Rust backtrace in errors (tests/client/logs.sh)
 #   8. the non-preloaded mode driven by real pg_cron (tests/client/cron.sh; 15 only, the one
-#      version Debian packages pg_cron for)
+#      version Debian packages pg_cron for), and failovers under real etcd and Patroni: no key
+#      that sealed a ciphertext is lost (tests/ha/patroni.sh; 15 only)
 #   9. audit completeness: no idle transaction holds up an admin, a refusal flood loses nothing
 #      (tests/client/audit.sh)
 #  10. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
@@ -24,7 +25,7 @@ source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
 start=$(date +%s)
 
-"$REPO_ROOT/scripts/setup.sh"
+"$REPO_ROOT/scripts/setup.sh" --ha
 
 say "cargo fmt --check"
 cargo fmt --all --check
@@ -81,6 +82,9 @@ client_suites() {
             # Debian 12 packages pg_cron for its own PostgreSQL 15 only.
             say "PostgreSQL $1: cron suite (not preloaded, driven by pg_cron)"
             "$REPO_ROOT/tests/client/cron.sh"
+            # one major is enough for the failover scenarios (about a minute), Debian's
+            say "PostgreSQL $1: high-availability suite (etcd and two Patroni nodes, failovers)"
+            "$REPO_ROOT/tests/ha/patroni.sh"
         fi
         say "PostgreSQL $1: audit suite (open transactions, refusal flood)"
         "$REPO_ROOT/tests/client/audit.sh"
