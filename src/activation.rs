@@ -98,10 +98,20 @@ pub enum Outcome {
 /// keyring's locks (the one lock order); the first attempt fixes the WAL position waited for.
 pub fn try_activate(keyring: &str) -> Result<Outcome> {
     lock_order::keyring(keyring, Row::Existing)?;
-    let Some((key_id, version, wait_lsn)) = store::pending_key(keyring)? else {
+    let Some(pending) = store::pending_key(keyring)? else {
         return Ok(Outcome::NoPending);
     };
-    let target = match wait_lsn {
+    let (key_id, version) = (pending.key_id, pending.version);
+    if pending.made_here {
+        // Made by this very transaction (a rotation and tick() in one transaction): its commit
+        // record is not written yet, so no WAL position stands for it. A later transaction fixes
+        // one.
+        return Ok(Outcome::Waiting {
+            version,
+            behind: behind(None)?,
+        });
+    }
+    let target = match pending.wait_lsn {
         Some(l) => l,
         None => store::set_wait_lsn(key_id)?,
     };
@@ -129,7 +139,10 @@ pub fn try_activate(keyring: &str) -> Result<Outcome> {
 
 /// The error for a keyring whose newest version still waits for the standbys.
 pub fn pending_error(keyring: &str) -> Result<KeysError> {
-    let Some((_, version, wait_lsn)) = store::pending_key(keyring)? else {
+    let Some(store::PendingKey {
+        version, wait_lsn, ..
+    }) = store::pending_key(keyring)?
+    else {
         return Ok(KeysError::NoActiveKey(keyring.into()));
     };
     // SAFETY: reads shared recovery state.
@@ -163,13 +176,45 @@ fn activate_after_name() -> &'static str {
     }
 }
 
+/// The physical standbys streaming from this server (all, or only those without a replication
+/// slot), named as [`behind`] names them.
+fn physical_walsenders(slotless_only: bool) -> Result<Vec<String>> {
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT pg_catalog.format('standby \"%s\"', r.application_name)
+               FROM pg_catalog.pg_stat_replication r
+              WHERE r.state OPERATOR(pg_catalog.<>) 'backup'
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots g
+                                 WHERE g.active_pid OPERATOR(pg_catalog.=) r.pid
+                                   AND (g.slot_type OPERATOR(pg_catalog.=) 'logical' OR $1))
+              ORDER BY 1",
+            None,
+            &[slotless_only.into()],
+        )? {
+            out.extend(r.get::<String>(1)?);
+        }
+        Ok(out)
+    })
+}
+
 /// The `key_activation` row of health(): versions waiting for the standbys (a warning once one
 /// has waited a minute, naming what it waits for), or whether new versions wait at all. None on a
 /// standby (the primary activates).
 pub fn health() -> Result<Option<(&'static str, String)>> {
     // SAFETY: reads shared recovery state.
     if unsafe { pgrx::pg_sys::RecoveryInProgress() } {
-        return Ok(None);
+        // (the primary activates; it cannot see the standbys that stream from this one)
+        let cascading = physical_walsenders(false)?;
+        return Ok((!cascading.is_empty()).then(|| {
+            (
+                "warning",
+                format!(
+                    "this standby feeds {}: the primary does not see them, so a new version does not wait for them, and a failover to one of them can lose the newest key; stream them from the primary (with a slot there), or never promote them",
+                    describe(&cascading)
+                ),
+            )
+        }));
     }
     let waiting: Vec<(String, i32, Option<String>, f64)> = Spi::connect(|c| {
         let mut out = Vec::new();
@@ -211,6 +256,18 @@ pub fn health() -> Result<Option<(&'static str, String)>> {
                     "warning",
                     format!(
                         "activate_after = commit with {standbys} standbys: a new version encrypts at once, and a failover to a standby that had not received it loses every secret sealed under it; set meshhook_keys.activate_after = standbys (or synchronous_standbys)"
+                    ),
+                )));
+            }
+        }
+        if gucs::activate_after() == ActivateAfter::Standbys {
+            let slotless = physical_walsenders(true)?;
+            if !slotless.is_empty() {
+                return Ok(Some((
+                    "warning",
+                    format!(
+                        "{} without a replication slot here: while disconnected it is not waited for, and a failover to it can lose a version made meanwhile; give every standby that may be promoted a physical slot (Patroni: use_slots)",
+                        describe(&slotless)
                     ),
                 )));
             }

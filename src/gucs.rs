@@ -216,7 +216,7 @@ pub fn init() {
     GucRegistry::define_enum_guc(
         c"meshhook_keys.activate_after",
         c"When a new key version starts encrypting: once the standbys have replayed it (standbys, synchronous_standbys) or at commit.",
-        c"Until then it is pending: it decrypts, the previous version keeps encrypting, and the scheduler activates it. standbys waits for every physical standby that is connected or holds a replication slot; synchronous_standbys for those synchronous_standby_names names; commit waits for none (a failover may then lose a key that sealed ciphertexts).",
+        c"Until then it is pending: it decrypts, the previous version keeps encrypting, and the scheduler activates it. standbys waits for every physical standby that is connected or holds a replication slot; synchronous_standbys for the current synchronous (or quorum) standbys; commit waits for none (a failover may then lose a key that sealed ciphertexts).",
         &ACTIVATE_AFTER,
         GucContext::Sighup,
         GucFlags::default(),

@@ -166,12 +166,56 @@ pub fn ensure_default_keyring() -> KResult<()> {
         // (its first version waits for the standbys: activate it if they have replayed it)
         return settle_pending(DEFAULT_KEYRING);
     }
+    refuse_destroyed(DEFAULT_KEYRING)?;
+    if let Some(sub) = store::key_tables_subscription()? {
+        return Err(KeysError::LogicalReplica(sub));
+    }
+    if let Some(behind) = crate::activation::must_wait()? {
+        // A first version made here would wait for the standbys, and this call's error would roll
+        // it back with everything else: the workers make it, in a transaction of their own, and a
+        // retry finds it active once the standbys have replayed it.
+        let asked = crate::served::ask_for_default_keyring(crate::served::this_database());
+        return Err(KeysError::ActivationPending {
+            keyring: DEFAULT_KEYRING.into(),
+            version: 1,
+            behind: if asked {
+                format!(
+                    "the scheduler to make it (within a second or two), then for {}",
+                    crate::activation::describe(&behind)
+                )
+            } else {
+                format!(
+                    "{}, and nothing makes it on first use without shared_preload_libraries: an operator runs SELECT meshhook_keys.keyring_create('default')",
+                    crate::activation::describe(&behind)
+                )
+            },
+        });
+    }
     create_version(
         DEFAULT_KEYRING,
         Some("created on first use by secret_encrypt"),
         "create",
     )?;
     Ok(())
+}
+
+/// The `default` keyring's first version, made by the scheduler because secret_encrypt asked for
+/// it while standbys must replay it (see [`ensure_default_keyring`]). Nothing if it has one.
+pub fn make_default_keyring_for_first_use() -> KResult<bool> {
+    rootkey::current()?;
+    lock_order::keyring(DEFAULT_KEYRING, Row::CreateIfMissing)?;
+    if store::active_key(DEFAULT_KEYRING)?.is_some()
+        || store::pending_key(DEFAULT_KEYRING)?.is_some()
+        || store::keyring_destroyed_at(DEFAULT_KEYRING)?.is_some()
+    {
+        return Ok(false);
+    }
+    create_version(
+        DEFAULT_KEYRING,
+        Some("created on first use by secret_encrypt (by the scheduler: standbys replay it first)"),
+        "create",
+    )?;
+    Ok(true)
 }
 
 /// The most encryptions a policy may allow under one key: AES-GCM with random 96-bit nonces must

@@ -370,6 +370,30 @@ fn root_rewrap_step(mode: Mode, out: &mut Vec<Action>) {
     }
 }
 
+/// Make the `default` keyring's first version if secret_encrypt asked for it (with standbys, it
+/// cannot make it itself: see keyring::ensure_default_keyring).
+fn default_keyring_step(mode: Mode, out: &mut Vec<Action>) {
+    let db = served::this_database();
+    if !served::take_default_keyring_request(db) {
+        return;
+    }
+    match isolated(mode, || {
+        audit::as_actor(ACTOR, keyring::make_default_keyring_for_first_use)
+    }) {
+        Ok(true) => out.push(Action::new(
+            Some(keyring::DEFAULT_KEYRING),
+            "create",
+            "ok",
+            "version 1, asked for by secret_encrypt: pending until the standbys replay it".into(),
+        )),
+        Ok(false) => {}
+        Err(f) => {
+            // (asked again by the next secret_encrypt)
+            out.push(Action::failed(Some(keyring::DEFAULT_KEYRING), "create", &f));
+        }
+    }
+}
+
 /// Activate the pending versions the standbys have replayed (crate::activation), each keyring
 /// isolated from the others. While one still waits, the workers come back to this database about
 /// once a second instead of once per naptime ([`served::set_activation_waiting`]).
@@ -595,6 +619,7 @@ pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
         out.push(Action::failed(None, "flush_usage", &f));
     }
     root_rewrap_step(mode, &mut out);
+    default_keyring_step(mode, &mut out);
     activation_step(mode, &mut out);
     rotation_step(mode, worker, &mut out);
     reencryption_step(mode, worker, &mut out);

@@ -74,9 +74,12 @@ struct Entry {
     ticks: AtomicU64,
     /// TimestampTz of the end of its last tick (0: none yet).
     last_tick_at: AtomicI64,
-    /// A key version there waits for the standbys to replay it (crate::activation): serve it about
+    /// A key version there waits for the standbys to replay it: serve it about
     /// once a second until it is active.
     activation_waiting: AtomicBool,
+    /// secret_encrypt found no `default` keyring while standbys must replay its first version: the
+    /// next tick there makes it, in a transaction of its own (see keyring::ensure_default_keyring).
+    default_keyring_asked: AtomicBool,
 }
 
 #[repr(C)]
@@ -151,6 +154,7 @@ fn entry(db: u32) -> Option<&'static Entry> {
         e.ticks.store(0, Ordering::Relaxed);
         e.last_tick_at.store(0, Ordering::Relaxed);
         e.activation_waiting.store(false, Ordering::Relaxed);
+        e.default_keyring_asked.store(false, Ordering::Relaxed);
         e.db.store(db, Ordering::Release);
         Some(e)
     });
@@ -217,6 +221,26 @@ pub fn any_activation_waiting() -> bool {
             e.db.load(Ordering::Acquire) != 0 && e.activation_waiting.load(Ordering::Relaxed)
         })
     })
+}
+
+/// Ask the workers to make the `default` keyring's first version in `db` (and to come back about
+/// once a second until it is active). False without shared memory (no workers to ask).
+pub fn ask_for_default_keyring(db: u32) -> bool {
+    match entry(db) {
+        Some(e) => {
+            e.default_keyring_asked.store(true, Ordering::Relaxed);
+            e.activation_waiting.store(true, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether the `default` keyring was asked for in `db`; clears the request.
+pub fn take_default_keyring_request(db: u32) -> bool {
+    table()
+        .and_then(|t| find(t, db))
+        .is_some_and(|e| e.default_keyring_asked.swap(false, Ordering::Relaxed))
 }
 
 /// The current database.

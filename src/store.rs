@@ -268,21 +268,48 @@ pub fn insert_key(
     })
 }
 
-/// A keyring's pending version, if it has one: (key id, version, the WAL position the standbys
-/// must have replayed, once set), as committed now.
-pub fn pending_key(keyring: &str) -> Result<Option<(i64, i32, Option<String>)>> {
+/// A keyring's pending version, as committed now (or made by this transaction).
+pub struct PendingKey {
+    pub key_id: i64,
+    pub version: i32,
+    /// The WAL position the standbys must have replayed, once set.
+    pub wait_lsn: Option<String>,
+    /// Made by this transaction (or one of its subtransactions): not committed yet.
+    pub made_here: bool,
+}
+
+/// A keyring's pending version, if it has one.
+pub fn pending_key(keyring: &str) -> Result<Option<PendingKey>> {
     let rows = crate::fresh::select(
         // (wait_lsn through to_jsonb: a 0.4.0 schema, until ALTER EXTENSION UPDATE, has none)
-        "SELECT key_id, version, pg_catalog.to_jsonb(d) OPERATOR(pg_catalog.->>) 'wait_lsn'
+        "SELECT key_id, version, pg_catalog.to_jsonb(d) OPERATOR(pg_catalog.->>) 'wait_lsn',
+                d.xmin::text::bigint
            FROM meshhook_keys.data_key d
           WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'pending'",
         &[keyring.into()],
-        |r| Ok((r.get::<i64>(1)?, r.get::<i32>(2)?, r.get::<String>(3)?)),
+        |r| {
+            Ok((
+                r.get::<i64>(1)?,
+                r.get::<i32>(2)?,
+                r.get::<String>(3)?,
+                r.get::<i64>(4)?,
+            ))
+        },
     )?;
-    Ok(rows
-        .into_iter()
-        .next()
-        .and_then(|(k, v, l)| Some((k?, v?, l))))
+    Ok(rows.into_iter().next().and_then(|(k, v, l, x)| {
+        // SAFETY: a lookup in this backend's own transaction state.
+        let made_here = unsafe {
+            pgrx::pg_sys::TransactionIdIsCurrentTransactionId(pgrx::pg_sys::TransactionId::from(
+                x? as u32,
+            ))
+        };
+        Some(PendingKey {
+            key_id: k?,
+            version: v?,
+            wait_lsn: l,
+            made_here,
+        })
+    }))
 }
 
 /// Whether the schema has pending versions (0.5.0; a 0.4.0 schema, until ALTER EXTENSION

@@ -113,7 +113,7 @@ fn start_child(
         .load_dynamic()
 }
 
-/// How often a database with a key version waiting for the standbys is served (crate::activation).
+/// How often a database with a key version waiting for the standbys is served (see the activation module).
 const ACTIVATION_POLL: Duration = Duration::from_secs(1);
 
 /// The database workers the launcher started, by database, and when.

@@ -333,8 +333,11 @@ set_conf() {
 }
 active_is() { is_t fresh sched "(SELECT version FROM meshhook_keys.keys WHERE keyring = '$1' AND state = 'active') = $2"; }
 sched_ticks() { q sched "SELECT ticks FROM meshhook_keys.scheduler_status()"; }
+is_first() { [ "$("$@")" = first ]; }
 q sched "SELECT 1 FROM meshhook_keys.keyring_create('ha-ring')" >/dev/null
+q other "SELECT 1 FROM meshhook_keys.keyring_create('other-ha')" >/dev/null
 if wait_until 30 active_is ha-ring 1; then ok "version 1 becomes active once the standby replayed it"; else fail "version 1 becomes active"; fi
+wait_until 30 is_t fresh other "EXISTS (SELECT 1 FROM meshhook_keys.keys WHERE keyring = 'other-ha' AND state = 'active')" || true
 check "the activation is audited (actor scheduler, the position replayed)" "scheduler|t" \
     "$(q sched "SELECT actor, detail ? 'replayed_to' FROM meshhook_keys.audit_log WHERE keyring = 'ha-ring' AND action = 'activate'")"
 wal_sender=$(q postgres "SELECT pid FROM pg_stat_replication LIMIT 1")
@@ -342,6 +345,8 @@ kill -STOP "$wal_sender"
 at_exit "kill -CONT $wal_sender 2>/dev/null || true"
 check "keys_rotate while the standby is held back: version 2, pending (activated_at NULL)" "2|t" \
     "$(q sched "SELECT version, activated_at IS NULL FROM meshhook_keys.keys_rotate('ha-ring', 'standby held back')")"
+check "so in another database (served by database workers)" "2|t" \
+    "$(q other "SELECT version, activated_at IS NULL FROM meshhook_keys.keys_rotate('other-ha', 'standby held back')")"
 v1=$(q sched "SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'ha-ring' AND version = 1")
 t0=$(sched_ticks)
 wait_until 30 is_t fresh sched "(SELECT ticks FROM meshhook_keys.scheduler_status()) >= $t0 + 3" || true
@@ -359,6 +364,8 @@ check "metrics() has meshhook_keys_key_pending_seconds for it" t \
     "$(q sched "SELECT value >= 0 FROM meshhook_keys.metrics() WHERE metric = 'meshhook_keys_key_pending_seconds' AND keyring = 'ha-ring'")"
 kill -CONT "$wal_sender"
 if wait_until 30 active_is ha-ring 2; then ok "released, the standby replays it and the scheduler activates version 2"; else fail "version 2 activated after the standby replayed it"; fi
+if wait_until 30 is_t fresh other "(SELECT version FROM meshhook_keys.keys WHERE keyring = 'other-ha' AND state = 'active') = 2"; then
+    ok "and a database worker activates the other database's"; else fail "the other database's version 2 activated"; fi
 v2=$(q sched "SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'ha-ring' AND version = 2")
 check "version 2 encrypts now" "$v2" \
     "$(q sched "SELECT meshhook_keys.ciphertext_key_id(meshhook_keys.secret_encrypt('released', '', 'ha-ring'))")"
@@ -403,6 +410,49 @@ kill -CONT "$wal_sender"
 if wait_until 30 active_is ha-ring 4; then ok "once the synchronous standby replayed it, version 4 is active"; else fail "version 4 activated"; fi
 set_conf synchronous_standby_names default
 set_conf meshhook_keys.activate_after default
+
+echo "# a rotation and tick() in one transaction: nothing stands for its commit yet, so tick() there"
+echo "# does not fix the position to wait for (it would be before the commit record)"
+set_conf meshhook_keys.worker_enabled off
+wal_sender=$(q postgres "SELECT pid FROM pg_stat_replication LIMIT 1")
+at_exit "kill -CONT $wal_sender 2>/dev/null || true"
+out=$(as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d sched -v ON_ERROR_STOP=1 <<SQL 2>&1
+BEGIN;
+SELECT version FROM meshhook_keys.keys_rotate('ha-ring', 'rotate and tick in one transaction');
+SELECT outcome FROM meshhook_keys.tick() WHERE action = 'activate' AND keyring = 'ha-ring';
+-- the standby replays everything up to here (another session's commits flush the WAL), all but
+-- this transaction's commit record: the walsender is stopped before it
+SELECT pg_current_wal_insert_lsn() AS here \gset
+\setenv HERE :here
+\! for i in \$(seq 1 100); do psql -X -q -h $TMP -p $PORT -U postgres -d postgres -c 'SELECT txid_current()' >/dev/null; [ "\$(psql -X -A -t -h $TMP -p $PORT -U postgres -d postgres -c "SELECT replay_lsn >= '\$HERE' FROM pg_stat_replication")" = t ] && break; sleep 0.1; done
+\! kill -STOP $wal_sender
+COMMIT;
+SQL
+)
+check "tick() in the rotating transaction leaves version 5 pending" "5 skipped" "$(echo $out)"
+set_conf meshhook_keys.worker_enabled on
+t0=$(sched_ticks)
+wait_until 30 is_t fresh sched "(SELECT ticks FROM meshhook_keys.scheduler_status()) >= $t0 + 3" || true
+check "three scheduler ticks after its commit, with the standby held back, it is still pending" pending \
+    "$(q sched "SELECT state FROM meshhook_keys.keys WHERE keyring = 'ha-ring' AND version = 5")"
+kill -CONT "$wal_sender"
+if wait_until 30 active_is ha-ring 5; then ok "released, version 5 is activated"; else fail "version 5 activated"; fi
+
+echo "# the default keyring's first use with a standby: secret_encrypt cannot make a version that must"
+echo "# wait (its error would roll it back): the workers make it, and a retry succeeds once replayed"
+q postgres "CREATE DATABASE dflt"
+q dflt "CREATE EXTENSION meshhook_keys"
+check_match "the first secret_encrypt says the scheduler makes the key and what it waits for (55000)" \
+    '^55000: version 1 of keyring "default" is pending: it waits for the scheduler to make it.*standby "' \
+    "$(psql_error postgres dflt "SELECT meshhook_keys.secret_encrypt('first', 'c')")"
+encrypts() { q dflt "SELECT meshhook_keys.secret_decrypt(meshhook_keys.secret_encrypt('first', 'c'), 'c')" 2>/dev/null; }
+if wait_until 30 is_first encrypts; then ok "a retry encrypts under the default keyring's version 1"; else fail "a retry encrypts"; fi
+# (activated by the scheduler, or by the retry itself if the standby had replayed it by then)
+check "made by the scheduler, then activated" "create|scheduler,activate" \
+    "$(q dflt "SELECT string_agg(action || CASE WHEN action = 'create' THEN '|' || actor ELSE '' END, ',' ORDER BY id) FROM meshhook_keys.audit_log WHERE keyring = 'default'")"
+check_match "health() warns that the standby streams without a replication slot" \
+    '^warning\|standby ".*" without a replication slot' \
+    "$(q sched "SELECT status || '|' || detail FROM meshhook_keys.health() WHERE item = 'key_activation'")"
 
 echo "# root key rotation with a standby (issue 26): the new and the previous key configured on the"
 echo "# standby first, then on the primary; the scheduler rewraps there; a client of the standby"

@@ -380,6 +380,18 @@ check_rotation_inactive() {
 
 teardown_cluster() { app_stop 2>/dev/null || true; kill_node 1; kill_node 2; }
 
+# fail_over_after_rotation VERSION KEY_ID ACTIVATED_AT: the rotation made on node1 (the leader)
+# while replication is frozen is checked, the audit ids the client sees are kept, node1 is killed,
+# and node2 is checked; then the cluster goes
+fail_over_after_rotation() {
+    check_rotation_inactive 1 "$1" "$2" "$3"
+    echo "# versions on the leader: $(q 1 app "SELECT string_agg(version || ':' || state, ' ' ORDER BY version) FROM meshhook_keys.keys WHERE keyring = 'app'")"
+    audit_ids 1 > "$TMP/$SCOPE/audit-seen"
+    kill_leader 1 || { teardown_cluster; return 0; }
+    after_failover 2 "$2" "$TMP/$SCOPE/audit-seen"
+    teardown_cluster
+}
+
 # ---- scenarios ------------------------------------------------------------------------------------
 scenario_async_rotation() {
     echo "# async: a rotation while replication is frozen, the application encrypts on, the leader dies"
@@ -395,12 +407,7 @@ scenario_async_rotation() {
     app_waits_for 20
     check "[$SCOPE] the standby never received version $version (replication is frozen)" 0 \
         "$(q 2 app "SELECT count(*) FROM meshhook_keys.keys WHERE keyring = 'app' AND version = $version")"
-    check_rotation_inactive 1 "$version" "$key_id" "$activated_at"
-    echo "# versions on the leader: $(q 1 app "SELECT string_agg(version || ':' || state, ' ' ORDER BY version) FROM meshhook_keys.keys WHERE keyring = 'app'")"
-    audit_ids 1 > "$TMP/$SCOPE/audit-seen"
-    kill_leader 1 || { teardown_cluster; return 0; }
-    after_failover 2 "$key_id" "$TMP/$SCOPE/audit-seen"
-    teardown_cluster
+    fail_over_after_rotation "$version" "$key_id" "$activated_at"
 }
 
 scenario_sync_cancel() {
@@ -445,12 +452,7 @@ scenario_sync_cancel() {
     echo "# keys_rotate on the leader: version ${version:-?}, key_id ${key_id:-?}, activated_at ${activated_at:-NULL}"
     if [ -z "$key_id" ]; then fail "[$SCOPE] keys_rotate returned its row" "$(cat "$dir/rotate.err")"; key_id=0; version=0; fi
     app_waits_for 20 || fail "[$SCOPE] the application encrypts while the synchronous standby is frozen"
-    check_rotation_inactive 1 "$version" "$key_id" "$activated_at"
-    echo "# versions on the leader: $(q 1 app "SELECT string_agg(version || ':' || state, ' ' ORDER BY version) FROM meshhook_keys.keys WHERE keyring = 'app'")"
-    audit_ids 1 > "$dir/audit-seen"
-    kill_leader 1 || { teardown_cluster; return 0; }
-    after_failover 2 "$key_id" "$dir/audit-seen"
-    teardown_cluster
+    fail_over_after_rotation "$version" "$key_id" "$activated_at"
 }
 
 T0=$(now)
