@@ -17,7 +17,9 @@
 //! replay position, or its flush position for a client that does not replay, such as
 //! pg_receivewal) or holds a physical replication slot here (its restart position while it is
 //! disconnected), so a standby that is restarting holds rotations back rather than missing them.
-//! Logical walsenders and base backups do not count.
+//! Logical walsenders and base backups do not count. A walsender whose columns the extension's
+//! owner may not read (an owner without pg_read_all_stats) counts as not replayed: rotations then
+//! wait, visibly in health(), rather than activate unchecked.
 //!
 //! Layer 3, beside `keyring`: called by `keyring`, the scheduler, `health()` and the encrypt
 //! path; calls the store, the audit log and the lock order.
@@ -45,7 +47,7 @@ fn behind(target: Option<&str>) -> Result<Vec<String>> {
                         coalesce(r.replay_lsn, r.flush_lsn, l.restart_lsn) AS at,
                         coalesce(r.sync_state, 'async') AS sync_state
                    FROM (SELECT * FROM pg_catalog.pg_stat_replication
-                          WHERE state OPERATOR(pg_catalog.<>) 'backup'
+                          WHERE coalesce(state, '') OPERATOR(pg_catalog.<>) 'backup'
                             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots g
                                              WHERE g.active_pid OPERATOR(pg_catalog.=) pid
                                                AND g.slot_type OPERATOR(pg_catalog.=) 'logical')) r
@@ -184,7 +186,7 @@ fn physical_walsenders(slotless_only: bool) -> Result<Vec<String>> {
         for r in c.select(
             "SELECT pg_catalog.format('standby \"%s\"', r.application_name)
                FROM pg_catalog.pg_stat_replication r
-              WHERE r.state OPERATOR(pg_catalog.<>) 'backup'
+              WHERE coalesce(r.state, '') OPERATOR(pg_catalog.<>) 'backup'
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots g
                                  WHERE g.active_pid OPERATOR(pg_catalog.=) r.pid
                                    AND (g.slot_type OPERATOR(pg_catalog.=) 'logical' OR $1))
@@ -241,7 +243,7 @@ pub fn health() -> Result<Option<(&'static str, String)>> {
                 Ok::<_, KeysError>(
                     c.select(
                         "SELECT 1 FROM pg_catalog.pg_stat_replication r
-                          WHERE r.state OPERATOR(pg_catalog.<>) 'backup'
+                          WHERE coalesce(r.state, '') OPERATOR(pg_catalog.<>) 'backup'
                             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots g
                                              WHERE g.active_pid OPERATOR(pg_catalog.=) r.pid
                                                AND g.slot_type OPERATOR(pg_catalog.=) 'logical')",
