@@ -8,8 +8,8 @@
 //! AAD = the 9 header bytes || caller context (UTF-8 bytes)
 //! ```
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
@@ -190,6 +190,51 @@ fn aad(header: &[u8], context: &[u8]) -> Vec<u8> {
     a
 }
 
+/// `header ‖ context`, the associated data, handed to `f`: on the stack when it is short (the usual
+/// case), so that the per-call path allocates nothing for it.
+fn with_aad<R>(header: &[u8], context: &[u8], f: impl FnOnce(&[u8]) -> R) -> R {
+    const ON_STACK: usize = 256;
+    let n = header.len() + context.len();
+    if n <= ON_STACK {
+        let mut buf = [0u8; ON_STACK];
+        buf[..header.len()].copy_from_slice(header);
+        buf[header.len()..n].copy_from_slice(context);
+        f(&buf[..n])
+    } else {
+        f(&aad(header, context))
+    }
+}
+
+/// How many plaintext bytes a format-1 envelope holds (after [`parse_key_id`] accepted it).
+pub fn plaintext_len(envelope: &[u8]) -> usize {
+    envelope.len().saturating_sub(MIN_ENVELOPE_LEN)
+}
+
+/// Decrypt a format-1 envelope into `out`, exactly [`plaintext_len`] bytes, in place: the only
+/// copy of the plaintext is the one in `out` (the caller's result buffer). The tag is checked before
+/// anything is decrypted; on any failure `out` is wiped. The caller has resolved the key id.
+pub fn open_into(
+    cipher: &Aes256Gcm,
+    envelope: &[u8],
+    context: &[u8],
+    out: &mut [u8],
+) -> Result<(), CryptoError> {
+    parse_key_id(envelope)?;
+    if out.len() != plaintext_len(envelope) {
+        return Err(CryptoError::AuthenticationFailed);
+    }
+    let nonce = &envelope[HEADER_LEN..HEADER_LEN + NONCE_LEN];
+    let (ct, tag) = envelope[HEADER_LEN + NONCE_LEN..].split_at(out.len());
+    out.copy_from_slice(ct);
+    let opened = with_aad(&envelope[..HEADER_LEN], context, |aad| {
+        cipher.decrypt_in_place_detached(Nonce::from_slice(nonce), aad, out, Tag::from_slice(tag))
+    });
+    opened.map_err(|_| {
+        out.zeroize();
+        CryptoError::AuthenticationFailed
+    })
+}
+
 /// Encrypt `plaintext` under `cipher` (the data key `key_id`) into a format-1 envelope.
 pub fn seal(cipher: &Aes256Gcm, key_id: i64, plaintext: &[u8], context: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(MIN_ENVELOPE_LEN + plaintext.len());
@@ -197,17 +242,14 @@ pub fn seal(cipher: &Aes256Gcm, key_id: i64, plaintext: &[u8], context: &[u8]) -
     out.extend_from_slice(&key_id.to_be_bytes());
     let nonce = random_nonce();
     out.extend_from_slice(&nonce);
-    let aad = aad(&out[..HEADER_LEN], context);
-    let ct = cipher
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: plaintext,
-                aad: &aad,
-            },
-        )
-        .expect("AES-GCM encryption of a bounded buffer cannot fail");
-    out.extend_from_slice(&ct);
+    // (sealed in place in the envelope itself: no other buffer holds the plaintext)
+    out.extend_from_slice(plaintext);
+    let (head, body) = out.split_at_mut(HEADER_LEN + NONCE_LEN);
+    let tag = with_aad(&head[..HEADER_LEN], context, |aad| {
+        cipher.encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, body)
+    })
+    .expect("AES-GCM encryption of a bounded buffer cannot fail");
+    out.extend_from_slice(&tag);
     out
 }
 
@@ -407,6 +449,39 @@ mod unit {
         assert_eq!(env[0], FORMAT_V1);
         assert_eq!(parse_key_id(&env).unwrap(), 42);
         assert_eq!(open(&c, &env, b"tenant-1").unwrap().as_slice(), b"hunter2");
+    }
+
+    #[test]
+    fn open_into_decrypts_in_place_and_wipes_on_failure() {
+        let c = key().cipher();
+        // a context longer than the stack buffer for the associated data takes the heap path
+        for context in [&b"tenant-1"[..], &[7u8; 300][..]] {
+            let env = seal(&c, 42, b"hunter2", context);
+            let mut out = vec![0xAAu8; plaintext_len(&env)];
+            open_into(&c, &env, context, &mut out).unwrap();
+            assert_eq!(out, b"hunter2");
+            assert_eq!(open(&c, &env, context).unwrap().as_slice(), b"hunter2");
+            // wrong context, tampered body, tampered tag: refused, and the buffer holds nothing
+            let mut tampered = env.clone();
+            tampered[MIN_ENVELOPE_LEN - TAG_LEN] ^= 1;
+            let mut bad_tag = env.clone();
+            *bad_tag.last_mut().unwrap() ^= 1;
+            for (e, ctx) in [
+                (&env, &b"other"[..]),
+                (&tampered, context),
+                (&bad_tag, context),
+            ] {
+                let mut out = vec![0xAAu8; plaintext_len(e)];
+                assert!(open_into(&c, e, ctx, &mut out).is_err());
+                assert!(
+                    out.iter().all(|&b| b == 0),
+                    "a failed open leaves the buffer wiped"
+                );
+            }
+            // a buffer of another length is refused
+            let mut short = vec![0u8; 3];
+            assert!(open_into(&c, &env, context, &mut short).is_err());
+        }
     }
 
     #[test]

@@ -54,3 +54,27 @@ pub struct CachedKey {
     /// The cache clock when this key was loaded (least recently loaded keys are evicted first).
     pub(crate) loaded_at: u64,
 }
+
+/// Maps keyed by data key id. Key ids are random 63-bit numbers and only real keys are ever
+/// inserted (an unknown id in a ciphertext misses and is refused), so the id is its own hash: no
+/// SipHash on every decryption's lookup.
+pub type KeyIdMap<V> =
+    std::collections::HashMap<i64, V, std::hash::BuildHasherDefault<KeyIdHasher>>;
+
+#[derive(Default)]
+pub struct KeyIdHasher(u64);
+
+impl std::hash::Hasher for KeyIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // (only i64 keys are hashed; any other input still hashes deterministically)
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_i64(&mut self, id: i64) {
+        self.0 = id as u64;
+    }
+}

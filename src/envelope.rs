@@ -75,6 +75,27 @@ pub fn decrypt(
     Ok(crypto::open(&key.cipher, ciphertext, context.as_bytes())?)
 }
 
+/// As [`decrypt`], with the plaintext written straight into the buffer `out(length)` returns (the
+/// result datum): no other copy of it is made, and a failed check leaves the buffer wiped.
+pub fn decrypt_into(
+    ciphertext: Option<&[u8]>,
+    context: Option<&str>,
+    out: impl FnOnce(usize) -> &'static mut [u8],
+) -> Result<()> {
+    let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
+    let context = context.ok_or(KeysError::NullArgument("context"))?;
+    let key_id = crypto::parse_key_id(ciphertext)?;
+    let key = resolver::key_for_decrypt(key_id)?;
+    crate::tenancy::check(&key, "decryption")?;
+    let buf = out(crypto::plaintext_len(ciphertext));
+    Ok(crypto::open_into(
+        &key.cipher,
+        ciphertext,
+        context.as_bytes(),
+        buf,
+    )?)
+}
+
 /// Decrypt an envelope that a row says belongs to `keyring` (the built-in store's view): as
 /// [`decrypt`], and refused (XX001) when the envelope's key belongs to another keyring, so that a
 /// ciphertext moved into a row of another keyring is never shown as that keyring's secret.

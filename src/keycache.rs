@@ -22,7 +22,7 @@ pub use crate::datakey::{CachedKey, KeyState};
 
 #[derive(Default)]
 struct Cache {
-    by_id: HashMap<i64, Rc<CachedKey>>,
+    by_id: crate::datakey::KeyIdMap<Rc<CachedKey>>,
     active: HashMap<String, i64>,
     clock: u64,
     hits: u64,

@@ -1,19 +1,98 @@
-//! Decrypted values on their way to PostgreSQL: copied once into the result datum (which belongs to
-//! the query), then wiped. Returning a `String` or `Vec<u8>` would leave a second copy of every
-//! plaintext in freed Rust memory.
+//! Decrypted values on their way to PostgreSQL. secret_decrypt and secret_decrypt_bytea decrypt
+//! straight into the result datum ([`Decrypted`]: the only copy of the plaintext, which belongs to
+//! the query); the built-in store's view hands over a buffer that is copied once into the result
+//! datum, then wiped ([`PlainText`]). Returning a `String` or `Vec<u8>` would leave a second
+//! copy of every plaintext in freed Rust memory.
 
+use crate::error::{KeysError, Result as KResult};
 use pgrx::datum::IntoDatum;
 use pgrx::pg_sys;
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 /// A decrypted text (already checked to be valid UTF-8 without NUL), returned as `text`.
 pub struct PlainText(pub Zeroizing<Vec<u8>>);
 
-/// A decrypted value returned as `bytea`.
-pub struct PlainBytes(pub Zeroizing<Vec<u8>>);
+/// A decrypted text, decrypted in place into its result varlena (checked to be valid UTF-8
+/// without NUL), returned as `text`.
+pub struct DecryptedText(Decrypted);
+
+/// A decrypted value, decrypted in place into its result varlena, returned as `bytea`.
+pub struct DecryptedBytes(Decrypted);
+
+/// A varlena palloc'd in the current memory context (the call's), holding a plaintext.
+pub struct Decrypted(*mut pg_sys::varlena);
+
+impl Decrypted {
+    /// Decrypt `ciphertext` into a new varlena of exactly the plaintext's length.
+    fn new(ciphertext: Option<&[u8]>, context: Option<&str>) -> KResult<Self> {
+        let mut made: *mut pg_sys::varlena = std::ptr::null_mut();
+        let made_at = &raw mut made;
+        let r = crate::envelope::decrypt_into(ciphertext, context, |len| {
+            // SAFETY: a palloc'd block of the varlena's size in the current memory context, which
+            // outlives this call (the result datum's); its header is set before it is handed on.
+            unsafe {
+                let v = pg_sys::palloc(pg_sys::VARHDRSZ + len) as *mut pg_sys::varlena;
+                pgrx::set_varsize_4b(v, (pg_sys::VARHDRSZ + len) as i32);
+                *made_at = v;
+                std::slice::from_raw_parts_mut((v as *mut u8).add(pg_sys::VARHDRSZ), len)
+            }
+        });
+        let d = Decrypted(made);
+        match r {
+            Ok(()) => Ok(d),
+            Err(e) => {
+                // (a failed check wiped the buffer already; a buffer never filled holds nothing)
+                d.discard();
+                Err(e)
+            }
+        }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        if self.0.is_null() {
+            return &mut [];
+        }
+        // SAFETY: a 4-byte-header varlena this value made, of the length set in its header.
+        unsafe {
+            let len = pgrx::varsize_4b(self.0) - pg_sys::VARHDRSZ;
+            std::slice::from_raw_parts_mut((self.0 as *mut u8).add(pg_sys::VARHDRSZ), len)
+        }
+    }
+
+    /// Wipe and free it.
+    fn discard(mut self) {
+        self.bytes().zeroize();
+        if !self.0.is_null() {
+            // SAFETY: palloc'd by this value, not handed on.
+            unsafe { pg_sys::pfree(self.0.cast()) };
+        }
+    }
+}
+
+impl DecryptedText {
+    /// Decrypt into the result `text`: valid UTF-8 without NUL, or 22021 (the plaintext wiped first).
+    pub fn new(ciphertext: Option<&[u8]>, context: Option<&str>) -> KResult<Self> {
+        let mut d = Decrypted::new(ciphertext, context)?;
+        let bytes = d.bytes();
+        if std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0) {
+            Ok(DecryptedText(d))
+        } else {
+            d.discard();
+            Err(KeysError::NotText)
+        }
+    }
+}
+
+impl DecryptedBytes {
+    /// Decrypt into the result `bytea`.
+    pub fn new(ciphertext: Option<&[u8]>, context: Option<&str>) -> KResult<Self> {
+        Ok(DecryptedBytes(Decrypted::new(ciphertext, context)?))
+    }
+}
 
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(PlainText, "TEXT");
-pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(PlainBytes, "bytea");
+pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedText, "TEXT");
+pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedBytes, "bytea");
 
 /// A varlena (text and bytea share the layout) holding `bytes`, palloc'd in the current context.
 fn varlena(bytes: &[u8]) -> pg_sys::Datum {
@@ -33,7 +112,7 @@ macro_rules! returned_as_varlena {
     ($($ty:ty => $oid:expr),*) => {$(
         impl IntoDatum for $ty {
             fn into_datum(self) -> Option<pg_sys::Datum> {
-                Some(varlena(&self.0))
+                Some(self.as_varlena())
             }
             fn type_oid() -> pg_sys::Oid {
                 $oid
@@ -56,4 +135,24 @@ macro_rules! returned_as_varlena {
     )*};
 }
 
-returned_as_varlena!(PlainText => pg_sys::TEXTOID, PlainBytes => pg_sys::BYTEAOID);
+impl PlainText {
+    fn as_varlena(&self) -> pg_sys::Datum {
+        varlena(&self.0)
+    }
+}
+impl DecryptedText {
+    fn as_varlena(&self) -> pg_sys::Datum {
+        pg_sys::Datum::from((self.0).0)
+    }
+}
+impl DecryptedBytes {
+    fn as_varlena(&self) -> pg_sys::Datum {
+        pg_sys::Datum::from((self.0).0)
+    }
+}
+
+returned_as_varlena!(
+    PlainText => pg_sys::TEXTOID,
+    DecryptedText => pg_sys::TEXTOID,
+    DecryptedBytes => pg_sys::BYTEAOID
+);

@@ -1,9 +1,9 @@
 //! The SQL surface of encryption: secret_encrypt, secret_decrypt (text and bytea) and
 //! ciphertext_key_id. The work is in crate::envelope.
 
-use super::plain::{PlainBytes, PlainText};
+use super::plain::{DecryptedBytes, DecryptedText, PlainText};
 use crate::crypto;
-use crate::envelope::{decrypt, encrypt};
+use crate::envelope::encrypt;
 use crate::error::{KeysError, OrRaise};
 use pgrx::prelude::*;
 
@@ -38,8 +38,11 @@ fn secret_encrypt_bytea(
 /// meshhook_keys_user; a tenant-bound keyring also needs the approval of
 /// meshhook_keys.tenant_check, a user-held one an unlock.
 #[pg_extern(security_definer, stable, parallel_safe)]
-fn secret_decrypt(ciphertext: Option<&[u8]>, context: default!(Option<&str>, "''")) -> PlainText {
-    as_text(decrypt(ciphertext, context).or_raise())
+fn secret_decrypt(
+    ciphertext: Option<&[u8]>,
+    context: default!(Option<&str>, "''"),
+) -> DecryptedText {
+    DecryptedText::new(ciphertext, context).or_raise()
 }
 
 /// The built-in store's decryption, behind the view decrypted_secrets: secret_decrypt, refused
@@ -68,8 +71,8 @@ fn as_text(plain: zeroize::Zeroizing<Vec<u8>>) -> PlainText {
 fn secret_decrypt_bytea(
     ciphertext: Option<&[u8]>,
     context: default!(Option<&str>, "''"),
-) -> PlainBytes {
-    PlainBytes(decrypt(ciphertext, context).or_raise())
+) -> DecryptedBytes {
+    DecryptedBytes::new(ciphertext, context).or_raise()
 }
 
 /// The key id in an envelope's header, without decrypting. IMMUTABLE so it can back an index.
