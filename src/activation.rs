@@ -239,20 +239,7 @@ pub fn health() -> Result<Option<(&'static str, String)>> {
     let mode = activate_after_name();
     if waiting.is_empty() {
         if gucs::activate_after() == ActivateAfter::Commit {
-            let standbys = Spi::connect(|c| {
-                Ok::<_, KeysError>(
-                    c.select(
-                        "SELECT 1 FROM pg_catalog.pg_stat_replication r
-                          WHERE coalesce(r.state, '') OPERATOR(pg_catalog.<>) 'backup'
-                            AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots g
-                                             WHERE g.active_pid OPERATOR(pg_catalog.=) r.pid
-                                               AND g.slot_type OPERATOR(pg_catalog.=) 'logical')",
-                        None,
-                        &[],
-                    )?
-                    .len(),
-                )
-            })?;
+            let standbys = physical_walsenders(false)?.len();
             if standbys > 0 {
                 return Ok(Some((
                     "warning",

@@ -63,15 +63,24 @@ pub fn encrypting_key(keyring: &str) -> Result<std::rc::Rc<crate::keycache::Cach
     Ok(key)
 }
 
+/// What opening an envelope starts with: both arguments present, and the key the envelope names,
+/// for a caller the tenant check lets use it.
+fn opening_key<'a>(
+    ciphertext: Option<&'a [u8]>,
+    context: Option<&'a str>,
+) -> Result<(&'a [u8], &'a str, std::rc::Rc<crate::keycache::CachedKey>)> {
+    let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
+    let context = context.ok_or(KeysError::NullArgument("context"))?;
+    let key = resolver::key_for_decrypt(crypto::parse_key_id(ciphertext)?)?;
+    crate::tenancy::check(&key, "decryption")?;
+    Ok((ciphertext, context, key))
+}
+
 pub fn decrypt(
     ciphertext: Option<&[u8]>,
     context: Option<&str>,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
-    let context = context.ok_or(KeysError::NullArgument("context"))?;
-    let key_id = crypto::parse_key_id(ciphertext)?;
-    let key = resolver::key_for_decrypt(key_id)?;
-    crate::tenancy::check(&key, "decryption")?;
+    let (ciphertext, context, key) = opening_key(ciphertext, context)?;
     Ok(crypto::open(&key.cipher, ciphertext, context.as_bytes())?)
 }
 
@@ -82,11 +91,7 @@ pub fn decrypt_into(
     context: Option<&str>,
     out: impl FnOnce(usize) -> &'static mut [u8],
 ) -> Result<()> {
-    let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
-    let context = context.ok_or(KeysError::NullArgument("context"))?;
-    let key_id = crypto::parse_key_id(ciphertext)?;
-    let key = resolver::key_for_decrypt(key_id)?;
-    crate::tenancy::check(&key, "decryption")?;
+    let (ciphertext, context, key) = opening_key(ciphertext, context)?;
     let buf = out(crypto::plaintext_len(ciphertext));
     Ok(crypto::open_into(
         &key.cipher,
