@@ -57,6 +57,18 @@ wait_until() {
     done
     return 1
 }
+# served_port LOG: the port that `meshhook-keys serve --listen 127.0.0.1:0` printed in LOG (it picks
+# a free one, so no fixed port can collide with a client's ephemeral port); waits up to 10 s
+served_port() {
+    local i p
+    for ((i = 0; i < 100; i++)); do
+        p=$(sed -n 's|^meshhook-keys: serving on http://127\.0\.0\.1:\([0-9]*\)$|\1|p' "$1" 2>/dev/null | head -1)
+        [ -n "$p" ] && { echo "$p"; return 0; }
+        sleep 0.1
+    done
+    echo "the server did not start; its log:" >&2; cat "$1" >&2 || true
+    return 1
+}
 # is_t COMMAND [ARGS...]: COMMAND's last line of output is t (a psql boolean), e.g.
 #   wait_until 20 is_t q app "SELECT EXISTS (...)"
 is_t() { [ "$("$@" | tail -1)" = t ]; }

@@ -115,7 +115,7 @@ pub struct KeyVersion {
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on (port 0: a free port, printed on stderr as "serving on http://ADDR").
     #[arg(long, default_value = "127.0.0.1:8787")]
     listen: String,
     /// File holding the JWT secret (or set MESHHOOK_KEYS_JWT_SECRET).

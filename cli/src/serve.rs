@@ -762,7 +762,11 @@ async fn run(cfg: Config) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", cfg.listen))?;
-    eprintln!("meshhook-keys: serving on http://{}", cfg.listen);
+    // the bound address, not the requested one: with port 0 the system picks a free port
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| cfg.listen.clone(), |a| a.to_string());
+    eprintln!("meshhook-keys: serving on http://{bound}");
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())

@@ -9,7 +9,6 @@ source "$(dirname "$0")/../lib.sh"
 
 ensure_cli
 suite_setup hostile "${MESHHOOK_KEYS_HOSTILE_PORT:-54350}" "log_min_error_statement = 'panic'"
-HPORT=$((PORT + 1000))
 SERVER=""; PM=""; STOPPED=""; AUDSERVER=""
 # at exit, before the cluster stops: resume what the suite stopped, stop the servers it started
 resume_and_stop() {
@@ -25,7 +24,7 @@ install -m 755 "$CLI_BIN" "$TMP/bin/meshhook-keys"
 q() { psql_as postgres hostile "$1"; }
 alive() { if kill -0 "$SERVER" 2>/dev/null && [ "$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$HPORT/healthz")" = 200 ]; then ok "$1"; else fail "$1"; fi; }
 
-say "hostile-client tests (cluster in $TMP, port $PORT, HTTP on $HPORT)"
+say "hostile-client tests (cluster in $TMP, port $PORT)"
 psql_as postgres postgres "CREATE DATABASE hostile"
 q "CREATE EXTENSION meshhook_keys;
    CREATE ROLE ops LOGIN IN ROLE meshhook_keys_admin;
@@ -36,10 +35,12 @@ q "CREATE EXTENSION meshhook_keys;
 SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 # short timeouts so that the timeouts themselves are tested within the time budget
 env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOOK_KEYS_JWT_SECRET="$SECRET" \
-    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$HPORT" --request-timeout-ms 5000 \
+    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:0" --request-timeout-ms 5000 \
     --statement-timeout-ms 2500 --lock-timeout-ms 1000 >"$TMP/serve.out" 2>"$TMP/serve.log" &
 SERVER=$!
+HPORT=$(served_port "$TMP/serve.log") || HPORT=0
 up=0; wait_until 10 curl -fs "http://127.0.0.1:$HPORT/healthz" && up=1
+[ "$up" = 1 ] || { echo "the server's log:"; cat "$TMP/serve.log"; }
 check "the server is up: GET /healthz 200" 1 "$up"
 ADMIN=$(as_pg env MESHHOOK_KEYS_JWT_SECRET="$SECRET" "$TMP/bin/meshhook-keys" token --role ops --expires-in 600 --sub hostile)
 version() { q "SELECT max(version) FROM meshhook_keys.keys WHERE keyring = 'default'"; }
@@ -438,10 +439,10 @@ check "expired 2 s ago (within the leeway): 200" 200 "$CODE"
 http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"aud\":\"anything\"}")"
 check "without --jwt-aud, aud is not checked: 200" 200 "$CODE"
 # a second server that requires aud, with the secret from a file
-APORT=$((HPORT + 1))
 env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOOK_KEYS_JWT_AUD=meshhook-admin \
-    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$APORT" --jwt-secret-file "$TMP/good.secret" >/dev/null 2>"$TMP/aud.log" &
+    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:0" --jwt-secret-file "$TMP/good.secret" >/dev/null 2>"$TMP/aud.log" &
 AUDSERVER=$!
+APORT=$(served_port "$TMP/aud.log") || APORT=0
 up=0; wait_until 10 curl -fs "http://127.0.0.1:$APORT/healthz" && up=1
 check "a server with MESHHOOK_KEYS_JWT_AUD and a secret file is up" 1 "$up"
 ahttp() { CODE=$(curl -s -o /dev/null -w '%{http_code}' -m 10 -H "Authorization: Bearer $1" "http://127.0.0.1:$APORT/api/keys"); }

@@ -165,16 +165,17 @@ pwcli -- --json -d "host=localhost port=1 dbname=cli user=ops sslmode=disable" s
 check "--json with an unreachable server: a JSON error" "1" "$(jsonq "$ERR" "(:'j'::jsonb ->> 'exit_code')")"
 
 echo "# the HTTP API (meshhook-keys serve), driven by curl on loopback"
-HPORT=$((PORT + 1000))
 SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 q "CREATE ROLE authenticator LOGIN NOINHERIT; GRANT ops, app TO authenticator;" >/dev/null
 # (run directly, not through runuser, so that killing $! stops it; the socket's trust auth applies)
 env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=cli PGUSER=authenticator MESHHOOK_KEYS_JWT_SECRET="$SECRET" \
-    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:$HPORT" >"$TMP/serve.out" 2>"$TMP/serve.log" &
+    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:0" >"$TMP/serve.out" 2>"$TMP/serve.log" &
 SERVER=$!
 stop_server() { kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; }
 at_exit stop_server
+HPORT=$(served_port "$TMP/serve.log") || HPORT=0
 up=0; wait_until 10 curl -fs "http://127.0.0.1:$HPORT/healthz" && up=1
+[ "$up" = 1 ] || { echo "the server's log:"; cat "$TMP/serve.log"; }
 check "GET /healthz answers 200" 1 "$up"
 token() { as_pg env MESHHOOK_KEYS_JWT_SECRET="${2:-$SECRET}" "$TMP/bin/meshhook-keys" token --role "$1" --expires-in "${3:-600}" --sub tester; }
 # http METHOD PATH [TOKEN] [BODY]: sets CODE and BODY_OUT
