@@ -428,7 +428,10 @@ ALTER TABLE meshhook_keys.reencrypt_progress_column
     ADD CONSTRAINT reencrypt_progress_column_state_check
         CHECK (state IN ('running', 'done', 'done_with_errors', 'failed')),
     ADD COLUMN sqlstate text,
-    ADD COLUMN error text;
+    ADD COLUMN error text,
+    -- where the current pass ends: the table's size when it began (issue 27); NULL (a job begun
+    -- by 0.4.0) reads the table's size at each batch, as 0.4.0 did
+    ADD COLUMN end_block bigint;
 CREATE OR REPLACE VIEW meshhook_keys.reencrypt_progress AS
     SELECT j.id AS job_id, j.keyring, j.target_version,
            c.rel AS table_name, c.column_name,

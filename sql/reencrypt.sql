@@ -52,6 +52,11 @@ CREATE TABLE meshhook_keys.reencrypt_progress_column (
     -- escaped and clipped to 300 bytes.
     sqlstate      text,
     error         text,
+    -- Where the current pass ends: the table's size in blocks when the pass began. The row
+    -- versions a pass writes itself land after it and are not read again; rows another
+    -- transaction moved there on an old key are found by the count at the end of the pass, which
+    -- then starts another one. NULL: the table's size at each batch (a job begun by 0.4.0).
+    end_block     bigint,
     PRIMARY KEY (job_id, column_id)
 );
 

@@ -168,6 +168,17 @@ pub fn random_key_id() -> i64 {
     }
 }
 
+/// The key id a value's first bytes name if they are a format-1 header, whatever follows (a
+/// truncated envelope still names its key): what a registered column's rows are sorted by.
+pub fn header_key_id(value: &[u8]) -> Option<i64> {
+    let header = value.get(..HEADER_LEN)?;
+    (header[0] == FORMAT_V1).then(|| {
+        let mut id = [0u8; KEY_ID_LEN];
+        id.copy_from_slice(&header[1..]);
+        i64::from_be_bytes(id)
+    })
+}
+
 /// Read the key id from an envelope header without decrypting anything.
 pub fn parse_key_id(envelope: &[u8]) -> Result<i64, CryptoError> {
     if envelope.len() < MIN_ENVELOPE_LEN {

@@ -17,6 +17,7 @@ static WORKER_ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 static WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static REENCRYPT_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 static REENCRYPT_BATCH_DELAY: GucSetting<i32> = GucSetting::<i32>::new(10);
+static REENCRYPT_ROW_WAIT: GucSetting<i32> = GucSetting::<i32>::new(10);
 static REENCRYPT_BATCHES_PER_TICK: GucSetting<i32> = GucSetting::<i32>::new(100);
 static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"90 days"));
@@ -118,6 +119,16 @@ pub fn init() {
         1_000_000,
         GucContext::Suset,
         GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"meshhook_keys.reencrypt_row_wait",
+        c"How long a re-encryption batch waits for a row an application transaction holds.",
+        c"A batch rewrites a window of rows with one UPDATE; if a row stays locked longer than this, the window is redone claiming its rows FOR UPDATE SKIP LOCKED, and held rows are left for a later pass. 0: claim every window that way.",
+        &REENCRYPT_ROW_WAIT,
+        0,
+        60_000,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     GucRegistry::define_int_guc(
         c"meshhook_keys.reencrypt_batch_delay",
@@ -308,6 +319,11 @@ pub fn worker_naptime() -> std::time::Duration {
 
 pub fn reencrypt_batch_size() -> i32 {
     REENCRYPT_BATCH_SIZE.get().max(1)
+}
+
+/// How long a batch's direct `UPDATE` waits for a row lock, in milliseconds (0: never direct).
+pub fn reencrypt_row_wait_ms() -> i32 {
+    REENCRYPT_ROW_WAIT.get().max(0)
 }
 
 pub fn reencrypt_batch_delay() -> std::time::Duration {

@@ -77,6 +77,16 @@ pub fn select<T>(
     if !unsafe { pgrx::pg_sys::RecoveryInProgress() } {
         return run(sql, args, f);
     }
+    read(sql, args, f)
+}
+
+/// Run `sql`, which only reads, through its kept plan in read-only mode (no transaction id, no
+/// new command: it sees what the current snapshot sees), on a primary as on a standby.
+pub fn read<T>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+    f: impl FnOnce(SpiTupleTable<'_>) -> Result<T>,
+) -> Result<T> {
     pgrx::spi::Spi::connect(|cl| {
         let p = plan(cl, sql, args, false)?;
         let table = cl.select(&*p, None, args)?;

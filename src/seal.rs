@@ -167,10 +167,15 @@ struct Session {
 impl Session {
     fn now() -> Result<Self> {
         // (read-only, so that it takes no transaction id: sealed calls also run on a standby)
-        let (cursors, prepared) = crate::store::read_two::<Vec<String>, Vec<String>>(
+        // (a kept plan: this runs twice for every window of a re-encryption batch)
+        let (cursors, prepared) = crate::plans::read(
             "SELECT ARRAY(SELECT name FROM pg_catalog.pg_cursors ORDER BY 1),
                     ARRAY(SELECT name FROM pg_catalog.pg_prepared_statements ORDER BY 1)",
             &[],
+            |t| {
+                let row = t.first();
+                Ok((row.get::<Vec<String>>(1)?, row.get::<Vec<String>>(2)?))
+            },
         )?;
         Ok(Session {
             locks: advisory_locks(),

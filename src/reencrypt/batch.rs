@@ -6,8 +6,8 @@
 //! Invariants: one batch per keyring at a time (lock_order::reencryption: the audit chain lock
 //! unless the caller's audit rows are deferred to commit, then the keyring's re-encryption lock), and none started from code a table
 //! owner wrote (a trigger, context expression, default or policy of the table being moved). Rows
-//! are claimed `FOR UPDATE SKIP LOCKED` and re-encrypted from the value they hold while locked, so
-//! a newer application value is never overwritten. The cursors move in the same transaction as
+//! are re-encrypted from the value they hold once locked (by the `UPDATE` itself, or claimed
+//! `FOR UPDATE SKIP LOCKED` when a row is held), so a newer application value is never overwritten. The cursors move in the same transaction as
 //! the rows. Every envelope sealed counts against the target key's encryption limit.
 
 use crate::context;
@@ -89,17 +89,26 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         }
         let (blocks, per_block) = (p.blocks, p.per_block);
         if p.next_block >= blocks {
-            end_of_pass(job_id, col, &old)?;
+            // Another pass begins with the next batch: what this pass left (a row held by an open
+            // transaction, most often) is not retried at once, and again, within one batch.
+            if end_of_pass(job_id, col, &old)? {
+                break;
+            }
             continue;
         }
-        // A window of blocks expected to hold about one batch of rows; the whole batch reads at most
-        // eight windows of rows that need no work before returning.
-        let window = ((batch_size as f64 / per_block).ceil() as i64).clamp(1, 100_000);
+        // A window of blocks expected to hold about the rows the batch still has to move; the whole
+        // batch reads at most eight windows of a full batch's size before returning. Whole blocks
+        // expected to hold no more than that are moved directly; a batch smaller than a block's
+        // rows claims them, up to its size.
+        let limit = batch_size - moved;
+        let window = ((limit as f64 / per_block).ceil() as i64).clamp(1, 100_000);
+        let direct_blocks = ((limit as f64 / per_block).floor() as i64).min(100_000);
         if budget_blocks == 0 {
             budget_blocks = window * 8;
         }
+        let direct = direct_blocks >= 1;
+        let window = if direct { direct_blocks } else { window };
         let hi = (p.next_block + window).min(blocks.max(p.next_block + 1));
-        let limit = batch_size - moved;
         // One column's window in a subtransaction of its own: if the table's code (or anything
         // else) raises, its rows roll back, the column is marked failed, and the keyring's other
         // columns go on (one table never wedges a shared keyring).
@@ -107,10 +116,10 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
             let w = move_window(
                 col,
                 &headers,
-                Armed::new(old_keys.clone(), active.clone()),
+                || Armed::new(old_keys.clone(), active.clone()),
                 (p.next_block, p.next_offset),
                 hi,
-                limit,
+                (!direct).then_some(limit),
             )?;
             for f in &w.failures {
                 record_failed_row(
@@ -129,9 +138,10 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
                 continue;
             }
         };
-        // A full batch resumes right after the last row it claimed; otherwise the window is done.
+        // A claimed window that reached its limit resumes right after the last row it claimed;
+        // otherwise the window is done.
         let (next_block, next_offset) = match w.last {
-            Some((b, o)) if w.tried == limit => (b, o + 1),
+            Some((b, o)) if !w.whole && w.tried == limit => (b, o + 1),
             _ => (hi, 0),
         };
         moved += w.moved;
@@ -143,7 +153,9 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
             !w.failures.is_empty(),
         )?;
         budget_blocks -= hi - p.next_block;
-        if budget_blocks <= 0 {
+        // Done when the block budget is spent, or when a direct window left less than a quarter of
+        // the batch to move: a window of a block or two more is not worth another statement.
+        if budget_blocks <= 0 || (w.whole && moved * 4 >= batch_size * 3) {
             break;
         }
     }
@@ -155,19 +167,62 @@ struct Window {
     tried: i64,
     last: Option<Tid>,
     failures: Vec<Failure>,
+    /// Every row of the window was looked at (the direct path), not at most `limit` of them.
+    whole: bool,
 }
 
-/// Move the rows of one window that are on an old key, in one statement run as the table owner:
-/// the rows are claimed `FOR UPDATE SKIP LOCKED` (a row an application holds is skipped, never
-/// waited for), and each claimed row is re-encrypted from its current value and written back.
-/// Rows that do not decrypt are left as they are and returned as failures.
+/// SQLSTATE 55P03 (lock_not_available): what `lock_timeout` raises.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
+/// Move the rows of one window that are on an old key, in one statement run as the table owner.
+///
+/// First directly: a plain `UPDATE` of the window's TID range whose row lock and recheck of the
+/// key-id test (`EvalPlanQual`, when another transaction changed the row first) are the
+/// compare-and-set: a row is re-encrypted from the value it holds once locked, and a row a
+/// concurrent writer already moved to the active key (or deleted) is left alone. It waits at most
+/// `meshhook_keys.reencrypt_row_wait` for a row lock (a wait holds the rows the statement has
+/// already rewritten, so it is short: an application transaction holds a row for milliseconds, an
+/// idle one longer); if that runs out, the attempt is rolled back and the window is claimed
+/// instead: its rows locked `FOR UPDATE SKIP LOCKED` first, so a held row is skipped (left for a
+/// later pass) rather than waited for.
+///
+/// With a `limit` (a batch smaller than a block's rows), the window is claimed from the start, at
+/// most `limit` rows of it.
 fn move_window(
+    col: &Column,
+    headers: &[Vec<u8>],
+    armed: impl Fn() -> Armed,
+    from: Tid,
+    to_block: i64,
+    limit: Option<i64>,
+) -> Result<Window> {
+    let wait_ms = crate::gucs::reencrypt_row_wait_ms();
+    let claim_limit = limit.unwrap_or(i64::MAX);
+    if wait_ms == 0 || limit.is_some() {
+        return update_window(col, headers, armed(), from, to_block, Some(claim_limit), 0);
+    }
+    let direct = crate::seal::isolated_except(
+        || update_window(col, headers, armed(), from, to_block, None, wait_ms),
+        |sqlstate| sqlstate != LOCK_NOT_AVAILABLE,
+    )?;
+    match direct {
+        Ok(w) => Ok(w),
+        Err(_) => update_window(col, headers, armed(), from, to_block, Some(claim_limit), 0),
+    }
+}
+
+/// The statement of one window: direct (`limit` None: every row of the window on an old key) or
+/// claiming (at most `limit` rows, locked `FOR UPDATE SKIP LOCKED` first). The direct statement
+/// waits at most `wait_ms` for a row lock. Rows that do not decrypt are left as they are and
+/// returned as failures.
+fn update_window(
     col: &Column,
     headers: &[Vec<u8>],
     armed: Armed,
     from: Tid,
     to_block: i64,
-    limit: i64,
+    limit: Option<i64>,
+    wait_ms: i32,
 ) -> Result<Window> {
     if headers.is_empty() {
         return Ok(Window {
@@ -175,34 +230,62 @@ fn move_window(
             tried: 0,
             last: None,
             failures: Vec::new(),
+            whole: true,
         });
     }
     let table = col.table()?;
     let c = quote_identifier(&col.column);
-    // `_reencrypt_try` is a filter evaluated after the TID condition (it is declared costly), and
-    // `_reencrypt_take` is evaluated for the same row right after it passes; take checks the ctid.
-    let sql = format!(
-        "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(t.ctid)
-          WHERE t.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
-                  SELECT s.ctid FROM ONLY {table} AS s
-                   WHERE s.ctid OPERATOR(pg_catalog.>=) $1::text::tid AND s.ctid OPERATOR(pg_catalog.<) $2::text::tid
-                     AND pg_catalog.substr(s.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($3::bytea[])
-                   ORDER BY s.ctid
-                   LIMIT $4
-                   FOR UPDATE OF s SKIP LOCKED))
-            AND meshhook_keys._reencrypt_try(t.ctid, t.{c}, {ctx})",
-        ctx = context_item(&col.context_expr),
-    );
+    let ctx = context_item(&col.context_expr);
+    // `_reencrypt_try` is a filter evaluated after the TID and key-id conditions (it is declared
+    // costly), and `_reencrypt_take` is evaluated for the same row right after it passes; take
+    // checks the ctid.
+    let sql = match limit {
+        None => format!(
+            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(t.ctid)
+              WHERE t.ctid OPERATOR(pg_catalog.>=) $1::text::tid AND t.ctid OPERATOR(pg_catalog.<) $2::text::tid
+                AND pg_catalog.substr(t.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($3::bytea[])
+                AND meshhook_keys._reencrypt_try(t.ctid, t.{c}, {ctx})"
+        ),
+        Some(_) => format!(
+            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(t.ctid)
+              WHERE t.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
+                      SELECT s.ctid FROM ONLY {table} AS s
+                       WHERE s.ctid OPERATOR(pg_catalog.>=) $1::text::tid AND s.ctid OPERATOR(pg_catalog.<) $2::text::tid
+                         AND pg_catalog.substr(s.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($3::bytea[])
+                       ORDER BY s.ctid
+                       LIMIT $4
+                       FOR UPDATE OF s SKIP LOCKED))
+                AND meshhook_keys._reencrypt_try(t.ctid, t.{c}, {ctx})"
+        ),
+    };
     let lo = tid_text(from);
     let hi = tid_text((to_block, 0));
     let headers = headers.to_vec();
     let guard = arm(armed);
     let moved = as_role(col.owner, || {
-        plans::run(
-            &sql,
-            &[lo.into(), hi.into(), headers.into(), limit.into()],
-            |t| Ok(t.len() as i64),
-        )
+        let run = || match limit {
+            None => plans::run(&sql, &[lo.into(), hi.into(), headers.into()], |t| {
+                Ok(t.len() as i64)
+            }),
+            Some(limit) => plans::run(
+                &sql,
+                &[lo.into(), hi.into(), headers.into(), limit.into()],
+                |t| Ok(t.len() as i64),
+            ),
+        };
+        if limit.is_some() {
+            return run();
+        }
+        // The direct path's short lock timeout (a shorter one of the caller's is kept), inside the
+        // sealed call's own setting level, so nothing of it outlives the statement.
+        // SAFETY: reading an integer setting.
+        let callers = unsafe { pgrx::pg_sys::LockTimeout };
+        if callers > 0 && callers <= wait_ms {
+            return run();
+        }
+        let ms = std::ffi::CString::new(format!("{wait_ms}ms"))
+            .map_err(|e| KeysError::Internal(e.to_string()))?;
+        crate::context::with_setting(c"lock_timeout", &ms, run)
     })?;
     let armed = guard
         .disarm()
@@ -218,5 +301,6 @@ fn move_window(
         tried: armed.tried,
         last: armed.last,
         failures: armed.failures,
+        whole: limit.is_none(),
     })
 }

@@ -155,8 +155,9 @@ fn add_missing_columns(job_id: i64, keyring: &str, old: &[i64]) -> Result<usize>
             0
         };
         run(
-            "INSERT INTO meshhook_keys.reencrypt_progress_column (job_id, column_id, rows_total) VALUES ($1, $2, $3)",
-            &[job_id.into(), col.id.into(), total.into()],
+            "INSERT INTO meshhook_keys.reencrypt_progress_column (job_id, column_id, rows_total, end_block)
+                  VALUES ($1, $2, $3, pg_catalog.pg_relation_size($4) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::bigint)",
+            &[job_id.into(), col.id.into(), total.into(), col.rel.into()],
         )?;
         added += 1;
     }
@@ -167,9 +168,11 @@ pub(super) struct Progress {
     pub(super) column_id: i32,
     pub(super) next_block: i64,
     pub(super) next_offset: i32,
-    /// Blocks in the column's table now (0 if it is gone).
+    /// Where the pass ends: the table's size in blocks when it began, or now if it shrank since
+    /// (0 if it is gone).
     pub(super) blocks: i64,
-    /// Estimated rows per block of the table.
+    /// Estimated rows per block of the table: the planner's estimate, or the rows on old keys per
+    /// block when the job began if that is more (a table never analyzed has no estimate).
     pub(super) per_block: f64,
 }
 
@@ -178,8 +181,10 @@ pub(super) fn next_running_column(job_id: i64) -> Result<Option<Progress>> {
     plans::run(
         "SELECT p.column_id, p.next_block, p.next_offset,
                     CASE WHEN r.oid IS NULL THEN 0
-                         ELSE pg_catalog.pg_relation_size(r.oid) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::bigint END,
-                    CASE WHEN r.relpages OPERATOR(pg_catalog.>) 0 AND r.reltuples OPERATOR(pg_catalog.>) 0 THEN r.reltuples OPERATOR(pg_catalog./) r.relpages ELSE 50 END::float8
+                         ELSE LEAST(p.end_block, pg_catalog.pg_relation_size(r.oid) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::bigint) END,
+                    COALESCE(GREATEST(
+                        CASE WHEN r.relpages OPERATOR(pg_catalog.>) 0 AND r.reltuples OPERATOR(pg_catalog.>) 0 THEN r.reltuples::float8 OPERATOR(pg_catalog./) r.relpages END,
+                        CASE WHEN p.end_block OPERATOR(pg_catalog.>) 0 THEN p.rows_total::float8 OPERATOR(pg_catalog./) p.end_block END), 50)
                FROM meshhook_keys.reencrypt_progress_column p
                JOIN meshhook_keys.encrypted_column e ON e.id OPERATOR(pg_catalog.=) p.column_id
                LEFT JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) e.rel
@@ -292,8 +297,8 @@ pub(super) fn set_column_state(job_id: i64, column_id: i32, state: &str) -> Resu
 
 /// The cursor reached the end of the table: count what is still on old keys. Nothing left: done.
 /// Only rows that failed left: done with errors. Otherwise (rows skipped because they were locked,
-/// or moved behind the cursor by an update) start another pass.
-pub(super) fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<()> {
+/// or moved behind the cursor by an update) start another pass, and return true.
+pub(super) fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<bool> {
     let remaining = count_on_keys(col, old)?;
     let failed = Spi::get_one_with_args::<i64>(
         "SELECT pg_catalog.count(*) FROM meshhook_keys.reencrypt_failure WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2",
@@ -301,16 +306,18 @@ pub(super) fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<()> 
     )?
     .unwrap_or(0);
     if remaining == 0 {
-        set_column_state(job_id, col.id, "done")
+        set_column_state(job_id, col.id, "done").map(|()| false)
     } else if remaining <= failed {
-        set_column_state(job_id, col.id, "done_with_errors")
+        set_column_state(job_id, col.id, "done_with_errors").map(|()| false)
     } else {
         run(
             "UPDATE meshhook_keys.reencrypt_progress_column
-                SET pass = pass OPERATOR(pg_catalog.+) 1, next_block = 0, next_offset = 0, updated_at = pg_catalog.clock_timestamp()
+                SET pass = pass OPERATOR(pg_catalog.+) 1, next_block = 0, next_offset = 0, updated_at = pg_catalog.clock_timestamp(),
+                    end_block = pg_catalog.pg_relation_size($3) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::bigint
               WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2",
-            &[job_id.into(), col.id.into()],
+            &[job_id.into(), col.id.into(), col.rel.into()],
         )
+        .map(|()| true)
     }
 }
 

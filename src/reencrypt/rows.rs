@@ -109,14 +109,16 @@ pub fn try_row(
         let Some(old) = ciphertext else {
             return Ok(false);
         };
+        // A row whose header does not name an old version of the armed keyring (the direct path
+        // looks at every row of its window) is not tried. One that names one but is not a whole
+        // envelope (truncated) is tried, and fails: it counts as on that version.
+        let Some(key) = crypto::header_key_id(old).and_then(|key_id| armed.old.get(&key_id)) else {
+            return Ok(false);
+        };
         armed.tried += 1;
         armed.last = Some(armed.last.map_or(tid, |l| l.max(tid)));
         let key = match crypto::parse_key_id(old) {
-            // Only rows whose header names an old version are claimed, so this is always found.
-            Ok(key_id) => match armed.old.get(&key_id) {
-                Some(key) => key.as_ref().map_err(Clone::clone),
-                None => return Ok(false),
-            },
+            Ok(_) => key.as_ref().map_err(Clone::clone),
             Err(e) => {
                 let e = KeysError::from(e);
                 Err((e.sqlstate_code(), e.to_string()))
