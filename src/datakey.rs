@@ -1,8 +1,8 @@
 //! An unwrapped data key and its state: what the key cache, the session's unlocked user-held keys
 //! and the tenant check share.
 
+use crate::crypto::Cipher;
 use crate::error::{KeysError, Result};
-use aes_gcm::Aes256Gcm;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum KeyState {
@@ -44,7 +44,7 @@ pub struct CachedKey {
     /// The keyring's tenant: using the key requires passing meshhook_keys.tenant_check.
     pub tenant: Option<String>,
     pub state: KeyState,
-    pub cipher: Aes256Gcm,
+    pub cipher: Cipher,
     /// `data_key.encryptions` when the key was loaded (the usage counter's floor).
     pub encryptions: i64,
     /// The keyring's rotation limit (`None`: meshhook_keys.default_max_encryptions).
