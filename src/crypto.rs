@@ -320,19 +320,30 @@ pub fn open_into(
 
 /// Encrypt `plaintext` under `cipher` (the data key `key_id`) into a format-1 envelope.
 pub fn seal(cipher: &Cipher, key_id: i64, plaintext: &[u8], context: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(MIN_ENVELOPE_LEN + plaintext.len());
-    out.push(FORMAT_V1);
-    out.extend_from_slice(&key_id.to_be_bytes());
+    let mut out = vec![0u8; MIN_ENVELOPE_LEN + plaintext.len()];
+    seal_into(cipher, key_id, plaintext, context, &mut out);
+    out
+}
+
+/// Encrypt `plaintext` into `out`, exactly `MIN_ENVELOPE_LEN + plaintext.len()` bytes (the caller's
+/// result buffer): sealed in place there, so no other buffer holds the plaintext. Cannot fail.
+pub fn seal_into(cipher: &Cipher, key_id: i64, plaintext: &[u8], context: &[u8], out: &mut [u8]) {
+    assert_eq!(
+        out.len(),
+        MIN_ENVELOPE_LEN + plaintext.len(),
+        "envelope buffer size"
+    );
     let nonce = random_nonce();
-    out.extend_from_slice(&nonce);
-    // (sealed in place in the envelope itself: no other buffer holds the plaintext)
-    out.extend_from_slice(plaintext);
-    let (head, body) = out.split_at_mut(HEADER_LEN + NONCE_LEN);
+    let (head, rest) = out.split_at_mut(HEADER_LEN + NONCE_LEN);
+    head[0] = FORMAT_V1;
+    head[1..HEADER_LEN].copy_from_slice(&key_id.to_be_bytes());
+    head[HEADER_LEN..].copy_from_slice(&nonce);
+    let (body, tag_out) = rest.split_at_mut(plaintext.len());
+    body.copy_from_slice(plaintext);
     let tag = with_aad(&head[..HEADER_LEN], context, |aad| {
         cipher.seal_in_place(nonce, aad, body)
     });
-    out.extend_from_slice(&tag);
-    out
+    tag_out.copy_from_slice(&tag);
 }
 
 /// Decrypt a format-1 envelope. The caller has already resolved the key id with [`parse_key_id`].

@@ -12,16 +12,34 @@ pub fn encrypt(
     context: Option<&str>,
     keyring: Option<&str>,
 ) -> Result<Vec<u8>> {
-    let plaintext = plaintext.ok_or(KeysError::NullArgument("plaintext"))?;
-    let context = context.ok_or(KeysError::NullArgument("context"))?;
+    let mut out = Vec::new();
+    encrypt_into(plaintext, context, keyring, |len| {
+        out.resize(len, 0);
+        &mut out
+    })?;
+    Ok(out)
+}
+
+/// [`encrypt`] into a buffer of the envelope's length that `alloc` hands out (the result datum's):
+/// `alloc` is called only once the envelope will be made, and the envelope is sealed in place there.
+pub fn encrypt_into<'a>(
+    plaintext: Option<&[u8]>,
+    context: Option<&str>,
+    keyring: Option<&str>,
+    alloc: impl FnOnce(usize) -> &'a mut [u8],
+) -> Result<()> {
+    // (let-else, not ok_or: an error made and dropped on every call is not free)
+    let Some(plaintext) = plaintext else {
+        return Err(KeysError::NullArgument("plaintext"));
+    };
+    let Some(context) = context else {
+        return Err(KeysError::NullArgument("context"));
+    };
     let key = encrypting_key(validate_keyring(keyring)?)?;
     crate::usage::count(&key, 1)?;
-    Ok(crypto::seal(
-        &key.cipher,
-        key.key_id,
-        plaintext,
-        context.as_bytes(),
-    ))
+    let out = alloc(crypto::MIN_ENVELOPE_LEN + plaintext.len());
+    crypto::seal_into(&key.cipher, key.key_id, plaintext, context.as_bytes(), out);
+    Ok(())
 }
 
 /// The key `encrypt` would seal under for `keyring` now, or the error it would raise, without
@@ -69,8 +87,12 @@ fn opening_key<'a>(
     ciphertext: Option<&'a [u8]>,
     context: Option<&'a str>,
 ) -> Result<(&'a [u8], &'a str, std::rc::Rc<crate::keycache::CachedKey>)> {
-    let ciphertext = ciphertext.ok_or(KeysError::NullArgument("ciphertext"))?;
-    let context = context.ok_or(KeysError::NullArgument("context"))?;
+    let Some(ciphertext) = ciphertext else {
+        return Err(KeysError::NullArgument("ciphertext"));
+    };
+    let Some(context) = context else {
+        return Err(KeysError::NullArgument("context"));
+    };
     let key = resolver::key_for_decrypt(crypto::parse_key_id(ciphertext)?)?;
     crate::tenancy::check(&key, "decryption")?;
     Ok((ciphertext, context, key))

@@ -24,6 +24,9 @@ pub use crate::datakey::{CachedKey, KeyState};
 struct Cache {
     by_id: crate::datakey::KeyIdMap<Rc<CachedKey>>,
     active: HashMap<String, i64>,
+    /// The active key last looked up by keyring name: a run of encryptions under one keyring
+    /// compares the name instead of hashing it. Cleared whenever `active` or `by_id` lose a key.
+    last_active: Option<Rc<CachedKey>>,
     clock: u64,
     hits: u64,
     misses: u64,
@@ -47,6 +50,7 @@ pub fn flush() {
     CACHE.with_borrow_mut(|c| {
         c.by_id.clear();
         c.active.clear();
+        c.last_active = None;
     });
 }
 
@@ -139,6 +143,7 @@ fn insert(mut key: CachedKey) -> Rc<CachedKey> {
                 Some(id) => {
                     c.by_id.remove(&id);
                     c.active.retain(|_, v| *v != id);
+                    c.last_active = None;
                 }
                 None => break,
             }
@@ -148,6 +153,7 @@ fn insert(mut key: CachedKey) -> Rc<CachedKey> {
         let key = Rc::new(key);
         if key.state == KeyState::Active {
             c.active.insert(key.keyring.clone(), key.key_id);
+            c.last_active = None;
         }
         c.by_id.insert(key.key_id, key.clone());
         key
@@ -188,13 +194,26 @@ fn not_usable(keyring: &str, version: i32, state: KeyState, op: &'static str) ->
 /// A root-wrapped keyring's active key, for encryption. `None` when the keyring has no active key.
 /// (Callers go through the resolver, which accepts pending invalidations first.)
 pub fn active(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
-    let hit = CACHE.with_borrow(|c| {
-        c.active
-            .get(keyring)
-            .and_then(|id| c.by_id.get(id))
-            .cloned()
+    let hit = CACHE.with_borrow_mut(|c| {
+        let hit = match &c.last_active {
+            Some(k) if k.keyring == keyring => Some(k.clone()),
+            _ => {
+                let k = c
+                    .active
+                    .get(keyring)
+                    .and_then(|id| c.by_id.get(id))
+                    .cloned();
+                c.last_active.clone_from(&k);
+                k
+            }
+        };
+        if hit.is_some() {
+            c.hits += 1;
+        } else {
+            c.misses += 1;
+        }
+        hit
     });
-    count(hit.is_some());
     if let Some(k) = hit {
         return Ok(Some(k));
     }

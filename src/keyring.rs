@@ -18,7 +18,9 @@ pub const DEFAULT_KEYRING: &str = "default";
 
 /// Keyring names: 1–63 characters from `A-Z a-z 0-9 _ . : -`, starting with a letter or digit.
 pub fn validate_keyring(name: Option<&str>) -> KResult<&str> {
-    let name = name.ok_or(KeysError::NullArgument("keyring"))?;
+    let Some(name) = name else {
+        return Err(KeysError::NullArgument("keyring"));
+    };
     let ok = !name.is_empty()
         && name.len() <= 63
         && name.as_bytes()[0].is_ascii_alphanumeric()

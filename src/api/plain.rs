@@ -98,7 +98,39 @@ impl DecryptedBytes {
     }
 }
 
+/// An envelope sealed in place in its result `bytea` (no Rust buffer, no copy).
+pub struct Sealed(*mut pg_sys::varlena);
+
+impl Sealed {
+    /// Encrypt into a new varlena of exactly the envelope's length.
+    pub fn new(
+        plaintext: Option<&[u8]>,
+        context: Option<&str>,
+        keyring: Option<&str>,
+    ) -> KResult<Self> {
+        let mut made: *mut pg_sys::varlena = std::ptr::null_mut();
+        let made_at = &raw mut made;
+        crate::envelope::encrypt_into(plaintext, context, keyring, |len| {
+            // SAFETY: as in Decrypted::new: a palloc'd varlena in the call's memory context, its
+            // header set before it is handed on. It is only asked for once the envelope will be
+            // sealed (which cannot fail), so it never holds a plaintext when an error is raised.
+            unsafe {
+                let v = pg_sys::palloc(pg_sys::VARHDRSZ + len) as *mut pg_sys::varlena;
+                pgrx::set_varsize_4b(v, (pg_sys::VARHDRSZ + len) as i32);
+                *made_at = v;
+                std::slice::from_raw_parts_mut((v as *mut u8).add(pg_sys::VARHDRSZ), len)
+            }
+        })?;
+        Ok(Sealed(made))
+    }
+
+    fn as_varlena(&self) -> pg_sys::Datum {
+        pg_sys::Datum::from(self.0)
+    }
+}
+
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(PlainText, "TEXT");
+pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(Sealed, "bytea");
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedText, "TEXT");
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedBytes, "bytea");
 
@@ -160,6 +192,7 @@ impl DecryptedBytes {
 }
 
 returned_as_varlena!(
+    Sealed => pg_sys::BYTEAOID,
     PlainText => pg_sys::TEXTOID,
     DecryptedText => pg_sys::TEXTOID,
     DecryptedBytes => pg_sys::BYTEAOID

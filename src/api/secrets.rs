@@ -1,9 +1,8 @@
 //! The SQL surface of encryption: secret_encrypt, secret_decrypt (text and bytea) and
 //! ciphertext_key_id. The work is in crate::envelope.
 
-use super::plain::{DecryptedBytes, DecryptedText, PlainText};
+use super::plain::{DecryptedBytes, DecryptedText, PlainText, Sealed};
 use crate::crypto;
-use crate::envelope::encrypt;
 use crate::error::{KeysError, OrRaise};
 use pgrx::prelude::*;
 
@@ -19,8 +18,8 @@ fn secret_encrypt(
     plaintext: Option<&str>,
     context: default!(Option<&str>, "''"),
     keyring: default!(Option<&str>, "'default'"),
-) -> Vec<u8> {
-    encrypt(plaintext.map(str::as_bytes), context, keyring).or_raise()
+) -> Sealed {
+    Sealed::new(plaintext.map(str::as_bytes), context, keyring).or_raise()
 }
 
 /// Encrypt bytes under the active key of `keyring`, bound to `context`. Requires
@@ -30,8 +29,8 @@ fn secret_encrypt_bytea(
     plaintext: Option<&[u8]>,
     context: default!(Option<&str>, "''"),
     keyring: default!(Option<&str>, "'default'"),
-) -> Vec<u8> {
-    encrypt(plaintext, context, keyring).or_raise()
+) -> Sealed {
+    Sealed::new(plaintext, context, keyring).or_raise()
 }
 
 /// Decrypt an envelope made by secret_encrypt, with the same context. Requires

@@ -101,9 +101,9 @@ pub fn try_row(
     context: Option<&str>,
 ) -> Result<bool> {
     ARMED.with_borrow_mut(|armed| {
-        let armed = armed
-            .as_mut()
-            .ok_or(KeysError::NotInBatch("meshhook_keys._reencrypt_try"))?;
+        let Some(armed) = armed.as_mut() else {
+            return Err(KeysError::NotInBatch("meshhook_keys._reencrypt_try"));
+        };
         let tid = tid_of(tid);
         armed.stash = None;
         let Some(old) = ciphertext else {
@@ -164,9 +164,9 @@ pub fn try_row(
 /// `_reencrypt_take(ctid)`: the envelope `_reencrypt_try` just made for this same row.
 pub fn take_row(tid: &pg_sys::ItemPointerData) -> Result<Vec<u8>> {
     ARMED.with_borrow_mut(|armed| {
-        let armed = armed
-            .as_mut()
-            .ok_or(KeysError::NotInBatch("meshhook_keys._reencrypt_take"))?;
+        let Some(armed) = armed.as_mut() else {
+            return Err(KeysError::NotInBatch("meshhook_keys._reencrypt_take"));
+        };
         match armed.stash.take() {
             Some((t, new)) if t == tid_of(tid) => Ok(new),
             _ => Err(KeysError::Internal(
