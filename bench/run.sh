@@ -79,7 +79,7 @@ init_cluster "$PGDIR" "$PORT" \
     "meshhook_keys.root_key_file = '$WORK/keys/root.key'" \
     "shared_buffers = '512MB'" \
     "max_wal_size = '4GB'" \
-    "meshhook_keys.worker_enabled = off" \
+    "meshhook_keys.worker_enabled = off" "meshhook_keys.database = 'bench'" \
     "log_lock_waits = on" "deadlock_timeout = '100ms'"
 start_cluster "$PGDIR" || die "the cluster did not start"
 
@@ -235,12 +235,32 @@ BG_PGCRYPTO="DO \$\$ BEGIN LOOP
                  pk = 3 - pk;
     COMMIT;
 END LOOP; END \$\$;"
-app_run() {  # SCENARIO RUN [BACKGROUND_SQL]
+# The real scheduler re-encrypting the whole time, paced (meshhook_keys.reencrypt_busy_share): a
+# tick every second, and a rotation whenever the keyring's job is done (from short psql calls: a
+# session sleeping in pg_sleep would count as a running statement and pace the scheduler by itself).
+scheduler_set() {  # on|off
+    psql_pg -d postgres -c "ALTER SYSTEM SET meshhook_keys.worker_enabled = $1" \
+        -c "ALTER SYSTEM SET meshhook_keys.worker_naptime = '1s'" -c "SELECT pg_reload_conf()" >/dev/null
+}
+scheduler_rotator() {
+    while :; do
+        psql_bench -At -c "SELECT 1 FROM meshhook_keys.keys_rotate('app', 'bench: keep re-encrypting')
+                            WHERE NOT EXISTS (SELECT 1 FROM meshhook_keys.reencrypt_progress
+                                               WHERE keyring = 'app' AND job_state = 'running')" >/dev/null 2>&1 || true
+        sleep 0.5
+    done
+}
+app_run() {  # SCENARIO RUN [BACKGROUND_SQL | scheduler]
     local scenario=$1 run=$2 bg=${3:-} dir=$WORK/app.$1.$2 bgpid= waits0 waits1 tps lat
     psql_bench -c "VACUUM a" -c "CHECKPOINT" >/dev/null
     install -d -o postgres -g postgres "$dir"
     waits0=$(grep -c 'still waiting for' "$PGDIR/server.log" || true)
-    if [ -n "$bg" ]; then
+    if [ "$bg" = scheduler ]; then
+        scheduler_set on
+        scheduler_rotator &
+        bgpid=$!
+        sleep 2   # the first tick (naptime 1 s) and a running job before the application starts
+    elif [ -n "$bg" ]; then
         PGAPPNAME=bench_background psql_bench -c "$bg" >/dev/null 2>&1 &
         bgpid=$!
         sleep 1   # let the background job get going before the application starts measuring
@@ -248,7 +268,16 @@ app_run() {  # SCENARIO RUN [BACKGROUND_SQL]
     (cd "$dir" && as_pg pgbench -h "$PGDIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$APP_SECS" -M prepared \
         -D rows="$rows" -f "$BENCH_DIR/app.pgbench" --log --log-prefix="$dir/tx" bench > "$dir/out.txt" 2>&1) ||
         { cat "$dir/out.txt" >&2; die "section 3: pgbench failed ($scenario, run $run)"; }
-    if [ -n "$bgpid" ]; then
+    if [ "$bg" = scheduler ]; then
+        kill "$bgpid" 2>/dev/null || true
+        wait "$bgpid" 2>/dev/null || true
+        scheduler_set off
+        # the scheduler must have been re-encrypting (and paced) during the run
+        [ "$(psql_bench -At -c "SELECT count(*) > 0 FROM meshhook_keys.reencrypt_progress WHERE keyring = 'app' AND rows_done > 0")" = t ] ||
+            die "section 3: the scheduler did not re-encrypt during '$scenario', run $run"
+        # (a tick is at most 100 batches: the scheduler stops within seconds)
+        sleep 3
+    elif [ -n "$bgpid" ]; then
         # the background job must still be running: one that failed early would make the scenario quiet
         [ "$(psql_pg -d postgres -At -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bench_background'")" = 1 ] ||
             die "section 3: the background job of '$scenario' was not running at the end of run $run"
@@ -270,6 +299,7 @@ for run in $(seq "$APP_RUNS"); do
     app_run "during re-encryption, scheduler defaults" "$run" "$BG_SCHEDULER"
     app_run "during continuous re-encryption" "$run" "$BG_REENCRYPT"
     app_run "during one-statement pgcrypto rewrap" "$run" "$BG_PGCRYPTO"
+    app_run "during continuous re-encryption by the scheduler (paced)" "$run" scheduler
 done
 check=$(psql_bench -At -c "SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(c, 'a:' || id) IS NOT NULL) = $rows FROM a")
 [ "$check" = t ] || die "section 3: not every application secret decrypts afterwards"

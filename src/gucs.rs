@@ -18,6 +18,7 @@ static WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static REENCRYPT_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 static REENCRYPT_BATCH_DELAY: GucSetting<i32> = GucSetting::<i32>::new(10);
 static REENCRYPT_ROW_WAIT: GucSetting<i32> = GucSetting::<i32>::new(10);
+static REENCRYPT_BUSY_SHARE: GucSetting<f64> = GucSetting::<f64>::new(0.1);
 static REENCRYPT_BATCHES_PER_TICK: GucSetting<i32> = GucSetting::<i32>::new(100);
 static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"90 days"));
@@ -129,6 +130,16 @@ pub fn init() {
         60_000,
         GucContext::Suset,
         GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_float_guc(
+        c"meshhook_keys.reencrypt_busy_share",
+        c"Share of the scheduler's time its re-encryption batches may take while other sessions of the database run statements.",
+        c"After each batch the scheduler looks whether another client session of the database is running a statement; if so it pauses long enough that its batches take this share of its time (1: no pacing). Alone, batches follow each other reencrypt_batch_delay apart.",
+        &REENCRYPT_BUSY_SHARE,
+        0.01,
+        1.0,
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     GucRegistry::define_int_guc(
         c"meshhook_keys.reencrypt_batch_delay",
@@ -324,6 +335,11 @@ pub fn reencrypt_batch_size() -> i32 {
 /// How long a batch's direct `UPDATE` waits for a row lock, in milliseconds (0: never direct).
 pub fn reencrypt_row_wait_ms() -> i32 {
     REENCRYPT_ROW_WAIT.get().max(0)
+}
+
+/// Share of its time the scheduler's re-encryption may take while the database is busy (0.01–1).
+pub fn reencrypt_busy_share() -> f64 {
+    REENCRYPT_BUSY_SHARE.get().clamp(0.01, 1.0)
 }
 
 pub fn reencrypt_batch_delay() -> std::time::Duration {

@@ -20,6 +20,7 @@ mod keyring;
 mod lock_order;
 mod locks;
 mod logline;
+mod pacing;
 mod planner;
 mod plans;
 mod reencrypt;

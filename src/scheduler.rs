@@ -15,7 +15,7 @@ use crate::audit;
 use crate::error::{KeysError, Result};
 use crate::keyring;
 use crate::locks::{self, Lock, Until};
-use crate::{activation, gucs, reencrypt, rootkey, served, store, usage};
+use crate::{activation, gucs, pacing, reencrypt, rootkey, served, store, usage};
 use pgrx::prelude::*;
 
 pub const ACTOR: &str = "scheduler";
@@ -532,19 +532,28 @@ fn reencryption_step(mode: Mode, worker: bool, out: &mut Vec<Action>) {
 /// when the first batch found nothing to do.
 fn reencrypt_one(mode: Mode, worker: bool, per_tick: i32, keyring: &str) -> Option<Action> {
     let (mut moved, mut batches, mut finished) = (0i64, 0, false);
+    let (mut paced, mut paused) = (0, std::time::Duration::ZERO);
     let mut failed = None;
     while batches < per_tick && !(worker && shutdown_requested()) {
+        let started = std::time::Instant::now();
         match isolated(mode, || {
-            audit::as_actor(ACTOR, || {
+            let n = audit::as_actor(ACTOR, || {
                 reencrypt::batch(keyring, gucs::reencrypt_batch_size())
-            })
+            })?;
+            // (in the batch's own transaction: a fresh sample; one that fails paces nothing)
+            Ok((n, n.is_some() && pacing::others_active().unwrap_or(false)))
         }) {
-            Ok(Some(n)) => {
+            Ok((Some(n), busy)) => {
                 moved += n;
                 batches += 1;
-                pause(gucs::reencrypt_batch_delay());
+                let wait = pacing::pause(started.elapsed(), busy);
+                if busy {
+                    paced += 1;
+                    paused += wait;
+                }
+                pause(wait);
             }
-            Ok(None) => {
+            Ok((None, _)) => {
                 finished = true;
                 break;
             }
@@ -581,7 +590,15 @@ fn reencrypt_one(mode: Mode, worker: bool, per_tick: i32, keyring: &str) -> Opti
             "reencrypt",
             "ok",
             format!(
-                "{moved} rows moved in {batches} batches{}",
+                "{moved} rows moved in {batches} batches{}{}",
+                if paced > 0 {
+                    format!(
+                        " (paced after {paced}: other sessions were running, {} ms of pauses)",
+                        paused.as_millis()
+                    )
+                } else {
+                    String::new()
+                },
                 if finished { ", done" } else { "" }
             ),
         )),
