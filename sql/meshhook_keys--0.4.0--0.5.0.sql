@@ -102,6 +102,11 @@ BEGIN
         -- (operators qualified: a procedure that COMMITs cannot pin search_path with SET, so the
         -- caller's path is in effect here)
         total := total OPERATOR(pg_catalog.+) moved;
+        -- Nothing moved: what is left waits (a row an open transaction holds, a column backing off
+        -- after a pass that moved nothing): look again in a moment, not in a busy loop.
+        IF moved OPERATOR(pg_catalog.=) 0 THEN
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END IF;
     END LOOP;
     -- This last transaction writes a WAL record of its own, so its commit is flushed under the
     -- session's own synchronous_commit, and with it the WAL of every batch before it. (A transaction
@@ -431,7 +436,12 @@ ALTER TABLE meshhook_keys.reencrypt_progress_column
     ADD COLUMN error text,
     -- where the current pass ends: the table's size when it began (issue 27); NULL (a job begun
     -- by 0.4.0) reads the table's size at each batch, as 0.4.0 did
-    ADD COLUMN end_block bigint;
+    ADD COLUMN end_block bigint,
+    -- a column backs off after passes that moved nothing or windows that failed for a reason not
+    -- its table's own (issue 27)
+    ADD COLUMN pass_done bigint NOT NULL DEFAULT 0,
+    ADD COLUMN idle integer NOT NULL DEFAULT 0,
+    ADD COLUMN retry_at timestamptz;
 CREATE OR REPLACE VIEW meshhook_keys.reencrypt_progress AS
     SELECT j.id AS job_id, j.keyring, j.target_version,
            c.rel AS table_name, c.column_name,

@@ -57,6 +57,13 @@ CREATE TABLE meshhook_keys.reencrypt_progress_column (
     -- transaction moved there on an old key are found by the count at the end of the pass, which
     -- then starts another one. NULL: the table's size at each batch (a job begun by 0.4.0).
     end_block     bigint,
+    -- Backing off: `idle` passes in a row moved nothing (a row held by an open transaction, a
+    -- table whose code refuses the update) or windows failed for a reason not the table's own (a
+    -- deadlock, a lock timeout); the column is not taken up again before `retry_at`, and the
+    -- keyring's other columns go first. `pass_done` is rows_done when the current pass began.
+    pass_done     bigint  NOT NULL DEFAULT 0,
+    idle          integer NOT NULL DEFAULT 0,
+    retry_at      timestamptz,
     PRIMARY KEY (job_id, column_id)
 );
 
@@ -118,6 +125,11 @@ BEGIN
         -- (operators qualified: a procedure that COMMITs cannot pin search_path with SET, so the
         -- caller's path is in effect here)
         total := total OPERATOR(pg_catalog.+) moved;
+        -- Nothing moved: what is left waits (a row an open transaction holds, a column backing off
+        -- after a pass that moved nothing): look again in a moment, not in a busy loop.
+        IF moved OPERATOR(pg_catalog.=) 0 THEN
+            PERFORM pg_catalog.pg_sleep(0.05);
+        END IF;
     END LOOP;
     -- This last transaction writes a WAL record of its own, so its commit is flushed under the
     -- session's own synchronous_commit, and with it the WAL of every batch before it. (A transaction

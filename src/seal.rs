@@ -98,6 +98,15 @@ pub fn reported<T>(f: impl FnOnce() -> Result<T>, report: impl FnOnce(&str)) -> 
     }
 }
 
+/// SQLSTATEs that are not a call's own failure but the session's or the server's: a cancel or
+/// timeout (class 57), a deadlock or serialization failure (40), a lock timeout, running out of
+/// resources (53, 58), an internal error. A caller that catches a call's failure lets these through.
+pub fn not_the_calls_own(sqlstate: &str) -> bool {
+    matches!(sqlstate.get(..2), Some("57" | "40" | "53" | "58"))
+        || sqlstate == "55P03"
+        || sqlstate == "XX000"
+}
+
 /// Like [`isolated`], except for an error whose SQLSTATE `passes` says is not the call's own (a
 /// cancel, a timeout, a deadlock, running out of resources): that one is raised (or returned) again
 /// after the rollback, as PL/pgSQL's `WHEN OTHERS` lets a cancel through. Ok(Err(failure)) is a

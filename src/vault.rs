@@ -137,13 +137,9 @@ struct VaultSecret {
 const VIEW: &str = "vault.decrypted_secrets";
 const TABLE: &str = "vault.secrets";
 
-/// SQLSTATEs that are not a bad row's own: a cancel or timeout (class 57), a deadlock or
-/// serialization failure (40), a lock timeout, running out of resources (53, 58), an internal
-/// error. They stop the import.
+/// SQLSTATEs that are not a bad row's own ([`seal::not_the_calls_own`]): they stop the import.
 fn not_a_bad_row(sqlstate: &str) -> bool {
-    matches!(sqlstate.get(..2), Some("57" | "40" | "53" | "58"))
-        || sqlstate == "55P03"
-        || sqlstate == "XX000"
+    seal::not_the_calls_own(sqlstate)
 }
 
 /// Whether `role` may read `relation` (USAGE on its schema and SELECT on it).

@@ -14,8 +14,8 @@ use crate::context;
 use crate::error::{KeysError, Result};
 use crate::plans;
 use crate::reencrypt::jobs::{
-    advance_cursor, end_of_pass, ensure_job, fail_column, finish_job, next_running_column,
-    record_failed_row, set_column_state,
+    advance_cursor, back_off, end_of_pass, ensure_job, fail_column, finish_job,
+    next_running_column, record_failed_row, set_column_state,
 };
 use crate::reencrypt::registry::{
     Column, as_role, columns_of_keyring, context_item, failed_row_ref, header,
@@ -87,6 +87,10 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
             set_column_state(job_id, col.id, "done")?;
             continue;
         }
+        // Every running column is backing off (a row held, a passing failure): later.
+        if p.waiting {
+            break;
+        }
         let (blocks, per_block) = (p.blocks, p.per_block);
         if p.next_block >= blocks {
             // Another pass begins with the next batch: what this pass left (a row held by an open
@@ -111,28 +115,38 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         let hi = (p.next_block + window).min(blocks.max(p.next_block + 1));
         // One column's window in a subtransaction of its own: if the table's code (or anything
         // else) raises, its rows roll back, the column is marked failed, and the keyring's other
-        // columns go on (one table never wedges a shared keyring).
-        let w = match crate::seal::isolated(|| {
-            let w = move_window(
-                col,
-                &headers,
-                || Armed::new(old_keys.clone(), active.clone()),
-                (p.next_block, p.next_offset),
-                hi,
-                (!direct).then_some(limit),
-            )?;
-            for f in &w.failures {
-                record_failed_row(
-                    job_id,
-                    col.id,
-                    &failed_row_ref(col, &tid_text(f.tid))?,
-                    &f.sqlstate,
-                    &f.message,
+        // columns go on (one table never wedges a shared keyring). A cancel or a timeout of the
+        // statement reaches the caller; a deadlock, a serialization failure, a lock timeout or
+        // running out of resources is not the table's failure either: the column backs off and is
+        // taken up again later (other columns first).
+        let w = match crate::seal::isolated_except(
+            || {
+                let w = move_window(
+                    col,
+                    &headers,
+                    || Armed::new(old_keys.clone(), active.clone()),
+                    (p.next_block, p.next_offset),
+                    hi,
+                    (!direct).then_some(limit),
                 )?;
-            }
-            Ok(w)
-        }) {
+                for f in &w.failures {
+                    record_failed_row(
+                        job_id,
+                        col.id,
+                        &failed_row_ref(col, &tid_text(f.tid))?,
+                        &f.sqlstate,
+                        &f.message,
+                    )?;
+                }
+                Ok(w)
+            },
+            |sqlstate| sqlstate.starts_with("57"),
+        )? {
             Ok(w) => w,
+            Err(f) if crate::seal::not_the_calls_own(&f.sqlstate) => {
+                back_off(job_id, col.id)?;
+                continue;
+            }
             Err(f) => {
                 fail_column(job_id, keyring, col, &f.sqlstate, &f.message)?;
                 continue;

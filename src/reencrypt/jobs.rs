@@ -174,6 +174,9 @@ pub(super) struct Progress {
     /// Estimated rows per block of the table: the planner's estimate, or the rows on old keys per
     /// block when the job began if that is more (a table never analyzed has no estimate).
     pub(super) per_block: f64,
+    /// Backing off until `retry_at` (and every other running column of the job is too: those
+    /// not waiting come first).
+    pub(super) waiting: bool,
 }
 
 /// The job's next column still running, with the shape of its table.
@@ -185,10 +188,12 @@ pub(super) fn next_running_column(job_id: i64) -> Result<Option<Progress>> {
                     COALESCE(GREATEST(
                         CASE WHEN r.relpages OPERATOR(pg_catalog.>) 0 AND r.reltuples OPERATOR(pg_catalog.>) 0 THEN r.reltuples::float8 OPERATOR(pg_catalog./) r.relpages END,
                         CASE WHEN p.end_block OPERATOR(pg_catalog.>) 0 THEN p.rows_total::float8 OPERATOR(pg_catalog./) p.end_block END), 50)
+                    , COALESCE(p.retry_at OPERATOR(pg_catalog.>) pg_catalog.clock_timestamp(), false) AS waiting
                FROM meshhook_keys.reencrypt_progress_column p
                JOIN meshhook_keys.encrypted_column e ON e.id OPERATOR(pg_catalog.=) p.column_id
                LEFT JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) e.rel
-              WHERE p.job_id OPERATOR(pg_catalog.=) $1 AND p.state OPERATOR(pg_catalog.=) 'running' ORDER BY p.column_id LIMIT 1",
+              WHERE p.job_id OPERATOR(pg_catalog.=) $1 AND p.state OPERATOR(pg_catalog.=) 'running'
+              ORDER BY waiting, p.idle, p.column_id LIMIT 1",
         &[job_id.into()],
         |t| {
         if t.is_empty() {
@@ -201,6 +206,7 @@ pub(super) fn next_running_column(job_id: i64) -> Result<Option<Progress>> {
             next_offset: t.get::<i32>(3)?.unwrap_or(0),
             blocks: t.get::<i64>(4)?.unwrap_or(0),
             per_block: t.get::<f64>(5)?.unwrap_or(50.0).max(1.0),
+            waiting: t.get::<bool>(6)?.unwrap_or(false),
         }))
     })
 }
@@ -310,15 +316,39 @@ pub(super) fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<bool
     } else if remaining <= failed {
         set_column_state(job_id, col.id, "done_with_errors").map(|()| false)
     } else {
+        // (a pass that moved nothing makes the column back off before the next one)
         run(
-            "UPDATE meshhook_keys.reencrypt_progress_column
-                SET pass = pass OPERATOR(pg_catalog.+) 1, next_block = 0, next_offset = 0, updated_at = pg_catalog.clock_timestamp(),
-                    end_block = pg_catalog.pg_relation_size($3) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::bigint
-              WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2",
+            &format!(
+                "UPDATE meshhook_keys.reencrypt_progress_column
+                    SET pass = pass OPERATOR(pg_catalog.+) 1, next_block = 0, next_offset = 0, updated_at = pg_catalog.clock_timestamp(),
+                        end_block = pg_catalog.pg_relation_size($3) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::bigint,
+                        idle = CASE WHEN rows_done OPERATOR(pg_catalog.=) pass_done THEN idle OPERATOR(pg_catalog.+) 1 ELSE 0 END,
+                        retry_at = CASE WHEN rows_done OPERATOR(pg_catalog.=) pass_done THEN {BACKOFF} END,
+                        pass_done = rows_done
+                  WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2"
+            ),
             &[job_id.into(), col.id.into(), col.rel.into()],
         )
         .map(|()| true)
     }
+}
+
+/// When a column backing off for the `idle + 1`-th time in a row may be taken up again: 50 ms,
+/// doubling, at most 10 s later (SQL over the row's `idle`, before it is incremented).
+const BACKOFF: &str = "pg_catalog.clock_timestamp() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => LEAST(10.0, 0.05 OPERATOR(pg_catalog.*) pg_catalog.power(2.0, LEAST(idle, 20))))";
+
+/// A window of the column failed for a reason that is not its table's (a deadlock, a lock
+/// timeout, a serialization failure, running out of resources): the column backs off and the
+/// keyring's other columns go first; it is taken up again later, not failed.
+pub(super) fn back_off(job_id: i64, column_id: i32) -> Result<()> {
+    run(
+        &format!(
+            "UPDATE meshhook_keys.reencrypt_progress_column
+                SET retry_at = {BACKOFF}, idle = idle OPERATOR(pg_catalog.+) 1, updated_at = pg_catalog.clock_timestamp()
+              WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2"
+        ),
+        &[job_id.into(), column_id.into()],
+    )
 }
 
 pub(super) fn finish_job(job_id: i64, keyring: &str, target_version: i32) -> Result<()> {
