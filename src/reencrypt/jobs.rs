@@ -12,7 +12,9 @@
 use crate::audit;
 use crate::error::{KeysError, Result};
 use crate::plans;
-use crate::reencrypt::registry::{Column, columns_of_keyring, count_on_keys};
+use crate::reencrypt::registry::{
+    Column, columns_of_keyring, count_on_keys, count_unrecorded_on_keys,
+};
 use pgrx::prelude::*;
 
 struct Job {
@@ -311,9 +313,27 @@ pub(super) fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<bool
         &[job_id.into(), col.id.into()],
     )?
     .unwrap_or(0);
+    // (only rows the recorded failures name count as failed: a recorded row may have been fixed
+    // since, while another row was skipped and never moved)
+    let all_recorded = || -> Result<bool> {
+        let refs = Spi::connect(|c| {
+            let mut out = Vec::new();
+            for row in c.select(
+                "SELECT row_ref FROM meshhook_keys.reencrypt_failure WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2",
+                None,
+                &[job_id.into(), col.id.into()],
+            )? {
+                if let Some(r) = row.get::<String>(1)? {
+                    out.push(r);
+                }
+            }
+            Ok::<_, pgrx::spi::SpiError>(out)
+        })?;
+        Ok(count_unrecorded_on_keys(col, old, &refs)? == 0)
+    };
     if remaining == 0 {
         set_column_state(job_id, col.id, "done").map(|()| false)
-    } else if remaining <= failed {
+    } else if remaining <= failed && all_recorded()? {
         set_column_state(job_id, col.id, "done_with_errors").map(|()| false)
     } else {
         // (a pass that moved nothing makes the column back off before the next one)

@@ -258,6 +258,28 @@ pub(super) fn count_on_keys(col: &Column, keys: &[i64]) -> Result<i64> {
     })
 }
 
+/// Rows of `col` on one of `keys` whose reference (primary key, or ctid) is not in `recorded`,
+/// counted as the table owner: the rows still on an old key that no recorded failure accounts for.
+pub(super) fn count_unrecorded_on_keys(
+    col: &Column,
+    keys: &[i64],
+    recorded: &[String],
+) -> Result<i64> {
+    let table = col.table()?;
+    let c = quote_identifier(&col.column);
+    let sql = format!(
+        "SELECT pg_catalog.count(*) FROM ONLY {table} AS t
+          WHERE pg_catalog.substr(t.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($1::bytea[])
+            AND NOT (({}) OPERATOR(pg_catalog.=) ANY ($2::text[]))",
+        row_ref_expr(col.rel)?
+    );
+    let headers: Vec<Vec<u8>> = keys.iter().map(|k| header(*k)).collect();
+    let recorded = recorded.to_vec();
+    as_role(col.owner, || {
+        Ok(Spi::get_one_with_args::<i64>(&sql, &[headers.into(), recorded.into()])?.unwrap_or(0))
+    })
+}
+
 /// Rows per key id in one registered column (for key_usage), counted as the table owner.
 fn usage_by_key(col: &Column) -> Result<Vec<(Option<i64>, i64)>> {
     let table = col.table()?;
