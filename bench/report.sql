@@ -34,6 +34,25 @@ SELECT format('| %s | %s | %s | %s – %s | %s | %s× (%s – %s) |',
 \echo 'nonce, AES-256-GCM under the cached data key).'
 \echo
 
+\echo '### 1b. Parallel decryption'
+\echo
+\echo 'The decrypt scan of section 1 (`secret_decrypt` is `PARALLEL SAFE`) on one core and with 2 parallel'
+\echo 'workers plus the leader (`max_parallel_workers_per_gather = 2`, setup and tuple costs 0), each'
+\echo 'with its floor, in one session per run; median over' :runs 'runs. The machine has' :cores 'cores: the'
+\echo 'speed-up is bounded by them and by what else runs.'
+\echo
+\echo '| Query | Median ms | Min – max ms | × 1 core |'
+\echo '|---|---:|---:|---:|'
+WITH stats AS (
+    SELECT name, percentile_cont(0.5) WITHIN GROUP (ORDER BY ms) AS med, min(ms) AS lo, max(ms) AS hi
+      FROM bench_timing WHERE section = 'parallel' AND run > 0 AND name <> 'warm-up' GROUP BY name
+)
+SELECT format('| %s | %s | %s – %s | %s× |', s.name, fmt(s.med), fmt(s.lo), fmt(s.hi),
+              fmt(o.med / s.med))
+  FROM stats s JOIN stats o ON o.name = split_part(s.name, ',', 1) || ', 1 core'
+ ORDER BY s.name LIKE 'floor%' DESC, s.name LIKE '%1 core' DESC;
+\echo
+
 \echo '## 2. Re-encryption throughput'
 \echo
 \echo 'Rewriting all' :rows 'stored secrets of 100 bytes, each method timed alone after `VACUUM` and'

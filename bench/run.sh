@@ -145,6 +145,29 @@ for run in $(seq "$runs"); do
     timed_session percall "$run" < "$RUN_SQL"
 done
 
+# --- section 1b --------------------------------------------------------------------------------
+# The same decrypt scan on one core and with 2 parallel workers (plus the leader), floor alike; the
+# cost model is told to use them (setup and tuple costs 0), each run in a session of its own.
+PAR_SQL=$WORK/parallel.sql
+{
+    echo "SET jit = off;"
+    echo "SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;"
+    echo "ALTER TABLE t SET (parallel_workers = 2);"
+    echo "SET max_parallel_workers_per_gather = 2;"
+    echo "SELECT 'warm-up', sum(octet_length(meshhook_keys.secret_decrypt(c))) FROM (SELECT c FROM t LIMIT 1000) AS w;"
+    echo '\timing on'
+    echo "SET max_parallel_workers_per_gather = 0;"
+    echo "SELECT 'floor, 1 core', sum(octet_length(c)) FROM t;"
+    echo "SELECT 'secret_decrypt, 1 core', sum(octet_length(meshhook_keys.secret_decrypt(c))) FROM t;"
+    echo "SET max_parallel_workers_per_gather = 2;"
+    echo "SELECT 'floor, 2 workers', sum(octet_length(c)) FROM t;"
+    echo "SELECT 'secret_decrypt, 2 workers', sum(octet_length(meshhook_keys.secret_decrypt(c))) FROM t;"
+} > "$PAR_SQL"
+for run in $(seq "$runs"); do
+    log "section 1b: parallel decryption, run $run of $runs"
+    timed_session parallel "$run" < "$PAR_SQL"
+done
+
 # --- section 2 ---------------------------------------------------------------------------------
 log "section 2: loading $rows rows for re-encryption"
 k1=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n'); k2=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
@@ -358,7 +381,7 @@ REPORT=$WORK/report.md
     psql_bench -At -v runs="$runs" -v rot_runs="$ROT_RUNS" -v pgp_label="$(thousands "$pgp_rows")" \
         -v keyrings_label="$(thousands "$KEYRINGS")" \
         -v large_label="$large_label" -v rows="$rows" -v app_secs="$APP_SECS" -v app_runs="$APP_RUNS" \
-        -v nkeys="$nkeys" \
+        -v nkeys="$nkeys" -v cores="$(nproc)" \
         < "$BENCH_DIR/report.sql"
 } > "$REPORT"
 cp "$REPORT" "$BENCH_DIR/results/$stamp.md"
