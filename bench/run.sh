@@ -80,6 +80,7 @@ init_cluster "$PGDIR" "$PORT" \
     "shared_buffers = '512MB'" \
     "max_wal_size = '4GB'" \
     "meshhook_keys.worker_enabled = off" "meshhook_keys.database = 'bench'" \
+    "meshhook_keys.max_tracked_keys = $((KEYRINGS + 4096))" \
     "log_lock_waits = on" "deadlock_timeout = '100ms'"
 start_cluster "$PGDIR" || die "the cluster did not start"
 
@@ -155,11 +156,13 @@ PAR_SQL=$WORK/parallel.sql
     echo "ALTER TABLE t SET (parallel_workers = 2);"
     echo "SET max_parallel_workers_per_gather = 2;"
     echo "SELECT 'warm-up', sum(octet_length(meshhook_keys.secret_decrypt(c))) FROM (SELECT c FROM t LIMIT 1000) AS w;"
-    echo '\timing on'
     echo "SET max_parallel_workers_per_gather = 0;"
+    echo '\timing on'
     echo "SELECT 'floor, 1 core', sum(octet_length(c)) FROM t;"
     echo "SELECT 'secret_decrypt, 1 core', sum(octet_length(meshhook_keys.secret_decrypt(c))) FROM t;"
+    echo '\timing off'
     echo "SET max_parallel_workers_per_gather = 2;"
+    echo '\timing on'
     echo "SELECT 'floor, 2 workers', sum(octet_length(c)) FROM t;"
     echo "SELECT 'secret_decrypt, 2 workers', sum(octet_length(meshhook_keys.secret_decrypt(c))) FROM t;"
 } > "$PAR_SQL"
@@ -298,8 +301,14 @@ app_run() {  # SCENARIO RUN [BACKGROUND_SQL | scheduler]
         # the scheduler must have been re-encrypting (and paced) during the run
         [ "$(psql_bench -At -c "SELECT count(*) > 0 FROM meshhook_keys.reencrypt_progress WHERE keyring = 'app' AND rows_done > 0")" = t ] ||
             die "section 3: the scheduler did not re-encrypt during '$scenario', run $run"
-        # (a tick is at most 100 batches: the scheduler stops within seconds)
-        sleep 3
+        # the scheduler finishes its tick (at most 100 batches): wait until no row moves for 2 s
+        local last= now i
+        for i in $(seq 30); do
+            now=$(psql_bench -At -c "SELECT coalesce(sum(rows_done), 0) FROM meshhook_keys.reencrypt_progress WHERE keyring = 'app'")
+            [ "$now" = "$last" ] && [ "$i" -gt 2 ] && break
+            last=$now
+            sleep 1
+        done
     elif [ -n "$bgpid" ]; then
         # the background job must still be running: one that failed early would make the scenario quiet
         [ "$(psql_pg -d postgres -At -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bench_background'")" = 1 ] ||
