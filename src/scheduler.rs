@@ -537,6 +537,13 @@ fn reencrypt_one(mode: Mode, worker: bool, per_tick: i32, keyring: &str) -> Opti
     while batches < per_tick && !(worker && shutdown_requested()) {
         let started = std::time::Instant::now();
         match isolated(mode, || {
+            // A batch of the worker commits without waiting for its WAL to reach disk, as CALL
+            // reencrypt's do, so that the application's commits do not queue behind its flushes:
+            // a crash can only undo the last batches, whose rows are then still on their old key
+            // (which still decrypts), and any later durable commit (a retire, say) flushes them.
+            if mode == Mode::OwnTransactions {
+                Spi::run("SET LOCAL synchronous_commit = off")?;
+            }
             let n = audit::as_actor(ACTOR, || {
                 reencrypt::batch(keyring, gucs::reencrypt_batch_size())
             })?;
