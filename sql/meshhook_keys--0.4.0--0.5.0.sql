@@ -102,11 +102,6 @@ BEGIN
         -- (operators qualified: a procedure that COMMITs cannot pin search_path with SET, so the
         -- caller's path is in effect here)
         total := total OPERATOR(pg_catalog.+) moved;
-        -- Nothing moved: what is left waits (a row an open transaction holds, a column backing off
-        -- after a pass that moved nothing): look again in a moment, not in a busy loop.
-        IF moved OPERATOR(pg_catalog.=) 0 THEN
-            PERFORM pg_catalog.pg_sleep(0.05);
-        END IF;
     END LOOP;
     -- This last transaction writes a WAL record of its own, so its commit is flushed under the
     -- session's own synchronous_commit, and with it the WAL of every batch before it. (A transaction

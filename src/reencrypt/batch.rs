@@ -87,8 +87,12 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
             set_column_state(job_id, col.id, "done")?;
             continue;
         }
-        // Every running column is backing off (a row held, a passing failure): later.
+        // Every running column is backing off (a row held, a passing failure): wait a moment
+        // before returning, so that a caller looping over batches (CALL reencrypt) does not spin.
         if p.waiting {
+            if moved == 0 {
+                wait_a_moment();
+            }
             break;
         }
         let (blocks, per_block) = (p.blocks, p.per_block);
@@ -174,6 +178,25 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         }
     }
     Ok(Some(moved))
+}
+
+/// How long a batch that finds every column backing off waits before it returns 0.
+const WAITING_PAUSE_MS: i64 = 50;
+
+fn wait_a_moment() {
+    // SAFETY: WaitLatch on our own latch, as any backend may; interrupts are checked after.
+    unsafe {
+        pgrx::pg_sys::WaitLatch(
+            pgrx::pg_sys::MyLatch,
+            (pgrx::pg_sys::WL_LATCH_SET
+                | pgrx::pg_sys::WL_TIMEOUT
+                | pgrx::pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            WAITING_PAUSE_MS as std::ffi::c_long,
+            pgrx::pg_sys::PG_WAIT_EXTENSION,
+        );
+        pgrx::pg_sys::ResetLatch(pgrx::pg_sys::MyLatch);
+    }
+    pgrx::check_for_interrupts!();
 }
 
 struct Window {
