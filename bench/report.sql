@@ -58,7 +58,7 @@ SELECT format('| %s | %s | %s – %s | %s× |', s.name, fmt(s.med), fmt(s.lo), f
 \echo 'Rewriting all' :rows 'stored secrets of 100 bytes, each method timed alone after `VACUUM` and'
 \echo '`CHECKPOINT`, median over' :runs 'runs (min – max). Floor: `UPDATE t SET c = c || ''''::bytea`, the physical'
 \echo 'cost of rewriting every row in the database. meshhook_keys: `keys_rotate`, then `CALL reencrypt`'
-\echo '(one transaction per batch, each a single `UPDATE` claiming its rows `FOR UPDATE SKIP LOCKED`; batches commit with `synchronous_commit = off` and the final commit waits for all of them).'
+\echo '(one transaction per batch, each a plain `UPDATE` of a window of blocks whose row lock and recheck are the compare-and-set, claiming `FOR UPDATE SKIP LOCKED` only for a held row; batches commit with `synchronous_commit = off` and the final commit waits for all of them).'
 \echo 'pgcrypto: a single `UPDATE` decrypting and re-encrypting every row, locking all rows until it commits.'
 \echo
 \echo '| Method | Median rows/s | Min – max rows/s | × floor rows/s | WAL MiB (median) | × floor WAL |'
