@@ -511,18 +511,8 @@ fn wait_for_writer(worker: pgrx::bgworkers::DynamicBackgroundWorker) {
             | Err(pgrx::bgworkers::BackgroundWorkerStatus::PostmasterDied) => return,
             _ => {}
         }
-        // SAFETY: the standard latch wait; the postmaster sets our latch when the worker starts or
-        // stops (we are its notify pid).
-        unsafe {
-            pg_sys::WaitLatch(
-                pg_sys::MyLatch,
-                (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-                10,
-                pg_sys::PG_WAIT_EXTENSION,
-            );
-            pg_sys::ResetLatch(pg_sys::MyLatch);
-        }
-        pgrx::check_for_interrupts!();
+        // (the postmaster sets our latch when the worker starts or stops: we are its notify pid)
+        crate::latch::wait(std::time::Duration::from_millis(10));
     }
 }
 

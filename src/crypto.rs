@@ -143,9 +143,7 @@ impl Cipher {
             }
         }
     }
-}
 
-impl Cipher {
     /// Overwrite the key with zeros (volatile writes): ring's key owns no heap memory and has no
     /// destructor (a test checks `needs_drop`), so this is all there is to dropping it.
     fn wipe(&mut self) {

@@ -60,8 +60,15 @@ pub fn stats() -> (usize, u64, u64) {
     CACHE.with_borrow(|c| (c.by_id.len(), c.hits, c.misses))
 }
 
-fn count(hit: bool) {
-    CACHE.with_borrow_mut(|c| if hit { c.hits += 1 } else { c.misses += 1 });
+impl Cache {
+    /// Count a lookup as served from the cache or not.
+    fn count(&mut self, hit: bool) {
+        if hit {
+            self.hits += 1;
+        } else {
+            self.misses += 1;
+        }
+    }
 }
 
 /// A key unwrapped by someone else (a user-held keyring's secret), in the shape the cache uses.
@@ -164,8 +171,11 @@ fn insert(mut key: CachedKey) -> Rc<CachedKey> {
 /// (Callers go through the resolver, which accepts pending invalidations first and asks this
 /// session's user-held keys before this cache.)
 pub fn by_id(key_id: i64) -> Result<Rc<CachedKey>> {
-    let cached = CACHE.with_borrow(|c| c.by_id.get(&key_id).cloned());
-    count(cached.is_some());
+    let cached = CACHE.with_borrow_mut(|c| {
+        let k = c.by_id.get(&key_id).cloned();
+        c.count(k.is_some());
+        k
+    });
     let key = match cached {
         Some(k) => k,
         None => store::with_fixed_search_path(|| {
@@ -207,11 +217,7 @@ pub fn active(keyring: &str) -> Result<Option<Rc<CachedKey>>> {
                 k
             }
         };
-        if hit.is_some() {
-            c.hits += 1;
-        } else {
-            c.misses += 1;
-        }
+        c.count(hit.is_some());
         hit
     });
     if let Some(k) = hit {

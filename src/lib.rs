@@ -17,6 +17,7 @@ mod gucs;
 mod health;
 mod keycache;
 mod keyring;
+mod latch;
 mod lock_order;
 mod locks;
 mod logline;

@@ -445,24 +445,6 @@ pub fn shutdown_requested() -> bool {
     unsafe { std::ptr::read_volatile(&raw const pg_sys::ShutdownRequestPending) != 0 }
 }
 
-/// Sleep between batches, waking early on a latch (SIGTERM, SIGHUP) in the worker.
-fn pause(d: std::time::Duration) {
-    if d.is_zero() {
-        return;
-    }
-    // SAFETY: WaitLatch on our own latch, as any backend may; interrupts are checked after.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            d.as_millis() as std::ffi::c_long,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-    }
-    check_for_interrupts!();
-}
-
 /// The rotation step of a tick: rotate each keyring that is due, each isolated from the others.
 fn rotation_step(mode: Mode, worker: bool, out: &mut Vec<Action>) {
     let due = match isolated(mode, || due_keyrings(None)) {
@@ -558,7 +540,7 @@ fn reencrypt_one(mode: Mode, worker: bool, per_tick: i32, keyring: &str) -> Opti
                     paced += 1;
                     paused += wait;
                 }
-                pause(wait);
+                crate::latch::wait(wait);
             }
             Ok((None, _)) => {
                 finished = true;

@@ -137,11 +137,6 @@ struct VaultSecret {
 const VIEW: &str = "vault.decrypted_secrets";
 const TABLE: &str = "vault.secrets";
 
-/// SQLSTATEs that are not a bad row's own ([`seal::not_the_calls_own`]): they stop the import.
-fn not_a_bad_row(sqlstate: &str) -> bool {
-    seal::not_the_calls_own(sqlstate)
-}
-
 /// Whether `role` may read `relation` (USAGE on its schema and SELECT on it).
 fn may_read(role: pg_sys::Oid, relation: &str) -> Result<bool> {
     Ok(store::read_one::<bool>(
@@ -173,8 +168,10 @@ fn read_vault(caller: pg_sys::Oid) -> Result<Vec<VaultSecret>> {
     }
     let view_owner = owner_of(VIEW)?;
     seal::undone(|| {
+        // (a bad row is skipped and reported; an error not a row's own, a cancel say, stops the
+        // import)
         let listed = seal::run(view_owner, false, || {
-            seal::isolated_except(|| list(VIEW), not_a_bad_row)
+            seal::isolated_except(|| list(VIEW), seal::not_the_calls_own)
         })?;
         let mut out = match listed {
             Ok(rows) => rows,
@@ -187,7 +184,7 @@ fn read_vault(caller: pg_sys::Oid) -> Result<Vec<VaultSecret>> {
                 }
                 let table_owner = owner_of(TABLE)?;
                 match seal::run(table_owner, false, || {
-                    seal::isolated_except(|| list(TABLE), not_a_bad_row)
+                    seal::isolated_except(|| list(TABLE), seal::not_the_calls_own)
                 })? {
                     Ok(rows) => rows,
                     Err(f) => return Err(KeysError::VaultRaised(f.sqlstate)),
@@ -197,7 +194,8 @@ fn read_vault(caller: pg_sys::Oid) -> Result<Vec<VaultSecret>> {
         seal::run(view_owner, false, || {
             for s in out.iter_mut() {
                 let Some(id) = s.id else { continue };
-                s.secret = match seal::isolated_except(|| read_value(id), not_a_bad_row)? {
+                s.secret = match seal::isolated_except(|| read_value(id), seal::not_the_calls_own)?
+                {
                     Ok(Some(v)) => Ok(v),
                     Ok(None) => Err(None),
                     Err(f) => Err(Some(f.sqlstate)),

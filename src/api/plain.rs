@@ -22,20 +22,25 @@ pub struct DecryptedBytes(Decrypted);
 /// A varlena palloc'd in the current memory context (the call's), holding a plaintext.
 pub struct Decrypted(*mut pg_sys::varlena);
 
+/// A new varlena of `len` data bytes palloc'd in the current memory context (the call's, which
+/// outlives it: the result datum's), its header set; stored in `made`, its data handed out.
+fn result_varlena(len: usize, made: &mut *mut pg_sys::varlena) -> &'static mut [u8] {
+    // SAFETY: a palloc'd block of the varlena's size, header set before it is handed on; the
+    // memory context outlives the call that fills it.
+    unsafe {
+        let v = pg_sys::palloc(pg_sys::VARHDRSZ + len) as *mut pg_sys::varlena;
+        pgrx::set_varsize_4b(v, (pg_sys::VARHDRSZ + len) as i32);
+        *made = v;
+        std::slice::from_raw_parts_mut((v as *mut u8).add(pg_sys::VARHDRSZ), len)
+    }
+}
+
 impl Decrypted {
     /// Decrypt `ciphertext` into a new varlena of exactly the plaintext's length.
     fn new(ciphertext: Option<&[u8]>, context: Option<&str>) -> KResult<Self> {
         let mut made: *mut pg_sys::varlena = std::ptr::null_mut();
-        let made_at = &raw mut made;
         let r = crate::envelope::decrypt_into(ciphertext, context, |len| {
-            // SAFETY: a palloc'd block of the varlena's size in the current memory context, which
-            // outlives this call (the result datum's); its header is set before it is handed on.
-            unsafe {
-                let v = pg_sys::palloc(pg_sys::VARHDRSZ + len) as *mut pg_sys::varlena;
-                pgrx::set_varsize_4b(v, (pg_sys::VARHDRSZ + len) as i32);
-                *made_at = v;
-                std::slice::from_raw_parts_mut((v as *mut u8).add(pg_sys::VARHDRSZ), len)
-            }
+            result_varlena(len, &mut made)
         });
         let d = Decrypted(made);
         match r {
@@ -57,6 +62,10 @@ impl Decrypted {
             let len = pgrx::varsize_4b(self.0) - pg_sys::VARHDRSZ;
             std::slice::from_raw_parts_mut((self.0 as *mut u8).add(pg_sys::VARHDRSZ), len)
         }
+    }
+
+    fn datum(&self) -> pg_sys::Datum {
+        pg_sys::Datum::from(self.0)
     }
 
     /// Wipe and free it.
@@ -109,17 +118,10 @@ impl Sealed {
         keyring: Option<&str>,
     ) -> KResult<Self> {
         let mut made: *mut pg_sys::varlena = std::ptr::null_mut();
-        let made_at = &raw mut made;
+        // (asked for only once the envelope will be sealed, which cannot fail: it never holds a
+        // plaintext when an error is raised)
         crate::envelope::encrypt_into(plaintext, context, keyring, |len| {
-            // SAFETY: as in Decrypted::new: a palloc'd varlena in the call's memory context, its
-            // header set before it is handed on. It is only asked for once the envelope will be
-            // sealed (which cannot fail), so it never holds a plaintext when an error is raised.
-            unsafe {
-                let v = pg_sys::palloc(pg_sys::VARHDRSZ + len) as *mut pg_sys::varlena;
-                pgrx::set_varsize_4b(v, (pg_sys::VARHDRSZ + len) as i32);
-                *made_at = v;
-                std::slice::from_raw_parts_mut((v as *mut u8).add(pg_sys::VARHDRSZ), len)
-            }
+            result_varlena(len, &mut made)
         })?;
         Ok(Sealed(made))
     }
@@ -182,12 +184,12 @@ impl PlainText {
 }
 impl DecryptedText {
     fn as_varlena(&self) -> pg_sys::Datum {
-        pg_sys::Datum::from((self.0).0)
+        self.0.datum()
     }
 }
 impl DecryptedBytes {
     fn as_varlena(&self) -> pg_sys::Datum {
-        pg_sys::Datum::from((self.0).0)
+        self.0.datum()
     }
 }
 

@@ -91,7 +91,7 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
         // before returning, so that a caller looping over batches (CALL reencrypt) does not spin.
         if p.waiting {
             if moved == 0 {
-                wait_a_moment();
+                crate::latch::wait(WAITING_PAUSE);
             }
             break;
         }
@@ -181,23 +181,7 @@ pub fn batch(keyring: &str, batch_size: i32) -> Result<Option<i64>> {
 }
 
 /// How long a batch that finds every column backing off waits before it returns 0.
-const WAITING_PAUSE_MS: i64 = 50;
-
-fn wait_a_moment() {
-    // SAFETY: WaitLatch on our own latch, as any backend may; interrupts are checked after.
-    unsafe {
-        pgrx::pg_sys::WaitLatch(
-            pgrx::pg_sys::MyLatch,
-            (pgrx::pg_sys::WL_LATCH_SET
-                | pgrx::pg_sys::WL_TIMEOUT
-                | pgrx::pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            WAITING_PAUSE_MS as std::ffi::c_long,
-            pgrx::pg_sys::PG_WAIT_EXTENSION,
-        );
-        pgrx::pg_sys::ResetLatch(pgrx::pg_sys::MyLatch);
-    }
-    pgrx::check_for_interrupts!();
-}
+const WAITING_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
 
 struct Window {
     moved: i64,
@@ -300,15 +284,10 @@ fn update_window(
     let headers = headers.to_vec();
     let guard = arm(armed);
     let moved = as_role(col.owner, || {
-        let run = || match limit {
-            None => plans::run(&sql, &[lo.into(), hi.into(), headers.into()], |t| {
-                Ok(t.len() as i64)
-            }),
-            Some(limit) => plans::run(
-                &sql,
-                &[lo.into(), hi.into(), headers.into(), limit.into()],
-                |t| Ok(t.len() as i64),
-            ),
+        let run = || {
+            let mut args = vec![lo.into(), hi.into(), headers.into()];
+            args.extend(limit.map(Into::into));
+            plans::run(&sql, &args, |t| Ok(t.len() as i64))
         };
         // No JIT: `_reencrypt_try` is declared costly (so that it runs after the cheap tests), which
         // makes the planner's estimate pass jit_above_cost, and compiling (and optimizing and

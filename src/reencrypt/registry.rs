@@ -233,29 +233,7 @@ unsafe fn is_list(te: *mut pg_sys::TargetEntry) -> bool {
 
 /// Rows of `col` whose header names one of `keys`, counted as the table owner.
 pub(super) fn count_on_keys(col: &Column, keys: &[i64]) -> Result<i64> {
-    if keys.is_empty() {
-        return Ok(0);
-    }
-    let table = col.table()?;
-    let c = quote_identifier(&col.column);
-    let sql = format!(
-        "SELECT pg_catalog.count(*) FROM ONLY {table} AS t
-          WHERE pg_catalog.substr(t.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($1::bytea[])"
-    );
-    let headers: Vec<Vec<u8>> = keys.iter().map(|k| header(*k)).collect();
-    let owner = col.owner;
-    as_role(owner, || {
-        // (seeing this transaction's own re-encryption so far, as pgrx's read-write path does; on a
-        // standby, where nothing can have been written and no transaction id can be assigned,
-        // read-only)
-        // SAFETY: reads shared recovery state.
-        let n = if unsafe { pg_sys::RecoveryInProgress() } {
-            crate::store::read_one::<i64>(&sql, &[headers.into()])?
-        } else {
-            Spi::get_one_with_args::<i64>(&sql, &[headers.into()])?
-        };
-        Ok(n.unwrap_or(0))
-    })
+    count_rows_on_keys(col, keys, None)
 }
 
 /// Rows of `col` on one of `keys` whose reference (primary key, or ctid) is not in `recorded`,
@@ -265,18 +243,42 @@ pub(super) fn count_unrecorded_on_keys(
     keys: &[i64],
     recorded: &[String],
 ) -> Result<i64> {
+    count_rows_on_keys(col, keys, Some(recorded))
+}
+
+/// Rows of `col` on one of `keys`, except those whose reference is in `except`, as the table owner.
+fn count_rows_on_keys(col: &Column, keys: &[i64], except: Option<&[String]>) -> Result<i64> {
+    if keys.is_empty() {
+        return Ok(0);
+    }
     let table = col.table()?;
     let c = quote_identifier(&col.column);
+    let unless = match except {
+        Some(_) => format!(
+            " AND NOT (({}) OPERATOR(pg_catalog.=) ANY ($2::text[]))",
+            row_ref_expr(col.rel)?
+        ),
+        None => String::new(),
+    };
     let sql = format!(
         "SELECT pg_catalog.count(*) FROM ONLY {table} AS t
-          WHERE pg_catalog.substr(t.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($1::bytea[])
-            AND NOT (({}) OPERATOR(pg_catalog.=) ANY ($2::text[]))",
-        row_ref_expr(col.rel)?
+          WHERE pg_catalog.substr(t.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($1::bytea[]){unless}"
     );
     let headers: Vec<Vec<u8>> = keys.iter().map(|k| header(*k)).collect();
-    let recorded = recorded.to_vec();
+    let except = except.map(<[String]>::to_vec);
     as_role(col.owner, || {
-        Ok(Spi::get_one_with_args::<i64>(&sql, &[headers.into(), recorded.into()])?.unwrap_or(0))
+        let mut args = vec![headers.into()];
+        args.extend(except.map(Into::into));
+        // (seeing this transaction's own re-encryption so far, as pgrx's read-write path does; on a
+        // standby, where nothing can have been written and no transaction id can be assigned,
+        // read-only)
+        // SAFETY: reads shared recovery state.
+        let n = if unsafe { pg_sys::RecoveryInProgress() } {
+            crate::store::read_one::<i64>(&sql, &args)?
+        } else {
+            Spi::get_one_with_args::<i64>(&sql, &args)?
+        };
+        Ok(n.unwrap_or(0))
     })
 }
 
