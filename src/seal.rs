@@ -263,43 +263,96 @@ impl Session {
 
 /// The advisory locks this backend holds (granted), from the lock manager; not meshhook_keys' own
 /// (crate::locks), which only its own functions take, until their transaction ends.
+///
+/// Read from this backend's own entries in the shared lock table (`MyProc->myProcLocks`, one list
+/// per lock partition, each read under its partition lock in shared mode, as lock.c reads them),
+/// not from `GetLockStatusData`, which copies the whole lock table with every partition lock and
+/// every backend's fast-path lock taken: that ran twice per re-encryption window, and stalled
+/// every other backend's lock manager for its length. Advisory locks never take the fast path, so
+/// every one this backend holds is in its lists.
 fn advisory_locks() -> Vec<Held> {
     let mut out: Vec<Held> = Vec::new();
-    // SAFETY: GetLockStatusData copies the lock table into palloc'd memory, read and then freed.
+    // SAFETY: MyProc is this backend's PGPROC; its lock lists are read under their partition's
+    // lock in shared mode (modifications take it exclusively), and nothing in the loop can raise.
     unsafe {
-        let data = pg_sys::GetLockStatusData();
-        if data.is_null() {
+        let me = pg_sys::MyProc;
+        if me.is_null() || pg_sys::MainLWLockArray.is_null() {
             return out;
         }
-        let n = (*data).nelements.max(0) as usize;
-        for i in 0..n {
-            let l = &*(*data).locks.add(i);
-            if l.pid != pg_sys::MyProcPid
-                || l.locktag.locktag_type != pg_sys::LockTagType::LOCKTAG_ADVISORY as u8
-                || l.locktag.locktag_field4 == crate::locks::OUR_FIELD4
-                || l.holdMask == 0
-            {
-                continue;
-            }
-            let tag = [
-                l.locktag.locktag_field1,
-                l.locktag.locktag_field2,
-                l.locktag.locktag_field3,
-                l.locktag.locktag_field4 as u32,
-            ];
-            match out.iter_mut().find(|h| h.tag == tag) {
-                Some(h) => h.modes |= l.holdMask as u32,
-                None => out.push(Held {
-                    tag,
-                    modes: l.holdMask as u32,
-                }),
-            }
+        for part in 0..pg_sys::NUM_LOCK_PARTITIONS as usize {
+            let lw = &raw mut (*pg_sys::MainLWLockArray
+                .add(pg_sys::LOCK_MANAGER_LWLOCK_OFFSET as usize + part))
+            .lock;
+            pg_sys::LWLockAcquire(lw, pg_sys::LWLockMode::LW_SHARED);
+            for_each_proclock(&raw mut (*me).myProcLocks[part], |pl| {
+                let l = &(*(*pl).tag.myLock).tag;
+                if l.locktag_type != pg_sys::LockTagType::LOCKTAG_ADVISORY as u8
+                    || l.locktag_field4 == crate::locks::OUR_FIELD4
+                    || (*pl).holdMask == 0
+                {
+                    return;
+                }
+                let tag = [
+                    l.locktag_field1,
+                    l.locktag_field2,
+                    l.locktag_field3,
+                    l.locktag_field4 as u32,
+                ];
+                match out.iter_mut().find(|h| h.tag == tag) {
+                    Some(h) => h.modes |= (*pl).holdMask as u32,
+                    None => out.push(Held {
+                        tag,
+                        modes: (*pl).holdMask as u32,
+                    }),
+                }
+            });
+            pg_sys::LWLockRelease(lw);
         }
-        pg_sys::pfree((*data).locks.cast());
-        pg_sys::pfree(data.cast());
     }
     out.sort_by_key(|h| h.tag);
     out
+}
+
+/// Each PROCLOCK of one of a backend's per-partition lists (a `SHM_QUEUE` up to PostgreSQL 15, a
+/// `dlist` since 16; both circular through the head, a never-used `dlist` empty with null links).
+///
+/// # Safety
+/// `head` is a `myProcLocks` list whose partition lock the caller holds.
+#[cfg(feature = "pg15")]
+unsafe fn for_each_proclock(
+    head: *mut pg_sys::SHM_QUEUE,
+    mut f: impl FnMut(*const pg_sys::PROCLOCK),
+) {
+    let offset = std::mem::offset_of!(pg_sys::PROCLOCK, procLink);
+    // SAFETY: per the caller's contract.
+    unsafe {
+        let mut link = (*head).next;
+        while !link.is_null() && link != head {
+            f(link.cast::<u8>().sub(offset).cast());
+            link = (*link).next;
+        }
+    }
+}
+
+/// See the PostgreSQL 15 version above.
+///
+/// # Safety
+/// `head` is a `myProcLocks` list whose partition lock the caller holds.
+#[cfg(not(feature = "pg15"))]
+unsafe fn for_each_proclock(
+    head: *mut pg_sys::dlist_head,
+    mut f: impl FnMut(*const pg_sys::PROCLOCK),
+) {
+    let offset = std::mem::offset_of!(pg_sys::PROCLOCK, procLink);
+    // SAFETY: per the caller's contract.
+    unsafe {
+        let end = &raw mut (*head).head;
+        let mut link = (*end).next;
+        while !link.is_null() && link != end {
+            f(link.cast::<u8>().sub(offset).cast());
+            link = (*link).next;
+        }
+    }
 }
 
 /// Release every session-level hold of `modes` on `h`. Called after the call's subtransaction was
