@@ -107,6 +107,20 @@ impl DecryptedBytes {
     }
 }
 
+/// A `bytea` copied once from a buffer that stays with its owner (a re-encryption envelope, which
+/// holds no plaintext), palloc'd in the call's memory context.
+pub struct ByteaCopy(pg_sys::Datum);
+
+impl ByteaCopy {
+    pub fn of(bytes: &[u8]) -> Self {
+        ByteaCopy(varlena(bytes))
+    }
+
+    fn as_varlena(&self) -> pg_sys::Datum {
+        self.0
+    }
+}
+
 /// An envelope sealed in place in its result `bytea` (no Rust buffer, no copy).
 pub struct Sealed(*mut pg_sys::varlena);
 
@@ -133,6 +147,7 @@ impl Sealed {
 
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(PlainText, "TEXT");
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(Sealed, "bytea");
+pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(ByteaCopy, "bytea");
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedText, "TEXT");
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedBytes, "bytea");
 
@@ -194,6 +209,7 @@ impl DecryptedBytes {
 }
 
 returned_as_varlena!(
+    ByteaCopy => pg_sys::BYTEAOID,
     Sealed => pg_sys::BYTEAOID,
     PlainText => pg_sys::TEXTOID,
     DecryptedText => pg_sys::TEXTOID,

@@ -86,8 +86,8 @@ fn _reencrypt_try(
 /// Executable by PUBLIC; a batch's UPDATE calls it as the table's owner, whoever that is, and it
 /// refuses (42501) outside a batch.
 #[pg_extern(volatile, parallel_unsafe, strict)]
-fn _reencrypt_take(row: pg_sys::ItemPointerData) -> Vec<u8> {
-    reencrypt::take_row(&row).or_raise()
+fn _reencrypt_take(row: pg_sys::ItemPointerData) -> crate::api::plain::ByteaCopy {
+    reencrypt::take_row(&row, crate::api::plain::ByteaCopy::of).or_raise()
 }
 
 /// Rows per key version in every registered column of a keyring (rows on keys of other keyrings or

@@ -25,11 +25,12 @@ use crate::resolver;
 use crate::usage;
 use pgrx::spi::quote_identifier;
 
-/// Key ids of the keyring's versions that still decrypt but are not `except`.
+/// Key ids of the keyring's versions that still decrypt but are not `except`, newest first (most
+/// rows still to move are on the newest of them: its range is tested first).
 fn old_key_ids(keyring: &str, except: i64) -> Result<Vec<i64>> {
     plans::run(
         "SELECT key_id FROM meshhook_keys.data_key
-              WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'decrypt_only' AND key_id OPERATOR(pg_catalog.<>) $2 ORDER BY version",
+              WHERE keyring OPERATOR(pg_catalog.=) $1 AND state OPERATOR(pg_catalog.=) 'decrypt_only' AND key_id OPERATOR(pg_catalog.<>) $2 ORDER BY version DESC",
         &[keyring.into(), except.into()],
         |t| {
             let mut out = Vec::new();

@@ -16,6 +16,7 @@ use crate::resolver;
 use pgrx::prelude::*;
 use std::collections::HashMap;
 use std::rc::Rc;
+use zeroize::{Zeroize, Zeroizing};
 
 /// A heap tuple id as (block, offset).
 pub(super) type Tid = (i64, i32);
@@ -46,8 +47,14 @@ pub(super) struct Armed {
     /// The old versions of the keyring, by key id: the key, or why it cannot decrypt.
     old: OldKeys,
     pub(super) target: Rc<CachedKey>,
-    /// The new envelope of the row `_reencrypt_try` last accepted, until `_reencrypt_take` writes it.
-    stash: Option<(Tid, Vec<u8>)>,
+    /// The row `_reencrypt_try` last accepted, whose new envelope is in `envelope` until
+    /// `_reencrypt_take` writes it.
+    stash: Option<Tid>,
+    /// The last new envelope (reused from row to row: no allocation per row).
+    envelope: Vec<u8>,
+    /// Where a row's plaintext is between its opening and its sealing (reused, wiped after each
+    /// row).
+    plain: Zeroizing<Vec<u8>>,
     pub(super) failures: Vec<Failure>,
     pub(super) tried: i64,
     pub(super) last: Option<Tid>,
@@ -60,6 +67,8 @@ impl Armed {
             old,
             target,
             stash: None,
+            envelope: Vec::new(),
+            plain: Zeroizing::new(Vec::new()),
             failures: Vec::new(),
             tried: 0,
             last: None,
@@ -130,23 +139,32 @@ pub fn try_row(
                 KeysError::Internal(String::new()).sqlstate_code(),
                 "the context expression returned NULL for this row".to_string(),
             )),
-            (Ok(key), Some(ctx)) => crypto::open(&key.cipher, old, ctx.as_bytes())
-                .map(|plain| {
-                    crypto::seal(
+            (Ok(key), Some(ctx)) => {
+                // (opened into the reused plaintext buffer, sealed from it into the reused envelope
+                // buffer, and the plaintext wiped at once, whether it opened or not)
+                let len = crypto::plaintext_len(old);
+                armed.plain.resize(len, 0);
+                let opened = crypto::open_into(&key.cipher, old, ctx.as_bytes(), &mut armed.plain);
+                if opened.is_ok() {
+                    armed.envelope.resize(crypto::MIN_ENVELOPE_LEN + len, 0);
+                    crypto::seal_into(
                         &armed.target.cipher,
                         armed.target.key_id,
-                        &plain,
+                        &armed.plain,
                         ctx.as_bytes(),
-                    )
-                })
-                .map_err(|e| {
+                        &mut armed.envelope,
+                    );
+                }
+                armed.plain.zeroize();
+                opened.map_err(|e| {
                     let e = KeysError::from(e);
                     (e.sqlstate_code(), e.to_string())
-                }),
+                })
+            }
         };
         match result {
-            Ok(new) => {
-                armed.stash = Some((tid, new));
+            Ok(()) => {
+                armed.stash = Some(tid);
                 Ok(true)
             }
             Err((sqlstate, message)) => {
@@ -161,14 +179,15 @@ pub fn try_row(
     })
 }
 
-/// `_reencrypt_take(ctid)`: the envelope `_reencrypt_try` just made for this same row.
-pub fn take_row(tid: &pg_sys::ItemPointerData) -> Result<Vec<u8>> {
+/// `_reencrypt_take(ctid)`: the envelope `_reencrypt_try` just made for this same row, as `made`
+/// copies it into the result.
+pub fn take_row<T>(tid: &pg_sys::ItemPointerData, made: impl FnOnce(&[u8]) -> T) -> Result<T> {
     ARMED.with_borrow_mut(|armed| {
         let Some(armed) = armed.as_mut() else {
             return Err(KeysError::NotInBatch("meshhook_keys._reencrypt_take"));
         };
         match armed.stash.take() {
-            Some((t, new)) if t == tid_of(tid) => Ok(new),
+            Some(t) if t == tid_of(tid) => Ok(made(&armed.envelope)),
             _ => Err(KeysError::Internal(
                 "re-encryption row order broken: no envelope prepared for this row".into(),
             )),
