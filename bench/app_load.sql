@@ -18,7 +18,12 @@ CREATE TABLE bench_app (
     p99_ms     float8 NOT NULL,
     max_ms     float8 NOT NULL,
     lock_waits int    NOT NULL,   -- lock waits longer than deadlock_timeout (100 ms), from the server log
-    background text              -- what the background job did meanwhile
+    background text,             -- what the background job did meanwhile
+    clients    int    NOT NULL,
+    errors     int    NOT NULL,   -- server ERRORs + pgbench failures and aborts + failed rotations
+    deadlocks  int    NOT NULL,   -- "deadlock detected" in the server log
+    rotations  int    NOT NULL,   -- section 3c: rotations made during the run
+    rows_reencrypted bigint NOT NULL
 );
 VACUUM (ANALYZE) a;
 CHECKPOINT;

@@ -276,54 +276,98 @@ scheduler_rotator() {
         sleep 0.5
     done
 }
-app_run() {  # SCENARIO RUN [BACKGROUND_SQL | scheduler]
-    local scenario=$1 run=$2 bg=${3:-} dir=$WORK/app.$1.$2 bgpid= waits0 waits1 tps lat
+# Section 3c: a rotation every second, whether or not the job is done (a line per rotation in FILE).
+rotate_every_second() {  # FILE
+    while :; do
+        if psql_bench -At -c "SELECT 1 FROM meshhook_keys.keys_rotate('app', 'bench: a rotation every second')" >/dev/null 2>>"$1.err"; then
+            echo ok >> "$1"
+        else
+            echo failed >> "$1"
+        fi
+        sleep 1
+    done
+}
+BG_REENCRYPT_ONLY="DO \$\$ BEGIN LOOP
+    PERFORM meshhook_keys.reencrypt_batch('app', 1000);
+    COMMIT;
+    PERFORM pg_sleep(0.01);
+END LOOP; END \$\$;"
+start_background() {  # SQL: a session running SQL until stop_background
+    PGAPPNAME=bench_background psql_bench -c "$1" >/dev/null 2>&1 &
+    bgpid=$!
+}
+stop_background() {  # SCENARIO RUN
+    # the background job must still be running: one that failed early would make the scenario quiet
+    [ "$(psql_pg -d postgres -At -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bench_background'")" = 1 ] ||
+        die "section 3: the background job of '$1' was not running at the end of run $2"
+    psql_pg -d postgres -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_background'" >/dev/null
+    wait "$bgpid" 2>/dev/null || true
+}
+stop_scheduler() {  # SCENARIO RUN
+    scheduler_set off
+    # the scheduler must have been re-encrypting (and paced) during the run
+    [ "$(psql_bench -At -c "SELECT count(*) > 0 FROM meshhook_keys.reencrypt_progress WHERE keyring = 'app' AND rows_done > 0")" = t ] ||
+        die "section 3: the scheduler did not re-encrypt during '$1', run $2"
+    # the scheduler finishes its tick (at most 100 batches): wait until no row moves for 2 s
+    local last= now i
+    for i in $(seq 30); do
+        now=$(rows_reencrypted)
+        [ "$now" = "$last" ] && [ "$i" -gt 2 ] && break
+        last=$now
+        sleep 1
+    done
+}
+rows_reencrypted() { psql_bench -At -c "SELECT coalesce(sum(rows_done), 0) FROM meshhook_keys.reencrypt_progress WHERE keyring = 'app'"; }
+logged() { grep -c "$1" "$PGDIR/server.log" || true; }
+# One scenario: the application at CLIENTS clients (default 4) for APP_SECS seconds, with in the
+# background: nothing; SQL run in a session of its own; "scheduler" (the paced scheduler, rotating
+# whenever the job is done); "rotating" (a rotation every second and BG_REENCRYPT_ONLY); or
+# "rotating-scheduler" (a rotation every second and the paced scheduler). Errors: the ERRORs the
+# server logged meanwhile, pgbench's failed transactions and aborted clients, and failed rotations.
+app_run() {  # SCENARIO RUN [BACKGROUND_SQL | scheduler | rotating | rotating-scheduler]
+    local scenario=$1 run=$2 bg=${3:-} clients=${CLIENTS:-4} dir bgpid= rotpid= rc=0
+    local waits0 errors0 dl0 moved0 tps lat failed aborted rotations=0 rot_failed=0
+    dir=$WORK/app.$clients.$run.$(echo "$scenario" | tr -c 'a-z0-9' '_')
     psql_bench -c "VACUUM a" -c "CHECKPOINT" >/dev/null
     install -d -o postgres -g postgres "$dir"
-    waits0=$(grep -c 'still waiting for' "$PGDIR/server.log" || true)
-    if [ "$bg" = scheduler ]; then
-        scheduler_set on
-        scheduler_rotator &
-        bgpid=$!
-        sleep 2   # the first tick (naptime 1 s) and a running job before the application starts
-    elif [ -n "$bg" ]; then
-        PGAPPNAME=bench_background psql_bench -c "$bg" >/dev/null 2>&1 &
-        bgpid=$!
-        sleep 1   # let the background job get going before the application starts measuring
+    waits0=$(logged 'still waiting for') errors0=$(logged 'ERROR:') dl0=$(logged 'deadlock detected')
+    moved0=$(rows_reencrypted)
+    case $bg in
+        '') ;;
+        scheduler) scheduler_set on; scheduler_rotator & rotpid=$! ;;
+        rotating) start_background "$BG_REENCRYPT_ONLY"; rotate_every_second "$dir/rotations" & rotpid=$! ;;
+        rotating-scheduler) scheduler_set on; rotate_every_second "$dir/rotations" & rotpid=$! ;;
+        *) start_background "$bg" ;;
+    esac
+    # let the background job get going (the scheduler: its first tick, naptime 1 s) before measuring
+    case $bg in '') ;; *scheduler) sleep 2 ;; *) sleep 1 ;; esac
+    (cd "$dir" && as_pg pgbench -h "$PGDIR" -p "$PORT" -U postgres -n -c "$clients" -j 2 -T "$APP_SECS" -M prepared \
+        -D rows="$rows" -f "$BENCH_DIR/app.pgbench" --log --log-prefix="$dir/tx" bench > "$dir/out.txt" 2>&1) || rc=$?
+    if [ -n "$rotpid" ]; then
+        kill "$rotpid" 2>/dev/null || true
+        wait "$rotpid" 2>/dev/null || true
     fi
-    (cd "$dir" && as_pg pgbench -h "$PGDIR" -p "$PORT" -U postgres -n -c 4 -j 2 -T "$APP_SECS" -M prepared \
-        -D rows="$rows" -f "$BENCH_DIR/app.pgbench" --log --log-prefix="$dir/tx" bench > "$dir/out.txt" 2>&1) ||
-        { cat "$dir/out.txt" >&2; die "section 3: pgbench failed ($scenario, run $run)"; }
-    if [ "$bg" = scheduler ]; then
-        kill "$bgpid" 2>/dev/null || true
-        wait "$bgpid" 2>/dev/null || true
-        scheduler_set off
-        # the scheduler must have been re-encrypting (and paced) during the run
-        [ "$(psql_bench -At -c "SELECT count(*) > 0 FROM meshhook_keys.reencrypt_progress WHERE keyring = 'app' AND rows_done > 0")" = t ] ||
-            die "section 3: the scheduler did not re-encrypt during '$scenario', run $run"
-        # the scheduler finishes its tick (at most 100 batches): wait until no row moves for 2 s
-        local last= now i
-        for i in $(seq 30); do
-            now=$(psql_bench -At -c "SELECT coalesce(sum(rows_done), 0) FROM meshhook_keys.reencrypt_progress WHERE keyring = 'app'")
-            [ "$now" = "$last" ] && [ "$i" -gt 2 ] && break
-            last=$now
-            sleep 1
-        done
-    elif [ -n "$bgpid" ]; then
-        # the background job must still be running: one that failed early would make the scenario quiet
-        [ "$(psql_pg -d postgres -At -c "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bench_background'")" = 1 ] ||
-            die "section 3: the background job of '$scenario' was not running at the end of run $run"
-        psql_pg -d postgres -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'bench_background'" >/dev/null
-        wait "$bgpid" 2>/dev/null || true
+    case $bg in
+        '') ;;
+        *scheduler) stop_scheduler "$scenario" "$run" ;;
+        *) stop_background "$scenario" "$run" ;;
+    esac
+    if [ -f "$dir/rotations" ]; then
+        rotations=$(grep -c '^ok' "$dir/rotations" || true)
+        rot_failed=$(grep -c '^failed' "$dir/rotations" || true)
+        [ "$rotations" -gt 0 ] || die "section 3: no rotation succeeded during '$scenario', run $run"
     fi
-    waits1=$(grep -c 'still waiting for' "$PGDIR/server.log" || true)
     tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$dir/out.txt" | head -n 1)
-    [ -n "$tps" ] || die "section 3: no TPS in pgbench output ($scenario, run $run)"
+    [ -n "$tps" ] || { cat "$dir/out.txt" >&2; die "section 3: no TPS in pgbench output ($scenario, run $run, exit $rc)"; }
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$dir/out.txt" | head -n 1)
+    aborted=$(grep -c 'aborted' "$dir/out.txt" || true)
     # per-transaction latency in µs is the third field of pgbench's log
     lat=$(cat "$dir"/tx* | awk '{ print $3 }' | sort -n | awk '{ v[NR] = $1 } END {
         p50 = v[int(NR * 0.50) > 0 ? int(NR * 0.50) : 1]; p99 = v[int(NR * 0.99) > 0 ? int(NR * 0.99) : 1];
         printf "%.3f,%.3f,%.3f", p50 / 1000, p99 / 1000, v[NR] / 1000 }')
-    psql_bench -c "INSERT INTO bench_app VALUES ('$scenario', $run, $tps, $lat, $((waits1 - waits0)), NULL)"
+    psql_bench -c "INSERT INTO bench_app VALUES ('$scenario', $run, $tps, $lat, $(( $(logged 'still waiting for') - waits0 )), NULL,
+                   $clients, $(( $(logged 'ERROR:') - errors0 + ${failed:-0} + aborted + rot_failed )),
+                   $(( $(logged 'deadlock detected') - dl0 )), $rotations, $(( $(rows_reencrypted) - moved0 )))"
 }
 for run in $(seq "$APP_RUNS"); do
     log "section 3: run $run of $APP_RUNS (${APP_SECS} s per scenario)"
@@ -332,6 +376,17 @@ for run in $(seq "$APP_RUNS"); do
     app_run "during continuous re-encryption" "$run" "$BG_REENCRYPT"
     app_run "during one-statement pgcrypto rewrap" "$run" "$BG_PGCRYPTO"
     app_run "during continuous re-encryption by the scheduler (paced)" "$run" scheduler
+done
+# --- section 3c --------------------------------------------------------------------------------
+# Eight application clients while the key is rotated every second (a shell loop, one keys_rotate a
+# second, each its own session and transaction, superseding the running job), and rows are
+# re-encrypted the whole time: by a loop of batches of 1000, 10 ms apart, or by the paced scheduler;
+# against the same eight clients alone, in the same run.
+for run in $(seq "$APP_RUNS"); do
+    log "section 3c: run $run of $APP_RUNS (${APP_SECS} s per scenario, 8 clients)"
+    CLIENTS=8 app_run "8 clients alone" "$run"
+    CLIENTS=8 app_run "8 clients, a rotation every second + continuous re-encryption" "$run" rotating
+    CLIENTS=8 app_run "8 clients, a rotation every second + the scheduler re-encrypting (paced)" "$run" rotating-scheduler
 done
 check=$(psql_bench -At -c "SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(c, 'a:' || id) IS NOT NULL) = $rows FROM a")
 [ "$check" = t ] || die "section 3: not every application secret decrypts afterwards"
