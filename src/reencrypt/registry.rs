@@ -69,9 +69,10 @@ pub(crate) fn header(key_id: i64) -> Vec<u8> {
 
 /// The test "`expr` is an envelope sealed by one of `n` keys", with each key's range of envelopes
 /// in the parameters from `$first` on, as [`key_ranges`] lists them: `(expr >= lo AND expr < hi)`
-/// per key. A key's envelopes are exactly the byte strings from its 9-byte header (inclusive) to the
-/// next key id's header (exclusive), in bytea's order (bytes, then length); comparing in place
-/// costs a fraction of `substr(expr, 1, 9) = ANY (…)`, which copies every row's header first.
+/// per key. A key's envelopes are exactly the byte strings that begin with its 9-byte header, and
+/// in bytea's order (bytes, then length) those are the strings from the header (inclusive) to the
+/// header's prefix successor (exclusive); comparing in place costs a fraction of
+/// `substr(expr, 1, 9) = ANY (…)`, which copies every row's header first.
 pub(crate) fn on_keys_test(expr: &str, first: usize, n: usize) -> String {
     let ranges: Vec<String> = (0..n)
         .map(|i| {
@@ -87,23 +88,32 @@ pub(crate) fn on_keys_test(expr: &str, first: usize, n: usize) -> String {
     format!("({})", ranges.join(" OR "))
 }
 
-/// The parameters of [`on_keys_test`] for `keys`: each key's header, then the header after it.
+/// The parameters of [`on_keys_test`] for `keys`: each key's header, then its prefix successor.
 pub(crate) fn key_ranges(keys: &[i64]) -> Vec<Vec<u8>> {
     let mut out = Vec::with_capacity(keys.len() * 2);
     for &k in keys {
-        out.push(header(k));
-        out.push(match (k as u64).checked_add(1) {
-            Some(next) => {
-                let mut h = Vec::with_capacity(HEADER_LEN);
-                h.push(FORMAT_V1);
-                h.extend_from_slice(&next.to_be_bytes());
-                h
-            }
-            // (the last key id: every envelope of this format sorts below the next format byte)
-            None => vec![FORMAT_V1 + 1],
-        });
+        let h = header(k);
+        let after = prefix_successor(&h);
+        out.push(h);
+        out.push(after);
     }
     out
+}
+
+/// The least byte string above every string that begins with `prefix`: its trailing 0xFF bytes
+/// dropped and the last byte left incremented. Not the next key id's header: for a key id ending
+/// in 0xFF that header (…84 00 after …83 FF) would also take in the shorter strings between them
+/// (…84), which are no envelope of the key (the format byte 0x01 keeps a successor from being
+/// empty).
+fn prefix_successor(prefix: &[u8]) -> Vec<u8> {
+    let mut s = prefix.to_vec();
+    while s.last() == Some(&0xFF) {
+        s.pop();
+    }
+    if let Some(last) = s.last_mut() {
+        *last += 1;
+    }
+    s
 }
 
 /// Run `f` as `role`, sealed ([`crate::seal`]), with `row_security = off`. With row security off,
@@ -566,4 +576,61 @@ pub fn key_usage(keyring: &str) -> Result<Vec<UsageRow>> {
         }
     }
     Ok(merged)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::{header, key_ranges};
+
+    /// Whether `v` is in a range of [`key_ranges`], compared as PostgreSQL compares bytea (bytes,
+    /// then length: Rust's order of byte slices).
+    fn in_range(range: &[Vec<u8>], v: &[u8]) -> bool {
+        range[0].as_slice() <= v && v < range[1].as_slice()
+    }
+
+    #[test]
+    fn a_keys_range_holds_exactly_the_strings_that_begin_with_its_header() {
+        for k in [
+            1i64,
+            0x7cfb_6b97_a33d_83ff,
+            0x1234_5678_9abc_ffff,
+            0x00ff_ffff_ffff_ffff,
+            0x7fff_ffff_ffff_fffe,
+            i64::MAX,
+        ] {
+            let h = header(k);
+            let range = key_ranges(&[k]);
+            let next = {
+                let mut n = vec![h[0]];
+                n.extend_from_slice(&(k as u64).wrapping_add(1).to_be_bytes());
+                n
+            };
+            let mut candidates: Vec<Vec<u8>> = Vec::new();
+            for src in [&h, &next] {
+                for len in 0..=src.len() {
+                    let p = src[..len].to_vec();
+                    for tail in [
+                        &[][..],
+                        &[0x00][..],
+                        &[0xff][..],
+                        &[0x00; 40][..],
+                        &[0xff; 40][..],
+                    ] {
+                        let mut v = p.clone();
+                        v.extend_from_slice(tail);
+                        candidates.push(v);
+                    }
+                }
+            }
+            candidates.push(header(k.wrapping_sub(1)));
+            candidates.push(vec![h[0] + 1]);
+            for v in &candidates {
+                assert_eq!(
+                    in_range(&range, v),
+                    v.starts_with(&h),
+                    "key {k:#x}, value {v:02x?}"
+                );
+            }
+        }
+    }
 }
