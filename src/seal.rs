@@ -227,13 +227,26 @@ impl Session {
     }
 
     /// Undo what is in `self` but not in `before`: release session-level advisory locks (after the
-    /// call's subtransaction was rolled back, which released its transaction-level ones), close
-    /// cursors, deallocate prepared statements.
-    fn undo_since(&self, before: &Session) {
+    /// call's subtransaction was rolled back, which released its transaction-level ones), take back
+    /// the caller's advisory locks the call released, close cursors, deallocate prepared
+    /// statements. Returns what could not be undone.
+    fn undo_since(&self, before: &Session) -> Vec<&'static str> {
+        let mut not_undone = Vec::new();
         for h in &self.locks {
             let new = h.modes & !before.modes_on(h);
             if new != 0 {
                 release_session_lock(h, new);
+            }
+        }
+        // (only a session-level hold can be released by a call, pg_advisory_unlock and
+        // pg_advisory_unlock_all release no other: it is taken back at session level, once per
+        // mode, without waiting; if another session took the lock meanwhile it stays lost)
+        for b in &before.locks {
+            let gone = b.modes & !self.modes_on(b);
+            if gone != 0 && !take_session_lock(b, gone) {
+                not_undone.push(
+                    "an advisory lock of the caller's it released, which another session holds now",
+                );
             }
         }
         for name in self.cursors.iter().filter(|n| !before.cursors.contains(n)) {
@@ -258,6 +271,7 @@ impl Session {
                 unsafe { pg_sys::DropPreparedStatement(c.as_ptr(), false) };
             }
         }
+        not_undone
     }
 }
 
@@ -375,6 +389,22 @@ fn release_session_lock(h: &Held, modes: u32) {
     }
 }
 
+/// Take one session-level hold of each of `modes` on `h`, without waiting; false if one is held
+/// elsewhere in a conflicting mode.
+fn take_session_lock(h: &Held, modes: u32) -> bool {
+    let tag = h.locktag();
+    let mut all = true;
+    for mode in 1..=pg_sys::MaxLockMode as i32 {
+        if modes & (1 << mode) == 0 {
+            continue;
+        }
+        // SAFETY: a lock of this backend's user lock method, taken at session level.
+        let got = unsafe { pg_sys::LockAcquire(&tag, mode, true, true) };
+        all &= got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL;
+    }
+    all
+}
+
 /// Run `f`, code that belongs to `role`, sealed (see the module docs). With `row_security_off`,
 /// `row_security` is off inside, so that a policy that would apply to the owner raises instead of
 /// hiding rows.
@@ -404,7 +434,8 @@ pub fn run<T>(
                 return Ok(v);
             }
             sub.rollback();
-            Session::now()?.undo_since(&before);
+            let mut left = left;
+            left.extend(Session::now()?.undo_since(&before));
             Err(KeysError::LeftBehind {
                 role: context::role_name(role),
                 what: left.join(", "),
@@ -412,7 +443,7 @@ pub fn run<T>(
         }
         Err(e) => {
             sub.rollback();
-            Session::now()?.undo_since(&before);
+            let _ = Session::now()?.undo_since(&before);
             e.resume()
         }
     }
@@ -440,8 +471,8 @@ pub fn ask<T>(role: pg_sys::Oid, f: impl FnOnce() -> Result<T>) -> Result<T> {
         locks: advisory_locks(),
         ..Session::default()
     };
-    let left = after.left_since(&before);
-    after.undo_since(&before);
+    let mut left = after.left_since(&before);
+    left.extend(after.undo_since(&before));
     match r {
         Err(e) => e.resume(),
         Ok(_) if !left.is_empty() => Err(KeysError::LeftBehind {

@@ -11,6 +11,7 @@
 --      but her, tries to make her superuser); and try what a security-restricted operation
 --      refuses (LISTEN, a temporary table, a holdable cursor, SET ROLE, DISCARD);
 --   'lock', 'xact lock': take a session / transaction advisory lock and keep it;
+--   'unlock all': release every session advisory lock of the session (the caller's);
 --   'cursor': leave a cursor open;   'prepare': leave a prepared statement;
 --   'lock then raise': take a session advisory lock and raise;
 --   'raise': raise, with a forged log line and terminal escapes in the message.
@@ -112,6 +113,8 @@ BEGIN
         PERFORM pg_catalog.pg_advisory_lock(4242);
     ELSIF mode OPERATOR(pg_catalog.=) 'xact lock' THEN
         PERFORM pg_catalog.pg_advisory_xact_lock(4243);
+    ELSIF mode OPERATOR(pg_catalog.=) 'unlock all' THEN
+        PERFORM pg_catalog.pg_advisory_unlock_all();
     ELSIF mode OPERATOR(pg_catalog.=) 'cursor' THEN
         BEGIN
             OPEN c FOR SELECT g FROM pg_catalog.generate_series(1, 3) g;

@@ -215,6 +215,14 @@ SELECT * FROM public.sealed_batch('prepare');
 SELECT * FROM public.state_changes();
 SELECT * FROM public.sealed_batch('lock then raise');
 SELECT * FROM public.state_changes();
+-- her code releases the advisory locks the caller holds: refused (42501), and the caller holds
+-- them again afterwards, in the same modes
+SELECT pg_catalog.pg_advisory_lock(4245), pg_catalog.pg_advisory_lock_shared(4246);
+SELECT * FROM public.sealed_batch('unlock all');
+SELECT l.objid, l.mode FROM pg_catalog.pg_locks l
+ WHERE l.locktype = 'advisory' AND l.pid = pg_catalog.pg_backend_pid() AND l.granted ORDER BY 1;
+SELECT pg_catalog.pg_advisory_unlock(4245), pg_catalog.pg_advisory_unlock_shared(4246);
+SELECT * FROM public.state_changes();
 SET meshhook_keys.tenant_check = 'dp_app.tenant_pollute';
 SET ROLE dp_victim;
 SET dp.pollute = 'lock';
