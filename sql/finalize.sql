@@ -128,13 +128,14 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.events_channel() TO meshhook_keys_operat
 -- context expression never run with more rights than the owner's), and that UPDATE calls two
 -- functions of ours: so any role needs USAGE on the schema and EXECUTE on those two. They refuse
 -- (42501) unless a batch run by meshhook_keys in the same session has armed them for that one
--- statement, and they only ever re-encrypt rows of that batch's keyring to its active key: no
+-- statement and the call passes the statement's random token (which the table owner's code inside
+-- it cannot read), and they only ever re-encrypt rows of that batch's keyring to its active key: no
 -- plaintext or key leaves them. Every other object in the schema stays revoked from PUBLIC.
 -- _reencrypt_try is declared expensive so that the planner checks the TID condition first.
 GRANT USAGE ON SCHEMA meshhook_keys TO PUBLIC;
-ALTER FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) COST 100000;
-GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) TO PUBLIC;
-GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_take(tid) TO PUBLIC;
+ALTER FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) COST 100000;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_take(bytea, tid) TO PUBLIC;
 
 -- Nobody but the owner may read data_key or keyring, write the audit log, or call the
 -- other internal (_-prefixed) functions: no grants.
@@ -272,10 +273,10 @@ COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS
     'How this database is served by the background workers (the scheduler in meshhook_keys.database, a short-lived database worker per tick in every other database with the extension): pid of the worker serving it now, database, state, naptime, ticks, last tick, whether encryptions are counted. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys._encryptions_pending(bigint) IS
     'Internal (the view keyrings): encryptions under a key counted in shared memory and not yet written to its row; NULL when the library is not preloaded. Requires meshhook_keys_operator.';
-COMMENT ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) IS
-    'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) outside a batch.';
-COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS
-    'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) outside a batch.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) IS
+    'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key, for the statement that passes the batch''s random token. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_take(bytea, tid) IS
+    'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._audit_chain_head() IS

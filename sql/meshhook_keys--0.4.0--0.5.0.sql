@@ -643,10 +643,37 @@ COMMENT ON FUNCTION meshhook_keys.scheduler_status() IS
     'How this database is served by the background workers (the scheduler in meshhook_keys.database, a short-lived database worker per tick in every other database with the extension): pid of the worker serving it now, database, state, naptime, ticks, last tick, whether encryptions are counted. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys._encryptions_pending(bigint) IS
     'Internal (the view keyrings): encryptions under a key counted in shared memory and not yet written to its row; NULL when the library is not preloaded. Requires meshhook_keys_operator.';
-COMMENT ON FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text) IS
-    'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) outside a batch.';
-COMMENT ON FUNCTION meshhook_keys._reencrypt_take(tid) IS
-    'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) outside a batch.';
+-- The two per-row functions take the statement's token first (0.5.0): the table owner's code that
+-- runs inside a batch's UPDATE can no longer call them.
+DROP FUNCTION meshhook_keys._reencrypt_try(tid, bytea, text);
+DROP FUNCTION meshhook_keys._reencrypt_take(tid);
+CREATE FUNCTION meshhook_keys."_reencrypt_try"(
+	"token" bytea,
+	"row" tid,
+	"ciphertext" bytea,
+	"context" TEXT
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_reencrypt_try_wrapper';
+CREATE FUNCTION meshhook_keys."_reencrypt_take"(
+	"token" bytea,
+	"row" tid
+) RETURNS bytea
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_reencrypt_take_wrapper';
+ALTER FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) COST 100000;
+-- (revoked first, as the fresh install's finalize does for every function, so that the two ACLs read
+-- the same)
+REVOKE ALL ON FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION meshhook_keys._reencrypt_take(bytea, tid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_take(bytea, tid) TO PUBLIC;
+COMMENT ON FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) IS
+    'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key, for the statement that passes the batch''s random token. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_take(bytea, tid) IS
+    'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._audit_chain_head() IS

@@ -257,7 +257,7 @@ pub enum KeysError {
 
     /// An internal re-encryption function was called outside a batch run by meshhook_keys.
     #[error(
-        "{0} is internal to re-encryption: it works only inside a batch run by meshhook_keys in this session"
+        "{0} is internal to re-encryption: only the statement of a batch run by meshhook_keys in this session may call it"
     )]
     NotInBatch(&'static str),
 

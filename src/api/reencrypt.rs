@@ -68,26 +68,28 @@ fn reencrypt_batch(
 }
 
 /// Internal to re-encryption: decrypt one claimed row and seal it under the target key, for
-/// `_reencrypt_take`. Called by the batch's own UPDATE, which runs as the table owner; outside such
-/// a batch in this session it refuses (42501). It runs no SQL and holds no search_path, so it is
-/// neither SECURITY DEFINER nor pinned: it only uses keys the batch loaded before the statement.
-/// Executable by PUBLIC; a batch's UPDATE calls it as the table's owner, whoever that is, and it
-/// refuses (42501) outside a batch.
+/// `_reencrypt_take`. Called by the batch's own UPDATE, which runs as the table owner and passes
+/// the random token the batch armed the statement with; any other call (outside a batch, or from
+/// the table owner's own code inside one, which cannot know the token) refuses (42501). It runs no
+/// SQL and holds no search_path, so it is neither SECURITY DEFINER nor pinned: it only uses keys
+/// the batch loaded before the statement. Executable by PUBLIC; a batch's UPDATE calls it as the
+/// table's owner, whoever that is, and it refuses (42501) any call but that statement's.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _reencrypt_try(
+    token: Option<&[u8]>,
     row: pg_sys::ItemPointerData,
     ciphertext: Option<&[u8]>,
     context: Option<&str>,
 ) -> bool {
-    reencrypt::try_row(&row, ciphertext, context).or_raise()
+    reencrypt::try_row(token, &row, ciphertext, context).or_raise()
 }
 
 /// Internal to re-encryption: the new envelope `_reencrypt_try` prepared for this same row.
 /// Executable by PUBLIC; a batch's UPDATE calls it as the table's owner, whoever that is, and it
-/// refuses (42501) outside a batch.
+/// refuses (42501) any call but that statement's.
 #[pg_extern(volatile, parallel_unsafe, strict)]
-fn _reencrypt_take(row: pg_sys::ItemPointerData) -> crate::api::plain::ByteaCopy {
-    reencrypt::take_row(&row, crate::api::plain::ByteaCopy::of).or_raise()
+fn _reencrypt_take(token: &[u8], row: pg_sys::ItemPointerData) -> crate::api::plain::ByteaCopy {
+    reencrypt::take_row(token, &row, crate::api::plain::ByteaCopy::of).or_raise()
 }
 
 /// Rows per key version in every registered column of a keyring (rows on keys of other keyrings or

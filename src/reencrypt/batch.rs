@@ -258,8 +258,10 @@ fn update_window(
     let table = col.table()?;
     let c = quote_identifier(&col.column);
     let ctx = context_item(&col.context_expr);
-    // ($1 and $2 the window's TID range, $3 a claim's limit, then the old keys' ranges)
-    let first = if limit.is_some() { 4 } else { 3 };
+    // ($1 and $2 the window's TID range, $3 a claim's limit, then the statement's token, then the
+    // old keys' ranges)
+    let token_param = if limit.is_some() { 4 } else { 3 };
+    let first = token_param + 1;
     let on_keys_t = on_keys_test(&format!("t.{c}"), first, ranges.len() / 2);
     let on_keys_s = on_keys_test(&format!("s.{c}"), first, ranges.len() / 2);
     // `_reencrypt_try` is a filter evaluated after the TID and key-id conditions (it is declared
@@ -267,13 +269,13 @@ fn update_window(
     // checks the ctid.
     let sql = match limit {
         None => format!(
-            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(t.ctid)
+            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(${token_param}, t.ctid)
               WHERE t.ctid OPERATOR(pg_catalog.>=) $1::text::tid AND t.ctid OPERATOR(pg_catalog.<) $2::text::tid
                 AND {on_keys_t}
-                AND meshhook_keys._reencrypt_try(t.ctid, t.{c}, {ctx})"
+                AND meshhook_keys._reencrypt_try(${token_param}, t.ctid, t.{c}, {ctx})"
         ),
         Some(_) => format!(
-            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(t.ctid)
+            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(${token_param}, t.ctid)
               WHERE t.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
                       SELECT s.ctid FROM ONLY {table} AS s
                        WHERE s.ctid OPERATOR(pg_catalog.>=) $1::text::tid AND s.ctid OPERATOR(pg_catalog.<) $2::text::tid
@@ -281,11 +283,12 @@ fn update_window(
                        ORDER BY s.ctid
                        LIMIT $3
                        FOR UPDATE OF s SKIP LOCKED))
-                AND meshhook_keys._reencrypt_try(t.ctid, t.{c}, {ctx})"
+                AND meshhook_keys._reencrypt_try(${token_param}, t.ctid, t.{c}, {ctx})"
         ),
     };
     let lo = tid_text(from);
     let hi = tid_text((to_block, 0));
+    let token = armed.token();
     let guard = arm(armed);
     let moved = as_role(col.owner, || {
         // (a generic plan, kept: a window's plan, a TID range scan, does not depend on its
@@ -294,6 +297,7 @@ fn update_window(
         let run = || {
             let mut args = vec![lo.into(), hi.into()];
             args.extend(limit.map(Into::into));
+            args.push(token.as_slice().into());
             args.extend(ranges.iter().map(|r| r.as_slice().into()));
             Ok(plans::update_generic(&sql, &args)? as i64)
         };

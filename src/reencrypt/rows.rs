@@ -40,6 +40,9 @@ pub(super) struct Failure {
 /// The old versions of a keyring, by key id: the key, or why it cannot decrypt (SQLSTATE, message).
 pub(super) type OldKeys = HashMap<i64, std::result::Result<Rc<CachedKey>, (String, String)>>;
 
+/// The length of a statement's token.
+const TOKEN_LEN: usize = 16;
+
 /// What one backend's batch has armed `_reencrypt_try` / `_reencrypt_take` with, for the length of
 /// one statement. Keys are loaded before the statement (as the extension owner), so the functions
 /// run no SQL of their own while the statement runs as the table's owner.
@@ -55,12 +58,29 @@ pub(super) struct Armed {
     /// Where a row's plaintext is between its opening and its sealing (reused, wiped after each
     /// row).
     plain: Zeroizing<Vec<u8>>,
+    /// Random, per statement: passed by the batch's own `UPDATE` as a parameter, which the table
+    /// owner's code running inside it (a trigger, a check) cannot read, so that only that
+    /// statement's calls are taken.
+    token: [u8; TOKEN_LEN],
     pub(super) failures: Vec<Failure>,
     pub(super) tried: i64,
     pub(super) last: Option<Tid>,
 }
 
 impl Armed {
+    /// The token the statement passes to both functions.
+    pub(super) fn token(&self) -> Vec<u8> {
+        self.token.to_vec()
+    }
+
+    /// Whether `token` is this statement's (compared in constant time).
+    fn is_called_with(&self, token: Option<&[u8]>) -> bool {
+        token.is_some_and(|t| {
+            t.len() == TOKEN_LEN
+                && t.iter().zip(&self.token).fold(0u8, |d, (a, b)| d | (a ^ b)) == 0
+        })
+    }
+
     /// Armed with the old keys and the target key, nothing tried yet.
     pub(super) fn new(old: OldKeys, target: Rc<CachedKey>) -> Self {
         Armed {
@@ -69,6 +89,11 @@ impl Armed {
             stash: None,
             envelope: Vec::new(),
             plain: Zeroizing::new(Vec::new()),
+            token: {
+                let mut t = [0u8; TOKEN_LEN];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut t);
+                t
+            },
             failures: Vec::new(),
             tried: 0,
             last: None,
@@ -101,16 +126,18 @@ pub(super) fn arm(armed: Armed) -> ArmGuard {
     ArmGuard
 }
 
-/// `_reencrypt_try(ctid, ciphertext, context)`: decrypt one claimed row with its old key and seal it
-/// under the target key, keeping the result for `_reencrypt_take`. False (and recorded) when the row
-/// does not decrypt; false (not recorded) when it is not on an old version of the armed keyring.
+/// `_reencrypt_try(token, ctid, ciphertext, context)`: decrypt one claimed row with its old key and
+/// seal it under the target key, keeping the result for `_reencrypt_take`. False (and recorded) when
+/// the row does not decrypt; false (not recorded) when it is not on an old version of the armed
+/// keyring. Refused (nothing recorded, nothing counted) unless called with the statement's token.
 pub fn try_row(
+    token: Option<&[u8]>,
     tid: &pg_sys::ItemPointerData,
     ciphertext: Option<&[u8]>,
     context: Option<&str>,
 ) -> Result<bool> {
     ARMED.with_borrow_mut(|armed| {
-        let Some(armed) = armed.as_mut() else {
+        let Some(armed) = armed.as_mut().filter(|a| a.is_called_with(token)) else {
             return Err(KeysError::NotInBatch("meshhook_keys._reencrypt_try"));
         };
         let tid = tid_of(tid);
@@ -179,11 +206,15 @@ pub fn try_row(
     })
 }
 
-/// `_reencrypt_take(ctid)`: the envelope `_reencrypt_try` just made for this same row, as `made`
-/// copies it into the result.
-pub fn take_row<T>(tid: &pg_sys::ItemPointerData, made: impl FnOnce(&[u8]) -> T) -> Result<T> {
+/// `_reencrypt_take(token, ctid)`: the envelope `_reencrypt_try` just made for this same row, as
+/// `made` copies it into the result; refused unless called with the statement's token.
+pub fn take_row<T>(
+    token: &[u8],
+    tid: &pg_sys::ItemPointerData,
+    made: impl FnOnce(&[u8]) -> T,
+) -> Result<T> {
     ARMED.with_borrow_mut(|armed| {
-        let Some(armed) = armed.as_mut() else {
+        let Some(armed) = armed.as_mut().filter(|a| a.is_called_with(Some(token))) else {
             return Err(KeysError::NotInBatch("meshhook_keys._reencrypt_take"));
         };
         match armed.stash.take() {

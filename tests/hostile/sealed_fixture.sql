@@ -12,6 +12,7 @@
 --      refuses (LISTEN, a temporary table, a holdable cursor, SET ROLE, DISCARD);
 --   'lock', 'xact lock': take a session / transaction advisory lock and keep it;
 --   'unlock all': release every session advisory lock of the session (the caller's);
+--   'try', 'take': call the batch's own per-row function _reencrypt_try / _reencrypt_take herself;
 --   'cursor': leave a cursor open;   'prepare': leave a prepared statement;
 --   'lock then raise': take a session advisory lock and raise;
 --   'raise': raise, with a forged log line and terminal escapes in the message.
@@ -115,6 +116,12 @@ BEGIN
         PERFORM pg_catalog.pg_advisory_xact_lock(4243);
     ELSIF mode OPERATOR(pg_catalog.=) 'unlock all' THEN
         PERFORM pg_catalog.pg_advisory_unlock_all();
+    ELSIF mode OPERATOR(pg_catalog.=) 'try' THEN
+        -- the batch's per-row functions, armed for the UPDATE she runs inside, called without its
+        -- token: a guess of a row's context, a ciphertext of someone else's to re-seal
+        PERFORM meshhook_keys._reencrypt_try('\x00112233445566778899aabbccddeeff'::bytea, '(0,1)', '\x01'::bytea, 'guess');
+    ELSIF mode OPERATOR(pg_catalog.=) 'take' THEN
+        PERFORM meshhook_keys._reencrypt_take('\x00112233445566778899aabbccddeeff'::bytea, '(0,1)');
     ELSIF mode OPERATOR(pg_catalog.=) 'cursor' THEN
         BEGIN
             OPEN c FOR SELECT g FROM pg_catalog.generate_series(1, 3) g;

@@ -223,6 +223,12 @@ SELECT l.objid, l.mode FROM pg_catalog.pg_locks l
  WHERE l.locktype = 'advisory' AND l.pid = pg_catalog.pg_backend_pid() AND l.granted ORDER BY 1;
 SELECT pg_catalog.pg_advisory_unlock(4245), pg_catalog.pg_advisory_unlock_shared(4246);
 SELECT * FROM public.state_changes();
+-- her code calls the batch's per-row functions, armed for the statement she runs inside, without
+-- its token: refused (42501), the window rolled back
+SELECT * FROM public.sealed_batch('try');
+SELECT * FROM public.state_changes();
+SELECT * FROM public.sealed_batch('take');
+SELECT * FROM public.state_changes();
 SET meshhook_keys.tenant_check = 'dp_app.tenant_pollute';
 SET ROLE dp_victim;
 SET dp.pollute = 'lock';

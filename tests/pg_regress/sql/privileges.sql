@@ -48,8 +48,8 @@ SELECT sqlstate_of('SELECT * FROM meshhook_keys.data_key');
 SELECT sqlstate_of('SELECT * FROM meshhook_keys.keys');
 -- The two functions a re-encryption batch's UPDATE calls are executable by PUBLIC (the UPDATE runs
 -- as the table's owner, any role) but refuse outside a batch.
-SELECT sqlstate_of('SELECT meshhook_keys._reencrypt_try(''(0,1)'', ''\x01''::bytea, '''')');
-SELECT sqlstate_of('SELECT meshhook_keys._reencrypt_take(''(0,1)'')');
+SELECT sqlstate_of('SELECT meshhook_keys._reencrypt_try(''\x00''::bytea, ''(0,1)'', ''\x01''::bytea, '''')');
+SELECT sqlstate_of('SELECT meshhook_keys._reencrypt_take(''\x00''::bytea, ''(0,1)'')');
 RESET ROLE;
 
 -- A user-role member encrypts and decrypts, but cannot rotate, read keys or the audit log.

@@ -136,6 +136,6 @@ ALTER TABLE forced NO FORCE ROW LEVEL SECURITY;
 SELECT meshhook_keys.reencrypt_batch('trig-ring', 100) AS moved;
 
 -- the functions the batch's UPDATE calls refuse outside a batch, for everyone
-SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_try('(0,1)', meshhook_keys.secret_encrypt('x'), '')$$);
-SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_take('(0,1)')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_try(NULL, '(0,1)', meshhook_keys.secret_encrypt('x'), '')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_take('\x00'::bytea, '(0,1)')$$);
 ROLLBACK;
