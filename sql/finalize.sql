@@ -58,6 +58,7 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.secret_encrypt(text, text, text) TO mesh
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_encrypt_bytea(bytea, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_decrypt(bytea, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_decrypt_bytea(bytea, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.rewrap(bytea, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) TO meshhook_keys_user;
 -- Reading a header touches no key; applications use it to find rows still on an old version.
 GRANT EXECUTE ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) TO meshhook_keys_user, meshhook_keys_operator;
@@ -203,6 +204,8 @@ COMMENT ON FUNCTION meshhook_keys.secret_decrypt(bytea, text) IS
     'Decrypt an envelope with the key version named in its header, given the same context used at encryption. Returns text. Requires meshhook_keys_user; a tenant-bound keyring also needs the approval of meshhook_keys.tenant_check, a user-held one an unlock.';
 COMMENT ON FUNCTION meshhook_keys.secret_decrypt_bytea(bytea, text) IS
     'Like secret_decrypt, returning bytea. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+COMMENT ON FUNCTION meshhook_keys.rewrap(bytea, text) IS
+    'Move an envelope to the active version of its keyring without returning the plaintext (Vault Transit''s rewrap), for ciphertext the column registry cannot see (inside jsonb, in caches, in other systems): opened with the key its header names and the given context, sealed again under the active key with the same context. An envelope already on the active version is returned as it is. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt and secret_encrypt.';
 COMMENT ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) IS
     'Internal (the view decrypted_secrets): secret_decrypt that also refuses (XX001) an envelope whose key is not of the row''s keyring. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
 COMMENT ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) IS

@@ -690,3 +690,18 @@ COMMENT ON FUNCTION meshhook_keys._key_cache_stats() IS
     'Internal: this backend''s key cache counters (never key material), for tests and troubleshooting. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys.metrics() IS
     'Monitoring metrics, one row per metric and keyring (keyring NULL for the server): active version, key age, rotation interval and seconds until the next scheduled rotation (negative: overdue), encryptions under the active key and their limit, decrypt-only versions, scheduler failures and retry delay, re-encryption jobs, rows remaining, failed, rate and seconds since the last progress, seconds a pending version has waited for the standbys, and the scheduler''s state. Destroyed keyrings are left out; a metric that does not apply has no row. Requires meshhook_keys_operator.';
+
+-- rewrap (issue 28): one envelope moved to its keyring's active version, the plaintext never
+-- leaving the function.
+CREATE FUNCTION meshhook_keys."rewrap"(
+	"ciphertext" bytea,
+	"context" TEXT DEFAULT ''
+) RETURNS bytea
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rewrap_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.rewrap(bytea, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.rewrap(bytea, text) TO meshhook_keys_user;
+COMMENT ON FUNCTION meshhook_keys.rewrap(bytea, text) IS
+    'Move an envelope to the active version of its keyring without returning the plaintext (Vault Transit''s rewrap), for ciphertext the column registry cannot see (inside jsonb, in caches, in other systems): opened with the key its header names and the given context, sealed again under the active key with the same context. An envelope already on the active version is returned as it is. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt and secret_encrypt.';

@@ -123,6 +123,31 @@ pub fn decrypt_into(
     )?)
 }
 
+/// Move an envelope to its keyring's active version without the plaintext leaving (Vault Transit's
+/// `rewrap`): opened with the key it names (the tenant check as for decryption, so a wrong context
+/// or a tampered envelope fails as it would there), then sealed under that keyring's active key
+/// with the same context (the tenant check as for encryption, counted against the key's limit).
+/// An envelope already on the active key is returned as it is, once it has opened: nothing new is
+/// sealed or counted. The plaintext lives only in a buffer wiped when it drops.
+pub fn rewrap(ciphertext: Option<&[u8]>, context: Option<&str>) -> Result<Vec<u8>> {
+    let (ciphertext, context, old) = opening_key(ciphertext, context)?;
+    let plaintext = crypto::open(&old.cipher, ciphertext, context.as_bytes())?;
+    let active = encrypting_key(&old.keyring)?;
+    if active.key_id == old.key_id {
+        return Ok(ciphertext.to_vec());
+    }
+    crate::usage::count(&active, 1)?;
+    let mut out = vec![0u8; crypto::MIN_ENVELOPE_LEN + plaintext.len()];
+    crypto::seal_into(
+        &active.cipher,
+        active.key_id,
+        &plaintext,
+        context.as_bytes(),
+        &mut out,
+    );
+    Ok(out)
+}
+
 /// Decrypt an envelope that a row says belongs to `keyring` (the built-in store's view): as
 /// [`decrypt`], and refused (XX001) when the envelope's key belongs to another keyring, so that a
 /// ciphertext moved into a row of another keyring is never shown as that keyring's secret.

@@ -42,6 +42,7 @@ GRANT USAGE ON SCHEMA meshhook_keys TO mk_nobody;
 SET LOCAL ROLE mk_nobody;
 SELECT sqlstate_of('SELECT meshhook_keys.secret_encrypt(''x'')');
 SELECT sqlstate_of('SELECT meshhook_keys.secret_decrypt(''\x00''::bytea)');
+SELECT sqlstate_of('SELECT meshhook_keys.rewrap(''\x00''::bytea)');
 SELECT sqlstate_of('SELECT meshhook_keys.keys_rotate()');
 SELECT sqlstate_of('SELECT meshhook_keys.ciphertext_key_id(''\x00''::bytea)');
 SELECT sqlstate_of('SELECT * FROM meshhook_keys.data_key');

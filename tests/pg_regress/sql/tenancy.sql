@@ -32,6 +32,8 @@ SELECT count(*) AS backend_rows_alice_sees FROM meshhook_keys.decrypted_secrets;
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_update('backend-token', 'alice-was-here')$$);
 -- she cannot decrypt another project's ciphertext she got hold of: not directly (keyring check) ...
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, 'p2/slack') FROM stolen$$);
+-- ... nor have it rewrapped (rewrap opens it first, under the same tenant check) ...
+SELECT sqlstate_of($$SELECT meshhook_keys.rewrap(c, 'p2/slack') FROM stolen$$);
 -- ... and not by copying it into her own project's row (keyring check, and the context binds it)
 INSERT INTO app.secrets (project_id, key, value_encrypted) SELECT 'p1', 'copied', c FROM stolen;
 SELECT sqlstate_of($$SELECT value FROM app.decrypted_secrets WHERE key = 'copied'$$);
