@@ -317,7 +317,6 @@ pub fn open_into(
 }
 
 /// Encrypt `plaintext` under `cipher` (the data key `key_id`) into a format-1 envelope.
-#[cfg(any(test, feature = "pg_test"))]
 pub fn seal(cipher: &Cipher, key_id: i64, plaintext: &[u8], context: &[u8]) -> Vec<u8> {
     let mut out = vec![0u8; MIN_ENVELOPE_LEN + plaintext.len()];
     seal_into(cipher, key_id, plaintext, context, &mut out);

@@ -137,15 +137,12 @@ pub fn rewrap(ciphertext: Option<&[u8]>, context: Option<&str>) -> Result<Vec<u8
         return Ok(ciphertext.to_vec());
     }
     crate::usage::count(&active, 1)?;
-    let mut out = vec![0u8; crypto::MIN_ENVELOPE_LEN + plaintext.len()];
-    crypto::seal_into(
+    Ok(crypto::seal(
         &active.cipher,
         active.key_id,
         &plaintext,
         context.as_bytes(),
-        &mut out,
-    );
-    Ok(out)
+    ))
 }
 
 /// Decrypt an envelope that a row says belongs to `keyring` (the built-in store's view): as

@@ -41,16 +41,28 @@ fn plan(
     } else {
         format!("r:{sql}")
     };
-    if let Some(p) = PLANS.with_borrow(|m| m.get(&key).cloned()) {
+    kept(&PLANS, key, || {
+        let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
+        Ok(if mutating {
+            client.prepare_mut(sql, &types)?.keep()
+        } else {
+            client.prepare(sql, &types)?.keep()
+        })
+    })
+}
+
+/// The plan kept in `cache` under `key`, or the one `prepare` makes, kept there (a cache that
+/// reaches [`MAX_PLANS`] starts afresh).
+fn kept<P>(
+    cache: &'static std::thread::LocalKey<RefCell<HashMap<String, Rc<P>>>>,
+    key: String,
+    prepare: impl FnOnce() -> Result<P>,
+) -> Result<Rc<P>> {
+    if let Some(p) = cache.with_borrow(|m| m.get(&key).cloned()) {
         return Ok(p);
     }
-    let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
-    let p = Rc::new(if mutating {
-        client.prepare_mut(sql, &types)?.keep()
-    } else {
-        client.prepare(sql, &types)?.keep()
-    });
-    PLANS.with_borrow_mut(|m| {
+    let p = Rc::new(prepare()?);
+    cache.with_borrow_mut(|m| {
         if m.len() >= MAX_PLANS {
             m.clear();
         }
@@ -128,40 +140,30 @@ thread_local! {
 pub fn update_generic(sql: &str, args: &[DatumWithOid<'_>]) -> Result<u64> {
     use pgrx::pg_sys;
     pgrx::spi::Spi::connect_mut(|_cl| {
-        let plan = match GENERIC.with_borrow(|m| m.get(sql).cloned()) {
-            Some(p) => p,
-            None => {
-                let text = std::ffi::CString::new(sql)
-                    .map_err(|e| crate::error::KeysError::Internal(e.to_string()))?;
-                let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
-                // SAFETY: a prepare in the SPI connection opened above; a NULL plan is an error.
-                let p = unsafe {
-                    pg_sys::SPI_prepare_cursor(
-                        text.as_ptr(),
-                        types.len() as i32,
-                        types.as_mut_ptr(),
-                        pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
-                    )
-                };
-                let Some(p) = std::ptr::NonNull::new(p) else {
-                    // SAFETY: set by the failed SPI_prepare_cursor.
-                    pgrx::spi::Spi::check_status(unsafe { pg_sys::SPI_result })?;
-                    return Err(crate::error::KeysError::Internal(
-                        "SPI_prepare_cursor returned no plan".into(),
-                    ));
-                };
-                // SAFETY: moves the new plan out of the SPI procedure context.
-                unsafe { pg_sys::SPI_keepplan(p.as_ptr()) };
-                let p = Rc::new(GenericPlan(p));
-                GENERIC.with_borrow_mut(|m| {
-                    if m.len() >= MAX_PLANS {
-                        m.clear();
-                    }
-                    m.insert(sql.to_string(), p.clone());
-                });
-                p
-            }
-        };
+        let plan = kept(&GENERIC, sql.to_string(), || {
+            let text = std::ffi::CString::new(sql)
+                .map_err(|e| crate::error::KeysError::Internal(e.to_string()))?;
+            let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
+            // SAFETY: a prepare in the SPI connection opened above; a NULL plan is an error.
+            let p = unsafe {
+                pg_sys::SPI_prepare_cursor(
+                    text.as_ptr(),
+                    types.len() as i32,
+                    types.as_mut_ptr(),
+                    pg_sys::CURSOR_OPT_GENERIC_PLAN as i32,
+                )
+            };
+            let Some(p) = std::ptr::NonNull::new(p) else {
+                // SAFETY: set by the failed SPI_prepare_cursor.
+                pgrx::spi::Spi::check_status(unsafe { pg_sys::SPI_result })?;
+                return Err(crate::error::KeysError::Internal(
+                    "SPI_prepare_cursor returned no plan".into(),
+                ));
+            };
+            // SAFETY: moves the new plan out of the SPI procedure context.
+            unsafe { pg_sys::SPI_keepplan(p.as_ptr()) };
+            Ok(GenericPlan(p))
+        })?;
         let (mut values, nulls): (Vec<pg_sys::Datum>, Vec<std::ffi::c_char>) = args
             .iter()
             .map(|a| match a.datum() {

@@ -298,7 +298,7 @@ fn advisory_locks() -> Vec<Held> {
                 .add(pg_sys::LOCK_MANAGER_LWLOCK_OFFSET as usize + part))
             .lock;
             pg_sys::LWLockAcquire(lw, pg_sys::LWLockMode::LW_SHARED);
-            for_each_proclock(&raw mut (*me).myProcLocks[part], |pl| {
+            for_each_proclock(list_end(me, part), |pl| {
                 let l = &(*(*pl).tag.myLock).tag;
                 if l.locktag_type != pg_sys::LockTagType::LOCKTAG_ADVISORY as u8
                     || l.locktag_field4 == crate::locks::OUR_FIELD4
@@ -327,40 +327,37 @@ fn advisory_locks() -> Vec<Held> {
     out
 }
 
-/// Each PROCLOCK of one of a backend's per-partition lists (a `SHM_QUEUE` up to PostgreSQL 15, a
-/// `dlist` since 16; both circular through the head, a never-used `dlist` empty with null links).
+/// A link of a backend's per-partition lock lists: a `SHM_QUEUE` up to PostgreSQL 15, a `dlist`
+/// node since 16. Both lists are circular through their head; a never-used `dlist` is empty with
+/// null links.
+#[cfg(feature = "pg15")]
+type ProcLockLink = pg_sys::SHM_QUEUE;
+#[cfg(not(feature = "pg15"))]
+type ProcLockLink = pg_sys::dlist_node;
+
+/// The head link of `proc`'s lock list for partition `part`, where a walk over it starts and ends.
 ///
 /// # Safety
-/// `head` is a `myProcLocks` list whose partition lock the caller holds.
-#[cfg(feature = "pg15")]
-unsafe fn for_each_proclock(
-    head: *mut pg_sys::SHM_QUEUE,
-    mut f: impl FnMut(*const pg_sys::PROCLOCK),
-) {
-    let offset = std::mem::offset_of!(pg_sys::PROCLOCK, procLink);
+/// `proc` is a live PGPROC.
+unsafe fn list_end(proc: *mut pg_sys::PGPROC, part: usize) -> *mut ProcLockLink {
     // SAFETY: per the caller's contract.
     unsafe {
-        let mut link = (*head).next;
-        while !link.is_null() && link != head {
-            f(link.cast::<u8>().sub(offset).cast());
-            link = (*link).next;
-        }
+        #[cfg(feature = "pg15")]
+        let end = &raw mut (*proc).myProcLocks[part];
+        #[cfg(not(feature = "pg15"))]
+        let end = &raw mut (*proc).myProcLocks[part].head;
+        end
     }
 }
 
-/// See the PostgreSQL 15 version above.
+/// Each PROCLOCK of the lock list that ends at `end` (from [`list_end`]).
 ///
 /// # Safety
-/// `head` is a `myProcLocks` list whose partition lock the caller holds.
-#[cfg(not(feature = "pg15"))]
-unsafe fn for_each_proclock(
-    head: *mut pg_sys::dlist_head,
-    mut f: impl FnMut(*const pg_sys::PROCLOCK),
-) {
+/// The caller holds the list's partition lock.
+unsafe fn for_each_proclock(end: *mut ProcLockLink, mut f: impl FnMut(*const pg_sys::PROCLOCK)) {
     let offset = std::mem::offset_of!(pg_sys::PROCLOCK, procLink);
     // SAFETY: per the caller's contract.
     unsafe {
-        let end = &raw mut (*head).head;
         let mut link = (*end).next;
         while !link.is_null() && link != end {
             f(link.cast::<u8>().sub(offset).cast());
@@ -369,14 +366,16 @@ unsafe fn for_each_proclock(
     }
 }
 
+/// The lock modes whose bits are set in `modes` (a hold mask).
+fn lock_modes(modes: u32) -> impl Iterator<Item = i32> {
+    (1..=pg_sys::MaxLockMode as i32).filter(move |mode| modes & (1 << mode) != 0)
+}
+
 /// Release every session-level hold of `modes` on `h`. Called after the call's subtransaction was
 /// rolled back, which released its transaction-level locks: what is still held is session level.
 fn release_session_lock(h: &Held, modes: u32) {
     let tag = h.locktag();
-    for mode in 1..=pg_sys::MaxLockMode as i32 {
-        if modes & (1 << mode) == 0 {
-            continue;
-        }
+    for mode in lock_modes(modes) {
         // Bounded: each release drops one hold; a lock is held at most once per acquisition.
         for _ in 0..1_000_000 {
             // SAFETY: a release from this backend's own lock table, of a hold it has.
@@ -393,16 +392,12 @@ fn release_session_lock(h: &Held, modes: u32) {
 /// elsewhere in a conflicting mode.
 fn take_session_lock(h: &Held, modes: u32) -> bool {
     let tag = h.locktag();
-    let mut all = true;
-    for mode in 1..=pg_sys::MaxLockMode as i32 {
-        if modes & (1 << mode) == 0 {
-            continue;
-        }
+    // (every mode is tried, also after one that could not be taken)
+    lock_modes(modes).fold(true, |all, mode| {
         // SAFETY: a lock of this backend's user lock method, taken at session level.
         let got = unsafe { pg_sys::LockAcquire(&tag, mode, true, true) };
-        all &= got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL;
-    }
-    all
+        all & (got != pg_sys::LockAcquireResult::LOCKACQUIRE_NOT_AVAIL)
+    })
 }
 
 /// Run `f`, code that belongs to `role`, sealed (see the module docs). With `row_security_off`,

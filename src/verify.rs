@@ -67,22 +67,21 @@ fn keyring_key_ids(keyring: &str) -> Result<Vec<i64>> {
 
 /// Up to `sample` (ciphertext, context) pairs of the keyring's rows in `col`, read as the owner.
 fn sample_rows(col: &Column, keyring: &str, sample: i64) -> Result<Vec<(Vec<u8>, Option<String>)>> {
-    let headers: Vec<Vec<u8>> = keyring_key_ids(keyring)?
-        .into_iter()
-        .map(reencrypt::header)
-        .collect();
+    let keys = keyring_key_ids(keyring)?;
     let table = col.table.as_deref().unwrap_or_default();
     let c = quote_identifier(&col.column);
     let sql = format!(
-        "SELECT t.{c}, {ctx} FROM ONLY {table} AS t
-          WHERE pg_catalog.substr(t.{c}, 1, 9) OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.bytea[])
-          LIMIT $2",
+        "SELECT t.{c}, {ctx} FROM ONLY {table} AS t WHERE {on_keys} LIMIT $1",
         ctx = reencrypt::context_item(&col.context_expr),
+        on_keys = reencrypt::on_keys_test(&format!("t.{c}"), 2, keys.len()),
     );
+    let ranges = reencrypt::key_ranges(&keys);
     reencrypt::as_role(col.owner, || {
         Spi::connect(|cl| {
+            let mut args = vec![sample.into()];
+            args.extend(ranges.iter().map(|r| r.as_slice().into()));
             let mut out = Vec::new();
-            for row in cl.select(sql.as_str(), None, &[headers.into(), sample.into()])? {
+            for row in cl.select(sql.as_str(), None, &args)? {
                 if let Some(ct) = row.get::<Vec<u8>>(1)? {
                     out.push((ct, row.get::<String>(2)?));
                 }

@@ -59,8 +59,8 @@ impl Column {
     }
 }
 
-/// The 9-byte envelope header for a key id: what `substring(col from 1 for 9)` is compared with.
-pub(crate) fn header(key_id: i64) -> Vec<u8> {
+/// The 9-byte envelope header for a key id: where its range of envelopes begins ([`key_ranges`]).
+fn header(key_id: i64) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.push(FORMAT_V1);
     h.extend_from_slice(&key_id.to_be_bytes());
