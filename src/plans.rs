@@ -41,7 +41,7 @@ fn plan(
     } else {
         format!("r:{sql}")
     };
-    kept(&PLANS, key, || {
+    kept(&PLANS, &key, || {
         let types: Vec<PgOid> = args.iter().map(|a| PgOid::from(a.oid())).collect();
         Ok(if mutating {
             client.prepare_mut(sql, &types)?.keep()
@@ -55,10 +55,10 @@ fn plan(
 /// reaches [`MAX_PLANS`] starts afresh).
 fn kept<P>(
     cache: &'static std::thread::LocalKey<RefCell<HashMap<String, Rc<P>>>>,
-    key: String,
+    key: &str,
     prepare: impl FnOnce() -> Result<P>,
 ) -> Result<Rc<P>> {
-    if let Some(p) = cache.with_borrow(|m| m.get(&key).cloned()) {
+    if let Some(p) = cache.with_borrow(|m| m.get(key).cloned()) {
         return Ok(p);
     }
     let p = Rc::new(prepare()?);
@@ -66,7 +66,7 @@ fn kept<P>(
         if m.len() >= MAX_PLANS {
             m.clear();
         }
-        m.insert(key, p.clone());
+        m.insert(key.to_string(), p.clone());
     });
     Ok(p)
 }
@@ -140,7 +140,7 @@ thread_local! {
 pub fn update_generic(sql: &str, args: &[DatumWithOid<'_>]) -> Result<u64> {
     use pgrx::pg_sys;
     pgrx::spi::Spi::connect_mut(|_cl| {
-        let plan = kept(&GENERIC, sql.to_string(), || {
+        let plan = kept(&GENERIC, sql, || {
             let text = std::ffi::CString::new(sql)
                 .map_err(|e| crate::error::KeysError::Internal(e.to_string()))?;
             let mut types: Vec<pg_sys::Oid> = args.iter().map(|a| a.oid()).collect();
