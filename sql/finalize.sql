@@ -59,6 +59,11 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.secret_encrypt_bytea(bytea, text, text) 
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_decrypt(bytea, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_decrypt_bytea(bytea, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.rewrap(bytea, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.hmac_sign(bytea, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.hmac_verify(bytea, text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_sign(bytea, text, text, timestamptz) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_verify(bytea, text, text, text, interval, timestamptz) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) TO meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) TO meshhook_keys_user;
 -- Reading a header touches no key; applications use it to find rows still on an old version.
 GRANT EXECUTE ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) TO meshhook_keys_user, meshhook_keys_operator;
@@ -206,6 +211,16 @@ COMMENT ON FUNCTION meshhook_keys.secret_decrypt_bytea(bytea, text) IS
     'Like secret_decrypt, returning bytea. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
 COMMENT ON FUNCTION meshhook_keys.rewrap(bytea, text) IS
     'Move an envelope to the active version of its keyring without returning the plaintext (Vault Transit''s rewrap), for ciphertext the column registry cannot see (inside jsonb, in caches, in other systems): opened with the key its header names and the given context, sealed again under the active key with the same context. An envelope already on the active version is returned as it is. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt and secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.hmac_sign(bytea, text, text) IS
+    'Sign a payload under the active version of a keyring, bound to a context: returns meshhook:v<version>:<hex>, HMAC-SHA256 under a key derived from that version''s data key (so it rotates, retires and is destroyed with it). Not counted against the encryption limit. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.hmac_verify(bytea, text, text, text) IS
+    'Whether a signature made by hmac_sign signs the payload with the same context under a version of the keyring that is not retired or destroyed (pending, active or decrypt-only), compared in constant time. A malformed signature, or one of another keyring or of a retired version, is false. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+COMMENT ON FUNCTION meshhook_keys.webhook_sign(bytea, text, text, timestamptz) IS
+    'The webhook signature header t=<unix seconds>,v1=<hex>[,v1=<hex>...] for a payload sent at a time (default now()): HMAC-SHA256 over <unix seconds>.<payload> keyed by the receiver''s secret (webhook_secret) of each version that signs, the active one then every decrypt-only one, newest first, so that receivers holding the previous secret keep verifying until its version is retired. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.webhook_verify(bytea, text, text, text, interval, timestamptz) IS
+    'Whether a webhook header made by webhook_sign (or any sender of the same scheme) carries a v1 signature of the payload under a version of the keyring that is not retired or destroyed, with a timestamp within the tolerance (default 5 minutes, either side) of a time (default now()). A malformed header is false. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+COMMENT ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) IS
+    'The secret (whsec_ and 64 hex digits) a webhook receiver of a context verifies with, for a version of the keyring that still signs (default: the active one). Derived from the version''s data key, it reveals nothing of it or of other contexts'' secrets. Audited. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) IS
     'Internal (the view decrypted_secrets): secret_decrypt that also refuses (XX001) an envelope whose key is not of the row''s keyring. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
 COMMENT ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) IS

@@ -705,3 +705,76 @@ REVOKE ALL ON FUNCTION meshhook_keys.rewrap(bytea, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys.rewrap(bytea, text) TO meshhook_keys_user;
 COMMENT ON FUNCTION meshhook_keys.rewrap(bytea, text) IS
     'Move an envelope to the active version of its keyring without returning the plaintext (Vault Transit''s rewrap), for ciphertext the column registry cannot see (inside jsonb, in caches, in other systems): opened with the key its header names and the given context, sealed again under the active key with the same context. An envelope already on the active version is returned as it is. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt and secret_encrypt.';
+
+-- Signatures (issue 28): hmac_sign/hmac_verify and the webhook header, under keys derived from
+-- each version's data key.
+CREATE FUNCTION meshhook_keys."hmac_sign"(
+	"payload" bytea,
+	"keyring" TEXT,
+	"context" TEXT DEFAULT ''
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'hmac_sign_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.hmac_sign(bytea, text, text) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."hmac_verify"(
+	"payload" bytea,
+	"signature" TEXT,
+	"keyring" TEXT,
+	"context" TEXT DEFAULT ''
+) RETURNS bool
+STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'hmac_verify_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.hmac_verify(bytea, text, text, text) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."webhook_sign"(
+	"payload" bytea,
+	"keyring" TEXT,
+	"context" TEXT DEFAULT '',
+	"at" timestamp with time zone DEFAULT now()
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'webhook_sign_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.webhook_sign(bytea, text, text, timestamptz) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."webhook_verify"(
+	"payload" bytea,
+	"header" TEXT,
+	"keyring" TEXT,
+	"context" TEXT DEFAULT '',
+	"tolerance" interval DEFAULT '5 minutes',
+	"at" timestamp with time zone DEFAULT now()
+) RETURNS bool
+STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'webhook_verify_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.webhook_verify(bytea, text, text, text, interval, timestamptz) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."webhook_secret"(
+	"keyring" TEXT,
+	"context" TEXT DEFAULT '',
+	"version" INT DEFAULT NULL
+) RETURNS TEXT
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'webhook_secret_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.hmac_sign(bytea, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.hmac_verify(bytea, text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_sign(bytea, text, text, timestamptz) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_verify(bytea, text, text, text, interval, timestamptz) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) TO meshhook_keys_operator;
+COMMENT ON FUNCTION meshhook_keys.hmac_sign(bytea, text, text) IS
+    'Sign a payload under the active version of a keyring, bound to a context: returns meshhook:v<version>:<hex>, HMAC-SHA256 under a key derived from that version''s data key (so it rotates, retires and is destroyed with it). Not counted against the encryption limit. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.hmac_verify(bytea, text, text, text) IS
+    'Whether a signature made by hmac_sign signs the payload with the same context under a version of the keyring that is not retired or destroyed (pending, active or decrypt-only), compared in constant time. A malformed signature, or one of another keyring or of a retired version, is false. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+COMMENT ON FUNCTION meshhook_keys.webhook_sign(bytea, text, text, timestamptz) IS
+    'The webhook signature header t=<unix seconds>,v1=<hex>[,v1=<hex>...] for a payload sent at a time (default now()): HMAC-SHA256 over <unix seconds>.<payload> keyed by the receiver''s secret (webhook_secret) of each version that signs, the active one then every decrypt-only one, newest first, so that receivers holding the previous secret keep verifying until its version is retired. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.webhook_verify(bytea, text, text, text, interval, timestamptz) IS
+    'Whether a webhook header made by webhook_sign (or any sender of the same scheme) carries a v1 signature of the payload under a version of the keyring that is not retired or destroyed, with a timestamp within the tolerance (default 5 minutes, either side) of a time (default now()). A malformed header is false. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+COMMENT ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) IS
+    'The secret (whsec_ and 64 hex digits) a webhook receiver of a context verifies with, for a version of the keyring that still signs (default: the active one). Derived from the version''s data key, it reveals nothing of it or of other contexts'' secrets. Audited. Requires meshhook_keys_operator.';

@@ -78,6 +78,11 @@ impl SecretKey {
         Cipher::new(&self.0)
     }
 
+    /// The key's MAC key (signatures and webhook secrets: see crate::mac).
+    pub fn mac_key(&self) -> crate::mac::MacKey {
+        crate::mac::MacKey::of_data_key(self.0.as_ref())
+    }
+
     /// First 8 bytes of HMAC-SHA256(key, label): identifies a root key without revealing it.
     pub fn fingerprint(&self) -> [u8; 8] {
         let mut mac =

@@ -45,6 +45,8 @@ pub struct CachedKey {
     pub tenant: Option<String>,
     pub state: KeyState,
     pub cipher: Cipher,
+    /// The version's MAC key (signatures, webhook secrets).
+    pub mac: crate::mac::MacKey,
     /// `data_key.encryptions` when the key was loaded (the usage counter's floor).
     pub encryptions: i64,
     /// The keyring's rotation limit (`None`: meshhook_keys.default_max_encryptions).

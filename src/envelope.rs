@@ -56,6 +56,14 @@ pub fn would_encrypt_with(
 /// The key `encrypt` seals under for `keyring` (its active key, after the tenant check), or the
 /// error `encrypt` would raise; creates the `default` keyring on first use.
 pub fn encrypting_key(keyring: &str) -> Result<std::rc::Rc<crate::keycache::CachedKey>> {
+    active_key_for(keyring, "encryption")
+}
+
+/// [`encrypting_key`] for another use of the active key (`op` names it in a tenant refusal).
+pub fn active_key_for(
+    keyring: &str,
+    op: &'static str,
+) -> Result<std::rc::Rc<crate::keycache::CachedKey>> {
     let key = match resolver::active_key(keyring)? {
         Some(k) => k,
         None if keyring == DEFAULT_KEYRING => crate::store::with_fixed_search_path(|| {
@@ -67,7 +75,7 @@ pub fn encrypting_key(keyring: &str) -> Result<std::rc::Rc<crate::keycache::Cach
                 crate::store::keyring_destroyed_and_tenant(keyring)
             })?;
             // (whether another tenant's keyring was destroyed is theirs to know)
-            crate::tenancy::check_keyring(keyring, tenant.as_deref(), "encryption")?;
+            crate::tenancy::check_keyring(keyring, tenant.as_deref(), op)?;
             if destroyed.is_some() {
                 return Err(KeysError::KeyringDestroyed(keyring.into()));
             }
@@ -77,7 +85,7 @@ pub fn encrypting_key(keyring: &str) -> Result<std::rc::Rc<crate::keycache::Cach
             })?);
         }
     };
-    crate::tenancy::check(&key, "encryption")?;
+    crate::tenancy::check(&key, op)?;
     Ok(key)
 }
 

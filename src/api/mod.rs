@@ -6,5 +6,6 @@ pub mod plain;
 pub mod reencrypt;
 pub mod schedule;
 pub mod secrets;
+pub mod signing;
 pub mod userheld;
 pub mod vault;

@@ -34,6 +34,14 @@ SELECT sqlstate_of($$SELECT meshhook_keys.secret_update('backend-token', 'alice-
 SELECT sqlstate_of($$SELECT meshhook_keys.secret_decrypt(c, 'p2/slack') FROM stolen$$);
 -- ... nor have it rewrapped (rewrap opens it first, under the same tenant check) ...
 SELECT sqlstate_of($$SELECT meshhook_keys.rewrap(c, 'p2/slack') FROM stolen$$);
+-- ... nor sign, verify or make webhook headers with project p2's keys (issue 28), while her own
+-- project's keyring signs for her; a receiver's secret is for operators only
+SELECT meshhook_keys.hmac_verify('x', meshhook_keys.hmac_sign('x', 'project:p1'), 'project:p1') AS signs_with_her_own;
+SELECT sqlstate_of($$SELECT meshhook_keys.hmac_sign('x', 'project:p2')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.hmac_verify('x', 'meshhook:v1:' || repeat('0', 64), 'project:p2')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.webhook_sign('x', 'project:p2')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.webhook_verify('x', 't=1,v1=' || repeat('0', 64), 'project:p2')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.webhook_secret('project:p1')$$);
 -- ... and not by copying it into her own project's row (keyring check, and the context binds it)
 INSERT INTO app.secrets (project_id, key, value_encrypted) SELECT 'p1', 'copied', c FROM stolen;
 SELECT sqlstate_of($$SELECT value FROM app.decrypted_secrets WHERE key = 'copied'$$);
