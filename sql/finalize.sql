@@ -24,6 +24,11 @@ CREATE FUNCTION meshhook_keys.register_column(
 RETURNS integer LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT meshhook_keys._register_column(tbl::oid, col::text, context, keyring) $$;
 
+CREATE FUNCTION meshhook_keys.register_blind_index(
+    tbl regclass, col name, index_col name, index_context text DEFAULT NULL, keyring text DEFAULT 'default')
+RETURNS boolean LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT meshhook_keys._register_blind_index(tbl::oid, col::text, index_col::text, index_context, keyring) $$;
+
 CREATE FUNCTION meshhook_keys.unregister_column(tbl regclass, col name, keyring text DEFAULT NULL)
 RETURNS boolean LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT meshhook_keys._unregister_column(tbl::oid, col::text, keyring) $$;
@@ -64,6 +69,10 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.hmac_verify(bytea, text, text, text) TO 
 GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_sign(bytea, text, text, timestamptz) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_verify(bytea, text, text, text, interval, timestamptz) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.blind_index(text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.blind_index_candidates(text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.register_blind_index(regclass, name, name, text, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._register_blind_index(oid, text, text, text, text) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys._store_decrypt(bytea, text, text) TO meshhook_keys_user;
 -- Reading a header touches no key; applications use it to find rows still on an old version.
 GRANT EXECUTE ON FUNCTION meshhook_keys.ciphertext_key_id(bytea) TO meshhook_keys_user, meshhook_keys_operator;
@@ -142,6 +151,9 @@ GRANT USAGE ON SCHEMA meshhook_keys TO PUBLIC;
 ALTER FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) COST 100000;
 GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) TO PUBLIC;
 GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_take(bytea, tid) TO PUBLIC;
+ALTER FUNCTION meshhook_keys._reencrypt_try_indexed(bytea, tid, bytea, text, text) COST 100000;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_try_indexed(bytea, tid, bytea, text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_index(bytea, tid) TO PUBLIC;
 
 -- Nobody but the owner may read data_key or keyring, write the audit log, or call the
 -- other internal (_-prefixed) functions: no grants.
@@ -194,7 +206,7 @@ COMMENT ON TABLE meshhook_keys.event_channel IS
 COMMENT ON VIEW meshhook_keys.keys IS
     'Key versions per keyring with their state and timestamps. Metadata only, never key material. Requires meshhook_keys_operator.';
 COMMENT ON VIEW meshhook_keys.encrypted_columns IS
-    'Registered ciphertext columns, and whether their table still exists. Requires meshhook_keys_operator.';
+    'Registered ciphertext columns, whether their table still exists, and their blind index column and its context expression (register_blind_index). Requires meshhook_keys_operator.';
 COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
     'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA; a column whose batch raised is failed, with its SQLSTATE and error. Requires meshhook_keys_operator.';
 COMMENT ON VIEW meshhook_keys.keyrings IS
@@ -295,6 +307,18 @@ COMMENT ON FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) IS
     'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key, for the statement that passes the batch''s random token. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_take(bytea, tid) IS
     'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
+COMMENT ON FUNCTION meshhook_keys.blind_index(text, text, text) IS
+    'The blind index of a value under the active version of a keyring for a context: the first 16 bytes of HMAC-SHA256 under a key derived from that version''s data key. Equal values give equal indexes, and the index reveals nothing else (equality leaks: see the Blind indexes page). Store it beside the ciphertext and search with blind_index_candidates. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.blind_index_candidates(text, text, text) IS
+    'The blind index of a value under every version of a keyring that still decrypts (pending, active, decrypt-only), newest first: WHERE idx = ANY (blind_index_candidates(value, keyring, context)) finds the value''s rows before, during and after a rotation. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+COMMENT ON FUNCTION meshhook_keys.register_blind_index(regclass, name, name, text, text) IS
+    'Name the bytea column holding the blind index of a registered ciphertext column, with the SQL expression over the row that gives the index''s context (NULL means the empty context); re-encryption then recomputes the index under the new version with every row it moves. index_col NULL forgets it. Returns whether an index column is now set. Audited. Requires meshhook_keys_operator; also requires the privileges of the table''s owner.';
+COMMENT ON FUNCTION meshhook_keys._register_blind_index(oid, text, text, text, text) IS
+    'Internal: register_blind_index by table oid. Requires meshhook_keys_operator; also requires the privileges of the table''s owner.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_try_indexed(bytea, tid, bytea, text, text) IS
+    'Internal to re-encryption batches: _reencrypt_try for a column with a blind index, which also computes the row''s index under the target key. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_index(bytea, tid) IS
+    'Internal to re-encryption batches: the blind index _reencrypt_try_indexed computed for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
 COMMENT ON FUNCTION meshhook_keys._log_line(text) IS
     'Internal: write one line to the server log at LOG level without the client''s statement or context (which may hold a literal secret). Used by the audit chain trigger for the audit mirror. Executable only by the extension''s owner.';
 COMMENT ON FUNCTION meshhook_keys._audit_chain_head() IS

@@ -558,7 +558,7 @@ COMMENT ON TABLE meshhook_keys.secrets IS
 COMMENT ON VIEW meshhook_keys.keys IS
     'Key versions per keyring with their state and timestamps. Metadata only, never key material. Requires meshhook_keys_operator.';
 COMMENT ON VIEW meshhook_keys.encrypted_columns IS
-    'Registered ciphertext columns, and whether their table still exists. Requires meshhook_keys_operator.';
+    'Registered ciphertext columns, whether their table still exists, and their blind index column and its context expression (register_blind_index). Requires meshhook_keys_operator.';
 COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
     'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA; a column whose batch raised is failed, with its SQLSTATE and error. Requires meshhook_keys_operator.';
 COMMENT ON VIEW meshhook_keys.keyrings IS
@@ -778,3 +778,90 @@ COMMENT ON FUNCTION meshhook_keys.webhook_verify(bytea, text, text, text, interv
     'Whether a webhook header made by webhook_sign (or any sender of the same scheme) carries a v1 signature of the payload under a version of the keyring that is not retired or destroyed, with a timestamp within the tolerance (default 5 minutes, either side) of a time (default now()). A malformed header is false. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
 COMMENT ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) IS
     'The secret (whsec_ and 64 hex digits) a webhook receiver of a context verifies with, for a version of the keyring that still signs (default: the active one). Derived from the version''s data key, it reveals nothing of it or of other contexts'' secrets. Audited. Requires meshhook_keys_operator.';
+
+-- Blind indexes (issue 28): equality search over encrypted values; a registered column may name
+-- its index column, which re-encryption recomputes.
+ALTER TABLE meshhook_keys.encrypted_column
+    ADD COLUMN blind_index_column name,
+    ADD COLUMN blind_index_context text;
+CREATE OR REPLACE VIEW meshhook_keys.encrypted_columns AS
+    SELECT c.id, c.rel AS table_name, c.column_name, c.context_expr, c.keyring,
+           c.registered_at, c.registered_by,
+           pg_catalog.to_regclass(c.rel::text) IS NOT NULL AS table_exists,
+           c.blind_index_column, c.blind_index_context
+      FROM meshhook_keys.encrypted_column c;
+CREATE FUNCTION meshhook_keys."blind_index"(
+	"value" TEXT,
+	"keyring" TEXT,
+	"context" TEXT DEFAULT ''
+) RETURNS bytea
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'blind_index_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.blind_index(text, text, text) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."blind_index_candidates"(
+	"value" TEXT,
+	"keyring" TEXT,
+	"context" TEXT DEFAULT ''
+) RETURNS bytea[]
+STABLE SECURITY DEFINER PARALLEL RESTRICTED
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'blind_index_candidates_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.blind_index_candidates(text, text, text) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."_register_blind_index"(
+	"tbl" oid,
+	"col" TEXT,
+	"index_col" TEXT,
+	"index_context" TEXT,
+	"keyring" TEXT
+) RETURNS bool
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_register_blind_index_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys._register_blind_index(oid, text, text, text, text) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."_reencrypt_try_indexed"(
+	"token" bytea,
+	"row" tid,
+	"ciphertext" bytea,
+	"context" TEXT,
+	"index_context" TEXT
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_reencrypt_try_indexed_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys._reencrypt_try_indexed(bytea, tid, bytea, text, text) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."_reencrypt_index"(
+	"token" bytea,
+	"row" tid
+) RETURNS bytea
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_reencrypt_index_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys._reencrypt_index(bytea, tid) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys.register_blind_index(
+    tbl regclass, col name, index_col name, index_context text DEFAULT NULL, keyring text DEFAULT 'default')
+RETURNS boolean LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT meshhook_keys._register_blind_index(tbl::oid, col::text, index_col::text, index_context, keyring) $$;
+REVOKE ALL ON FUNCTION meshhook_keys.register_blind_index(regclass, name, name, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.blind_index(text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.blind_index_candidates(text, text, text) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.register_blind_index(regclass, name, name, text, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._register_blind_index(oid, text, text, text, text) TO meshhook_keys_user, meshhook_keys_operator;
+ALTER FUNCTION meshhook_keys._reencrypt_try_indexed(bytea, tid, bytea, text, text) COST 100000;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_try_indexed(bytea, tid, bytea, text, text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_index(bytea, tid) TO PUBLIC;
+COMMENT ON FUNCTION meshhook_keys.blind_index(text, text, text) IS
+    'The blind index of a value under the active version of a keyring for a context: the first 16 bytes of HMAC-SHA256 under a key derived from that version''s data key. Equal values give equal indexes, and the index reveals nothing else (equality leaks: see the Blind indexes page). Store it beside the ciphertext and search with blind_index_candidates. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.blind_index_candidates(text, text, text) IS
+    'The blind index of a value under every version of a keyring that still decrypts (pending, active, decrypt-only), newest first: WHERE idx = ANY (blind_index_candidates(value, keyring, context)) finds the value''s rows before, during and after a rotation. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+COMMENT ON FUNCTION meshhook_keys.register_blind_index(regclass, name, name, text, text) IS
+    'Name the bytea column holding the blind index of a registered ciphertext column, with the SQL expression over the row that gives the index''s context (NULL means the empty context); re-encryption then recomputes the index under the new version with every row it moves. index_col NULL forgets it. Returns whether an index column is now set. Audited. Requires meshhook_keys_operator; also requires the privileges of the table''s owner.';
+COMMENT ON FUNCTION meshhook_keys._register_blind_index(oid, text, text, text, text) IS
+    'Internal: register_blind_index by table oid. Requires meshhook_keys_operator; also requires the privileges of the table''s owner.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_try_indexed(bytea, tid, bytea, text, text) IS
+    'Internal to re-encryption batches: _reencrypt_try for a column with a blind index, which also computes the row''s index under the target key. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
+COMMENT ON FUNCTION meshhook_keys._reencrypt_index(bytea, tid) IS
+    'Internal to re-encryption batches: the blind index _reencrypt_try_indexed computed for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';

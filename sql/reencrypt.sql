@@ -12,7 +12,11 @@ CREATE TABLE meshhook_keys.encrypted_column (
     registered_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
     registered_by  text        NOT NULL DEFAULT session_user,
     -- one column may hold envelopes of several keyrings (e.g. one per tenant)
-    UNIQUE (rel, column_name, keyring)
+    UNIQUE (rel, column_name, keyring),
+    -- 0.5.0 (issue 28): the column's blind index, which re-encryption recomputes, and the
+    -- expression over the row that gives its context (NULL: the empty context)
+    blind_index_column  name,
+    blind_index_context text
 );
 
 -- One re-encryption job per (keyring, target key). A new rotation while a job runs supersedes it.
@@ -81,7 +85,8 @@ CREATE TABLE meshhook_keys.reencrypt_failure (
 CREATE VIEW meshhook_keys.encrypted_columns AS
     SELECT c.id, c.rel AS table_name, c.column_name, c.context_expr, c.keyring,
            c.registered_at, c.registered_by,
-           pg_catalog.to_regclass(c.rel::text) IS NOT NULL AS table_exists
+           pg_catalog.to_regclass(c.rel::text) IS NOT NULL AS table_exists,
+           c.blind_index_column, c.blind_index_context
       FROM meshhook_keys.encrypted_column c;
 
 -- pg_stat_progress_*-style view of running and finished jobs, one row per column.

@@ -12,7 +12,9 @@
 //! written by a short-lived dynamic background worker in a transaction of its own, and is also logged
 //! at LOG level immediately. The refused backend waits for its writer (bounded): so one session
 //! never has more than one writer running, and a flood of refusals queues behind its own writers
-//! instead of exhausting max_worker_processes.
+//! instead of exhausting max_worker_processes. A *disclosure* (a webhook receiver's secret handed
+//! out) is written the same way, with outcome `ok`: what was handed out stays handed out when the
+//! caller's transaction rolls back.
 
 use crate::context::role_name;
 use crate::error::{KeysError, Result};
@@ -303,6 +305,68 @@ pub fn record_failed_action(
     );
 }
 
+/// Durably record a disclosure that succeeded (outcome `ok`), such as a webhook receiver's
+/// secret handed to an operator: what was disclosed stays disclosed if the caller's transaction
+/// rolls back, so its row is written like a refusal, by the audit worker in a transaction of its
+/// own, with `version` and `context`. A context too long for the worker's 128 bytes is recorded
+/// as `context_sha256` (the first 16 hex digits of its SHA-256) instead of being cut: a cut
+/// context could be another one.
+pub fn record_disclosure(action: &str, keyring: &str, version: i32, context: &str) {
+    // (bgw_extra: two oids of at most 10 digits, this, the keyring and five tabs in 127 bytes)
+    let mut function = format!(
+        "+{action};version={version},context={}",
+        encode_value(context)
+    );
+    if function.len() + keyring.len() + 25 > 127 {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(context.as_bytes());
+        function = format!(
+            "+{action};version={version},context_sha256={}",
+            hex::encode(&digest[..8])
+        );
+    }
+    record_refusal(&function, Some(keyring), caller_role_oid());
+}
+
+/// A detail value made safe for the "k=v,k=v" form: `%`, `,`, `=`, `;`, tab and newline
+/// percent-encoded (decoded by [`decode_value`]).
+fn encode_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '%' | ',' | '=' | ';' | '\t' | '\n' | '\r' => {
+                out.push_str(&format!("%{:02X}", c as u32))
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+fn decode_value(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let escaped = (b[i] == b'%')
+            .then(|| b.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match escaped {
+            Some(x) => {
+                out.push(x);
+                i += 3;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// The `detail` of a failed action from its "?action;sqlstate;k=v,k=v" form.
 fn failed_action(encoded: &str) -> (String, serde_json::Value) {
     let mut parts = encoded.splitn(3, ';');
@@ -312,8 +376,24 @@ fn failed_action(encoded: &str) -> (String, serde_json::Value) {
         "error".to_string(),
         serde_json::Value::String(parts.next().unwrap_or("").to_string()),
     );
-    for pair in parts.next().unwrap_or("").split(',') {
+    pairs_into(parts.next().unwrap_or(""), &mut detail);
+    (action, serde_json::Value::Object(detail))
+}
+
+/// The action and `detail` of a disclosure from its "+action;k=v,k=v" form.
+fn disclosure(encoded: &str) -> (String, serde_json::Value) {
+    let (action, pairs) = encoded.split_once(';').unwrap_or((encoded, ""));
+    let mut detail = serde_json::Map::new();
+    pairs_into(pairs, &mut detail);
+    (action.to_string(), serde_json::Value::Object(detail))
+}
+
+/// Add the pairs of "k=v,k=v" to `detail`: numbers, booleans, or (decoded) strings.
+fn pairs_into(pairs: &str, detail: &mut serde_json::Map<String, serde_json::Value>) {
+    for pair in pairs.split(',') {
         if let Some((k, v)) = pair.split_once('=') {
+            let v = decode_value(v);
+            let v = v.as_str();
             let value = match v {
                 "true" => serde_json::Value::Bool(true),
                 "false" => serde_json::Value::Bool(false),
@@ -325,7 +405,6 @@ fn failed_action(encoded: &str) -> (String, serde_json::Value) {
             detail.insert(k.to_string(), value);
         }
     }
-    (action, serde_json::Value::Object(detail))
 }
 
 /// Record a successful administrative action in the caller's transaction.
@@ -432,6 +511,10 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
         function.strip_prefix('~'),
         function.strip_prefix('?'),
     ) {
+        _ if function.starts_with('+') => {
+            let (action, detail) = disclosure(&function[1..]);
+            format!("{action} ({detail})")
+        }
         (Some(action), _, _) => format!("failed {action} (wrong secret)"),
         (_, Some(action), _) => format!("refused {action} (too many failed attempts)"),
         (_, _, Some(failed)) => {
@@ -551,6 +634,10 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
         // refused privileged call.
         let (action, outcome, detail) =
             match (function.strip_prefix('!'), function.strip_prefix('~')) {
+                _ if function.starts_with('+') => {
+                    let (action, detail) = disclosure(&function[1..]);
+                    (action, "ok", detail)
+                }
                 _ if function.starts_with('?') => {
                     let (action, detail) = failed_action(&function[1..]);
                     (action, "failed", detail)
@@ -575,13 +662,17 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
         if let (false, Some(map)) = (jwt.is_empty(), detail.as_object_mut()) {
             map.insert("jwt".to_string(), serde_json::Value::Object(jwt.clone()));
         }
+        let version = detail
+            .get("version")
+            .and_then(serde_json::Value::as_i64)
+            .and_then(|v| i32::try_from(v).ok());
         let res = store::insert_audit(&AuditEvent {
             actor: Some(&session),
             role_name: &role,
             action: &action,
             outcome,
             keyring: keyring.as_deref(),
-            version: None,
+            version,
             key_id: None,
             reason: None,
             detail,
@@ -592,4 +683,23 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
             ));
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disclosure_round_trips_through_the_worker_form() {
+        let context = "endpoint:42,x=y;%\tz";
+        let encoded = format!("webhook_secret;version=3,context={}", encode_value(context));
+        assert!(!encoded["webhook_secret;".len()..].contains(['\t', ';']));
+        let (action, detail) = disclosure(&encoded);
+        assert_eq!(action, "webhook_secret");
+        assert_eq!(detail["version"], 3);
+        assert_eq!(detail["context"], context);
+        // a stray % is kept as it is
+        assert_eq!(decode_value("100%"), "100%");
+        assert_eq!(decode_value("%zz%4"), "%zz%4");
+    }
 }

@@ -250,6 +250,11 @@ pub enum KeysError {
     /// No keyring of that name.
     #[error("keyring \"{0}\" does not exist")]
     UnknownKeyring(String),
+    /// A column that register_blind_index names is not registered for the keyring.
+    #[error(
+        "column \"{column}\" is not registered for keyring \"{keyring}\": call register_column first"
+    )]
+    NotRegistered { column: String, keyring: String },
 
     /// keyring_create of a name that exists.
     #[error("keyring \"{0}\" already exists")]
@@ -350,6 +355,7 @@ impl KeysError {
             KeysError::KeyringDestroyed(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             KeysError::KeyringExists(_) => ERRCODE_DUPLICATE_OBJECT,     // 42710
             KeysError::UnknownKeyring(_) => ERRCODE_UNDEFINED_OBJECT,    // 42704
+            KeysError::NotRegistered { .. } => ERRCODE_UNDEFINED_OBJECT, // 42704
             KeysError::KeyringLocked(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             KeysError::WrongSecret(_) => ERRCODE_INVALID_PASSWORD,       // 28P01
             KeysError::WrongKeyringKind(_) => ERRCODE_WRONG_OBJECT_TYPE, // 42809

@@ -7,6 +7,7 @@ use pgrx::prelude::*;
 mod activation;
 mod api;
 mod audit;
+mod blindindex;
 mod context;
 mod crypto;
 mod datakey;

@@ -1,6 +1,6 @@
 //! Pure cryptography of the keys derived from a data key for purposes other than AES-GCM: message
 //! signatures (`hmac_sign`), webhook signatures (`t=<unix>,v1=<hex>`) and their receivers'
-//! secrets. No pgrx types here, so everything is covered by plain `#[test]`s.
+//! secrets, and blind indexes. No pgrx types here, so everything is covered by plain `#[test]`s.
 //!
 //! Every data key version has one MAC key, HMAC-SHA256(data key, "meshhook_keys mac key v1"),
 //! computed when the version is unwrapped; each purpose and context has its own subkey of it,
@@ -15,6 +15,9 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 pub const MAC_LEN: usize = 32;
+/// A blind index is a MAC truncated to 128 bits: distinct values of a column do not collide in
+/// practice, so an equality search needs no second check.
+pub const BLIND_INDEX_LEN: usize = 16;
 /// The label of a data key's MAC key.
 pub const MAC_KEY_LABEL: &[u8] = b"meshhook_keys mac key v1";
 /// The prefix of a signature made by `hmac_sign`: `meshhook:v<version>:<64 hex digits>`.
@@ -35,6 +38,8 @@ pub enum Purpose {
     Signature,
     /// The webhook receiver's secret (`webhook_secret`), which keys `webhook_sign`.
     Webhook,
+    /// `blind_index`.
+    BlindIndex,
 }
 
 impl Purpose {
@@ -42,6 +47,7 @@ impl Purpose {
         match self {
             Purpose::Signature => b"signature v1",
             Purpose::Webhook => b"webhook v1",
+            Purpose::BlindIndex => b"blind index v1",
         }
     }
 }
@@ -86,6 +92,16 @@ impl MacKey {
         )
     }
 
+    /// The blind index of `value` under `context`: the first [`BLIND_INDEX_LEN`] bytes of its
+    /// MAC, equal for equal values and for nothing else (docs/src/blind-index.md says what that
+    /// reveals).
+    pub fn blind_index(&self, context: &[u8], value: &[u8]) -> [u8; BLIND_INDEX_LEN] {
+        let full = hmac_sha256(self.subkey(Purpose::BlindIndex, context).as_ref(), &[value]);
+        let mut out = [0u8; BLIND_INDEX_LEN];
+        out.copy_from_slice(&full[..BLIND_INDEX_LEN]);
+        out
+    }
+
     /// The secret a webhook receiver of `context` holds: `whsec_` and 64 hex digits. As in
     /// Stripe's scheme, the whole string (its ASCII bytes) is the HMAC key, so a receiver's
     /// existing verifier code works unchanged.
@@ -124,15 +140,29 @@ pub fn format_signature(version: i32, mac: &[u8; MAC_LEN]) -> String {
 pub fn parse_signature(s: &str) -> Option<(i32, [u8; MAC_LEN])> {
     let rest = s.strip_prefix(SIGNATURE_PREFIX)?;
     let (version, hexed) = rest.split_once(':')?;
-    if version.is_empty() || version.len() > 10 || !version.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let version: i32 = version.parse().ok()?;
-    Some((version, parse_mac(hexed)?))
+    Some((
+        canonical_number(version, 10)?.try_into().ok()?,
+        parse_mac(hexed)?,
+    ))
 }
 
+/// A number written as [`format_signature`] and [`format_header`] write it: decimal digits, at
+/// most `max_digits`, no sign and no leading zero (so that one signature has one spelling only).
+fn canonical_number(s: &str, max_digits: usize) -> Option<i64> {
+    let ok = !s.is_empty()
+        && s.len() <= max_digits
+        && s.bytes().all(|b| b.is_ascii_digit())
+        && (s == "0" || !s.starts_with('0'));
+    if ok { s.parse().ok() } else { None }
+}
+
+/// 64 lowercase hex digits, as `hex::encode` writes them.
 fn parse_mac(hexed: &str) -> Option<[u8; MAC_LEN]> {
-    if hexed.len() != 2 * MAC_LEN {
+    if hexed.len() != 2 * MAC_LEN
+        || !hexed
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return None;
     }
     let mut mac = [0u8; MAC_LEN];
@@ -153,9 +183,11 @@ pub fn format_header(timestamp: i64, macs: &[[u8; MAC_LEN]]) -> String {
 }
 
 /// The timestamp and `v1` signatures of a webhook header; `None` when it is not one: no `t`, two
-/// of them, a `t` that is not a non-negative number of seconds, a malformed `v1`, no `v1` at all,
-/// more than [`MAX_HEADER_SIGNATURES`], or longer than [`MAX_HEADER_LEN`]. Other schemes (`v0=`)
-/// are skipped, as receivers do.
+/// of them, a `t` that is not a non-negative number of seconds written without a leading zero, a
+/// `v1` that is not 64 lowercase hex digits, no `v1` at all, more than [`MAX_HEADER_SIGNATURES`],
+/// or longer than [`MAX_HEADER_LEN`]. Spaces around an item are allowed (ASCII spaces only).
+/// Other schemes (`v0=`) are skipped, as receivers do. One header has one spelling: a receiver
+/// that remembers the headers it saw cannot be handed the same one written differently.
 pub fn parse_header(s: &str) -> Option<(i64, Vec<[u8; MAC_LEN]>)> {
     if s.len() > MAX_HEADER_LEN {
         return None;
@@ -163,17 +195,13 @@ pub fn parse_header(s: &str) -> Option<(i64, Vec<[u8; MAC_LEN]>)> {
     let mut timestamp = None;
     let mut macs = Vec::new();
     for item in s.split(',') {
-        let (k, v) = item.trim().split_once('=')?;
+        let (k, v) = item.trim_matches(' ').split_once('=')?;
         match k {
             "t" => {
-                if timestamp.is_some()
-                    || v.is_empty()
-                    || v.len() > 18
-                    || !v.bytes().all(|b| b.is_ascii_digit())
-                {
+                if timestamp.is_some() {
                     return None;
                 }
-                timestamp = Some(v.parse::<i64>().ok()?);
+                timestamp = Some(canonical_number(v, 18)?);
             }
             WEBHOOK_SCHEME => {
                 if macs.len() == MAX_HEADER_SIGNATURES {
@@ -244,6 +272,10 @@ mod tests {
             &format!("{s}0"),
             &s.replace("meshhook", "vault"),
             &format!("{}g", &s[..s.len() - 1]),
+            &s.to_uppercase(),
+            &format!("meshhook:v{}", &s["meshhook:v".len()..].to_uppercase()),
+            &s.replace(":v12:", ":v012:"),
+            &s.replace(":v12:", ":v+12:"),
         ] {
             assert_eq!(parse_signature(bad), None, "{bad:?}");
         }
@@ -259,6 +291,14 @@ mod tests {
             parse_header(&format!("{h},v0=abc")),
             Some((1700000000, vec![a, b]))
         );
+        assert_eq!(
+            parse_header(&h.replace(',', ", ")),
+            Some((1700000000, vec![a, b]))
+        );
+        assert_eq!(
+            parse_header(&format!("t=0,v1={}", hex::encode(a))),
+            Some((0, vec![a]))
+        );
         let one = format!("v1={}", hex::encode(a));
         for bad in [
             String::new(),
@@ -273,9 +313,29 @@ mod tests {
             "t=1,v1=00".to_string(),
             format!("t=1,{}", vec![one.as_str(); 33].join(",")),
             format!("t=1,{one},x={}", "y".repeat(9000)),
+            format!("t=01,{one}"),
+            format!("t=1,v1={}", hex::encode([0xabu8; 32]).to_uppercase()),
+            format!("t=1,\t{one}"),
+            format!("t=1,\u{a0}{one}"),
         ] {
             assert_eq!(parse_header(&bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn blind_index_is_separated_and_truncated() {
+        let k = key();
+        let i = k.blind_index(b"users.email", b"a@example.com");
+        assert_eq!(i, k.blind_index(b"users.email", b"a@example.com"));
+        assert_ne!(i, k.blind_index(b"users.phone", b"a@example.com"));
+        assert_ne!(i, k.blind_index(b"users.email", b"b@example.com"));
+        assert_ne!(
+            i[..],
+            k.sign(b"users.email", b"a@example.com")[..BLIND_INDEX_LEN]
+        );
+        // Python: sub = hmac.new(mk, b"blind index v1\x00users.email", sha256).digest();
+        // hmac.new(sub, b"a@example.com", sha256).hexdigest()[:32]
+        assert_eq!(hex::encode(i), "09bf357f7be2c426a93d1bf2cbe6def6");
     }
 
     #[test]

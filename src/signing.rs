@@ -89,7 +89,7 @@ fn key(v: &Version, op: &'static str) -> Result<Rc<CachedKey>> {
 }
 
 /// The versions whose signatures verify, newest first, unwrapped.
-fn verifying_keys(keyring: &str, op: &'static str) -> Result<Vec<Rc<CachedKey>>> {
+pub(crate) fn verifying_keys(keyring: &str, op: &'static str) -> Result<Vec<Rc<CachedKey>>> {
     versions(keyring, op)?
         .iter()
         .filter(|v| still_verifies(v))
@@ -159,7 +159,8 @@ pub fn unix_seconds(micros_since_2000: i64) -> Result<i64> {
 }
 
 /// The webhook header `t=<unix>,v1=<hex>...` for `payload` sent at `at` (unix seconds): one `v1`
-/// per version that signs (the active one, then every decrypt-only one, newest first).
+/// per version that signs (the active one, then the decrypt-only ones, newest first), at most
+/// [`mac::MAX_HEADER_SIGNATURES`] (about 2 KiB).
 pub fn webhook_sign(
     payload: Option<&[u8]>,
     keyring: Option<&str>,
@@ -174,7 +175,11 @@ pub fn webhook_sign(
     }
     let active = active_key_for(keyring, "signing")?;
     let mut macs = vec![active.mac.webhook_signature(context, at, payload)];
+    // (newest first, and no more than a receiver reads: webhook_verify refuses a header with more)
     for v in versions(keyring, "signing")? {
+        if macs.len() == mac::MAX_HEADER_SIGNATURES {
+            break;
+        }
         if v.state == KeyState::DecryptOnly && v.has_material {
             let key = key(&v, "signing")?;
             macs.push(key.mac.webhook_signature(context, at, payload));
@@ -254,14 +259,7 @@ pub fn webhook_secret(
         });
     }
     let key = key(v, "signing")?;
-    crate::audit::lock_chain()?;
-    crate::audit::record(
-        "webhook_secret",
-        Some(keyring),
-        Some(v.version),
-        Some(v.key_id),
-        None,
-        serde_json::json!({ "context": context }),
-    )?;
+    // (durably, in a transaction of its own: rolling the caller's back keeps the secret it got)
+    crate::audit::record_disclosure("webhook_secret", keyring, v.version, context);
     Ok(key.mac.webhook_secret(context.as_bytes()))
 }

@@ -1,5 +1,6 @@
 //! The SQL-callable surface. Thin: argument checks, then the modules that do the work.
 
+pub mod blindindex;
 pub mod health;
 pub mod keys;
 pub mod plain;

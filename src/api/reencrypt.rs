@@ -84,6 +84,29 @@ fn _reencrypt_try(
     reencrypt::try_row(token, &row, ciphertext, context).or_raise()
 }
 
+/// Internal to re-encryption: `_reencrypt_try` for a column with a blind index, which also
+/// computes the row's index under the target key for `index_context`, for `_reencrypt_index`.
+/// Executable by PUBLIC; a batch's UPDATE calls it as the table's owner, whoever that is, and it
+/// refuses (42501) any call but that statement's.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _reencrypt_try_indexed(
+    token: Option<&[u8]>,
+    row: pg_sys::ItemPointerData,
+    ciphertext: Option<&[u8]>,
+    context: Option<&str>,
+    index_context: Option<&str>,
+) -> bool {
+    reencrypt::try_row_indexed(token, &row, ciphertext, context, Some(index_context)).or_raise()
+}
+
+/// Internal to re-encryption: the blind index `_reencrypt_try_indexed` computed for this same row.
+/// Executable by PUBLIC; a batch's UPDATE calls it as the table's owner, whoever that is, and it
+/// refuses (42501) any call but that statement's.
+#[pg_extern(volatile, parallel_unsafe, strict)]
+fn _reencrypt_index(token: &[u8], row: pg_sys::ItemPointerData) -> Vec<u8> {
+    reencrypt::take_index(token, &row).or_raise().to_vec()
+}
+
 /// Internal to re-encryption: the new envelope `_reencrypt_try` prepared for this same row.
 /// Executable by PUBLIC; a batch's UPDATE calls it as the table's owner, whoever that is, and it
 /// refuses (42501) any call but that statement's.

@@ -264,18 +264,36 @@ fn update_window(
     let first = token_param + 1;
     let on_keys_t = on_keys_test(&format!("t.{c}"), first, ranges.len() / 2);
     let on_keys_s = on_keys_test(&format!("s.{c}"), first, ranges.len() / 2);
+    // A column with a blind index: the index is recomputed under the target key beside the
+    // envelope (from the plaintext `_reencrypt_try_indexed` holds anyway).
+    let (set_index, try_fn) = match &col.index {
+        None => (
+            String::new(),
+            format!("meshhook_keys._reencrypt_try(${token_param}, t.ctid, t.{c}, {ctx})"),
+        ),
+        Some(ix) => (
+            format!(
+                ", {} = meshhook_keys._reencrypt_index(${token_param}, t.ctid)",
+                quote_identifier(&ix.column)
+            ),
+            format!(
+                "meshhook_keys._reencrypt_try_indexed(${token_param}, t.ctid, t.{c}, {ctx}, {})",
+                context_item(&ix.context_expr)
+            ),
+        ),
+    };
     // `_reencrypt_try` is a filter evaluated after the TID and key-id conditions (it is declared
     // costly), and `_reencrypt_take` is evaluated for the same row right after it passes; take
     // checks the ctid.
     let sql = match limit {
         None => format!(
-            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(${token_param}, t.ctid)
+            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(${token_param}, t.ctid){set_index}
               WHERE t.ctid OPERATOR(pg_catalog.>=) $1::text::tid AND t.ctid OPERATOR(pg_catalog.<) $2::text::tid
                 AND {on_keys_t}
-                AND meshhook_keys._reencrypt_try(${token_param}, t.ctid, t.{c}, {ctx})"
+                AND {try_fn}"
         ),
         Some(_) => format!(
-            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(${token_param}, t.ctid)
+            "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(${token_param}, t.ctid){set_index}
               WHERE t.ctid OPERATOR(pg_catalog.=) ANY (ARRAY(
                       SELECT s.ctid FROM ONLY {table} AS s
                        WHERE s.ctid OPERATOR(pg_catalog.>=) $1::text::tid AND s.ctid OPERATOR(pg_catalog.<) $2::text::tid
@@ -283,7 +301,7 @@ fn update_window(
                        ORDER BY s.ctid
                        LIMIT $3
                        FOR UPDATE OF s SKIP LOCKED))
-                AND meshhook_keys._reencrypt_try(${token_param}, t.ctid, t.{c}, {ctx})"
+                AND {try_fn}"
         ),
     };
     let lo = tid_text(from);

@@ -35,8 +35,9 @@ mod user_held;
 
 pub use batch::batch;
 pub use registry::{
-    Column, as_role, columns_of_keyring, key_usage, register, rows_on_key, unregister,
+    Column, as_role, columns_of_keyring, key_usage, register, register_index, rows_on_key,
+    unregister,
 };
 pub(crate) use registry::{context_item, key_ranges, on_keys_test};
-pub use rows::{take_row, try_row};
+pub use rows::{take_index, take_row, try_row, try_row_indexed};
 pub use user_held::rotate_secret as rotate_user_held_secret;

@@ -30,6 +30,15 @@ pub struct Column {
     pub table: Option<String>,
     /// The table's owner, as whom the context expression and the row scans run.
     pub owner: pg_sys::Oid,
+    /// The column's blind index, if one was registered (register_blind_index): re-encryption
+    /// recomputes it under the target key.
+    pub index: Option<BlindIndexColumn>,
+}
+
+/// A registered column's blind index column and the expression (over the row) of its context.
+pub struct BlindIndexColumn {
+    pub column: String,
+    pub context_expr: Option<String>,
 }
 
 impl Column {
@@ -42,6 +51,7 @@ impl Column {
             context_expr,
             table: Some(qualified_name(rel)?),
             owner: table_owner(rel)?,
+            index: None,
         })
     }
 
@@ -183,10 +193,15 @@ pub(crate) fn context_item(expr: &Option<String>) -> String {
 /// Check a context expression the way the job will run it: as the table owner, restricted, planned
 /// (not executed) against the table. Raises PostgreSQL's own error if it does not parse or plan.
 fn validate_context_expr(col: &Column) -> Result<()> {
+    validate_expr(col, &col.context_expr)
+}
+
+/// [`validate_context_expr`] for any expression over the column's table.
+fn validate_expr(col: &Column, expr: &Option<String>) -> Result<()> {
     let table = col.table()?;
     let sql = format!(
         "SELECT {} FROM ONLY {table} AS t LIMIT 0",
-        context_item(&col.context_expr)
+        context_item(expr)
     );
     let owner = col.owner;
     as_role(owner, || -> Result<()> {
@@ -361,7 +376,7 @@ pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
     plans::select(
         "SELECT c.id, c.rel::oid, c.column_name::text, c.context_expr,
                     CASE WHEN r.oid IS NOT NULL THEN pg_catalog.format('%I.%I', n.nspname, r.relname) END,
-                    r.relowner
+                    r.relowner, c.blind_index_column::text, c.blind_index_context
                FROM meshhook_keys.encrypted_column c
                LEFT JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) c.rel
                LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
@@ -377,6 +392,15 @@ pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
                 context_expr: row.get::<String>(4)?,
                 table: row.get::<String>(5)?,
                 owner: row.get::<pg_sys::Oid>(6)?.unwrap_or(pg_sys::InvalidOid),
+                index: row
+                    .get::<String>(7)?
+                    .map(|column| -> Result<BlindIndexColumn> {
+                        Ok(BlindIndexColumn {
+                            column,
+                            context_expr: row.get::<String>(8)?,
+                        })
+                    })
+                    .transpose()?,
             });
         }
         Ok(out)
@@ -431,6 +455,97 @@ fn refuse_extension_table(rel: pg_sys::Oid) -> Result<()> {
 /// bytea, and the expression passes [`validate_context_expr`]. Audited. Returns the registration id.
 pub fn register(rel: pg_sys::Oid, col: &str, context: Option<&str>, keyring: &str) -> Result<i32> {
     refuse_extension_table(rel)?;
+    check_owned_bytea_column(rel, col, "ciphertext")?;
+    let context = context.filter(|c| !c.trim().is_empty()).map(str::to_string);
+    let column = Column::resolve(rel, col, context.clone())?;
+    validate_context_expr(&column)?;
+    let id = Spi::get_one_with_args::<i32>(
+        "INSERT INTO meshhook_keys.encrypted_column (rel, column_name, context_expr, keyring)
+         VALUES ($1::oid::regclass, $2, $3, $4)
+         ON CONFLICT (rel, column_name, keyring) DO UPDATE
+            SET context_expr = EXCLUDED.context_expr,
+                registered_at = pg_catalog.now(), registered_by = session_user
+         RETURNING id",
+        &[
+            rel.into(),
+            col.into(),
+            context.clone().into(),
+            keyring.into(),
+        ],
+    )?
+    .ok_or_else(|| KeysError::Internal("registration id is NULL".into()))?;
+    audit::record(
+        "register_column",
+        Some(keyring),
+        None,
+        None,
+        None,
+        serde_json::json!({ "table_oid": rel.to_u32(), "column": col, "context_expr": context }),
+    )?;
+    Ok(id)
+}
+
+/// Name the blind index column of a registered column (`index_col` `None`: forget it), with the
+/// SQL expression over the row that gives the index's context: re-encryption then recomputes the
+/// index of every row it moves. Refused unless the column is registered for `keyring`, the caller
+/// acts with the table owner's privileges, the index column is another bytea column of the table,
+/// and the expression passes the checks of a context expression. Audited.
+pub fn register_index(
+    rel: pg_sys::Oid,
+    col: &str,
+    keyring: &str,
+    index_col: Option<&str>,
+    index_context: Option<&str>,
+) -> Result<()> {
+    refuse_extension_table(rel)?;
+    check_owned_bytea_column(rel, col, "ciphertext")?;
+    let id = Spi::get_one_with_args::<i32>(
+        "SELECT id FROM meshhook_keys.encrypted_column
+          WHERE rel OPERATOR(pg_catalog.=) $1::oid::regclass AND column_name OPERATOR(pg_catalog.=) $2 AND keyring OPERATOR(pg_catalog.=) $3",
+        &[rel.into(), col.into(), keyring.into()],
+    )?
+    .ok_or_else(|| KeysError::NotRegistered {
+        column: col.into(),
+        keyring: keyring.into(),
+    })?;
+    let index_context = index_context
+        .filter(|c| !c.trim().is_empty())
+        .map(str::to_string);
+    if let Some(ix) = index_col {
+        if ix == col {
+            return Err(KeysError::InvalidArgument(
+                "the blind index column must be another column than the ciphertext's".into(),
+            ));
+        }
+        check_owned_bytea_column(rel, ix, "blind index")?;
+        let column = Column::resolve(rel, col, None)?;
+        validate_expr(&column, &index_context)?;
+    }
+    Spi::run_with_args(
+        "UPDATE meshhook_keys.encrypted_column SET blind_index_column = $2, blind_index_context = $3
+          WHERE id OPERATOR(pg_catalog.=) $1",
+        &[
+            id.into(),
+            index_col.into(),
+            index_context.clone().into(),
+        ],
+    )?;
+    audit::record(
+        "register_blind_index",
+        Some(keyring),
+        None,
+        None,
+        None,
+        serde_json::json!({ "table_oid": rel.to_u32(), "column": col,
+                            "blind_index_column": index_col, "blind_index_context": index_context }),
+    )?;
+    Ok(())
+}
+
+/// Refuse unless `col` is a bytea column of the ordinary table `rel` and the caller acts with the
+/// table owner's privileges (the expressions over its rows will be evaluated as that owner).
+/// `what` names the column's role in the errors.
+fn check_owned_bytea_column(rel: pg_sys::Oid, col: &str, what: &str) -> Result<()> {
     let (relkind, owner, attnum, typname) = Spi::connect(|c| {
         let t = c.select(
                 "SELECT c.relkind::text, c.relowner,
@@ -471,37 +586,11 @@ pub fn register(rel: pg_sys::Oid, col: &str, context: Option<&str>, keyring: &st
     }
     if typname.as_deref() != Some("bytea") {
         return Err(KeysError::DatatypeMismatch(format!(
-            "column \"{col}\" is of type {}, but ciphertext columns must be bytea",
+            "column \"{col}\" is of type {}, but {what} columns must be bytea",
             typname.unwrap_or_default()
         )));
     }
-    let context = context.filter(|c| !c.trim().is_empty()).map(str::to_string);
-    let column = Column::resolve(rel, col, context.clone())?;
-    validate_context_expr(&column)?;
-    let id = Spi::get_one_with_args::<i32>(
-        "INSERT INTO meshhook_keys.encrypted_column (rel, column_name, context_expr, keyring)
-         VALUES ($1::oid::regclass, $2, $3, $4)
-         ON CONFLICT (rel, column_name, keyring) DO UPDATE
-            SET context_expr = EXCLUDED.context_expr,
-                registered_at = pg_catalog.now(), registered_by = session_user
-         RETURNING id",
-        &[
-            rel.into(),
-            col.into(),
-            context.clone().into(),
-            keyring.into(),
-        ],
-    )?
-    .ok_or_else(|| KeysError::Internal("registration id is NULL".into()))?;
-    audit::record(
-        "register_column",
-        Some(keyring),
-        None,
-        None,
-        None,
-        serde_json::json!({ "table_oid": rel.to_u32(), "column": col, "context_expr": context }),
-    )?;
-    Ok(id)
+    Ok(())
 }
 
 /// Forget a registered column, for one keyring or (`keyring` `None`) all of them, with any running

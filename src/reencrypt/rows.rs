@@ -6,7 +6,9 @@
 //! extension owner, while the statement itself runs as the table's owner). Outside an armed
 //! statement they raise; the armed state is cleared when the statement ends, also when it raises.
 //! `_reencrypt_take` gives only the envelope made for the same ctid by the `_reencrypt_try` just
-//! before it. A row that does not decrypt is kept as a failure (its ctid, SQLSTATE and message,
+//! before it. A column with a blind index (crate::blindindex) is tried by `_reencrypt_try_indexed`,
+//! which also computes the value's index under the target key from the plaintext it holds anyway,
+//! for `_reencrypt_index` to write beside the envelope. A row that does not decrypt is kept as a failure (its ctid, SQLSTATE and message,
 //! never its value) and left as it is.
 
 use crate::crypto;
@@ -55,6 +57,9 @@ pub(super) struct Armed {
     stash: Option<Tid>,
     /// The last new envelope (reused from row to row: no allocation per row).
     envelope: Vec<u8>,
+    /// The blind index of the row `_reencrypt_try_indexed` last accepted, until
+    /// `_reencrypt_index` writes it.
+    index: Option<(Tid, [u8; crate::mac::BLIND_INDEX_LEN])>,
     /// Where a row's plaintext is between its opening and its sealing (reused, wiped after each
     /// row).
     plain: Zeroizing<Vec<u8>>,
@@ -88,6 +93,7 @@ impl Armed {
             target,
             stash: None,
             envelope: Vec::new(),
+            index: None,
             plain: Zeroizing::new(Vec::new()),
             token: {
                 let mut t = [0u8; TOKEN_LEN];
@@ -136,12 +142,33 @@ pub fn try_row(
     ciphertext: Option<&[u8]>,
     context: Option<&str>,
 ) -> Result<bool> {
+    try_row_indexed(token, tid, ciphertext, context, None)
+}
+
+/// How `_reencrypt_try_indexed` is told the row's blind index context: `Some(None)` when the
+/// index context expression returned NULL for the row.
+pub type IndexContext<'a> = Option<Option<&'a str>>;
+
+/// `_reencrypt_try` that also computes the row's blind index under the target key for
+/// `index_context` (`None`: no index), from the plaintext it holds between opening and sealing.
+pub fn try_row_indexed(
+    token: Option<&[u8]>,
+    tid: &pg_sys::ItemPointerData,
+    ciphertext: Option<&[u8]>,
+    context: Option<&str>,
+    index_context: IndexContext<'_>,
+) -> Result<bool> {
     ARMED.with_borrow_mut(|armed| {
         let Some(armed) = armed.as_mut().filter(|a| a.is_called_with(token)) else {
-            return Err(KeysError::NotInBatch("meshhook_keys._reencrypt_try"));
+            return Err(KeysError::NotInBatch(if index_context.is_some() {
+                "meshhook_keys._reencrypt_try_indexed"
+            } else {
+                "meshhook_keys._reencrypt_try"
+            }));
         };
         let tid = tid_of(tid);
         armed.stash = None;
+        armed.index = None;
         let Some(old) = ciphertext else {
             return Ok(false);
         };
@@ -166,6 +193,10 @@ pub fn try_row(
                 KeysError::Internal(String::new()).sqlstate_code(),
                 "the context expression returned NULL for this row".to_string(),
             )),
+            (Ok(_), Some(_)) if index_context == Some(None) => Err((
+                KeysError::Internal(String::new()).sqlstate_code(),
+                "the blind index context expression returned NULL for this row".to_string(),
+            )),
             (Ok(key), Some(ctx)) => {
                 // (opened into the reused plaintext buffer, sealed from it into the reused envelope
                 // buffer, and the plaintext wiped at once, whether it opened or not)
@@ -173,6 +204,10 @@ pub fn try_row(
                 armed.plain.resize(len, 0);
                 let opened = crypto::open_into(&key.cipher, old, ctx.as_bytes(), &mut armed.plain);
                 if opened.is_ok() {
+                    if let Some(Some(ictx)) = index_context {
+                        let ix = armed.target.mac.blind_index(ictx.as_bytes(), &armed.plain);
+                        armed.index = Some((tid, ix));
+                    }
                     armed.envelope.resize(crypto::MIN_ENVELOPE_LEN + len, 0);
                     crypto::seal_into(
                         &armed.target.cipher,
@@ -221,6 +256,25 @@ pub fn take_row<T>(
             Some(t) if t == tid_of(tid) => Ok(made(&armed.envelope)),
             _ => Err(KeysError::Internal(
                 "re-encryption row order broken: no envelope prepared for this row".into(),
+            )),
+        }
+    })
+}
+
+/// `_reencrypt_index(token, ctid)`: the blind index `_reencrypt_try_indexed` computed for this
+/// same row; refused unless called with the statement's token.
+pub fn take_index(
+    token: &[u8],
+    tid: &pg_sys::ItemPointerData,
+) -> Result<[u8; crate::mac::BLIND_INDEX_LEN]> {
+    ARMED.with_borrow_mut(|armed| {
+        let Some(armed) = armed.as_mut().filter(|a| a.is_called_with(Some(token))) else {
+            return Err(KeysError::NotInBatch("meshhook_keys._reencrypt_index"));
+        };
+        match armed.index.take() {
+            Some((t, ix)) if t == tid_of(tid) => Ok(ix),
+            _ => Err(KeysError::Internal(
+                "re-encryption row order broken: no blind index prepared for this row".into(),
             )),
         }
     })

@@ -48,6 +48,9 @@ SELECT sqlstate_of('SELECT meshhook_keys.hmac_verify(''x'', ''meshhook:v1:00'', 
 SELECT sqlstate_of('SELECT meshhook_keys.webhook_sign(''x'', ''default'')');
 SELECT sqlstate_of('SELECT meshhook_keys.webhook_verify(''x'', ''t=1'', ''default'')');
 SELECT sqlstate_of('SELECT meshhook_keys.webhook_secret(''default'')');
+SELECT sqlstate_of('SELECT meshhook_keys.blind_index(''x'', ''default'')');
+SELECT sqlstate_of('SELECT meshhook_keys.blind_index_candidates(''x'', ''default'')');
+SELECT sqlstate_of('SELECT meshhook_keys.register_blind_index(''pg_class'', ''relname'', ''relname'')');
 SELECT sqlstate_of('SELECT meshhook_keys.keys_rotate()');
 SELECT sqlstate_of('SELECT meshhook_keys.ciphertext_key_id(''\x00''::bytea)');
 SELECT sqlstate_of('SELECT * FROM meshhook_keys.data_key');

@@ -68,10 +68,7 @@ SELECT 1 AS version, meshhook_keys.webhook_secret('wh', 'endpoint:1') AS secret;
 SELECT secret ~ '^whsec_[0-9a-f]{64}$' AS looks_like_a_secret,
        secret <> meshhook_keys.webhook_secret('wh', 'endpoint:2') AS per_endpoint
   FROM secrets;
--- the disclosure is audited, the secret is not in the audit row
-SELECT action, keyring, version, detail->>'context' AS context,
-       detail::text LIKE '%' || (SELECT substr(secret, 7) FROM secrets) || '%' AS secret_in_row
-  FROM meshhook_keys.audit_log WHERE action = 'webhook_secret' ORDER BY id LIMIT 1;
+-- (each disclosure is audited in a transaction of its own: checked after this one rolls back)
 CREATE TEMP TABLE hooks1 AS
 SELECT meshhook_keys.webhook_sign('{"event": "paid"}', 'wh', 'endpoint:1', '2026-12-07 10:00:00+00') AS h;
 SELECT h ~ '^t=1796637600,v1=[0-9a-f]{64}$' AS one_signature FROM hooks1;
@@ -89,6 +86,14 @@ SELECT meshhook_keys.webhook_verify('p', meshhook_keys.webhook_sign('p', 'wh', '
 SELECT meshhook_keys.webhook_verify('p', g, 'wh', 'endpoint:1') AS garbage
   FROM unnest(ARRAY['', 't=1', 'v1=' || repeat('0', 64), 't=x,v1=' || repeat('0', 64),
                     't=1,t=2,v1=' || repeat('0', 64), 't=1,v1=00', repeat('t=1,', 3000)]) g;
+-- one header, one spelling: a leading zero in t, an upper-case signature or a non-ASCII space
+-- around an item is refused (a receiver that remembers the headers it saw cannot be replayed the
+-- same one written differently); ASCII spaces after the commas are fine
+SELECT meshhook_keys.webhook_verify('{"event": "paid"}', replace(h, 't=', 't=0'), 'wh', 'endpoint:1', '5 minutes', '2026-12-07 10:00:00+00') AS leading_zero,
+       meshhook_keys.webhook_verify('{"event": "paid"}', 't=1796637600,v1=' || upper(substr(h, 17)), 'wh', 'endpoint:1', '5 minutes', '2026-12-07 10:00:00+00') AS upper_case,
+       meshhook_keys.webhook_verify('{"event": "paid"}', replace(h, ',', ',' || chr(160)), 'wh', 'endpoint:1', '5 minutes', '2026-12-07 10:00:00+00') AS nbsp,
+       meshhook_keys.webhook_verify('{"event": "paid"}', replace(h, ',', ', '), 'wh', 'endpoint:1', '5 minutes', '2026-12-07 10:00:00+00') AS ascii_space
+  FROM hooks1;
 SELECT sqlstate_of($$SELECT meshhook_keys.webhook_verify('p', 't=1,v1=00', 'wh', '', '-1 second')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.webhook_verify('p', 't=1,v1=00', 'wh', '', NULL)$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.webhook_sign('p', 'wh', '', 'infinity')$$);
@@ -128,6 +133,13 @@ SELECT meshhook_keys.hmac_verify('{"id": 1}', s, 'hooks', 'endpoint:1') AS v1_si
 SELECT sqlstate_of($$SELECT meshhook_keys.webhook_secret('wh', 'endpoint:1', 1)$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.webhook_secret('wh', 'endpoint:1', 7)$$);
 
+-- however many versions still sign, the header carries at most 32 signatures (the active version
+-- and the newest decrypt-only ones), which webhook_verify reads
+DO $$ BEGIN FOR i IN 1..40 LOOP PERFORM meshhook_keys.keys_rotate('wh-many', 'version ' || i); END LOOP; END $$;
+SELECT array_length(string_to_array(h, ','), 1) - 1 AS signatures, length(h) < 2300 AS bytes_bounded,
+       meshhook_keys.webhook_verify('p', h, 'wh-many', 'c') AS verifies
+  FROM (SELECT meshhook_keys.webhook_sign('p', 'wh-many', 'c') AS h) x;
+
 -- a user-held keyring signs only while unlocked
 SELECT version FROM meshhook_keys.keyring_create_user_held('user:hooks', 'signing-passphrase-1');
 CREATE TEMP TABLE held AS SELECT meshhook_keys.hmac_sign('p', 'user:hooks') AS s;
@@ -143,3 +155,54 @@ SELECT 1 FROM meshhook_keys.keyring_destroy('hooks-other', 'done with it');
 SELECT sqlstate_of($$SELECT meshhook_keys.hmac_sign('p', 'hooks-other')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.hmac_verify('p', 'meshhook:v1:' || repeat('0', 64), 'hooks-other')$$);
 ROLLBACK;
+
+-- every disclosure of a receiver's secret was audited in a transaction of its own: the rows are
+-- there although the transaction that got the secrets rolled back (wait for the audit writers,
+-- which waited for this transaction to release the audit chain), and none holds a secret
+DO $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '30 seconds';
+BEGIN
+    WHILE (SELECT count(*) FROM meshhook_keys.audit_log WHERE action = 'webhook_secret') < 4
+          AND clock_timestamp() < deadline LOOP
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT action, outcome, keyring, version, detail->>'context' AS context
+  FROM meshhook_keys.audit_log WHERE action = 'webhook_secret' ORDER BY version, detail->>'context', id;
+SELECT count(*) AS rows_holding_a_secret FROM meshhook_keys.audit_log
+ WHERE detail::text ~ '[0-9a-f]{64}' OR detail::text LIKE '%whsec%';
+-- a rolled-back savepoint does not take the row back either; and a context too long for the
+-- audit writer is recorded by its digest, never cut
+BEGIN;
+SELECT 1 FROM meshhook_keys.keys_rotate('wh-savepoint', 'version 1');
+DO $$ BEGIN
+    BEGIN
+        PERFORM meshhook_keys.webhook_secret('wh-savepoint', 'endpoint:stealth');
+        RAISE EXCEPTION 'undo';
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+END $$;
+SELECT length(meshhook_keys.webhook_secret('wh-savepoint', repeat('x', 200))) AS secret_length;
+ROLLBACK;
+DO $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '30 seconds';
+BEGIN
+    WHILE NOT EXISTS (SELECT FROM meshhook_keys.audit_log WHERE action = 'webhook_secret' AND keyring = 'wh-savepoint' AND detail ? 'context')
+          AND clock_timestamp() < deadline LOOP
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT keyring, version, detail->>'context' AS context FROM meshhook_keys.audit_log
+ WHERE action = 'webhook_secret' AND keyring = 'wh-savepoint' AND detail ? 'context';
+DO $$
+DECLARE deadline timestamptz := clock_timestamp() + interval '30 seconds';
+BEGIN
+    WHILE NOT EXISTS (SELECT FROM meshhook_keys.audit_log WHERE action = 'webhook_secret' AND detail ? 'context_sha256')
+          AND clock_timestamp() < deadline LOOP
+        PERFORM pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT detail->>'context_sha256' = substr(encode(sha256(convert_to(repeat('x', 200), 'UTF8')), 'hex'), 1, 16) AS digest_of_the_context,
+       detail ? 'context' AS has_context
+  FROM meshhook_keys.audit_log WHERE action = 'webhook_secret' AND detail ? 'context_sha256';
+

@@ -42,6 +42,11 @@ SELECT sqlstate_of($$SELECT meshhook_keys.hmac_verify('x', 'meshhook:v1:' || rep
 SELECT sqlstate_of($$SELECT meshhook_keys.webhook_sign('x', 'project:p2')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.webhook_verify('x', 't=1,v1=' || repeat('0', 64), 'project:p2')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.webhook_secret('project:p1')$$);
+-- ... nor compute blind indexes under project p2's keys (which would let her test guesses of its
+-- values against its index column), while her own project's work
+SELECT length(meshhook_keys.blind_index('x', 'project:p1')) AS her_own_index;
+SELECT sqlstate_of($$SELECT meshhook_keys.blind_index('x', 'project:p2')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.blind_index_candidates('x', 'project:p2')$$);
 -- ... and not by copying it into her own project's row (keyring check, and the context binds it)
 INSERT INTO app.secrets (project_id, key, value_encrypted) SELECT 'p1', 'copied', c FROM stolen;
 SELECT sqlstate_of($$SELECT value FROM app.decrypted_secrets WHERE key = 'copied'$$);
