@@ -69,6 +69,8 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.hmac_verify(bytea, text, text, text) TO 
 GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_sign(bytea, text, text, timestamptz) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_verify(bytea, text, text, text, interval, timestamptz) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.datakey_generate(text, text, boolean) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.datakey_unwrap(bytea, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.blind_index(text, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.blind_index_candidates(text, text, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.register_blind_index(regclass, name, name, text, text) TO meshhook_keys_user, meshhook_keys_operator;
@@ -307,6 +309,10 @@ COMMENT ON FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) IS
     'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key, for the statement that passes the batch''s random token. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_take(bytea, tid) IS
     'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
+COMMENT ON FUNCTION meshhook_keys.datakey_generate(text, text, boolean) IS
+    'A new random 256-bit data key for encryption outside the database (Vault Transit''s datakey, AWS KMS''s GenerateDataKey) and its envelope under the active key of a keyring, bound to a context. Store the envelope, use the key and forget it; with with_plaintext => false only the envelope. The envelope is an ordinary one: counted against the encryption limit, moved by rotation, re-encryption of a registered column and rewrap. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.datakey_unwrap(bytea, text) IS
+    'The data key in an envelope made by datakey_generate, given the same context; refused (22023) when the envelope holds anything but a 256-bit key. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
 COMMENT ON FUNCTION meshhook_keys.blind_index(text, text, text) IS
     'The blind index of a value under the active version of a keyring for a context: the first 16 bytes of HMAC-SHA256 under a key derived from that version''s data key. Equal values give equal indexes, and the index reveals nothing else (equality leaks: see the Blind indexes page). Store it beside the ciphertext and search with blind_index_candidates. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
 COMMENT ON FUNCTION meshhook_keys.blind_index_candidates(text, text, text) IS

@@ -865,3 +865,33 @@ COMMENT ON FUNCTION meshhook_keys._reencrypt_try_indexed(bytea, tid, bytea, text
     'Internal to re-encryption batches: _reencrypt_try for a column with a blind index, which also computes the row''s index under the target key. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_index(bytea, tid) IS
     'Internal to re-encryption batches: the blind index _reencrypt_try_indexed computed for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
+
+-- Data keys for encryption outside the database (issue 28).
+CREATE FUNCTION meshhook_keys."datakey_generate"(
+	"keyring" TEXT,
+	"context" TEXT DEFAULT '',
+	"with_plaintext" bool DEFAULT true
+) RETURNS TABLE (
+	"data_key" bytea,
+	"envelope" bytea
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'datakey_generate_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.datakey_generate(text, text, boolean) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."datakey_unwrap"(
+	"envelope" bytea,
+	"context" TEXT DEFAULT ''
+) RETURNS bytea
+STABLE SECURITY DEFINER PARALLEL SAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'datakey_unwrap_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.datakey_unwrap(bytea, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.datakey_generate(text, text, boolean) TO meshhook_keys_user;
+GRANT EXECUTE ON FUNCTION meshhook_keys.datakey_unwrap(bytea, text) TO meshhook_keys_user;
+COMMENT ON FUNCTION meshhook_keys.datakey_generate(text, text, boolean) IS
+    'A new random 256-bit data key for encryption outside the database (Vault Transit''s datakey, AWS KMS''s GenerateDataKey) and its envelope under the active key of a keyring, bound to a context. Store the envelope, use the key and forget it; with with_plaintext => false only the envelope. The envelope is an ordinary one: counted against the encryption limit, moved by rotation, re-encryption of a registered column and rewrap. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
+COMMENT ON FUNCTION meshhook_keys.datakey_unwrap(bytea, text) IS
+    'The data key in an envelope made by datakey_generate, given the same context; refused (22023) when the envelope holds anything but a 256-bit key. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';

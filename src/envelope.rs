@@ -173,3 +173,35 @@ pub fn decrypt_in(
     }
     decrypt(Some(ciphertext), context)
 }
+
+/// A new 256-bit data key for encryption outside the database (Vault Transit's `datakey`, KMS's
+/// `GenerateDataKey`), and its envelope: sealed under the keyring's active key bound to
+/// `context` like any encryption (counted, tenant check, user-held unlock), so rotation,
+/// re-encryption and `rewrap` move it like any other envelope. The key is in a buffer wiped when
+/// it drops.
+pub fn generate_data_key(
+    keyring: Option<&str>,
+    context: Option<&str>,
+) -> Result<(zeroize::Zeroizing<[u8; crypto::KEY_LEN]>, Vec<u8>)> {
+    let mut key = zeroize::Zeroizing::new([0u8; crypto::KEY_LEN]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, key.as_mut());
+    let envelope = encrypt(Some(key.as_ref()), context, keyring)?;
+    Ok((key, envelope))
+}
+
+/// The data key in an envelope made by [`generate_data_key`]: opened as [`decrypt`] opens it, and
+/// refused (22023) when what it holds is not a 256-bit key (the length is not a secret: it is the
+/// envelope's, less its fixed overhead).
+pub fn unwrap_data_key(
+    envelope: Option<&[u8]>,
+    context: Option<&str>,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    let key = decrypt(envelope, context)?;
+    if key.len() != crypto::KEY_LEN {
+        return Err(KeysError::InvalidArgument(format!(
+            "the envelope holds {} bytes, not a 256-bit data key (made by datakey_generate)",
+            key.len()
+        )));
+    }
+    Ok(key)
+}

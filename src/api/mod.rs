@@ -1,6 +1,7 @@
 //! The SQL-callable surface. Thin: argument checks, then the modules that do the work.
 
 pub mod blindindex;
+pub mod datakeys;
 pub mod health;
 pub mod keys;
 pub mod plain;

@@ -51,6 +51,8 @@ SELECT sqlstate_of('SELECT meshhook_keys.webhook_secret(''default'')');
 SELECT sqlstate_of('SELECT meshhook_keys.blind_index(''x'', ''default'')');
 SELECT sqlstate_of('SELECT meshhook_keys.blind_index_candidates(''x'', ''default'')');
 SELECT sqlstate_of('SELECT meshhook_keys.register_blind_index(''pg_class'', ''relname'', ''relname'')');
+SELECT sqlstate_of('SELECT * FROM meshhook_keys.datakey_generate(''default'')');
+SELECT sqlstate_of('SELECT meshhook_keys.datakey_unwrap(''\x00''::bytea)');
 SELECT sqlstate_of('SELECT meshhook_keys.keys_rotate()');
 SELECT sqlstate_of('SELECT meshhook_keys.ciphertext_key_id(''\x00''::bytea)');
 SELECT sqlstate_of('SELECT * FROM meshhook_keys.data_key');

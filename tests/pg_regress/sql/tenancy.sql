@@ -47,6 +47,10 @@ SELECT sqlstate_of($$SELECT meshhook_keys.webhook_secret('project:p1')$$);
 SELECT length(meshhook_keys.blind_index('x', 'project:p1')) AS her_own_index;
 SELECT sqlstate_of($$SELECT meshhook_keys.blind_index('x', 'project:p2')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.blind_index_candidates('x', 'project:p2')$$);
+-- ... nor have data keys made or unwrapped under project p2's keys
+SELECT length(data_key) AS her_own_data_key FROM meshhook_keys.datakey_generate('project:p1', 'file');
+SELECT sqlstate_of($$SELECT * FROM meshhook_keys.datakey_generate('project:p2', 'file')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.datakey_unwrap(c, 'p2/slack') FROM stolen$$);
 -- ... and not by copying it into her own project's row (keyring check, and the context binds it)
 INSERT INTO app.secrets (project_id, key, value_encrypted) SELECT 'p1', 'copied', c FROM stolen;
 SELECT sqlstate_of($$SELECT value FROM app.decrypted_secrets WHERE key = 'copied'$$);
