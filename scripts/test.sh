@@ -74,6 +74,11 @@ client_suites() {
         "$REPO_ROOT/tests/client/scheduler.sh"
         say "PostgreSQL $1: logical replication suite (a subscriber of the key tables)"
         "$REPO_ROOT/tests/client/logical.sh"
+        if [ "$1" -ge 16 ]; then
+            # (psql's \bind, which it needs to pass the wrapping key as a parameter, is 16's)
+            say "PostgreSQL $1: keyring transfer suite (two clusters, different root keys)"
+            "$REPO_ROOT/tests/client/transfer.sh"
+        fi
         say "PostgreSQL $1: pooler suite (every feature behind a real PgBouncer)"
         "$REPO_ROOT/tests/client/pooler.sh"
         say "PostgreSQL $1: log suite (no secret in the server log at default settings, no backtrace in errors)"

@@ -18,6 +18,11 @@ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_operator') THEN
         CREATE ROLE meshhook_keys_operator NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION;
     END IF;
+    -- Custody of the key material (0.5.0, issue 28): keyring_export and keyring_import, which hand
+    -- out or take in every key of a keyring. Granted to nobody, not even meshhook_keys_admin.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_custodian') THEN
+        CREATE ROLE meshhook_keys_custodian NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION;
+    END IF;
 END
 $roles$;
 -- An admin is the combined grant for small deployments: everything a user and an operator can do.

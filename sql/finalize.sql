@@ -56,7 +56,7 @@ REVOKE ALL ON ALL TABLES IN SCHEMA meshhook_keys FROM PUBLIC;
 REVOKE ALL ON SCHEMA meshhook_keys FROM PUBLIC;
 
 -- The client roles need to resolve names in the schema.
-GRANT USAGE ON SCHEMA meshhook_keys TO meshhook_keys_user, meshhook_keys_admin, meshhook_keys_operator;
+GRANT USAGE ON SCHEMA meshhook_keys TO meshhook_keys_user, meshhook_keys_admin, meshhook_keys_operator, meshhook_keys_custodian;
 
 -- Applications encrypt and decrypt.
 GRANT EXECUTE ON FUNCTION meshhook_keys.secret_encrypt(text, text, text) TO meshhook_keys_user;
@@ -69,6 +69,8 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.hmac_verify(bytea, text, text, text) TO 
 GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_sign(bytea, text, text, timestamptz) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_verify(bytea, text, text, text, interval, timestamptz) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) TO meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_export(text, bytea, text) TO meshhook_keys_custodian;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_import(bytea, bytea, text, text) TO meshhook_keys_custodian;
 GRANT EXECUTE ON FUNCTION meshhook_keys.datakey_generate(text, text, boolean) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.datakey_unwrap(bytea, text) TO meshhook_keys_user;
 GRANT EXECUTE ON FUNCTION meshhook_keys.blind_index(text, text, text) TO meshhook_keys_user;
@@ -168,7 +170,7 @@ GRANT EXECUTE ON FUNCTION meshhook_keys._reencrypt_index(bytea, tid) TO PUBLIC;
 --
 --   Requires ROLE[ or ROLE][; CONDITION].
 --       ROLE is meshhook_keys_user or meshhook_keys_operator (meshhook_keys_admin is a member of
---       both). Every ROLE named has EXECUTE (SELECT on a view) and no other role has, except that
+--       both), or meshhook_keys_custodian (key custody: export and import; a member of nothing). Every ROLE named has EXECUTE (SELECT on a view) and no other role has, except that
 --       a function naming only meshhook_keys_operator may also be granted to meshhook_keys_user:
 --       it then refuses that role itself (42501, audited). CONDITION says what else the call needs
 --       (a table's ownership, a keyring's secret, RLS policies); it has no semicolon.
@@ -309,6 +311,10 @@ COMMENT ON FUNCTION meshhook_keys._reencrypt_try(bytea, tid, bytea, text) IS
     'Internal to re-encryption batches: decrypt one claimed row and seal it under the target key, for the statement that passes the batch''s random token. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
 COMMENT ON FUNCTION meshhook_keys._reencrypt_take(bytea, tid) IS
     'Internal to re-encryption batches: the envelope _reencrypt_try prepared for the same row. Executable by PUBLIC; a batch''s UPDATE calls it as the table''s owner, whoever that is, and it refuses (42501) any call but that statement''s.';
+COMMENT ON FUNCTION meshhook_keys.keyring_export(text, bytea, text) IS
+    'Every version of a keyring (its metadata, and the data key of each version not destroyed) sealed under a caller-supplied 256-bit wrapping key (AES-256-GCM, the metadata readable and authenticated): a bundle for keyring_import in another database, for moving between clusters with different root keys or bringing your own key. A user-held keyring needs its secret. Audited, also when the caller rolls back. Requires meshhook_keys_custodian.';
+COMMENT ON FUNCTION meshhook_keys.keyring_import(bytea, bytea, text, text) IS
+    'Import a keyring from a bundle made by keyring_export, under its name or another: its keys wrapped under this database''s root key (a user-held keyring''s under a key derived from the secret given), its key ids, versions, states and usage counts kept, so every ciphertext of the keyring decrypts here. Refused for a name or key id this database has (42710), and for an altered bundle or another wrapping key (XX001). Audited. Requires meshhook_keys_custodian.';
 COMMENT ON FUNCTION meshhook_keys.datakey_generate(text, text, boolean) IS
     'A new random 256-bit data key for encryption outside the database (Vault Transit''s datakey, AWS KMS''s GenerateDataKey) and its envelope under the active key of a keyring, bound to a context. Store the envelope, use the key and forget it; with with_plaintext => false only the envelope. The envelope is an ordinary one: counted against the encryption limit, moved by rotation, re-encryption of a registered column and rewrap. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
 COMMENT ON FUNCTION meshhook_keys.datakey_unwrap(bytea, text) IS

@@ -783,7 +783,8 @@ COMMENT ON FUNCTION meshhook_keys.webhook_secret(text, text, integer) IS
 -- its index column, which re-encryption recomputes.
 ALTER TABLE meshhook_keys.encrypted_column
     ADD COLUMN blind_index_column name,
-    ADD COLUMN blind_index_context text;
+    ADD COLUMN blind_index_context text,
+    ADD COLUMN blind_index_attnum smallint;
 CREATE OR REPLACE VIEW meshhook_keys.encrypted_columns AS
     SELECT c.id, c.rel AS table_name, c.column_name, c.context_expr, c.keyring,
            c.registered_at, c.registered_by,
@@ -895,3 +896,49 @@ COMMENT ON FUNCTION meshhook_keys.datakey_generate(text, text, boolean) IS
     'A new random 256-bit data key for encryption outside the database (Vault Transit''s datakey, AWS KMS''s GenerateDataKey) and its envelope under the active key of a keyring, bound to a context. Store the envelope, use the key and forget it; with with_plaintext => false only the envelope. The envelope is an ordinary one: counted against the encryption limit, moved by rotation, re-encryption of a registered column and rewrap. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_encrypt.';
 COMMENT ON FUNCTION meshhook_keys.datakey_unwrap(bytea, text) IS
     'The data key in an envelope made by datakey_generate, given the same context; refused (22023) when the envelope holds anything but a 256-bit key. Requires meshhook_keys_user; tenant-bound and user-held keyrings as for secret_decrypt.';
+
+-- Keyring export and import (issue 28), and the role that may use them.
+DO $roles$
+BEGIN
+    -- Custody of the key material (0.5.0, issue 28): keyring_export and keyring_import, which hand
+    -- out or take in every key of a keyring. Granted to nobody, not even meshhook_keys_admin.
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'meshhook_keys_custodian') THEN
+        CREATE ROLE meshhook_keys_custodian NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION;
+    END IF;
+END
+$roles$;
+-- (PUBLIC's USAGE re-granted after, so that the schema ACL reads as on a fresh install)
+REVOKE USAGE ON SCHEMA meshhook_keys FROM PUBLIC;
+GRANT USAGE ON SCHEMA meshhook_keys TO meshhook_keys_custodian;
+GRANT USAGE ON SCHEMA meshhook_keys TO PUBLIC;
+CREATE FUNCTION meshhook_keys."keyring_export"(
+	"keyring" TEXT,
+	"wrapping_key" bytea,
+	"secret" TEXT DEFAULT NULL
+) RETURNS bytea
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'keyring_export_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keyring_export(text, bytea, text) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."keyring_import"(
+	"bundle" bytea,
+	"wrapping_key" bytea,
+	"keyring" TEXT DEFAULT NULL,
+	"secret" TEXT DEFAULT NULL
+) RETURNS TABLE (
+	"keyring" TEXT,
+	"versions" INT,
+	"active_version" INT
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'keyring_import_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keyring_import(bytea, bytea, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_export(text, bytea, text) TO meshhook_keys_custodian;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_import(bytea, bytea, text, text) TO meshhook_keys_custodian;
+COMMENT ON FUNCTION meshhook_keys.keyring_export(text, bytea, text) IS
+    'Every version of a keyring (its metadata, and the data key of each version not destroyed) sealed under a caller-supplied 256-bit wrapping key (AES-256-GCM, the metadata readable and authenticated): a bundle for keyring_import in another database, for moving between clusters with different root keys or bringing your own key. A user-held keyring needs its secret. Audited, also when the caller rolls back. Requires meshhook_keys_custodian.';
+COMMENT ON FUNCTION meshhook_keys.keyring_import(bytea, bytea, text, text) IS
+    'Import a keyring from a bundle made by keyring_export, under its name or another: its keys wrapped under this database''s root key (a user-held keyring''s under a key derived from the secret given), its key ids, versions, states and usage counts kept, so every ciphertext of the keyring decrypts here. Refused for a name or key id this database has (42710), and for an altered bundle or another wrapping key (XX001). Audited. Requires meshhook_keys_custodian.';

@@ -16,7 +16,8 @@ CREATE TABLE meshhook_keys.encrypted_column (
     -- 0.5.0 (issue 28): the column's blind index, which re-encryption recomputes, and the
     -- expression over the row that gives its context (NULL: the empty context)
     blind_index_column  name,
-    blind_index_context text
+    blind_index_context text,
+    blind_index_attnum  smallint
 );
 
 -- One re-encryption job per (keyring, target key). A new rotation while a job runs supersedes it.

@@ -27,6 +27,11 @@ use pgrx::prelude::*;
 
 /// The role administrative functions require (meshhook_keys_admin is a member of it).
 pub const OPERATOR_ROLE: &str = "meshhook_keys_operator";
+/// The role keyring_export and keyring_import require (besides superusers): custody of the key
+/// material itself, which no other role has (not even meshhook_keys_admin).
+pub const CUSTODIAN_ROLE: &str = "meshhook_keys_custodian";
+/// The functions that require [`CUSTODIAN_ROLE`].
+const CUSTODIAN_FUNCTIONS: [&str; 2] = ["keyring_export", "keyring_import"];
 
 /// The role a call is attributed to: the role whose code meshhook_keys is running (a table owner
 /// inside a re-encryption batch), else the session's role (the session user or the role chosen
@@ -70,6 +75,31 @@ pub fn require_admin(function: &'static str, keyring: Option<&str>) -> Result<()
         _ => KeysError::PermissionDenied {
             function,
             role: OPERATOR_ROLE,
+        },
+    })
+}
+
+/// Refuse (and durably audit the refusal) unless the caller is a superuser or has the
+/// privileges of meshhook_keys_custodian. Like [`require_admin`], inside code meshhook_keys runs on
+/// someone's behalf the caller is that someone, and nobody in a security-restricted operation.
+pub fn require_custodian(function: &'static str, keyring: Option<&str>) -> Result<()> {
+    debug_assert!(CUSTODIAN_FUNCTIONS.contains(&function));
+    let caller = crate::context::caller();
+    // SAFETY: missing_ok = true; catalog lookups of role attributes and membership.
+    let is_custodian = |role: pg_sys::Oid| unsafe {
+        let custodian = pg_sys::get_role_oid(c"meshhook_keys_custodian".as_ptr(), true);
+        pg_sys::superuser_arg(role)
+            || (custodian != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, custodian))
+    };
+    if caller.role().is_some_and(is_custodian) {
+        return Ok(());
+    }
+    record_refusal(function, keyring, caller_role_oid());
+    Err(match caller {
+        crate::context::Caller::Unknown => KeysError::CallerUnknown(function),
+        _ => KeysError::PermissionDenied {
+            function,
+            role: CUSTODIAN_ROLE,
         },
     })
 }
@@ -326,6 +356,15 @@ pub fn record_disclosure(action: &str, keyring: &str, version: i32, context: &st
         );
     }
     record_refusal(&function, Some(keyring), caller_role_oid());
+}
+
+/// [`record_disclosure`] of a whole keyring (keyring_export): `versions` keys handed out.
+pub fn record_keyring_disclosure(action: &str, keyring: &str, versions: usize) {
+    record_refusal(
+        &format!("+{action};versions={versions}"),
+        Some(keyring),
+        caller_role_oid(),
+    );
 }
 
 /// A detail value made safe for the "k=v,k=v" form: `%`, `,`, `=`, `;`, tab and newline
@@ -655,7 +694,14 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
                 _ => (
                     "refused".to_string(),
                     "refused",
-                    serde_json::json!({ "function": function, "required_role": OPERATOR_ROLE }),
+                    serde_json::json!({
+                        "function": function,
+                        "required_role": if CUSTODIAN_FUNCTIONS.contains(&function.as_str()) {
+                            CUSTODIAN_ROLE
+                        } else {
+                            OPERATOR_ROLE
+                        },
+                    }),
                 ),
             };
         let mut detail = detail;

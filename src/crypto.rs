@@ -49,7 +49,7 @@ impl SecretKey {
         SecretKey(k)
     }
 
-    #[cfg(test)]
+    /// A key from exactly 32 bytes (a caller's wrapping key, a key from an export bundle).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, CryptoError> {
         if bytes.len() != KEY_LEN {
             return Err(CryptoError::BadKeyEncoding("a key is exactly 32 bytes"));
@@ -76,6 +76,12 @@ impl SecretKey {
 
     pub fn cipher(&self) -> Cipher {
         Cipher::new(&self.0)
+    }
+
+    /// The key's bytes, for the one place they leave as they are: a keyring export, sealed at
+    /// once under the caller's wrapping key (the bundle module).
+    pub fn expose(&self) -> &[u8; KEY_LEN] {
+        &self.0
     }
 
     /// The key's MAC key (signatures and webhook secrets: see crate::mac).

@@ -250,6 +250,16 @@ pub enum KeysError {
     /// No keyring of that name.
     #[error("keyring \"{0}\" does not exist")]
     UnknownKeyring(String),
+    /// A keyring bundle holds a key id this database already has.
+    #[error(
+        "key id {0} of the bundle already exists in this database: the keyring was imported here before, or comes from here"
+    )]
+    DuplicateKeyId(i64),
+
+    /// A keyring export bundle that does not open.
+    #[error("invalid keyring bundle: {0}")]
+    BadBundle(String),
+
     /// A column that register_blind_index names is not registered for the keyring.
     #[error(
         "column \"{column}\" is not registered for keyring \"{keyring}\": call register_column first"
@@ -356,6 +366,8 @@ impl KeysError {
             KeysError::KeyringExists(_) => ERRCODE_DUPLICATE_OBJECT,     // 42710
             KeysError::UnknownKeyring(_) => ERRCODE_UNDEFINED_OBJECT,    // 42704
             KeysError::NotRegistered { .. } => ERRCODE_UNDEFINED_OBJECT, // 42704
+            KeysError::DuplicateKeyId(_) => ERRCODE_DUPLICATE_OBJECT,    // 42710
+            KeysError::BadBundle(_) => ERRCODE_DATA_CORRUPTED,           // XX001
             KeysError::KeyringLocked(_) => ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE, // 55000
             KeysError::WrongSecret(_) => ERRCODE_INVALID_PASSWORD,       // 28P01
             KeysError::WrongKeyringKind(_) => ERRCODE_WRONG_OBJECT_TYPE, // 42809

@@ -44,19 +44,11 @@ pub struct NewKey {
     pub activated_at: Option<TimestampWithTimeZone>,
 }
 
-/// Generate a data key, wrap it under the root key, make it the keyring's active version (the
-/// previous one becomes `decrypt_only`) and audit it. O(1): touches no user data. With standbys
-/// to wait for (`meshhook_keys.activate_after`) the version is pending instead, and the previous
-/// one keeps encrypting until the scheduler activates it (crate::activation).
-/// The caller must hold the audit chain lock and then the keyring lock, in that order, and have
-/// checked that the keyring has no pending version.
-pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
-    if let Some(sub) = store::key_tables_subscription()? {
-        return Err(KeysError::LogicalReplica(sub));
-    }
+/// The root key new keys are wrapped under: the loaded one, refused (28000) when it wraps none of
+/// the database's other keys. One database, one root key (unless they are all under the previous
+/// root key: a root key rotation in progress).
+pub(crate) fn root_for_new_keys() -> KResult<std::rc::Rc<rootkey::RootKey>> {
     let root = rootkey::current()?;
-    // One database, one root key: never add a key under a root key that wraps none of the others
-    // (unless they are all under the previous root key: a root key rotation in progress).
     if let Err(keys) = store::root_key_wraps_database(&root.fingerprint)? {
         let rotating = match rootkey::previous_if_set()? {
             Some(prev) => store::root_key_wraps_database(&prev.fingerprint)?.is_ok(),
@@ -69,6 +61,20 @@ pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) 
             });
         }
     }
+    Ok(root)
+}
+
+/// Generate a data key, wrap it under the root key, make it the keyring's active version (the
+/// previous one becomes `decrypt_only`) and audit it. O(1): touches no user data. With standbys
+/// to wait for (`meshhook_keys.activate_after`) the version is pending instead, and the previous
+/// one keeps encrypting until the scheduler activates it (crate::activation).
+/// The caller must hold the audit chain lock and then the keyring lock, in that order, and have
+/// checked that the keyring has no pending version.
+pub(crate) fn create_version(keyring: &str, reason: Option<&str>, action: &str) -> KResult<NewKey> {
+    if let Some(sub) = store::key_tables_subscription()? {
+        return Err(KeysError::LogicalReplica(sub));
+    }
+    let root = root_for_new_keys()?;
     let waits_for = crate::activation::must_wait()?;
     if waits_for.is_some() {
         // (the workers come back to this database about once a second to activate it)

@@ -519,6 +519,34 @@ fn attempt<T>(
     caught(|| switched(role, row_security_off, f))
 }
 
+/// What current_query() returns inside code run on someone's behalf.
+const HIDDEN_STATEMENT: &std::ffi::CStr =
+    c"/* meshhook_keys: code run on its owner's behalf; the statement that started it is not shown */";
+
+/// The backend's statement text (`debug_query_string`, what current_query() returns) replaced
+/// while alive, the caller's put back when dropped (also while unwinding from an error).
+struct HiddenStatement(*const std::ffi::c_char);
+
+impl HiddenStatement {
+    fn hide() -> Self {
+        // SAFETY: a backend global read and set from this backend's only thread; the placeholder
+        // is a static string, and the saved pointer stays valid (the caller's statement outlives
+        // the calls it makes).
+        unsafe {
+            let saved = pg_sys::debug_query_string;
+            pg_sys::debug_query_string = HIDDEN_STATEMENT.as_ptr();
+            HiddenStatement(saved)
+        }
+    }
+}
+
+impl Drop for HiddenStatement {
+    fn drop(&mut self) {
+        // SAFETY: as in hide().
+        unsafe { pg_sys::debug_query_string = self.0 };
+    }
+}
+
 /// `f` as `role` in a security-restricted operation with its own GUC nest level (search_path
 /// pinned, optionally row_security off), rolled back afterwards; the user is switched back. If
 /// `f` raises, the (sub)transaction abort restores both.
@@ -546,6 +574,11 @@ fn switched<T>(
         }
         nest
     };
+    // The caller's statement text is not the owner's to read: current_query() inside her code
+    // would hand her the statement that started the batch, with whatever it carries (a user-held
+    // keyring's secrets passed as literals to keyring_rotate_secret). Restored when `f` returns or
+    // raises.
+    let _hidden = HiddenStatement::hide();
     let out = context::on_behalf_of(role, f);
     // SAFETY: rolls back every setting changed since the nest level above (SET, SET LOCAL and
     // set_config alike), then restores the user saved above.

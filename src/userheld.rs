@@ -263,7 +263,7 @@ fn throttle(action: &str, keyring: &str) -> Result<()> {
     let failures = crate::fresh::select(
         "SELECT pg_catalog.count(*) FROM meshhook_keys.audit_log
           WHERE keyring OPERATOR(pg_catalog.=) $1 AND outcome OPERATOR(pg_catalog.=) 'failed'
-            AND action OPERATOR(pg_catalog.=) ANY (ARRAY['unlock', 'rotate_secret'])
+            AND action OPERATOR(pg_catalog.=) ANY (ARRAY['unlock', 'rotate_secret', 'keyring_export'])
             AND (pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) interval '1 minute') OPERATOR(pg_catalog.<) at",
         &[keyring.into()],
         |r| Ok(r.get::<i64>(1)?.unwrap_or(0)),
@@ -453,4 +453,39 @@ pub fn rewrap(
         rewrapped,
         new_version: new_version_no,
     })
+}
+
+/// keyring_export of a user-held keyring: every version with key material, unwrapped with the
+/// user's secret (throttled and audited like an unlock: a wrong secret is a failed attempt).
+pub fn keys_for_export(keyring: &str, secret: Option<&str>) -> Result<Vec<(KeyRow, SecretKey)>> {
+    let params = user_held_params(keyring)?;
+    let secret = Zeroizing::new(
+        secret
+            .ok_or_else(|| {
+                KeysError::WrongKeyringKind(format!(
+                    "keyring \"{keyring}\" is user-held: its keys are exported only with its secret (keyring_export(..., secret => ...))"
+                ))
+            })?
+            .to_string(),
+    );
+    throttle("keyring_export", keyring)?;
+    let kek = derive(&secret, &params)?;
+    let rows = store::keyring_keys(keyring, true)?;
+    let (_, deks) = match open_all(keyring, &rows, &kek) {
+        Ok(opened) => opened,
+        Err(KeysError::WrongSecret(_)) => return Err(wrong_secret("keyring_export", keyring)),
+        Err(e) => return Err(e),
+    };
+    Ok(rows.into_iter().zip(deks).collect())
+}
+
+/// keyring_import of a user-held keyring: a key-encryption key derived from `secret` with new
+/// Argon2id parameters (returned as the keyring's `kdf`), after the checks keyring_create_user_held
+/// makes of the name and the secret.
+pub fn kek_for_import(keyring: &str, secret: Option<&str>) -> Result<(SecretKey, String)> {
+    check_namespace(keyring, true)?;
+    check_owner(keyring)?;
+    let secret = Zeroizing::new(validate_secret("secret", secret)?.to_string());
+    let params = KdfParams::new_random(crate::gucs::user_held_kdf());
+    Ok((derive(&secret, &params)?, kdf_json(&params)))
 }

@@ -9,5 +9,6 @@ pub mod reencrypt;
 pub mod schedule;
 pub mod secrets;
 pub mod signing;
+pub mod transfer;
 pub mod userheld;
 pub mod vault;

@@ -18,7 +18,8 @@ use crate::reencrypt::jobs::{
     next_running_column, record_failed_row, set_column_state,
 };
 use crate::reencrypt::registry::{
-    Column, as_role, columns_of_keyring, context_item, failed_row_ref, key_ranges, on_keys_test,
+    Column, as_role, check_index_target, columns_of_keyring, context_item, failed_row_ref,
+    key_ranges, on_keys_test,
 };
 use crate::reencrypt::rows::{Armed, Failure, Tid, arm, load_old_keys, tid_text};
 use crate::resolver;
@@ -256,6 +257,10 @@ fn update_window(
         });
     }
     let table = col.table()?;
+    if let Some(ix) = &col.index {
+        // (the column may have been renamed, dropped or registered since: never write it then)
+        check_index_target(col.rel, &col.column, &ix.column, Some(ix.attnum))?;
+    }
     let c = quote_identifier(&col.column);
     let ctx = context_item(&col.context_expr);
     // ($1 and $2 the window's TID range, $3 a claim's limit, then the statement's token, then the

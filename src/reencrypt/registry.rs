@@ -39,6 +39,9 @@ pub struct Column {
 pub struct BlindIndexColumn {
     pub column: String,
     pub context_expr: Option<String>,
+    /// The column's number when it was registered: a column renamed, dropped, or another one
+    /// renamed to its name since, is not it.
+    pub attnum: i16,
 }
 
 impl Column {
@@ -376,7 +379,7 @@ pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
     plans::select(
         "SELECT c.id, c.rel::oid, c.column_name::text, c.context_expr,
                     CASE WHEN r.oid IS NOT NULL THEN pg_catalog.format('%I.%I', n.nspname, r.relname) END,
-                    r.relowner, c.blind_index_column::text, c.blind_index_context
+                    r.relowner, c.blind_index_column::text, c.blind_index_context, c.blind_index_attnum
                FROM meshhook_keys.encrypted_column c
                LEFT JOIN pg_catalog.pg_class r ON r.oid OPERATOR(pg_catalog.=) c.rel
                LEFT JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) r.relnamespace
@@ -398,6 +401,7 @@ pub fn columns_of_keyring(keyring: &str) -> Result<Vec<Column>> {
                         Ok(BlindIndexColumn {
                             column,
                             context_expr: row.get::<String>(8)?,
+                            attnum: row.get::<i16>(9)?.unwrap_or(0),
                         })
                     })
                     .transpose()?,
@@ -456,6 +460,16 @@ fn refuse_extension_table(rel: pg_sys::Oid) -> Result<()> {
 pub fn register(rel: pg_sys::Oid, col: &str, context: Option<&str>, keyring: &str) -> Result<i32> {
     refuse_extension_table(rel)?;
     check_owned_bytea_column(rel, col, "ciphertext")?;
+    let indexed = Spi::get_one_with_args::<bool>(
+        "SELECT EXISTS (SELECT FROM meshhook_keys.encrypted_column e
+                         WHERE e.rel OPERATOR(pg_catalog.=) $1::oid::regclass AND e.blind_index_column OPERATOR(pg_catalog.=) $2)",
+        &[rel.into(), col.into()],
+    )?;
+    if indexed == Some(true) {
+        return Err(KeysError::InvalidArgument(format!(
+            "column \"{col}\" is a registered blind index column: re-encryption writes it"
+        )));
+    }
     let context = context.filter(|c| !c.trim().is_empty()).map(str::to_string);
     let column = Column::resolve(rel, col, context.clone())?;
     validate_context_expr(&column)?;
@@ -512,22 +526,27 @@ pub fn register_index(
         .filter(|c| !c.trim().is_empty())
         .map(str::to_string);
     if let Some(ix) = index_col {
-        if ix == col {
-            return Err(KeysError::InvalidArgument(
-                "the blind index column must be another column than the ciphertext's".into(),
-            ));
-        }
         check_owned_bytea_column(rel, ix, "blind index")?;
+        check_index_target(rel, col, ix, None)?;
         let column = Column::resolve(rel, col, None)?;
         validate_expr(&column, &index_context)?;
     }
+    let attnum = match index_col {
+        Some(ix) => Spi::get_one_with_args::<i16>(
+            "SELECT a.attnum FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2 AND NOT a.attisdropped",
+            &[rel.into(), ix.into()],
+        )?,
+        None => None,
+    };
     Spi::run_with_args(
-        "UPDATE meshhook_keys.encrypted_column SET blind_index_column = $2, blind_index_context = $3
+        "UPDATE meshhook_keys.encrypted_column SET blind_index_column = $2, blind_index_context = $3, blind_index_attnum = $4
           WHERE id OPERATOR(pg_catalog.=) $1",
         &[
             id.into(),
             index_col.into(),
             index_context.clone().into(),
+            attnum.into(),
         ],
     )?;
     audit::record(
@@ -539,6 +558,75 @@ pub fn register_index(
         serde_json::json!({ "table_oid": rel.to_u32(), "column": col,
                             "blind_index_column": index_col, "blind_index_context": index_context }),
     )?;
+    Ok(())
+}
+
+/// Refuse an index column re-encryption must not write: the ciphertext column itself, a
+/// registered ciphertext column (for any keyring: its envelopes would be overwritten), the index
+/// column of another ciphertext column (the two would overwrite each other's), a generated
+/// column, or one that is not bytea. Checked at registration and again before every window that
+/// writes it (with the column number it had when registered), so that a column renamed, dropped
+/// or registered since is never written.
+pub(crate) fn check_index_target(
+    rel: pg_sys::Oid,
+    col: &str,
+    ix: &str,
+    registered_attnum: Option<i16>,
+) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(KeysError::InvalidArgument(format!(
+            "blind index column \"{ix}\" {why}"
+        )))
+    };
+    if ix == col {
+        return refuse("is the ciphertext column itself");
+    }
+    let (attnum, bytea, generated, ciphertext, other_index) = Spi::connect(|c| {
+        let t = c.select(
+            "SELECT a.attnum, a.atttypid OPERATOR(pg_catalog.=) 'pg_catalog.bytea'::pg_catalog.regtype,
+                    a.attgenerated OPERATOR(pg_catalog.<>) '',
+                    EXISTS (SELECT FROM meshhook_keys.encrypted_column e
+                             WHERE e.rel OPERATOR(pg_catalog.=) $1::oid::regclass AND e.column_name OPERATOR(pg_catalog.=) $2),
+                    EXISTS (SELECT FROM meshhook_keys.encrypted_column e
+                             WHERE e.rel OPERATOR(pg_catalog.=) $1::oid::regclass AND e.blind_index_column OPERATOR(pg_catalog.=) $2
+                               AND e.column_name OPERATOR(pg_catalog.<>) $3)
+               FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid OPERATOR(pg_catalog.=) $1 AND a.attname OPERATOR(pg_catalog.=) $2
+                AND NOT a.attisdropped AND a.attnum OPERATOR(pg_catalog.>) 0",
+            None,
+            &[rel.into(), ix.into(), col.into()],
+        )?;
+        if t.is_empty() {
+            return Err(KeysError::UndefinedColumn(ix.into()));
+        }
+        let r = t.first();
+        Ok((
+            r.get::<i16>(1)?.unwrap_or(0),
+            r.get::<bool>(2)?.unwrap_or(false),
+            r.get::<bool>(3)?.unwrap_or(true),
+            r.get::<bool>(4)?.unwrap_or(true),
+            r.get::<bool>(5)?.unwrap_or(true),
+        ))
+    })?;
+    if registered_attnum.is_some_and(|n| n != attnum) {
+        return refuse(
+            "is not the column registered under that name (renamed or dropped since): register the index column again",
+        );
+    }
+    if !bytea {
+        return refuse("is not bytea");
+    }
+    if generated {
+        return refuse("is a generated column");
+    }
+    if ciphertext {
+        return refuse(
+            "is a registered ciphertext column: re-encryption would overwrite its envelopes",
+        );
+    }
+    if other_index {
+        return refuse("is the blind index column of another ciphertext column");
+    }
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 -- and table of the extension's schema, as one JSON array (run in a database with a fresh install).
 -- usable_by: which of the extension's roles may execute (or select from) it, membership included.
 WITH roles(r) AS (VALUES ('meshhook_keys_user'), ('meshhook_keys_operator'), ('meshhook_keys_admin'),
-                         ('meshhook_keys_service'))
+                         ('meshhook_keys_service'), ('meshhook_keys_custodian'))
 SELECT json_agg(o ORDER BY o.name, o.args)
   FROM (
     SELECT CASE p.prokind WHEN 'p' THEN 'procedure' ELSE 'function' END AS kind,

@@ -26,7 +26,7 @@ import os
 import re
 import sys
 
-ROLE = re.compile(r"\b(meshhook_keys_(?:user|operator|admin|service)|superuser)\b")
+ROLE = re.compile(r"\b(meshhook_keys_(?:user|operator|admin|service|custodian)|superuser)\b")
 TYPE_ALIASES = [
     (r"\btimestamp with time zone\b", "timestamptz"),
     (r"\bcharacter varying\b", "varchar"),

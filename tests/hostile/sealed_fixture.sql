@@ -87,7 +87,8 @@ BEGIN
             pg_catalog.current_setting('bytea_output'), pg_catalog.current_setting('DateStyle'),
             pg_catalog.current_setting('work_mem'), pg_catalog.current_setting('default_transaction_read_only'),
             pg_catalog.current_setting('extra_float_digits'),
-            coalesce(pg_catalog.current_setting('request.jwt.claims', true), '')));
+            coalesce(pg_catalog.current_setting('request.jwt.claims', true), ''),
+            coalesce(pg_catalog.current_query(), '')));
         PERFORM pg_catalog.set_config('dp.marker', 'set', false);
     END IF;
     IF mode OPERATOR(pg_catalog.=) 'settings' THEN

@@ -12,7 +12,7 @@ import pathlib
 import re
 import sys
 
-ROLE = r"meshhook_keys_(?:user|operator)"
+ROLE = r"meshhook_keys_(?:user|operator|custodian)"
 SENTENCE = re.compile(
     rf"(Requires {ROLE}(?: or {ROLE})?(?:; [^;]*)?\."
     r"|Executable by PUBLIC; [^;]*\."

@@ -89,6 +89,34 @@ SELECT sqlstate_of($$SELECT meshhook_keys.register_blind_index('people', 'email'
 SELECT sqlstate_of($$SELECT meshhook_keys.register_blind_index('people', 'email', 'nope', NULL, 'people')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.register_blind_index('people', 'email', 'email_idx', 'random()::text', 'people')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys.register_blind_index('people', 'email', 'email_idx', $q$'a') ; DROP TABLE people; SELECT ('b'$q$, 'people')$$);
+-- (hostile review) an index column re-encryption must not write: another registered ciphertext
+-- column (its envelopes would be overwritten), another ciphertext column's index column, a
+-- generated column; nor may an index column be registered as a ciphertext column
+ALTER TABLE people ADD COLUMN phone bytea, ADD COLUMN phone_idx bytea,
+                   ADD COLUMN gen_idx bytea GENERATED ALWAYS AS (email) STORED;
+SELECT 1 FROM meshhook_keys.keys_rotate('phones', 'version 1');
+SELECT meshhook_keys.register_column('people', 'phone', $$'phone:' || id$$, 'phones') > 0 AS registered;
+SELECT sqlstate_of($$SELECT meshhook_keys.register_blind_index('people', 'email', 'phone', NULL, 'people')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_blind_index('people', 'email', 'gen_idx', NULL, 'people')$$);
+SELECT meshhook_keys.register_blind_index('people', 'phone', 'phone_idx', NULL, 'phones') AS phone_index;
+SELECT sqlstate_of($$SELECT meshhook_keys.register_blind_index('people', 'email', 'phone_idx', NULL, 'people')$$);
+SELECT sqlstate_of($$SELECT meshhook_keys.register_column('people', 'phone_idx', NULL, 'people')$$);
+-- an index column renamed after registration, and another column renamed to its old name: the
+-- batch refuses to write it (the column's batch fails, 22023), and every row still decrypts
+UPDATE people SET phone = meshhook_keys.secret_encrypt('+1-555-' || id, 'phone:' || id, 'phones'),
+                  phone_idx = meshhook_keys.blind_index('+1-555-' || id, 'phones');
+ALTER TABLE people RENAME COLUMN phone_idx TO phone_idx_old;
+ALTER TABLE people RENAME COLUMN email TO phone_idx;
+SELECT 1 FROM meshhook_keys.keys_rotate('phones', 'version 2');
+SELECT meshhook_keys.reencrypt_batch('phones', 1000) AS moved;
+SELECT p.state, p.sqlstate, p.error FROM meshhook_keys.reencrypt_progress p
+ WHERE p.keyring = 'phones' AND p.table_name = 'people'::regclass;
+SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(phone, 'phone:' || id) = '+1-555-' || id) AS phones_decrypt,
+       count(*) FILTER (WHERE meshhook_keys.secret_decrypt(phone_idx, 'person:' || id) LIKE 'user%') AS emails_untouched
+  FROM people;
+ALTER TABLE people RENAME COLUMN phone_idx TO email;
+ALTER TABLE people RENAME COLUMN phone_idx_old TO phone_idx;
+
 -- the per-row function of re-encryption is refused outside a batch
 SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_index('\x00', '(0,1)')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_try_indexed('\x00', '(0,1)', email, '', '') FROM people WHERE id = 1$$);

@@ -283,9 +283,12 @@ SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(tok, id::text) = 'sea
 RESET dp.runner;
 -- The first of her calls in each sealed call saw a clean session (the runner's own settings,
 -- search_path pinned), never what an earlier call of hers set (her lock_timeout is 1ms). A batch's
--- direct UPDATE runs with lock_timeout = meshhook_keys.reencrypt_row_wait (10ms), its own.
+-- direct UPDATE runs with lock_timeout = meshhook_keys.reencrypt_row_wait (10ms), its own. Nor the
+-- runner's statement (current_query()): alice's keyring_rotate_secret carried both her secrets.
 SELECT runner, count(*) > 0 AS sealed_calls, count(DISTINCT state) AS states,
-       bool_and(state ~ '^pg_catalog, pg_temp \| (0|10ms) \| 0 \| off \| hex \| ' AND state NOT LIKE '%mallory%') AS clean
+       bool_and(state ~ '^pg_catalog, pg_temp \| (0|10ms) \| 0 \| off \| hex \| ' AND state NOT LIKE '%mallory%') AS clean,
+       bool_and(state LIKE '%| /* meshhook_keys: code run on its owner''s behalf; the statement that started it is not shown */'
+                AND state NOT LIKE '%alice-secret%') AS statement_hidden
   FROM dp_m.seen GROUP BY 1 ORDER BY 1;
 -- Her operators never ran as anyone but her, and she is not superuser.
 SELECT op, current_role_name, count(*) > 0 AS ran FROM dp_m.hijacked

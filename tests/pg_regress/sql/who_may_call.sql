@@ -6,11 +6,12 @@
 BEGIN;
 CREATE ROLE mk_wmc_user IN ROLE meshhook_keys_user;          -- meshhook_keys_user and nothing else
 CREATE ROLE mk_wmc_operator IN ROLE meshhook_keys_operator;  -- meshhook_keys_operator and nothing else
+CREATE ROLE mk_wmc_custodian IN ROLE meshhook_keys_custodian; -- meshhook_keys_custodian and nothing else
 
 -- Every function, procedure and view of the extension, its comment and the sentence's form.
 CREATE TEMP TABLE wmc AS
 SELECT o.kind, o.oid, o.name, o.comment, o.acl, o.owner,
-       CASE WHEN o.comment ~ '(^|\. )Requires meshhook_keys_(user|operator)( or meshhook_keys_(user|operator))?(; [^;]*)?\.$'
+       CASE WHEN o.comment ~ '(^|\. )Requires meshhook_keys_(user|operator|custodian)( or meshhook_keys_(user|operator|custodian))?(; [^;]*)?\.$'
                  AND array_length(string_to_array(o.comment, 'Requires '), 1) = 2 THEN 'requires'
             WHEN o.comment ~ '^Internal.*\. Executable by PUBLIC; [^;]*\.$' AND o.kind <> 'view'
                  AND o.comment NOT LIKE '%Requires %' THEN 'public'
@@ -66,7 +67,8 @@ SELECT name, problem FROM (
 ) p ORDER BY 1, 2;
 
 -- (c) Behaviour: every function and view is called (read) as a role that is only
--- meshhook_keys_user and as one that is only meshhook_keys_operator. A role the sentence does not
+-- meshhook_keys_user, as one that is only meshhook_keys_operator and as one that is only
+-- meshhook_keys_custodian. A role the sentence does not
 -- name is refused with 42501; one it names is not refused with 42501 (other errors are fine: the
 -- arguments are plausible, not meaningful). Arguments: every argument without a default gets the
 -- value of its type from wmc_value, unless wmc_args gives the whole argument list.
@@ -111,10 +113,10 @@ DECLARE
     probe text;
 BEGIN
     FOR c IN SELECT * FROM wmc_call WHERE call IS NOT NULL ORDER BY name LOOP
-        FOREACH probe IN ARRAY ARRAY['mk_wmc_user', 'mk_wmc_operator'] LOOP
+        FOREACH probe IN ARRAY ARRAY['mk_wmc_user', 'mk_wmc_operator', 'mk_wmc_custodian'] LOOP
             EXECUTE format('SET LOCAL ROLE %I', probe);
             INSERT INTO wmc_result
-            VALUES (c.name, probe, CASE probe WHEN 'mk_wmc_user' THEN 'meshhook_keys_user' ELSE 'meshhook_keys_operator' END,
+            VALUES (c.name, probe, 'meshhook_keys_' || substr(probe, 8),
                     left(public.sqlstate_of(c.call), 5));
             RESET ROLE;
         END LOOP;
@@ -126,7 +128,8 @@ $$;
 -- was refused with 42501).
 SELECT c.name, array_to_string(coalesce(c.roles, ARRAY[c.form]), ' or ') AS comment_names,
        bool_or(r.sqlstate = '42501') FILTER (WHERE r.probe = 'mk_wmc_user') AS user_refused,
-       bool_or(r.sqlstate = '42501') FILTER (WHERE r.probe = 'mk_wmc_operator') AS operator_refused
+       bool_or(r.sqlstate = '42501') FILTER (WHERE r.probe = 'mk_wmc_operator') AS operator_refused,
+       bool_or(r.sqlstate = '42501') FILTER (WHERE r.probe = 'mk_wmc_custodian') AS custodian_refused
   FROM wmc_call c JOIN wmc_result r USING (name)
  GROUP BY c.name, c.roles, c.form ORDER BY 1;
 -- ... and where that contradicts the comment.
