@@ -436,7 +436,10 @@ ALTER TABLE meshhook_keys.reencrypt_progress_column
     -- its table's own (issue 27)
     ADD COLUMN pass_done bigint NOT NULL DEFAULT 0,
     ADD COLUMN idle integer NOT NULL DEFAULT 0,
-    ADD COLUMN retry_at timestamptz;
+    ADD COLUMN retry_at timestamptz,
+    -- rows still on old keys when the last pass ended (issue 28, hostile review): a pass after
+    -- which no fewer are left made no progress
+    ADD COLUMN pass_remaining bigint;
 CREATE OR REPLACE VIEW meshhook_keys.reencrypt_progress AS
     SELECT j.id AS job_id, j.keyring, j.target_version,
            c.rel AS table_name, c.column_name,

@@ -69,6 +69,9 @@ CREATE TABLE meshhook_keys.reencrypt_progress_column (
     pass_done     bigint  NOT NULL DEFAULT 0,
     idle          integer NOT NULL DEFAULT 0,
     retry_at      timestamptz,
+    -- rows still on old keys when the last pass ended: a pass after which no fewer are left made
+    -- no progress, whatever it counted as moved (the table's code put the old value back)
+    pass_remaining bigint,
     PRIMARY KEY (job_id, column_id)
 );
 

@@ -207,7 +207,7 @@ struct OwnedEvent {
     detail: serde_json::Value,
 }
 
-fn defer(e: OwnedEvent) {
+fn ensure_callbacks() {
     if !CALLBACKS.replace(true) {
         // SAFETY: plain callbacks, registered once per backend.
         unsafe {
@@ -215,6 +215,10 @@ fn defer(e: OwnedEvent) {
             pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut());
         }
     }
+}
+
+fn defer(e: OwnedEvent) {
+    ensure_callbacks();
     // SAFETY: plain accessors of transaction state; inside our SECURITY DEFINER function the
     // current user is the extension's owner, who may write the audit log.
     let (subxact, writer) = unsafe { (pg_sys::GetCurrentSubTransactionId(), pg_sys::GetUserId()) };
@@ -272,6 +276,10 @@ unsafe extern "C-unwind" fn xact_callback(
         }
         pg_sys::XactEvent::XACT_EVENT_ABORT | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             DEFERRED.take();
+            start_queued_writers();
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            start_queued_writers();
         }
         _ => {}
     }
@@ -601,21 +609,88 @@ fn record_refusal(function: &str, keyring: Option<&str>, role: pg_sys::Oid) {
     let jwt_role = fit("role", 20, room);
     let jwt_sub = fit("sub", 40, room.saturating_sub(jwt_role.len()));
     let extra = format!("{fixed}{jwt_sub}\t{jwt_role}\t{keyring}");
+    if holds_chain_lock() {
+        // A writer started now would wait for this transaction's audit chain lock, holding a
+        // background worker slot all that time: refusals inside a batch (a table owner's code
+        // calling privileged functions, row after row) would take every slot of the cluster.
+        // Queued, the writers start when this transaction ends (the rows are written whether it
+        // commits or not), at most WRITERS_PER_TRANSACTION of them, then one that counts the rest.
+        queue_writer(db, clip(&extra, 127).to_string());
+        return;
+    }
+    start_writer(db, clip(&extra, 127));
+}
+
+/// At most this many refusals of one transaction that holds the audit chain lock get a row of
+/// their own; the rest are counted in one more row (and each has its LOG line).
+const WRITERS_PER_TRANSACTION: usize = 8;
+
+thread_local! {
+    /// Writers to start when the current transaction ends: their bgw_extra, the database, and how
+    /// many refusals beyond WRITERS_PER_TRANSACTION were only logged.
+    static QUEUED: std::cell::RefCell<(Vec<String>, u32, u64)> =
+        const { std::cell::RefCell::new((Vec::new(), 0, 0)) };
+}
+
+fn queue_writer(db: pg_sys::Oid, extra: String) {
+    ensure_callbacks();
+    QUEUED.with_borrow_mut(|(q, d, more)| {
+        *d = db.to_u32();
+        if q.len() < WRITERS_PER_TRANSACTION {
+            q.push(extra);
+        } else {
+            *more += 1;
+        }
+    });
+}
+
+/// Start the writers queued by this transaction (it has ended: committed, aborted or prepared),
+/// without waiting for them.
+fn start_queued_writers() {
+    let (queued, db, more) = QUEUED.take();
+    if queued.is_empty() {
+        return;
+    }
+    let db = pg_sys::Oid::from(db);
+    for extra in &queued {
+        launch(db, extra);
+    }
+    if more > 0 {
+        // SAFETY: plain accessors of backend state.
+        let session = unsafe { pg_sys::GetSessionUserId() };
+        launch(
+            db,
+            &format!("{}\t{}\t#{more}\t\t\t", session.to_u32(), session.to_u32()),
+        );
+    }
+}
+
+fn start_writer(db: pg_sys::Oid, extra: &str) {
+    if let Some(worker) = launch(db, extra) {
+        wait_for_writer(worker);
+    }
+}
+
+/// Start one audit writer for `extra`; None (and a LOG line) when no slot is free.
+fn launch(db: pg_sys::Oid, extra: &str) -> Option<pgrx::bgworkers::DynamicBackgroundWorker> {
     let started = BackgroundWorkerBuilder::new("meshhook_keys audit writer")
         .set_type("meshhook_keys audit writer")
         .set_library("meshhook_keys")
         .set_function("meshhook_keys_audit_refusal_main")
         .set_argument(Some(pg_sys::Datum::from(db.to_u32() as usize)))
-        .set_extra(clip(&extra, 127))
+        .set_extra(extra)
         .enable_spi_access()
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(None)
         .load_dynamic();
     match started {
-        Ok(worker) => wait_for_writer(worker),
-        Err(_) => crate::logline::log(
-            "meshhook_keys audit: could not start the audit writer for a refused call (max_worker_processes reached?); the refusal is only in this log",
-        ),
+        Ok(worker) => Some(worker),
+        Err(_) => {
+            crate::logline::log(
+                "meshhook_keys audit: could not start the audit writer for a refused call (max_worker_processes reached?); the refusal is only in this log",
+            );
+            None
+        }
     }
 }
 
@@ -671,39 +746,49 @@ pub extern "C-unwind" fn meshhook_keys_audit_refusal_main(arg: pg_sys::Datum) {
         // "!action": a failed attempt (wrong secret); "~action": an attempt refused because of
         // too many failed ones; "?action;sqlstate;k=v,...": an action that failed; otherwise a
         // refused privileged call.
-        let (action, outcome, detail) =
-            match (function.strip_prefix('!'), function.strip_prefix('~')) {
-                _ if function.starts_with('+') => {
-                    let (action, detail) = disclosure(&function[1..]);
-                    (action, "ok", detail)
-                }
-                _ if function.starts_with('?') => {
-                    let (action, detail) = failed_action(&function[1..]);
-                    (action, "failed", detail)
-                }
-                (Some(action), _) => (
-                    action.to_string(),
-                    "failed",
-                    serde_json::json!({ "error": "wrong secret" }),
-                ),
-                (_, Some(action)) => (
-                    action.to_string(),
-                    "refused",
-                    serde_json::json!({ "error": "too many failed attempts" }),
-                ),
-                _ => (
-                    "refused".to_string(),
-                    "refused",
-                    serde_json::json!({
-                        "function": function,
-                        "required_role": if CUSTODIAN_FUNCTIONS.contains(&function.as_str()) {
-                            CUSTODIAN_ROLE
-                        } else {
-                            OPERATOR_ROLE
-                        },
-                    }),
-                ),
-            };
+        let (action, outcome, detail) = match (
+            function.strip_prefix('!'),
+            function.strip_prefix('~'),
+        ) {
+            _ if function.starts_with('+') => {
+                let (action, detail) = disclosure(&function[1..]);
+                (action, "ok", detail)
+            }
+            _ if function.starts_with('#') => (
+                "refused".to_string(),
+                "refused",
+                serde_json::json!({
+                    "refusals_only_logged": function[1..].parse::<i64>().unwrap_or(0),
+                    "why": "more refusals in one transaction holding the audit chain than get a row each: each is in the server log",
+                }),
+            ),
+            _ if function.starts_with('?') => {
+                let (action, detail) = failed_action(&function[1..]);
+                (action, "failed", detail)
+            }
+            (Some(action), _) => (
+                action.to_string(),
+                "failed",
+                serde_json::json!({ "error": "wrong secret" }),
+            ),
+            (_, Some(action)) => (
+                action.to_string(),
+                "refused",
+                serde_json::json!({ "error": "too many failed attempts" }),
+            ),
+            _ => (
+                "refused".to_string(),
+                "refused",
+                serde_json::json!({
+                    "function": function,
+                    "required_role": if CUSTODIAN_FUNCTIONS.contains(&function.as_str()) {
+                        CUSTODIAN_ROLE
+                    } else {
+                        OPERATOR_ROLE
+                    },
+                }),
+            ),
+        };
         let mut detail = detail;
         if let (false, Some(map)) = (jwt.is_empty(), detail.as_object_mut()) {
             map.insert("jwt".to_string(), serde_json::Value::Object(jwt.clone()));

@@ -336,18 +336,21 @@ pub(super) fn end_of_pass(job_id: i64, col: &Column, old: &[i64]) -> Result<bool
     } else if remaining <= failed && all_recorded()? {
         set_column_state(job_id, col.id, "done_with_errors").map(|()| false)
     } else {
-        // (a pass that moved nothing makes the column back off before the next one)
+        // (a pass that made no progress makes the column back off before the next one: it moved
+        // nothing, or no fewer rows are left on old keys than after the pass before, whatever it
+        // counted as moved: the table's code put the old value back)
+        const NO_PROGRESS: &str = "(rows_done OPERATOR(pg_catalog.=) pass_done OR $4 OPERATOR(pg_catalog.>=) pass_remaining)";
         run(
             &format!(
                 "UPDATE meshhook_keys.reencrypt_progress_column
                     SET pass = pass OPERATOR(pg_catalog.+) 1, next_block = 0, next_offset = 0, updated_at = pg_catalog.clock_timestamp(),
                         end_block = pg_catalog.pg_relation_size($3) OPERATOR(pg_catalog./) pg_catalog.current_setting('block_size')::bigint,
-                        idle = CASE WHEN rows_done OPERATOR(pg_catalog.=) pass_done THEN idle OPERATOR(pg_catalog.+) 1 ELSE 0 END,
-                        retry_at = CASE WHEN rows_done OPERATOR(pg_catalog.=) pass_done THEN {BACKOFF} END,
-                        pass_done = rows_done
+                        idle = CASE WHEN {NO_PROGRESS} THEN idle OPERATOR(pg_catalog.+) 1 ELSE 0 END,
+                        retry_at = CASE WHEN {NO_PROGRESS} THEN {BACKOFF} END,
+                        pass_done = rows_done, pass_remaining = $4
                   WHERE job_id OPERATOR(pg_catalog.=) $1 AND column_id OPERATOR(pg_catalog.=) $2"
             ),
-            &[job_id.into(), col.id.into(), col.rel.into()],
+            &[job_id.into(), col.id.into(), col.rel.into(), remaining.into()],
         )
         .map(|()| true)
     }

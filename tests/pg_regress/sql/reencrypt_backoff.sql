@@ -80,4 +80,30 @@ SET LOCAL statement_timeout = '100ms';
 SELECT sqlstate_of($$SELECT meshhook_keys.reencrypt_batch('bo-ring', 1000)$$);
 ROLLBACK TO SAVEPOINT s;
 SELECT state FROM meshhook_keys.reencrypt_progress WHERE table_name = 'bo_refuser'::regclass AND job_state = 'running';
+
+-- a table whose code puts the old value back (BEFORE UPDATE: NEW.c := OLD.c): its rows count as
+-- updated but stay on the old key. A pass after which no fewer rows are left made no progress, so
+-- the column backs off like one whose rows are held, instead of starting a new pass at every batch
+-- forever (hostile review of issue 28: CALL reencrypt ran 3,856 passes in ten minutes)
+SELECT 1 FROM meshhook_keys.keys_rotate('bo-revert', 'setup');
+CREATE TABLE bo_reverter (id int PRIMARY KEY, c bytea);
+ALTER TABLE bo_reverter OWNER TO mk_bo_owner;
+INSERT INTO bo_reverter SELECT i, meshhook_keys.secret_encrypt('x' || i, '', 'bo-revert') FROM generate_series(1, 30) i;
+CREATE FUNCTION public.bo_revert() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN NEW.c := OLD.c; RETURN NEW; END $$;
+ALTER FUNCTION public.bo_revert() OWNER TO mk_bo_owner;
+CREATE TRIGGER revert BEFORE UPDATE ON bo_reverter FOR EACH ROW EXECUTE FUNCTION public.bo_revert();
+SELECT meshhook_keys.register_column('bo_reverter', 'c', NULL, 'bo-revert') > 0 AS registered;
+SELECT 1 FROM meshhook_keys.keys_rotate('bo-revert', 'rotate');
+DO $$ BEGIN
+    FOR k IN 1..40 LOOP
+        PERFORM meshhook_keys.reencrypt_batch('bo-revert', 1000);
+        PERFORM pg_catalog.pg_sleep(0.05);
+    END LOOP;
+END $$;
+SELECT p.pass < 12 AS few_passes, p.idle > 0 AS backing_off, p.retry_at IS NOT NULL AS retry_at_set,
+       p.pass_remaining AS rows_left
+  FROM meshhook_keys.reencrypt_progress_column p JOIN meshhook_keys.encrypted_column c ON c.id = p.column_id
+ WHERE c.keyring = 'bo-revert' AND c.rel = 'bo_reverter'::regclass;
+-- its rows are all still on version 1, which cannot be retired
+SELECT sqlstate_of($$SELECT meshhook_keys.keys_retire('bo-revert', 1)$$) LIKE '55000%' AS retire_refused;
 ROLLBACK;

@@ -99,13 +99,13 @@ ROLLBACK;
 DO $$
 DECLARE deadline timestamptz := clock_timestamp() + interval '30 seconds';
 BEGIN
-    WHILE (SELECT count(*) FROM meshhook_keys.audit_log WHERE action = 'keyring_export') < 3
+    WHILE (SELECT count(*) FROM meshhook_keys.audit_log WHERE action = 'keyring_export') < 4
           AND clock_timestamp() < deadline LOOP
         PERFORM pg_sleep(0.05);
     END LOOP;
 END $$;
 SELECT action, outcome, keyring, detail->>'versions' AS keys_handed_out
-  FROM meshhook_keys.audit_log WHERE action = 'keyring_export' ORDER BY keyring, id;
+  FROM meshhook_keys.audit_log WHERE action = 'keyring_export' ORDER BY keyring, outcome, detail->>'versions';
 DO $$
 DECLARE deadline timestamptz := clock_timestamp() + interval '30 seconds';
 BEGIN
