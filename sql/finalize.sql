@@ -112,6 +112,7 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_user, m
 GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_create(text, text, text) TO meshhook_keys_user, meshhook_keys_operator;
@@ -277,6 +278,8 @@ COMMENT ON FUNCTION meshhook_keys._verify(integer) IS
     'Internal: verify with table oids. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) IS
     'Retire a decrypt-only key version (decryption refused afterwards). Refused while registered rows reference it unless force => true. Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) IS
+    'Take back a retirement: a retired key version decrypts again (decrypt_only), for when retiring it was a mistake (a column that was not registered still holds its rows). Retirement is reversible until the version is destroyed; refused (55000) for a version that is not retired, or that is destroyed. Audited, with the reason given. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
     'Destroy a retired key version: wipe its wrapped key material (crypto-erasure). Refused while registered rows reference it unless force => true, as keys_retire. Audited. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS

@@ -945,3 +945,18 @@ COMMENT ON FUNCTION meshhook_keys.keyring_export(text, bytea, text) IS
     'Every version of a keyring (its metadata, and the data key of each version not destroyed) sealed under a caller-supplied 256-bit wrapping key (AES-256-GCM, the metadata readable and authenticated): a bundle for keyring_import in another database, for moving between clusters with different root keys or bringing your own key. A user-held keyring needs its secret. Audited, also when the caller rolls back. Requires meshhook_keys_custodian.';
 COMMENT ON FUNCTION meshhook_keys.keyring_import(bytea, bytea, text, text) IS
     'Import a keyring from a bundle made by keyring_export, under its name or another: its keys wrapped under this database''s root key (a user-held keyring''s under a key derived from the secret given), its key ids, versions, states and usage counts kept, so every ciphertext of the keyring decrypts here. Refused for a name or key id this database has (42710), and for an altered bundle or another wrapping key (XX001). Audited. Requires meshhook_keys_custodian.';
+
+-- Retirement is reversible until destruction (issue 28).
+CREATE FUNCTION meshhook_keys."keys_unretire"(
+	"keyring" TEXT,
+	"version" INT,
+	"reason" TEXT DEFAULT NULL
+) RETURNS bool
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'keys_unretire_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) TO meshhook_keys_user, meshhook_keys_operator;
+COMMENT ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) IS
+    'Take back a retirement: a retired key version decrypts again (decrypt_only), for when retiring it was a mistake (a column that was not registered still holds its rows). Retirement is reversible until the version is destroyed; refused (55000) for a version that is not retired, or that is destroyed. Audited, with the reason given. Requires meshhook_keys_operator.';

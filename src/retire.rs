@@ -119,3 +119,37 @@ pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool
         Some(version),
     )
 }
+
+/// Take back a retirement: a retired version of `keyring` decrypts again (`decrypt_only`).
+/// Retirement is reversible until the version is destroyed; refused (55000) for any version that
+/// is not retired, and for a destroyed one, whose key material is gone. The caller has checked
+/// that an admin is calling. Audited, with the reason given.
+pub fn unretire(keyring: &str, version: i32, reason: Option<&str>) -> Result<()> {
+    lock_order::keyring(keyring, Row::Existing)?;
+    let (key_id, state) = lookup_key(keyring, version)?;
+    let why = match state.as_str() {
+        "retired" => None,
+        "destroyed" => Some("it is destroyed: its key material is gone for good".to_string()),
+        other => Some(format!("it is not retired (it is {other})")),
+    };
+    if let Some(why) = why {
+        return Err(KeysError::KeyInUse {
+            keyring: keyring.into(),
+            version,
+            why,
+        });
+    }
+    Spi::run_with_args(
+        "UPDATE meshhook_keys.data_key SET state = 'decrypt_only', retired_at = NULL WHERE key_id OPERATOR(pg_catalog.=) $1",
+        &[key_id.into()],
+    )?;
+    audit::record(
+        "unretire",
+        Some(keyring),
+        Some(version),
+        Some(key_id),
+        reason,
+        serde_json::json!({}),
+    )?;
+    store::notify("unretire", keyring, Some(version))
+}

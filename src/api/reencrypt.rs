@@ -171,6 +171,26 @@ fn keys_retire(
     retire_wrapper("keys_retire", keyring, version, force, false)
 }
 
+/// Take back a retirement: a retired key version decrypts again (decrypt_only). Reversible until
+/// the version is destroyed: refused (55000) for a version that is not retired, or is destroyed.
+/// Audited. Requires meshhook_keys_operator.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keys_unretire(
+    keyring: Option<&str>,
+    version: Option<i32>,
+    reason: default!(Option<&str>, "NULL"),
+) -> bool {
+    (|| {
+        audit::require_admin("keys_unretire", keyring)?;
+        let keyring = validate_keyring(keyring)?;
+        let version = version.ok_or(KeysError::NullArgument("version"))?;
+        retire::unretire(keyring, version, reason)
+    })()
+    .or_raise();
+    true
+}
+
 /// Destroy a retired key version: its wrapped key material is wiped (crypto-erasure), so nothing it
 /// encrypted can ever be decrypted again. Refused while registered rows reference it unless
 /// forced, as keys_retire. Audited. Requires meshhook_keys_operator.
