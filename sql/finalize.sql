@@ -39,6 +39,12 @@ LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
 AS $$ SELECT u.table_oid::regclass, u.column_name::name, u.version, u.state, u.rows
         FROM meshhook_keys._key_usage(keyring) u $$;
 
+CREATE FUNCTION meshhook_keys.find_unregistered(keyring text DEFAULT 'default', max_blocks integer DEFAULT 131072)
+RETURNS TABLE (table_name regclass, column_name name, rows bigint, blocks_read bigint, blocks bigint, error text)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT f.table_oid::regclass, f.column_name::name, f.rows, f.blocks_read, f.blocks, f.error
+        FROM meshhook_keys._find_unregistered(keyring, max_blocks) f $$;
+
 CREATE FUNCTION meshhook_keys.verify(sample integer DEFAULT 100)
 RETURNS TABLE (table_name regclass, column_name name, keyring text, sampled bigint, decrypted bigint,
                failed bigint, locked bigint, ok boolean, error text)
@@ -108,6 +114,8 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshho
 GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.find_unregistered(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._find_unregistered(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user, meshhook_keys_operator;
@@ -268,6 +276,10 @@ COMMENT ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) IS
     'Re-encrypt one bounded batch of a keyring''s registered rows to its active key inside the caller''s transaction; returns rows moved, or NULL when nothing is left. Requires meshhook_keys_operator.';
 COMMENT ON PROCEDURE meshhook_keys.reencrypt(text, integer) IS
     'Re-encrypt every registered row of a keyring to its active key, committing after each batch (CALL it outside a transaction block). Resumable: call it again after any interruption. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.find_unregistered(text, integer) IS
+    'The bytea columns of this database (ordinary tables and materialized views, outside the system and extension schemas) that are not registered for a keyring and hold its envelopes: re-encryption never moves them, and retiring or destroying a version they use makes them undecryptable. Each column is read as its table''s owner, sealed, at most max_blocks blocks, lock_timeout 1s; a column whose read failed (error) or stopped early (blocks_read < blocks) is listed too. Only envelope headers are compared, nothing is decrypted. Audited; keys_retire warns when it has not run since the last registration. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys._find_unregistered(text, integer) IS
+    'Internal: find_unregistered with table oids. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.key_usage(text) IS
     'Rows per key version in each registered column of a keyring (full scan of each table). Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys._key_usage(text) IS

@@ -960,3 +960,33 @@ REVOKE ALL ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) FROM PUB
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) TO meshhook_keys_user, meshhook_keys_operator;
 COMMENT ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) IS
     'Take back a retirement: a retired key version decrypts again (decrypt_only), for when retiring it was a mistake (a column that was not registered still holds its rows). Retirement is reversible until the version is destroyed; refused (55000) for a version that is not retired, or that is destroyed. Audited, with the reason given. Requires meshhook_keys_operator.';
+
+-- find_unregistered (issue 28): forgetting a column must not silently destroy data.
+CREATE FUNCTION meshhook_keys."_find_unregistered"(
+	"keyring" TEXT,
+	"max_blocks" INT
+) RETURNS TABLE (
+	"table_oid" oid,
+	"column_name" TEXT,
+	"rows" bigint,
+	"blocks_read" bigint,
+	"blocks" bigint,
+	"error" TEXT
+)
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_find_unregistered_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys._find_unregistered(text, integer) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys.find_unregistered(keyring text DEFAULT 'default', max_blocks integer DEFAULT 131072)
+RETURNS TABLE (table_name regclass, column_name name, rows bigint, blocks_read bigint, blocks bigint, error text)
+LANGUAGE sql VOLATILE SET search_path = pg_catalog, pg_temp
+AS $$ SELECT f.table_oid::regclass, f.column_name::name, f.rows, f.blocks_read, f.blocks, f.error
+        FROM meshhook_keys._find_unregistered(keyring, max_blocks) f $$;
+REVOKE ALL ON FUNCTION meshhook_keys.find_unregistered(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.find_unregistered(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys._find_unregistered(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
+COMMENT ON FUNCTION meshhook_keys.find_unregistered(text, integer) IS
+    'The bytea columns of this database (ordinary tables and materialized views, outside the system and extension schemas) that are not registered for a keyring and hold its envelopes: re-encryption never moves them, and retiring or destroying a version they use makes them undecryptable. Each column is read as its table''s owner, sealed, at most max_blocks blocks, lock_timeout 1s; a column whose read failed (error) or stopped early (blocks_read < blocks) is listed too. Only envelope headers are compared, nothing is decrypted. Audited; keys_retire warns when it has not run since the last registration. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys._find_unregistered(text, integer) IS
+    'Internal: find_unregistered with table oids. Requires meshhook_keys_operator.';

@@ -105,6 +105,21 @@ pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool
             &[key_id.into()],
         )?;
     }
+    if !destroy && !reencrypt::run_since_last_registration(keyring)? {
+        // (a column nobody registered is what re-encryption never moves: its rows on this version
+        // are what a retire makes undecryptable, and a destroy loses for good)
+        pgrx::pg_sys::panic::ErrorReport::new(
+            pgrx::PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "meshhook_keys.find_unregistered('{keyring}') has not been run since the last column was registered: a bytea column nobody registered may still hold rows on version {version}"
+            ),
+            "meshhook_keys::retire",
+        )
+        .set_hint(format!(
+            "Look with meshhook_keys.find_unregistered('{keyring}'); meshhook_keys.keys_unretire('{keyring}', {version}) takes this retirement back until the version is destroyed."
+        ))
+        .report(pgrx::PgLogLevel::WARNING);
+    }
     audit::record(
         if destroy { "destroy" } else { "retire" },
         Some(keyring),

@@ -115,6 +115,39 @@ fn _reencrypt_take(token: &[u8], row: pg_sys::ItemPointerData) -> crate::api::pl
     reencrypt::take_row(token, &row, crate::api::plain::ByteaCopy::of).or_raise()
 }
 
+/// The unregistered bytea columns that hold envelopes of a keyring, each read as its table's
+/// owner, at most `max_blocks` blocks each; columns whose read failed or stopped early are listed
+/// too. Audited. Requires meshhook_keys_operator.
+#[allow(clippy::type_complexity)]
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn _find_unregistered(
+    keyring: Option<&str>,
+    max_blocks: Option<i32>,
+) -> TableIterator<
+    'static,
+    (
+        name!(table_oid, pg_sys::Oid),
+        name!(column_name, String),
+        name!(rows, Option<i64>),
+        name!(blocks_read, i64),
+        name!(blocks, i64),
+        name!(error, Option<String>),
+    ),
+> {
+    let rows = (|| {
+        audit::require_admin("find_unregistered", keyring)?;
+        let keyring = validate_keyring(keyring)?;
+        let max_blocks = max_blocks.ok_or(KeysError::NullArgument("max_blocks"))?;
+        reencrypt::find_unregistered(keyring, i64::from(max_blocks))
+    })()
+    .or_raise();
+    TableIterator::new(
+        rows.into_iter()
+            .map(|f| (f.table, f.column, f.rows, f.blocks_read, f.blocks, f.error)),
+    )
+}
+
 /// Rows per key version in every registered column of a keyring (rows on keys of other keyrings or
 /// not envelopes at all are counted with a NULL version). Requires meshhook_keys_operator.
 #[allow(clippy::type_complexity)]

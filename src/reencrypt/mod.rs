@@ -31,6 +31,7 @@ mod batch;
 mod jobs;
 mod registry;
 mod rows;
+mod unregistered;
 mod user_held;
 
 pub use batch::batch;
@@ -40,4 +41,5 @@ pub use registry::{
 };
 pub(crate) use registry::{context_item, key_ranges, on_keys_test};
 pub use rows::{take_index, take_row, try_row, try_row_indexed};
+pub use unregistered::{find as find_unregistered, run_since_last_registration};
 pub use user_held::rotate_secret as rotate_user_held_secret;

@@ -121,7 +121,7 @@ if wait_until 30 is_t qs sub "SELECT count(*) = 2 FROM held"; then ok "the subsc
 held_session() {
     as_pg psql -X -q -A -t -h "$SUB" -p "$SPORT" -U postgres -d sub -v VERBOSITY=verbose <<SQL 2>&1
 SELECT meshhook_keys.secret_decrypt(c, '') FROM held WHERE name = '$2';
-\! psql -X -q -h $TMP -p $PORT -U postgres -d pub -c "$1" >/dev/null
+\! psql -X -q -h $TMP -p $PORT -U postgres -d pub -c "$1" >/dev/null 2>&1
 \! for i in \$(seq 1 300); do [ "\$(psql -X -A -t -h $SUB -p $SPORT -U postgres -d sub -c "SELECT state FROM meshhook_keys.data_key WHERE keyring = '$2' AND version = 1")" = $3 ] && break; sleep 0.1; done
 SELECT meshhook_keys.secret_decrypt(c, '') FROM held WHERE name = '$2';
 SQL
