@@ -71,6 +71,10 @@ CREATE TABLE meshhook_keys.data_key (
     -- a pending version (0.5.0): the WAL position every standby must have replayed before it
     -- becomes active (meshhook_keys.activate_after), set by the first attempt to activate it
     wait_lsn          pg_lsn,
+    -- a destruction scheduled by keys_destroy(..., after => ...) (0.5.0, issue 28): carried out by
+    -- the scheduler once due, cancelled by keys_destroy_cancel or keys_unretire
+    destroy_at        timestamptz,
+    destroy_forced    boolean     NOT NULL DEFAULT false,
     UNIQUE (keyring, version),
     -- key material is present exactly until the version is destroyed
     CHECK ((state = 'destroyed') = (wrapped_key IS NULL))
@@ -194,7 +198,7 @@ $$;
 
 -- What admins may see of the keys: metadata only, never key material.
 CREATE VIEW meshhook_keys.keys AS
-    SELECT keyring, version, key_id, state, created_at, activated_at, retired_at
+    SELECT keyring, version, key_id, state, created_at, activated_at, retired_at, destroy_at
       FROM meshhook_keys.data_key;
 
 -- pg_dump must carry the rows of these extension tables (they are the keys and the evidence).

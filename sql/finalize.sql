@@ -119,7 +119,8 @@ GRANT EXECUTE ON FUNCTION meshhook_keys._find_unregistered(text, integer) TO mes
 GRANT EXECUTE ON FUNCTION meshhook_keys.verify(integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys._verify(integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) TO meshhook_keys_user, meshhook_keys_operator;
-GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean, interval) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy_cancel(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.root_key_rewrap() TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) TO meshhook_keys_user, meshhook_keys_operator;
@@ -292,8 +293,10 @@ COMMENT ON FUNCTION meshhook_keys.keys_retire(text, integer, boolean) IS
     'Retire a decrypt-only key version (decryption refused afterwards). Refused while registered rows reference it unless force => true. Audited. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.keys_unretire(text, integer, text) IS
     'Take back a retirement: a retired key version decrypts again (decrypt_only), for when retiring it was a mistake (a column that was not registered still holds its rows). Retirement is reversible until the version is destroyed; refused (55000) for a version that is not retired, or that is destroyed. Audited, with the reason given. Requires meshhook_keys_operator.';
-COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean) IS
-    'Destroy a retired key version: wipe its wrapped key material (crypto-erasure). Refused while registered rows reference it unless force => true, as keys_retire. Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean, interval) IS
+    'Destroy a retired key version: its wrapped key material is wiped (crypto-erasure), so nothing it encrypted can ever be decrypted again. Refused while registered rows reference it, unless forced (as keys_retire). With after => interval, scheduled instead (the same checks now): the scheduler destroys it once the interval has passed, checking again, and keys_destroy_cancel or keys_unretire take it back until then (keys.destroy_at shows when). Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keys_destroy_cancel(text, integer) IS
+    'Cancel a destruction scheduled by keys_destroy(..., after => ...); refused (55000) when none is scheduled for the version. Audited. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.root_key_rewrap() IS
     'Rewrap every data key wrapped by the previous root key (meshhook_keys.root_key_previous_file / _command) under the current root key, in one transaction, touching no user rows. Audited. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.keyring_set_policy(text, interval, bigint) IS

@@ -990,3 +990,39 @@ COMMENT ON FUNCTION meshhook_keys.find_unregistered(text, integer) IS
     'The bytea columns of this database (ordinary tables and materialized views, outside the system and extension schemas) that are not registered for a keyring and hold its envelopes: re-encryption never moves them, and retiring or destroying a version they use makes them undecryptable. Each column is read as its table''s owner, sealed, at most max_blocks blocks, lock_timeout 1s; a column whose read failed (error) or stopped early (blocks_read < blocks) is listed too. Only envelope headers are compared, nothing is decrypted. Audited; keys_retire warns when it has not run since the last registration. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys._find_unregistered(text, integer) IS
     'Internal: find_unregistered with table oids. Requires meshhook_keys_operator.';
+
+-- Destruction with a grace period (issue 28): keys_destroy(..., after => interval) schedules it,
+-- the scheduler carries it out, keys_destroy_cancel (or keys_unretire) takes it back.
+ALTER TABLE meshhook_keys.data_key
+    ADD COLUMN destroy_at timestamptz,
+    ADD COLUMN destroy_forced boolean NOT NULL DEFAULT false;
+CREATE OR REPLACE VIEW meshhook_keys.keys AS
+    SELECT keyring, version, key_id, state, created_at, activated_at, retired_at, destroy_at
+      FROM meshhook_keys.data_key;
+DROP FUNCTION meshhook_keys.keys_destroy(text, integer, boolean);
+CREATE FUNCTION meshhook_keys."keys_destroy"(
+	"keyring" TEXT,
+	"version" INT,
+	"force" bool DEFAULT false,
+	"after" interval DEFAULT NULL
+) RETURNS bool
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'keys_destroy_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean, interval) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."keys_destroy_cancel"(
+	"keyring" TEXT,
+	"version" INT
+) RETURNS bool
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'keys_destroy_cancel_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.keys_destroy_cancel(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean, interval) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.keys_destroy_cancel(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
+COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean, interval) IS
+    'Destroy a retired key version: its wrapped key material is wiped (crypto-erasure), so nothing it encrypted can ever be decrypted again. Refused while registered rows reference it, unless forced (as keys_retire). With after => interval, scheduled instead (the same checks now): the scheduler destroys it once the interval has passed, checking again, and keys_destroy_cancel or keys_unretire take it back until then (keys.destroy_at shows when). Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.keys_destroy_cancel(text, integer) IS
+    'Cancel a destruction scheduled by keys_destroy(..., after => ...); refused (55000) when none is scheduled for the version. Audited. Requires meshhook_keys_operator.';

@@ -38,6 +38,13 @@ fn lookup_key(keyring: &str, version: i32) -> Result<(i64, String)> {
 /// need, unless `force`. The caller has checked that an admin is calling.
 pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool) -> Result<()> {
     lock_order::keyring(keyring, Row::CreateIfMissing)?;
+    let (key_id, rows, failures) = gate(keyring, version, force, destroy)?;
+    act(keyring, version, key_id, force, destroy, rows, failures)
+}
+
+/// The checks of a retire or a destroy, the keyring locked: the key id, and the rows that still
+/// reference it and the failed rows of the keyring (both 0 unless forced).
+fn gate(keyring: &str, version: i32, force: bool, destroy: bool) -> Result<(i64, i64, i64)> {
     let (key_id, state) = lookup_key(keyring, version)?;
     let refuse = |why: String| {
         Err(KeysError::KeyInUse {
@@ -92,9 +99,21 @@ pub fn retire_or_destroy(keyring: &str, version: i32, force: bool, destroy: bool
             "{rows} row(s) in registered columns still reference it{which} and {failures} row(s) failed re-encryption; run CALL meshhook_keys.reencrypt('{keyring}') and resolve failures (meshhook_keys.reencrypt_progress shows a column whose batch failed, with its error), or pass force => true"
         ));
     }
+    Ok((key_id, rows, failures))
+}
+
+fn act(
+    keyring: &str,
+    version: i32,
+    key_id: i64,
+    force: bool,
+    destroy: bool,
+    rows: i64,
+    failures: i64,
+) -> Result<()> {
     if destroy {
         Spi::run_with_args(
-            "UPDATE meshhook_keys.data_key SET state = 'destroyed', wrapped_key = NULL,
+            "UPDATE meshhook_keys.data_key SET state = 'destroyed', wrapped_key = NULL, destroy_at = NULL,
                     destroyed_at = pg_catalog.now(), retired_at = coalesce(retired_at, pg_catalog.now())
               WHERE key_id OPERATOR(pg_catalog.=) $1",
             &[key_id.into()],
@@ -155,7 +174,8 @@ pub fn unretire(keyring: &str, version: i32, reason: Option<&str>) -> Result<()>
         });
     }
     Spi::run_with_args(
-        "UPDATE meshhook_keys.data_key SET state = 'decrypt_only', retired_at = NULL WHERE key_id OPERATOR(pg_catalog.=) $1",
+        "UPDATE meshhook_keys.data_key SET state = 'decrypt_only', retired_at = NULL, destroy_at = NULL, destroy_forced = false
+          WHERE key_id OPERATOR(pg_catalog.=) $1",
         &[key_id.into()],
     )?;
     audit::record(
@@ -167,4 +187,114 @@ pub fn unretire(keyring: &str, version: i32, reason: Option<&str>) -> Result<()>
         serde_json::json!({}),
     )?;
     store::notify("unretire", keyring, Some(version))
+}
+
+/// Schedule the destruction of a version `after` from now (keys_destroy(..., after => ...)): the
+/// same checks as a destroy now, then `destroy_at` set; the scheduler destroys it once due,
+/// checking again (a schedule made with `force` stays forced). Reversible until then with
+/// [`cancel_destroy`] or [`unretire`]. Audited. Returns when it will be destroyed.
+pub fn schedule_destroy(
+    keyring: &str,
+    version: i32,
+    force: bool,
+    after_micros: i128,
+) -> Result<String> {
+    if after_micros <= 0 {
+        return Err(KeysError::InvalidArgument(
+            "after must be a positive interval (or NULL to destroy now)".into(),
+        ));
+    }
+    lock_order::keyring(keyring, Row::Existing)?;
+    let (key_id, rows, failures) = gate(keyring, version, force, true)?;
+    let at = Spi::get_one_with_args::<String>(
+        "UPDATE meshhook_keys.data_key
+            SET destroy_at = pg_catalog.now() OPERATOR(pg_catalog.+) pg_catalog.make_interval(secs => $2::pg_catalog.float8 OPERATOR(pg_catalog./) 1000000),
+                destroy_forced = $3
+          WHERE key_id OPERATOR(pg_catalog.=) $1
+         RETURNING destroy_at::pg_catalog.text",
+        &[key_id.into(), (after_micros as f64).into(), force.into()],
+    )?
+    .unwrap_or_default();
+    audit::record(
+        "destroy_scheduled",
+        Some(keyring),
+        Some(version),
+        Some(key_id),
+        None,
+        serde_json::json!({ "destroy_at": at, "forced": force, "rows_referencing": rows, "failed_rows": failures }),
+    )?;
+    store::notify("destroy_scheduled", keyring, Some(version))?;
+    Ok(at)
+}
+
+/// Cancel a scheduled destruction (keys_destroy_cancel); refused (55000) when none is scheduled.
+/// Audited.
+pub fn cancel_destroy(keyring: &str, version: i32) -> Result<()> {
+    lock_order::keyring(keyring, Row::Existing)?;
+    let (key_id, _) = lookup_key(keyring, version)?;
+    let cancelled = Spi::get_one_with_args::<bool>(
+        "WITH c AS (UPDATE meshhook_keys.data_key SET destroy_at = NULL, destroy_forced = false
+                     WHERE key_id OPERATOR(pg_catalog.=) $1 AND destroy_at IS NOT NULL RETURNING 1)
+         SELECT EXISTS (SELECT FROM c)",
+        &[key_id.into()],
+    )?
+    .unwrap_or(false);
+    if !cancelled {
+        return Err(KeysError::KeyInUse {
+            keyring: keyring.into(),
+            version,
+            why: "no destruction is scheduled for it".into(),
+        });
+    }
+    audit::record(
+        "destroy_cancelled",
+        Some(keyring),
+        Some(version),
+        Some(key_id),
+        None,
+        serde_json::json!({}),
+    )?;
+    store::notify("destroy_cancelled", keyring, Some(version))
+}
+
+/// The scheduled destructions that are due: (keyring, version, forced).
+pub fn due_destructions() -> Result<Vec<(String, i32, bool)>> {
+    Spi::connect(|c| {
+        let mut out = Vec::new();
+        for r in c.select(
+            "SELECT keyring, version, destroy_forced FROM meshhook_keys.data_key
+              WHERE destroy_at OPERATOR(pg_catalog.<=) pg_catalog.now() AND state OPERATOR(pg_catalog.<>) 'destroyed'
+              ORDER BY destroy_at, keyring, version",
+            None,
+            &[],
+        )? {
+            out.push((
+                r.get::<String>(1)?.unwrap_or_default(),
+                r.get::<i32>(2)?.unwrap_or_default(),
+                r.get::<bool>(3)?.unwrap_or(false),
+            ));
+        }
+        Ok::<_, KeysError>(out)
+    })
+}
+
+/// Carry out a due destruction (the scheduler): destroyed if it still passes the checks; if not
+/// (rows registered since reference it), the schedule is dropped and the error returned, for the
+/// scheduler to audit as a failure.
+pub fn destroy_due(keyring: &str, version: i32, forced: bool) -> Result<()> {
+    lock_order::keyring(keyring, Row::Existing)?;
+    match gate(keyring, version, forced, true) {
+        Ok((key_id, rows, failures)) => act(keyring, version, key_id, forced, true, rows, failures),
+        Err(e) => Err(e),
+    }
+}
+
+/// Drop a schedule the scheduler could not carry out (it stays refused until scheduled again).
+pub fn drop_schedule(keyring: &str, version: i32) -> Result<()> {
+    Spi::run_with_args(
+        "UPDATE meshhook_keys.data_key SET destroy_at = NULL, destroy_forced = false
+          WHERE keyring OPERATOR(pg_catalog.=) $1 AND version OPERATOR(pg_catalog.=) $2",
+        &[keyring.into(), version.into()],
+    )?;
+    Ok(())
 }

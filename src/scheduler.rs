@@ -397,6 +397,51 @@ fn default_keyring_step(mode: Mode, out: &mut Vec<Action>) {
 /// Activate the pending versions the standbys have replayed (crate::activation), each keyring
 /// isolated from the others. While one still waits, the workers come back to this database about
 /// once a second instead of once per naptime ([`served::set_activation_waiting`]).
+/// Carry out the destructions scheduled by keys_destroy(..., after => ...) that are due, each in
+/// its own step, audited with actor scheduler. One that no longer passes the checks (rows
+/// registered since reference the version) is not destroyed: its schedule is dropped and the
+/// refusal audited as a failure, so that the scheduler does not try again at every tick.
+fn destruction_step(mode: Mode, out: &mut Vec<Action>) {
+    let due = match isolated(mode, crate::retire::due_destructions) {
+        Ok(d) => d,
+        Err(f) => {
+            out.push(Action::failed(None, "destroy", &f));
+            return;
+        }
+    };
+    for (keyring, version, forced) in due {
+        let kr = Some(keyring.as_str());
+        match isolated(mode, || {
+            audit::as_actor(ACTOR, || {
+                crate::retire::destroy_due(&keyring, version, forced)
+            })
+        }) {
+            Ok(()) => out.push(Action::new(
+                kr,
+                "destroy",
+                "ok",
+                format!("version {version}: its scheduled destruction was due"),
+            )),
+            Err(f) => {
+                let _ = isolated(mode, || {
+                    audit::as_actor(ACTOR, || {
+                        crate::retire::drop_schedule(&keyring, version)?;
+                        audit::record_failure(
+                            "destroy",
+                            Some(&keyring),
+                            Some(
+                                "the scheduled destruction no longer passes its checks; schedule it again",
+                            ),
+                            serde_json::json!({ "version": version, "error": f.sqlstate }),
+                        )
+                    })
+                });
+                out.push(Action::failed(kr, "destroy", &f));
+            }
+        }
+    }
+}
+
 fn activation_step(mode: Mode, out: &mut Vec<Action>) {
     let keyrings = match isolated(mode, store::pending_keyrings) {
         Ok(k) => k,
@@ -627,6 +672,7 @@ pub fn tick(mode: Mode, worker: bool) -> Vec<Action> {
     root_rewrap_step(mode, &mut out);
     default_keyring_step(mode, &mut out);
     activation_step(mode, &mut out);
+    destruction_step(mode, &mut out);
     rotation_step(mode, worker, &mut out);
     reencryption_step(mode, worker, &mut out);
     if mode == Mode::OwnTransactions {

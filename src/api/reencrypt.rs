@@ -226,15 +226,43 @@ fn keys_unretire(
 
 /// Destroy a retired key version: its wrapped key material is wiped (crypto-erasure), so nothing it
 /// encrypted can ever be decrypted again. Refused while registered rows reference it unless
-/// forced, as keys_retire. Audited. Requires meshhook_keys_operator.
+/// forced, as keys_retire. With `after`, scheduled instead: the scheduler destroys it once the
+/// interval has passed (checking again), keys_destroy_cancel or keys_unretire take it back until
+/// then. Audited. Requires meshhook_keys_operator.
 #[pg_extern(security_definer, volatile, parallel_unsafe)]
 #[search_path(pg_catalog, pg_temp)]
 fn keys_destroy(
     keyring: Option<&str>,
     version: Option<i32>,
     force: default!(Option<bool>, "false"),
+    after: default!(Option<pgrx::datum::Interval>, "NULL"),
 ) -> bool {
-    retire_wrapper("keys_destroy", keyring, version, force, true)
+    let Some(after) = after else {
+        return retire_wrapper("keys_destroy", keyring, version, force, true);
+    };
+    (|| {
+        audit::require_admin("keys_destroy", keyring)?;
+        let keyring = validate_keyring(keyring)?;
+        let version = version.ok_or(KeysError::NullArgument("version"))?;
+        retire::schedule_destroy(keyring, version, force.unwrap_or(false), after.as_micros())
+    })()
+    .or_raise();
+    true
+}
+
+/// Cancel a destruction scheduled by keys_destroy(..., after => ...); refused (55000) when none is
+/// scheduled for the version. Audited. Requires meshhook_keys_operator.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn keys_destroy_cancel(keyring: Option<&str>, version: Option<i32>) -> bool {
+    (|| {
+        audit::require_admin("keys_destroy_cancel", keyring)?;
+        let keyring = validate_keyring(keyring)?;
+        let version = version.ok_or(KeysError::NullArgument("version"))?;
+        retire::cancel_destroy(keyring, version)
+    })()
+    .or_raise();
+    true
 }
 
 /// One row of verify: table, column, keyring, sampled, decrypted, failed, locked, ok, error.
