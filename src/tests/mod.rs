@@ -320,7 +320,7 @@ mod tests {
         );
         assert_eq!(
             cols,
-            "keyring,version,key_id,state,created_at,activated_at,retired_at"
+            "keyring,version,key_id,state,created_at,activated_at,retired_at,destroy_at"
         );
     }
 
