@@ -306,12 +306,32 @@ pub fn connect(conninfo: Option<&str>) -> Result<Client, String> {
         None => e.to_string(),
     };
     let p = prepare(conninfo)?;
+    // connect_timeout bounds the whole connection set-up, as libpq's does: the client library
+    // applies it to the TCP connect only, so a server that accepts and then says nothing would
+    // hold the CLI forever. The attempt runs in a thread of its own, abandoned (with the process)
+    // when the time is up.
+    let limit = p.config.get_connect_timeout().copied();
     let config = postgres::Config::from(p.config);
-    match p.tls {
-        None => config.connect(NoTls),
-        Some(tls) => config.connect(tls),
-    }
-    .map_err(db)
+    let attempt = move || {
+        match p.tls {
+            None => config.connect(NoTls),
+            Some(tls) => config.connect(tls),
+        }
+        .map_err(db)
+    };
+    let Some(limit) = limit else {
+        return attempt();
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(attempt());
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| {
+        Err(format!(
+            "timeout expired: no connection within connect_timeout ({} s)",
+            limit.as_secs()
+        ))
+    })
 }
 
 #[cfg(test)]

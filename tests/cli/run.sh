@@ -251,4 +251,35 @@ http GET /metrics ""
 check "GET /metrics without a token: 401" 401 "$CODE"
 check "HEAD /metrics: 200" 200 "$(curl -s -o /dev/null -w '%{http_code}' -I -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/metrics")"
 
+echo "# a server that accepts the connection and then says nothing (issue 29): connect_timeout bounds"
+echo "# the whole set-up, as libpq's does (psql gives up after it; before, the CLI waited forever)"
+SILENT_PORT=$((PORT + 60))
+python3 - "$SILENT_PORT" <<'PY' &
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1]))); s.listen(16); s.settimeout(1)
+held, deadline = [], time.time() + 60
+while time.time() < deadline:
+    try:
+        held.append(s.accept()[0])   # accepted, never answered
+    except socket.timeout:
+        pass
+PY
+SILENT_PID=$!
+at_exit "kill $SILENT_PID 2>/dev/null || true"
+wait_until 10 python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', $SILENT_PORT), 1).close()" \
+    || fail "the silent server did not start"
+silent() {   # silent ENV...: the CLI against the silent server; RC, its output, and the seconds it took
+    local t0; t0=$(date +%s.%N)
+    RC=0; OUT=$(as_pg env -i PATH="$PATH" "$@" timeout 20 "$TMP/bin/meshhook-keys" status 2>&1) || RC=$?
+    SECS=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+}
+silent MESHHOOK_KEYS_URL="host=127.0.0.1 port=$SILENT_PORT user=ops dbname=cli connect_timeout=3 sslmode=disable"
+check "connect_timeout=3 in the connection string: exit 1" 1 "$RC"
+lt "within connect_timeout + 1 s" "$SECS" 4
+check_match "saying why" 'timeout expired' "$OUT"
+silent PGHOST=127.0.0.1 PGPORT="$SILENT_PORT" PGUSER=ops PGDATABASE=cli PGCONNECT_TIMEOUT=3
+check "PGCONNECT_TIMEOUT=3 (sslmode prefer): exit 1" 1 "$RC"
+lt "within PGCONNECT_TIMEOUT + 1 s" "$SECS" 4
+
 suite_summary "CLI tests"
