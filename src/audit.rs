@@ -65,42 +65,37 @@ fn is_admin(role: pg_sys::Oid) -> bool {
 /// Inside code meshhook_keys runs on a table owner's behalf the caller is that owner, whoever
 /// started the batch; in a security-restricted operation someone else started, nobody is.
 pub fn require_admin(function: &'static str, keyring: Option<&str>) -> Result<()> {
-    let caller = crate::context::caller();
-    if caller.role().is_some_and(is_admin) {
-        return Ok(());
-    }
-    record_refusal(function, keyring, caller_role_oid());
-    Err(match caller {
-        crate::context::Caller::Unknown => KeysError::CallerUnknown(function),
-        _ => KeysError::PermissionDenied {
-            function,
-            role: OPERATOR_ROLE,
-        },
-    })
+    require(function, keyring, is_admin, OPERATOR_ROLE)
 }
 
 /// Refuse (and durably audit the refusal) unless the caller is a superuser or has the
-/// privileges of meshhook_keys_custodian. Like [`require_admin`], inside code meshhook_keys runs on
-/// someone's behalf the caller is that someone, and nobody in a security-restricted operation.
+/// privileges of meshhook_keys_custodian; the caller as for [`require_admin`].
 pub fn require_custodian(function: &'static str, keyring: Option<&str>) -> Result<()> {
     debug_assert!(CUSTODIAN_FUNCTIONS.contains(&function));
-    let caller = crate::context::caller();
     // SAFETY: missing_ok = true; catalog lookups of role attributes and membership.
     let is_custodian = |role: pg_sys::Oid| unsafe {
         let custodian = pg_sys::get_role_oid(c"meshhook_keys_custodian".as_ptr(), true);
         pg_sys::superuser_arg(role)
             || (custodian != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, custodian))
     };
-    if caller.role().is_some_and(is_custodian) {
+    require(function, keyring, is_custodian, CUSTODIAN_ROLE)
+}
+
+/// The caller passes `allowed`, or the call is refused (audited durably) naming `role`.
+fn require(
+    function: &'static str,
+    keyring: Option<&str>,
+    allowed: impl Fn(pg_sys::Oid) -> bool,
+    role: &'static str,
+) -> Result<()> {
+    let caller = crate::context::caller();
+    if caller.role().is_some_and(allowed) {
         return Ok(());
     }
     record_refusal(function, keyring, caller_role_oid());
     Err(match caller {
         crate::context::Caller::Unknown => KeysError::CallerUnknown(function),
-        _ => KeysError::PermissionDenied {
-            function,
-            role: CUSTODIAN_ROLE,
-        },
+        _ => KeysError::PermissionDenied { function, role },
     })
 }
 
