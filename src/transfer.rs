@@ -75,7 +75,7 @@ fn bundle_error(e: BundleError) -> KeysError {
 }
 
 /// The keyring row and every version (oldest first), as committed, the rows locked.
-fn read_keyring(keyring: &str) -> Result<(Header, Option<bool>)> {
+fn read_keyring(keyring: &str) -> Result<Header> {
     let head = Spi::connect_mut(|c| {
         let t = c.update(
             "SELECT tenant, user_held, rotation_interval::pg_catalog.text, max_encryptions, destroyed_at IS NOT NULL
@@ -125,19 +125,16 @@ fn read_keyring(keyring: &str) -> Result<(Header, Option<bool>)> {
     })?;
     let exported_at =
         Spi::get_one::<String>("SELECT pg_catalog.now()::pg_catalog.text")?.unwrap_or_default();
-    Ok((
-        Header {
-            format: FORMAT.into(),
-            keyring: keyring.into(),
-            tenant,
-            user_held,
-            rotation_interval,
-            max_encryptions,
-            exported_at,
-            versions,
-        },
-        Some(user_held),
-    ))
+    Ok(Header {
+        format: FORMAT.into(),
+        keyring: keyring.into(),
+        tenant,
+        user_held,
+        rotation_interval,
+        max_encryptions,
+        exported_at,
+        versions,
+    })
 }
 
 /// The data keys of a root-wrapped keyring's versions that have key material, oldest first.
@@ -171,8 +168,8 @@ pub fn export(
     audit::require_custodian("keyring_export", keyring)?;
     let keyring = validate_keyring(keyring)?;
     let wrapping_key = wrapping(wrapping_key)?;
-    let (header, user_held) = read_keyring(keyring)?;
-    let pairs: Vec<(KeyRow, SecretKey)> = if user_held == Some(true) {
+    let header = read_keyring(keyring)?;
+    let pairs: Vec<(KeyRow, SecretKey)> = if header.user_held {
         crate::userheld::keys_for_export(keyring, secret)?
     } else {
         let rows = store::keyring_keys(keyring, true)?;
