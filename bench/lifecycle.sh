@@ -27,7 +27,7 @@ while [ $# -gt 0 ]; do
     esac
     shift
 done
-PORT=${MESHHOOK_KEYS_BENCH_PORT:-54346}
+PORT=${MESHHOOK_KEYS_BENCH_PORT:-25346}
 WORK=$(mktemp -d /tmp/mk_lifecycle.XXXXXX)
 chmod 755 "$WORK"
 LIBDIR=$("$PG_CONFIG" --pkglibdir)

@@ -15,7 +15,7 @@ set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 ROWS=${1:-20000}; BATCH=${2:-1000}
 source "$(dirname "$0")/profile-lib.sh"
-PORT=${MESHHOOK_KEYS_PROFILE_PORT:-54391}
+PORT=${MESHHOOK_KEYS_PROFILE_PORT:-25391}
 profile_cluster "$PORT"
 as_pg psql -X -q -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 \
     -c "CREATE EXTENSION meshhook_keys" \

@@ -13,7 +13,7 @@ set -euo pipefail
 source "$(dirname "$0")/../scripts/lib.sh"
 ROWS=${1:-20000}; EXPR=${2:-"meshhook_keys.secret_decrypt(c)"}; LABEL=${3:-query}
 source "$(dirname "$0")/profile-lib.sh"
-PORT=${MESHHOOK_KEYS_PROFILE_PORT:-54390}
+PORT=${MESHHOOK_KEYS_PROFILE_PORT:-25390}
 profile_cluster "$PORT" "max_parallel_workers_per_gather = 0"
 as_pg psql -X -q -h "$DIR" -p "$PORT" -d postgres -v ON_ERROR_STOP=1 \
     -c "CREATE EXTENSION meshhook_keys" \

@@ -9,11 +9,11 @@
 # Prints one markdown document on stdout (progress goes to stderr) and writes it to
 # bench/results/latest.md and bench/results/<UTC timestamp>.md.
 # Environment: MESHHOOK_KEYS_BENCH_SKIP_INSTALL=1 skips setup.sh and the build/install;
-# MESHHOOK_KEYS_BENCH_PORT (default 54340); MESHHOOK_KEYS_BENCH_KEEP=1 keeps the work directory.
+# MESHHOOK_KEYS_BENCH_PORT (default 25340); MESHHOOK_KEYS_BENCH_KEEP=1 keeps the work directory.
 source "$(dirname "$0")/../scripts/lib.sh"
 
 BENCH_DIR=$REPO_ROOT/bench
-PORT=${MESHHOOK_KEYS_BENCH_PORT:-54340}
+PORT=${MESHHOOK_KEYS_BENCH_PORT:-25340}
 KEYRINGS=10000   # section 5: distinct data keys decrypted in one backend
 
 log() { say "$@" >&2; }

@@ -25,7 +25,7 @@ unset PG_CONFIG
 source "$(dirname "$0")/lib.sh"
 
 DEMO_DIR=${MESHHOOK_KEYS_DEMO_DIR:-/tmp/meshhook_keys_demo}
-DEMO_PORT=${MESHHOOK_KEYS_DEMO_PORT:-54329}
+DEMO_PORT=${MESHHOOK_KEYS_DEMO_PORT:-25329}
 DB=meshhook_demo
 
 "$REPO_ROOT/scripts/setup.sh"

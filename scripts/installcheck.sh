@@ -54,7 +54,7 @@ fi
 PGXS_DIR=$(dirname "$("$PG_CONFIG" --pgxs)")/..
 REGRESS=$PGXS_DIR/test/regress/pg_regress
 ISOLATION=$PGXS_DIR/test/isolation/pg_isolation_regress
-PORT=${MESHHOOK_KEYS_TEST_PORT:-54331}
+PORT=${MESHHOOK_KEYS_TEST_PORT:-25331}
 
 TMP=$(mktemp -d /tmp/mk_regress.XXXXXX)
 chmod 755 "$TMP"

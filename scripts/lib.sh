@@ -77,7 +77,14 @@ init_cluster() {
 }
 
 # (without RUST_BACKTRACE: pgrx would add a backtrace to the DETAIL of errors that cross Rust code)
-start_cluster() { as_pg env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PGBIN/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 60 start >/dev/null; }
+# On failure it prints the end of the server log (why it did not start: a port in use, a bad setting).
+start_cluster() {
+    as_pg env -u RUST_BACKTRACE -u RUST_LIB_BACKTRACE "$PGBIN/pg_ctl" -D "$1/data" -l "$1/server.log" -w -t 60 start >/dev/null && return 0
+    local rc=$?
+    echo "start_cluster: the server in $1 did not start; the end of its log:" >&2
+    tail -n 20 "$1/server.log" >&2 2>/dev/null || true
+    return "$rc"
+}
 stop_cluster() { as_pg "$PGBIN/pg_ctl" -D "$1/data" -m "${2:-fast}" -w stop >/dev/null 2>&1 || true; }
 
 # Build and install the extension into the PostgreSQL of PG_CONFIG.

@@ -8,7 +8,7 @@
 source "$(dirname "$0")/../lib.sh"
 
 ensure_cli
-suite_setup hostile "${MESHHOOK_KEYS_HOSTILE_PORT:-54350}" "log_min_error_statement = 'panic'"
+suite_setup hostile "${MESHHOOK_KEYS_HOSTILE_PORT:-25350}" "log_min_error_statement = 'panic'"
 SERVER=""; PM=""; STOPPED=""; AUDSERVER=""
 # at exit, before the cluster stops: resume what the suite stopped, stop the servers it started
 resume_and_stop() {

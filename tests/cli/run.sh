@@ -5,7 +5,7 @@
 source "$(dirname "$0")/../lib.sh"
 
 ensure_cli
-suite_init cli "${MESHHOOK_KEYS_CLI_PORT:-54338}" "log_min_error_statement = 'panic'" "listen_addresses = '127.0.0.1'"
+suite_init cli "${MESHHOOK_KEYS_CLI_PORT:-25338}" "log_min_error_statement = 'panic'" "listen_addresses = '127.0.0.1'"
 # TLS on TCP (a self-signed certificate for localhost), and only TLS: plain TCP connections are
 # rejected, so a CLI that connects over TCP proves it used TLS.
 install -d -o postgres -g postgres -m 700 "$TMP/ssl"

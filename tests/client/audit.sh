@@ -15,7 +15,7 @@
 # Installs the extension if it is not installed yet.
 source "$(dirname "$0")/../lib.sh"
 
-suite_setup audit "${MESHHOOK_KEYS_AUDIT_PORT:-54349}" "meshhook_keys.database = 'audit'" \
+suite_setup audit "${MESHHOOK_KEYS_AUDIT_PORT:-25349}" "meshhook_keys.database = 'audit'" \
     "meshhook_keys.worker_naptime = '200ms'"
 at_exit 'exec 3>&- 2>/dev/null || true'
 

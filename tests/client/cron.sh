@@ -13,7 +13,7 @@
 # Installs the extension if it is not installed yet.
 source "$(dirname "$0")/../lib.sh"
 
-suite_setup cron "${MESHHOOK_KEYS_CRON_PORT:-54347}" \
+suite_setup cron "${MESHHOOK_KEYS_CRON_PORT:-25347}" \
     "shared_preload_libraries = 'pg_cron'" \
     "cron.database_name = 'crondb'" \
     "cron.use_background_workers = on" \

@@ -9,7 +9,7 @@
 # applied. Every wait polls a condition with a deadline.
 source "$(dirname "$0")/../lib.sh"
 
-suite_init logical "${MESHHOOK_KEYS_LOGICAL_PORT:-54352}" \
+suite_init logical "${MESHHOOK_KEYS_LOGICAL_PORT:-25352}" \
     "wal_level = logical" "meshhook_keys.database = 'pub'" "meshhook_keys.worker_naptime = '500ms'"
 start_cluster "$TMP"
 SUB=$TMP/sub

@@ -9,7 +9,7 @@
 # Installs the extension if it is not installed yet.
 source "$(dirname "$0")/../lib.sh"
 
-suite_init logs "${MESHHOOK_KEYS_LOGS_PORT:-54345}"
+suite_init logs "${MESHHOOK_KEYS_LOGS_PORT:-25345}"
 # (not start_cluster: this server gets RUST_BACKTRACE=1 on purpose)
 as_pg env RUST_BACKTRACE=1 "$PGBIN/pg_ctl" -D "$TMP/data" -l "$TMP/server.log" -w -t 60 start >/dev/null
 

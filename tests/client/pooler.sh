@@ -23,7 +23,7 @@ scenario session "" "every feature behind PgBouncer in session mode (server_rese
 scenario transaction "" "every feature behind PgBouncer in transaction mode"
 scenario_args "$@"
 
-suite_setup pool "${MESHHOOK_KEYS_POOL_PORT:-54341}" "meshhook_keys.worker_enabled = off"
+suite_setup pool "${MESHHOOK_KEYS_POOL_PORT:-25341}" "meshhook_keys.worker_enabled = off"
 BPORT=$((PORT + 1))
 stop_bouncer() { [ -f "$TMP/pgbouncer.pid" ] && kill "$(cat "$TMP/pgbouncer.pid")" 2>/dev/null; }
 at_exit stop_bouncer

@@ -436,7 +436,7 @@ scenario_log_scan() {
 }
 
 scenario_args "$@"
-suite_setup client "${MESHHOOK_KEYS_CLIENT_PORT:-54333}" "log_statement = 'none'" "log_min_error_statement = 'panic'"
+suite_setup client "${MESHHOOK_KEYS_CLIENT_PORT:-25333}" "log_statement = 'none'" "log_min_error_statement = 'panic'"
 say "client tests (cluster in $TMP, port $PORT)"
 run_scenarios
 suite_summary "client tests"

@@ -6,7 +6,7 @@
 # Every wait polls a condition with a deadline. Installs the extension if it is not installed yet.
 source "$(dirname "$0")/../lib.sh"
 
-suite_init sched "${MESHHOOK_KEYS_SCHED_PORT:-54335}" \
+suite_init sched "${MESHHOOK_KEYS_SCHED_PORT:-25335}" \
     "meshhook_keys.database = 'sched'" "meshhook_keys.worker_naptime = '500ms'" \
     "wal_level = replica" "max_wal_senders = 4" "hot_standby = on" "log_min_messages = 'log'"
 echo "local replication postgres trust" >> "$TMP/data/pg_hba.conf"

@@ -7,7 +7,7 @@
 # wrapping key never reaches either server's log. Needs psql 16 or later (\bind).
 source "$(dirname "$0")/../lib.sh"
 
-suite_setup transfer "${MESHHOOK_KEYS_TRANSFER_PORT:-54356}"
+suite_setup transfer "${MESHHOOK_KEYS_TRANSFER_PORT:-25356}"
 DST=$TMP/dst
 DPORT=$((PORT + 100))
 DKEY=$TMP/keys/dst_root.key

@@ -18,7 +18,7 @@
 #   KEEP=1 tests/docs/run.sh               # keep the cluster directory (server log, page logs)
 #
 # Runs as root after scripts/setup.sh (it installs the extension if PostgreSQL lacks it); PG_MAJOR
-# or PG_CONFIG picks the PostgreSQL, MESHHOOK_KEYS_DOCS_PORT the port (default 54353).
+# or PG_CONFIG picks the PostgreSQL, MESHHOOK_KEYS_DOCS_PORT the port (default 25353).
 source "$(dirname "$0")/../lib.sh"
 cd "$REPO_ROOT"
 DOCS=$REPO_ROOT/docs/src
@@ -34,7 +34,7 @@ fi
 slug() { local p=${1//..\//}; echo "${p//\//_}"; }
 
 # Extract every page first: a page the extractor refuses fails before any cluster starts.
-suite_init docs "${MESHHOOK_KEYS_DOCS_PORT:-54353}" \
+suite_init docs "${MESHHOOK_KEYS_DOCS_PORT:-25353}" \
     "meshhook_keys.database = 'appdb'" "meshhook_keys.worker_enabled = off"
 install -d -o postgres -g postgres "$TMP/pages"
 for page in "${pages[@]}"; do

@@ -30,14 +30,14 @@
 # condition with a deadline; everything (etcd, Patroni, PostgreSQL) is killed at exit.
 #   tests/ha/patroni.sh [--list | SCENARIO...]
 #   MESHHOOK_KEYS_HA_ACTIVATE_AFTER=commit tests/ha/patroni.sh    expects the loss
-# Ports: PostgreSQL MESHHOOK_KEYS_HA_PORT (55471) and +1, Patroni REST MESHHOOK_KEYS_HA_REST_PORT
-# (58011) and +1, etcd client MESHHOOK_KEYS_HA_ETCD_PORT (23791) and peer +10. KEEP=1 keeps the
+# Ports: PostgreSQL MESHHOOK_KEYS_HA_PORT (25471) and +1, Patroni REST MESHHOOK_KEYS_HA_REST_PORT
+# (25811) and +1, etcd client MESHHOOK_KEYS_HA_ETCD_PORT (23791) and peer +10. KEEP=1 keeps the
 # directory (Patroni, etcd and server logs).
 source "$(dirname "$0")/../lib.sh"
 
 ACTIVATE_AFTER=${MESHHOOK_KEYS_HA_ACTIVATE_AFTER:-}      # empty: the extension's default
-PG_PORT=${MESHHOOK_KEYS_HA_PORT:-55471}
-REST_PORT=${MESHHOOK_KEYS_HA_REST_PORT:-58011}
+PG_PORT=${MESHHOOK_KEYS_HA_PORT:-25471}
+REST_PORT=${MESHHOOK_KEYS_HA_REST_PORT:-25811}
 ETCD_PORT=${MESHHOOK_KEYS_HA_ETCD_PORT:-23791}
 ETCD_PEER_PORT=$((ETCD_PORT + 10))
 case $ACTIVATE_AFTER in
