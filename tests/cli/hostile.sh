@@ -8,7 +8,9 @@
 source "$(dirname "$0")/../lib.sh"
 
 ensure_cli
-suite_setup hostile "${MESHHOOK_KEYS_HOSTILE_PORT:-25350}" "log_min_error_statement = 'panic'"
+suite_setup hostile "${MESHHOOK_KEYS_HOSTILE_PORT:-25350}" "log_min_error_statement = 'panic'" "log_connections = on"
+# (562 client connections and the server's 512 need more than a default 1024 descriptors)
+ulimit -n 4096 2>/dev/null || true
 SERVER=""; PM=""; STOPPED=""; AUDSERVER=""
 # at exit, before the cluster stops: resume what the suite stopped, stop the servers it started
 resume_and_stop() {
@@ -247,6 +249,101 @@ elif MODE == "get":
     t = time.monotonic(); c = http.client.HTTPConnection("127.0.0.1", PORT, timeout=30)
     c.request("GET", ARGS[0], headers={"Authorization": "Bearer " + TOKEN}); r = c.getresponse(); data = r.read()
     report({"code": r.status, "ms": int((time.monotonic() - t) * 1000), "body": data.decode()[:300]})
+
+elif MODE == "drip":
+    # n connections that send a head (a rotate with a body announced, without a valid token; or
+    # a head that never ends) and then one byte every 3 s; meanwhile fresh /healthz and a rotate
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    n = int(ARGS[0]); kind = ARGS[1]; out = {"connect_errors": 0}; socks = []
+    for i in range(n):
+        try:
+            s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
+            if kind == "body":
+                s.sendall(b"POST /api/keys/rotate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not.a.token\r\n"
+                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            else:
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            socks.append(s)
+        except OSError:
+            out["connect_errors"] += 1
+    stop = threading.Event()
+    def drip():
+        while not stop.wait(3):
+            for s in socks:
+                try:
+                    s.send(b" " if kind == "body" else b"X")
+                except OSError:
+                    pass
+    th = threading.Thread(target=drip); th.start()
+    time.sleep(1)
+    worst = 0.0; codes = set()
+    for _ in range(5):
+        code, dt = healthz(); worst = max(worst, dt); codes.add(str(code)); time.sleep(0.2)
+    out["healthz_max_ms"] = int(worst * 1000); out["healthz_codes"] = ",".join(sorted(codes))
+    t = time.monotonic()
+    try:
+        code, _ = rotate()
+    except Exception as e:
+        code = "error"
+    out["rotate_code"] = code; out["rotate_ms"] = int((time.monotonic() - t) * 1000)
+    answers = {}
+    for s in socks:
+        a = status(s, 0.01); answers[a] = answers.get(a, 0) + 1
+    out["dripper_answers"] = ",".join(f"{k}:{v}" for k, v in sorted(answers.items()))
+    out["drippers_401"] = answers.get("401", 0)
+    stop.set(); th.join()
+    for s in socks:
+        s.close()
+    report(out)
+
+elif MODE == "burst":
+    # n rotations at once with one token
+    n = int(ARGS[0]); codes = [None] * n
+    def one(i):
+        try:
+            codes[i] = rotate()[0]
+        except Exception:
+            codes[i] = "error"
+    ths = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for th in ths: th.start()
+    for th in ths: th.join()
+    report({"c403": codes.count(403), "c429": codes.count(429),
+            "others": ",".join(sorted({str(c) for c in codes} - {"403", "429"}))})
+
+elif MODE == "hflood":
+    # /healthz from `threads` threads, fresh connections, for `seconds`
+    threads = int(ARGS[0]); seconds = float(ARGS[1]); out = {"n": 0, "worst": 0.0, "codes": set()}
+    lock = threading.Lock(); end = time.monotonic() + seconds
+    def loop():
+        while time.monotonic() < end:
+            code, dt = healthz()
+            with lock:
+                out["n"] += 1; out["worst"] = max(out["worst"], dt); out["codes"].add(str(code))
+    ths = [threading.Thread(target=loop) for _ in range(threads)]
+    for th in ths: th.start()
+    for th in ths: th.join()
+    report({"requests": out["n"], "healthz_max_ms": int(out["worst"] * 1000), "codes": ",".join(sorted(out["codes"]))})
+
+elif MODE == "bighead":
+    # a 2 MB header, sent whole through a small send buffer (so that it is still being sent when
+    # the server answers, as from a client on a real network); then the answer
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+    s.settimeout(5); s.connect(("127.0.0.1", PORT)); sent = "all"
+    try:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * (2 << 20) + b"\r\n\r\n")
+    except OSError as e:
+        sent = type(e).__name__
+    report({"sent": sent, "code": status(s, 5)})
+
+elif MODE == "rotate_once":
+    t = time.monotonic()
+    try:
+        code, data = rotate()
+    except Exception as e:
+        code, data = "error", str(e).encode()
+    report({"code": code, "ms": int((time.monotonic() - t) * 1000), "body": data.decode(errors="replace")[:200]})
 PY
 h() { python3 "$TMP/h.py" "$HPORT" "$ADMIN" "$@"; }
 val() { printf '%s\n' "$1" | sed -n "s/^$2=//p" | head -1; }
@@ -303,13 +400,19 @@ lt "/healthz meanwhile (worst, ms)" "$(val "$R" healthz_max_ms)" 1000
 alive "the server is still up"
 
 echo "# finding 4: an admin transaction holds the keyring lock"
-rm -f "$TMP/hold.in"; mkfifo "$TMP/hold.in"; chmod 666 "$TMP/hold.in"
-as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d hostile < "$TMP/hold.in" > "$TMP/hold.out" 2>&1 &
-HOLD=$!
-exec 3> "$TMP/hold.in"
-echo "BEGIN; SELECT name FROM meshhook_keys.keyring WHERE name = 'default' FOR UPDATE;" >&3
-held=0; wait_until 5 is_t q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = 'hostile' AND state = 'idle in transaction')" && held=1
-check "the lock is held by a session idle in transaction" 1 "$held"
+# hold_lock NAME: a psql session (HOLD, fed through fd 3) holds keyring default's row lock, idle in
+# a transaction; `echo "ROLLBACK;" >&3; exec 3>&-; wait "$HOLD"` releases it
+hold_lock() {
+    rm -f "$TMP/$1.in"; mkfifo "$TMP/$1.in"; chmod 666 "$TMP/$1.in"
+    as_pg psql -X -q -A -t -h "$TMP" -p "$PORT" -U postgres -d hostile < "$TMP/$1.in" > "$TMP/$1.out" 2>&1 &
+    HOLD=$!
+    exec 3> "$TMP/$1.in"
+    echo "BEGIN; SELECT name FROM meshhook_keys.keyring WHERE name = 'default' FOR UPDATE;" >&3
+    local held=0
+    wait_until 5 is_t q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = 'hostile' AND state = 'idle in transaction')" && held=1
+    check "the lock is held by a session idle in transaction" 1 "$held"
+}
+hold_lock hold
 before=$(version)
 R=$(h locked 20)
 check "an HTTP rotation: 409 (lock_timeout)" 409 "$(val "$R" code)"
@@ -365,7 +468,9 @@ http() {
     CODE=$(curl "${args[@]}"); BODY_OUT=$(cat "$TMP/http.out")
 }
 before=$(version)
-for body in '{"keyring":5}' 'null' '["x"]' '{"Keyring":"typo"}' '{"keyring":"default","reason":7}' '"default"' ''; do
+for body in '{"keyring":5}' 'null' '["x"]' '{"Keyring":"typo"}' '{"keyring":"default","reason":7}' '"default"' '' \
+        '["default","r"]' '["default",null]' '{"keyring":null}' '{"keyring":"default","reason":null}' \
+        '{"keyring":"default","keyring":"other"}'; do
     http POST /api/keys/rotate "$ADMIN" "$body"
     check "rotate with body [$body]: 400" 400 "$CODE"
 done
@@ -383,12 +488,14 @@ check "keyring=%64efault is decoded: 3 rows of keyring default" "200 3" \
 http GET /api/nothing "$ADMIN"
 check "an unknown endpoint: 404" 404 "$CODE"
 echo "# finding 5: JWT validation as PostgREST does it"
-# mkjwt CLAIMS [SECRET]: an HS256 token for any claims (python3, no extra packages)
+# mkjwt CLAIMS [SECRET [HEADER]]: an HS256 token for any claims and header (python3 only)
 mkjwt() {
-    python3 - "$1" "${2-$SECRET}" <<'PY'
+    local header='{"alg":"HS256","typ":"JWT"}'
+    [ -n "${3:-}" ] && header=$3
+    python3 - "$1" "${2-$SECRET}" "$header" <<'PY'
 import base64, hashlib, hmac, sys
 b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=")
-head = b(b'{"alg":"HS256","typ":"JWT"}') + b"." + b(sys.argv[1].encode())
+head = b(sys.argv[3].encode()) + b"." + b(sys.argv[1].encode())
 print((head + b"." + b(hmac.new(sys.argv[2].encode(), head, hashlib.sha256).digest())).decode())
 PY
 }
@@ -415,29 +522,28 @@ startup "$SECRET" --jwt-leeway-secs 31
 check "--jwt-leeway-secs above 30 is refused: exit 2" 2 "$RC"
 RC=0; as_pg env MESHHOOK_KEYS_JWT_SECRET=a "$TMP/bin/meshhook-keys" token --role ops >/dev/null 2>&1 || RC=$?
 check "token with a short secret: exit 2" 2 "$RC"
+# jwt_case STATUS LABEL CLAIMS [SECRET [HEADER]]: GET /api/keys with such a token answers STATUS
+jwt_case() { local code=$1 label=$2; shift 2; http GET /api/keys "$(mkjwt "$@")"; check "$label: $code" "$code" "$CODE"; }
 NOW=$(date +%s)
-http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600))}")"
-check "a well-formed token: 200" 200 "$CODE"
-http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600))}" "")"
-check "a token signed with an empty key: 401" 401 "$CODE"
-http GET /api/keys "$(mkjwt '{"role":"ops"}')"
-check "a token without exp: 401" 401 "$CODE"
-http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":\"$((NOW + 600))\"}")"
-check "a token whose exp is a string: 401" 401 "$CODE"
-http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":$((NOW + 60))}")"
-check "nbf a minute in the future: 401" 401 "$CODE"
-http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":\"soon\"}")"
-check "nbf not a number: 401" 401 "$CODE"
-http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":$((NOW - 60))}")"
-check "nbf in the past: 200" 200 "$CODE"
-http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW - 30))}")"
-check "expired 30 s ago (default leeway 5 s): 401" 401 "$CODE"
+jwt_case 200 "a well-formed token" "{\"role\":\"ops\",\"exp\":$((NOW + 600))}"
+jwt_case 401 "a token signed with an empty key" "{\"role\":\"ops\",\"exp\":$((NOW + 600))}" ""
+jwt_case 401 "a token without exp" '{"role":"ops"}'
+jwt_case 401 "a token whose exp is a string" "{\"role\":\"ops\",\"exp\":\"$((NOW + 600))\"}"
+jwt_case 401 "nbf a minute in the future" "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":$((NOW + 60))}"
+jwt_case 401 "nbf not a number" "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":\"soon\"}"
+jwt_case 200 "nbf in the past" "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":$((NOW - 60))}"
+jwt_case 401 "nbf above 2^64 (far in the future)" "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":18446744073709551616}"
+jwt_case 401 "nbf 1e30" "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"nbf\":1e30}"
+jwt_case 401 "two role claims" "{\"role\":\"app\",\"exp\":$((NOW + 600)),\"role\":\"ops\"}"
+check_match "  saying so" 'duplicate member' "$BODY_OUT"
+jwt_case 401 "a crit header (RFC 7515 4.1.11)" "{\"role\":\"ops\",\"exp\":$((NOW + 600))}" "$SECRET" '{"alg":"HS256","typ":"JWT","crit":["exp"],"exp":1}'
+check_match "  saying so" 'crit' "$BODY_OUT"
+jwt_case 401 "a header with two alg members" "{\"role\":\"ops\",\"exp\":$((NOW + 600))}" "$SECRET" '{"alg":"HS256","alg":"none"}'
+jwt_case 401 "expired 30 s ago (default leeway 5 s)" "{\"role\":\"ops\",\"exp\":$((NOW - 30))}"
 # (the clock read again here: NOW was read a dozen requests ago, which on a slow machine can be
 # more than the 3 s this check has left)
-http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$(( $(date +%s) - 2 ))}")"
-check "expired 2 s ago (within the leeway): 200" 200 "$CODE"
-http GET /api/keys "$(mkjwt "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"aud\":\"anything\"}")"
-check "without --jwt-aud, aud is not checked: 200" 200 "$CODE"
+jwt_case 200 "expired 2 s ago (within the leeway)" "{\"role\":\"ops\",\"exp\":$(( $(date +%s) - 2 ))}"
+jwt_case 200 "without --jwt-aud, aud is not checked" "{\"role\":\"ops\",\"exp\":$((NOW + 600)),\"aud\":\"anything\"}"
 # a second server that requires aud, with the secret from a file
 env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOOK_KEYS_JWT_AUD=meshhook-admin \
     "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:0" --jwt-secret-file "$TMP/good.secret" >/dev/null 2>"$TMP/aud.log" &
@@ -474,7 +580,78 @@ http POST /api/keys/rotate "$(mkjwt "{\"role\":\"app\",\"sub\":\"someone-else\",
 check "another subject still gets the database's own answer: 403" 403 "$CODE"
 http GET /api/keys "$ADMIN"
 check "and an admin token 200" 200 "$CODE"
+
+echo "# issue 29: concurrent refused requests of one token reach the database at most 10 times"
+before=$(refused)
+BURST=$(mkjwt "{\"role\":\"app\",\"sub\":\"burst\",\"exp\":$((NOW + 600))}")
+R=$(python3 "$TMP/h.py" "$HPORT" "$BURST" burst 60)
+c403=$(val "$R" c403)
+check "60 rotations at once with a user token: 10 answered 403 by the database" 10 "$c403"
+check "  and 50 answered 429 without it" 50 "$(val "$R" c429)"
+check "  nothing else" "" "$(val "$R" others)"
+wait_until 10 is_t q "SELECT count(*) >= $((before + c403)) FROM meshhook_keys.audit_log WHERE outcome = 'refused' AND role_name = 'app'" || true
+sleep 0.5
+check "every refusal the database made is in audit_log, no more" "$((before + c403))" "$(refused)"
+check "  each with the token's sub" "$c403" "$(q "SELECT count(*) FROM meshhook_keys.audit_log WHERE outcome = 'refused' AND detail -> 'jwt' ->> 'sub' = 'burst'")"
+
+echo "# issue 29: a flood of /healthz shares one check a second"
+sessions() { grep -c 'connection authorized: user=authenticator' "$TMP/server.log" || true; }
+s0=$(sessions)
+R=$(h hflood 20 3)
+s1=$(sessions)
+echo "  ($(val "$R" requests) requests in 3 s; $((s1 - s0)) database sessions; worst $(val "$R" healthz_max_ms) ms)"
+check "all answered 200" 200 "$(val "$R" codes)"
+lt "fewer than 7 database sessions for $(val "$R" requests) requests in 3 s" "$((s1 - s0))" 7
+lt "  more than 100 requests (the flood happened)" 100 "$(val "$R" requests)"
+lt "  worst /healthz (ms)" "$(val "$R" healthz_max_ms)" 1000
+
+echo "# issue 29: a 2 MB request header gets an answer the client can read"
+R=$(h bighead)
+check "the client could send all of it (no reset: the server reads it to the end before closing)" all "$(val "$R" sent)"
+check "and read 431" 431 "$(val "$R" code)"
+
+# drip KIND ROOM: 562 connections dripping (KIND body: a rotate body without a valid token; head: a
+# request head), one byte every 3 s; a new /healthz and a valid rotation must not notice
+drip() {
+    R=$(h drip 562 "$1")
+    echo "  (drippers: $(val "$R" dripper_answers); healthz worst $(val "$R" healthz_max_ms) ms; rotate $(val "$R" rotate_ms) ms)"
+    check "every dripper connected" 0 "$(val "$R" connect_errors)"
+    lt "a new /healthz answers within 1 s ($2; worst of 5, ms)" "$(val "$R" healthz_max_ms)" 1000
+    check "  with 200" 200 "$(val "$R" healthz_codes)"
+    check "a valid rotation meanwhile: 200" 200 "$(val "$R" rotate_code)"
+    lt "  within 2 s (ms)" "$(val "$R" rotate_ms)" 2000
+    alive "the server is still up"
+}
+echo "# issue 29: 562 connections dripping a rotate body without a token, one byte every 3 s"
+drip body "the token is checked before the body is read"
+check "every dripper was answered 401 without its body being waited for" 562 "$(val "$R" drippers_401)"
+echo "# issue 29: 562 connections dripping a request head, one byte every 3 s"
+drip head "the longest idle connection makes room"
+
 alive "the server is still up at the end"
 check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
+
+echo "# issue 29: SIGTERM lets a request in progress finish"
+hold_lock hold2
+before=$(version)
+h rotate_once > "$TMP/drain.out" &
+ROT=$!
+wait_until 5 is_t q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = 'hostile' AND wait_event_type = 'Lock')" \
+    || fail "the rotation waits for the lock"
+t0=$(date +%s.%N)
+kill -TERM "$SERVER"
+# (the lock is released only once the server has taken the signal, so the request is in progress
+# while it stops; lock_timeout is 1 s)
+stopping=0; wait_until 2 grep -q 'stopping: no new connections' "$TMP/serve.log" && stopping=1
+echo "ROLLBACK;" >&3; exec 3>&-; wait "$HOLD" || true
+check "the server took the signal while the rotation waited" 1 "$stopping"
+check "after SIGTERM no new connection is accepted" 000 "$(curl -s -o /dev/null -w '%{http_code}' -m 2 "http://127.0.0.1:$HPORT/healthz" || true)"
+wait "$ROT" || true
+R=$(cat "$TMP/drain.out")
+check "the rotation in progress got its answer: 200" 200 "$(val "$R" code)"
+check "  and was made" "$((before + 1))" "$(version)"
+RC=0; wait "$SERVER" || RC=$?; SERVER=""
+check "the server then exited 0" 0 "$RC"
+lt "  within the request timeout (5 s) + 1 s of the signal (s)" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')" 6
 
 suite_summary "hostile-client tests"
