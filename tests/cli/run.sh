@@ -164,6 +164,23 @@ check "  as a JSON object too" "2" "$(jsonq "$ERR" "(:'j'::jsonb ->> 'exit_code'
 pwcli -- --json -d "host=localhost port=1 dbname=cli user=ops sslmode=disable" status
 check "--json with an unreachable server: a JSON error" "1" "$(jsonq "$ERR" "(:'j'::jsonb ->> 'exit_code')")"
 
+echo "# text from the database is shown, not obeyed, by the terminal (issue 29)"
+ESC=$(printf '\033')
+q "SELECT meshhook_keys.keys_rotate('default', E'clear\\x1b[2J\\x1b]0;owned\\x07 \\u009b5n \\r over \\u202e')" >/dev/null
+cli ops audit --keyring default --limit 3
+check "audit: exit 0" 0 "$RC"
+check "no ESC, BEL, CR or C1 byte reaches the terminal" 0 "$(printf '%s' "$OUT" | LC_ALL=C grep -c $'[\x1b\x07\r]\|\xc2\x9b' || true)"
+check "no bidi override either" 0 "$(printf '%s' "$OUT" | grep -c $'\u202e' || true)"
+check_match "  they are shown as escapes" 'clear\\u\{1b\}\[2J\\u\{1b\}\]0;owned\\u\{7\} \\u\{9b\}5n \\u\{d\} over \\u\{202e\}' "$OUT"
+cli ops --json audit --keyring default --limit 3
+check "--json keeps the value exact (JSON escapes it)" t "$(jsonq "$OUT" "(SELECT bool_or(e ->> 'reason' = E'clear\\x1b[2J\\x1b]0;owned\\x07 \\u009b5n \\r over \\u202e') FROM jsonb_array_elements(:'j'::jsonb) e)")"
+LONG=$(printf 'k%.0s' $(seq 1 9000))
+cli ops audit --since "$ESC[2J$LONG"
+check "an error message that repeats 9 KB of hostile input: exit 1" 1 "$RC"
+check "the error has no raw ESC" 0 "$(printf '%s' "$ERR" | grep -c "$ESC" || true)"
+lt "and is cut at 4 KiB (bytes)" "$(printf '%s' "$ERR" | wc -c)" 4300
+check_match "  saying how much was cut" 'more bytes not shown\)$' "$ERR"
+
 echo "# the HTTP API (meshhook-keys serve), driven by curl on loopback"
 SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
 q "CREATE ROLE authenticator LOGIN NOINHERIT; GRANT ops, app TO authenticator;" >/dev/null
