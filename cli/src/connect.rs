@@ -4,10 +4,14 @@
 //! The key=value form is read as libpq reads it (`key = value`, values in single quotes with `\'` and
 //! `\\`, backslash escapes in unquoted values too); a URL is parsed by tokio-postgres. Only `sslmode`
 //! and `sslrootcert`, which the driver does not know, are taken out first; every other option goes to
-//! `tokio_postgres::Config`. Options the connection string does not set come from `PGHOST`,
-//! `PGPORT`, `PGUSER` (else `USER`), `PGDATABASE`, `PGPASSWORD`, `PGAPPNAME`, `PGCONNECT_TIMEOUT`,
-//! `PGSSLMODE` and `PGSSLROOTCERT`, each applied as one value (never re-parsed as a connection
-//! string). No error message repeats a password.
+//! `tokio_postgres::Config`. Options the connection string does not set come, as in libpq, from
+//! the connection service (`service=` or `PGSERVICE`, `pgfiles::service`), then from `PGHOST`,
+//! `PGHOSTADDR`, `PGPORT`, `PGUSER` (else `USER`), `PGDATABASE`, `PGPASSWORD`, `PGAPPNAME`,
+//! `PGOPTIONS`, `PGCONNECT_TIMEOUT`, `PGTARGETSESSIONATTRS`, `PGSSLMODE`, `PGSSLROOTCERT`,
+//! `PGPASSFILE` and `PGGSSENCMODE`, each applied as one value (never re-parsed as a connection
+//! string); a password still missing comes from the password file (`pgfiles::password`). No error
+//! message repeats a password. `gssencmode` is accepted as libpq built without GSSAPI accepts it:
+//! `disable` and `prefer` connect without GSSAPI encryption, `require` is refused.
 //!
 //! `sslmode` (or `PGSSLMODE`): `disable`; `allow`/`prefer` (the default: TLS if the server offers
 //! it); `require` (TLS, the certificate verified only if a root certificate is given, as libpq
@@ -41,7 +45,34 @@ const KNOWN: &[&str] = &[
     "target_session_attrs",
     "channel_binding",
     "load_balance_hosts",
+    "service",
+    "passfile",
+    "gssencmode",
 ];
+
+/// libpq options the driver does not know, taken out of the connection string first.
+#[derive(Default, Debug)]
+struct Libpq {
+    sslmode: Option<String>,
+    sslrootcert: Option<String>,
+    service: Option<String>,
+    passfile: Option<String>,
+    gssencmode: Option<String>,
+}
+
+impl Libpq {
+    /// The slot of a libpq-only option, or None for an option the driver reads.
+    fn slot(&mut self, key: &str) -> Option<&mut Option<String>> {
+        match key {
+            "sslmode" => Some(&mut self.sslmode),
+            "sslrootcert" => Some(&mut self.sslrootcert),
+            "service" => Some(&mut self.service),
+            "passfile" => Some(&mut self.passfile),
+            "gssencmode" => Some(&mut self.gssencmode),
+            _ => None,
+        }
+    }
+}
 
 /// A key=value connection string as libpq's conninfo_parse reads it.
 fn parse_kv(conninfo: &str) -> Result<Vec<(String, String)>, String> {
@@ -148,18 +179,17 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The driver's configuration and libpq's `sslmode` and `sslrootcert`, from a connection string.
-fn parse(
-    conninfo: &str,
-) -> Result<(tokio_postgres::Config, Option<String>, Option<String>), String> {
-    let (mut mode, mut root) = (None, None);
+/// The driver's configuration and the libpq-only options, from a connection string.
+fn parse(conninfo: &str) -> Result<(tokio_postgres::Config, Libpq), String> {
+    let mut libpq = Libpq::default();
     let config = if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
         let (base, query) = conninfo.split_once('?').unwrap_or((conninfo, ""));
         let mut kept = Vec::new();
         for kv in query.split('&').filter(|kv| !kv.is_empty()) {
             match kv.split_once('=') {
-                Some(("sslmode", v)) => mode = Some(percent_decode(v)),
-                Some(("sslrootcert", v)) => root = Some(percent_decode(v)),
+                Some((k, v)) if libpq.slot(k).is_some() => {
+                    *libpq.slot(k).expect("a slot") = Some(percent_decode(v));
+                }
                 _ => kept.push(kv),
             }
         }
@@ -173,10 +203,9 @@ fn parse(
     } else {
         let mut kept = Vec::new();
         for (k, v) in parse_kv(conninfo)? {
-            match k.as_str() {
-                "sslmode" => mode = Some(v),
-                "sslrootcert" => root = Some(v),
-                _ => kept.push(format!(
+            match libpq.slot(&k) {
+                Some(slot) => *slot = Some(v),
+                None => kept.push(format!(
                     "{k}='{}'",
                     v.replace('\\', "\\\\").replace('\'', "\\'")
                 )),
@@ -186,7 +215,79 @@ fn parse(
             .parse::<tokio_postgres::Config>()
             .map_err(|e| format!("invalid connection string: {e}"))?
     };
-    Ok((config, mode, root))
+    Ok((config, libpq))
+}
+
+/// Set option `key` to `value` unless the connection string (or an earlier source) set it;
+/// `source` names where the value came from, for errors.
+fn set_unset(
+    pg: &mut tokio_postgres::Config,
+    libpq: &mut Libpq,
+    key: &str,
+    value: &str,
+    source: &str,
+) -> Result<(), String> {
+    let invalid = || format!("invalid {key} in {source}");
+    match key {
+        "host" if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() => {
+            for h in value.split(',') {
+                pg.host(h.trim());
+            }
+        }
+        "hostaddr" if pg.get_hostaddrs().is_empty() => {
+            for a in value.split(',') {
+                pg.hostaddr(a.trim().parse().map_err(|_| invalid())?);
+            }
+        }
+        "port" if pg.get_ports().is_empty() => {
+            for p in value.split(',') {
+                pg.port(p.trim().parse().map_err(|_| invalid())?);
+            }
+        }
+        "user" if pg.get_user().is_none() => {
+            pg.user(value);
+        }
+        "dbname" if pg.get_dbname().is_none() => {
+            pg.dbname(value);
+        }
+        "password" if pg.get_password().is_none() => {
+            pg.password(value);
+        }
+        "application_name" if pg.get_application_name().is_none() => {
+            pg.application_name(value);
+        }
+        "options" if pg.get_options().is_none() => {
+            pg.options(value);
+        }
+        "connect_timeout" if pg.get_connect_timeout().is_none() => {
+            let secs: u64 = value.trim().parse().map_err(|_| invalid())?;
+            if secs > 0 {
+                pg.connect_timeout(std::time::Duration::from_secs(secs.max(2)));
+            }
+        }
+        "target_session_attrs" => {
+            // (the connection string's value was set by the driver; only a default is applied)
+            if pg.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::Any {
+                pg.target_session_attrs(match value {
+                    "any" => tokio_postgres::config::TargetSessionAttrs::Any,
+                    "read-write" => tokio_postgres::config::TargetSessionAttrs::ReadWrite,
+                    "read-only" => tokio_postgres::config::TargetSessionAttrs::ReadOnly,
+                    _ => return Err(invalid()),
+                });
+            }
+        }
+        "host" | "hostaddr" | "port" | "user" | "dbname" | "password" | "application_name"
+        | "options" | "connect_timeout" => {} // (already set)
+        k => match libpq.slot(k) {
+            Some(slot) => {
+                if slot.is_none() {
+                    *slot = Some(value.to_string());
+                }
+            }
+            None => return Err(format!("option `{k}` in {source} is not supported")),
+        },
+    }
+    Ok(())
 }
 
 fn env(var: &str) -> Option<String> {
@@ -201,62 +302,90 @@ pub struct Prepared {
     pub tls: Option<MakeTlsConnector>,
 }
 
+/// The PG* variables and the options they stand for, in libpq's order.
+const ENV: &[(&str, &str)] = &[
+    ("PGHOST", "host"),
+    ("PGHOSTADDR", "hostaddr"),
+    ("PGPORT", "port"),
+    ("PGDATABASE", "dbname"),
+    ("PGUSER", "user"),
+    ("PGPASSWORD", "password"),
+    ("PGPASSFILE", "passfile"),
+    ("PGSERVICE", "service"),
+    ("PGOPTIONS", "options"),
+    ("PGAPPNAME", "application_name"),
+    ("PGSSLMODE", "sslmode"),
+    ("PGSSLROOTCERT", "sslrootcert"),
+    ("PGGSSENCMODE", "gssencmode"),
+    ("PGCONNECT_TIMEOUT", "connect_timeout"),
+    ("PGTARGETSESSIONATTRS", "target_session_attrs"),
+];
+
 /// `conninfo`: --url / MESHHOOK_KEYS_URL, if given.
 pub fn prepare(conninfo: Option<&str>) -> Result<Prepared, String> {
-    let (mut pg, mode, root) = match conninfo {
+    let (mut pg, mut libpq) = match conninfo {
         Some(c) => parse(c)?,
-        None => (tokio_postgres::Config::new(), None, None),
+        None => (tokio_postgres::Config::new(), Libpq::default()),
     };
-    if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
-        let hosts = env("PGHOST").unwrap_or_else(|| "/var/run/postgresql".into());
-        for h in hosts.split(',') {
-            pg.host(h);
+    // the service's options come before the environment's (libpq: a service file setting
+    // overrides the corresponding environment variable)
+    if let Some(name) = libpq.service.clone().or_else(|| env("PGSERVICE")) {
+        for (k, v) in crate::pgfiles::service(&name)? {
+            set_unset(&mut pg, &mut libpq, &k, &v, &format!("service \"{name}\""))?;
         }
     }
-    if pg.get_ports().is_empty()
-        && let Some(p) = env("PGPORT")
-    {
-        for p in p.split(',') {
-            pg.port(p.trim().parse().map_err(|_| "invalid PGPORT".to_string())?);
+    for (var, key) in ENV {
+        // (an empty PGPASSWORD is a password; other empty variables are unset)
+        let value = if *key == "password" {
+            std::env::var(var).ok()
+        } else {
+            env(var)
+        };
+        if let Some(v) = value
+            && *key != "service"
+        {
+            set_unset(&mut pg, &mut libpq, key, &v, var)?;
         }
+    }
+    if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
+        pg.host(crate::pgfiles::DEFAULT_SOCKET_DIR);
     }
     if pg.get_user().is_none()
-        && let Some(u) = env("PGUSER").or_else(|| env("USER"))
+        && let Some(u) = env("USER")
     {
         pg.user(&u);
     }
-    if pg.get_dbname().is_none()
-        && let Some(d) = env("PGDATABASE")
-    {
-        pg.dbname(&d);
-    }
-    if pg.get_password().is_none()
-        && let Ok(p) = std::env::var("PGPASSWORD")
-    {
-        pg.password(p);
-    }
-    if pg.get_application_name().is_none()
-        && let Some(a) = env("PGAPPNAME")
-    {
-        pg.application_name(&a);
-    }
-    if pg.get_connect_timeout().is_none()
-        && let Some(t) = env("PGCONNECT_TIMEOUT")
-    {
-        let secs: u64 = t
-            .trim()
-            .parse()
-            .map_err(|_| "invalid PGCONNECT_TIMEOUT".to_string())?;
-        if secs > 0 {
-            pg.connect_timeout(std::time::Duration::from_secs(secs.max(2)));
+    if pg.get_password().is_none() {
+        let host = match pg.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            #[cfg(unix)]
+            Some(tokio_postgres::config::Host::Unix(p)) => p.to_string_lossy().into_owned(),
+            None => pg
+                .get_hostaddrs()
+                .first()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
+        };
+        let port = pg.get_ports().first().copied().unwrap_or(5432).to_string();
+        let user = pg.get_user().unwrap_or_default().to_string();
+        let dbname = pg.get_dbname().unwrap_or(&user).to_string();
+        if let Some(p) =
+            crate::pgfiles::password(libpq.passfile.as_deref(), &host, &port, &dbname, &user)
+        {
+            pg.password(p);
         }
     }
-    let mode = mode
-        .or_else(|| env("PGSSLMODE"))
-        .unwrap_or_else(|| "prefer".into());
-    let root = root
-        .or_else(|| env("PGSSLROOTCERT"))
-        .filter(|r| !r.is_empty());
+    match libpq.gssencmode.as_deref() {
+        None | Some("disable" | "prefer") => {}
+        Some("require") => {
+            return Err(
+                "gssencmode=require: this client has no GSSAPI encryption (use sslmode)".into(),
+            );
+        }
+        Some(_) => return Err("invalid gssencmode (disable, prefer, require)".into()),
+    }
+    let mode = libpq.sslmode.unwrap_or_else(|| "prefer".into());
+    let root = libpq.sslrootcert.filter(|r| !r.is_empty());
     if mode == "disable" {
         pg.ssl_mode(SslMode::Disable);
         return Ok(Prepared {
@@ -353,21 +482,36 @@ mod tests {
                 ("application_name".into(), "a b".into()),
             ]
         );
-        let (c, mode, root) =
-            parse("password='a  b sslmode=disable' sslmode=verify-full dbname=x").unwrap();
+        let (c, l) = parse("password='a  b sslmode=disable' sslmode=verify-full dbname=x").unwrap();
         assert_eq!(c.get_password(), Some(&b"a  b sslmode=disable"[..]));
-        assert_eq!((mode.as_deref(), root), (Some("verify-full"), None));
+        assert_eq!(
+            (l.sslmode.as_deref(), l.sslrootcert),
+            (Some("verify-full"), None)
+        );
         let e = parse("password=two  spaces").unwrap_err();
         assert!(!e.contains("spaces"), "{e}");
         let e = parse("password=two spaces=x").unwrap_err();
         assert!(!e.contains("spaces"), "{e}");
-        let (c, mode, root) =
-            parse("postgresql://u:p%20w@localhost:5/db?sslmode=verify-ca&sslrootcert=%2Ftmp%2Fr.crt&application_name=x").unwrap();
+        let (c, l) =
+            parse("postgresql://u:p%20w@localhost:5/db?sslmode=verify-ca&sslrootcert=%2Ftmp%2Fr.crt&application_name=x&service=s%20x&gssencmode=prefer").unwrap();
         assert_eq!(c.get_password(), Some(&b"p w"[..]));
         assert_eq!(c.get_application_name(), Some("x"));
         assert_eq!(
-            (mode.as_deref(), root.as_deref()),
+            (l.sslmode.as_deref(), l.sslrootcert.as_deref()),
             (Some("verify-ca"), Some("/tmp/r.crt"))
+        );
+        assert_eq!(
+            (l.service.as_deref(), l.gssencmode.as_deref()),
+            (Some("s x"), Some("prefer"))
+        );
+        let (_, l) = parse("service=prod passfile=/p/f gssencmode=disable").unwrap();
+        assert_eq!(
+            (
+                l.service.as_deref(),
+                l.passfile.as_deref(),
+                l.gssencmode.as_deref()
+            ),
+            (Some("prod"), Some("/p/f"), Some("disable"))
         );
     }
 }

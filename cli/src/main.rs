@@ -16,6 +16,7 @@ mod args;
 mod commands;
 mod connect;
 mod output;
+mod pgfiles;
 mod serve;
 
 use args::{Cli, Command};

@@ -164,6 +164,48 @@ check "  as a JSON object too" "2" "$(jsonq "$ERR" "(:'j'::jsonb ->> 'exit_code'
 pwcli -- --json -d "host=localhost port=1 dbname=cli user=ops sslmode=disable" status
 check "--json with an unreachable server: a JSON error" "1" "$(jsonq "$ERR" "(:'j'::jsonb ->> 'exit_code')")"
 
+echo "# the password file, the service file and gssencmode, as libpq reads them (issue 29)"
+install -d -o postgres -m 700 "$TMP/home"
+# pgpass FILE MODE LINE...: a password file owned by postgres
+pgpass() { local f=$1 m=$2; shift 2; printf '%s\n' "$@" > "$f"; chown postgres "$f"; chmod "$m" "$f"; }
+PWESC=$(printf '%s' "$PW" | sed -e 's/\\/\\\\/g' -e 's/:/\\:/g')
+PWDSN="host=localhost port=$PORT dbname=cli user=pwuser sslmode=require"
+pgpass "$TMP/home/.pgpass" 600 "# a comment" "otherhost:$PORT:cli:pwuser:wrong" "localhost:$PORT:cli:pwuser:$PWESC"
+pwcli HOME="$TMP/home" -- -d "$PWDSN" status --no-usage
+check "~/.pgpass gives the password: exit 0" 0 "$RC"
+[ "$RC" = 0 ] || echo "$ERR"
+pwcli HOME=/nonexistent -- -d "$PWDSN" status --no-usage
+check "  without it the password is missing: exit 1" 1 "$RC"
+pgpass "$TMP/pgpass2" 600 "*:*:*:pwuser:$PWESC"
+pwcli HOME=/nonexistent PGPASSFILE="$TMP/pgpass2" -- -d "$PWDSN" status --no-usage
+check "PGPASSFILE (a wildcard line): exit 0" 0 "$RC"
+pwcli HOME=/nonexistent -- -d "$PWDSN passfile=$TMP/pgpass2" status --no-usage
+check "passfile= in the connection string: exit 0" 0 "$RC"
+pgpass "$TMP/pgpass3" 644 "*:*:*:pwuser:$PWESC"
+pwcli HOME=/nonexistent PGPASSFILE="$TMP/pgpass3" -- -d "$PWDSN" status --no-usage
+check "a password file others may read is ignored: exit 1" 1 "$RC"
+check_match "  with libpq's warning" 'WARNING: password file .* has group or world access' "$ERR"
+{ echo "# services"; echo "[other]"; echo "port=1"; echo "[cliservice]"; echo "host=localhost"; echo "port=$PORT"
+  echo "dbname=cli"; echo "user=pwuser"; echo "sslmode=require"; } > "$TMP/services"; chmod 644 "$TMP/services"
+pwcli HOME=/nonexistent PGSERVICEFILE="$TMP/services" PGSERVICE=cliservice PGPASSFILE="$TMP/pgpass2" -- --json status --no-usage
+check "PGSERVICE with PGSERVICEFILE (and the password file): exit 0" 0 "$RC"
+[ "$RC" = 0 ] || echo "$ERR"
+pwcli HOME=/nonexistent PGSERVICEFILE="$TMP/services" PGPASSFILE="$TMP/pgpass2" PGPORT=1 PGDATABASE=nope -- -d "service=cliservice" status --no-usage
+check "service= in the connection string; the service wins over PGPORT and PGDATABASE: exit 0" 0 "$RC"
+pwcli HOME=/nonexistent PGSERVICEFILE="$TMP/services" PGPASSFILE="$TMP/pgpass2" -- -d "service=cliservice port=1" status --no-usage
+check "  and the connection string over the service: exit 1 (port 1)" 1 "$RC"
+pwcli HOME=/nonexistent PGSERVICEFILE="$TMP/services" -- -d "service=nope" status
+check "an unknown service: exit 1" 1 "$RC"
+check_match "  as libpq says it" 'definition of service "nope" not found' "$ERR"
+for m in disable prefer; do
+    pwcli HOME=/nonexistent PGPASSFILE="$TMP/pgpass2" -- -d "$PWDSN gssencmode=$m" status --no-usage
+    check "gssencmode=$m: exit 0" 0 "$RC"
+done
+pwcli HOME=/nonexistent PGPASSFILE="$TMP/pgpass2" PGGSSENCMODE=require -- -d "$PWDSN" status --no-usage
+check "PGGSSENCMODE=require: exit 1" 1 "$RC"
+check_match "  saying why" 'gssencmode=require: this client has no GSSAPI encryption' "$ERR"
+check "no message repeats the password" "" "$(grep -F -- "PWPART" "$TMP/err" || true)"
+
 echo "# text from the database is shown, not obeyed, by the terminal (issue 29)"
 ESC=$(printf '\033')
 q "SELECT meshhook_keys.keys_rotate('default', E'clear\\x1b[2J\\x1b]0;owned\\x07 \\u009b5n \\r over \\u202e')" >/dev/null
