@@ -18,8 +18,10 @@
 #   9. audit completeness: no idle transaction holds up an admin, a refusal flood loses nothing
 #      (tests/client/audit.sh)
 #  10. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
-#  11. hostile network clients of meshhook-keys serve (tests/cli/hostile.sh)
-#  12. every SQL block of the manual, page by page, as written, and the reference page checked
+#  11. the admin API of meshhook-keys serve, route by route against its OpenAPI description
+#      (tests/cli/api.sh)
+#  12. hostile network clients of meshhook-keys serve (tests/cli/hostile.sh)
+#  13. every SQL block of the manual, page by page, as written, and the reference page checked
 #      against the catalog (tests/docs/run.sh; 15 and 17)
 source "$(dirname "$0")/lib.sh"
 cd "$REPO_ROOT"
@@ -95,6 +97,8 @@ client_suites() {
         "$REPO_ROOT/tests/client/audit.sh"
         say "PostgreSQL $1: CLI suite (meshhook-keys as a subprocess)"
         "$REPO_ROOT/tests/cli/run.sh"
+        say "PostgreSQL $1: admin API suite (meshhook-keys serve, OpenAPI)"
+        "$REPO_ROOT/tests/cli/api.sh"
         say "PostgreSQL $1: hostile-client suite (meshhook-keys serve)"
         "$REPO_ROOT/tests/cli/hostile.sh"
         docs_suite "$1"

@@ -1,43 +1,21 @@
-//! The API's endpoints: each checks the token first (before reading any body, so that a client
+//! The first endpoints (0.5.0's `/api/keys…`), kept beside the admin API (`admin`), which does
+//! more with keyrings in the path. Each checks the token first (before reading any body, so that a client
 //! without a valid token cannot hold the server with a slow one), then makes one SQL call as the
 //! token's role.
 
-use super::auth::Token;
 use super::db::as_token;
 use super::reply::{Reply, error, reply};
+use super::request::{Object, read_body, token};
 use super::{App, St};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::HeaderMap;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// The token of a request, or the reply refusing it. A refusal sent before the body was read also
-/// closes the connection, so that the rest of that body is never waited for.
-fn token_first(app: &App, headers: &HeaderMap) -> Result<Token, Reply> {
-    app.authenticate(headers).map_err(|mut r| {
-        r.close = true;
-        r
-    })
-}
-
-/// The request's body: a JSON object (duplicate members refused), at most the body limit, read
-/// within the request timeout.
-async fn body_object(app: &App, req: Request) -> Result<Map<String, Value>, Reply> {
-    let bytes = axum::body::to_bytes(req.into_body(), app.max_body)
-        .await
-        .map_err(|e| {
-            let mut r = error(413, &format!("the body could not be read: {e}"));
-            r.close = true;
-            r
-        })?;
-    super::auth::strict_object(&bytes)
-        .map_err(|e| error(400, &format!("the body must be a JSON object: {e}")))
-}
-
-/// A body that may hold only `allowed` members, each a string when present (`null` is refused:
-/// leave the member out instead).
-fn strings(body: &Map<String, Value>, allowed: &[&str]) -> Result<Vec<Option<String>>, Reply> {
+/// A body that may hold only `allowed` members, each a string when present (`null` was refused
+/// by `read_body`).
+fn strings(body: &Object, allowed: &[&str]) -> Result<Vec<Option<String>>, Reply> {
     if let Some(k) = body.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(error(
             400,
@@ -60,13 +38,18 @@ fn strings(body: &Map<String, Value>, allowed: &[&str]) -> Result<Vec<Option<Str
         .collect()
 }
 
-/// POST /api/keys/rotate {"keyring": string, "reason": string} (both optional).
+/// Rotate a keyring named in the body (`{"keyring", "reason"}`, both optional: `{}` rotates
+/// `default`); as `POST /api/keyrings/{keyring}/rotate`.
+#[utoipa::path(post, path = "/api/keys/rotate", tag = "keys (0.5.0)",
+    request_body(content = String, description = "`{\"keyring\": string, \"reason\": string}`, both optional", content_type = "application/json"),
+    responses((status = 200, description = "`{keyring, version, key_id, activated_at}`"),
+              (status = 400, body = super::reply::ErrorBody), (status = 403, body = super::reply::ErrorBody)))]
 pub async fn rotate(State(app): St, req: Request) -> Reply {
-    let token = match token_first(&app, req.headers()) {
+    let token = match token(&app, req.headers()) {
         Ok(t) => t,
         Err(r) => return r,
     };
-    let body = match body_object(&app, req).await {
+    let body = match read_body(&app, req, false, &[]).await {
         Ok(b) => b,
         Err(r) => return r,
     };
@@ -89,7 +72,7 @@ pub async fn rotate(State(app): St, req: Request) -> Reply {
 }
 
 async fn list(app: &App, headers: &HeaderMap, sql: &str) -> Reply {
-    let token = match token_first(app, headers) {
+    let token = match token(app, headers) {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -99,7 +82,9 @@ async fn list(app: &App, headers: &HeaderMap, sql: &str) -> Reply {
     }
 }
 
-/// GET /api/keys: the keyrings view.
+/// The keyrings view (as `GET /api/keyrings`).
+#[utoipa::path(get, path = "/api/keys", tag = "keys (0.5.0)",
+    responses((status = 200, description = "The `keyrings` view"), (status = 403, body = super::reply::ErrorBody)))]
 pub async fn keys(State(app): St, headers: HeaderMap) -> Reply {
     list(
         &app,
@@ -109,7 +94,9 @@ pub async fn keys(State(app): St, headers: HeaderMap) -> Reply {
     .await
 }
 
-/// GET /api/keys/progress: the reencrypt_progress view.
+/// The `reencrypt_progress` view: every job, per table.
+#[utoipa::path(get, path = "/api/keys/progress", tag = "keys (0.5.0)",
+    responses((status = 200, description = "The `reencrypt_progress` view"), (status = 403, body = super::reply::ErrorBody)))]
 pub async fn progress(State(app): St, headers: HeaderMap) -> Reply {
     list(
         &app,
@@ -119,19 +106,24 @@ pub async fn progress(State(app): St, headers: HeaderMap) -> Reply {
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Only this keyring's rows.
     keyring: Option<String>,
+    /// How many of the newest rows (default 100, at most 10,000).
     limit: Option<String>,
 }
 
-/// GET /api/keys/audit?keyring=&limit=: the newest audit rows, oldest first.
+/// The newest audit rows, oldest first (`GET /api/audit` pages through all of them).
+#[utoipa::path(get, path = "/api/keys/audit", tag = "keys (0.5.0)", params(AuditQuery),
+    responses((status = 200, description = "Audit rows"), (status = 403, body = super::reply::ErrorBody)))]
 pub async fn audit(
     State(app): St,
     headers: HeaderMap,
     query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Reply {
-    let token = match token_first(&app, &headers) {
+    let token = match token(&app, &headers) {
         Ok(t) => t,
         Err(r) => return r,
     };

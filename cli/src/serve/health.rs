@@ -42,6 +42,9 @@ async fn check(app: &super::App) -> Result<(), String> {
     r.map(drop).map_err(|e| e.to_string())
 }
 
+/// Can the server reach the database? No token needed.
+#[utoipa::path(get, path = "/healthz", tag = "health", security(()),
+    responses((status = 200, description = "`{\"ok\": true}`"), (status = 503, body = super::reply::ErrorBody)))]
 pub async fn healthz(State(app): St) -> Reply {
     let answer = async {
         let mut last = app.health.lock().await;

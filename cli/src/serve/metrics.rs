@@ -105,6 +105,10 @@ fn render_metrics(rows: &[Value]) -> String {
 }
 
 /// GET /metrics: `meshhook_keys.metrics()` as the token's role (operators only: others get 403).
+/// `metrics()` in the Prometheus text format (0.0.4), operators only.
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4"),
+              (status = 403, body = super::reply::ErrorBody)))]
 pub async fn metrics(State(app): St, headers: HeaderMap) -> Response {
     let token = match app.authenticate(&headers) {
         Ok(t) => t,

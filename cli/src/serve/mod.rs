@@ -24,19 +24,20 @@
 //! SIGTERM or SIGINT: the server stops accepting connections, closes idle ones, lets requests in
 //! progress finish (up to the request timeout), then exits 0.
 
+mod admin;
 mod auth;
 mod db;
 mod handlers;
 mod health;
 mod metrics;
 mod reply;
+mod request;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::HeaderMap;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use reply::{Reply, error};
 use std::collections::HashMap;
@@ -92,6 +93,8 @@ pub struct App {
     lock_timeout: Duration,
     max_body: usize,
     refusals: Arc<auth::Refusals>,
+    /// The OpenAPI description, as served.
+    openapi: std::sync::OnceLock<String>,
 }
 
 impl App {
@@ -124,15 +127,14 @@ async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Re
     }
 }
 
+/// Every route: the admin API's router, built from the same list as its OpenAPI description
+/// (which the App keeps for `/api/openapi.json`), so no route goes undescribed.
 fn router(app: Arc<App>, max_body: usize, request_timeout: Duration) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/api/keys/rotate", post(handlers::rotate))
-        .route("/api/keys", get(handlers::keys))
-        .route("/api/keys/progress", get(handlers::progress))
-        .route("/api/keys/audit", get(handlers::audit))
-        .route("/metrics", get(metrics::metrics))
-        .fallback(not_found)
+    let (api, openapi) = admin::routes().split_for_parts();
+    let _ = app
+        .openapi
+        .set(openapi.to_pretty_json().unwrap_or_default());
+    api.fallback(not_found)
         .method_not_allowed_fallback(not_found)
         .with_state(app)
         .layer(DefaultBodyLimit::max(max_body))
@@ -348,6 +350,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         lock_timeout: cfg.lock_timeout,
         max_body: cfg.max_body_bytes,
         refusals: Arc::new(auth::Refusals::new(cfg.refusal_limit, cfg.refusal_window)),
+        openapi: Default::default(),
     });
     let service = router(app, cfg.max_body_bytes, cfg.request_timeout);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)

@@ -70,3 +70,15 @@ pub fn db_error(e: tokio_postgres::Error) -> Reply {
         None => error(503, &format!("database unavailable: {e}")),
     }
 }
+
+/// An error: the database's message and SQLSTATE, or the server's own reason.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    /// What went wrong (never a secret).
+    error: String,
+    /// The database's SQLSTATE, when the database refused.
+    sqlstate: Option<String>,
+    /// The database's hint, if any.
+    hint: Option<String>,
+}
