@@ -302,6 +302,16 @@ pub struct Prepared {
     pub tls: Option<MakeTlsConnector>,
 }
 
+/// libpq's sslmode values.
+const MODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
 /// The PG* variables and the options they stand for, in libpq's order.
 const ENV: &[(&str, &str)] = &[
     ("PGHOST", "host"),
@@ -386,7 +396,22 @@ pub fn prepare(conninfo: Option<&str>) -> Result<Prepared, String> {
     }
     let mode = libpq.sslmode.unwrap_or_else(|| "prefer".into());
     let root = libpq.sslrootcert.filter(|r| !r.is_empty());
-    if mode == "disable" {
+    if !MODES.contains(&mode.as_str()) {
+        return Err(
+            "invalid sslmode (disable, allow, prefer, require, verify-ca, verify-full)".into(),
+        );
+    }
+    // libpq never uses TLS on a Unix-domain socket, whatever sslmode says; nor do we (and so do
+    // not pay for loading the system's certificates, most of a CLI call's time)
+    #[cfg(unix)]
+    let unix_only = pg.get_hostaddrs().is_empty()
+        && pg
+            .get_hosts()
+            .iter()
+            .all(|h| matches!(h, tokio_postgres::config::Host::Unix(_)));
+    #[cfg(not(unix))]
+    let unix_only = false;
+    if mode == "disable" || unix_only {
         pg.ssl_mode(SslMode::Disable);
         return Ok(Prepared {
             config: pg,

@@ -119,6 +119,8 @@ check "sslmode=verify-full without trusting the CA: exit 1" 1 "$RC"
 tcp "host=127.0.0.1 port=$PORT dbname=cli user=ops sslmode=disable"
 check "sslmode=disable is rejected by this server: exit 1" 1 "$RC"
 check_match "with the server's reason" 'pg_hba.conf rejects|no encryption' "$ERR"
+cli ops -d "host=$TMP port=$PORT dbname=cli user=ops sslmode=verify-full" status --no-usage
+check "on a Unix-domain socket sslmode is ignored, as libpq ignores it: exit 0" 0 "$RC"
 
 echo "# finding 7: connection strings as libpq reads them, PG* defaults, --expires-in, --json errors"
 # pwcli ENV... -- ARGS...: the CLI with only the given environment (TCP, TLS); sets RC, OUT, ERR
