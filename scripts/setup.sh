@@ -14,9 +14,12 @@ fi
 
 PKGS="build-essential pkg-config libssl-dev clang libclang-dev postgresql-15 postgresql-server-dev-15 sudo curl openssl pgbouncer postgresql-15-cron python3 python3-pip"
 # --ha (scripts/test.sh): also etcd and Patroni, for tests/ha/patroni.sh only (the demo does not
-# wait for them). The suite starts its own; the packages' services are disabled.
+# wait for them; the suite starts its own; the packages' services are disabled), and chromium
+# (with Node.js if missing) for tests/browser/console.sh.
 HA=false
-[ "${1:-}" = --ha ] && HA=true && PKGS="$PKGS patroni etcd-server"
+[ "${1:-}" = --ha ] && HA=true && PKGS="$PKGS patroni etcd-server chromium"
+# (and chromium for the console's browser test; Node.js for its driver, if the machine has none)
+$HA && ! command -v npm >/dev/null && PKGS="$PKGS nodejs npm"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

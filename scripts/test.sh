@@ -20,7 +20,9 @@
 #  10. the meshhook-keys CLI run as a subprocess: output and exit codes (tests/cli/run.sh)
 #  11. the admin API of meshhook-keys serve, route by route against its OpenAPI description
 #      (tests/cli/api.sh)
-#  12. hostile network clients of meshhook-keys serve (tests/cli/hostile.sh)
+#  12. hostile network clients of meshhook-keys serve (tests/cli/hostile.sh), and the web console
+#      in headless chromium, with screenshots in target/console-screenshots (tests/browser/console.sh;
+#      17 only)
 #  13. every SQL block of the manual, page by page, as written, and the reference page checked
 #      against the catalog (tests/docs/run.sh; 15 and 17)
 source "$(dirname "$0")/lib.sh"
@@ -101,6 +103,11 @@ client_suites() {
         "$REPO_ROOT/tests/cli/api.sh"
         say "PostgreSQL $1: hostile-client suite (meshhook-keys serve)"
         "$REPO_ROOT/tests/cli/hostile.sh"
+        if [ "$1" = 17 ]; then
+            # one major is enough for the page itself (the API under it runs on every major)
+            say "PostgreSQL $1: web console in a real browser (chromium, playwright-core)"
+            "$REPO_ROOT/tests/browser/console.sh"
+        fi
         docs_suite "$1"
     )
 }

@@ -119,6 +119,38 @@ suite_init() {
 # suite_setup NAME PORT [postgresql.conf lines...]: suite_init, then start the cluster.
 suite_setup() { suite_init "$@"; start_cluster "$TMP"; }
 
+# ---- meshhook-keys serve --------------------------------------------------------------------------
+# serve_roles DB: the extension in DB and the HTTP API's roles: ops (admin), app (user), and
+# authenticator, which may switch to both (as PostgREST's).
+serve_roles() {
+    psql_as postgres "$1" "CREATE EXTENSION meshhook_keys;
+        CREATE ROLE ops LOGIN IN ROLE meshhook_keys_admin;
+        CREATE ROLE app LOGIN IN ROLE meshhook_keys_user;
+        CREATE ROLE authenticator LOGIN NOINHERIT; GRANT ops, app TO authenticator;" >/dev/null
+}
+# serve_start DB [SERVE ARGS...]: $TMP/bin/meshhook-keys serve as authenticator on DB, on a free
+# loopback port, with a new JWT secret; sets SECRET, SERVER, HPORT, checks it is up (its log in
+# $TMP/serve.log); stopped at exit.
+serve_start() {
+    local db=$1; shift
+    SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+    # (run directly, not through runuser, so that killing $SERVER stops it; the socket's trust
+    # authentication applies)
+    env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE="$db" PGUSER=authenticator MESHHOOK_KEYS_JWT_SECRET="$SECRET" \
+        "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:0" "$@" >"$TMP/serve.out" 2>"$TMP/serve.log" &
+    SERVER=$!
+    at_exit 'if [ -n "$SERVER" ]; then kill "$SERVER" 2>/dev/null || true; wait "$SERVER" 2>/dev/null || true; fi'
+    HPORT=$(served_port "$TMP/serve.log") || HPORT=0
+    local up=0
+    wait_until 10 curl -fs "http://127.0.0.1:$HPORT/healthz" && up=1
+    [ "$up" = 1 ] || { echo "the server's log:"; cat "$TMP/serve.log"; }
+    check "the server is up: GET /healthz 200" 1 "$up"
+}
+# serve_token ROLE SUB [SECONDS]: a token for ROLE with subject SUB, signed with SECRET.
+serve_token() {
+    as_pg env MESHHOOK_KEYS_JWT_SECRET="$SECRET" "$TMP/bin/meshhook-keys" token --role "$1" --sub "$2" --expires-in "${3:-900}"
+}
+
 # ---- named scenarios ------------------------------------------------------------------------------
 # A suite with scenarios defines each as a function scenario_NAME (dashes in NAME become underscores)
 # and declares it, in the order a full run takes them, with

@@ -28,23 +28,11 @@ alive() { if kill -0 "$SERVER" 2>/dev/null && [ "$(curl -s -o /dev/null -w '%{ht
 
 say "hostile-client tests (cluster in $TMP, port $PORT)"
 psql_as postgres postgres "CREATE DATABASE hostile"
-q "CREATE EXTENSION meshhook_keys;
-   CREATE ROLE ops LOGIN IN ROLE meshhook_keys_admin;
-   CREATE ROLE app LOGIN IN ROLE meshhook_keys_user;
-   CREATE ROLE authenticator LOGIN NOINHERIT; GRANT ops, app TO authenticator;
-   SELECT meshhook_keys.keys_rotate('default', 'setup');" >/dev/null
-
-SECRET=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n')
+serve_roles hostile
+q "SELECT meshhook_keys.keys_rotate('default', 'setup');" >/dev/null
 # short timeouts so that the timeouts themselves are tested within the time budget
-env PGHOST="$TMP" PGPORT="$PORT" PGDATABASE=hostile PGUSER=authenticator MESHHOOK_KEYS_JWT_SECRET="$SECRET" \
-    "$TMP/bin/meshhook-keys" serve --listen "127.0.0.1:0" --request-timeout-ms 5000 \
-    --statement-timeout-ms 2500 --lock-timeout-ms 1000 >"$TMP/serve.out" 2>"$TMP/serve.log" &
-SERVER=$!
-HPORT=$(served_port "$TMP/serve.log") || HPORT=0
-up=0; wait_until 10 curl -fs "http://127.0.0.1:$HPORT/healthz" && up=1
-[ "$up" = 1 ] || { echo "the server's log:"; cat "$TMP/serve.log"; }
-check "the server is up: GET /healthz 200" 1 "$up"
-ADMIN=$(as_pg env MESHHOOK_KEYS_JWT_SECRET="$SECRET" "$TMP/bin/meshhook-keys" token --role ops --expires-in 600 --sub hostile)
+serve_start hostile --request-timeout-ms 5000 --statement-timeout-ms 2500 --lock-timeout-ms 1000
+ADMIN=$(serve_token ops hostile 600)
 version() { q "SELECT max(version) FROM meshhook_keys.keys WHERE keyring = 'default'"; }
 
 # The hostile client: python3 sockets, no extra packages. Prints key=value lines.

@@ -83,6 +83,11 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(super::handlers::progress))
         .routes(routes!(super::handlers::audit))
         .routes(routes!(openapi_json))
+        .routes(routes!(whoami))
+        .routes(routes!(super::console::index))
+        .routes(routes!(super::console::script))
+        .routes(routes!(super::console::style))
+        .routes(routes!(super::console::favicon))
 }
 
 /// This description (OpenAPI 3.1). No token needed.
@@ -565,4 +570,19 @@ async fn health(State(app): St, headers: HeaderMap) -> Reply {
         .await
     );
     reply(200, Value::Array(r))
+}
+
+/// The token's role and what it may do: `operator` (read keyrings, rotate, re-encrypt, retire,
+/// destroy), `admin`. Any valid token may ask (the console disables what the role may not use).
+#[utoipa::path(get, path = "/api/whoami", tag = "health",
+    responses((status = 200, description = "`{role, operator, admin, sub}`"), (status = 401, body = ErrorBody)))]
+async fn whoami(State(app): St, headers: HeaderMap) -> Reply {
+    let t = tried!(token(&app, &headers));
+    let r = tried!(rows(&app, &t,
+        "SELECT current_user AS role,
+                pg_catalog.pg_has_role(current_user, 'meshhook_keys_operator', 'MEMBER') AS operator,
+                pg_catalog.pg_has_role(current_user, 'meshhook_keys_admin', 'MEMBER') AS admin,
+                pg_catalog.current_setting('request.jwt.claims', true)::json ->> 'sub' AS sub",
+        &[]).await);
+    first(r, "role")
 }

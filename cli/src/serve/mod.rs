@@ -26,6 +26,7 @@
 
 mod admin;
 mod auth;
+mod console;
 mod db;
 mod handlers;
 mod health;
@@ -141,6 +142,7 @@ fn router(app: Arc<App>, max_body: usize, request_timeout: Duration) -> Router {
         // (refuses a Content-Length above the limit before reading anything: 413)
         .layer(tower_http::limit::RequestBodyLimitLayer::new(max_body))
         .layer(middleware::from_fn_with_state(request_timeout, deadline))
+        .layer(middleware::from_fn(console::security_headers))
 }
 
 /// A client connection: reads and writes go to the socket; when hyper is done with it (or it is
