@@ -245,12 +245,13 @@ elif MODE == "drip":
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
     n = int(ARGS[0]); kind = ARGS[1]; out = {"connect_errors": 0}; socks = []
+    auth = ("Authorization: Bearer " + ARGS[2]) if len(ARGS) > 2 else "Authorization: Bearer not.a.token"
     for i in range(n):
         try:
             s = socket.create_connection(("127.0.0.1", PORT), timeout=10)
             if kind == "body":
-                s.sendall(b"POST /api/keys/rotate HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer not.a.token\r\n"
-                          b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+                s.sendall(("POST /api/keys/rotate HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n"
+                           "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{").encode())
             else:
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
             socks.append(s)
@@ -324,6 +325,67 @@ elif MODE == "bighead":
     except OSError as e:
         sent = type(e).__name__
     report({"sent": sent, "code": status(s, 5)})
+
+elif MODE == "hzabort":
+    # /healthz from `threads` threads for `seconds`, each connection reset 2 ms after the request
+    import struct
+    threads = int(ARGS[0]); seconds = float(ARGS[1]); end = time.monotonic() + seconds; sent = [0]
+    def loop():
+        while time.monotonic() < end:
+            try:
+                s = conn(); s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"); time.sleep(0.002); s.close(); sent[0] += 1
+            except OSError:
+                pass
+    ths = [threading.Thread(target=loop) for _ in range(threads)]
+    for th in ths: th.start()
+    for th in ths: th.join()
+    report({"requests": sent[0]})
+
+elif MODE == "crowd":
+    # an operator's kept-alive connection in use every 100 ms and its progress stream, while n
+    # connections that send nothing arrive: neither of the operator's may be closed for them
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    n = int(ARGS[0]); out = {"keepalive_errors": 0, "keepalive_requests": 0}
+    sse = conn(10); sse.sendall(("GET /api/keyrings/nojob/reencrypt/events HTTP/1.1\r\nHost: x\r\n" + AUTH + "\r\n").encode())
+    events = [0]; sse_closed = [False]; stop = threading.Event()
+    def read_sse():
+        sse.settimeout(1); buf = b""
+        while not stop.is_set():
+            try:
+                d = sse.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                sse_closed[0] = True; return
+            if not d:
+                sse_closed[0] = True; return
+            buf += d; events[0] = buf.count(b"event: progress")
+    ka = http.client.HTTPConnection("127.0.0.1", PORT, timeout=5)
+    def keepalive():
+        while not stop.is_set():
+            try:
+                ka.request("GET", "/healthz"); r = ka.getresponse(); r.read(); out["keepalive_requests"] += 1
+            except Exception:
+                out["keepalive_errors"] += 1; return
+            time.sleep(0.1)
+    ths = [threading.Thread(target=read_sse), threading.Thread(target=keepalive)]
+    for th in ths: th.start()
+    time.sleep(1.5); before = events[0]; crowd = []
+    for _ in range(n):
+        try:
+            crowd.append(socket.create_connection(("127.0.0.1", PORT), timeout=5))
+        except OSError:
+            pass
+    time.sleep(3)
+    out["sse_events_during_crowd"] = events[0] - before; out["sse_closed"] = sse_closed[0]
+    stop.set()
+    for th in ths: th.join()
+    for s in crowd: s.close()
+    sse.close()
+    report(out)
 
 elif MODE == "rotate_once":
     t = time.monotonic()
@@ -615,6 +677,37 @@ drip body "the token is checked before the body is read"
 check "every dripper was answered 401 without its body being waited for" 562 "$(val "$R" drippers_401)"
 echo "# issue 29: 562 connections dripping a request head, one byte every 3 s"
 drip head "the longest idle connection makes room"
+echo "# issue 29: 562 connections dripping a rotate body with a valid token (of a role that does not exist)"
+NOROLE=$(mkjwt "{\"role\":\"no_such_role\",\"sub\":\"dripper\",\"exp\":$(( $(date +%s) + 600 ))}")
+R=$(h drip 562 body "$NOROLE")
+echo "  (drippers: $(val "$R" dripper_answers); healthz worst $(val "$R" healthz_max_ms) ms; rotate $(val "$R" rotate_ms) ms)"
+lt "a new /healthz answers within 1 s (a body being sent is not work in progress; worst of 5, ms)" "$(val "$R" healthz_max_ms)" 1000
+check "  with 200" 200 "$(val "$R" healthz_codes)"
+check "a valid rotation meanwhile: 200" 200 "$(val "$R" rotate_code)"
+alive "the server is still up"
+
+echo "# issue 29: an operator's kept-alive connection and progress stream while 600 silent connections arrive"
+R=$(h crowd 600)
+echo "  ($(val "$R" keepalive_requests) kept-alive requests; $(val "$R" sse_events_during_crowd) progress events during the crowd)"
+check "the kept-alive connection in use was not closed" 0 "$(val "$R" keepalive_errors)"
+check "the progress stream was not closed" False "$(val "$R" sse_closed)"
+lt "  and kept sending events (at least 2 in 3 s)" 1 "$(val "$R" sse_events_during_crowd)"
+alive "the server is still up"
+
+echo "# issue 29: /healthz requests abandoned 2 ms after they are sent share the check too"
+s0=$(sessions)
+R=$(h hzabort 8 3)
+s1=$(sessions)
+echo "  ($(val "$R" requests) abandoned requests in 3 s; $((s1 - s0)) database sessions)"
+lt "fewer than 7 database sessions" "$((s1 - s0))" 7
+lt "  more than 100 requests (the flood happened)" 100 "$(val "$R" requests)"
+
+echo "# issue 29: a progress stream ends when its token expires"
+SHORT=$(mkjwt "{\"role\":\"ops\",\"sub\":\"short\",\"exp\":$(( $(date +%s) + 1 ))}")
+t0=$(date +%s)
+curl -s -N -m 30 -H "Authorization: Bearer $SHORT" "http://127.0.0.1:$HPORT/api/keyrings/nojob/reencrypt/events" > "$TMP/short.events" || true
+lt "the stream ended within the token's time + leeway (5 s) + 3 s (s)" "$(( $(date +%s) - t0 ))" 10
+check_match "  with an error event saying the token expired" 'expired' "$(grep -A1 '^event: error' "$TMP/short.events" | tail -1)"
 
 alive "the server is still up at the end"
 check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
@@ -622,6 +715,8 @@ check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | h
 echo "# issue 29: SIGTERM lets a request in progress finish"
 hold_lock hold2
 before=$(version)
+curl -s -N -m 60 -H "Authorization: Bearer $ADMIN" "http://127.0.0.1:$HPORT/api/keyrings/nojob/reencrypt/events" > "$TMP/stream.events" &
+STREAM=$!
 h rotate_once > "$TMP/drain.out" &
 ROT=$!
 wait_until 5 is_t q "SELECT EXISTS (SELECT FROM pg_stat_activity WHERE datname = 'hostile' AND wait_event_type = 'Lock')" \
@@ -640,6 +735,8 @@ check "the rotation in progress got its answer: 200" 200 "$(val "$R" code)"
 check "  and was made" "$((before + 1))" "$(version)"
 RC=0; wait "$SERVER" || RC=$?; SERVER=""
 check "the server then exited 0" 0 "$RC"
+ended=0; wait_until 3 bash -c "! kill -0 $STREAM 2>/dev/null" && ended=1
+check "an open progress stream ended with it (it does not hold the server for the drain time)" 1 "$ended"
 lt "  within the request timeout (5 s) + 1 s of the signal (s)" "$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')" 6
 
 suite_summary "hostile-client tests"

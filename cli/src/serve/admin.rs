@@ -319,7 +319,8 @@ const EVENTS_FOR: Duration = Duration::from_secs(600);
 /// Server-Sent Events of the keyring's re-encryption: a `progress` event a second (the same JSON
 /// as `GET /api/keyrings/{keyring}/reencrypt`, plus `rate` in rows/s and `eta_seconds`) while
 /// the latest job runs (or until one starts), then one last event and the end; `error` with the
-/// error body if a poll fails. A stream lasts at most 10 minutes: reconnect for more.
+/// error body if a poll fails or the token has expired (checked at each poll). A stream lasts at
+/// most 10 minutes, and ends when the server stops: reconnect for more.
 #[utoipa::path(get, path = "/api/keyrings/{keyring}/reencrypt/events", tag = "reencryption",
     params(("keyring" = String, Path, description = "The keyring's name")),
     responses((status = 200, description = "`text/event-stream` of `progress` events", content_type = "text/event-stream"),
@@ -328,17 +329,30 @@ async fn reencrypt_events(
     State(app): St,
     headers: HeaderMap,
     Path(keyring): Path<String>,
+    activity: Option<axum::Extension<Arc<super::activity::Activity>>>,
 ) -> axum::response::Response {
     let t = match token(&app, &headers) {
         Ok(t) => t,
         Err(r) => return r.into_response(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Event, std::convert::Infallible>>(4);
+    // (the connection is busy while the stream lasts, not only until its head is sent)
+    let busy = activity.map(|a| a.0.busy());
+    let mut stopping = app.stopping.clone();
     tokio::spawn(async move {
+        let _busy = busy;
         let start = tokio::time::Instant::now();
         let mut last: Option<(tokio::time::Instant, i64)> = None;
         let mut rate = 0.0_f64;
         loop {
+            // the token is checked again at each poll: a stream ends when its token expires
+            if let Err(why) = super::auth::still_valid(&t.claims, app.jwt_leeway) {
+                let body = json!({ "error": format!("invalid token: {why}") });
+                let _ = tx
+                    .send(Ok(Event::default().event("error").data(body.to_string())))
+                    .await;
+                break;
+            }
             let r = rows(&app, &t, PROGRESS_SQL, &[&keyring]).await;
             let (event, done) = match r {
                 Ok(r) => {
@@ -383,7 +397,11 @@ async fn reencrypt_events(
             if tx.send(Ok(event)).await.is_err() || done || start.elapsed() > EVENTS_FOR {
                 break;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            // (the server stopping ends the stream at once rather than after the drain time)
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stopping.wait_for(|s| *s) => break,
+            }
         }
     });
     Sse::new(tokio_stream_from(rx))

@@ -160,6 +160,18 @@ fn check_times(claims: &Object, now: f64, leeway: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the claims of a token verified earlier are still in their time (a long stream checks
+/// again at each step).
+pub fn still_valid(claims: &Value, leeway: u64) -> Result<(), String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    match claims.as_object() {
+        Some(c) => check_times(c, now, leeway),
+        None => Err("no claims".into()),
+    }
+}
+
 /// A verified token: its claims, and the key its refusals are counted under.
 pub struct Token {
     pub claims: Value,

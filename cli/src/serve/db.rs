@@ -42,8 +42,17 @@ pub async fn as_token(
 ) -> Result<Value, Reply> {
     let reservation = app.refusals.reserve(token).await?;
     let r = run_as_token(app, &token.claims, sql, params).await;
-    reservation.finish(matches!(&r, Err(reply) if reply.status == 403));
+    reservation.finish(matches!(&r, Err(reply) if counts_as_refusal(reply.status)));
     r
+}
+
+/// Whether a failed request counts against its token's refusal budget: a refusal (403), and any
+/// failure after which the database may have refused and audited it without our seeing the answer
+/// (a statement timeout or no answer, 504: a refused backend waits for its audit writer; 500).
+/// Not: an answer that is no refusal (400, 404, 409), or a request that never reached the
+/// database (503).
+fn counts_as_refusal(status: u16) -> bool {
+    matches!(status, 403 | 500 | 504)
 }
 
 async fn run_as_token(
@@ -107,4 +116,17 @@ async fn run_as_token(
     Ok(crate::output::json_rows(&rows)
         .map(Value::Array)
         .unwrap_or(Value::Null))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn what_counts_as_a_refusal() {
+        for s in [403, 500, 504] {
+            assert!(super::counts_as_refusal(s), "{s}");
+        }
+        for s in [200, 400, 404, 409, 503] {
+            assert!(!super::counts_as_refusal(s), "{s}");
+        }
+    }
 }

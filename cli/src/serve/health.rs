@@ -46,7 +46,10 @@ async fn check(app: &super::App) -> Result<(), String> {
 #[utoipa::path(get, path = "/healthz", tag = "health", security(()),
     responses((status = 200, description = "`{\"ok\": true}`"), (status = 503, body = super::reply::ErrorBody)))]
 pub async fn healthz(State(app): St) -> Reply {
-    let answer = async {
+    // The answer is made in a task of its own, which finishes (and leaves its answer for the next
+    // second's requests) even when the client that asked goes away: a client that asks and
+    // hangs up at once cannot make every request a new database session.
+    let answer = tokio::spawn(async move {
         let mut last = app.health.lock().await;
         if let Some((at, r)) = last.as_ref()
             && at.elapsed() < HEALTH_CACHE
@@ -63,7 +66,8 @@ pub async fn healthz(State(app): St) -> Reply {
             });
         *last = Some((Instant::now(), r.clone()));
         r
-    };
+    });
+    let answer = async { answer.await.unwrap_or_else(|e| Err(e.to_string())) };
     match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
         Ok(Ok(())) => reply(200, json!({ "ok": true })),
         Ok(Err(e)) => error(503, &format!("database unavailable: {e}")),

@@ -24,6 +24,7 @@
 //! SIGTERM or SIGINT: the server stops accepting connections, closes idle ones, lets requests in
 //! progress finish (up to the request timeout), then exits 0.
 
+mod activity;
 mod admin;
 mod auth;
 mod console;
@@ -46,7 +47,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
@@ -96,6 +97,8 @@ pub struct App {
     refusals: Arc<auth::Refusals>,
     /// The OpenAPI description, as served.
     openapi: std::sync::OnceLock<String>,
+    /// True once the server is stopping (SIGTERM): streams end.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl App {
@@ -221,8 +224,7 @@ impl Drop for Linger {
     }
 }
 
-/// The open connections: for each, since when it is open, whether a request is in progress on it,
-/// and how to close it.
+/// The open connections: for each, its activity and how to close it.
 #[derive(Default)]
 struct Connections {
     next: AtomicUsize,
@@ -230,50 +232,40 @@ struct Connections {
 }
 
 struct Open {
-    since: Instant,
-    busy: Arc<AtomicUsize>,
+    activity: Arc<activity::Activity>,
     abort: Option<tokio::task::AbortHandle>,
 }
 
 impl Connections {
-    fn add(&self) -> (usize, Arc<AtomicUsize>) {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<usize, Open>> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn add(&self) -> (usize, Arc<activity::Activity>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let busy = Arc::new(AtomicUsize::new(0));
+        let activity = activity::Activity::new();
         let open = Open {
-            since: Instant::now(),
-            busy: busy.clone(),
+            activity: activity.clone(),
             abort: None,
         };
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, open);
-        (id, busy)
+        self.lock().insert(id, open);
+        (id, activity)
     }
     fn set_abort(&self, id: usize, abort: tokio::task::AbortHandle) {
-        if let Some(o) = self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&id)
-        {
+        if let Some(o) = self.lock().get_mut(&id) {
             o.abort = Some(abort);
         }
     }
     fn remove(&self, id: usize) {
-        self.open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        self.lock().remove(&id);
     }
-    /// Close the connection open longest with no request in progress (idle, or still sending its
-    /// head); false when every connection has a request in progress.
+    /// Close the connection idle the longest (waiting for a head, a body or a next request);
+    /// false when every connection is busy.
     fn evict_one(&self) -> bool {
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut open = self.lock();
         let victim = open
             .iter()
-            .filter(|(_, o)| o.busy.load(Ordering::Acquire) == 0 && o.abort.is_some())
-            .min_by_key(|(_, o)| o.since)
+            .filter(|(_, o)| !o.activity.is_busy() && o.abort.is_some())
+            .max_by_key(|(_, o)| o.activity.idle_for())
             .map(|(id, _)| *id);
         match victim.and_then(|id| open.remove(&id)) {
             Some(o) => {
@@ -284,22 +276,6 @@ impl Connections {
             }
             None => false,
         }
-    }
-}
-
-/// Counts a request in progress on its connection while it lives.
-struct Busy(Arc<AtomicUsize>);
-
-impl Busy {
-    fn new(count: Arc<AtomicUsize>) -> Self {
-        count.fetch_add(1, Ordering::AcqRel);
-        Busy(count)
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -340,6 +316,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         .runtime(Runtime::Tokio1)
         .build()
         .map_err(|e| format!("connection pool: {e}"))?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let app = Arc::new(App {
         pool,
         pg,
@@ -353,6 +330,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         max_body: cfg.max_body_bytes,
         refusals: Arc::new(auth::Refusals::new(cfg.refusal_limit, cfg.refusal_window)),
         openapi: Default::default(),
+        stopping: stopped.clone(),
     });
     let service = router(app, cfg.max_body_bytes, cfg.request_timeout);
     let listener = tokio::net::TcpListener::bind(&cfg.listen)
@@ -366,7 +344,6 @@ async fn run(cfg: Config) -> Result<(), String> {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let lingering = Arc::new(Semaphore::new(LINGERING));
     let connections = Arc::new(Connections::default());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| format!("cannot handle SIGTERM: {e}"))?;
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -391,24 +368,26 @@ async fn run(cfg: Config) -> Result<(), String> {
         let permit = match permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
-                // at the limit: make room by closing the longest idle connection, if there is
-                // one; otherwise wait for a request in progress to end
+                // at the limit: make room by closing the connection idle the longest, if there is
+                // one; otherwise wait for a request in progress to end (or for a signal)
                 connections.evict_one();
-                permits
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|e| e.to_string())?
+                tokio::select! {
+                    _ = sigterm.recv() => break,
+                    _ = tokio::signal::ctrl_c() => break,
+                    p = permits.clone().acquire_owned() => p.map_err(|e| e.to_string())?,
+                }
             }
         };
         let _ = stream.set_nodelay(true);
-        let (id, busy) = connections.add();
+        let (id, activity) = connections.add();
         let router = service.clone();
         let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let router = router.clone();
-            let guard = Busy::new(busy.clone());
+            let guard = activity.busy();
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(activity.clone());
             async move {
-                let r = router.oneshot(req.map(axum::body::Body::new)).await;
+                let r = router.oneshot(req).await;
                 drop(guard);
                 r
             }

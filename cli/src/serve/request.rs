@@ -26,13 +26,19 @@ pub async fn read_body(
     empty_ok: bool,
     nullable: &[&str],
 ) -> Result<Object, Reply> {
-    let bytes = axum::body::to_bytes(req.into_body(), app.max_body)
-        .await
-        .map_err(|e| {
-            let mut r = error(413, &format!("the body could not be read: {e}"));
-            r.close = true;
-            r
-        })?;
+    // (while the client sends its body the connection counts as idle: a client that sends it
+    // slowly does not hold its place against others)
+    let waiting = req
+        .extensions()
+        .get::<std::sync::Arc<super::activity::Activity>>()
+        .map(|a| a.waiting_for_client());
+    let bytes = axum::body::to_bytes(req.into_body(), app.max_body).await;
+    drop(waiting);
+    let bytes = bytes.map_err(|e| {
+        let mut r = error(413, &format!("the body could not be read: {e}"));
+        r.close = true;
+        r
+    })?;
     let bytes = if empty_ok && bytes.iter().all(u8::is_ascii_whitespace) {
         &b"{}"[..]
     } else {
