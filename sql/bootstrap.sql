@@ -50,6 +50,8 @@ CREATE TABLE meshhook_keys.keyring (
     -- parameters in kdf (never the secret), not by the root key
     user_held         boolean  NOT NULL DEFAULT false,
     kdf               jsonb,
+    -- reencrypt_pause (0.5.0): the scheduler skips this keyring's re-encryption until resumed
+    reencrypt_paused  boolean  NOT NULL DEFAULT false,
     CHECK (user_held = (kdf IS NOT NULL))
 );
 

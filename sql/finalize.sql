@@ -111,6 +111,8 @@ GRANT EXECUTE ON FUNCTION meshhook_keys.update_secret(uuid, text, text, text, uu
 -- The import refuses non-operators itself (audited) and reads Vault with the caller's privileges.
 GRANT EXECUTE ON FUNCTION meshhook_keys.import_supabase_vault(text, boolean) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_pause(text, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_resume(text, text) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON PROCEDURE meshhook_keys.reencrypt(text, integer) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys.key_usage(text) TO meshhook_keys_user, meshhook_keys_operator;
 GRANT EXECUTE ON FUNCTION meshhook_keys._key_usage(text) TO meshhook_keys_user, meshhook_keys_operator;
@@ -224,7 +226,7 @@ COMMENT ON VIEW meshhook_keys.encrypted_columns IS
 COMMENT ON VIEW meshhook_keys.reencrypt_progress IS
     'Re-encryption progress per job and column, in the spirit of pg_stat_progress_*: rows total/done/failed/remaining, rate, ETA; a column whose batch raised is failed, with its SQLSTATE and error. Requires meshhook_keys_operator.';
 COMMENT ON VIEW meshhook_keys.keyrings IS
-    'Each keyring with its active version, that key''s age and encryptions (NULL when the library is not preloaded), its rotation policy, when it is due, the scheduler''s backoff after a failure, its tenant, whether it was destroyed and whether it is user-held. Requires meshhook_keys_operator.';
+    'Each keyring with its active version, that key''s age and encryptions (NULL when the library is not preloaded), its rotation policy, when it is due, the scheduler''s backoff after a failure, its tenant, whether it was destroyed, whether it is user-held and whether its re-encryption is paused (reencrypt_pause). Requires meshhook_keys_operator.';
 COMMENT ON VIEW meshhook_keys.decrypted_secrets IS
     'The secrets store with values decrypted, with Supabase Vault''s columns and meanings: secret is the ciphertext (base64), decrypted_secret the plaintext, key_id the data key that sealed it, nonce its nonce; tenant and keyring are the store''s. security_invoker: the caller''s privileges and RLS policies apply. Requires meshhook_keys_user; row-level security policies on meshhook_keys.secrets decide which rows.';
 COMMENT ON FUNCTION meshhook_keys.secret_encrypt(text, text, text) IS
@@ -275,6 +277,10 @@ COMMENT ON FUNCTION meshhook_keys.secret_update(text, text, text, text) IS
     'Replace the value (and optionally the description) of a stored secret, by tenant and name. Returns its id. Requires meshhook_keys_user; row-level security policies on meshhook_keys.secrets decide which rows.';
 COMMENT ON FUNCTION meshhook_keys.reencrypt_batch(text, integer) IS
     'Re-encrypt one bounded batch of a keyring''s registered rows to its active key inside the caller''s transaction; returns rows moved, or NULL when nothing is left. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.reencrypt_pause(text, text) IS
+    'Pause the scheduler''s re-encryption of a keyring: its job and cursor are kept and the scheduler skips it until reencrypt_resume (an operator''s reencrypt_batch or CALL reencrypt still runs). Returns whether it was running before. Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.reencrypt_resume(text, text) IS
+    'Resume the scheduler''s re-encryption of a keyring paused by reencrypt_pause, from where it stopped. Returns whether it was paused. Audited. Requires meshhook_keys_operator.';
 COMMENT ON PROCEDURE meshhook_keys.reencrypt(text, integer) IS
     'Re-encrypt every registered row of a keyring to its active key, committing after each batch (CALL it outside a transaction block). Resumable: call it again after any interruption. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.find_unregistered(text, integer) IS

@@ -1026,3 +1026,55 @@ COMMENT ON FUNCTION meshhook_keys.keys_destroy(text, integer, boolean, interval)
     'Destroy a retired key version: its wrapped key material is wiped (crypto-erasure), so nothing it encrypted can ever be decrypted again. Refused while registered rows reference it, unless forced (as keys_retire). With after => interval, scheduled instead (the same checks now): the scheduler destroys it once the interval has passed, checking again, and keys_destroy_cancel or keys_unretire take it back until then (keys.destroy_at shows when). Audited. Requires meshhook_keys_operator.';
 COMMENT ON FUNCTION meshhook_keys.keys_destroy_cancel(text, integer) IS
     'Cancel a destruction scheduled by keys_destroy(..., after => ...); refused (55000) when none is scheduled for the version. Audited. Requires meshhook_keys_operator.';
+
+-- reencrypt_pause / reencrypt_resume (issue 29): a keyring whose re-encryption the scheduler skips
+ALTER TABLE meshhook_keys.keyring ADD COLUMN reencrypt_paused boolean NOT NULL DEFAULT false;
+CREATE OR REPLACE VIEW meshhook_keys.keyrings AS
+SELECT k.name                                            AS keyring,
+       a.version                                         AS active_version,
+       a.activated_at,
+       pg_catalog.now() - a.activated_at                 AS active_age,
+       k.rotation_interval,
+       a.activated_at + k.rotation_interval              AS next_rotation_at,
+       coalesce(k.max_encryptions,
+                pg_catalog.current_setting('meshhook_keys.default_max_encryptions', true)::bigint,
+                1073741824)                              AS max_encryptions,
+       k.max_encryptions IS NOT NULL                     AS max_encryptions_set,
+       a.encryptions + meshhook_keys._encryptions_pending(a.key_id) AS encryptions,
+       (SELECT pg_catalog.count(*) FROM meshhook_keys.data_key d
+         WHERE d.keyring = k.name AND d.state = 'decrypt_only') AS decrypt_only_versions,
+       k.failed_attempts,
+       k.next_attempt_at,
+       k.last_error,
+       k.tenant,
+       k.destroyed_at,
+       k.user_held,
+       k.reencrypt_paused
+  FROM meshhook_keys.keyring k
+  LEFT JOIN meshhook_keys.data_key a ON a.keyring = k.name AND a.state = 'active';
+COMMENT ON VIEW meshhook_keys.keyrings IS
+    'Each keyring with its active version, that key''s age and encryptions (NULL when the library is not preloaded), its rotation policy, when it is due, the scheduler''s backoff after a failure, its tenant, whether it was destroyed, whether it is user-held and whether its re-encryption is paused (reencrypt_pause). Requires meshhook_keys_operator.';
+CREATE FUNCTION meshhook_keys."reencrypt_pause"(
+	"keyring" TEXT,
+	"reason" TEXT DEFAULT NULL
+) RETURNS bool
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'reencrypt_pause_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.reencrypt_pause(text, text) FROM PUBLIC;
+CREATE FUNCTION meshhook_keys."reencrypt_resume"(
+	"keyring" TEXT,
+	"reason" TEXT DEFAULT NULL
+) RETURNS bool
+VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+SET search_path TO pg_catalog, pg_temp
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'reencrypt_resume_wrapper';
+REVOKE ALL ON FUNCTION meshhook_keys.reencrypt_resume(text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_pause(text, text) TO meshhook_keys_user, meshhook_keys_operator;
+GRANT EXECUTE ON FUNCTION meshhook_keys.reencrypt_resume(text, text) TO meshhook_keys_user, meshhook_keys_operator;
+COMMENT ON FUNCTION meshhook_keys.reencrypt_pause(text, text) IS
+    'Pause the scheduler''s re-encryption of a keyring: its job and cursor are kept and the scheduler skips it until reencrypt_resume (an operator''s reencrypt_batch or CALL reencrypt still runs). Returns whether it was running before. Audited. Requires meshhook_keys_operator.';
+COMMENT ON FUNCTION meshhook_keys.reencrypt_resume(text, text) IS
+    'Resume the scheduler''s re-encryption of a keyring paused by reencrypt_pause, from where it stopped. Returns whether it was paused. Audited. Requires meshhook_keys_operator.';

@@ -19,6 +19,7 @@ SELECT k.name                                            AS keyring,
        k.last_error,
        k.tenant,
        k.destroyed_at,
-       k.user_held
+       k.user_held,
+       k.reencrypt_paused
   FROM meshhook_keys.keyring k
   LEFT JOIN meshhook_keys.data_key a ON a.keyring = k.name AND a.state = 'active';

@@ -247,8 +247,9 @@ fn record_failure(keyring: &str, action: &str, f: &Failure) -> Result<()> {
     })
 }
 
-/// Keyrings with registered columns and an old version that still decrypts: re-encryption may
-/// have work to do (a batch finds out cheaply when it has none).
+/// Keyrings with registered columns and an old version that still decrypts, not paused
+/// (reencrypt_pause): re-encryption may have work to do (a batch finds out cheaply when it has
+/// none).
 ///
 /// Run as a read-write statement, so that it takes a new snapshot: in `tick()` it runs in a fresh
 /// subtransaction without a transaction id, where pgrx would run a SELECT read-only against the
@@ -260,6 +261,7 @@ fn reencrypt_candidates() -> Result<Vec<String>> {
             "SELECT k.name FROM meshhook_keys.keyring k
               WHERE (k.next_attempt_at IS NULL OR k.next_attempt_at OPERATOR(pg_catalog.<=) pg_catalog.now())
                 AND NOT k.user_held
+                AND NOT k.reencrypt_paused
                 AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring OPERATOR(pg_catalog.=) k.name AND d.state OPERATOR(pg_catalog.=) 'active')
                 AND EXISTS (SELECT 1 FROM meshhook_keys.data_key d WHERE d.keyring OPERATOR(pg_catalog.=) k.name AND d.state OPERATOR(pg_catalog.=) 'decrypt_only')
                 AND EXISTS (SELECT 1 FROM meshhook_keys.encrypted_column c WHERE c.keyring OPERATOR(pg_catalog.=) k.name)

@@ -212,17 +212,30 @@
           r.state === "retired" ? writeButton("Destroy…", "danger", () => askDestroy(r.version)) : "") },
     ], k.versions, { id: "versions", rowId: (r) => `v${r.version}` });
 
-    // re-encryption progress
+    // re-encryption progress, and pausing the scheduler's re-encryption
     const bar = el("div", { id: "progress-bar" });
     const progressText = el("span", { id: "progress-text", class: "muted", text: "" });
     const progress = el("div", { id: "progress" }, el("div", { class: "progress" }, bar), progressText);
+    const base = `/api/keyrings/${encodeURIComponent(name)}/reencrypt`;
+    const pause = k.reencrypt_paused
+      ? writeButton("Resume re-encryption", "secondary", () => act(async () => {
+          await api("POST", `${base}/resume`, {});
+          await done("Re-encryption resumed.");
+        }))
+      : writeButton("Pause re-encryption", "secondary", () => act(async () => {
+          await api("POST", `${base}/pause`, {});
+          await done("Re-encryption paused: the scheduler skips this keyring until it is resumed.");
+        }));
+    pause.id = "pause-toggle";
+    const pauseRow = el("div", { class: "row" }, pause,
+      k.reencrypt_paused ? el("span", { class: "badge warn", id: "paused-badge", text: "paused" }) : "");
 
     view(`Keyring ${name}`,
       el("p", { class: "muted", text: `Active version ${k.active_version ?? "none"}${k.tenant ? `, tenant ${k.tenant}` : ""}${k.user_held ? ", user-held" : ""}; ${k.encryptions} encryptions of ${k.max_encryptions}.` }),
       msg, ok,
       el("h3", { text: "Rotation policy" }), policy,
       el("h3", { text: "Rotate" }), el("div", { class: "row" }, rotate), confirmPanel,
-      el("h3", { text: "Re-encryption" }), progress,
+      el("h3", { text: "Re-encryption" }), pauseRow, progress,
       el("h3", { text: "Versions" }), versions, destroyPanel);
     watch(name);
   }

@@ -67,6 +67,31 @@ fn reencrypt_batch(
     .or_raise()
 }
 
+/// Pause the scheduler's re-encryption of a keyring: its job and cursor are kept, the scheduler
+/// skips it until reencrypt_resume (an operator's reencrypt_batch or CALL reencrypt still runs).
+/// Returns whether it was running before. Audited. Requires meshhook_keys_operator.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn reencrypt_pause(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> bool {
+    (|| {
+        audit::require_admin("reencrypt_pause", keyring)?;
+        reencrypt::set_paused(validate_keyring(keyring)?, true, reason)
+    })()
+    .or_raise()
+}
+
+/// Resume the scheduler's re-encryption of a keyring paused by reencrypt_pause, from where it
+/// stopped. Returns whether it was paused. Audited. Requires meshhook_keys_operator.
+#[pg_extern(security_definer, volatile, parallel_unsafe)]
+#[search_path(pg_catalog, pg_temp)]
+fn reencrypt_resume(keyring: Option<&str>, reason: default!(Option<&str>, "NULL")) -> bool {
+    (|| {
+        audit::require_admin("reencrypt_resume", keyring)?;
+        reencrypt::set_paused(validate_keyring(keyring)?, false, reason)
+    })()
+    .or_raise()
+}
+
 /// Internal to re-encryption: decrypt one claimed row and seal it under the target key, for
 /// `_reencrypt_take`. Called by the batch's own UPDATE, which runs as the table owner and passes
 /// the random token the batch armed the statement with; any other call (outside a batch, or from

@@ -406,3 +406,32 @@ pub(super) fn finish_job(job_id: i64, keyring: &str, target_version: i32) -> Res
                             "columns_failed": failed_columns, "state": state, "seconds": seconds }),
     )
 }
+
+/// Pause (`paused` true) or resume the scheduler's re-encryption of `keyring`; whether that changed
+/// anything. A paused keyring keeps its job and cursor: the scheduler skips it until it is resumed,
+/// while an operator's own `reencrypt_batch` or `CALL reencrypt` still runs. Audited
+/// (`reencrypt_pause` / `reencrypt_resume`, with `detail.changed`), unknown keyring 42704.
+pub fn set_paused(keyring: &str, paused: bool, reason: Option<&str>) -> Result<bool> {
+    crate::lock_order::keyring(keyring, crate::lock_order::Row::Existing)?;
+    let changed = Spi::get_one_with_args::<bool>(
+        "WITH c AS (UPDATE meshhook_keys.keyring SET reencrypt_paused = $2
+                     WHERE name OPERATOR(pg_catalog.=) $1 AND reencrypt_paused OPERATOR(pg_catalog.<>) $2
+                 RETURNING 1)
+         SELECT EXISTS (SELECT FROM c)",
+        &[keyring.into(), paused.into()],
+    )?
+    .unwrap_or(false);
+    audit::record(
+        if paused {
+            "reencrypt_pause"
+        } else {
+            "reencrypt_resume"
+        },
+        Some(keyring),
+        None,
+        None,
+        reason,
+        serde_json::json!({ "changed": changed }),
+    )?;
+    Ok(changed)
+}

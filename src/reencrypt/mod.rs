@@ -35,6 +35,7 @@ mod unregistered;
 mod user_held;
 
 pub use batch::batch;
+pub use jobs::set_paused;
 pub use registry::{
     Column, as_role, columns_of_keyring, key_usage, register, register_index, rows_on_key,
     unregister,

@@ -63,6 +63,8 @@ try {
   await check("the policy is saved", () => page.locator("#keyring-ok", { hasText: "Policy saved." }).waitFor({ timeout: 5000 }));
   await check("  and shown again", async () => (await page.inputValue("#policy-days")) === "30");
   await shot(page, "03-keyring");
+  await page.click("#pause-toggle");
+  await check("re-encryption paused: a badge says so", () => page.locator("#paused-badge").waitFor({ timeout: 5000 }));
   await check("Rotate asks for a confirmation first", async () => {
     await page.click("text=Rotate…");
     await page.locator("#rotate-confirm").waitFor({ state: "visible", timeout: 3000 });
@@ -71,6 +73,11 @@ try {
   await page.click("text=Rotate now");
   await check("the rotation is made: version 2", () =>
     page.locator("#keyring-ok", { hasText: "Version 2 is active." }).waitFor({ timeout: 10000 }));
+  await page.waitForTimeout(2500);
+  await check("while paused, the scheduler moves no row (0% after 2.5 s)", async () =>
+    ["0", null].includes(await page.locator("#progress-text").getAttribute("data-percent")));
+  await page.click("#pause-toggle");
+  await check("resumed", () => page.locator("#keyring-ok", { hasText: "Re-encryption resumed." }).waitFor({ timeout: 5000 }));
   const seen = new Set();
   const t0 = Date.now();
   let finished = false;

@@ -43,7 +43,7 @@ check "the rotation it made is active" 2 "$(q "SELECT active_version FROM meshho
 check "every row was re-encrypted to it" "2 100000" "$(q "SELECT string_agg(version || ' ' || rows, ',') FROM meshhook_keys.key_usage('default') WHERE rows > 0")"
 check "version 1 is destroyed" destroyed "$(q "SELECT state FROM meshhook_keys.keys WHERE keyring = 'default' AND version = 1")"
 check "every secret still decrypts" 100000 "$(q "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(c, 'cred:' || id) = 'CONSOLE-SECRET-' || id")"
-check "the audit rows carry the operator's token subject" 4 \
+check "the audit rows carry the operator's token subject" 6 \
     "$(q "SELECT count(DISTINCT action) FROM meshhook_keys.audit_log WHERE detail -> 'jwt' ->> 'sub' = 'console-admin' AND outcome = 'ok'")"
 check "the user's attempts were refused, none succeeded" "0" \
     "$(q "SELECT count(*) FROM meshhook_keys.audit_log WHERE detail -> 'jwt' ->> 'sub' = 'console-user' AND outcome = 'ok'")"

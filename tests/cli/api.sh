@@ -155,6 +155,21 @@ http GET /api/keyrings/default/usage "$ADMIN"
 check "GET usage: every row on version 3" "creds 3 5000" "$(j "(SELECT string_agg(concat_ws(' ', u ->> 'table_name', u ->> 'version', u ->> 'rows'), ',') FROM jsonb_array_elements(:'j'::jsonb) u WHERE (u ->> 'rows')::int > 0)")"
 check "every secret still decrypts" 5000 "$(q "SELECT count(*) FROM creds WHERE meshhook_keys.secret_decrypt(c, 'cred:' || id) = 'API-SECRET-' || id")"
 
+echo "# pausing the scheduler's re-encryption"
+http POST /api/keyrings/default/reencrypt/pause "$ADMIN" '{"reason": "window"}'
+check "POST reencrypt/pause: 200, changed" "200 true" "$CODE $(j "(:'j'::jsonb ->> 'changed')")"
+check "  the keyrings view says so" t "$(q "SELECT reencrypt_paused FROM meshhook_keys.keyrings WHERE keyring = 'default'")"
+http POST /api/keyrings/default/reencrypt/pause "$ADMIN"
+check "  again: 200, unchanged" "200 false" "$CODE $(j "(:'j'::jsonb ->> 'changed')")"
+http POST /api/keyrings/default/reencrypt/resume "$USER"
+check "  a user token cannot resume it: 403" 403 "$CODE"
+http POST /api/keyrings/nothing/reencrypt/pause "$ADMIN"
+check "  an unknown keyring: 404 with 42704" "404 42704" "$CODE $(j "(:'j'::jsonb ->> 'sqlstate')")"
+http POST /api/keyrings/default/reencrypt/resume "$ADMIN" '{"reason": "window over"}'
+check "POST reencrypt/resume: 200, changed" "200 true" "$CODE $(j "(:'j'::jsonb ->> 'changed')")"
+check "  audited with the reasons" "reencrypt_pause window|reencrypt_pause |reencrypt_resume window over" \
+    "$(q "SELECT string_agg(action || ' ' || coalesce(reason, ''), '|' ORDER BY id) FROM meshhook_keys.audit_log WHERE keyring = 'default' AND action IN ('reencrypt_pause', 'reencrypt_resume') AND outcome = 'ok'")"
+
 echo "# the audit log: filters and cursor pagination"
 http GET "/api/audit?keyring=default&limit=3" "$ADMIN"
 check "GET /api/audit: 200, 3 rows, newest first" "200 3 t" \

@@ -71,6 +71,8 @@ pub fn routes() -> OpenApiRouter<Arc<App>> {
         .routes(routes!(rotate_keyring))
         .routes(routes!(reencrypt_batch, reencrypt_progress))
         .routes(routes!(reencrypt_events))
+        .routes(routes!(reencrypt_pause))
+        .routes(routes!(reencrypt_resume))
         .routes(routes!(retire_version))
         .routes(routes!(destroy_version))
         .routes(routes!(audit_log))
@@ -414,6 +416,54 @@ fn tokio_stream_from<T: Send + 'static>(
     mut rx: tokio::sync::mpsc::Receiver<T>,
 ) -> impl futures_util::Stream<Item = T> + Send {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// Why re-encryption is paused or resumed.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    /// Recorded in the audit log.
+    reason: Option<String>,
+}
+
+/// Pause the scheduler's re-encryption of the keyring (`reencrypt_pause`): its job and cursor are
+/// kept; an operator's own batches still run.
+#[utoipa::path(post, path = "/api/keyrings/{keyring}/reencrypt/pause", tag = "reencryption",
+    params(("keyring" = String, Path, description = "The keyring's name")),
+    request_body(content = ReasonBody, description = "May be empty"),
+    responses((status = 200, description = "`{changed}`: false if it was already paused"),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn reencrypt_pause(State(app): St, Path(keyring): Path<String>, req: Request) -> Reply {
+    pause_or_resume(
+        app,
+        keyring,
+        req,
+        "SELECT meshhook_keys.reencrypt_pause($1, $2) AS changed",
+    )
+    .await
+}
+
+/// Resume the scheduler's re-encryption of the keyring where it stopped (`reencrypt_resume`).
+#[utoipa::path(post, path = "/api/keyrings/{keyring}/reencrypt/resume", tag = "reencryption",
+    params(("keyring" = String, Path, description = "The keyring's name")),
+    request_body(content = ReasonBody, description = "May be empty"),
+    responses((status = 200, description = "`{changed}`: false if it was not paused"),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+async fn reencrypt_resume(State(app): St, Path(keyring): Path<String>, req: Request) -> Reply {
+    pause_or_resume(
+        app,
+        keyring,
+        req,
+        "SELECT meshhook_keys.reencrypt_resume($1, $2) AS changed",
+    )
+    .await
+}
+
+async fn pause_or_resume(app: Arc<App>, keyring: String, req: Request, sql: &str) -> Reply {
+    let t = tried!(token(&app, req.headers()));
+    let b: ReasonBody = tried!(body(&app, req).await);
+    let r = tried!(rows(&app, &t, sql, &[&keyring, &b.reason]).await);
+    first(r, "keyring")
 }
 
 /// Options of a retirement.

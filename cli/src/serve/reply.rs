@@ -55,6 +55,7 @@ pub fn db_error(e: tokio_postgres::Error) -> Reply {
             let code = db.code().code();
             let status = match &code[..2] {
                 "42" if code == "42501" => 403,
+                "42" if code == "42704" => 404, // an unknown keyring or version
                 "28" => 403,
                 "22" | "42" => 400,
                 "55" => 409,                    // includes 55P03, lock_timeout
