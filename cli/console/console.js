@@ -3,7 +3,7 @@
 // from the server is put in the page as text (textContent), never as HTML.
 "use strict";
 (() => {
-  let token = null;
+  let token = null;       // "" when a proxy in front sends it (the server's --jwt-header)
   let me = null;          // {role, operator, admin}
   let stream = null;      // the AbortController of the running progress stream
   const $ = (id) => document.getElementById(id);
@@ -29,8 +29,10 @@
     }
   }
 
+  const auth = () => (token ? { Authorization: `Bearer ${token}` } : {});
+
   async function api(method, path, body) {
-    const init = { method, headers: { Authorization: `Bearer ${token}` } };
+    const init = { method, headers: auth() };
     if (body !== undefined) {
       init.headers["Content-Type"] = "application/json";
       init.body = JSON.stringify(body);
@@ -261,7 +263,7 @@
     };
     try {
       const r = await fetch(`/api/keyrings/${encodeURIComponent(name)}/reencrypt/events`, {
-        headers: { Authorization: `Bearer ${token}` }, signal: ctl.signal });
+        headers: auth(), signal: ctl.signal });
       if (!r.ok) { const t = $("progress-text"); if (t) t.textContent = `Progress unavailable (HTTP ${r.status})`; return; }
       const reader = r.body.getReader();
       const dec = new TextDecoder();
@@ -326,7 +328,7 @@
 
   // ---- routing and sign-in -------------------------------------------------------------------
   function route() {
-    if (!token) return;
+    if (token === null) return;
     if (stream) { stream.abort(); stream = null; }
     const h = location.hash || "#/keyrings";
     document.querySelectorAll("nav a").forEach((a) => a.classList.toggle("current", h.startsWith(a.getAttribute("href"))));
@@ -337,10 +339,21 @@
     return keyrings();
   }
 
+  function signedIn(viaProxy) {
+    $("token").value = "";
+    $("signin").hidden = true;
+    $("nav").hidden = false;
+    // (behind a proxy that sends the token, signing out is the proxy's business)
+    $("signout").hidden = viaProxy;
+    $("who").textContent = `${me.role}${me.operator ? "" : " (read-only)"}${viaProxy ? " (signed in by the proxy)" : ""}`;
+    route();
+  }
+
   async function signIn(ev) {
     ev.preventDefault();
     const t = $("token").value.trim();
     $("signin-error").textContent = "";
+    if (!t) { $("signin-error").textContent = "Paste a token first."; return; }
     token = t;
     try {
       me = await api("GET", "/api/whoami");
@@ -349,12 +362,20 @@
       $("signin-error").textContent = `Sign-in refused: ${errorText(e)}`;
       return;
     }
-    $("token").value = "";
-    $("signin").hidden = true;
-    $("nav").hidden = false;
-    $("signout").hidden = false;
-    $("who").textContent = `${me.role}${me.operator ? "" : " (read-only)"}`;
-    route();
+    signedIn(false);
+  }
+
+  // Behind a proxy that sends the token in a header the server was told to read (--jwt-header),
+  // the page is signed in without a token of its own.
+  async function proxySignIn() {
+    token = "";
+    try {
+      me = await api("GET", "/api/whoami");
+    } catch (_) {
+      token = null;
+      return;
+    }
+    signedIn(true);
   }
 
   function signOut() {
@@ -370,5 +391,6 @@
     $("signin-form").addEventListener("submit", signIn);
     $("signout").addEventListener("click", signOut);
     window.addEventListener("hashchange", route);
+    proxySignIn();
   });
 })();

@@ -124,6 +124,12 @@ pub struct ServeArgs {
     /// Required `aud` claim of every token (unset: `aud` is not checked).
     #[arg(long, env = "MESHHOOK_KEYS_JWT_AUD")]
     jwt_aud: Option<String>,
+    /// A request header that may carry the token instead of `Authorization: Bearer` (the raw token,
+    /// or `Bearer <token>`), as a proxy in front sets one (e.g. oauth2-proxy's
+    /// X-Forwarded-Access-Token); the token is verified all the same. The console then signs in
+    /// by itself.
+    #[arg(long, env = "MESHHOOK_KEYS_JWT_HEADER")]
+    jwt_header: Option<String>,
     /// Clock skew allowed for `exp` and `nbf`, in seconds (at most 30).
     #[arg(long, env = "MESHHOOK_KEYS_JWT_LEEWAY_SECS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(0..=30))]
@@ -251,8 +257,16 @@ impl ServeArgs {
         if self.max_header_bytes < 8192 {
             return Err(fail("--max-header-bytes must be at least 8192"));
         }
+        let jwt_header = match self.jwt_header.as_deref().filter(|h| !h.is_empty()) {
+            None => None,
+            Some(h) => Some(
+                axum::http::HeaderName::from_bytes(h.as_bytes())
+                    .map_err(|_| usage(format!("--jwt-header: {h:?} is not a header name")))?,
+            ),
+        };
         Ok(serve::Config {
             listen: self.listen.clone(),
+            jwt_header,
             conninfo,
             jwt_secret: secret,
             jwt_aud: self.jwt_aud.clone().filter(|a| !a.is_empty()),

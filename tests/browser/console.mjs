@@ -145,6 +145,15 @@ try {
     return (await page.locator("button[data-write]:enabled").count()) === 0;
   });
   await shot(page, "08-user-read-only");
+  console.log("# behind a proxy that sends the token in a header (serve --jwt-header)");
+  const proxied = await browser.newContext({ extraHTTPHeaders: { "X-Forwarded-Access-Token": adminToken } });
+  const pp = await proxied.newPage({ viewport: { width: 1280, height: 900 } });
+  await pp.goto(`${base}/`);
+  await check("signed in by itself, without the form", () => pp.locator("#who", { hasText: "signed in by the proxy" }).waitFor({ timeout: 5000 }));
+  await check("  the keyrings are listed", () => pp.locator('#keyrings tr[data-row="default"]').waitFor({ timeout: 5000 }));
+  await check("  no sign-out button (the proxy's business)", () => pp.locator("#signout").isHidden());
+  await shot(pp, "09-behind-a-proxy");
+  await proxied.close();
   await check("no script error or CSP violation in the page", () => {
     const real = errors.filter((e) => !/Failed to load resource: the server responded with a status of (401|403)/.test(e));
     if (real.length) throw new Error(real.join(" | "));

@@ -28,7 +28,7 @@ q "CREATE TABLE creds (id int PRIMARY KEY, c bytea NOT NULL);
    SELECT meshhook_keys.keys_rotate('busy'), meshhook_keys.keys_rotate('zeta');
    SELECT meshhook_keys.keyring_set_policy('busy', '90 days', 10);
    SELECT count(meshhook_keys.secret_encrypt('x', '', 'busy')) FROM generate_series(1, 9);" >/dev/null
-serve_start console
+serve_start console --jwt-header X-Forwarded-Access-Token
 ADMIN=$(serve_token ops console-admin); USER=$(serve_token app console-user)
 
 RC=0
@@ -48,7 +48,7 @@ check "the audit rows carry the operator's token subject" 6 \
 check "the user's attempts were refused, none succeeded" "0" \
     "$(q "SELECT count(*) FROM meshhook_keys.audit_log WHERE detail -> 'jwt' ->> 'sub' = 'console-user' AND outcome = 'ok'")"
 n=$(ls "$SHOTS"/*.png 2>/dev/null | wc -l)
-lt "screenshots of every page in target/console-screenshots (at least 8)" 7 "$n"
+lt "screenshots of every page in target/console-screenshots (at least 9)" 8 "$n"
 check "the server logged no secret" "" "$(grep -o "$SECRET" "$TMP/serve.log" | head -1 || true)"
 
 suite_summary "console tests"

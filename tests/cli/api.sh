@@ -18,7 +18,7 @@ q "CREATE TABLE creds (id int PRIMARY KEY, c bytea NOT NULL);
    INSERT INTO creds SELECT i, meshhook_keys.secret_encrypt('API-SECRET-' || i, 'cred:' || i) FROM generate_series(1, 5000) i;
    SELECT meshhook_keys.register_column('creds', 'c', \$\$'cred:' || id\$\$);
    GRANT SELECT ON creds TO ops;" >/dev/null
-serve_start api
+serve_start api --jwt-header X-Forwarded-Access-Token
 ADMIN=$(serve_token ops api-ops); USER=$(serve_token app api-app)
 # http METHOD PATH [TOKEN] [BODY]: sets CODE and BODY_OUT
 http() {
@@ -73,6 +73,14 @@ check "  with an admin token: ops, operator and admin" "ops true true" \
     "$(j "concat_ws(' ', :'j'::jsonb ->> 'role', :'j'::jsonb ->> 'operator', :'j'::jsonb ->> 'admin')")"
 check "every response says nosniff and DENY" "nosniff DENY" \
     "$(curl -s -D - -o /dev/null "http://127.0.0.1:$HPORT/api/openapi.json" | tr -d '\r' | sed -n 's/^x-content-type-options: //Ip; s/^x-frame-options: //Ip' | tr '\n' ' ' | sed 's/ $//')"
+
+check "the token in the --jwt-header header, as a proxy sends it: 200 ops" "200 ops" \
+    "$(curl -s -o "$TMP/h.out" -w '%{http_code}' -H "X-Forwarded-Access-Token: $ADMIN" "http://127.0.0.1:$HPORT/api/whoami") $(jsonq "$(cat "$TMP/h.out")" "(:'j'::jsonb ->> 'role')")"
+check "  also as Bearer <token>" 200 "$(curl -s -o /dev/null -w '%{http_code}' -H "X-Forwarded-Access-Token: Bearer $ADMIN" "http://127.0.0.1:$HPORT/api/whoami")"
+check "  verified all the same (a forged one: 401)" 401 \
+    "$(curl -s -o /dev/null -w '%{http_code}' -H "X-Forwarded-Access-Token: ${ADMIN%?}$([ "${ADMIN: -1}" = x ] && echo y || echo x)" "http://127.0.0.1:$HPORT/api/whoami")"
+check "  Authorization wins when both are sent" "app" \
+    "$(curl -s -H "Authorization: Bearer $USER" -H "X-Forwarded-Access-Token: $ADMIN" "http://127.0.0.1:$HPORT/api/whoami" | python3 -c 'import json,sys; print(json.load(sys.stdin)["role"])')"
 
 echo "# keyrings"
 http GET /api/keyrings "$ADMIN"

@@ -181,17 +181,23 @@ pub struct Token {
 /// Verify the bearer token of a request (401 with the reason when it is not acceptable).
 pub fn authenticate(
     headers: &HeaderMap,
+    token_header: Option<&axum::http::HeaderName>,
     secret: &[u8],
     validation: &jsonwebtoken::Validation,
     leeway: u64,
 ) -> Result<Token, Reply> {
     let refuse = |why: &str| error(401, &format!("invalid token: {why}"));
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .ok_or_else(|| error(401, "missing bearer token"))?
-        .trim();
+    let bearer = |v: &axum::http::HeaderValue| v.to_str().ok().map(|h| h.trim().to_owned());
+    let token = match headers.get(axum::http::header::AUTHORIZATION) {
+        Some(v) => bearer(v).and_then(|h| h.strip_prefix("Bearer ").map(str::to_owned)),
+        // (a header a proxy in front sets: the raw token, or "Bearer <token>")
+        None => token_header
+            .and_then(|name| headers.get(name))
+            .and_then(bearer)
+            .map(|h| h.strip_prefix("Bearer ").map(str::to_owned).unwrap_or(h)),
+    }
+    .ok_or_else(|| error(401, "missing bearer token"))?;
+    let token = token.trim();
     let (header, claims) = segments(token).map_err(|e| refuse(&e))?;
     if header.contains_key("crit") {
         return Err(refuse(

@@ -69,6 +69,7 @@ const LINGERING: usize = 64;
 /// The server's settings, from `serve`'s arguments (checked in `args`).
 pub struct Config {
     pub listen: String,
+    pub jwt_header: Option<axum::http::HeaderName>,
     pub conninfo: Option<String>,
     pub jwt_secret: Vec<u8>,
     pub jwt_aud: Option<String>,
@@ -89,6 +90,7 @@ pub struct App {
     tls: postgres_native_tls::MakeTlsConnector,
     health: health::Last,
     jwt_secret: Vec<u8>,
+    jwt_header: Option<axum::http::HeaderName>,
     jwt_validation: jsonwebtoken::Validation,
     jwt_leeway: u64,
     statement_timeout: Duration,
@@ -106,6 +108,7 @@ impl App {
     fn authenticate(&self, headers: &HeaderMap) -> Result<auth::Token, Reply> {
         auth::authenticate(
             headers,
+            self.jwt_header.as_ref(),
             &self.jwt_secret,
             &self.jwt_validation,
             self.jwt_leeway,
@@ -323,6 +326,7 @@ async fn run(cfg: Config) -> Result<(), String> {
         tls,
         health: Default::default(),
         jwt_secret: cfg.jwt_secret,
+        jwt_header: cfg.jwt_header,
         jwt_validation: auth::validation(cfg.jwt_aud.as_deref()),
         jwt_leeway: cfg.jwt_leeway,
         statement_timeout: cfg.statement_timeout,
