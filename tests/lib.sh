@@ -128,6 +128,14 @@ serve_roles() {
         CREATE ROLE app LOGIN IN ROLE meshhook_keys_user;
         CREATE ROLE authenticator LOGIN NOINHERIT; GRANT ops, app TO authenticator;" >/dev/null
 }
+# serve_creds DB PREFIX N: table creds of N secrets 'PREFIX-SECRET-<id>' (context 'cred:<id>'),
+# registered for re-encryption, readable by ops.
+serve_creds() {
+    psql_as postgres "$1" "CREATE TABLE creds (id int PRIMARY KEY, c bytea NOT NULL);
+        INSERT INTO creds SELECT i, meshhook_keys.secret_encrypt('$2-SECRET-' || i, 'cred:' || i) FROM generate_series(1, $3) i;
+        SELECT meshhook_keys.register_column('creds', 'c', \$\$'cred:' || id\$\$);
+        GRANT SELECT ON creds TO ops;" >/dev/null
+}
 # serve_start DB [SERVE ARGS...]: $TMP/bin/meshhook-keys serve as authenticator on DB, on a free
 # loopback port, with a new JWT secret; sets SECRET, SERVER, HPORT, checks it is up (its log in
 # $TMP/serve.log); stopped at exit.

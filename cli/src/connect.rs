@@ -19,6 +19,7 @@
 //! verified). `sslrootcert` (or `PGSSLROOTCERT`) names the PEM root certificate to trust in
 //! addition to the system's.
 
+use crate::pgfiles::env;
 use postgres::{Client, NoTls};
 use postgres_native_tls::MakeTlsConnector;
 use tokio_postgres::config::SslMode;
@@ -288,10 +289,6 @@ fn set_unset(
         },
     }
     Ok(())
-}
-
-fn env(var: &str) -> Option<String> {
-    std::env::var(var).ok().filter(|v| !v.is_empty())
 }
 
 /// The driver's configuration (with the PG* defaults applied and `sslmode` mapped to the three the

@@ -24,7 +24,8 @@ fn home() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
-fn env(var: &str) -> Option<String> {
+/// A variable of the environment, unset when empty (as libpq reads them).
+pub fn env(var: &str) -> Option<String> {
     std::env::var(var).ok().filter(|v| !v.is_empty())
 }
 

@@ -22,10 +22,8 @@ q() { psql_as postgres console "$1"; }
 say "console tests in chromium (cluster in $TMP, port $PORT)"
 psql_as postgres postgres "CREATE DATABASE console"
 serve_roles console
-q "CREATE TABLE creds (id int PRIMARY KEY, c bytea NOT NULL);
-   INSERT INTO creds SELECT i, meshhook_keys.secret_encrypt('CONSOLE-SECRET-' || i, 'cred:' || i) FROM generate_series(1, 100000) i;
-   SELECT meshhook_keys.register_column('creds', 'c', \$\$'cred:' || id\$\$);
-   SELECT meshhook_keys.keys_rotate('busy'), meshhook_keys.keys_rotate('zeta');
+serve_creds console CONSOLE 100000
+q "SELECT meshhook_keys.keys_rotate('busy'), meshhook_keys.keys_rotate('zeta');
    SELECT meshhook_keys.keyring_set_policy('busy', '90 days', 10);
    SELECT count(meshhook_keys.secret_encrypt('x', '', 'busy')) FROM generate_series(1, 9);" >/dev/null
 serve_start console --jwt-header X-Forwarded-Access-Token

@@ -14,10 +14,7 @@ q() { psql_as postgres api "$1"; }
 say "admin API tests (cluster in $TMP, port $PORT)"
 psql_as postgres postgres "CREATE DATABASE api"
 serve_roles api
-q "CREATE TABLE creds (id int PRIMARY KEY, c bytea NOT NULL);
-   INSERT INTO creds SELECT i, meshhook_keys.secret_encrypt('API-SECRET-' || i, 'cred:' || i) FROM generate_series(1, 5000) i;
-   SELECT meshhook_keys.register_column('creds', 'c', \$\$'cred:' || id\$\$);
-   GRANT SELECT ON creds TO ops;" >/dev/null
+serve_creds api API 5000
 serve_start api --jwt-header X-Forwarded-Access-Token
 ADMIN=$(serve_token ops api-ops); USER=$(serve_token app api-app)
 # http METHOD PATH [TOKEN] [BODY]: sets CODE and BODY_OUT

@@ -7,8 +7,7 @@
 //! where a value is required, and anything but an object are 400. Errors are
 //! `{"error", "sqlstate", "hint"}` with the status `reply::db_error` maps the SQLSTATE to.
 
-use super::auth::Token;
-use super::db::as_token;
+use super::db::{rows, token_rows};
 use super::reply::{ErrorBody, Reply, error, reply};
 use super::request::{body, read_body, token, typed};
 use super::{App, St};
@@ -103,19 +102,6 @@ async fn openapi_json(State(app): St) -> axum::response::Response {
         .into_response()
 }
 
-/// One SQL call as the token's role; its rows.
-async fn rows(
-    app: &App,
-    t: &Token,
-    sql: &str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-) -> Result<Vec<Value>, Reply> {
-    match as_token(app, t, sql, params).await? {
-        Value::Array(rows) => Ok(rows),
-        _ => Err(error(500, "the database returned no rows")),
-    }
-}
-
 fn first(rows: Vec<Value>, what: &str) -> Reply {
     match rows.into_iter().next() {
         Some(v) => reply(200, v),
@@ -138,17 +124,7 @@ macro_rules! tried {
     responses((status = 200, description = "The `keyrings` view, one object per keyring"),
               (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
 async fn list_keyrings(State(app): St, headers: HeaderMap) -> Reply {
-    let t = tried!(token(&app, &headers));
-    let r = tried!(
-        rows(
-            &app,
-            &t,
-            "SELECT * FROM meshhook_keys.keyrings ORDER BY keyring",
-            &[]
-        )
-        .await
-    );
-    reply(200, Value::Array(r))
+    token_rows(&app, &headers, super::handlers::KEYRINGS_SQL, &[]).await
 }
 
 /// One keyring, with its versions.
@@ -172,11 +148,13 @@ async fn get_keyring(State(app): St, headers: HeaderMap, Path(keyring): Path<Str
     responses((status = 200, description = "The `keys` view's rows of the keyring, by version"),
               (status = 403, body = ErrorBody)))]
 async fn list_versions(State(app): St, headers: HeaderMap, Path(keyring): Path<String>) -> Reply {
-    let t = tried!(token(&app, &headers));
-    let r = tried!(rows(&app, &t,
+    token_rows(
+        &app,
+        &headers,
         "SELECT * FROM meshhook_keys.keys WHERE keyring OPERATOR(pg_catalog.=) $1 ORDER BY version",
-        &[&keyring]).await);
-    reply(200, Value::Array(r))
+        &[&keyring],
+    )
+    .await
 }
 
 /// Rows per version in every registered column of the keyring (`key_usage`: reads the columns).
@@ -184,17 +162,13 @@ async fn list_versions(State(app): St, headers: HeaderMap, Path(keyring): Path<S
     params(("keyring" = String, Path, description = "The keyring's name")),
     responses((status = 200, description = "`key_usage(keyring)`"), (status = 403, body = ErrorBody)))]
 async fn key_usage(State(app): St, headers: HeaderMap, Path(keyring): Path<String>) -> Reply {
-    let t = tried!(token(&app, &headers));
-    let r = tried!(
-        rows(
-            &app,
-            &t,
-            "SELECT * FROM meshhook_keys.key_usage($1)",
-            &[&keyring]
-        )
-        .await
-    );
-    reply(200, Value::Array(r))
+    token_rows(
+        &app,
+        &headers,
+        "SELECT * FROM meshhook_keys.key_usage($1)",
+        &[&keyring],
+    )
+    .await
 }
 
 /// A keyring's rotation policy.
@@ -627,17 +601,13 @@ async fn verify(
 #[utoipa::path(get, path = "/api/health", tag = "health",
     responses((status = 200, description = "`health()` rows: `{item, status, detail}`"), (status = 403, body = ErrorBody)))]
 async fn health(State(app): St, headers: HeaderMap) -> Reply {
-    let t = tried!(token(&app, &headers));
-    let r = tried!(
-        rows(
-            &app,
-            &t,
-            "SELECT item, status, detail FROM meshhook_keys.health()",
-            &[]
-        )
-        .await
-    );
-    reply(200, Value::Array(r))
+    token_rows(
+        &app,
+        &headers,
+        "SELECT item, status, detail FROM meshhook_keys.health()",
+        &[],
+    )
+    .await
 }
 
 /// The token's role and what it may do: `operator` (read keyrings, rotate, re-encrypt, retire,

@@ -134,6 +134,13 @@ pub fn validation(aud: Option<&str>) -> jsonwebtoken::Validation {
     v
 }
 
+/// The time as a NumericDate (seconds since 1970, with a fraction).
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// `exp` (required) and `nbf` (optional): non-negative numbers, compared with `now` and `leeway`
 /// seconds of skew as real numbers, so a value of any size is honoured.
 fn check_times(claims: &Object, now: f64, leeway: u64) -> Result<(), String> {
@@ -163,9 +170,7 @@ fn check_times(claims: &Object, now: f64, leeway: u64) -> Result<(), String> {
 /// Whether the claims of a token verified earlier are still in their time (a long stream checks
 /// again at each step).
 pub fn still_valid(claims: &Value, leeway: u64) -> Result<(), String> {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let now = unix_now();
     match claims.as_object() {
         Some(c) => check_times(c, now, leeway),
         None => Err("no claims".into()),
@@ -210,9 +215,7 @@ pub fn authenticate(
         validation,
     )
     .map_err(|e| refuse(&e.to_string()))?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    let now = unix_now();
     check_times(&claims, now, leeway).map_err(|e| refuse(&e))?;
     if !claims.get("role").is_some_and(Value::is_string) {
         return Err(refuse("no role claim"));

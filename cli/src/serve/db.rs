@@ -4,7 +4,7 @@
 
 use super::App;
 use super::auth::Token;
-use super::reply::{Reply, db_error, error};
+use super::reply::{Reply, db_error, error, reply};
 use deadpool_postgres::Object;
 use serde_json::Value;
 use std::time::Duration;
@@ -44,6 +44,37 @@ pub async fn as_token(
     let r = run_as_token(app, &token.claims, sql, params).await;
     reservation.finish(matches!(&r, Err(reply) if counts_as_refusal(reply.status)));
     r
+}
+
+/// One SQL call as the token's role; its rows (500 if they are not an array).
+pub async fn rows(
+    app: &App,
+    token: &Token,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Value>, Reply> {
+    match as_token(app, token, sql, params).await? {
+        Value::Array(rows) => Ok(rows),
+        _ => Err(error(500, "the database returned no rows")),
+    }
+}
+
+/// A request whose answer is one statement's rows: the request's token (refused before anything
+/// else), then `sql` as its role; the rows as a JSON array.
+pub async fn token_rows(
+    app: &App,
+    headers: &axum::http::HeaderMap,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Reply {
+    let token = match super::request::token(app, headers) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match rows(app, &token, sql, params).await {
+        Ok(r) => reply(200, Value::Array(r)),
+        Err(r) => r,
+    }
 }
 
 /// Whether a failed request counts against its token's refusal budget: a refusal (403), and any

@@ -3,10 +3,10 @@
 //! without a valid token cannot hold the server with a slow one), then makes one SQL call as the
 //! token's role.
 
-use super::db::as_token;
+use super::St;
+use super::db::{as_token, token_rows};
 use super::reply::{Reply, error, reply};
 use super::request::{Object, read_body, token};
-use super::{App, St};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, Request, State};
 use axum::http::HeaderMap;
@@ -71,37 +71,25 @@ pub async fn rotate(State(app): St, req: Request) -> Reply {
     }
 }
 
-async fn list(app: &App, headers: &HeaderMap, sql: &str) -> Reply {
-    let token = match token(app, headers) {
-        Ok(t) => t,
-        Err(r) => return r,
-    };
-    match as_token(app, &token, sql, &[]).await {
-        Ok(v) => reply(200, v),
-        Err(r) => r,
-    }
-}
+/// Every keyring (the keyrings view), for `GET /api/keys` and `GET /api/keyrings`.
+pub const KEYRINGS_SQL: &str = "SELECT * FROM meshhook_keys.keyrings ORDER BY keyring";
 
 /// The keyrings view (as `GET /api/keyrings`).
 #[utoipa::path(get, path = "/api/keys", tag = "keys (0.5.0)",
     responses((status = 200, description = "The `keyrings` view"), (status = 403, body = super::reply::ErrorBody)))]
 pub async fn keys(State(app): St, headers: HeaderMap) -> Reply {
-    list(
-        &app,
-        &headers,
-        "SELECT * FROM meshhook_keys.keyrings ORDER BY keyring",
-    )
-    .await
+    token_rows(&app, &headers, KEYRINGS_SQL, &[]).await
 }
 
 /// The `reencrypt_progress` view: every job, per table.
 #[utoipa::path(get, path = "/api/keys/progress", tag = "keys (0.5.0)",
     responses((status = 200, description = "The `reencrypt_progress` view"), (status = 403, body = super::reply::ErrorBody)))]
 pub async fn progress(State(app): St, headers: HeaderMap) -> Reply {
-    list(
+    token_rows(
         &app,
         &headers,
         "SELECT * FROM meshhook_keys.reencrypt_progress ORDER BY job_id, table_name::text",
+        &[],
     )
     .await
 }
