@@ -6,6 +6,7 @@ pub mod health;
 pub mod keys;
 pub mod plain;
 pub mod reencrypt;
+pub mod rowcall;
 pub mod schedule;
 pub mod secrets;
 pub mod signing;

@@ -1,6 +1,7 @@
 //! Registration of ciphertext columns, re-encryption batches, key usage, retirement and destruction:
 //! the SQL wrappers. The work is in crate::reencrypt and crate::retire.
 
+use crate::api::rowcall;
 use crate::audit;
 use crate::error::{KeysError, OrRaise};
 use crate::keyring::validate_keyring;
@@ -92,6 +93,34 @@ fn reencrypt_resume(keyring: Option<&str>, reason: default!(Option<&str>, "NULL"
     .or_raise()
 }
 
+// `_reencrypt_try` and `_reencrypt_take` run once per row of every batch, so they are plain V1
+// functions reading their arguments in place (see `crate::api::rowcall`) rather than `#[pg_extern]`
+// wrappers, whose per-call argument conversion and guards cost about as much as the rest of the
+// function (bench/profile-reencrypt.sh). Their SQL declarations are below, as pgrx would write them.
+extension_sql!(
+    r#"
+CREATE FUNCTION "_reencrypt_try"(
+	"token" bytea,
+	"row" tid,
+	"ciphertext" bytea,
+	"context" TEXT
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_reencrypt_try_wrapper';
+
+CREATE FUNCTION "_reencrypt_take"(
+	"token" bytea,
+	"row" tid
+) RETURNS bytea
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', '_reencrypt_take_wrapper';
+"#,
+    name = "reencrypt_row_functions",
+    requires = ["bootstrap"]
+);
+
 /// Internal to re-encryption: decrypt one claimed row and seal it under the target key, for
 /// `_reencrypt_take`. Called by the batch's own UPDATE, which runs as the table owner and passes
 /// the random token the batch armed the statement with; any other call (outside a batch, or from
@@ -99,14 +128,33 @@ fn reencrypt_resume(keyring: Option<&str>, reason: default!(Option<&str>, "NULL"
 /// SQL and holds no search_path, so it is neither SECURITY DEFINER nor pinned: it only uses keys
 /// the batch loaded before the statement. Executable by PUBLIC; a batch's UPDATE calls it as the
 /// table's owner, whoever that is, and it refuses (42501) any call but that statement's.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _reencrypt_try(
-    token: Option<&[u8]>,
-    row: pg_sys::ItemPointerData,
-    ciphertext: Option<&[u8]>,
-    context: Option<&str>,
-) -> bool {
-    reencrypt::try_row(token, &row, ciphertext, context).or_raise()
+/// SQL: `_reencrypt_try(token bytea, row tid, ciphertext bytea, context text) RETURNS bool`.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn _reencrypt_try_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: called by the function manager with this function's four arguments.
+    let (token, row, ciphertext, context) = unsafe {
+        (
+            rowcall::bytes(fcinfo, 0),
+            rowcall::tid(fcinfo, 1),
+            rowcall::bytes(fcinfo, 2),
+            rowcall::bytes(fcinfo, 3),
+        )
+    };
+    let tried = match row {
+        Some(row) => reencrypt::try_row(token, row, ciphertext, context),
+        // (a NULL row is no row of the statement: refused like any call without its token)
+        None => reencrypt::try_row(None, &pg_sys::ItemPointerData::default(), None, None),
+    };
+    pg_sys::Datum::from(tried.or_raise())
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo__reencrypt_try_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    &rowcall::V1
 }
 
 /// Internal to re-encryption: `_reencrypt_try` for a column with a blind index, which also
@@ -121,7 +169,14 @@ fn _reencrypt_try_indexed(
     context: Option<&str>,
     index_context: Option<&str>,
 ) -> bool {
-    reencrypt::try_row_indexed(token, &row, ciphertext, context, Some(index_context)).or_raise()
+    reencrypt::try_row_indexed(
+        token,
+        &row,
+        ciphertext,
+        context.map(str::as_bytes),
+        Some(index_context),
+    )
+    .or_raise()
 }
 
 /// Internal to re-encryption: the blind index `_reencrypt_try_indexed` computed for this same row.
@@ -135,9 +190,25 @@ fn _reencrypt_index(token: &[u8], row: pg_sys::ItemPointerData) -> Vec<u8> {
 /// Internal to re-encryption: the new envelope `_reencrypt_try` prepared for this same row.
 /// Executable by PUBLIC; a batch's UPDATE calls it as the table's owner, whoever that is, and it
 /// refuses (42501) any call but that statement's.
-#[pg_extern(volatile, parallel_unsafe, strict)]
-fn _reencrypt_take(token: &[u8], row: pg_sys::ItemPointerData) -> crate::api::plain::ByteaCopy {
-    reencrypt::take_row(token, &row, crate::api::plain::ByteaCopy::of).or_raise()
+/// SQL: `_reencrypt_take(token bytea, row tid) RETURNS bytea`, STRICT.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub unsafe extern "C-unwind" fn _reencrypt_take_wrapper(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: called by the function manager with this function's two arguments, neither NULL
+    // (STRICT).
+    let (token, row) = unsafe { (rowcall::bytes(fcinfo, 0), rowcall::tid(fcinfo, 1)) };
+    let (Some(token), Some(row)) = (token, row) else {
+        KeysError::NotInBatch("meshhook_keys._reencrypt_take").raise()
+    };
+    reencrypt::take_row(token, row, crate::api::plain::bytea_datum).or_raise()
+}
+
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo__reencrypt_take_wrapper() -> &'static pg_sys::Pg_finfo_record {
+    &rowcall::V1
 }
 
 /// The unregistered bytea columns that hold envelopes of a keyring, each read as its table's

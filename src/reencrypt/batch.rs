@@ -289,7 +289,9 @@ fn update_window(
     };
     // `_reencrypt_try` is a filter evaluated after the TID and key-id conditions (it is declared
     // costly), and `_reencrypt_take` is evaluated for the same row right after it passes; take
-    // checks the ctid.
+    // checks the ctid. (`_reencrypt_try` would pass over a row on no old key by itself, but the
+    // key-id test keeps the table owner's context expression, its argument, from running for rows
+    // that stay as they are: NULLs, rows already moved.)
     let sql = match limit {
         None => format!(
             "UPDATE ONLY {table} AS t SET {c} = meshhook_keys._reencrypt_take(${token_param}, t.ctid){set_index}

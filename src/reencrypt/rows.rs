@@ -16,7 +16,6 @@ use crate::error::{KeysError, Result};
 use crate::keycache::CachedKey;
 use crate::resolver;
 use pgrx::prelude::*;
-use std::collections::HashMap;
 use std::rc::Rc;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -40,7 +39,8 @@ pub(super) struct Failure {
 }
 
 /// The old versions of a keyring, by key id: the key, or why it cannot decrypt (SQLSTATE, message).
-pub(super) type OldKeys = HashMap<i64, std::result::Result<Rc<CachedKey>, (String, String)>>;
+/// A few versions at most: searched in order (no hashing per row), newest first.
+pub(super) type OldKeys = Vec<(i64, std::result::Result<Rc<CachedKey>, (String, String)>)>;
 
 /// The length of a statement's token.
 const TOKEN_LEN: usize = 16;
@@ -140,7 +140,7 @@ pub fn try_row(
     token: Option<&[u8]>,
     tid: &pg_sys::ItemPointerData,
     ciphertext: Option<&[u8]>,
-    context: Option<&str>,
+    context: Option<&[u8]>,
 ) -> Result<bool> {
     try_row_indexed(token, tid, ciphertext, context, None)
 }
@@ -155,7 +155,7 @@ pub fn try_row_indexed(
     token: Option<&[u8]>,
     tid: &pg_sys::ItemPointerData,
     ciphertext: Option<&[u8]>,
-    context: Option<&str>,
+    context: Option<&[u8]>,
     index_context: IndexContext<'_>,
 ) -> Result<bool> {
     ARMED.with_borrow_mut(|armed| {
@@ -175,7 +175,13 @@ pub fn try_row_indexed(
         // A row whose header does not name an old version of the armed keyring (the direct path
         // looks at every row of its window) is not tried. One that names one but is not a whole
         // envelope (truncated) is tried, and fails: it counts as on that version.
-        let Some(key) = crypto::header_key_id(old).and_then(|key_id| armed.old.get(&key_id)) else {
+        let Some(key) = crypto::header_key_id(old).and_then(|key_id| {
+            armed
+                .old
+                .iter()
+                .find(|(k, _)| *k == key_id)
+                .map(|(_, key)| key)
+        }) else {
             return Ok(false);
         };
         armed.tried += 1;
@@ -202,7 +208,7 @@ pub fn try_row_indexed(
                 // buffer, and the plaintext wiped at once, whether it opened or not)
                 let len = crypto::plaintext_len(old);
                 armed.plain.resize(len, 0);
-                let opened = crypto::open_into(&key.cipher, old, ctx.as_bytes(), &mut armed.plain);
+                let opened = crypto::open_into(&key.cipher, old, ctx, &mut armed.plain);
                 if opened.is_ok() {
                     if let Some(Some(ictx)) = index_context {
                         let ix = armed.target.mac.blind_index(ictx.as_bytes(), &armed.plain);
@@ -213,7 +219,7 @@ pub fn try_row_indexed(
                         &armed.target.cipher,
                         armed.target.key_id,
                         &armed.plain,
-                        ctx.as_bytes(),
+                        ctx,
                         &mut armed.envelope,
                     );
                 }

@@ -135,7 +135,37 @@ SELECT sqlstate_of($$SELECT meshhook_keys.keys_retire('trig-ring', 1)$$);
 ALTER TABLE forced NO FORCE ROW LEVEL SECURITY;
 SELECT meshhook_keys.reencrypt_batch('trig-ring', 100) AS moved;
 
+-- envelopes stored out of line and contexts stored compressed are re-encrypted like any other
+CREATE TABLE big (id int PRIMARY KEY, ctx text, p text, c bytea);
+ALTER TABLE big ALTER c SET STORAGE EXTERNAL, ALTER p SET STORAGE MAIN;
+SELECT version FROM meshhook_keys.keys_rotate('big-ring');
+INSERT INTO big (id, ctx, p)
+  SELECT i, repeat('context-' || i, 2000), (SELECT string_agg(md5(random()::text || j), '') FROM generate_series(1, 200) j)
+    FROM generate_series(1, 3) i;
+UPDATE big SET c = meshhook_keys.secret_encrypt(p, ctx, 'big-ring');
+SELECT meshhook_keys.register_column('big', 'c', 'ctx', 'big-ring') > 0 AS registered;
+SELECT count(*) FILTER (WHERE pg_column_compression(ctx) IS NOT NULL) AS contexts_compressed,
+       pg_relation_size((SELECT reltoastrelid FROM pg_class WHERE relname = 'big')) > 0 AS envelopes_out_of_line
+  FROM big;
+SELECT version FROM meshhook_keys.keys_rotate('big-ring');
+SELECT meshhook_keys.reencrypt_batch('big-ring', 10) AS moved;
+SELECT meshhook_keys.reencrypt_batch('big-ring', 10) IS NULL AS done;
+SELECT count(*) AS moved_and_decrypted FROM big
+ WHERE meshhook_keys.ciphertext_key_id(c) = (SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'big-ring' AND state = 'active')
+   AND meshhook_keys.secret_decrypt(c, ctx) = p;
+
 -- the functions the batch's UPDATE calls refuse outside a batch, for everyone
 SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_try(NULL, '(0,1)', meshhook_keys.secret_encrypt('x'), '')$$);
 SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_take('\x00'::bytea, '(0,1)')$$);
+-- (they read their arguments in place: NULLs, a token of the right length, and arguments stored
+-- compressed, which they detoast, are refused the same way)
+SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_try(NULL, NULL, NULL, NULL)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_try('\x00112233445566778899aabbccddeeff'::bytea, NULL, NULL, NULL)$$);
+SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_try('\x00112233445566778899aabbccddeeff'::bytea, '(0,1)', '\x01'::bytea, 'guess')$$);
+SELECT meshhook_keys._reencrypt_take(NULL, '(0,1)') IS NULL AS take_is_strict;
+CREATE TEMP TABLE squeezed (b bytea, t text);
+INSERT INTO squeezed SELECT convert_to(repeat('meshhook', 4000), 'UTF8'), repeat('context', 4000);
+SELECT pg_column_compression(b) IS NOT NULL AS b_compressed, pg_column_compression(t) IS NOT NULL AS t_compressed FROM squeezed;
+SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_try(b, '(0,1)', b, t) FROM squeezed$$);
+SELECT sqlstate_of($$SELECT meshhook_keys._reencrypt_take(b, '(0,1)') FROM squeezed$$);
 ROLLBACK;
