@@ -308,8 +308,14 @@ stop_scheduler() {  # SCENARIO RUN
     # the scheduler must have been re-encrypting (and paced) during the run
     [ "$(psql_bench -At -c "SELECT count(*) > 0 FROM meshhook_keys.reencrypt_progress WHERE keyring = 'app' AND rows_done > 0")" = t ] ||
         die "section 3: the scheduler did not re-encrypt during '$1', run $2"
-    # the scheduler finishes its tick (at most 100 batches): wait until no row moves for 2 s
+    # the scheduler finishes its tick (at most 100 batches, paced: on a slow machine a pause
+    # between two of them can outlast any quiet window): wait until it is no longer ticking, then
+    # until no row moves for 2 s
     local last= now i
+    for i in $(seq 300); do
+        [ "$(psql_bench -At -c "SELECT count(*) FROM meshhook_keys.scheduler_status() WHERE state = 'ticking'")" = 0 ] && break
+        sleep 1
+    done
     for i in $(seq 30); do
         now=$(rows_reencrypted)
         [ "$now" = "$last" ] && [ "$i" -gt 2 ] && break
