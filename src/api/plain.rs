@@ -151,13 +151,8 @@ pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(ByteaCopy, "bytea");
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedText, "TEXT");
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedBytes, "bytea");
 
-/// A `bytea` datum holding a copy of `bytes`, palloc'd in the current memory context.
-pub fn bytea_datum(bytes: &[u8]) -> pg_sys::Datum {
-    varlena(bytes)
-}
-
 /// A varlena (text and bytea share the layout) holding `bytes`, palloc'd in the current context.
-fn varlena(bytes: &[u8]) -> pg_sys::Datum {
+pub fn varlena(bytes: &[u8]) -> pg_sys::Datum {
     // SAFETY: cstring_to_text_with_len copies exactly len bytes into a new palloc'd varlena; it
     // needs no NUL terminator, and bytea has the same representation.
     unsafe {

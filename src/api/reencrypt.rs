@@ -143,12 +143,11 @@ pub unsafe extern "C-unwind" fn _reencrypt_try_wrapper(
             rowcall::bytes(fcinfo, 3),
         )
     };
-    let tried = match row {
-        Some(row) => reencrypt::try_row(token, row, ciphertext, context),
-        // (a NULL row is no row of the statement: refused like any call without its token)
-        None => reencrypt::try_row(None, &pg_sys::ItemPointerData::default(), None, None),
+    // (a NULL row is no row of the statement: refused like any call without its token)
+    let Some(row) = row else {
+        KeysError::NotInBatch("meshhook_keys._reencrypt_try").raise()
     };
-    pg_sys::Datum::from(tried.or_raise())
+    pg_sys::Datum::from(reencrypt::try_row(token, row, ciphertext, context).or_raise())
 }
 
 #[unsafe(no_mangle)]
@@ -202,7 +201,7 @@ pub unsafe extern "C-unwind" fn _reencrypt_take_wrapper(
     let (Some(token), Some(row)) = (token, row) else {
         KeysError::NotInBatch("meshhook_keys._reencrypt_take").raise()
     };
-    reencrypt::take_row(token, row, crate::api::plain::bytea_datum).or_raise()
+    reencrypt::take_row(token, row, crate::api::plain::varlena).or_raise()
 }
 
 #[unsafe(no_mangle)]

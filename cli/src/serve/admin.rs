@@ -205,23 +205,15 @@ async fn set_policy(State(app): St, Path(keyring): Path<String>, req: Request) -
     first(r, "keyring")
 }
 
-/// Why a key changes.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-struct RotateBody {
-    /// Recorded in the audit log.
-    reason: Option<String>,
-}
-
 /// Rotate: a new version, active at once (`keys_rotate`; the keyring is created on first use).
 #[utoipa::path(post, path = "/api/keyrings/{keyring}/rotate", tag = "keyrings",
     params(("keyring" = String, Path, description = "The keyring's name")),
-    request_body(content = RotateBody, description = "May be empty"),
+    request_body(content = ReasonBody, description = "May be empty"),
     responses((status = 200, description = "`{keyring, version, key_id, activated_at}`"),
               (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn rotate_keyring(State(app): St, Path(keyring): Path<String>, req: Request) -> Reply {
     let t = tried!(token(&app, req.headers()));
-    let b: RotateBody = tried!(body(&app, req).await);
+    let b: ReasonBody = tried!(body(&app, req).await);
     let r =
         tried!(rows(&app, &t,
         "SELECT keyring, version, key_id, activated_at FROM meshhook_keys.keys_rotate($1, $2)",
@@ -392,7 +384,7 @@ fn tokio_stream_from<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// Why re-encryption is paused or resumed.
+/// Why a key changes, or re-encryption is paused or resumed.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ReasonBody {
