@@ -238,8 +238,28 @@ unsafe extern "C-unwind" fn needs_fmgr_hook(fn_oid: pg_sys::Oid) -> bool {
     classify(fn_oid).is_some()
 }
 
-#[pg_guard]
+/// The hook fmgr_security_definer calls at the start and end of every SECURITY DEFINER call. Its
+/// hot path (no other hook, a call site already known not to be tracked: meshhook_keys' own
+/// functions, once per row of a query) is two reads and returns without the guard; everything
+/// else, which may allocate, look up the catalogs or call another hook, goes through
+/// [`fmgr_hook_guarded`].
 unsafe extern "C-unwind" fn fmgr_hook(
+    event: pg_sys::FmgrHookEventType::Type,
+    flinfo: *mut pg_sys::FmgrInfo,
+    arg: *mut pg_sys::Datum,
+) {
+    // SAFETY: a copy of the hook pointer installed at load; `arg` points to the call site's Datum
+    // (see fmgr_hook_guarded), valid for the call. Nothing here can panic or raise an error.
+    let (prev, slot) = unsafe { (PREV_FMGR_HOOK, (*arg).value()) };
+    let untracked = prev.is_none() && slot == 1;
+    if !untracked {
+        // SAFETY: the arguments fmgr_security_definer passed, handed on unchanged.
+        unsafe { fmgr_hook_guarded(event, flinfo, arg) }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn fmgr_hook_guarded(
     event: pg_sys::FmgrHookEventType::Type,
     flinfo: *mut pg_sys::FmgrInfo,
     arg: *mut pg_sys::Datum,

@@ -4,7 +4,7 @@
 
 use crate::crypto;
 use crate::error::{KeysError, Result};
-use crate::keyring::{DEFAULT_KEYRING, ensure_default_keyring, validate_keyring};
+use crate::keyring::{DEFAULT_KEYRING, ensure_default_keyring, validate_keyring_bytes};
 use crate::resolver;
 
 pub fn encrypt(
@@ -13,6 +13,7 @@ pub fn encrypt(
     keyring: Option<&str>,
 ) -> Result<Vec<u8>> {
     let mut out = Vec::new();
+    let (context, keyring) = (context.map(str::as_bytes), keyring.map(str::as_bytes));
     encrypt_into(plaintext, context, keyring, |len| {
         out.resize(len, 0);
         &mut out
@@ -22,10 +23,11 @@ pub fn encrypt(
 
 /// [`encrypt`] into a buffer of the envelope's length that `alloc` hands out (the result datum's):
 /// `alloc` is called only once the envelope will be made, and the envelope is sealed in place there.
+/// The context is the bytes of the `text` argument, as they are bound into the envelope.
 pub fn encrypt_into<'a>(
     plaintext: Option<&[u8]>,
-    context: Option<&str>,
-    keyring: Option<&str>,
+    context: Option<&[u8]>,
+    keyring: Option<&[u8]>,
     alloc: impl FnOnce(usize) -> &'a mut [u8],
 ) -> Result<()> {
     // (let-else, not ok_or: an error made and dropped on every call is not free)
@@ -35,10 +37,10 @@ pub fn encrypt_into<'a>(
     let Some(context) = context else {
         return Err(KeysError::NullArgument("context"));
     };
-    let key = encrypting_key(validate_keyring(keyring)?)?;
+    let key = encrypting_key(validate_keyring_bytes(keyring)?)?;
     crate::usage::count(&key, 1)?;
     let out = alloc(crypto::MIN_ENVELOPE_LEN + plaintext.len());
-    crypto::seal_into(&key.cipher, key.key_id, plaintext, context.as_bytes(), out);
+    crypto::seal_into(&key.cipher, key.key_id, plaintext, context, out);
     Ok(())
 }
 
@@ -93,8 +95,8 @@ pub fn active_key_for(
 /// for a caller the tenant check lets use it.
 fn opening_key<'a>(
     ciphertext: Option<&'a [u8]>,
-    context: Option<&'a str>,
-) -> Result<(&'a [u8], &'a str, std::rc::Rc<crate::keycache::CachedKey>)> {
+    context: Option<&'a [u8]>,
+) -> Result<(&'a [u8], &'a [u8], std::rc::Rc<crate::keycache::CachedKey>)> {
     let Some(ciphertext) = ciphertext else {
         return Err(KeysError::NullArgument("ciphertext"));
     };
@@ -110,25 +112,21 @@ pub fn decrypt(
     ciphertext: Option<&[u8]>,
     context: Option<&str>,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    let (ciphertext, context, key) = opening_key(ciphertext, context)?;
-    Ok(crypto::open(&key.cipher, ciphertext, context.as_bytes())?)
+    let (ciphertext, context, key) = opening_key(ciphertext, context.map(str::as_bytes))?;
+    Ok(crypto::open(&key.cipher, ciphertext, context)?)
 }
 
 /// As [`decrypt`], with the plaintext written straight into the buffer `out(length)` returns (the
-/// result datum): no other copy of it is made, and a failed check leaves the buffer wiped.
+/// result datum): no other copy of it is made, and a failed check leaves the buffer wiped. The
+/// context is the bytes of the `text` argument.
 pub fn decrypt_into(
     ciphertext: Option<&[u8]>,
-    context: Option<&str>,
+    context: Option<&[u8]>,
     out: impl FnOnce(usize) -> &'static mut [u8],
 ) -> Result<()> {
     let (ciphertext, context, key) = opening_key(ciphertext, context)?;
     let buf = out(crypto::plaintext_len(ciphertext));
-    Ok(crypto::open_into(
-        &key.cipher,
-        ciphertext,
-        context.as_bytes(),
-        buf,
-    )?)
+    Ok(crypto::open_into(&key.cipher, ciphertext, context, buf)?)
 }
 
 /// Move an envelope to its keyring's active version without the plaintext leaving (Vault Transit's
@@ -138,8 +136,8 @@ pub fn decrypt_into(
 /// An envelope already on the active key is returned as it is, once it has opened: nothing new is
 /// sealed or counted. The plaintext lives only in a buffer wiped when it drops.
 pub fn rewrap(ciphertext: Option<&[u8]>, context: Option<&str>) -> Result<Vec<u8>> {
-    let (ciphertext, context, old) = opening_key(ciphertext, context)?;
-    let plaintext = crypto::open(&old.cipher, ciphertext, context.as_bytes())?;
+    let (ciphertext, context, old) = opening_key(ciphertext, context.map(str::as_bytes))?;
+    let plaintext = crypto::open(&old.cipher, ciphertext, context)?;
     let active = encrypting_key(&old.keyring)?;
     if active.key_id == old.key_id {
         return Ok(ciphertext.to_vec());
@@ -149,7 +147,7 @@ pub fn rewrap(ciphertext: Option<&[u8]>, context: Option<&str>) -> Result<Vec<u8
         &active.cipher,
         active.key_id,
         &plaintext,
-        context.as_bytes(),
+        context,
     ))
 }
 

@@ -21,19 +21,27 @@ pub fn validate_keyring(name: Option<&str>) -> KResult<&str> {
     let Some(name) = name else {
         return Err(KeysError::NullArgument("keyring"));
     };
-    let ok = !name.is_empty()
+    validate_keyring_bytes(Some(name.as_bytes()))?;
+    Ok(name)
+}
+
+/// [`validate_keyring`] for the bytes of a `text` argument read in place (any byte that is not
+/// one of the name's ASCII characters is refused the same way). Once per encryption: one pass.
+pub fn validate_keyring_bytes(name: Option<&[u8]>) -> KResult<&str> {
+    let Some(name) = name else {
+        return Err(KeysError::NullArgument("keyring"));
+    };
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-');
+    let ok = matches!(name.first(), Some(b) if b.is_ascii_alphanumeric())
         && name.len() <= 63
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b));
-    if ok {
-        Ok(name)
-    } else {
-        Err(KeysError::InvalidKeyringName(
+        && name.iter().fold(true, |ok, &b| ok & allowed(b));
+    if !ok {
+        return Err(KeysError::InvalidKeyringName(
             "use 1 to 63 characters from A-Z, a-z, 0-9, '_', '.', ':' and '-', starting with a letter or digit".into(),
-        ))
+        ));
     }
+    // SAFETY: every byte was checked to be ASCII above, so the bytes are valid UTF-8.
+    Ok(unsafe { std::str::from_utf8_unchecked(name) })
 }
 
 pub struct NewKey {
@@ -442,4 +450,40 @@ pub fn bind_legacy_wraps() -> KResult<i64> {
         done += 1;
     }
     Ok(done)
+}
+
+#[cfg(test)]
+mod unit {
+    use super::{validate_keyring, validate_keyring_bytes};
+    use crate::error::KeysError;
+
+    #[test]
+    fn keyring_names_from_bytes_as_from_str() {
+        let long = "k".repeat(63);
+        for ok in ["default", "a", "0.b:c-d_E", long.as_str()] {
+            assert_eq!(validate_keyring_bytes(Some(ok.as_bytes())).ok(), Some(ok));
+            assert_eq!(validate_keyring(Some(ok)).ok(), Some(ok));
+        }
+        let too_long = "k".repeat(64);
+        for bad in [
+            &b""[..],
+            too_long.as_bytes(),
+            b"_x",
+            b"-x",
+            b"a b",
+            b"a/b",
+            "k\u{e9}".as_bytes(),
+            b"a\xff",
+            b"a\0",
+        ] {
+            assert!(matches!(
+                validate_keyring_bytes(Some(bad)),
+                Err(KeysError::InvalidKeyringName(_))
+            ));
+        }
+        assert!(matches!(
+            validate_keyring_bytes(None),
+            Err(KeysError::NullArgument("keyring"))
+        ));
+    }
 }

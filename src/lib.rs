@@ -58,9 +58,9 @@ extension_sql_file!(
     name = "secrets_store",
     requires = [
         "reencrypt_schema",
-        secret_encrypt,
-        secret_decrypt,
-        _store_decrypt
+        "secret_functions",
+        _store_decrypt,
+        ciphertext_key_id
     ]
 );
 extension_sql_file!(

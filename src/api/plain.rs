@@ -37,7 +37,7 @@ fn result_varlena(len: usize, made: &mut *mut pg_sys::varlena) -> &'static mut [
 
 impl Decrypted {
     /// Decrypt `ciphertext` into a new varlena of exactly the plaintext's length.
-    fn new(ciphertext: Option<&[u8]>, context: Option<&str>) -> KResult<Self> {
+    fn new(ciphertext: Option<&[u8]>, context: Option<&[u8]>) -> KResult<Self> {
         let mut made: *mut pg_sys::varlena = std::ptr::null_mut();
         let r = crate::envelope::decrypt_into(ciphertext, context, |len| {
             result_varlena(len, &mut made)
@@ -80,7 +80,7 @@ impl Decrypted {
 
 impl DecryptedText {
     /// Decrypt into the result `text`: valid UTF-8 without NUL, or 22021 (the plaintext wiped first).
-    pub fn new(ciphertext: Option<&[u8]>, context: Option<&str>) -> KResult<Self> {
+    pub fn new(ciphertext: Option<&[u8]>, context: Option<&[u8]>) -> KResult<Self> {
         let mut d = Decrypted::new(ciphertext, context)?;
         let bytes = d.bytes();
         if ascii_without_nul(bytes) || (std::str::from_utf8(bytes).is_ok() && !bytes.contains(&0)) {
@@ -89,6 +89,11 @@ impl DecryptedText {
             d.discard();
             Err(KeysError::NotText)
         }
+    }
+
+    /// The result datum (a `text`).
+    pub fn into_datum(self) -> pg_sys::Datum {
+        self.0.datum()
     }
 }
 
@@ -102,8 +107,13 @@ fn ascii_without_nul(bytes: &[u8]) -> bool {
 
 impl DecryptedBytes {
     /// Decrypt into the result `bytea`.
-    pub fn new(ciphertext: Option<&[u8]>, context: Option<&str>) -> KResult<Self> {
+    pub fn new(ciphertext: Option<&[u8]>, context: Option<&[u8]>) -> KResult<Self> {
         Ok(DecryptedBytes(Decrypted::new(ciphertext, context)?))
+    }
+
+    /// The result datum (a `bytea`).
+    pub fn into_datum(self) -> pg_sys::Datum {
+        self.0.datum()
     }
 }
 
@@ -128,8 +138,8 @@ impl Sealed {
     /// Encrypt into a new varlena of exactly the envelope's length.
     pub fn new(
         plaintext: Option<&[u8]>,
-        context: Option<&str>,
-        keyring: Option<&str>,
+        context: Option<&[u8]>,
+        keyring: Option<&[u8]>,
     ) -> KResult<Self> {
         let mut made: *mut pg_sys::varlena = std::ptr::null_mut();
         // (asked for only once the envelope will be sealed, which cannot fail: it never holds a
@@ -140,16 +150,14 @@ impl Sealed {
         Ok(Sealed(made))
     }
 
-    fn as_varlena(&self) -> pg_sys::Datum {
+    /// The result datum (a `bytea`).
+    pub fn into_datum(self) -> pg_sys::Datum {
         pg_sys::Datum::from(self.0)
     }
 }
 
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(PlainText, "TEXT");
-pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(Sealed, "bytea");
 pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(ByteaCopy, "bytea");
-pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedText, "TEXT");
-pgrx::pgrx_sql_entity_graph::impl_sql_translatable!(DecryptedBytes, "bytea");
 
 /// A varlena (text and bytea share the layout) holding `bytes`, palloc'd in the current context.
 pub fn varlena(bytes: &[u8]) -> pg_sys::Datum {
@@ -197,23 +205,10 @@ impl PlainText {
         varlena(&self.0)
     }
 }
-impl DecryptedText {
-    fn as_varlena(&self) -> pg_sys::Datum {
-        self.0.datum()
-    }
-}
-impl DecryptedBytes {
-    fn as_varlena(&self) -> pg_sys::Datum {
-        self.0.datum()
-    }
-}
 
 returned_as_varlena!(
     ByteaCopy => pg_sys::BYTEAOID,
-    Sealed => pg_sys::BYTEAOID,
-    PlainText => pg_sys::TEXTOID,
-    DecryptedText => pg_sys::TEXTOID,
-    DecryptedBytes => pg_sys::BYTEAOID
+    PlainText => pg_sys::TEXTOID
 );
 
 #[cfg(test)]

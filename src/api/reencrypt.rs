@@ -150,11 +150,7 @@ pub unsafe extern "C-unwind" fn _reencrypt_try_wrapper(
     pg_sys::Datum::from(reencrypt::try_row(token, row, ciphertext, context).or_raise())
 }
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo__reencrypt_try_wrapper() -> &'static pg_sys::Pg_finfo_record {
-    &rowcall::V1
-}
+rowcall::v1_finfo!(pg_finfo__reencrypt_try_wrapper);
 
 /// Internal to re-encryption: `_reencrypt_try` for a column with a blind index, which also
 /// computes the row's index under the target key for `index_context`, for `_reencrypt_index`.
@@ -204,11 +200,7 @@ pub unsafe extern "C-unwind" fn _reencrypt_take_wrapper(
     reencrypt::take_row(token, row, crate::api::plain::varlena).or_raise()
 }
 
-#[unsafe(no_mangle)]
-#[doc(hidden)]
-pub extern "C" fn pg_finfo__reencrypt_take_wrapper() -> &'static pg_sys::Pg_finfo_record {
-    &rowcall::V1
-}
+rowcall::v1_finfo!(pg_finfo__reencrypt_take_wrapper);
 
 /// The unregistered bytea columns that hold envelopes of a keyring, each read as its table's
 /// owner, at most `max_blocks` blocks each; columns whose read failed or stopped early are listed

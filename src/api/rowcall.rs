@@ -1,5 +1,6 @@
 //! Arguments of the per-row functions read in place from the call's `FunctionCallInfo`: the few
-//! functions that run once per row of a batch (`_reencrypt_try`, `_reencrypt_take`) are plain V1
+//! functions that run once per row (of a batch: `_reencrypt_try`, `_reencrypt_take`; of the
+//! application's queries: `secret_encrypt`, `secret_decrypt` and their bytea twins) are plain V1
 //! functions, without the per-argument conversion of a `#[pg_extern]` wrapper.
 //!
 //! Invariants: a value is read from the argument's own varlena (no copy) unless it is compressed
@@ -10,6 +11,19 @@ use pgrx::pg_sys;
 
 /// The V1 calling convention's info record, returned by each function's `pg_finfo_` symbol.
 pub const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+
+/// The `pg_finfo_<symbol>` functions that declare each named C symbol a V1 function (what
+/// `PG_FUNCTION_INFO_V1` writes in C).
+macro_rules! v1_finfo {
+    ($($finfo:ident),* $(,)?) => {$(
+        #[unsafe(no_mangle)]
+        #[doc(hidden)]
+        pub extern "C" fn $finfo() -> &'static pgrx::pg_sys::Pg_finfo_record {
+            &$crate::api::rowcall::V1
+        }
+    )*};
+}
+pub(crate) use v1_finfo;
 
 /// Argument `n`, or `None` when it is NULL.
 ///

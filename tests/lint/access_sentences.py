@@ -6,6 +6,8 @@ may call it (the grammar is at the top of its Documentation section); tests/pg_r
 privileges.sql checks those sentences against the grants and the behaviour. This lint keeps the
 `///` comment of each `#[pg_extern]` / `#[pg_trigger]` function in src/ saying the same: its last
 sentence must be the same sentence, word for word (one source of truth, repeated, and checked).
+Plain V1 functions (`#[unsafe(no_mangle)]` ... `fn <name>_wrapper(fcinfo`, declared in
+extension_sql!) count as <name>; their doc comment ends with a `SQL:` line, which is not read.
 Exit status 1 if anything is reported. Usage: access_sentences.py [REPO_ROOT]
 """
 import pathlib
@@ -23,6 +25,8 @@ COMMENT = re.compile(
     re.M,
 )
 EXTERN = re.compile(r"#\[pg_(?:extern|trigger)\b([^\]]*)\]")
+V1 = re.compile(r"#\[unsafe\(no_mangle\)\]")
+V1_FN = re.compile(r"\bfn\s+(\w+)_wrapper\(\s*$|\bfn\s+(\w+)_wrapper\(\s*fcinfo")
 FN = re.compile(r"\bfn\s+(\w+)")
 
 
@@ -49,6 +53,19 @@ def rust_functions(root):
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
             m = EXTERN.match(line.strip())
+            v1 = V1.match(line.strip()) and i + 1 < len(lines) and V1_FN.search(lines[i + 1])
+            if v1:
+                j = i - 1
+                while j >= 0 and lines[j].strip().startswith("#["):
+                    j -= 1
+                doc = []
+                while j >= 0 and lines[j].strip().startswith("///"):
+                    doc.insert(0, lines[j].strip()[3:].strip())
+                    j -= 1
+                sql = next((k for k, d in enumerate(doc) if d.startswith("SQL:")), len(doc))
+                name = v1.group(1) or v1.group(2)
+                yield path.relative_to(root), i + 1, name, " ".join(doc[:sql])
+                continue
             if not m or "sql = false" in m.group(1):
                 continue
             doc = []

@@ -32,4 +32,24 @@ CREATE INDEX ON creds (meshhook_keys.ciphertext_key_id(token));
 SELECT count(*) FROM creds
  WHERE meshhook_keys.ciphertext_key_id(token) = (SELECT key_id FROM meshhook_keys.keys WHERE keyring = 'default' AND version = 1);
 SELECT meshhook_keys.ciphertext_key_id(NULL) IS NULL AS strict_on_null;
+
+-- the four functions read their arguments in place: plaintexts and contexts stored compressed,
+-- and envelopes stored out of line (uncompressed, in the TOAST table) are read whole (a function
+-- reading the stored bytes as they are would seal or open garbage)
+CREATE TEMP TABLE stored (id int, p text, pb bytea, ctx text, c bytea, cb bytea);
+ALTER TABLE stored ALTER p SET STORAGE MAIN, ALTER pb SET STORAGE MAIN, ALTER ctx SET STORAGE MAIN,
+                   ALTER c SET STORAGE EXTERNAL, ALTER cb SET STORAGE EXTERNAL;
+INSERT INTO stored (id, p, pb, ctx)
+SELECT i, repeat('secret ' || i || ' ', 3000), convert_to(repeat('bytes ' || i, 3000), 'UTF8'),
+       repeat('context ' || i || ' ', 500)
+  FROM generate_series(1, 3) i;
+UPDATE stored SET c = meshhook_keys.secret_encrypt(p, ctx), cb = meshhook_keys.secret_encrypt_bytea(pb, ctx, 'default');
+SELECT count(*) FILTER (WHERE pg_column_compression(p) IS NOT NULL AND pg_column_compression(pb) IS NOT NULL
+                          AND pg_column_compression(ctx) IS NOT NULL) AS stored_compressed,
+       pg_relation_size((SELECT reltoastrelid FROM pg_class WHERE relname = 'stored')) > 0 AS envelopes_out_of_line
+  FROM stored;
+SELECT count(*) FILTER (WHERE meshhook_keys.secret_decrypt(c, ctx) = p) AS text_round_trips,
+       count(*) FILTER (WHERE meshhook_keys.secret_decrypt_bytea(cb, ctx) = pb) AS bytea_round_trips,
+       count(*) FILTER (WHERE meshhook_keys.secret_decrypt_bytea(c, ctx) = convert_to(p, 'UTF8')) AS text_as_bytes
+  FROM stored;
 ROLLBACK;
