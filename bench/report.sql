@@ -109,7 +109,7 @@ SELECT format('| %s | %s | %s – %s | %s× |', s.name, fmt(s.med), fmt(s.lo), f
 \echo 'one-statement pgcrypto rewrap runs the whole time (`UPDATE a SET p = encrypt_iv(decrypt_iv(p, …))`'
 \echo 'of every row, back to back, each holding every row lock until it commits); and while the real'
 \echo 'scheduler re-encrypts continuously (a tick every second, a rotation whenever the job is done), pacing'
-\echo 'itself while the application runs (`meshhook_keys.reencrypt_busy_share` = 0.1). Latencies from'
+\echo 'itself while the application runs (`meshhook_keys.reencrypt_busy_share` at its default, 0.02). Latencies from'
 \echo 'pgbench''s per-transaction log; lock waits are the waits longer than `deadlock_timeout` (100 ms)'
 \echo 'that the server logged (`log_lock_waits`).'
 \echo

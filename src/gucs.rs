@@ -18,7 +18,7 @@ static WORKER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 static REENCRYPT_BATCH_SIZE: GucSetting<i32> = GucSetting::<i32>::new(1000);
 static REENCRYPT_BATCH_DELAY: GucSetting<i32> = GucSetting::<i32>::new(10);
 static REENCRYPT_ROW_WAIT: GucSetting<i32> = GucSetting::<i32>::new(10);
-static REENCRYPT_BUSY_SHARE: GucSetting<f64> = GucSetting::<f64>::new(0.1);
+static REENCRYPT_BUSY_SHARE: GucSetting<f64> = GucSetting::<f64>::new(0.02);
 static REENCRYPT_BATCHES_PER_TICK: GucSetting<i32> = GucSetting::<i32>::new(100);
 static DEFAULT_ROTATION_INTERVAL: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c"90 days"));

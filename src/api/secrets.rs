@@ -66,7 +66,8 @@ AS 'MODULE_PATHNAME', 'secret_decrypt_bytea_wrapper';
 pub unsafe extern "C-unwind" fn secret_encrypt_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    encrypt_call(fcinfo)
+    // SAFETY: the function manager's call of a function declared with three text/bytea arguments.
+    unsafe { encrypt_call(fcinfo) }
 }
 
 /// Encrypt bytes under the active key of `keyring`, bound to `context`. Requires
@@ -78,7 +79,8 @@ pub unsafe extern "C-unwind" fn secret_encrypt_wrapper(
 pub unsafe extern "C-unwind" fn secret_encrypt_bytea_wrapper(
     fcinfo: pg_sys::FunctionCallInfo,
 ) -> pg_sys::Datum {
-    encrypt_call(fcinfo)
+    // SAFETY: the function manager's call of a function declared with three text/bytea arguments.
+    unsafe { encrypt_call(fcinfo) }
 }
 
 rowcall::v1_finfo!(
@@ -89,8 +91,11 @@ rowcall::v1_finfo!(
 );
 
 /// Both encryptions: a `text` and a `bytea` plaintext are sealed alike, as their bytes.
-fn encrypt_call(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
-    // SAFETY: called by the function manager with the function's three varlena arguments.
+///
+/// # Safety
+/// `fcinfo` is the current call's, with three varlena arguments.
+unsafe fn encrypt_call(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: the caller's promise.
     let (plaintext, context, keyring) = unsafe {
         (
             rowcall::bytes(fcinfo, 0),
