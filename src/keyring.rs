@@ -18,11 +18,7 @@ pub const DEFAULT_KEYRING: &str = "default";
 
 /// Keyring names: 1–63 characters from `A-Z a-z 0-9 _ . : -`, starting with a letter or digit.
 pub fn validate_keyring(name: Option<&str>) -> KResult<&str> {
-    let Some(name) = name else {
-        return Err(KeysError::NullArgument("keyring"));
-    };
-    validate_keyring_bytes(Some(name.as_bytes()))?;
-    Ok(name)
+    validate_keyring_bytes(name.map(str::as_bytes))
 }
 
 /// [`validate_keyring`] for the bytes of a `text` argument read in place (any byte that is not

@@ -26,7 +26,7 @@ COMMENT = re.compile(
 )
 EXTERN = re.compile(r"#\[pg_(?:extern|trigger)\b([^\]]*)\]")
 V1 = re.compile(r"#\[unsafe\(no_mangle\)\]")
-V1_FN = re.compile(r"\bfn\s+(\w+)_wrapper\(\s*$|\bfn\s+(\w+)_wrapper\(\s*fcinfo")
+V1_FN = re.compile(r"\bfn\s+(\w+)_wrapper\(\s*(?:$|fcinfo)")
 FN = re.compile(r"\bfn\s+(\w+)")
 
 
@@ -45,6 +45,18 @@ def sql_sentences(root):
     return {name: sentence(body.replace("''", "'")) for name, body in COMMENT.findall(text)}
 
 
+def doc_above(lines, i):
+    """The `///` comment above line i (attribute lines among it skipped), up to a `SQL:` line."""
+    doc = []
+    j = i - 1
+    while j >= 0 and (lines[j].strip().startswith("#[") or lines[j].strip().startswith("///")):
+        if lines[j].strip().startswith("///"):
+            doc.insert(0, lines[j].strip()[3:].strip())
+        j -= 1
+    sql = next((k for k, d in enumerate(doc) if d.startswith("SQL:")), len(doc))
+    return " ".join(doc[:sql])
+
+
 def rust_functions(root):
     """(file, line, fn name, doc text) of each function exposed to SQL."""
     for path in sorted((root / "src").rglob("*.rs")):
@@ -52,32 +64,17 @@ def rust_functions(root):
             continue
         lines = path.read_text().splitlines()
         for i, line in enumerate(lines):
-            m = EXTERN.match(line.strip())
             v1 = V1.match(line.strip()) and i + 1 < len(lines) and V1_FN.search(lines[i + 1])
             if v1:
-                j = i - 1
-                while j >= 0 and lines[j].strip().startswith("#["):
-                    j -= 1
-                doc = []
-                while j >= 0 and lines[j].strip().startswith("///"):
-                    doc.insert(0, lines[j].strip()[3:].strip())
-                    j -= 1
-                sql = next((k for k, d in enumerate(doc) if d.startswith("SQL:")), len(doc))
-                name = v1.group(1) or v1.group(2)
-                yield path.relative_to(root), i + 1, name, " ".join(doc[:sql])
+                yield path.relative_to(root), i + 1, v1.group(1), doc_above(lines, i)
                 continue
+            m = EXTERN.match(line.strip())
             if not m or "sql = false" in m.group(1):
                 continue
-            doc = []
-            j = i - 1
-            while j >= 0 and (lines[j].strip().startswith("#[") or lines[j].strip().startswith("///")):
-                if lines[j].strip().startswith("///"):
-                    doc.insert(0, lines[j].strip()[3:].strip())
-                j -= 1
             k = i
             while k < len(lines) and not FN.search(lines[k]):
                 k += 1
-            yield path.relative_to(root), i + 1, FN.search(lines[k]).group(1), " ".join(doc)
+            yield path.relative_to(root), i + 1, FN.search(lines[k]).group(1), doc_above(lines, i)
 
 
 def main():
